@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up everything on a fresh Debian machine: system packages, the virtualenv with the
+# project and its test tools, and the test infrastructure binaries (built into ~/.cache).
+# Idempotent: a second run only checks what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(rsync restic etcd-server bubblewrap lua5.4 mariadb-server mariadb-client util-linux)
+missing=()
+for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian starts these services on install; the tests run their own instances on other ports.
+for svc in etcd mariadb; do
+  if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+done
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+
+# Test infrastructure (MinIO, kube-apiserver, kube-controller-manager, helm, kubeconform),
+# built from the Go module proxy into a cache outside the clone.
+if [ -x tests/cluster/build ]; then tests/cluster/build; fi
+echo "setup: done"
