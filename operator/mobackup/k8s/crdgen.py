@@ -1,0 +1,511 @@
+"""The CustomResourceDefinitions of mobackup.io, built in Python and written to `crds/*.yaml`.
+
+Why generated: the MOBackup spec schema is reused inside MOBackupSchedule's template, and shared
+pieces (Secret references, Job overrides, status conditions) must not drift between kinds.
+`python -m mobackup.k8s.crdgen crds/` rewrites the files; a unit test fails when they are stale.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+GROUP = "mobackup.io"
+VERSION = "v1alpha1"
+CATEGORY = "mobackup"
+
+Schema = dict[str, Any]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^[-._a-zA-Z0-9]+$"
+BACKUP_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+# A relative path inside a volume: no leading '/', no '..' component.
+REL_PATH = r"^(\.|([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)(/([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+))*)$"
+# Bytes per second as a Kubernetes-style quantity: 50Mi, 10M, 1048576.
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(k|Ki|M|Mi|G|Gi|T|Ti)?$"
+DURATION = r"^([0-9]+(s|m|h|d|w))+$"
+
+
+def s(description: str, type_: str = "string", **extra: Any) -> Schema:
+    """A described leaf schema."""
+    out: Schema = {"type": type_, "description": description}
+    out.update(extra)
+    return out
+
+
+def obj(description: str, properties: dict[str, Schema], required: list[str] | None = None,
+        **extra: Any) -> Schema:
+    out: Schema = {"type": "object", "description": description, "properties": properties}
+    if required:
+        out["required"] = required
+    out.update(extra)
+    return out
+
+
+def free_object(description: str) -> Schema:
+    """A Kubernetes core type passed through to the Job as is (validated by the API server there)."""
+    return {"type": "object", "description": description, "x-kubernetes-preserve-unknown-fields": True}
+
+
+def name_ref(description: str) -> Schema:
+    return obj(description, {"name": s("Name of the object, in the same namespace.", pattern=DNS_SUBDOMAIN,
+                                       maxLength=253)}, ["name"])
+
+
+def secret_key_ref(description: str, default_key: str) -> Schema:
+    return obj(description, {
+        "name": s("Name of the Secret, in the same namespace.", pattern=DNS_SUBDOMAIN, maxLength=253),
+        "key": s("Key inside the Secret.", pattern=SECRET_KEY, default=default_key),
+    }, ["name"])
+
+
+def workload_ref(description: str) -> Schema:
+    return obj(description, {
+        "kind": s("Kind of the workload that runs MatrixOne on the volume.",
+                  enum=["StatefulSet", "Deployment"], default="StatefulSet"),
+        "name": s("Name of the workload, in the same namespace.", pattern=DNS_SUBDOMAIN, maxLength=253),
+    }, ["name"])
+
+
+def pvc_ref(description: str, path_default: str, path_desc: str) -> Schema:
+    return obj(description, {
+        "claimName": s("Name of the PersistentVolumeClaim, in the same namespace.", pattern=DNS_SUBDOMAIN,
+                       maxLength=253),
+        "path": s(path_desc, pattern=REL_PATH, default=path_default, maxLength=1024),
+    }, ["claimName"])
+
+
+def sql_endpoint(description: str) -> Schema:
+    return obj(description, {
+        "host": s("Host name or Service of the MatrixOne SQL endpoint (MySQL protocol).", minLength=1,
+                  maxLength=253),
+        "port": s("SQL port.", "integer", default=6001, minimum=1, maximum=65535),
+        "user": s("SQL user.", default="dump", minLength=1, maxLength=64),
+        "passwordSecretRef": secret_key_ref("Secret holding the SQL password (read by the operator only; "
+                                            "never written to status, Events or logs).", "password"),
+    }, ["host", "passwordSecretRef"])
+
+
+def job_overrides() -> Schema:
+    return obj("Overrides of the pod of the Job that does the copy (the agent).", {
+        "image": s("Image of the agent (default: the operator's own image, flag --agent-image)."),
+        "imagePullPolicy": s("Pull policy of the agent image.", enum=["Always", "IfNotPresent", "Never"]),
+        "imagePullSecrets": {"type": "array", "description": "Secrets for pulling the agent image.",
+                             "items": name_ref("A pull Secret.")},
+        "resources": free_object("Resource requests and limits of the agent container "
+                                 "(core/v1 ResourceRequirements)."),
+        "nodeSelector": {"type": "object", "description": "Node selector of the agent pod.",
+                         "additionalProperties": {"type": "string"}},
+        "tolerations": {"type": "array", "description": "Tolerations of the agent pod (core/v1 Toleration).",
+                        "items": free_object("A toleration.")},
+        "affinity": free_object("Affinity of the agent pod (core/v1 Affinity)."),
+        "securityContext": free_object("Pod security context (core/v1 PodSecurityContext); the default "
+                                       "runs as a non-root user."),
+        "containerSecurityContext": free_object("Container security context (core/v1 SecurityContext); the "
+                                                "default is non-root, read-only root file system, no "
+                                                "capabilities."),
+        "serviceAccountName": s("ServiceAccount of the agent pod; it needs get/patch on the status of "
+                                "mobackups and morestores in this namespace (progress reports).",
+                                pattern=DNS_SUBDOMAIN),
+        "priorityClassName": s("Priority class of the agent pod."),
+        "activeDeadlineSeconds": s("Deadline of the Job; when it passes the backup or restore fails.",
+                                   "integer", minimum=1),
+        "backoffLimit": s("Retries of the agent pod before the Job fails.", "integer", minimum=0,
+                          maximum=10, default=1),
+        "ttlSecondsAfterFinished": s("Seconds after which a finished Job is deleted (its result is already "
+                                     "in the status).", "integer", minimum=0),
+        "labels": {"type": "object", "description": "Extra labels of the Job and its pod.",
+                   "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "description": "Extra annotations of the Job and its pod.",
+                        "additionalProperties": {"type": "string"}},
+    })
+
+
+def conditions() -> Schema:
+    cond = obj("A condition (metav1.Condition).", {
+        "type": s("Type of the condition (Ready, Running, Completed, Failed, Available, Scheduled...)."),
+        "status": s("Status of the condition.", enum=["True", "False", "Unknown"]),
+        "reason": s("Machine-readable CamelCase reason of the last transition."),
+        "message": s("Human-readable message of the last transition."),
+        "lastTransitionTime": s("When the condition last changed.", format="date-time"),
+        "observedGeneration": s("Generation of the spec the condition was computed from.", "integer"),
+    }, ["type", "status"])
+    return {"type": "array", "description": "Conditions of the resource.", "items": cond,
+            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+
+def progress() -> Schema:
+    return obj("Progress of the running copy, updated every few seconds by the agent.", {
+        "bytesDone": s("Bytes processed so far.", "integer"),
+        "bytesTotal": s("Bytes to process in total.", "integer"),
+        "filesDone": s("Files processed so far.", "integer"),
+        "filesTotal": s("Files to process in total.", "integer"),
+        "percent": s("Percent of bytes processed (0-100).", "integer"),
+        "updatedAt": s("When the agent last reported.", format="date-time"),
+    })
+
+
+def common_run_status(phases: list[str]) -> dict[str, Schema]:
+    return {
+        "phase": s("Where the run is.", enum=phases),
+        "reason": s("CamelCase reason of the current phase (e.g. WaitingForLease, JobVanished)."),
+        "message": s("Human-readable explanation of the current phase or error (never a secret)."),
+        "conditions": conditions(),
+        "observedGeneration": s("Generation of the spec last acted on.", "integer"),
+        "backupID": s("ID of the backup in the repository."),
+        "startTime": s("When the copy started (the Job was created).", format="date-time"),
+        "completionTime": s("When the run completed or failed.", format="date-time"),
+        "duration": s("Duration of the run, e.g. 1m3.2s."),
+        "durationSeconds": s("Duration of the run in seconds.", "number"),
+        "progress": progress(),
+        "jobName": s("Name of the Job doing the copy."),
+        "attempts": s("Pods the Job has started so far.", "integer"),
+        "location": s("Location of the repository (bucket and prefix, or PVC); no credentials."),
+        "scaledWorkload": obj("The workload scaled down for the copy, and its replicas before.", {
+            "kind": s("StatefulSet or Deployment."), "name": s("Name of the workload."),
+            "replicas": s("Replica count before the scale-down (restored afterwards).", "integer"),
+            "scaledDownAt": s("When it was scaled down.", format="date-time"),
+            "scaledUpAt": s("When it was scaled back.", format="date-time"),
+        }),
+    }
+
+
+def column(name: str, path: str, type_: str = "string", priority: int = 0, desc: str = "") -> Schema:
+    c: Schema = {"name": name, "type": type_, "jsonPath": path}
+    if priority:
+        c["priority"] = priority
+    if desc:
+        c["description"] = desc
+    return c
+
+
+AGE = column("Age", ".metadata.creationTimestamp", "date")
+
+
+def crd(kind: str, plural: str, short: list[str], spec: Schema, status: Schema,
+        columns: list[Schema], description: str) -> Schema:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}",
+                     "labels": {"app.kubernetes.io/name": "mo-backup-operator",
+                                "app.kubernetes.io/part-of": "mo-backup-operator"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
+                      "shortNames": short, "categories": [CATEGORY]},
+            "versions": [{
+                "name": VERSION, "served": True, "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object", "description": description,
+                    "properties": {
+                        "apiVersion": s("APIVersion of this object."),
+                        "kind": s("Kind of this object."),
+                        "metadata": {"type": "object"},
+                        "spec": spec,
+                        "status": status,
+                    },
+                    "required": ["spec"],
+                }},
+            }],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------- kinds
+
+def storage_crd() -> Schema:
+    s3 = obj("An S3 (or S3-compatible: MinIO, Ceph...) bucket.", {
+        "endpoint": s("Endpoint URL, e.g. https://minio.example:9000; empty for AWS.",
+                      pattern=r"^https?://[^\s/]+(/.*)?$"),
+        "bucket": s("Bucket name.", pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"),
+        "prefix": s("Key prefix of the repository inside the bucket.", default="",
+                    pattern=r"^([^/\s][^\s]*)?$", maxLength=512),
+        "region": s("Region of the bucket.", default="us-east-1"),
+        "pathStyle": s("Use path-style addressing (needed by most MinIO setups).", "boolean", default=False),
+        "caBundle": obj("A custom CA bundle (PEM) for the endpoint; from a ConfigMap or a Secret, mounted "
+                        "into the Job.", {
+                            "configMapRef": secret_key_ref("ConfigMap holding the PEM bundle.", "ca.crt"),
+                            "secretRef": secret_key_ref("Secret holding the PEM bundle.", "ca.crt"),
+                        }, **{"x-kubernetes-validations": [{
+                            "rule": "has(self.configMapRef) != has(self.secretRef)",
+                            "message": "caBundle needs exactly one of configMapRef or secretRef"}]}),
+        "credentialsSecretRef": obj("Secret with the access keys (passed to Jobs as env from the Secret).", {
+            "name": s("Name of the Secret, in the same namespace.", pattern=DNS_SUBDOMAIN),
+            "accessKeyIDKey": s("Key of the access key ID.", default="AWS_ACCESS_KEY_ID", pattern=SECRET_KEY),
+            "secretAccessKeyKey": s("Key of the secret access key.", default="AWS_SECRET_ACCESS_KEY",
+                                    pattern=SECRET_KEY),
+        }, ["name"]),
+    }, ["bucket"])
+    pvc = obj("A PersistentVolumeClaim holding the repository (mounted by every Job that uses it).", {
+        "claimName": s("Name of the PersistentVolumeClaim, in the same namespace.", pattern=DNS_SUBDOMAIN),
+        "path": s("Directory of the repository inside the volume.", default="mobackup", pattern=REL_PATH),
+    }, ["claimName"])
+    spec = obj("Where backups are stored.", {
+        "s3": s3,
+        "pvc": pvc,
+        "encryption": obj("Client-side encryption of the repository (AES-256-GCM, keyed blob names). Set "
+                          "it before the first backup: a repository is encrypted or not for its life.", {
+                              "keySecretRef": secret_key_ref("Secret holding the encryption passphrase.",
+                                                             "key"),
+                          }, ["keySecretRef"]),
+        "compression": s("Compression of new blobs when the repository is created.", enum=["none", "zstd"],
+                         default="zstd"),
+        "checkIntervalSeconds": s("How often the operator re-checks that the storage is reachable and the "
+                                  "credentials work.", "integer", default=300, minimum=10),
+    }, None, **{"x-kubernetes-validations": [
+        {"rule": "has(self.s3) != has(self.pvc)", "message": "set exactly one of s3 or pvc"}]})
+    status = obj("Observed state of the storage.", {
+        "phase": s("Whether the storage was reachable at the last check.", enum=["Available", "Unavailable"]),
+        "reason": s("CamelCase reason of the phase."),
+        "message": s("Why the storage is unavailable (never a secret)."),
+        "lastChecked": s("When reachability was last checked.", format="date-time"),
+        "location": s("Location of the repository, e.g. s3://bucket/prefix (no credentials)."),
+        "backupCount": s("Completed backups listed in the repository at the last check.", "integer"),
+        "observedGeneration": s("Generation of the spec last checked.", "integer"),
+        "conditions": conditions(),
+    })
+    cols = [column("Phase", ".status.phase"), column("Location", ".status.location"),
+            column("Backups", ".status.backupCount", "integer"),
+            column("Last Checked", ".status.lastChecked", "date"), AGE,
+            column("Message", ".status.message", priority=1)]
+    return crd("MOBackupStorage", "mobackupstorages", ["mobs"], spec, status, cols,
+               "MOBackupStorage is a backup repository: an S3 bucket/prefix or a PVC, with optional "
+               "client-side encryption and compression.")
+
+
+def backup_spec(in_template: bool = False) -> Schema:
+    source = obj("The MatrixOne data to back up.", {
+        "pvc": pvc_ref("The PersistentVolumeClaim holding mo-data.", "mo-data",
+                       "Path of the mo-data directory inside the volume ('.' when the volume is mo-data)."),
+        "workload": workload_ref("The StatefulSet or Deployment that runs MatrixOne on this volume "
+                                 "(scaled to 0 during a Stop-consistent copy, then restored)."),
+        "name": s("Name of the source in the repository (groups its backups, chooses incremental bases); "
+                  "default <namespace>/<claimName>.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$"),
+        "sql": sql_endpoint("The SQL endpoint of MatrixOne, to force a checkpoint before the copy "
+                            "(optional)."),
+    }, ["pvc"])
+    props: dict[str, Schema] = {
+        "source": source,
+        "storageRef": name_ref("The MOBackupStorage to write to."),
+        "type": s("Full copies everything; Incremental stores only what its base lacks (its manifest is "
+                  "still complete: restoring it needs no chain replay).", enum=["Full", "Incremental"],
+                  default="Full"),
+        "baseBackupName": s("MOBackup whose backup is the base of an Incremental (default: the latest "
+                            "Completed backup of the same source in the same storage).",
+                            pattern=DNS_SUBDOMAIN),
+        "baseBackupID": s("Backup ID of the base of an Incremental (alternative to baseBackupName).",
+                          pattern=BACKUP_ID),
+        "consistency": s("Stop: scale the workload to 0, wait until its pods are gone, copy, restore the "
+                         "replica count. Snapshot: CSI VolumeSnapshot of the PVC, copy from a clone "
+                         "(refused when the cluster has no VolumeSnapshot API). None: copy as is (only when "
+                         "MatrixOne is already stopped).", enum=["Stop", "Snapshot", "None"], default="Stop"),
+        "parallelism": s("Concurrent file transfers of the agent.", "integer", default=4, minimum=1,
+                         maximum=64),
+        "bandwidthLimit": s("Upper bound of the transfer rate, bytes per second as a quantity (50Mi, 100M); "
+                            "empty means unlimited.", pattern=QUANTITY),
+        "deletionPolicy": s("What deleting this resource does to the backup's data: Retain keeps it, Delete "
+                            "removes it from the repository (refused while other backups use it as base).",
+                            enum=["Retain", "Delete"], default="Delete" if in_template else "Retain"),
+        "job": job_overrides(),
+    }
+    validations = [
+        {"rule": "!has(self.baseBackupName) || !has(self.baseBackupID)",
+         "message": "set at most one of baseBackupName or baseBackupID"},
+        {"rule": "self.type == 'Incremental' || (!has(self.baseBackupName) && !has(self.baseBackupID))",
+         "message": "a base backup is only meaningful for type Incremental"},
+        {"rule": "self.consistency != 'Stop' || has(self.source.workload)",
+         "message": "consistency Stop needs source.workload (the workload to scale down)"},
+    ]
+    if in_template:
+        del props["type"], props["baseBackupName"], props["baseBackupID"]
+        validations = validations[2:]
+    else:
+        # What was copied cannot change afterwards; deletionPolicy and job overrides may.
+        for field in ("source", "storageRef", "type", "baseBackupName", "baseBackupID", "consistency"):
+            props[field]["x-kubernetes-validations"] = [
+                {"rule": "self == oldSelf", "message": f"{field} is immutable"}]
+    return obj("What to back up, where and how.", props, ["source", "storageRef"],
+               **{"x-kubernetes-validations": validations})
+
+
+def backup_crd() -> Schema:
+    phases = ["Pending", "Running", "Completed", "Failed"]
+    props = common_run_status(phases)
+    props.update({
+        "type": s("Full or Incremental (as stored)."),
+        "baseBackupID": s("Backup ID of the base of an incremental backup."),
+        "backupTS": s("Consistency timestamp of the backup (MatrixOne HLC format <physical ns>-<logical>)."),
+        "size": s("Logical size of the backed-up tree, human readable (e.g. 65.2 MiB)."),
+        "sizeBytes": s("Logical size of the backed-up tree in bytes.", "integer"),
+        "newBytes": s("Bytes newly stored in the repository by this backup (after dedup and compression).",
+                      "integer"),
+        "fileCount": s("Files in the backup.", "integer"),
+        "source": s("Name of the source in the repository."),
+        "storage": s("Name of the MOBackupStorage."),
+        "deleteBlockedBy": {"type": "array", "items": {"type": "string"},
+                            "description": "Backup IDs that use this backup as base and block its deletion."},
+        "mobackupVersion": s("Version of mobackup that wrote the backup."),
+    })
+    cols = [column("Phase", ".status.phase"), column("Type", ".status.type"),
+            column("Backup ID", ".status.backupID"), column("Size", ".status.size"),
+            column("BackupTS", ".status.backupTS"), column("Duration", ".status.duration"), AGE,
+            column("Base", ".status.baseBackupID", priority=1),
+            column("Source", ".status.source", priority=1),
+            column("Progress", ".status.progress.percent", "integer", priority=1),
+            column("Message", ".status.message", priority=1)]
+    return crd("MOBackup", "mobackups", ["mob"], backup_spec(), obj("Observed state of the backup.", props),
+               cols, "MOBackup is one physical backup of a MatrixOne data directory, run by a Job.")
+
+
+def restore_crd() -> Schema:
+    spec = obj("Which backup to restore, where, and how.", {
+        "backupName": s("MOBackup (Completed) to restore.", pattern=DNS_SUBDOMAIN),
+        "backupID": s("Backup ID to restore (with storageRef), e.g. one made elsewhere.", pattern=BACKUP_ID),
+        "storageRef": name_ref("MOBackupStorage holding backupID."),
+        "target": obj("Where to restore.", {
+            "pvc": pvc_ref("The PersistentVolumeClaim to restore into.", "mo-data",
+                           "Path of the mo-data directory inside the volume."),
+            "workload": workload_ref("The workload to stop before the restore and start again after it."),
+        }, ["pvc"]),
+        "overwrite": s("Replace the content of a non-empty target. When false a non-empty target fails the "
+                       "restore with a reason and nothing is touched.", "boolean", default=False),
+        "sqlCheck": obj("After the workload is back, connect and run `select version()` and "
+                        "`show databases` (optional).", {
+                            **sql_endpoint("")["properties"],
+                            "timeoutSeconds": s("How long to wait for the SQL endpoint.", "integer",
+                                                default=300, minimum=5),
+                        }, ["host", "passwordSecretRef"]),
+        "parallelism": s("Concurrent file transfers of the agent.", "integer", default=4, minimum=1,
+                         maximum=64),
+        "job": job_overrides(),
+    }, ["target"], **{"x-kubernetes-validations": [
+        {"rule": "has(self.backupName) != has(self.backupID)",
+         "message": "set exactly one of backupName or backupID"},
+        {"rule": "!has(self.backupID) || has(self.storageRef)",
+         "message": "backupID needs storageRef"},
+        {"rule": "self == oldSelf", "message": "the spec of a MORestore is immutable"},
+    ]})
+    props = common_run_status(["Pending", "Running", "Completed", "Failed"])
+    props.update({
+        "storage": s("Name of the MOBackupStorage restored from."),
+        "restoredBytes": s("Bytes written into the target.", "integer"),
+        "size": s("Bytes written into the target, human readable."),
+        "fileCount": s("Files written into the target.", "integer"),
+        "backupTS": s("Consistency timestamp of the restored backup."),
+        "target": s("The target, as claimName/path."),
+        "sqlCheck": s("Result of the SQL check after the start (databases listed, or the error)."),
+    })
+    cols = [column("Phase", ".status.phase"), column("Backup ID", ".status.backupID"),
+            column("Target", ".status.target"), column("Size", ".status.size"),
+            column("Duration", ".status.duration"), AGE,
+            column("Progress", ".status.progress.percent", "integer", priority=1),
+            column("Message", ".status.message", priority=1)]
+    return crd("MORestore", "morestores", ["mor"], spec, obj("Observed state of the restore.", props), cols,
+               "MORestore restores a backup into a MatrixOne data volume (stopping its workload meanwhile).")
+
+
+def schedule_crd() -> Schema:
+    cron_desc = ("5-field cron expression in the schedule's time zone (minute hour day-of-month month "
+                 "day-of-week), or @hourly/@daily/@weekly/@monthly/@yearly, or @every <duration> (e.g. "
+                 "@every 6h).")
+    template = obj("The MOBackup created on each run (type and base are set by the schedule).", {
+        "metadata": obj("Labels and annotations of the created MOBackups.", {
+            "labels": {"type": "object", "additionalProperties": {"type": "string"},
+                       "description": "Extra labels."},
+            "annotations": {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "Extra annotations."},
+        }),
+        "spec": backup_spec(in_template=True),
+    }, ["spec"])
+    spec = obj("When to back up, what, and what to keep.", {
+        "fullSchedule": s("When to take Full backups. " + cron_desc, minLength=1, maxLength=128),
+        "incrementalSchedule": s("When to take Incremental backups (on the latest Completed backup). "
+                                 + cron_desc, maxLength=128),
+        "timeZone": s("IANA time zone of the cron expressions.", default="UTC"),
+        "suspend": s("Stop creating backups (running ones finish).", "boolean", default=False),
+        "concurrencyPolicy": s("Forbid: skip a run while a backup of this schedule is still Pending or "
+                               "Running. Allow: create it anyway (it waits for the source's Lease).",
+                               enum=["Forbid", "Allow"], default="Forbid"),
+        "startingDeadlineSeconds": s("A run missed by more than this (e.g. operator down) is skipped.",
+                                     "integer", minimum=1, default=3600),
+        "template": template,
+        "retention": obj("Which Completed backups of this schedule to keep (the rest are deleted, "
+                         "data following their deletionPolicy). The newest Completed backup and every base "
+                         "a kept backup needs are always kept.", {
+                             "keepLast": s("Keep the N newest.", "integer", minimum=0),
+                             "keepDaily": s("Keep the newest of each of the last N days with a backup.",
+                                            "integer", minimum=0),
+                             "keepWeekly": s("Keep the newest of each of the last N ISO weeks with a backup.",
+                                             "integer", minimum=0),
+                             "keepMonthly": s("Keep the newest of each of the last N months with a backup.",
+                                              "integer", minimum=0),
+                             "keepWithin": s("Keep every backup younger than this (e.g. 36h, 7d, 2w).",
+                                             pattern=DURATION),
+                         }),
+        "successfulBackupsHistoryLimit": s("Completed MOBackups kept when no retention is set.", "integer",
+                                           minimum=1, default=10),
+        "failedBackupsHistoryLimit": s("Failed MOBackups of this schedule to keep (older ones are deleted).",
+                                       "integer", minimum=0, default=3),
+    }, ["fullSchedule", "template"])
+    status = obj("Observed state of the schedule.", {
+        "lastScheduleTime": s("When a backup was last created.", format="date-time"),
+        "lastFullScheduleTime": s("When a Full backup was last created.", format="date-time"),
+        "nextScheduleTime": s("When the next backup is due.", format="date-time"),
+        "nextFullScheduleTime": s("When the next Full backup is due.", format="date-time"),
+        "nextIncrementalScheduleTime": s("When the next Incremental backup is due.", format="date-time"),
+        "lastSuccessfulBackup": s("Name of the newest Completed MOBackup of the schedule."),
+        "lastSuccessfulTime": s("Completion time of the newest Completed MOBackup.", format="date-time"),
+        "active": {"type": "array", "items": {"type": "string"},
+                   "description": "MOBackups of this schedule that are Pending or Running."},
+        "reason": s("CamelCase reason of the last decision (e.g. Suspended, SkippedConcurrent)."),
+        "message": s("Human-readable note on the last decision or error."),
+        "observedGeneration": s("Generation of the spec last acted on.", "integer"),
+        "conditions": conditions(),
+    })
+    cols = [column("Full", ".spec.fullSchedule"), column("Incremental", ".spec.incrementalSchedule"),
+            column("Suspend", ".spec.suspend", "boolean"),
+            column("Last Schedule", ".status.lastScheduleTime", "date"),
+            column("Next", ".status.nextScheduleTime", "date"),
+            column("Last Success", ".status.lastSuccessfulBackup"), AGE,
+            column("Message", ".status.message", priority=1)]
+    return crd("MOBackupSchedule", "mobackupschedules", ["mobsched"], spec, status, cols,
+               "MOBackupSchedule creates MOBackups on cron schedules and applies a retention policy to them.")
+
+
+ALL = {
+    "mobackupstorages.yaml": storage_crd,
+    "mobackups.yaml": backup_crd,
+    "morestores.yaml": restore_crd,
+    "mobackupschedules.yaml": schedule_crd,
+}
+
+HEADER = ("# Generated by `python -m mobackup.k8s.crdgen crds/` (operator/mobackup/k8s/crdgen.py). "
+          "Do not edit.\n")
+
+
+def render(name: str) -> str:
+    return HEADER + yaml.safe_dump(copy.deepcopy(ALL[name]()), sort_keys=False, width=110)
+
+
+def write(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in ALL:
+        path = out_dir / name
+        path.write_text(render(name))
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in write(Path(sys.argv[1] if len(sys.argv) > 1 else "crds")):
+        print(p)
