@@ -1,0 +1,318 @@
+"""`mobackup`: the command line (backup, list, show, restore, verify, delete, prune, demo), and the
+entry points of the Kubernetes operator and of its Job agent."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .engine.errors import MobackupError
+from .engine.model import BackupSummary, parse_iso
+from .engine.progress import for_terminal
+from .engine.repository import Repository, RepositoryOptions, open_repository
+
+DURATION_PART = re.compile(r"(\d+)([smhdw])")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?(?:/s)?$", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> timedelta:
+    """'7d', '12h', '1w2d', '90m' -> timedelta."""
+    parts = DURATION_PART.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 7d, 12h, 1w2d)")
+    return timedelta(seconds=sum(int(n) * DURATION_UNITS[u] for n, u in parts))
+
+
+def parse_rate(text: str) -> int:
+    """'50M' / '50MB/s' (10^6) or '50Mi' (2^20) -> bytes per second."""
+    match = SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid rate {text!r} (e.g. 50M, 100Mi, 1G)")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    power = "KMGT".index(unit[0]) + 1 if unit else 0
+    base = 1024 if unit.endswith("I") else 1000
+    value = int(number * base**power)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("the rate must be positive")
+    return value
+
+
+def decimal_size(n: int) -> str:
+    """Sizes as `mo_br list` prints them: 65 MB."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    raise AssertionError
+
+
+def local_time(text: str) -> str:
+    return parse_iso(text).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
+
+
+# ----- argument parsing ----------------------------------------------------------------------------
+
+def _repo_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("repository")
+    group.add_argument("--repo", default=os.environ.get("MOBACKUP_REPO"),
+                       help="PATH, file://PATH or s3://BUCKET/PREFIX (env MOBACKUP_REPO)")
+    group.add_argument("--s3-endpoint", help="S3 endpoint URL, e.g. http://minio:9000 (env AWS_ENDPOINT_URL)")
+    group.add_argument("--s3-region", help="S3 region (env AWS_REGION)")
+    group.add_argument("--s3-path-style", action="store_true", default=None,
+                       help="path-style bucket addressing, as MinIO needs (env MOBACKUP_S3_PATH_STYLE=true)")
+    group.add_argument("--s3-ca-bundle", help="PEM file of CAs to trust for the endpoint (env AWS_CA_BUNDLE)")
+    group.add_argument("--encryption-key-file", help="file holding the encryption key "
+                       "(or env MOBACKUP_ENCRYPTION_KEY; keys are never accepted on the command line)")
+    group.add_argument("--parallelism", type=int, help="concurrent transfers (default 4)")
+    group.add_argument("--bandwidth-limit", type=parse_rate, help="cap on transfer rate, e.g. 50M or 100Mi")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mobackup", description="Physical full and incremental backups of MatrixOne's data directory.")
+    parser.add_argument("--version", action="version", version=f"mobackup {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    init = commands.add_parser("init", help="create an empty repository")
+    _repo_args(init)
+    init.add_argument("--compression", choices=("none", "zstd"), default="none",
+                      help="compress blobs (MatrixOne objects are already compressed; default none)")
+
+    backup = commands.add_parser("backup", help="back up a MatrixOne data directory")
+    _repo_args(backup)
+    backup.add_argument("--data-dir", default="mo-data", help="the mo-data directory (default ./mo-data)")
+    backup.add_argument("--source", help="name of what is backed up (default: the data directory's path)")
+    backup.add_argument("--type", choices=("full", "incremental"),
+                        help="default: full for the first backup of a source, incremental after")
+    backup.add_argument("--base", help="base backup ID of an incremental (default: latest of the source)")
+    backup.add_argument("--compression", choices=("none", "zstd"), default="none",
+                        help="compression of a repository this backup creates")
+    backup.add_argument("--exclude", action="append", default=[], metavar="GLOB",
+                        help="also leave out paths matching GLOB (relative to the data directory)")
+    backup.add_argument("--sql-host", help="MatrixOne SQL host: force a checkpoint and read the version first")
+    backup.add_argument("--sql-port", type=int, default=6001)
+    backup.add_argument("--sql-user", default="dump", help="SQL user (password in env MOBACKUP_SQL_PASSWORD)")
+
+    listing = commands.add_parser("list", help="list completed backups")
+    _repo_args(listing)
+    listing.add_argument("--source", help="only backups of this source")
+
+    show = commands.add_parser("show", help="show one backup's record")
+    _repo_args(show)
+    show.add_argument("id")
+
+    restore = commands.add_parser("restore", help="restore a backup into a directory")
+    _repo_args(restore)
+    restore.add_argument("id")
+    restore.add_argument("--target", required=True, help="directory to restore into (empty, or --force)")
+    restore.add_argument("--force", action="store_true", help="replace the contents of a non-empty target")
+
+    verify = commands.add_parser("verify", help="check that a backup is complete and intact")
+    _repo_args(verify)
+    verify.add_argument("id")
+    verify.add_argument("--quick", action="store_true", help="check existence and sizes only")
+
+    delete = commands.add_parser("delete", help="delete a backup and the data only it used")
+    _repo_args(delete)
+    delete.add_argument("id")
+    delete.add_argument("--force", action="store_true", help="delete even when other backups name it as base")
+
+    prune = commands.add_parser("prune", help="apply retention and remove unreferenced data")
+    _repo_args(prune)
+    prune.add_argument("--keep-last", type=int, metavar="N")
+    prune.add_argument("--keep-daily", type=int, metavar="N")
+    prune.add_argument("--keep-weekly", type=int, metavar="N")
+    prune.add_argument("--keep-monthly", type=int, metavar="N")
+    prune.add_argument("--keep-within", type=parse_duration, metavar="DURATION", help="e.g. 7d, 12h")
+    prune.add_argument("--source", help="only this source's backups")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+
+    demo = commands.add_parser("demo", help="a tour on sample data: full, incremental, list, restore, verify")
+    demo.add_argument("--dir", default="mobackup-demo", help="working directory (default ./mobackup-demo)")
+    demo.add_argument("--json", action="store_true")
+
+    commands.add_parser("operator", help="run the Kubernetes operator (see `mobackup operator --help`)",
+                        add_help=False)
+    commands.add_parser("agent", help="run a Job's work inside Kubernetes (used by the operator)",
+                        add_help=False)
+    return parser
+
+
+# ----- commands ------------------------------------------------------------------------------------
+
+def repository_options(args: argparse.Namespace, **extra: Any) -> RepositoryOptions:
+    if not args.repo:
+        raise MobackupError("no repository: give --repo or set MOBACKUP_REPO")
+    return RepositoryOptions.from_env(
+        args.repo, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region, s3_path_style=args.s3_path_style,
+        s3_ca_bundle=args.s3_ca_bundle, encryption_key_file=args.encryption_key_file,
+        parallelism=args.parallelism, bandwidth_limit=args.bandwidth_limit, **extra,
+    )
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2) if args.json else text)
+
+
+def backup_table(summaries: Sequence[BackupSummary]) -> str:
+    headers = ["ID", "SIZE", "PATH", "AT TIME", "DURATION", "COMPLETE TIME", "BACKUPTS", "BACKUPTYPE",
+               "BASE", "NEW BYTES"]
+    rows = [[s.id, decimal_size(s.size_bytes), s.location, local_time(s.started_at), f"{s.duration_seconds:.3f}s",
+             local_time(s.completed_at), s.backup_ts, s.type, s.base_id or "-", decimal_size(s.new_bytes)]
+            for s in summaries]
+    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
+    return "\n".join(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                     for r in [headers, *rows])
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    repo = Repository.create(repository_options(args, compression=args.compression))
+    _emit(args, {"location": repo.location, **repo.config}, f"created repository {repo.location}")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from .engine.backup import run_backup
+    from .engine.layout import PathRules
+
+    mo_version = None
+    if args.sql_host:
+        from .engine.mosql import SqlEndpoint, prepare_backup
+
+        mo_version = prepare_backup(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user))
+    repo = open_repository(repository_options(args, compression=args.compression), create=True)
+    summary = run_backup(
+        repo, Path(args.data_dir), source=args.source, backup_type=args.type, base_id=args.base,
+        progress=for_terminal("backup", args.quiet or args.json), rules=PathRules(extra_excludes=tuple(args.exclude)),
+        mo_version=mo_version,
+    )
+    _emit(args, summary.to_dict(),
+          f"Backup ID {summary.id} ({summary.type}, {decimal_size(summary.size_bytes)} in {summary.file_count} "
+          f"files, {decimal_size(summary.new_bytes)} new, BACKUPTS {summary.backup_ts}, "
+          f"{summary.duration_seconds:.3f}s)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    repo = open_repository(repository_options(args))
+    problems: list[str] = []
+    summaries = [s for s in repo.list_backups(problems) if not args.source or s.source == args.source]
+    for problem in problems:
+        print(f"mobackup: warning: {problem}", file=sys.stderr)
+    _emit(args, [s.to_dict() for s in summaries], backup_table(summaries))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    repo = open_repository(repository_options(args))
+    summary = repo.load_summary(repo.resolve_id(args.id))
+    data = summary.to_dict()
+    dependents = [s.id for s in repo.list_backups() if s.base_id == summary.id]
+    data["dependents"] = dependents
+    text = "\n".join(f"{k:<18} {v}" for k, v in data.items() if k != "extra")
+    _emit(args, data, text)
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .engine.restore import run_restore
+
+    repo = open_repository(repository_options(args))
+    result = run_restore(repo, args.id, Path(args.target), force=args.force,
+                         progress=for_terminal("restore", args.quiet or args.json))
+    _emit(args, result.to_dict(),
+          f"restored backup {result.backup_id} into {result.target}: {result.file_count} files, "
+          f"{decimal_size(result.size_bytes)}, {result.duration_seconds:.3f}s")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .engine.verify import verify_backup
+
+    repo = open_repository(repository_options(args))
+    result = verify_backup(repo, args.id, quick=args.quick, progress=for_terminal("verify", args.quiet or args.json))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    if not result.ok:
+        for problem in result.problems if not args.json else []:
+            print(f"  {problem}", file=sys.stderr)
+        raise MobackupError(f"backup {result.backup_id} is damaged: {result.problem_count} problem(s), "
+                            f"first: {result.problems[0]}")
+    if not args.json:
+        mode = "quick check" if args.quick else "every digest checked"
+        print(f"backup {result.backup_id} is intact: {result.file_count} files, {result.blob_count} blobs ({mode})")
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from .engine.prune import delete_backup
+
+    repo = open_repository(repository_options(args))
+    result = delete_backup(repo, args.id, force=args.force)
+    _emit(args, result.to_dict(), f"deleted backup {result.deleted[0]}; removed {result.blobs_removed} blobs "
+          f"({decimal_size(result.bytes_freed)})")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .engine.prune import RetentionPolicy, prune
+
+    repo = open_repository(repository_options(args))
+    policy = RetentionPolicy(keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
+                             keep_monthly=args.keep_monthly, keep_within=args.keep_within)
+    result = prune(repo, policy, source=args.source, dry_run=args.dry_run)
+    verb = "would delete" if result.dry_run else "deleted"
+    lines = [f"{verb} {len(result.deleted)} backup(s): {', '.join(result.deleted) or '-'}"]
+    if not result.dry_run:
+        lines.append(f"removed {result.blobs_removed} blobs ({decimal_size(result.bytes_freed)}), "
+                     f"{result.partial_backups_removed} partial backup(s)")
+    _emit(args, result.to_dict(), "\n".join(lines))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.dir), as_json=args.json)
+
+
+COMMANDS = {
+    "init": cmd_init, "backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
+    "verify": cmd_verify, "delete": cmd_delete, "prune": cmd_prune, "demo": cmd_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "operator":
+        from .k8s.operator_main import main as operator_main
+
+        return operator_main(argv[1:])
+    if argv and argv[0] == "agent":
+        from .k8s.agent import main as agent_main
+
+        return agent_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MobackupError as error:
+        print(f"mobackup: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mobackup: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""Full and incremental backups of a MatrixOne data directory."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .errors import MobackupError, SourceChangedError
+from .index import FileIndex
+from .layout import PathRules, detect_layout, newest_checkpoint_ts
+from .model import BackupSummary, iso, utc_now
+from .progress import NullProgress, Progress
+from .repository import FileListWriter, Repository
+from .walk import SourceEntry, path_of, tree_totals, walk
+
+
+def default_source(data_dir: Path) -> str:
+    """The name of what is backed up when none is given: the data directory's absolute path."""
+    return str(data_dir.absolute())
+
+
+def _entry_record(entry: SourceEntry, chunks: list[str] | None = None, size: int | None = None,
+                  mtime_ns: int | None = None) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "path": entry.rel,
+        "type": entry.kind,
+        "mode": entry.mode,
+        "mtime_ns": entry.mtime_ns if mtime_ns is None else mtime_ns,
+    }
+    if entry.kind == "file":
+        record["size"] = entry.size if size is None else size
+        record["chunks"] = chunks or []
+    elif entry.kind == "symlink":
+        record["target"] = entry.target
+    return record
+
+
+@dataclass
+class _Totals:
+    size: int = 0
+    new_bytes: int = 0
+    stored_bytes: int = 0
+    files: int = 0
+    read_files: int = 0
+    chunks: int = 0
+    new_blobs: int = 0
+
+
+class _BackupRun:
+    """One backup in progress: the walk feeds a bounded pool of copy workers."""
+
+    def __init__(self, repo: Repository, data_dir: Path, rules: PathRules, progress: Progress,
+                 base_index: FileIndex | None, writer: FileListWriter, parallelism: int) -> None:
+        self.repo = repo
+        self.data_dir = data_dir
+        self.rules = rules
+        self.progress = progress
+        self.base_index = base_index
+        self.writer = writer
+        self.parallelism = max(1, parallelism)
+        self.totals = _Totals()
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(self.parallelism * 2)
+        self.error: BaseException | None = None
+        self.buffers = threading.local()
+
+    def _buffer(self) -> bytearray:
+        buffer = getattr(self.buffers, "buffer", None)
+        if buffer is None:
+            buffer = self.buffers.buffer = bytearray(self.repo.chunk_size)
+        return buffer
+
+    def _record(self, record: dict[str, Any], read: bool) -> None:
+        with self.lock:
+            self.writer.add(record)
+            if record["type"] == "file":
+                self.totals.size += record["size"]
+                self.totals.files += 1
+                self.totals.chunks += len(record["chunks"])
+                self.totals.read_files += int(read)
+
+    def copy_file(self, entry: SourceEntry) -> dict[str, Any] | None:
+        """Read, hash and store one file; None when a volatile file vanished."""
+        path = path_of(self.data_dir, entry.rel)
+        volatile = self.rules.is_volatile(entry.rel)
+        try:
+            source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            if volatile:
+                return None
+            raise SourceChangedError(
+                f"{entry.rel} vanished during the backup: MatrixOne is running; stop it or use a "
+                "volume snapshot for a consistent backup"
+            ) from None
+        buffer = self._buffer()
+        view = memoryview(buffer)
+        chunks: list[str] = []
+        done = 0
+        with source:
+            before = os.fstat(source.fileno())
+            while True:
+                n = source.readinto(buffer)
+                while n and n < len(buffer):  # fill whole chunks, so chunk boundaries are fixed
+                    more = source.readinto(view[n:])
+                    if not more:
+                        break
+                    n += more
+                if not n:
+                    break
+                data = view[:n]
+                digest = self.repo.codec.digest(data)
+                if not self.repo.has_blob(digest):
+                    stored = self.repo.put_blob(digest, data)
+                    with self.lock:
+                        self.totals.new_bytes += n
+                        self.totals.stored_bytes += stored
+                        self.totals.new_blobs += 1
+                chunks.append(digest)
+                done += n
+                self.progress.advance(n, 0)
+                if n < len(buffer):
+                    break
+            after = os.fstat(source.fileno())
+        changed = (
+            done != entry.size
+            or after.st_size != before.st_size
+            or after.st_mtime_ns != before.st_mtime_ns
+            or before.st_mtime_ns != entry.mtime_ns
+        )
+        if changed and not volatile:
+            raise SourceChangedError(
+                f"{entry.rel} changed while being copied (size {entry.size} -> {after.st_size}): "
+                "MatrixOne is running; stop it or use a volume snapshot for a consistent backup"
+            )
+        self.progress.advance(0, 1)
+        return _entry_record(entry, chunks, size=done, mtime_ns=after.st_mtime_ns)
+
+    def _done(self, future: Future[dict[str, Any] | None]) -> None:
+        self.slots.release()
+        error = future.exception()
+        if error is not None:
+            with self.lock:
+                if self.error is None:
+                    self.error = error
+            return
+        record = future.result()
+        if record is not None:
+            self._record(record, read=True)
+
+    def run(self) -> None:
+        with ThreadPoolExecutor(self.parallelism, thread_name_prefix="mobackup-copy") as pool:
+            for entry in walk(self.data_dir, self.rules):
+                if self.error is not None:
+                    break
+                if entry.kind != "file":
+                    self._record(_entry_record(entry), read=False)
+                    continue
+                prior = self.base_index.get(entry.rel) if self.base_index else None
+                # Unchanged since the base (same size and mtime): reuse its chunks without reading.
+                # MatrixOne objects are write-once; mutable files change size or mtime when written.
+                if prior is not None and prior[0] == entry.size and prior[1] == entry.mtime_ns:
+                    self._record(_entry_record(entry, prior[2]), read=False)
+                    self.progress.advance(entry.size, 1)
+                    continue
+                self.slots.acquire()
+                pool.submit(self.copy_file, entry).add_done_callback(self._done)
+        if self.error is not None:
+            raise self.error
+
+
+def _choose_base(repo: Repository, source: str, backup_type: str | None,
+                 base_id: str | None) -> BackupSummary | None:
+    if backup_type not in (None, "full", "incremental"):
+        raise MobackupError(f"unknown backup type {backup_type!r} (full or incremental)")
+    if backup_type == "full":
+        if base_id:
+            raise MobackupError("a full backup has no base: drop --base or use --type incremental")
+        return None
+    if base_id:
+        base = repo.load_summary(repo.resolve_id(base_id))
+        if base.source != source:
+            raise MobackupError(f"base backup {base.id} is of source {base.source!r}, not {source!r}")
+        return base
+    candidates = [s for s in repo.list_backups() if s.source == source]
+    if not candidates:
+        if backup_type == "incremental":
+            raise MobackupError(
+                f"no completed backup of source {source!r} to base an incremental backup on; "
+                "run a full backup first"
+            )
+        return None
+    return candidates[-1]
+
+
+def run_backup(
+    repo: Repository,
+    data_dir: Path,
+    *,
+    source: str | None = None,
+    backup_type: str | None = None,
+    base_id: str | None = None,
+    progress: Progress | None = None,
+    rules: PathRules | None = None,
+    mo_version: str | None = None,
+    backup_ts: str | None = None,
+) -> BackupSummary:
+    """Back up `data_dir`. With neither type nor base, the first backup of a source is full and later
+    ones are incremental on the latest completed backup of the same source."""
+    data_dir = Path(data_dir).absolute()
+    if not data_dir.is_dir():
+        raise MobackupError(f"{data_dir}: not a directory")
+    source = source or default_source(data_dir)
+    rules = rules or PathRules()
+    progress = progress or NullProgress()
+    with repo.lock(exclusive=False, purpose=f"backup of {source}", wait_seconds=60):
+        base = _choose_base(repo, source, backup_type, base_id)
+        started = utc_now()
+        clock = time.monotonic()
+        checkpoint_ts = newest_checkpoint_ts(data_dir)
+        if backup_ts is None:
+            backup_ts = checkpoint_ts or f"{time.time_ns()}-0"
+        backup_id = str(uuid.uuid4())
+        total_bytes, total_files = tree_totals(data_dir, rules)
+        progress.start(total_bytes, total_files)
+        with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
+            base_index = None
+            if base is not None:
+                base_index = FileIndex(Path(scratch) / "base.sqlite")
+                base_index.load(repo.entries(base))
+            writer = FileListWriter(repo.codec, backup_id, Path(scratch))
+            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer,
+                             repo.options.parallelism)
+            try:
+                run.run()
+            finally:
+                writer.close()
+                if base_index:
+                    base_index.close()
+            totals = run.totals
+            completed = utc_now()
+            summary = BackupSummary(
+                id=backup_id,
+                type="incremental" if base else "full",
+                base_id=base.id if base else None,
+                source=source,
+                backup_ts=backup_ts,
+                backup_ts_source="checkpoint" if checkpoint_ts == backup_ts else "clock",
+                started_at=iso(started),
+                completed_at=iso(completed),
+                duration_seconds=round(time.monotonic() - clock, 3),
+                size_bytes=totals.size,
+                new_bytes=totals.new_bytes,
+                stored_bytes=totals.stored_bytes,
+                file_count=totals.files,
+                read_file_count=totals.read_files,
+                chunk_count=totals.chunks,
+                new_blob_count=totals.new_blobs,
+                data_dir=str(data_dir),
+                host=socket.gethostname(),
+                layout=detect_layout(data_dir),
+                location=repo.location,
+                files_digest=writer.hasher.hexdigest(),
+                files_frames=writer.frames,
+                entry_count=writer.count,
+                mo_version=mo_version,
+                mobackup_version=__version__,
+                extra={"excludes": list(rules.excludes + rules.extra_excludes)},
+            )
+            repo.publish(summary, writer.path)
+        progress.finish()
+        return summary

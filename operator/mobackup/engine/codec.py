@@ -1,0 +1,131 @@
+"""How bytes are named and stored: BLAKE3 digests, optional zstd, optional AES-256-GCM.
+
+See docs/repository-format.md ("Blobs" and "Encryption") for the byte layout this implements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import CorruptDataError, EncryptionKeyError
+
+NONCE_SIZE = 12
+TAG_SIZE = 16
+RAW, ZSTD = 0, 1  # first byte of a framed payload
+KEY_CHECK_PLAINTEXT = b"mobackup key check v1"
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+
+
+@dataclass(frozen=True)
+class Keys:
+    encryption: bytes  # AES-256-GCM key
+    identity: bytes  # BLAKE3 key: blob names do not reveal plaintext digests
+
+
+def derive_keys(secret: str, salt: bytes) -> Keys:
+    material = hashlib.scrypt(
+        secret.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=64, maxmem=64 << 20
+    )
+    return Keys(encryption=material[:32], identity=material[32:])
+
+
+def make_key_check(keys: Keys) -> str:
+    nonce = os.urandom(NONCE_SIZE)
+    return (nonce + AESGCM(keys.encryption).encrypt(nonce, KEY_CHECK_PLAINTEXT, b"key-check")).hex()
+
+
+def key_matches(keys: Keys, key_check_hex: str) -> bool:
+    raw = bytes.fromhex(key_check_hex)
+    try:
+        plain = AESGCM(keys.encryption).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], b"key-check")
+    except InvalidTag:
+        return False
+    return plain == KEY_CHECK_PLAINTEXT
+
+
+class Codec:
+    """Digests and encodes blobs and metadata objects for one repository.
+
+    A repository with neither compression nor encryption stores plaintext verbatim, so that its
+    blobs can be checked with any BLAKE3 tool (`b3sum`).
+    """
+
+    def __init__(self, compression: str, keys: Keys | None, level: int = 3) -> None:
+        self.compression = compression
+        self.keys = keys
+        self.level = level
+        self.plain = compression == "none" and keys is None
+        self._local = threading.local()
+
+    def hasher(self) -> blake3.blake3:
+        if self.keys is not None:
+            return blake3.blake3(key=self.keys.identity)
+        return blake3.blake3()
+
+    def digest(self, data: bytes | memoryview) -> str:
+        hasher = self.hasher()
+        hasher.update(data)
+        return hasher.hexdigest()
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.level)
+        return compressor
+
+    def encode(self, data: bytes | memoryview, name: str, compress: bool | None = None) -> bytes | memoryview:
+        """Stored form of `data`; `name` (the object's key) is bound in as AES-GCM associated data.
+
+        In a plain repository the data itself is returned, uncopied."""
+        if compress is None:
+            compress = self.compression == "zstd"
+        if self.plain and not compress:
+            return data
+        framed = bytes([RAW]) + bytes(data)
+        if compress:
+            packed = self._compressor().compress(data)
+            if len(packed) + 1 < len(framed):
+                framed = bytes([ZSTD]) + packed
+        if self.keys is None:
+            return framed
+        nonce = os.urandom(NONCE_SIZE)
+        return nonce + AESGCM(self.keys.encryption).encrypt(nonce, framed, name.encode())
+
+    def decode(self, stored: bytes, name: str, framed: bool | None = None) -> bytes:
+        """Plaintext of a stored object; raises CorruptDataError when it was altered."""
+        if framed is None:
+            framed = not self.plain
+        if not framed:
+            return stored
+        if self.keys is not None:
+            if len(stored) < NONCE_SIZE + TAG_SIZE + 1:
+                raise CorruptDataError(f"{name}: truncated ({len(stored)} bytes)")
+            try:
+                stored = AESGCM(self.keys.encryption).decrypt(
+                    stored[:NONCE_SIZE], stored[NONCE_SIZE:], name.encode()
+                )
+            except InvalidTag:
+                raise CorruptDataError(f"{name}: authentication failed (corrupt or altered)") from None
+        if not stored:
+            raise CorruptDataError(f"{name}: empty object")
+        kind, body = stored[0], stored[1:]
+        if kind == RAW:
+            return body
+        if kind == ZSTD:
+            try:
+                return zstandard.ZstdDecompressor().decompress(body)
+            except zstandard.ZstdError as error:
+                raise CorruptDataError(f"{name}: cannot decompress ({error})") from None
+        raise CorruptDataError(f"{name}: unknown frame type {kind}")
+
+    def check_key_present(self) -> None:
+        if self.keys is None:
+            raise EncryptionKeyError("repository is encrypted: no key given")

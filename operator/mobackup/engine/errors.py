@@ -1,0 +1,49 @@
+"""Errors the engine raises for expected failures. `str(error)` is a one-line reason for a user."""
+
+
+class MobackupError(Exception):
+    """Base of every expected failure (bad input, unreachable storage, corrupt data...)."""
+
+
+class RepositoryNotFound(MobackupError):
+    """The location holds no repository."""
+
+
+class RepositoryFormatError(MobackupError):
+    """The repository is of a format this version cannot read (newer, or not a repository)."""
+
+
+class EncryptionKeyError(MobackupError):
+    """The repository is encrypted and no key, or the wrong key, was given."""
+
+
+class BackupNotFound(MobackupError):
+    """No completed backup has this ID."""
+
+
+class CorruptDataError(MobackupError):
+    """Stored data does not match its digest, is truncated, or is missing."""
+
+
+class SourceChangedError(MobackupError):
+    """A file changed or vanished while it was being copied."""
+
+
+class LockedError(MobackupError):
+    """Another process holds a conflicting lock on the repository."""
+
+
+class DependentsError(MobackupError):
+    """A backup cannot be deleted because other backups name it as their base."""
+
+    def __init__(self, backup_id: str, dependents: list[str]) -> None:
+        self.backup_id = backup_id
+        self.dependents = dependents
+        super().__init__(
+            f"backup {backup_id} is the base of {', '.join(dependents)}; delete those first "
+            "(or use --force: they stay restorable, every manifest is complete)"
+        )
+
+
+class TargetNotEmptyError(MobackupError):
+    """A restore target holds files and overwriting was not asked for."""

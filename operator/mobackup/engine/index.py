@@ -1,0 +1,93 @@
+"""A disk-backed lookup table (SQLite in a temporary file), so memory stays flat with millions of
+files: the base backup's file list for an incremental, the referenced blobs for prune and verify."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+BATCH = 20_000
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache at most
+    return db
+
+
+class FileIndex:
+    """path -> (size, mtime_ns, chunks) of a backup's regular files."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = _connect(path)
+        self.db.execute(
+            "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, chunks TEXT) WITHOUT ROWID"
+        )
+
+    def load(self, entries: Iterable[dict[str, Any]]) -> int:
+        count = 0
+        batch: list[tuple[str, int, int, str]] = []
+        self.db.execute("BEGIN")
+        for entry in entries:
+            if entry.get("type") != "file":
+                continue
+            batch.append((entry["path"], entry["size"], entry["mtime_ns"], json.dumps(entry["chunks"])))
+            if len(batch) >= BATCH:
+                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", batch)
+                count += len(batch)
+                batch.clear()
+        self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", batch)
+        self.db.execute("COMMIT")
+        return count + len(batch)
+
+    def get(self, path: str) -> tuple[int, int, list[str]] | None:
+        row = self.db.execute("SELECT size, mtime, chunks FROM files WHERE path = ?", (path,)).fetchone()
+        if row is None:
+            return None
+        return row[0], row[1], json.loads(row[2])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class DigestSet:
+    """A set of blob digests, on disk."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = _connect(path)
+        self.db.execute("CREATE TABLE digests (digest TEXT PRIMARY KEY) WITHOUT ROWID")
+        self.pending: list[tuple[str]] = []
+
+    def add(self, digest: str) -> None:
+        self.pending.append((digest,))
+        if len(self.pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR IGNORE INTO digests VALUES (?)", self.pending)
+            self.db.execute("COMMIT")
+            self.pending.clear()
+
+    def add_new(self, digest: str) -> bool:
+        """Add; True when it was not there yet (flushes first, so the answer is exact)."""
+        self.flush()
+        cursor = self.db.execute("INSERT OR IGNORE INTO digests VALUES (?)", (digest,))
+        return cursor.rowcount == 1
+
+    def __contains__(self, digest: object) -> bool:
+        self.flush()
+        return self.db.execute("SELECT 1 FROM digests WHERE digest = ?", (digest,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        self.flush()
+        return int(self.db.execute("SELECT COUNT(*) FROM digests").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()

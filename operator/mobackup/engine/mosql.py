@@ -1,0 +1,61 @@
+"""Talking to MatrixOne over SQL before a backup: force a checkpoint, read the version."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+import pymysql
+
+from .errors import MobackupError
+
+
+@dataclass(frozen=True)
+class SqlEndpoint:
+    host: str
+    port: int
+    user: str
+    password: str  # from the environment or a Secret, never the command line
+    timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, host: str, port: int, user: str) -> SqlEndpoint:
+        return cls(host, port, user, os.environ.get("MOBACKUP_SQL_PASSWORD", ""))
+
+    def __repr__(self) -> str:  # keep the password out of logs and tracebacks
+        return f"SqlEndpoint({self.user}@{self.host}:{self.port})"
+
+
+def _mo_ctl_ok(raw: object) -> bool:
+    """mo_ctl answers JSON such as {"method":"Checkpoint","result":[{"returnStr":"OK"}]}."""
+    try:
+        doc = json.loads(str(raw))
+        return any(item.get("returnStr") == "OK" for item in doc.get("result", []))
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def prepare_backup(endpoint: SqlEndpoint) -> str:
+    """Force a checkpoint (so the newest `ckp/meta_*` covers all committed data) and return the server
+    version. Raises MobackupError with the server's reason when it refuses."""
+    try:
+        connection = pymysql.connect(
+            host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
+            connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout,
+        )
+    except pymysql.MySQLError as error:
+        raise MobackupError(f"cannot connect to MatrixOne at {endpoint.host}:{endpoint.port}: {error.args[-1]}") from None
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("select version()")
+            version = str(cursor.fetchone()[0])
+            cursor.execute("select mo_ctl('dn', 'checkpoint', '')")
+            answer = cursor.fetchone()[0]
+            if not _mo_ctl_ok(answer):
+                raise MobackupError(f"MatrixOne refused the checkpoint: {answer}")
+            return version
+    except pymysql.MySQLError as error:
+        raise MobackupError(f"MatrixOne at {endpoint.host}:{endpoint.port}: {error.args[-1]}") from None
+    finally:
+        connection.close()

@@ -1,0 +1,189 @@
+"""Delete backups, apply retention policies, and collect blobs no backup references any more."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+from .errors import CorruptDataError, DependentsError
+from .index import DigestSet
+from .model import BackupSummary, utc_now
+from .repository import Repository, files_key, summary_key
+from .storage import LocalBackend
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Which backups of a source to keep (restic/K8up semantics). The newest completed backup, and
+    every base that a kept backup names, are always kept."""
+
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_within: timedelta | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(v is None for v in asdict(self).values())
+
+
+class RetentionItem(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def completed(self) -> datetime: ...
+    @property
+    def base_id(self) -> str | None: ...
+
+
+def select_kept(items: Sequence[RetentionItem], policy: RetentionPolicy,
+                now: datetime | None = None) -> dict[str, str]:
+    """IDs to keep, each with the first reason found. `items` are the completed backups of ONE
+    source. With an empty policy everything is kept."""
+    if policy.empty:
+        return {item.id: "no retention policy" for item in items}
+    now = now or utc_now()
+    newest_first = sorted(items, key=lambda i: (i.completed, i.id), reverse=True)
+    kept: dict[str, str] = {}
+    if newest_first:
+        kept[newest_first[0].id] = "newest completed backup"
+    for item in newest_first[: policy.keep_last or 0]:
+        kept.setdefault(item.id, "keep-last")
+    if policy.keep_within is not None:
+        for item in newest_first:
+            if item.completed >= now - policy.keep_within:
+                kept.setdefault(item.id, "keep-within")
+    buckets = (
+        (policy.keep_daily, "keep-daily", lambda d: d.strftime("%Y-%m-%d")),
+        (policy.keep_weekly, "keep-weekly", lambda d: "{}-W{:02d}".format(*d.isocalendar()[:2])),
+        (policy.keep_monthly, "keep-monthly", lambda d: d.strftime("%Y-%m")),
+    )
+    for count, reason, bucket_of in buckets:
+        if not count:
+            continue
+        seen: set[str] = set()
+        for item in newest_first:  # the newest backup of each of the `count` newest periods
+            bucket = bucket_of(item.completed)
+            if bucket not in seen:
+                seen.add(bucket)
+                if len(seen) > count:
+                    break
+                kept.setdefault(item.id, reason)
+    by_id = {item.id: item for item in items}
+    pending = list(kept)
+    while pending:  # chain-aware: keep the bases of what is kept
+        base = by_id.get(pending.pop())
+        if base is not None and base.base_id and base.base_id not in kept and base.base_id in by_id:
+            kept[base.base_id] = f"base of a kept backup ({base.id})"
+            pending.append(base.base_id)
+    return kept
+
+
+@dataclass
+class GarbageResult:
+    blobs_removed: int = 0
+    bytes_freed: int = 0
+    partial_backups_removed: int = 0
+
+
+@dataclass
+class PruneResult(GarbageResult):
+    deleted: list[str] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DeleteResult(GarbageResult):
+    deleted: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _unpublish(repo: Repository, backup_ids: Iterable[str]) -> None:
+    """The summary goes first: from then on the backup is not listed, and its file list is garbage."""
+    for backup_id in backup_ids:
+        repo.backend.delete([summary_key(backup_id)])
+        repo.backend.delete([files_key(backup_id)])
+
+
+def collect_garbage(repo: Repository) -> GarbageResult:
+    """Remove blobs no completed backup references, and leftovers of interrupted backups.
+    The caller holds the exclusive lock, so no backup is writing meanwhile."""
+    result = GarbageResult()
+    problems: list[str] = []
+    summaries = repo.list_backups(problems)
+    if problems:
+        raise CorruptDataError(f"refusing to delete blobs while a backup summary is unreadable: {problems[0]}")
+    published = {s.id for s in summaries}
+    with tempfile.TemporaryDirectory(prefix="mobackup-gc-") as scratch:
+        referenced = DigestSet(Path(scratch) / "referenced.sqlite")
+        try:
+            for summary in summaries:
+                for record in repo.entries(summary):
+                    for digest in record.get("chunks", ()):
+                        referenced.add(digest)
+            referenced.flush()
+            leftovers = [
+                info.key for info in repo.backend.list("backups/")
+                if info.key.endswith(".files") and info.key[len("backups/"):-len(".files")] not in published
+            ]
+            result.partial_backups_removed = repo.backend.delete(leftovers)
+            garbage: list[str] = []
+            for info in repo.backend.list("blobs/"):
+                if info.key.rsplit("/", 1)[-1] not in referenced:
+                    garbage.append(info.key)
+                    result.bytes_freed += info.size
+                    if len(garbage) >= 1000:
+                        result.blobs_removed += repo.backend.delete(garbage)
+                        garbage.clear()
+            result.blobs_removed += repo.backend.delete(garbage)
+        finally:
+            referenced.close()
+    if isinstance(repo.backend, LocalBackend):
+        for stale in repo.backend.list_temporary("", older_than=time.time()):
+            stale.unlink(missing_ok=True)
+    return result
+
+
+def delete_backup(repo: Repository, backup_id: str, *, force: bool = False) -> DeleteResult:
+    with repo.lock(exclusive=True, purpose=f"delete of {backup_id}", wait_seconds=60):
+        backup_id = repo.resolve_id(backup_id)
+        repo.load_summary(backup_id)
+        dependents = sorted(s.id for s in repo.list_backups() if s.base_id == backup_id)
+        if dependents and not force:
+            raise DependentsError(backup_id, dependents)
+        _unpublish(repo, [backup_id])
+        garbage = collect_garbage(repo)
+    return DeleteResult(deleted=[backup_id], **asdict(garbage))
+
+
+def prune(repo: Repository, policy: RetentionPolicy, *, source: str | None = None,
+          dry_run: bool = False, now: datetime | None = None) -> PruneResult:
+    """Apply `policy` to every source (or one), then collect garbage (unless `dry_run`)."""
+    with repo.lock(exclusive=True, purpose="prune", wait_seconds=60):
+        by_source: dict[str, list[BackupSummary]] = {}
+        for summary in repo.list_backups():
+            if source is None or summary.source == source:
+                by_source.setdefault(summary.source, []).append(summary)
+        kept: dict[str, str] = {}
+        doomed: list[str] = []
+        for items in by_source.values():
+            keep = select_kept(items, policy, now)
+            kept.update(keep)
+            doomed.extend(s.id for s in items if s.id not in keep)
+        if dry_run:
+            return PruneResult(deleted=doomed, kept=kept, dry_run=True)
+        _unpublish(repo, doomed)
+        garbage = collect_garbage(repo)
+    return PruneResult(deleted=doomed, kept=kept, **asdict(garbage))

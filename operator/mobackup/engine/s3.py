@@ -1,0 +1,156 @@
+"""The S3 backend (AWS, MinIO and other S3-compatible servers), through boto3."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import boto3
+import botocore.exceptions
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+
+from .errors import MobackupError
+from .storage import ObjectInfo, ObjectNotFound
+
+MULTIPART_THRESHOLD = 64 << 20
+MULTIPART_CHUNK = 16 << 20
+
+
+def _is_not_found(error: botocore.exceptions.ClientError) -> bool:
+    code = error.response.get("Error", {}).get("Code", "")
+    return code in ("404", "NoSuchKey", "NotFound")
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, botocore.exceptions.ClientError):
+        info = error.response.get("Error", {})
+        return f"{info.get('Code', '?')}: {info.get('Message', '')}".strip()
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+class S3Backend:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        path_style: bool = False,
+        ca_bundle: str | None = None,
+        max_connections: int = 16,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        config = Config(
+            region_name=region,
+            retries={"max_attempts": 8, "mode": "standard"},
+            max_pool_connections=max_connections,
+            s3={"addressing_style": "path" if path_style else "auto"},
+            # Checksums only when the operation requires them: S3-compatible servers differ.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        # Credentials: boto3's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a shared
+        # credentials file, a web identity...). Never taken from arguments.
+        self.client = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, config=config, verify=ca_bundle if ca_bundle else None
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=4
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, func, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return func(**kwargs)
+        except botocore.exceptions.ClientError as error:
+            if _is_not_found(error):
+                raise ObjectNotFound(f"{self.location}/{what}: missing") from None
+            raise MobackupError(f"{self.location}/{what}: {_reason(error)}") from None
+        except botocore.exceptions.BotoCoreError as error:
+            raise MobackupError(f"{self.location}: {_reason(error)}") from None
+
+    def read(self, key: str) -> bytes:
+        response = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return response["Body"].read()
+
+    def open_read(self, key: str) -> BinaryIO:
+        response = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return response["Body"]  # type: ignore[no-any-return]
+
+    def write(self, key: str, data: bytes | memoryview) -> None:
+        data = bytes(data)  # botocore signs and retries from a bytes body
+        if len(data) >= MULTIPART_THRESHOLD:
+            self._call(
+                key, self.client.upload_fileobj, Fileobj=io.BytesIO(data), Bucket=self.bucket,
+                Key=self._key(key), Config=self.transfer,
+            )
+        else:
+            self._call(key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def write_file(self, key: str, path: Path) -> None:
+        try:
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+        except (botocore.exceptions.ClientError, boto3.exceptions.S3UploadFailedError) as error:
+            raise MobackupError(f"{self.location}/{key}: {_reason(error)}") from None
+
+    def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        try:
+            head = self._call(key, self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        except ObjectNotFound:
+            return None
+        return int(head["ContentLength"])
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    yield ObjectInfo(item["Key"][strip:], int(item["Size"]), item["LastModified"].timestamp())
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            raise MobackupError(f"{self.location}: cannot list {prefix}: {_reason(error)}") from None
+
+    def delete(self, keys: Iterable[str]) -> int:
+        count = 0
+        batch: list[str] = []
+
+        def flush_batch() -> None:
+            nonlocal count
+            if not batch:
+                return
+            response = self._call(
+                "delete", self.client.delete_objects, Bucket=self.bucket,
+                Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True},
+            )
+            errors = response.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise MobackupError(f"{self.location}: cannot delete {first.get('Key')}: {first.get('Message')}")
+            count += len(batch)
+            batch.clear()
+
+        for key in keys:
+            batch.append(key)
+            if len(batch) == 1000:
+                flush_batch()
+        flush_batch()
+        return count
+
+    def flush(self) -> None:
+        """S3 writes are durable when they return."""
+
+    def check_access(self) -> None:
+        self._call("", self.client.head_bucket, Bucket=self.bucket)
+        list(self._call("", self.client.list_objects_v2, Bucket=self.bucket, Prefix=self._key(""), MaxKeys=1))

@@ -1,0 +1,183 @@
+"""Storage backends: a flat key/value space of immutable objects (a directory, or S3).
+
+Keys are `/`-separated relative paths such as `blobs/ab/ab12...`. Every write is atomic: a reader
+sees the whole object or nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .errors import MobackupError
+
+TMP_PREFIX = ".tmp."
+
+
+class ObjectNotFound(MobackupError):
+    """No object under this key."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: float  # seconds since the epoch
+
+
+class Backend(Protocol):
+    location: str
+
+    def read(self, key: str) -> bytes: ...
+    def open_read(self, key: str) -> BinaryIO: ...
+    def write(self, key: str, data: bytes | memoryview) -> None: ...
+    def write_file(self, key: str, path: Path) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int | None: ...
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def delete(self, keys: Iterable[str]) -> int: ...
+    def flush(self) -> None: ...
+    def check_access(self) -> None: ...
+
+
+def _syncfs(path: Path) -> None:
+    """Make everything written to the file system of `path` durable, in one call."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    except (AttributeError, OSError):
+        os.sync()
+    finally:
+        os.close(fd)
+
+
+class LocalBackend:
+    """A directory on a local or mounted file system (a PVC, NFS...)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.location = str(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.location}/{key}: missing") from None
+
+    def open_read(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.location}/{key}: missing") from None
+
+    def _tmp_path(self, final: Path) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return final.parent / f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:12]}"
+
+    def write(self, key: str, data: bytes | memoryview) -> None:
+        final = self._path(key)
+        tmp = self._tmp_path(final)
+        try:
+            with open(tmp, "wb") as out:
+                out.write(data)
+            os.rename(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def write_file(self, key: str, path: Path) -> None:
+        final = self._path(key)
+        tmp = self._tmp_path(final)
+        try:
+            shutil.copyfile(path, tmp)
+            os.rename(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return
+        stack = [base]
+        while stack:
+            directory = stack.pop()
+            with os.scandir(directory) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif not entry.name.startswith(TMP_PREFIX):
+                        st = entry.stat(follow_symlinks=False)
+                        key = Path(entry.path).relative_to(self.root).as_posix()
+                        yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def list_temporary(self, prefix: str, older_than: float) -> Iterator[Path]:
+        """Leftovers of interrupted writes (for prune)."""
+        base = self._path(prefix)
+        if not base.is_dir():
+            return
+        for path in base.rglob(f"{TMP_PREFIX}*"):
+            try:
+                if path.stat().st_mtime < older_than:
+                    yield path
+            except FileNotFoundError:
+                continue
+
+    def delete(self, keys: Iterable[str]) -> int:
+        count = 0
+        for key in keys:
+            try:
+                self._path(key).unlink()
+                count += 1
+            except FileNotFoundError:
+                pass
+        return count
+
+    def flush(self) -> None:
+        _syncfs(self.root)
+
+    def check_access(self) -> None:
+        if not self.root.is_dir():
+            raise MobackupError(f"{self.location}: not a directory")
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise MobackupError(f"{self.location}: not writable")
+
+
+class RateLimiter:
+    """A token bucket shared by all transfer threads (bytes per second)."""
+
+    def __init__(self, bytes_per_second: int) -> None:
+        self.rate = float(bytes_per_second)
+        self.lock = threading.Lock()
+        self.next_free = time.monotonic()
+
+    def consume(self, nbytes: int) -> None:
+        with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next_free)
+            self.next_free = start + nbytes / self.rate
+            wait = start - now
+        if wait > 0:
+            time.sleep(wait)

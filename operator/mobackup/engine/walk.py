@@ -1,0 +1,69 @@
+"""Streaming walk of a source tree: flat memory, whatever the number of files."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .layout import PathRules
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    rel: str  # POSIX path relative to the root
+    kind: str  # "file" | "dir" | "symlink"
+    size: int
+    mode: int
+    mtime_ns: int
+    target: str | None = None  # symlinks only
+
+
+def walk(root: Path, rules: PathRules) -> Iterator[SourceEntry]:
+    """Every entry below `root` (directories before their contents), excluded ones left out.
+
+    Directory listings are streamed from `os.scandir`, not sorted: MatrixOne keeps millions of
+    objects in one flat directory, and sorting would hold all their names in memory.
+    """
+    stack: list[tuple[str, str]] = [(str(root), "")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            iterator = os.scandir(directory)
+        except FileNotFoundError:
+            continue  # removed since its parent was listed; files in it are reported as vanished
+        with iterator as entries:
+            for entry in entries:
+                rel = prefix + entry.name
+                if rules.excluded(rel):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    yield SourceEntry(rel, "dir", 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+                    stack.append((entry.path, rel + "/"))
+                elif stat.S_ISREG(st.st_mode):
+                    yield SourceEntry(rel, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+                elif stat.S_ISLNK(st.st_mode):
+                    yield SourceEntry(
+                        rel, "symlink", 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns, os.readlink(entry.path)
+                    )
+                # sockets, FIFOs and devices are not data: skipped
+
+
+def tree_totals(root: Path, rules: PathRules) -> tuple[int, int]:
+    """(bytes, files) of the regular files a backup would read, for progress and ETA."""
+    total_bytes = total_files = 0
+    for entry in walk(root, rules):
+        if entry.kind == "file":
+            total_bytes += entry.size
+            total_files += 1
+    return total_bytes, total_files
+
+
+def path_of(root: Path, rel: str) -> Path:
+    return Path(os.path.join(root, rel))
