@@ -1,0 +1,99 @@
+"""Session-scoped pytest fixtures for the real test infrastructure.
+
+Use from a conftest:  `from cluster.fixtures import s3_server, kube_cluster  # noqa: F401`
+(or, once for the whole suite, `pytest_plugins = ["cluster.fixtures"]` in tests/conftest.py).
+
+A fixture imported by several conftests gets one pytest definition per conftest; the servers are
+therefore shared through a module-level, reference-counted singleton so that one session starts
+each server at most once and stops it (by PID) after its last user is torn down.
+
+A component that cannot be built makes the fixture FAIL with a message saying what is missing
+(never skip).
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import pytest
+
+from cluster import paths
+from cluster.s3 import S3Server, start_minio
+
+T = TypeVar("T")
+
+
+class _Shared(Generic[T]):
+    """One instance per process, started on first use, stopped when the last user releases it."""
+
+    def __init__(self, name: str, start: Callable[[Path], T], stop: Callable[[T], None]) -> None:
+        self._name, self._start, self._stop = name, start, stop
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._state_dir: Path | None = None
+        self._users = 0
+        self._error: str | None = None
+
+    def acquire(self) -> T:
+        with self._lock:
+            if self._error is not None:   # do not retry a failed start for every test module
+                pytest.fail(self._error, pytrace=False)
+            if self._value is None:
+                self._state_dir = Path(tempfile.mkdtemp(prefix=f"mobackup-{self._name}-"))
+                try:
+                    self._value = self._start(self._state_dir)
+                except paths.MissingComponent as e:
+                    self._error = f"{self._name}: {e}"
+                    pytest.fail(self._error, pytrace=False)
+                except Exception as e:
+                    self._error = f"{self._name} failed to start (state in {self._state_dir}): {e}"
+                    pytest.fail(self._error, pytrace=False)
+                atexit.register(self.shutdown)
+            self._users += 1
+            return self._value
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._users > 0:
+                return
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            value, self._value = self._value, None
+            if value is None:
+                return
+            self._stop(value)
+            # Keep the state (logs) of a failed session for debugging only if asked to.
+            if self._state_dir is not None and not _keep_state():
+                shutil.rmtree(self._state_dir, ignore_errors=True)
+
+
+def _keep_state() -> bool:
+    import os
+
+    return os.environ.get("MOBACKUP_TEST_KEEP_STATE", "") not in ("", "0")
+
+
+_s3 = _Shared[S3Server]("s3", lambda d: start_minio(d), lambda s: s.stop())
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real MinIO on 127.0.0.1 with random root credentials and an empty bucket.
+
+    Attributes: endpoint ("http://127.0.0.1:PORT"), access_key, secret_key, bucket, region,
+    data_dir; methods client() (boto3 S3 client) and env() (AWS_* variables for a subprocess).
+    """
+    value = _s3.acquire()
+    try:
+        yield value
+    finally:
+        _s3.release()
