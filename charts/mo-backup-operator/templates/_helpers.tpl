@@ -1,0 +1,121 @@
+{{/* Name of the chart, overridable. */}}
+{{- define "mobackup.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name when it already contains the chart name. */}}
+{{- define "mobackup.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "mobackup.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "mobackup.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "mobackup.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "mobackup.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: mo-backup-operator
+{{- end }}
+
+{{- define "mobackup.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "mobackup.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "mobackup.jobServiceAccountName" -}}
+{{- default (printf "%s-job" (include "mobackup.fullname" .)) .Values.jobServiceAccount.name }}
+{{- end }}
+
+{{/* Namespaces that get the Job pods' ServiceAccount and Role, as a JSON list. */}}
+{{- define "mobackup.jobNamespaces" -}}
+{{- if .Values.jobServiceAccount.namespaces }}
+{{- .Values.jobServiceAccount.namespaces | uniq | toJson }}
+{{- else if .Values.watchNamespaces }}
+{{- .Values.watchNamespaces | uniq | toJson }}
+{{- else }}
+{{- list .Release.Namespace | toJson }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag or repository@digest. */}}
+{{- define "mobackup.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "mobackup.agentImage" -}}
+{{- if not .Values.agentImage.repository }}
+{{- include "mobackup.image" . }}
+{{- else if .Values.agentImage.digest }}
+{{- printf "%s@%s" .Values.agentImage.repository .Values.agentImage.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.agentImage.repository (default .Chart.AppVersion .Values.agentImage.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* The operator's rules on namespaced resources (ClusterRole, or a Role per watched namespace). */}}
+{{- define "mobackup.namespacedRules" -}}
+- apiGroups: [mobackup.io]
+  resources: [mobackupstorages, mobackups, morestores, mobackupschedules]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [mobackup.io]
+  resources: [mobackupstorages/status, mobackups/status, morestores/status, mobackupschedules/status]
+  verbs: [get, patch, update]
+- apiGroups: [mobackup.io]
+  resources: [mobackupstorages/finalizers, mobackups/finalizers, morestores/finalizers, mobackupschedules/finalizers]
+  verbs: [update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch, create, update, delete]
+- apiGroups: [apps]
+  resources: [statefulsets, deployments]
+  verbs: [get, list, watch, patch]
+- apiGroups: [apps]
+  resources: [statefulsets/scale, deployments/scale]
+  verbs: [get, patch, update]
+- apiGroups: [""]
+  resources: [secrets, configmaps]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, list, create, delete]
+- apiGroups: [snapshot.storage.k8s.io]
+  resources: [volumesnapshots]
+  verbs: [get, create, delete]
+{{- if gt (int .Values.replicaCount) 1 }}
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [get, list, watch, patch]
+{{- end }}
+{{- end }}
