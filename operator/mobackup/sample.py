@@ -138,7 +138,7 @@ def mutate_mo_data(
         changed.append(log)
     _save_state(root, state)
     rel = lambda paths: sorted(str(p.relative_to(root)) for p in paths)  # noqa: E731
-    return {"added": rel(added), "removed": rel(removed), "changed": rel[*changed, _state_path(root)]}
+    return {"added": rel(added), "removed": rel(removed), "changed": rel([*changed, _state_path(root)])}
 
 
 def snapshot_tree(root: Path, include_transient: bool = False) -> dict[str, tuple[str, int, int, int, str]]:
