@@ -1,0 +1,115 @@
+"""The `mobackup` command line as scripts and the operator's Jobs use it (real subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mobackup.sample import generate_mo_data, mutate_mo_data, snapshot_tree
+
+MOBACKUP = str(Path(sys.executable).with_name("mobackup"))
+SUMMARY_KEYS = {"id", "type", "base_id", "backup_ts", "started_at", "completed_at", "size_bytes", "new_bytes",
+                "file_count"}
+
+
+def mobackup(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([MOBACKUP, *args], capture_output=True, text=True, env={**os.environ, **(env or {})},
+                            timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"mobackup {' '.join(args)} failed: {result.stderr}")
+    return result
+
+
+def test_cli_full_incremental_list_show_restore_verify(tmp_path: Path) -> None:
+    data = generate_mo_data(tmp_path / "mo-data", seed=4)
+    repo = str(tmp_path / "repo")
+    full = json.loads(mobackup("backup", "--data-dir", str(data), "--repo", repo, "--json").stdout)
+    assert SUMMARY_KEYS <= set(full) and full["type"] == "full" and full["base_id"] is None
+    assert full["source"] == str(data.absolute())  # derived from the data directory
+    mutate_mo_data(data, seed=5)
+    expected = snapshot_tree(data)
+    inc = json.loads(mobackup("backup", "--data-dir", str(data), "--repo", f"file://{repo}", "--json").stdout)
+    assert inc["type"] == "incremental" and inc["base_id"] == full["id"] and inc["new_bytes"] < full["new_bytes"]
+
+    listed = json.loads(mobackup("list", "--repo", repo, "--json").stdout)
+    assert [b["id"] for b in listed] == [full["id"], inc["id"]] and all(SUMMARY_KEYS <= set(b) for b in listed)
+    table = mobackup("list", "--repo", repo).stdout.splitlines()
+    assert [c.strip() for c in table[0].split(" | ")][:8] == ["ID", "SIZE", "PATH", "AT TIME", "DURATION", "COMPLETE TIME",
+                                         "BACKUPTS", "BACKUPTYPE"]
+    assert inc["id"] in table[2] and "incremental" in table[2] and inc["backup_ts"] in table[2]
+
+    shown = json.loads(mobackup("show", full["id"][:8], "--repo", repo, "--json").stdout)
+    assert shown["id"] == full["id"] and shown["dependents"] == [inc["id"]]
+
+    target = tmp_path / "restored"
+    restored = json.loads(mobackup("restore", inc["id"], "--repo", repo, "--target", str(target), "--json").stdout)
+    assert restored["file_count"] == inc["file_count"]
+    assert snapshot_tree(target) == expected
+    assert "is intact" in mobackup("verify", inc["id"], "--repo", repo).stdout
+    assert json.loads(mobackup("verify", inc["id"], "--repo", repo, "--quick", "--json").stdout)["ok"] is True
+
+    refused = mobackup("restore", inc["id"], "--repo", repo, "--target", str(target), check=False)
+    assert refused.returncode == 1 and "not empty" in refused.stderr and len(refused.stderr.splitlines()) == 1
+
+    dependents = mobackup("delete", full["id"], "--repo", repo, check=False)
+    assert dependents.returncode == 1 and f"is the base of {inc['id']}" in dependents.stderr
+    pruned = json.loads(mobackup("prune", "--repo", repo, "--keep-last", "1", "--json").stdout)
+    assert pruned["deleted"] == []  # the full backup is the base of the newest one
+    deleted = json.loads(mobackup("delete", inc["id"], "--repo", repo, "--json").stdout)
+    assert deleted["deleted"] == [inc["id"]]
+    assert [b["id"] for b in json.loads(mobackup("list", "--repo", repo, "--json").stdout)] == [full["id"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["backup", "--data-dir", "/nonexistent/mo-data", "--repo", "{repo}"], 1, "not a directory"),
+        (["list", "--repo", "{tmp}/empty"], 1, "no repository here"),
+        (["list"], 1, "no repository: give --repo or set MOBACKUP_REPO"),
+        (["restore", "nope", "--repo", "{repo}", "--target", "{tmp}/t"], 1, "no completed backup nope"),
+        (["backup", "--type", "differential", "--repo", "{repo}"], 2, "invalid choice"),
+        (["prune", "--repo", "{repo}", "--keep-within", "7 days"], 2, "invalid duration"),
+        (["backup", "--repo", "ftp://host/x", "--data-dir", "{tmp}"], 1, "unsupported repository URL"),
+        (["backup", "--repo", "{repo}", "--data-dir", "{tmp}", "--bandwidth-limit", "fast"], 2, "invalid rate"),
+    ],
+)
+def test_cli_bad_input_gives_one_line_reason(tmp_path: Path, args: list[str], code: int, message: str) -> None:
+    repo = tmp_path / "repo"
+    mobackup("init", "--repo", str(repo))
+    env = {k: v for k, v in os.environ.items() if k != "MOBACKUP_REPO"}
+    result = subprocess.run([MOBACKUP, *(a.format(repo=repo, tmp=tmp_path) for a in args)], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == code
+    assert message in result.stderr
+    if code == 1:
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_encryption_key_from_env_or_file_never_from_arguments(tmp_path: Path) -> None:
+    data = generate_mo_data(tmp_path / "mo-data", seed=6, objects=5)
+    repo = str(tmp_path / "repo")
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key\n")
+    mobackup("init", "--repo", repo, "--encryption-key-file", str(key_file))
+    backup = json.loads(mobackup("backup", "--data-dir", str(data), "--repo", repo, "--json",
+                                 env={"MOBACKUP_ENCRYPTION_KEY": "s3cret-key"}).stdout)
+    missing = mobackup("list", "--repo", repo, check=False)
+    assert missing.returncode == 1 and "repository is encrypted" in missing.stderr
+    wrong = mobackup("list", "--repo", repo, check=False, env={"MOBACKUP_ENCRYPTION_KEY": "guess"})
+    assert wrong.returncode == 1 and "wrong encryption key" in wrong.stderr
+    listed = mobackup("list", "--repo", repo, "--json", "--encryption-key-file", str(key_file))
+    assert json.loads(listed.stdout)[0]["id"] == backup["id"]
+    assert "s3cret" not in json.dumps(backup)
+    assert mobackup("backup", "--help").stdout.count("--encryption-key ") == 0
+
+
+def test_demo_runs_the_tour(tmp_path: Path) -> None:
+    result = mobackup("demo", "--dir", str(tmp_path / "demo"), "--json")
+    report = json.loads(result.stdout)
+    assert report["identical"] and report["verified"]
+    assert report["incremental"]["new_bytes"] < report["full"]["new_bytes"] / 10
