@@ -1,7 +1,10 @@
-"""Test suite root: makes `tests/` importable so that shared helpers (`cluster.fixtures`,
-`engine.helpers`) can be imported by the test modules and conftests below it."""
+"""Test suite root: makes `tests/` importable (shared helpers such as `cluster.fixtures`) and
+registers the fixtures of the real test infrastructure (MinIO, the Kubernetes control plane) for
+every test below."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+pytest_plugins = ["cluster.fixtures"]

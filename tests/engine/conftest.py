@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cluster.fixtures import s3_server  # noqa: F401 - a fixture, used through `request`
 
 from mobackup.engine.repository import Repository, RepositoryOptions, open_repository
 from mobackup.sample import generate_mo_data

@@ -29,7 +29,7 @@ def test_cli_full_incremental_list_show_restore_verify(tmp_path: Path) -> None:
     data = generate_mo_data(tmp_path / "mo-data", seed=4)
     repo = str(tmp_path / "repo")
     full = json.loads(mobackup("backup", "--data-dir", str(data), "--repo", repo, "--json").stdout)
-    assert SUMMARY_KEYS <= set(full) and full["type"] == "full" and full["base_id"] is None
+    assert set(full) >= SUMMARY_KEYS and full["type"] == "full" and full["base_id"] is None
     assert full["source"] == str(data.absolute())  # derived from the data directory
     mutate_mo_data(data, seed=5)
     expected = snapshot_tree(data)
@@ -37,10 +37,10 @@ def test_cli_full_incremental_list_show_restore_verify(tmp_path: Path) -> None:
     assert inc["type"] == "incremental" and inc["base_id"] == full["id"] and inc["new_bytes"] < full["new_bytes"]
 
     listed = json.loads(mobackup("list", "--repo", repo, "--json").stdout)
-    assert [b["id"] for b in listed] == [full["id"], inc["id"]] and all(SUMMARY_KEYS <= set(b) for b in listed)
+    assert [b["id"] for b in listed] == [full["id"], inc["id"]] and all(set(b) >= SUMMARY_KEYS for b in listed)
     table = mobackup("list", "--repo", repo).stdout.splitlines()
-    assert [c.strip() for c in table[0].split(" | ")][:8] == ["ID", "SIZE", "PATH", "AT TIME", "DURATION", "COMPLETE TIME",
-                                         "BACKUPTS", "BACKUPTYPE"]
+    header = [c.strip() for c in table[0].split(" | ")]
+    assert header[:8] == ["ID", "SIZE", "PATH", "AT TIME", "DURATION", "COMPLETE TIME", "BACKUPTS", "BACKUPTYPE"]
     assert inc["id"] in table[2] and "incremental" in table[2] and inc["backup_ts"] in table[2]
 
     shown = json.loads(mobackup("show", full["id"][:8], "--repo", repo, "--json").stdout)

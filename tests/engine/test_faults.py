@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RepoFactory
 
+from conftest import RepoFactory
 from mobackup.engine.backup import run_backup
 from mobackup.engine.errors import (
     CorruptDataError,
@@ -140,7 +140,7 @@ def test_file_changing_during_copy_fails_the_backup(make_repo: RepoFactory, tmp_
             out.write(b"more log")
 
     repo = make_repo(parallelism=1)
-    with pytest.raises(SourceChangedError, match="logservice-data/x/000001.log changed while being copied"):
+    with pytest.raises(SourceChangedError, match=r"logservice-data/x/000001\.log changed while being copied"):
         run_backup(repo, data, source="db", progress=_Saboteur(append))
     assert repo.list_backups() == []
 
@@ -162,7 +162,7 @@ def test_vanishing_file_fails_unless_volatile(make_repo: RepoFactory, tmp_path: 
     repo = make_repo(parallelism=1)
     for area in ("shared", "etl"):
         (data / area / "f-keep").write_bytes(b"")
-    with pytest.raises(SourceChangedError, match="vanished during the backup|changed while"):
+    with pytest.raises(SourceChangedError, match=r"vanished during the backup|changed while"):
         run_backup(repo, data, source="db", progress=_Saboteur(remove_others("shared")),
                    rules=__import__("mobackup.engine.layout", fromlist=["PathRules"]).PathRules(
                        extra_excludes=("etl",)))
@@ -203,9 +203,10 @@ def test_prune_waits_for_a_live_backup_lock_and_breaks_a_dead_one(make_repo: Rep
                                                                    mo_data: Path) -> None:
     repo = make_repo()
     run_backup(repo, mo_data, source="db")
-    with repo.lock(exclusive=False, purpose="backup of db"), pytest.raises(LockedError, match="locked by backup"):
-        with open_repository(RepositoryOptions.from_env(repo_url)).lock(exclusive=True, purpose="prune"):
-            pass
+    other = open_repository(RepositoryOptions.from_env(repo_url))
+    with (repo.lock(exclusive=False, purpose="backup of db"), pytest.raises(LockedError, match="locked by backup"),
+          other.lock(exclusive=True, purpose="prune")):
+        pass
     # a lock left by a process that no longer exists is stale at once on the same host
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     record = {"exclusive": False, "purpose": "backup of db", "host": os.uname().nodename,

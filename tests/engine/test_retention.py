@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import RepoFactory
 
+from conftest import RepoFactory
 from mobackup.engine.backup import run_backup
 from mobackup.engine.errors import DependentsError
 from mobackup.engine.prune import RetentionPolicy, delete_backup, prune, select_kept

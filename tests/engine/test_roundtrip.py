@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import RepoFactory
 
+from conftest import RepoFactory
 from mobackup.engine.backup import run_backup
 from mobackup.engine.errors import MobackupError, TargetNotEmptyError
 from mobackup.engine.layout import newest_checkpoint_ts
