@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--sql-host", help="MatrixOne SQL host: force a checkpoint and read the version first")
     backup.add_argument("--sql-port", type=int, default=6001)
     backup.add_argument("--sql-user", default="dump", help="SQL user (password in env MOBACKUP_SQL_PASSWORD)")
+    backup.add_argument("--sql-database", help="database to connect to (default: none)")
 
     listing = commands.add_parser("list", help="list completed backups")
     _repo_args(listing)
@@ -190,7 +191,8 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if args.sql_host:
         from .engine.mosql import SqlEndpoint, prepare_backup
 
-        mo_version = prepare_backup(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user))
+        mo_version = prepare_backup(
+            SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database))
     repo = open_repository(repository_options(args, compression=args.compression), create=True)
     summary = run_backup(
         repo, Path(args.data_dir), source=args.source, backup_type=args.type, base_id=args.base,

@@ -17,11 +17,12 @@ class SqlEndpoint:
     port: int
     user: str
     password: str  # from the environment or a Secret, never the command line
+    database: str | None = None
     timeout: float = 30.0
 
     @classmethod
-    def from_env(cls, host: str, port: int, user: str) -> SqlEndpoint:
-        return cls(host, port, user, os.environ.get("MOBACKUP_SQL_PASSWORD", ""))
+    def from_env(cls, host: str, port: int, user: str, database: str | None = None) -> SqlEndpoint:
+        return cls(host, port, user, os.environ.get("MOBACKUP_SQL_PASSWORD", ""), database)
 
     def __repr__(self) -> str:  # keep the password out of logs and tracebacks
         return f"SqlEndpoint({self.user}@{self.host}:{self.port})"
@@ -42,10 +43,12 @@ def prepare_backup(endpoint: SqlEndpoint) -> str:
     try:
         connection = pymysql.connect(
             host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
-            connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout,
+            database=endpoint.database, connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout,
+            autocommit=True,  # control calls, not a transaction to hold open
         )
     except pymysql.MySQLError as error:
-        raise MobackupError(f"cannot connect to MatrixOne at {endpoint.host}:{endpoint.port}: {error.args[-1]}") from None
+        where = f"{endpoint.host}:{endpoint.port}"
+        raise MobackupError(f"cannot connect to MatrixOne at {where}: {error.args[-1]}") from None
     try:
         with connection.cursor() as cursor:
             cursor.execute("select version()")
