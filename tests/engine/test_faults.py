@@ -254,3 +254,18 @@ def test_sigkill_at_random_points_never_leaves_a_broken_backup(repo_url: str, tm
     run_restore(repo, last.id, target)
     assert snapshot_tree(target) == snapshot_tree(data)
     assert not any(p.name.startswith(STAGING_PREFIX) for p in target.iterdir())
+
+
+def test_racing_first_backups_share_one_repository(repo_url: str, tmp_path: Path) -> None:
+    """Two processes that both find no repository create it once: the loser opens the winner's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mobackup.engine.errors import RepositoryExists
+    from mobackup.engine.repository import Repository
+
+    options = RepositoryOptions.from_env(repo_url, encryption_key="k")
+    with ThreadPoolExecutor(4) as pool:
+        repos = list(pool.map(lambda _: open_repository(options, create=True), range(4)))
+    assert len({r.config["id"] for r in repos}) == 1
+    with pytest.raises(RepositoryExists, match="exists here already"):
+        Repository.create(options)

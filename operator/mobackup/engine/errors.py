@@ -9,6 +9,10 @@ class RepositoryNotFound(MobackupError):
     """The location holds no repository."""
 
 
+class RepositoryExists(MobackupError):
+    """A repository was to be created where one exists already."""
+
+
 class RepositoryFormatError(MobackupError):
     """The repository is of a format this version cannot read (newer, or not a repository)."""
 

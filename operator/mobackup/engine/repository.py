@@ -27,6 +27,7 @@ from .errors import (
     EncryptionKeyError,
     LockedError,
     MobackupError,
+    RepositoryExists,
     RepositoryFormatError,
     RepositoryNotFound,
 )
@@ -138,8 +139,6 @@ class Repository:
         backend = make_backend(options)
         if isinstance(backend, LocalBackend):
             backend.root.mkdir(parents=True, exist_ok=True)
-        if backend.exists(CONFIG_KEY):
-            raise MobackupError(f"{backend.location}: a repository exists here already")
         if options.compression not in ("none", "zstd"):
             raise MobackupError(f"unknown compression {options.compression!r} (none or zstd)")
         config: dict[str, Any] = {
@@ -163,7 +162,8 @@ class Repository:
                 "salt": salt.hex(),
                 "key_check": make_key_check(keys),
             }
-        backend.write(CONFIG_KEY, json.dumps(config, indent=2).encode() + b"\n")
+        if not backend.write_new(CONFIG_KEY, json.dumps(config, indent=2).encode() + b"\n"):
+            raise RepositoryExists(f"{backend.location}: a repository exists here already")
         return cls(backend, config, Codec(options.compression, keys), options)
 
     @classmethod
@@ -459,4 +459,7 @@ def open_repository(options: RepositoryOptions, create: bool = False) -> Reposit
     except RepositoryNotFound:
         if not create:
             raise
+    try:
         return Repository.create(options)
+    except RepositoryExists:  # another process created it meanwhile: use theirs
+        return Repository.open(options)

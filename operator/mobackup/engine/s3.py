@@ -95,6 +95,16 @@ class S3Backend:
         else:
             self._call(key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
 
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Conditional create (If-None-Match: *), supported by AWS S3 and MinIO."""
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+            return True
+        except botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise MobackupError(f"{self.location}/{key}: {_reason(error)}") from None
+
     def write_file(self, key: str, path: Path) -> None:
         try:
             self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)

@@ -40,6 +40,7 @@ class Backend(Protocol):
     def open_read(self, key: str) -> BinaryIO: ...
     def write(self, key: str, data: bytes | memoryview) -> None: ...
     def write_file(self, key: str, path: Path) -> None: ...
+    def write_new(self, key: str, data: bytes) -> bool: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int | None: ...
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
@@ -97,6 +98,19 @@ class LocalBackend:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def write_new(self, key: str, data: bytes) -> bool:
+        """Create the object only if it does not exist; False when it did."""
+        final = self._path(key)
+        tmp = self._tmp_path(final)
+        try:
+            tmp.write_bytes(data)
+            os.link(tmp, final)  # atomic, and fails when `final` exists
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def write_file(self, key: str, path: Path) -> None:
         final = self._path(key)
