@@ -110,3 +110,22 @@ def test_compressed_and_encrypted_repositories_round_trip(repo_url: str, mo_data
         target = tmp_path / f"restored-{index}"
         run_restore(open_repository(options), full.id, target)
         assert snapshot_tree(target) == snapshot_tree(mo_data)
+
+
+def test_s3_credentials_can_be_given_explicitly(s3_server, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The operator reads credentials from a Secret per storage: they are passed, not taken from env."""
+    from mobackup.engine.errors import MobackupError
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    url = f"s3://{s3_server.bucket}/explicit"
+    common = {"s3_endpoint": s3_server.endpoint, "s3_region": s3_server.region, "s3_path_style": True}
+    options = RepositoryOptions(url, s3_access_key_id=s3_server.access_key,
+                                s3_secret_access_key=s3_server.secret_key, **common)
+    assert s3_server.secret_key not in repr(options)
+    open_repository(options, create=True).check_access()
+    wrong = RepositoryOptions(url, s3_access_key_id=s3_server.access_key, s3_secret_access_key="wrong", **common)
+    with pytest.raises(MobackupError, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"):
+        open_repository(wrong)

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -55,7 +55,10 @@ class RepositoryOptions:
     s3_region: str | None = None
     s3_path_style: bool = False
     s3_ca_bundle: str | None = None
-    encryption_key: str | None = None
+    # Secrets: kept out of repr() so that they never reach a log or a traceback.
+    s3_access_key_id: str | None = field(default=None, repr=False)
+    s3_secret_access_key: str | None = field(default=None, repr=False)
+    encryption_key: str | None = field(default=None, repr=False)
     compression: str = "none"
     parallelism: int = 4
     bandwidth_limit: int | None = None  # bytes per second, all transfers together
@@ -92,6 +95,7 @@ def make_backend(options: RepositoryOptions) -> Backend:
         return S3Backend(
             bucket, prefix, endpoint=options.s3_endpoint, region=options.s3_region,
             path_style=options.s3_path_style, ca_bundle=options.s3_ca_bundle,
+            access_key_id=options.s3_access_key_id, secret_access_key=options.s3_secret_access_key,
             max_connections=max(16, options.parallelism * 2),
         )
     if url.startswith("file://"):

@@ -41,6 +41,8 @@ class S3Backend:
         region: str | None = None,
         path_style: bool = False,
         ca_bundle: str | None = None,
+        access_key_id: str | None = None,
+        secret_access_key: str | None = None,
         max_connections: int = 16,
     ) -> None:
         self.bucket = bucket
@@ -55,9 +57,10 @@ class S3Backend:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        # Credentials: boto3's chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a shared
-        # credentials file, a web identity...). Never taken from arguments.
-        self.client = boto3.session.Session().client(
+        # Credentials: given explicitly (the operator reads them from a Secret), or boto3's chain
+        # (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a shared credentials file, a web identity...).
+        session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key)
+        self.client = session.client(
             "s3", endpoint_url=endpoint, config=config, verify=ca_bundle if ca_bundle else None
         )
         self.transfer = TransferConfig(
