@@ -1,0 +1,102 @@
+"""S3 over TLS with a private CA (`--s3-ca-bundle`), against a real MinIO serving HTTPS."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import secrets
+import ssl
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cluster import paths, procs
+from mobackup.sample import generate_mo_data, snapshot_tree
+
+MOBACKUP = str(Path(sys.executable).with_name("mobackup"))
+
+
+def _write_ca_and_server_cert(certs: Path) -> Path:
+    """A private CA, and a server certificate for 127.0.0.1 signed by it (as MinIO expects them)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mobackup test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    certs.mkdir(parents=True)
+    (certs / "public.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (certs / "private.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                          serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    ca_file = certs.parent / "ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    return ca_file
+
+
+@pytest.fixture
+def tls_minio(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
+    paths.ensure_built("minio")
+    ca_file = _write_ca_and_server_cert(tmp_path / "certs")
+    port = paths.free_port()
+    user, password = "tls" + secrets.token_hex(4), secrets.token_urlsafe(20)
+    server = procs.start_server(
+        "minio-tls", [str(paths.binary("minio")), "server", str(tmp_path / "data"), "--address",
+                      f"127.0.0.1:{port}", "--certs-dir", str(tmp_path / "certs"), "--quiet"],
+        tmp_path / "minio.log", env={"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password,
+                                     "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"},
+        pid_file=tmp_path / "minio.pid")
+    endpoint = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(ca_file))
+    try:
+        procs.wait_until(lambda: urllib.request.urlopen(f"{endpoint}/minio/health/ready", timeout=1,
+                                                        context=context).status == 200, 60, "MinIO (TLS)", server)
+        yield endpoint, ca_file, {"AWS_ACCESS_KEY_ID": user, "AWS_SECRET_ACCESS_KEY": password,
+                                  "AWS_REGION": "us-east-1", "MOBACKUP_S3_PATH_STYLE": "true"}
+    finally:
+        server.stop()
+
+
+def test_backup_and_restore_over_tls_with_a_private_ca(tls_minio: tuple[str, Path, dict[str, str]],
+                                                       tmp_path: Path) -> None:
+    endpoint, ca_file, credentials = tls_minio
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | credentials
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, verify=str(ca_file), aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+                 aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+                 region_name="us-east-1").create_bucket(Bucket="tls")
+    data = generate_mo_data(tmp_path / "mo-data", seed=2, objects=10)
+    repo = ["--repo", "s3://tls/mo", "--s3-endpoint", endpoint]
+
+    untrusted = subprocess.run([MOBACKUP, "backup", "--data-dir", str(data), *repo], env=env,
+                               capture_output=True, text=True)
+    assert untrusted.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr.replace(" ", "_").upper()
+
+    backup = subprocess.run([MOBACKUP, "backup", "--data-dir", str(data), *repo, "--s3-ca-bundle", str(ca_file),
+                             "--json"], env=env, capture_output=True, text=True, check=True)
+    backup_id = json.loads(backup.stdout)["id"]
+    env_with_ca = env | {"AWS_CA_BUNDLE": str(ca_file)}  # the same, from the environment
+    subprocess.run([MOBACKUP, "restore", backup_id, *repo, "--target", str(tmp_path / "restored")], env=env_with_ca,
+                   check=True, capture_output=True)
+    assert snapshot_tree(tmp_path / "restored") == snapshot_tree(data)
