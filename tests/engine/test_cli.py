@@ -113,3 +113,30 @@ def test_demo_runs_the_tour(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["identical"] and report["verified"]
     assert report["incremental"]["new_bytes"] < report["full"]["new_bytes"] / 10
+
+
+def test_progress_is_drawn_on_a_terminal_and_silent_otherwise(tmp_path: Path) -> None:
+    import pty
+
+    data = generate_mo_data(tmp_path / "mo-data", seed=8, objects=60, max_size=2 << 20)
+    repo = str(tmp_path / "repo")
+    master, slave = pty.openpty()
+    process = subprocess.Popen([MOBACKUP, "backup", "--data-dir", str(data), "--repo", repo], stdout=subprocess.PIPE,
+                               stderr=slave, text=True)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    process.wait(timeout=120)
+    os.close(master)
+    assert process.returncode == 0
+    screen = drawn.decode(errors="replace")
+    assert "backup: 100.0%" in screen and "files" in screen and "/s ETA" in screen
+    quiet = mobackup("backup", "--data-dir", str(data), "--repo", repo)
+    assert quiet.stderr == ""  # not a terminal: no progress noise in logs
