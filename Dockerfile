@@ -34,13 +34,13 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
  && /opt/mobackup/bin/pip install --no-index --find-links /wheels \
       -r /wheels/requirements.lock /wheels/mo_backup_operator-*.whl \
  && /opt/mobackup/bin/pip check \
- && groupadd --gid 10001 mobackup \
- && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin mobackup
+ && groupadd --gid 65532 mobackup \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /tmp --shell /usr/sbin/nologin mobackup
 LABEL org.opencontainers.image.title="mo-backup-operator" \
       org.opencontainers.image.description="Physical backup and restore of MatrixOne: CLI, Kubernetes operator and Job agent" \
       org.opencontainers.image.licenses="Apache-2.0"
 WORKDIR /tmp
 # Numeric so that Kubernetes' runAsNonRoot can verify it.
-USER 10001:10001
+USER 65532:65532
 ENTRYPOINT ["mobackup"]
 CMD ["--help"]

@@ -5,6 +5,7 @@ A missing tool makes the test FAIL with a message naming the tool and how to get
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,4 +61,32 @@ def crd_files() -> list[Path]:
     files = sorted(CRDS.glob("*.yaml"))
     if not files:
         pytest.fail(f"no CRDs in {CRDS} yet (written by the operator work, issue 4)", pytrace=False)
+    return files
+
+
+# Third-party CRDs the chart and deploy/ can render objects of, from the Go module proxy (the
+# upstream projects' own files): Prometheus Operator (ServiceMonitor, PrometheusRule) and
+# Argo CD (Application).
+THIRD_PARTY_CRDS = {
+    "github.com/prometheus-operator/prometheus-operator@v0.85.0": [
+        "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+        "example/prometheus-operator-crd/monitoring.coreos.com_prometheusrules.yaml",
+    ],
+    "github.com/argoproj/argo-cd/v3@v3.1.9": ["manifests/crds/application-crd.yaml"],
+}
+
+
+def third_party_crds() -> list[Path]:
+    if shutil.which("go") is None:
+        pytest.fail("`go` not found: needed to fetch the Prometheus Operator and Argo CD CRDs "
+                    "from the Go module proxy", pytrace=False)
+    files = []
+    for module, rels in THIRD_PARTY_CRDS.items():
+        proc = subprocess.run(["go", "mod", "download", "-json", module], capture_output=True, text=True,
+                              check=False, timeout=600, cwd="/")
+        info = json.loads(proc.stdout or "{}")
+        if proc.returncode != 0 or not info.get("Dir"):
+            pytest.fail(f"cannot download {module} from the Go module proxy: "
+                        f"{info.get('Error') or proc.stderr[-2000:]}", pytrace=False)
+        files += [Path(info["Dir"]) / rel for rel in rels]
     return files

@@ -1,0 +1,242 @@
+"""The Helm chart, with the real helm and kubeconform: lint, render, validate against the real
+API server's schemas and the CRDs, least-privilege RBAC, values schema, CRDs in step."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ship import tools
+from ship.validate import kubeconform
+
+CHART_CRDS = tools.CHART / "crds"
+BASE_CRDS = tools.DEPLOY / "base" / "crds"
+
+VALUE_SETS: dict[str, list[str]] = {
+    "defaults": [],
+    "namespaced": ["--set", "watchNamespaces={team-a,team-b}"],
+    "monitoring": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
+                   "--set", "metrics.prometheusRule.staleBackupHours=48"],
+    "peering-cluster": ["--set", "replicaCount=2"],
+    "peering-namespaced": ["--set", "replicaCount=3", "--set", "watchNamespaces={team-a}"],
+    "overrides": ["--set", "image.digest=sha256:" + "a" * 64, "--set", "agentImage.repository=registry.local/agent",
+                  "--set", "nodeSelector.disk=ssd", "--set", "tolerations[0].key=dedicated",
+                  "--set", "tolerations[0].operator=Exists", "--set", "logLevel=DEBUG",
+                  "--set", "jobServiceAccount.namespaces={db1,db2}", "--set", "metrics.enabled=false",
+                  "--set", "jobDefaults.nodeSelector.pool=backup"],
+}
+
+
+def helm(*args: str, check: bool = True) -> str:
+    proc = tools.run([tools.built_tool("helm"), *args], check=check, timeout=120)
+    return proc.stdout if check else proc.stdout + proc.stderr
+
+
+def render(*values: str, namespace: str = "mobackup-system", crds: bool = False) -> list[dict[str, Any]]:
+    out = helm("template", "mo-backup-operator", str(tools.CHART), "--namespace", namespace,
+               *(["--include-crds"] if crds else []), *values)
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_helm_lint_strict(name: str) -> None:
+    out = helm("lint", "--strict", str(tools.CHART), *VALUE_SETS[name])
+    assert "1 chart(s) linted, 0 chart(s) failed" in out
+    assert "[WARNING]" not in out and "[ERROR]" not in out, out
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_template_is_valid_under_kubeconform(name: str, schema_dir: Path) -> None:
+    manifests = helm("template", "mo-backup-operator", str(tools.CHART), "--namespace", "mobackup-system",
+                     "--include-crds", *VALUE_SETS[name])
+    kinds = kubeconform(manifests, schema_dir)
+    assert kinds["CustomResourceDefinition"] >= 4
+    assert kinds["Deployment"] == 1
+
+
+def test_chart_crds_are_exact_copies_of_crds_dir() -> None:
+    """charts/sync-crds keeps these in step; this fails when someone forgot to run it."""
+    for copy_dir in (CHART_CRDS, BASE_CRDS):
+        src = {p.name for p in tools.crd_files()}
+        dst = {p.name for p in copy_dir.glob("*.yaml")}
+        assert dst == src, f"{copy_dir}: {sorted(dst ^ src)} differ; run charts/sync-crds"
+        _, mismatch, errors = filecmp.cmpfiles(tools.CRDS, copy_dir, sorted(src), shallow=False)
+        assert not mismatch and not errors, f"{copy_dir}: {mismatch + errors} differ from crds/; run charts/sync-crds"
+    # and helm actually ships them
+    crds = by_kind(render(crds=True), "CustomResourceDefinition")
+    assert sorted(c["metadata"]["name"] for c in crds) == sorted(
+        yaml.safe_load(p.read_text())["metadata"]["name"] for p in tools.crd_files())
+
+
+# The operator's rules from the team's RBAC list (docs/operations.md repeats them).
+OPERATOR_RULES = {
+    ("mobackup.io", "mobackupstorages"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("mobackup.io", "mobackups"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("mobackup.io", "morestores"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("mobackup.io", "mobackupschedules"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    **{("mobackup.io", f"{r}/status"): {"get", "patch", "update"}
+       for r in ("mobackupstorages", "mobackups", "morestores", "mobackupschedules")},
+    **{("mobackup.io", f"{r}/finalizers"): {"update"}
+       for r in ("mobackupstorages", "mobackups", "morestores", "mobackupschedules")},
+    ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+    ("", "pods"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "delete"},
+    ("apps", "statefulsets"): {"get", "list", "watch", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "patch"},
+    ("apps", "statefulsets/scale"): {"get", "patch", "update"},
+    ("apps", "deployments/scale"): {"get", "patch", "update"},
+    ("", "secrets"): {"get"},
+    ("", "configmaps"): {"get"},
+    ("", "persistentvolumeclaims"): {"get", "list", "create", "delete"},
+    ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "create", "delete"},
+}
+CLUSTER_RULES = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+}
+
+
+def flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for verb_list in (rule.get("verbs", []),):
+            assert "*" not in verb_list, f"wildcard verb in {rule}"
+        for group in rule.get("apiGroups", []):
+            for res in rule.get("resources", []):
+                assert "*" not in (group, res), f"wildcard in {rule}"
+                out.setdefault((group, res), set()).update(rule["verbs"])
+    return out
+
+
+def test_cluster_wide_rbac_is_exactly_the_operator_rule_list() -> None:
+    docs = render()
+    roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
+    assert flatten(roles["mo-backup-operator"]["rules"]) == OPERATOR_RULES
+    assert flatten(roles["mo-backup-operator-cluster"]["rules"]) == CLUSTER_RULES
+    assert not by_kind(docs, "Role") or all(r["metadata"]["name"].endswith("-job") for r in by_kind(docs, "Role"))
+    sa = by_kind(docs, "ServiceAccount")
+    binding = {b["metadata"]["name"]: b for b in by_kind(docs, "ClusterRoleBinding")}["mo-backup-operator"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mo-backup-operator",
+                                    "namespace": "mobackup-system"}]
+    assert {s["metadata"]["name"] for s in sa} == {"mo-backup-operator", "mo-backup-operator-job"}
+
+
+def test_namespaced_rbac_grants_nothing_cluster_wide_but_discovery() -> None:
+    docs = render("--set", "watchNamespaces={team-a,team-b}")
+    cluster_roles = by_kind(docs, "ClusterRole")
+    assert [r["metadata"]["name"] for r in cluster_roles] == ["mo-backup-operator-cluster"]
+    assert flatten(cluster_roles[0]["rules"]) == CLUSTER_RULES
+    operator_roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "mo-backup-operator"]
+    assert sorted(r["metadata"]["namespace"] for r in operator_roles) == ["team-a", "team-b"]
+    for role in operator_roles:
+        assert flatten(role["rules"]) == OPERATOR_RULES
+    args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["operator", "--standalone", "--namespace=team-a", "--namespace=team-b"]
+    # Job pods' ServiceAccount + Role in each watched namespace, and only status rights.
+    job_roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "mo-backup-operator-job"]
+    assert sorted(r["metadata"]["namespace"] for r in job_roles) == ["team-a", "team-b"]
+    assert flatten(job_roles[0]["rules"]) == {
+        ("mobackup.io", "mobackups"): {"get"}, ("mobackup.io", "morestores"): {"get"},
+        ("mobackup.io", "mobackups/status"): {"get", "patch"}, ("mobackup.io", "morestores/status"): {"get", "patch"}}
+    job_sas = [s for s in by_kind(docs, "ServiceAccount") if s["metadata"]["name"] == "mo-backup-operator-job"]
+    assert sorted(s["metadata"]["namespace"] for s in job_sas) == ["team-a", "team-b"]
+
+
+def test_deployment_runs_the_operator_hardened() -> None:
+    docs = render()
+    dep = by_kind(docs, "Deployment")[0]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["mobackup"] and c["args"] == ["operator", "--standalone"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert c["livenessProbe"]["httpGet"]["port"] == "health" and ports["health"] == 8080
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["MOBACKUP_METRICS_PORT"] == str(ports["metrics"]) == "9090"
+    assert env["MOBACKUP_HEALTH_PORT"] == "8080"
+    assert env["MOBACKUP_AGENT_IMAGE"] == "ghcr.io/matrixorigin/mo-backup-operator:0.1.0"
+    assert env["MOBACKUP_JOB_SERVICE_ACCOUNT"] == "mo-backup-operator-job"
+    # No secret ever on the command line or in plain env values.
+    assert not any(k in json.dumps(c).lower() for k in ("secret_access", "password"))
+
+
+def test_job_defaults_reach_the_operator_as_it_parses_them() -> None:
+    """The chart's MOBACKUP_JOB_DEFAULTS/agent image/SA env, read by the operator's own parser."""
+    from mobackup.k8s.jobs import OperatorDefaults
+
+    docs = render("--set", "agentImage.repository=registry.local/agent", "--set", "agentImage.tag=1.2.3",
+                  "--set", "jobDefaults.backoffLimit=3", "--set", "jobDefaults.nodeSelector.pool=backup")
+    env = {e["name"]: e["value"] for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+           ["containers"][0]["env"] if "value" in e}
+    d = OperatorDefaults.from_env(env)
+    assert d.image == "registry.local/agent:1.2.3"
+    assert d.service_account == "mo-backup-operator-job"
+    assert d.job_defaults["backoffLimit"] == 3
+    assert d.job_defaults["nodeSelector"] == {"pool": "backup"}
+    assert d.job_defaults["resources"]["limits"]["memory"] == "1Gi"
+    assert d.job_defaults["activeDeadlineSeconds"] == 21600
+
+
+def test_monitoring_objects() -> None:
+    docs = render("--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
+                  "--set", "metrics.prometheusRule.staleBackupHours=48")
+    svc = by_kind(docs, "Service")[0]
+    sm = by_kind(docs, "ServiceMonitor")[0]
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
+    rules = {r["alert"]: r for g in by_kind(docs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
+    assert "mobackup_last_success_timestamp_seconds" in rules["MOBackupStale"]["expr"]
+    assert "> 172800" in rules["MOBackupStale"]["expr"]
+    assert 'mobackup_failures_total{kind="MOBackup"}' in rules["MOBackupFailed"]["expr"]
+    # The metric names alerted on are the ones the operator exports.
+    from mobackup.k8s.metrics import HELP
+
+    assert {"mobackup_last_success_timestamp_seconds", "mobackup_failures_total"} <= set(HELP)
+    assert not by_kind(render(), "ServiceMonitor") and not by_kind(render(), "PrometheusRule")
+
+
+BAD_VALUES = [
+    (["--set", "logLevel=LOUD"], "/logLevel", "must be one of"),
+    (["--set", "replicaCount=-1"], "/replicaCount", "minimum"),
+    (["--set", "watchNamespaces={Team_A}"], "/watchNamespaces/0", "does not match pattern"),
+    (["--set", "image.pullPolicy=Sometimes"], "/image/pullPolicy", "must be one of"),
+    (["--set", "image.digest=md5:abc"], "/image/digest", "does not match pattern"),
+    (["--set", "metrics.port=70000"], "/metrics/port", "maximum"),
+    (["--set", "jobDefaults.backoffLimit=-2"], "/jobDefaults/backoffLimit", "minimum"),
+    (["--set", "jobDefaults.activeDeadlineSeconds=five"], "/jobDefaults/activeDeadlineSeconds", "integer"),
+    (["--set", "metrics.prometheusRule.failedBackupWindow=soon"], "/metrics/prometheusRule/failedBackupWindow",
+     "does not match pattern"),
+    (["--set", "watchNamespace={a}"], "additional properties 'watchNamespace' not allowed", ""),
+    (["--set", "jobDefaults.retries=3"], "additional properties 'retries' not allowed", ""),
+]
+
+
+@pytest.mark.parametrize(("values", "where", "why"), BAD_VALUES, ids=[v[0][1] for v in BAD_VALUES])
+def test_values_schema_rejects_bad_values_clearly(values: list[str], where: str, why: str) -> None:
+    out = helm("template", "x", str(tools.CHART), *values, check=False)
+    assert "values don't meet the specifications of the schema" in out, out
+    assert where in out and why in out, out
+
+
+def test_values_yaml_is_valid_and_documented() -> None:
+    """Every default passes the schema (helm lint does this) and the schema names every key."""
+    values = yaml.safe_load((tools.CHART / "values.yaml").read_text())
+    schema = json.loads((tools.CHART / "values.schema.json").read_text())
+    assert set(values) <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
