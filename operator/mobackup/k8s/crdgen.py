@@ -354,6 +354,7 @@ def backup_crd() -> Schema:
         "deleteBlockedBy": {"type": "array", "items": {"type": "string"},
                             "description": "Backup IDs that use this backup as base and block its deletion."},
         "mobackupVersion": s("Version of mobackup that wrote the backup."),
+        "copyDurationSeconds": s("Duration of the copy alone, as measured by the agent.", "number"),
     })
     cols = [column("Phase", ".status.phase"), column("Type", ".status.type"),
             column("Backup ID", ".status.backupID"), column("Size", ".status.size"),
@@ -403,6 +404,7 @@ def restore_crd() -> Schema:
         "backupTS": s("Consistency timestamp of the restored backup."),
         "target": s("The target, as claimName/path."),
         "sqlCheck": s("Result of the SQL check after the start (databases listed, or the error)."),
+        "sqlCheckSince": s("When the SQL check started waiting for the endpoint.", format="date-time"),
     })
     cols = [column("Phase", ".status.phase"), column("Backup ID", ".status.backupID"),
             column("Target", ".status.target"), column("Size", ".status.size"),
@@ -458,7 +460,8 @@ def schedule_crd() -> Schema:
     }, ["fullSchedule", "template"])
     status = obj("Observed state of the schedule.", {
         "lastScheduleTime": s("When a backup was last created.", format="date-time"),
-        "lastFullScheduleTime": s("When a Full backup was last created.", format="date-time"),
+        "lastFullScheduleTime": s("Scheduled time of the last Full run.", format="date-time"),
+        "lastIncrementalScheduleTime": s("Scheduled time of the last Incremental run.", format="date-time"),
         "nextScheduleTime": s("When the next backup is due.", format="date-time"),
         "nextFullScheduleTime": s("When the next Full backup is due.", format="date-time"),
         "nextIncrementalScheduleTime": s("When the next Incremental backup is due.", format="date-time"),

@@ -1,0 +1,192 @@
+"""`mobackup agent backup|restore|delete`: what a Job pod runs.
+
+Settings come from the args (nothing secret) and the environment (S3 keys, encryption key: env from
+Secrets). Progress is patched into the owning resource's `.status.progress` every few seconds; the
+result JSON goes to the termination message file (read back by the operator) and to stdout.
+Exit codes: 0 ok, 1 expected failure (reason in the result), 2 unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from mobackup.engine.errors import DependentsError, MobackupError
+
+from .status import progress_fields
+
+log = logging.getLogger("mobackup.agent")
+
+# Summary keys the operator needs (the termination message is capped at 4096 bytes).
+SUMMARY_KEYS = ("id", "type", "base_id", "source", "backup_ts", "started_at", "completed_at",
+                "duration_seconds", "size_bytes", "new_bytes", "stored_bytes", "file_count", "location",
+                "layout", "mobackup_version", "mo_version")
+MAX_MESSAGE = 4000
+
+
+class StatusReporter:
+    """The engine's Progress protocol; a thread patches `.status.progress` every `interval` seconds."""
+
+    def __init__(self, kind: str | None, name: str | None, namespace: str | None, interval: float) -> None:
+        self.kind, self.name, self.namespace, self.interval = kind, name, namespace, interval
+        self.lock = threading.Lock()
+        self.total_bytes = self.total_files = self.done_bytes = self.done_files = 0
+        self._stop = threading.Event()
+        self._dirty = False
+        self._kube: Any = None
+        self._thread: threading.Thread | None = None
+        if kind and name and namespace and interval > 0:
+            try:
+                from .kube import Kube, load_config
+                load_config()
+                self._kube = Kube()
+            except Exception as e:  # no API access: the copy still runs, the status shows no progress
+                log.warning("progress reports disabled: %s", str(e).splitlines()[0] if str(e) else e)
+        if self._kube is not None:
+            self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
+            self._thread.start()
+
+    def start(self, total_bytes: int, total_files: int) -> None:
+        with self.lock:
+            self.total_bytes, self.total_files = total_bytes, total_files
+            self._dirty = True
+
+    def advance(self, nbytes: int, nfiles: int) -> None:
+        with self.lock:
+            self.done_bytes += nbytes
+            self.done_files += nfiles
+            self._dirty = True
+
+    def finish(self) -> None:
+        self._push()
+
+    def fields(self) -> dict[str, Any]:
+        with self.lock:
+            return progress_fields(self.done_bytes, self.total_bytes, self.done_files, self.total_files)
+
+    def _push(self) -> None:
+        if self._kube is None:
+            return
+        with self.lock:
+            if not self._dirty:
+                return
+            self._dirty = False
+        try:
+            self._kube.patch_status(self.kind, self.namespace, self.name, {"progress": self.fields()})
+        except Exception as e:
+            log.warning("progress patch failed: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._push()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._push()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mobackup agent", description="Run by the operator's Jobs.")
+    sub = p.add_subparsers(dest="action", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--repo", required=True, help="repository URL (path, file://, s3://bucket/prefix)")
+        sp.add_argument("--kind", help="kind of the resource to report progress to (MOBackup/MORestore)")
+        sp.add_argument("--name", help="name of that resource")
+        sp.add_argument("--namespace", help="its namespace")
+        sp.add_argument("--termination-log", default="/dev/termination-log",
+                        help="where the result JSON is written for the operator")
+        sp.add_argument("--progress-interval", type=float, default=3.0, help="seconds between progress patches")
+        sp.add_argument("--parallelism", type=int, default=4)
+        sp.add_argument("--bandwidth-limit", type=int, default=None, help="bytes per second")
+        sp.add_argument("--compression", choices=["none", "zstd"], default="none",
+                        help="compression of a repository created by this run")
+
+    b = sub.add_parser("backup")
+    common(b)
+    b.add_argument("--data-dir", required=True, type=Path)
+    b.add_argument("--source", required=True)
+    b.add_argument("--type", choices=["full", "incremental"], default="full")
+    b.add_argument("--base", default=None)
+    r = sub.add_parser("restore")
+    common(r)
+    r.add_argument("--backup-id", required=True)
+    r.add_argument("--target", required=True, type=Path)
+    r.add_argument("--overwrite", action="store_true")
+    d = sub.add_parser("delete")
+    common(d)
+    d.add_argument("--backup-id", required=True)
+    return p
+
+
+def _write_result(path: str, result: dict[str, Any]) -> None:
+    text = json.dumps(result, separators=(",", ":"), default=str)
+    if len(text) > MAX_MESSAGE:  # keep it parseable: drop the bulky parts first
+        result = {k: v for k, v in result.items() if k in ("ok", "action", "error", "reason")}
+        text = json.dumps(result, separators=(",", ":"), default=str)[:MAX_MESSAGE]
+    print(text, flush=True)
+    try:
+        with open(path, "w") as f:
+            f.write(text)
+    except OSError as e:
+        log.warning("cannot write the termination message to %s: %s", path, e.strerror)
+
+
+def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+
+    opts = RepositoryOptions.from_env(args.repo, compression=args.compression, parallelism=args.parallelism,
+                                      bandwidth_limit=args.bandwidth_limit)
+    if args.action == "backup":
+        from mobackup.engine.backup import run_backup
+        repo = open_repository(opts, create=True)
+        summary = run_backup(repo, args.data_dir, source=args.source, backup_type=args.type,
+                             base_id=args.base, progress=reporter).to_dict()
+        return {"ok": True, "action": "backup", "result": {k: summary.get(k) for k in SUMMARY_KEYS}}
+    repo = open_repository(opts, create=False)
+    if args.action == "restore":
+        from mobackup.engine.restore import run_restore
+        res = run_restore(repo, args.backup_id, args.target, force=args.overwrite, progress=reporter).to_dict()
+        summary = repo.load_summary(res.get("backup_id") or args.backup_id).to_dict()
+        res.update({"backup_ts": summary.get("backup_ts"), "type": summary.get("type")})
+        return {"ok": True, "action": "restore", "result": res}
+    from mobackup.engine.prune import delete_backup
+    return {"ok": True, "action": "delete", "result": delete_backup(repo, args.backup_id).to_dict()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    reporter = StatusReporter(args.kind, args.name, args.namespace, args.progress_interval)
+    code = 0
+    try:
+        result = run(args, reporter)
+    except DependentsError as e:
+        result = {"ok": False, "action": args.action, "reason": "DependentsError", "error": str(e),
+                  "dependents": list(e.dependents)}
+        code = 1
+    except MobackupError as e:
+        result = {"ok": False, "action": args.action, "reason": type(e).__name__, "error": str(e)}
+        code = 1
+    except Exception as e:  # report, never hide: the operator shows this in status
+        traceback.print_exc()
+        result = {"ok": False, "action": args.action, "reason": "InternalError",
+                  "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+        code = 2
+    finally:
+        reporter.close()
+    _write_result(args.termination_log, result)
+    time.sleep(0)  # let the log handler flush before the pod exits
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,635 @@
+"""The reconcile logic of MOBackup, MORestore and MOBackupStorage (no kopf here: handlers.py calls it).
+
+A run (MOBackup or MORestore) is a small state machine kept in its status, so any pass (a watch
+event, the periodic resync, an operator restarted in the middle) continues from where it is:
+
+    Pending: validate -> references exist -> Lease of the source -> (Stop) scale down, pods gone
+             -> create the Job                                                   -> Running
+    Running: Job still running -> renew the Lease; Job vanished -> Failed (JobVanished);
+             Job done -> result from the pod's termination message -> scale back, release -> Completed/Failed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import events, jobs, lease, models, status, storage, workload
+from .kube import Conflict, Kube, NotFound
+from .metrics import REGISTRY, Registry
+
+log = logging.getLogger("mobackup.controller")
+
+RUN_ACTIVE = (None, "", "Pending", "Running")
+
+
+@dataclass
+class Ctx:
+    kube: Kube
+    defaults: jobs.OperatorDefaults = field(default_factory=jobs.OperatorDefaults)
+    metrics: Registry = REGISTRY
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def locked(self, uid: str) -> Iterator[bool]:
+        """Serialise passes over one object (watch handlers and the resync thread both call in)."""
+        with self._guard:
+            lk = self._locks.setdefault(uid, threading.Lock())
+        got = lk.acquire(timeout=60)
+        try:
+            yield got
+        finally:
+            if got:
+                lk.release()
+
+    def forget(self, uid: str) -> None:
+        with self._guard:
+            self._locks.pop(uid, None)
+
+
+class Fail(Exception):
+    """Stop the run as Failed with this reason (CamelCase) and message."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class Wait(Exception):
+    """Stay Pending with this reason and message (re-checked on the next pass)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def meta(obj: dict[str, Any]) -> tuple[str, str, str]:
+    m = obj["metadata"]
+    return m["namespace"], m["name"], m["uid"]
+
+
+def holder_id(obj: dict[str, Any]) -> str:
+    _ns, name, uid = meta(obj)
+    return f"{obj['kind']}/{name}/{uid}"
+
+
+def owner_of(obj: dict[str, Any]) -> jobs.Owner:
+    ns, name, uid = meta(obj)
+    return jobs.Owner(obj["kind"], name, ns, uid)
+
+
+def transition(ctx: Ctx, obj: dict[str, Any], phase: str, reason: str, message: str, **fields: Any) -> None:
+    """Patch the phase (+conditions, result fields); an Event when phase or reason changes."""
+    old = obj.get("status") or {}
+    same = old.get("phase") == phase and old.get("reason") == reason and old.get("message") == message
+    if same and all(old.get(k) == v for k, v in fields.items()):
+        return
+    ns, name, _ = meta(obj)
+    patch = status.phase_patch(old, phase, reason, message, obj["metadata"].get("generation"), **fields)
+    try:
+        ctx.kube.patch_status(obj["kind"], ns, name, patch)
+    except NotFound:
+        return
+    obj["status"] = {**old, **patch}
+    if (old.get("phase"), old.get("reason")) != (phase, reason):
+        events.emit(ctx.kube, obj, "Warning" if phase == "Failed" else "Normal", reason, message)
+
+
+def patch_fields(ctx: Ctx, obj: dict[str, Any], **fields: Any) -> None:
+    old = obj.get("status") or {}
+    if all(old.get(k) == v for k, v in fields.items()):
+        return
+    ns, name, _ = meta(obj)
+    try:
+        ctx.kube.patch_status(obj["kind"], ns, name, fields)
+    except NotFound:
+        return
+    obj["status"] = {**old, **fields}
+
+
+# ----------------------------------------------------------------------------------------- storage
+
+def get_storage(ctx: Ctx, ns: str, name: str) -> tuple[dict[str, Any], models.StorageSpec]:
+    try:
+        obj = ctx.kube.get_cr("MOBackupStorage", ns, name)
+    except NotFound:
+        raise Fail("StorageNotFound", f"MOBackupStorage {ns}/{name} not found") from None
+    try:
+        return obj, models.parse_storage(obj.get("spec") or {})
+    except models.SpecError as e:
+        raise Fail("InvalidStorage", f"MOBackupStorage {name}: {e}") from None
+
+
+def require_storage_ready(ctx: Ctx, ns: str, name: str) -> tuple[dict[str, Any], models.StorageSpec]:
+    obj, st = get_storage(ctx, ns, name)
+    try:
+        storage.read_credentials(ctx.kube, ns, st)
+    except storage.MissingInput as e:
+        raise Fail(e.reason, f"MOBackupStorage {name}: {e}") from None
+    sst = obj.get("status") or {}
+    if sst.get("phase") == "Unavailable":
+        raise Fail("StorageUnavailable", f"MOBackupStorage {name} is unavailable: {sst.get('message', '')}")
+    if not sst.get("phase"):
+        raise Wait("WaitingForStorageCheck", f"MOBackupStorage {name} has not been checked yet")
+    return obj, st
+
+
+def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
+    ns, name, _ = meta(obj)
+    old = obj.get("status") or {}
+    try:
+        st = models.parse_storage(obj.get("spec") or {})
+        result = storage.check(ctx.kube, ns, st)
+        location = st.location
+    except models.SpecError as e:
+        result, location = storage.CheckResult(False, "InvalidSpec", str(e)), None
+    phase = "Available" if result.available else "Unavailable"
+    gen = obj["metadata"].get("generation")
+    patch: dict[str, Any] = {
+        "phase": phase, "reason": result.reason, "message": result.message, "lastChecked": status.iso(),
+        "observedGeneration": gen,
+        "conditions": status.merge_conditions(old.get("conditions"), [
+            status.condition("Available", result.available, result.reason, result.message, gen)]),
+    }
+    if location:
+        patch["location"] = location
+    if result.backup_count is not None:
+        patch["backupCount"] = result.backup_count
+    try:
+        ctx.kube.patch_status("MOBackupStorage", ns, name, patch)
+    except NotFound:
+        return
+    obj["status"] = {**old, **patch}
+    ctx.metrics.set("mobackup_storage_available", 1 if result.available else 0, namespace=ns, storage=name)
+    if old.get("phase") != phase or (old.get("reason") != result.reason and not result.available):
+        events.emit(ctx.kube, obj, "Normal" if result.available else "Warning", result.reason, result.message)
+
+
+def storage_check_due(obj: dict[str, Any], now_ts: float) -> bool:
+    st = obj.get("status") or {}
+    if st.get("observedGeneration") != obj["metadata"].get("generation") or not st.get("lastChecked"):
+        return True
+    interval = int((obj.get("spec") or {}).get("checkIntervalSeconds", 300))
+    last = status.parse_iso(st["lastChecked"])
+    return last is None or now_ts - last.timestamp() >= interval
+
+
+# ------------------------------------------------------------------------------------ shared run parts
+
+def _pods_of_job(ctx: Ctx, ns: str, job_name: str) -> list[dict[str, Any]]:
+    pods = ctx.kube.list_pods(ns, f"job-name={job_name}")
+    return sorted(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")
+
+
+def job_outcome(ctx: Ctx, ns: str, job: dict[str, Any]) -> tuple[jobs.JobState, dict[str, Any] | None, str]:
+    """(Job state, the agent's result JSON if any, a fallback message from the pods)."""
+    state = jobs.job_state(job)
+    if state.state == "Running":
+        return state, None, ""
+    pods = _pods_of_job(ctx, ns, job["metadata"]["name"])
+    wanted = "Succeeded" if state.state == "Succeeded" else "Failed"
+    fallback = ""
+    for pod in reversed(pods):
+        pst = pod.get("status") or {}
+        msg = jobs.termination_message(pod)
+        result = jobs.parse_result(msg)
+        if result is not None and (pst.get("phase") == wanted or not fallback):
+            return state, result, ""
+        if not fallback:
+            fallback = (msg or pst.get("message") or pst.get("reason") or "").strip()[-500:]
+    return state, None, fallback or state.message or state.reason
+
+
+def scale_back(ctx: Ctx, obj: dict[str, Any], w: models.Workload | None) -> None:
+    if w is None:
+        return
+    ns, _, _ = meta(obj)
+    n = workload.scale_up(ctx.kube, ns, w, holder_id(obj))
+    if n is not None:
+        sw = dict((obj.get("status") or {}).get("scaledWorkload") or {})
+        sw["scaledUpAt"] = status.iso()
+        patch_fields(ctx, obj, scaledWorkload=sw)
+        events.emit(ctx.kube, obj, "Normal", "ScaledUp", f"{w.kind} {w.name} scaled back to {n} replicas")
+
+
+def stop_workload(ctx: Ctx, obj: dict[str, Any], w: models.Workload) -> None:
+    """Scale to 0 (remembering the replicas on the workload) and wait until its pods are gone."""
+    ns, _, _ = meta(obj)
+    try:
+        prev = workload.scale_down(ctx.kube, ns, w, holder_id(obj))
+    except workload.WorkloadError as e:
+        raise Fail("WorkloadError", str(e)) from None
+    sw = (obj.get("status") or {}).get("scaledWorkload") or {}
+    if sw.get("name") != w.name or "scaledDownAt" not in sw:
+        patch_fields(ctx, obj, scaledWorkload={"kind": w.kind, "name": w.name, "replicas": prev,
+                                               "scaledDownAt": status.iso()})
+        events.emit(ctx.kube, obj, "Normal", "ScaledDown", f"{w.kind} {w.name} scaled from {prev} to 0")
+    gone, left = workload.pods_gone(ctx.kube, ns, w)
+    if not gone:
+        raise Wait("WaitingForPodsToStop", f"{w.kind} {w.name}: {left} pod(s) still running")
+
+
+def take_lease(ctx: Ctx, obj: dict[str, Any], claim: str) -> None:
+    ns, _, _ = meta(obj)
+    out = lease.acquire(ctx.kube, ns, claim, holder_id(obj),
+                        lambda h: workload.holder_active(ctx.kube, ns, h))
+    if not out.acquired:
+        who = out.holder or "another run"
+        parsed = workload.parse_holder(who)
+        who = f"{parsed[0]} {parsed[1]}" if parsed else who
+        raise Wait("WaitingForLease", f"{who} is using PVC {claim}; one backup or restore at a time per source")
+
+
+def create_job(ctx: Ctx, obj: dict[str, Any], body: dict[str, Any]) -> str:
+    ns = obj["metadata"]["namespace"]
+    name = body["metadata"]["name"]
+    # Conflict: created by an earlier pass (e.g. before an operator restart): adopt it.
+    with contextlib.suppress(Conflict):
+        ctx.kube.create_job(ns, body)
+    return name
+
+
+def finish(ctx: Ctx, obj: dict[str, Any], claim: str, w: models.Workload | None, ok: bool, reason: str,
+           message: str, **fields: Any) -> None:
+    """Scale back and release first, then the terminal phase: a crash in between is repaired."""
+    ns, _, _ = meta(obj)
+    try:
+        scale_back(ctx, obj, w)
+    except Exception as e:  # the sweeper retries; the phase must still become terminal
+        log.warning("scale back failed: %s", e)
+    lease.release(ctx.kube, ns, claim, holder_id(obj))
+    kind = obj["kind"]
+    started = status.parse_iso((obj.get("status") or {}).get("startTime"))
+    transition(ctx, obj, "Completed" if ok else "Failed", reason, message, **fields)
+    labels = {"kind": kind, "namespace": ns}
+    ctx.metrics.inc("mobackup_successes_total" if ok else "mobackup_failures_total", **labels)
+    if started:
+        ctx.metrics.observe("mobackup_run_duration_seconds", (status.now() - started).total_seconds(), kind=kind)
+
+
+def fail_early(ctx: Ctx, obj: dict[str, Any], e: Fail, claim: str | None, w: models.Workload | None) -> None:
+    if claim:
+        finish(ctx, obj, claim, w, False, e.reason, str(e))
+    else:
+        transition(ctx, obj, "Failed", e.reason, str(e))
+        ctx.metrics.inc("mobackup_failures_total", kind=obj["kind"], namespace=obj["metadata"]["namespace"])
+
+
+# ------------------------------------------------------------------------------------------ MOBackup
+
+def reconcile_backup(ctx: Ctx, obj: dict[str, Any]) -> None:
+    ns, _name, _uid = meta(obj)
+    phase = (obj.get("status") or {}).get("phase")
+    if phase not in RUN_ACTIVE or obj["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        spec = models.parse_backup(obj.get("spec") or {}, ns)
+    except models.SpecError as e:
+        fail_early(ctx, obj, Fail("InvalidSpec", str(e)), None, None)
+        return
+    claim = spec.volume.claim
+    try:
+        if phase == "Running":
+            follow_backup(ctx, obj, spec)
+        else:
+            start_backup(ctx, obj, spec)
+    except Wait as e:
+        transition(ctx, obj, "Pending", e.reason, str(e))
+    except Fail as e:
+        fail_early(ctx, obj, e, claim, spec.workload if spec.consistency == "Stop" else None)
+
+
+def resolve_base(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> str | None:
+    ns, _, _ = meta(obj)
+    if spec.type != "Incremental":
+        return None
+    if spec.base_id:
+        return spec.base_id
+    if not spec.base_name:
+        return None  # the engine picks the latest completed backup of the source in the repository
+    try:
+        base = ctx.kube.get_cr("MOBackup", ns, spec.base_name)
+    except NotFound:
+        raise Fail("BaseNotFound", f"base MOBackup {spec.base_name} not found") from None
+    bst = base.get("status") or {}
+    if bst.get("phase") in RUN_ACTIVE:
+        raise Wait("WaitingForBase", f"base MOBackup {spec.base_name} is {bst.get('phase') or 'Pending'}")
+    if bst.get("phase") != "Completed" or not bst.get("backupID"):
+        raise Fail("InvalidBase", f"base MOBackup {spec.base_name} is {bst.get('phase')}, not Completed")
+    try:
+        bspec = models.parse_backup(base.get("spec") or {}, ns)
+    except models.SpecError:
+        raise Fail("InvalidBase", f"base MOBackup {spec.base_name} has an invalid spec") from None
+    if bspec.storage != spec.storage:
+        raise Fail("InvalidBase", f"base MOBackup {spec.base_name} is in storage {bspec.storage}, "
+                                  f"not {spec.storage}")
+    base_source = bst.get("source") or bspec.source_name
+    if base_source != spec.source_name:
+        raise Fail("InvalidBase", f"base MOBackup {spec.base_name} is of source {base_source!r}, "
+                                  f"not {spec.source_name!r}")
+    return str(bst["backupID"])
+
+
+def start_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None:
+    ns, _, _ = meta(obj)
+    if not (obj.get("status") or {}).get("phase"):
+        transition(ctx, obj, "Pending", "Accepted", "validated; preparing the backup",
+                   type=spec.type, source=spec.source_name, storage=spec.storage)
+    _, st = require_storage_ready(ctx, ns, spec.storage)
+    storage.require_pvc(ctx.kube, ns, spec.volume.claim, "source")
+    base_id = resolve_base(ctx, obj, spec)
+    if spec.consistency == "Snapshot" and not ctx.kube.has_api("snapshot.storage.k8s.io", "v1"):
+        raise Fail("SnapshotUnsupported", "consistency Snapshot needs the CSI VolumeSnapshot API "
+                                          "(snapshot.storage.k8s.io/v1), which this cluster does not serve; "
+                                          "use consistency Stop")
+    if spec.consistency == "Snapshot":
+        raise Fail("SnapshotUnsupported", "consistency Snapshot is not implemented by this operator version; "
+                                          "use consistency Stop")
+    take_lease(ctx, obj, spec.volume.claim)
+    if spec.consistency == "Stop" and spec.workload:
+        stop_workload(ctx, obj, spec.workload)
+    body = jobs.backup_job(owner_of(obj), spec, st, base_id=base_id, defaults=ctx.defaults)
+    job_name = create_job(ctx, obj, body)
+    ctx.metrics.inc("mobackup_runs_total", kind="MOBackup", namespace=ns)
+    transition(ctx, obj, "Running", "JobCreated", f"Job {job_name} is copying {spec.volume.claim}/"
+               f"{spec.volume.path} to {st.location}", jobName=job_name, startTime=status.iso(),
+               location=st.location, type=spec.type, source=spec.source_name, storage=spec.storage,
+               **({"baseBackupID": base_id} if base_id else {}))
+
+
+def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None:
+    ns, _, _ = meta(obj)
+    st = obj.get("status") or {}
+    job_name = st.get("jobName") or jobs.job_name(owner_of(obj), "backup")
+    w = spec.workload if spec.consistency == "Stop" else None
+    try:
+        job = ctx.kube.get_job(ns, job_name)
+    except NotFound:
+        finish(ctx, obj, spec.volume.claim, w, False, "JobVanished",
+               f"Job {job_name} disappeared before reporting a result")
+        return
+    state, result, fallback = job_outcome(ctx, ns, job)
+    if state.state == "Running":
+        take_lease(ctx, obj, spec.volume.claim)  # renew
+        if state.attempts and state.attempts != st.get("attempts"):
+            patch_fields(ctx, obj, attempts=state.attempts)
+        return
+    if result and result.get("ok"):
+        fields = status.backup_result_fields(result.get("result") or {})
+        finish(ctx, obj, spec.volume.claim, w, True, "BackupCompleted",
+               f"backup {fields.get('backupID')} completed: {fields.get('size')} in {fields.get('fileCount')} "
+               f"files, {fields.get('newBytes')} new bytes", attempts=state.attempts, **fields)
+        ctx.metrics.inc("mobackup_transferred_bytes_total", float(fields.get("newBytes") or 0),
+                        kind="MOBackup", namespace=ns)
+        record_success_metrics(ctx, obj)
+        return
+    if result:
+        reason, message = str(result.get("reason") or "BackupFailed"), str(result.get("error") or "")
+    else:
+        reason = "JobFailed" if state.state == "Failed" else "NoResult"
+        message = f"Job {job_name}: {state.reason}: {fallback}".strip()
+    if state.state == "Failed" and state.reason in ("DeadlineExceeded", "BackoffLimitExceeded") and result:
+        message = f"{message} (Job {state.reason})"
+    finish(ctx, obj, spec.volume.claim, w, False, reason, message, attempts=state.attempts)
+
+
+def record_success_metrics(ctx: Ctx, obj: dict[str, Any]) -> None:
+    st = obj.get("status") or {}
+    if st.get("phase") != "Completed":
+        return
+    done = status.parse_iso(st.get("completionTime"))
+    source = str(st.get("source") or "")
+    ns = obj["metadata"]["namespace"]
+    if done is None:
+        return
+    prev = ctx.metrics.get("mobackup_last_success_timestamp_seconds", namespace=ns, source=source)
+    if prev is None or done.timestamp() >= prev:
+        ctx.metrics.set("mobackup_last_success_timestamp_seconds", done.timestamp(), namespace=ns, source=source)
+        ctx.metrics.set("mobackup_last_success_size_bytes", float(st.get("sizeBytes") or 0), namespace=ns,
+                        source=source)
+
+
+def cleanup_run(ctx: Ctx, obj: dict[str, Any]) -> None:
+    """The resource is being deleted (or is gone) while active: stop the Job, scale back, release."""
+    ns, _, _ = meta(obj)
+    st = obj.get("status") or {}
+    if st.get("phase") not in ("Pending", "Running"):
+        return
+    try:
+        if obj["kind"] == "MOBackup":
+            spec_b = models.parse_backup(obj.get("spec") or {}, ns)
+            claim, w = spec_b.volume.claim, spec_b.workload if spec_b.consistency == "Stop" else None
+        else:
+            spec_r = models.parse_restore(obj.get("spec") or {})
+            claim, w = spec_r.volume.claim, spec_r.workload
+    except models.SpecError:
+        return
+    if st.get("jobName"):
+        ctx.kube.delete_job(ns, st["jobName"])
+    with_w = w
+    try:
+        scale_back(ctx, obj, with_w)
+    except Exception as e:
+        log.warning("scale back on deletion failed (the sweeper retries): %s", e)
+    lease.release(ctx.kube, ns, claim, holder_id(obj))
+
+
+def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
+    """deletionPolicy Delete: run (or follow) the delete Job. (done, message)."""
+    ns, _name, _ = meta(obj)
+    cleanup_run(ctx, obj)
+    st = obj.get("status") or {}
+    backup_id = st.get("backupID")
+    if not backup_id or st.get("phase") != "Completed":
+        return True, "no backup data to delete"
+    spec = models.parse_backup(obj.get("spec") or {}, ns)
+    try:
+        _, stg = get_storage(ctx, ns, spec.storage)
+    except Fail as e:
+        return False, f"cannot delete backup {backup_id}: {e}"
+    owner = owner_of(obj)
+    body = jobs.delete_job(owner, stg, backup_id, spec.job, ctx.defaults)
+    # Not owned by the MOBackup (it is being deleted: the GC could remove the Job at once); the
+    # operator deletes it after reading the result, ttlSecondsAfterFinished is the backstop.
+    body["metadata"].pop("ownerReferences", None)
+    body["spec"].setdefault("ttlSecondsAfterFinished", 600)
+    body["spec"]["backoffLimit"] = 0
+    jname = body["metadata"]["name"]
+    try:
+        job = ctx.kube.get_job(ns, jname)
+    except NotFound:
+        ctx.kube.create_job(ns, body)
+        ctx.metrics.inc("mobackup_runs_total", kind="Delete", namespace=ns)
+        events.emit(ctx.kube, obj, "Normal", "DeletingData", f"Job {jname} deletes backup {backup_id}")
+        return False, f"Job {jname} is deleting backup {backup_id}"
+    state, result, fallback = job_outcome(ctx, ns, job)
+    if state.state == "Running":
+        return False, f"Job {jname} is deleting backup {backup_id}"
+    ctx.kube.delete_job(ns, jname)
+    if result and result.get("ok"):
+        ctx.metrics.inc("mobackup_successes_total", kind="Delete", namespace=ns)
+        events.emit(ctx.kube, obj, "Normal", "DataDeleted", f"backup {backup_id} deleted from {stg.location}")
+        return True, "deleted"
+    ctx.metrics.inc("mobackup_failures_total", kind="Delete", namespace=ns)
+    if result and result.get("reason") == "BackupNotFound":
+        return True, "already absent"
+    reason = str((result or {}).get("reason") or "DeleteFailed")
+    message = str((result or {}).get("error") or fallback)
+    fields: dict[str, Any] = {"reason": "DeletionRefused" if reason == "DependentsError" else "DeleteFailed",
+                              "message": f"deletion of backup {backup_id}: {message}"}
+    if result and result.get("dependents"):
+        fields["deleteBlockedBy"] = list(result["dependents"])
+    patch_fields(ctx, obj, **fields)
+    events.emit(ctx.kube, obj, "Warning", fields["reason"], fields["message"])
+    return False, fields["message"]
+
+
+# ----------------------------------------------------------------------------------------- MORestore
+
+def reconcile_restore(ctx: Ctx, obj: dict[str, Any]) -> None:
+    _ns, _, _ = meta(obj)
+    phase = (obj.get("status") or {}).get("phase")
+    if phase not in RUN_ACTIVE or obj["metadata"].get("deletionTimestamp"):
+        return
+    try:
+        spec = models.parse_restore(obj.get("spec") or {})
+    except models.SpecError as e:
+        fail_early(ctx, obj, Fail("InvalidSpec", str(e)), None, None)
+        return
+    try:
+        if phase == "Running":
+            follow_restore(ctx, obj, spec)
+        else:
+            start_restore(ctx, obj, spec)
+    except Wait as e:
+        transition(ctx, obj, "Pending", e.reason, str(e))
+    except Fail as e:
+        fail_early(ctx, obj, e, spec.volume.claim, spec.workload)
+
+
+def resolve_restore_backup(ctx: Ctx, ns: str, spec: models.RestoreSpec) -> tuple[str, str, str | None]:
+    """(backup id, storage name, backupTS)."""
+    if spec.backup_id:
+        assert spec.storage
+        return spec.backup_id, spec.storage, None
+    assert spec.backup_name
+    try:
+        b = ctx.kube.get_cr("MOBackup", ns, spec.backup_name)
+    except NotFound:
+        raise Fail("BackupNotFound", f"MOBackup {spec.backup_name} not found") from None
+    bst = b.get("status") or {}
+    if bst.get("phase") in RUN_ACTIVE:
+        raise Wait("WaitingForBackup", f"MOBackup {spec.backup_name} is {bst.get('phase') or 'Pending'}")
+    if bst.get("phase") != "Completed" or not bst.get("backupID"):
+        raise Fail("BackupNotCompleted", f"MOBackup {spec.backup_name} is {bst.get('phase')}, not Completed")
+    storage_name = (b.get("spec") or {}).get("storageRef", {}).get("name") or bst.get("storage")
+    return str(bst["backupID"]), str(storage_name), bst.get("backupTS")
+
+
+def start_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> None:
+    ns, _, _ = meta(obj)
+    target = f"{spec.volume.claim}/{spec.volume.path}"
+    if not (obj.get("status") or {}).get("phase"):
+        transition(ctx, obj, "Pending", "Accepted", "validated; preparing the restore", target=target)
+    backup_id, storage_name, backup_ts = resolve_restore_backup(ctx, ns, spec)
+    _, st = require_storage_ready(ctx, ns, storage_name)
+    storage.require_pvc(ctx.kube, ns, spec.volume.claim, "target")
+    if spec.sql_check:
+        try:
+            storage.secret_value(ctx.kube, ns, spec.sql_check.password)
+        except storage.MissingInput as e:
+            raise Fail(e.reason, f"sqlCheck: {e}") from None
+    take_lease(ctx, obj, spec.volume.claim)
+    if spec.workload:
+        stop_workload(ctx, obj, spec.workload)
+    body = jobs.restore_job(owner_of(obj), spec, st, backup_id, ctx.defaults)
+    job_name = create_job(ctx, obj, body)
+    ctx.metrics.inc("mobackup_runs_total", kind="MORestore", namespace=ns)
+    transition(ctx, obj, "Running", "JobCreated", f"Job {job_name} is restoring {backup_id} into {target}",
+               jobName=job_name, startTime=status.iso(), backupID=backup_id, storage=storage_name,
+               location=st.location, target=target, **({"backupTS": backup_ts} if backup_ts else {}))
+
+
+def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> None:
+    ns, _, _ = meta(obj)
+    st = obj.get("status") or {}
+    if st.get("reason") == "CheckingSQL":
+        sql_check_pass(ctx, obj, spec)
+        return
+    job_name = st.get("jobName") or jobs.job_name(owner_of(obj), "restore")
+    try:
+        job = ctx.kube.get_job(ns, job_name)
+    except NotFound:
+        finish(ctx, obj, spec.volume.claim, spec.workload, False, "JobVanished",
+               f"Job {job_name} disappeared before reporting a result")
+        return
+    state, result, fallback = job_outcome(ctx, ns, job)
+    if state.state == "Running":
+        take_lease(ctx, obj, spec.volume.claim)
+        if state.attempts and state.attempts != st.get("attempts"):
+            patch_fields(ctx, obj, attempts=state.attempts)
+        return
+    if result and result.get("ok"):
+        fields = status.restore_result_fields(result.get("result") or {})
+        ctx.metrics.inc("mobackup_transferred_bytes_total", float(fields.get("restoredBytes") or 0),
+                        kind="MORestore", namespace=ns)
+        msg = (f"restored backup {fields.get('backupID')}: {fields.get('size')} in {fields.get('fileCount')} "
+               "files")
+        if spec.sql_check:
+            scale_back(ctx, obj, spec.workload)
+            transition(ctx, obj, "Running", "CheckingSQL", msg + "; checking SQL", attempts=state.attempts,
+                       sqlCheckSince=status.iso(), **fields)
+            return
+        finish(ctx, obj, spec.volume.claim, spec.workload, True, "RestoreCompleted", msg,
+               attempts=state.attempts, **fields)
+        return
+    if result:
+        reason, message = str(result.get("reason") or "RestoreFailed"), str(result.get("error") or "")
+        if reason == "TargetNotEmptyError":
+            reason = "TargetNotEmpty"
+            message += " (set spec.overwrite: true to replace it)"
+    else:
+        reason = "JobFailed"
+        message = f"Job {job_name}: {state.reason}: {fallback}".strip()
+    finish(ctx, obj, spec.volume.claim, spec.workload, False, reason, message, attempts=state.attempts)
+
+
+def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> None:
+    import pymysql
+
+    ns, _, _ = meta(obj)
+    chk = spec.sql_check
+    assert chk
+    started = status.parse_iso((obj.get("status") or {}).get("sqlCheckSince"))
+    try:
+        password = storage.secret_value(ctx.kube, ns, chk.password)
+    except storage.MissingInput as e:
+        finish(ctx, obj, spec.volume.claim, spec.workload, False, "SQLCheckFailed", str(e))
+        return
+    try:
+        conn = pymysql.connect(host=chk.host, port=chk.port, user=chk.user, password=password,
+                               connect_timeout=3, read_timeout=10)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("select version()")
+                version = str(cur.fetchone()[0])
+                cur.execute("show databases")
+                dbs = sorted(str(r[0]) for r in cur.fetchall())
+        finally:
+            conn.close()
+    except pymysql.MySQLError as e:
+        waited = (status.now() - started).total_seconds() if started else 0
+        if waited < chk.timeout_seconds:
+            return  # not up yet: the next pass tries again
+        finish(ctx, obj, spec.volume.claim, spec.workload, False, "SQLCheckFailed",
+               f"{chk.host}:{chk.port} did not answer within {chk.timeout_seconds}s: {e.args[-1]}")
+        return
+    result = f"version {version}; databases: {', '.join(dbs)}"
+    finish(ctx, obj, spec.volume.claim, spec.workload, True, "RestoreCompleted",
+           f"restored backup {obj['status'].get('backupID')}; SQL check ok", sqlCheck=result[:1000])

@@ -1,0 +1,373 @@
+"""Spec models of the four kinds, parsed from the resource dicts, with readable validation errors.
+
+The CRD schema already rejects most bad input at the API server; these checks repeat the essentials
+(an operator may meet objects written before a schema change) and add what a schema cannot say
+(cron syntax, time zones, durations, quantities).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import cron
+
+GROUP = "mobackup.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(k|Ki|M|Mi|G|Gi|T|Ti)?$")
+_MULT = {None: 1, "k": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+         "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+
+
+class SpecError(ValueError):
+    """Bad input; str() says which field and why (shown in status and in an Event)."""
+
+
+def _need(d: dict[str, Any], key: str, where: str) -> Any:
+    v = d.get(key)
+    if v in (None, "", {}):
+        raise SpecError(f"{where}.{key} is required")
+    return v
+
+
+def _name(v: Any, where: str) -> str:
+    if not isinstance(v, str) or not DNS.match(v) or len(v) > 253:
+        raise SpecError(f"{where} must be a DNS name (lower case letters, digits, '-', '.'), got {v!r}")
+    return v
+
+
+def _rel_path(v: Any, where: str) -> str:
+    if not isinstance(v, str) or v.startswith("/") or ".." in v.split("/") or "\x00" in v:
+        raise SpecError(f"{where} must be a relative path inside the volume without '..', got {v!r}")
+    return v.strip("/") or "."
+
+
+def parse_quantity(text: str | int | None) -> int | None:
+    """'50Mi' -> 52428800; None/'' -> None."""
+    if text in (None, ""):
+        return None
+    if isinstance(text, int):
+        return text
+    m = QUANTITY.match(str(text))
+    if not m:
+        raise SpecError(f"bandwidthLimit {text!r} is not a quantity like 50Mi or 100M")
+    return int(float(m.group(1)) * _MULT[m.group(2)])
+
+
+@dataclass(frozen=True)
+class SecretKey:
+    name: str
+    key: str
+
+
+def _secret_key(d: Any, where: str, default_key: str) -> SecretKey:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where} must be an object with name and key")
+    return SecretKey(_name(_need(d, "name", where), f"{where}.name"), str(d.get("key") or default_key))
+
+
+@dataclass(frozen=True)
+class Workload:
+    kind: str
+    name: str
+
+
+def _workload(d: Any, where: str) -> Workload | None:
+    if not d:
+        return None
+    kind = d.get("kind", "StatefulSet")
+    if kind not in ("StatefulSet", "Deployment"):
+        raise SpecError(f"{where}.kind must be StatefulSet or Deployment, got {kind!r}")
+    return Workload(kind, _name(_need(d, "name", where), f"{where}.name"))
+
+
+@dataclass(frozen=True)
+class Volume:
+    claim: str
+    path: str
+
+
+def _volume(d: Any, where: str, default_path: str) -> Volume:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where} is required")
+    return Volume(_name(_need(d, "claimName", where), f"{where}.claimName"),
+                  _rel_path(d.get("path", default_path), f"{where}.path"))
+
+
+@dataclass(frozen=True)
+class SqlEndpoint:
+    host: str
+    port: int
+    user: str
+    password: SecretKey
+    timeout_seconds: int = 300
+
+
+def _sql(d: Any, where: str) -> SqlEndpoint | None:
+    if not d:
+        return None
+    port = int(d.get("port", 6001))
+    if not 1 <= port <= 65535:
+        raise SpecError(f"{where}.port {port} is not a TCP port")
+    return SqlEndpoint(str(_need(d, "host", where)), port, str(d.get("user") or "dump"),
+                       _secret_key(_need(d, "passwordSecretRef", where), f"{where}.passwordSecretRef",
+                                   "password"),
+                       int(d.get("timeoutSeconds", 300)))
+
+
+# ------------------------------------------------------------------------------------------ storage
+
+@dataclass(frozen=True)
+class S3Target:
+    bucket: str
+    prefix: str = ""
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    path_style: bool = False
+    ca_configmap: SecretKey | None = None
+    ca_secret: SecretKey | None = None
+    credentials_secret: str | None = None
+    access_key_key: str = "AWS_ACCESS_KEY_ID"
+    secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    s3: S3Target | None
+    pvc: Volume | None
+    encryption_key: SecretKey | None
+    compression: str
+    check_interval: int
+
+    @property
+    def location(self) -> str:
+        """The repository URL without credentials, as shown in status."""
+        if self.s3:
+            prefix = self.s3.prefix.strip("/")
+            return f"s3://{self.s3.bucket}/{prefix}" if prefix else f"s3://{self.s3.bucket}"
+        assert self.pvc
+        return f"pvc://{self.pvc.claim}/{self.pvc.path}"
+
+
+def parse_storage(spec: dict[str, Any]) -> StorageSpec:
+    s3d, pvcd = spec.get("s3"), spec.get("pvc")
+    if bool(s3d) == bool(pvcd):
+        raise SpecError("spec: set exactly one of s3 or pvc")
+    s3 = None
+    if s3d:
+        bucket = str(_need(s3d, "bucket", "spec.s3"))
+        ca = s3d.get("caBundle") or {}
+        creds = s3d.get("credentialsSecretRef") or {}
+        if ca and bool(ca.get("configMapRef")) == bool(ca.get("secretRef")):
+            raise SpecError("spec.s3.caBundle needs exactly one of configMapRef or secretRef")
+        endpoint = s3d.get("endpoint") or None
+        if endpoint and not re.match(r"^https?://", endpoint):
+            raise SpecError(f"spec.s3.endpoint must start with http:// or https://, got {endpoint!r}")
+        s3 = S3Target(
+            bucket=bucket, prefix=str(s3d.get("prefix") or "").strip("/"), endpoint=endpoint,
+            region=str(s3d.get("region") or "us-east-1"), path_style=bool(s3d.get("pathStyle", False)),
+            ca_configmap=_secret_key(ca["configMapRef"], "spec.s3.caBundle.configMapRef", "ca.crt")
+            if ca.get("configMapRef") else None,
+            ca_secret=_secret_key(ca["secretRef"], "spec.s3.caBundle.secretRef", "ca.crt")
+            if ca.get("secretRef") else None,
+            credentials_secret=_name(creds["name"], "spec.s3.credentialsSecretRef.name")
+            if creds.get("name") else None,
+            access_key_key=str(creds.get("accessKeyIDKey") or "AWS_ACCESS_KEY_ID"),
+            secret_key_key=str(creds.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY"),
+        )
+    pvc = _volume(pvcd, "spec.pvc", "mobackup") if pvcd else None
+    enc = spec.get("encryption") or {}
+    compression = spec.get("compression", "zstd")
+    if compression not in ("none", "zstd"):
+        raise SpecError(f"spec.compression must be none or zstd, got {compression!r}")
+    return StorageSpec(s3, pvc,
+                       _secret_key(enc["keySecretRef"], "spec.encryption.keySecretRef", "key")
+                       if enc.get("keySecretRef") else None,
+                       compression, int(spec.get("checkIntervalSeconds", 300)))
+
+
+# ------------------------------------------------------------------------------------------- backup
+
+@dataclass(frozen=True)
+class JobOverrides:
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.raw.get(key, default)
+
+
+@dataclass(frozen=True)
+class BackupSpec:
+    volume: Volume
+    workload: Workload | None
+    source_name: str
+    sql: SqlEndpoint | None
+    storage: str
+    type: str  # "Full" | "Incremental"
+    base_name: str | None
+    base_id: str | None
+    consistency: str  # "Stop" | "Snapshot" | "None"
+    parallelism: int
+    bandwidth_limit: int | None
+    deletion_policy: str
+    job: JobOverrides
+
+
+def default_source_name(namespace: str, claim: str) -> str:
+    return f"{namespace}/{claim}"
+
+
+def parse_backup(spec: dict[str, Any], namespace: str, *, template: bool = False) -> BackupSpec:
+    src = spec.get("source")
+    if not isinstance(src, dict):
+        raise SpecError("spec.source is required")
+    volume = _volume(src.get("pvc"), "spec.source.pvc", "mo-data")
+    workload = _workload(src.get("workload"), "spec.source.workload")
+    storage = _name(_need(_need(spec, "storageRef", "spec"), "name", "spec.storageRef"), "spec.storageRef.name")
+    btype = "Full" if template else spec.get("type", "Full")
+    if btype not in ("Full", "Incremental"):
+        raise SpecError(f"spec.type must be Full or Incremental, got {btype!r}")
+    base_name, base_id = spec.get("baseBackupName"), spec.get("baseBackupID")
+    if base_name and base_id:
+        raise SpecError("spec: set at most one of baseBackupName or baseBackupID")
+    if (base_name or base_id) and btype != "Incremental":
+        raise SpecError("spec: a base backup is only meaningful for type Incremental")
+    consistency = spec.get("consistency", "Stop")
+    if consistency not in ("Stop", "Snapshot", "None"):
+        raise SpecError(f"spec.consistency must be Stop, Snapshot or None, got {consistency!r}")
+    if consistency == "Stop" and workload is None:
+        raise SpecError("spec.consistency Stop needs spec.source.workload (the workload to scale down)")
+    parallelism = int(spec.get("parallelism", 4))
+    if not 1 <= parallelism <= 64:
+        raise SpecError(f"spec.parallelism must be 1-64, got {parallelism}")
+    policy = spec.get("deletionPolicy", "Retain")
+    if policy not in ("Retain", "Delete"):
+        raise SpecError(f"spec.deletionPolicy must be Retain or Delete, got {policy!r}")
+    return BackupSpec(
+        volume=volume, workload=workload,
+        source_name=str(src.get("name") or default_source_name(namespace, volume.claim)),
+        sql=_sql(src.get("sql"), "spec.source.sql"), storage=storage, type=btype,
+        base_name=base_name, base_id=base_id, consistency=consistency, parallelism=parallelism,
+        bandwidth_limit=parse_quantity(spec.get("bandwidthLimit")), deletion_policy=policy,
+        job=JobOverrides(dict(spec.get("job") or {})),
+    )
+
+
+# ------------------------------------------------------------------------------------------ restore
+
+@dataclass(frozen=True)
+class RestoreSpec:
+    backup_name: str | None
+    backup_id: str | None
+    storage: str | None
+    volume: Volume
+    workload: Workload | None
+    overwrite: bool
+    sql_check: SqlEndpoint | None
+    parallelism: int
+    job: JobOverrides
+
+
+def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
+    name, bid = spec.get("backupName"), spec.get("backupID")
+    if bool(name) == bool(bid):
+        raise SpecError("spec: set exactly one of backupName or backupID")
+    storage = (spec.get("storageRef") or {}).get("name")
+    if bid and not storage:
+        raise SpecError("spec.backupID needs spec.storageRef")
+    target = spec.get("target")
+    if not isinstance(target, dict):
+        raise SpecError("spec.target is required")
+    return RestoreSpec(
+        backup_name=_name(name, "spec.backupName") if name else None, backup_id=bid,
+        storage=_name(storage, "spec.storageRef.name") if storage else None,
+        volume=_volume(target.get("pvc"), "spec.target.pvc", "mo-data"),
+        workload=_workload(target.get("workload"), "spec.target.workload"),
+        overwrite=bool(spec.get("overwrite", False)), sql_check=_sql(spec.get("sqlCheck"), "spec.sqlCheck"),
+        parallelism=int(spec.get("parallelism", 4)), job=JobOverrides(dict(spec.get("job") or {})),
+    )
+
+
+# ----------------------------------------------------------------------------------------- schedule
+
+@dataclass(frozen=True)
+class Retention:
+    keep_last: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_within_seconds: float | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(v is None for v in (self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly,
+                                       self.keep_within_seconds))
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    full: cron.Cron
+    incremental: cron.Cron | None
+    tz_name: str
+    suspend: bool
+    concurrency: str
+    starting_deadline: int
+    template_spec: dict[str, Any]
+    template_labels: dict[str, str]
+    template_annotations: dict[str, str]
+    retention: Retention
+    successful_limit: int
+    failed_limit: int
+
+
+def parse_schedule(spec: dict[str, Any], namespace: str) -> ScheduleSpec:
+    def cron_of(key: str) -> cron.Cron:
+        try:
+            return cron.parse(str(spec[key]))
+        except cron.CronError as e:
+            raise SpecError(f"spec.{key}: {e}") from None
+
+    full = cron_of("fullSchedule") if spec.get("fullSchedule") else None
+    if full is None:
+        raise SpecError("spec.fullSchedule is required")
+    incr = cron_of("incrementalSchedule") if spec.get("incrementalSchedule") else None
+    tz_name = spec.get("timeZone") or "UTC"
+    try:
+        cron.zone(tz_name)
+    except cron.CronError as e:
+        raise SpecError(f"spec.timeZone: {e}") from None
+    tmpl = spec.get("template")
+    if not isinstance(tmpl, dict) or not isinstance(tmpl.get("spec"), dict):
+        raise SpecError("spec.template.spec is required")
+    try:
+        parse_backup(tmpl["spec"], namespace, template=True)
+    except SpecError as e:
+        raise SpecError(f"template: {e}") from None
+    r = spec.get("retention") or {}
+    within = None
+    if r.get("keepWithin"):
+        try:
+            within = cron.parse_duration(str(r["keepWithin"])).total_seconds()
+        except ValueError as e:
+            raise SpecError(f"spec.retention.keepWithin: {e}") from None
+    for k in ("keepLast", "keepDaily", "keepWeekly", "keepMonthly"):
+        if r.get(k) is not None and int(r[k]) < 0:
+            raise SpecError(f"spec.retention.{k} must be >= 0")
+    concurrency = spec.get("concurrencyPolicy", "Forbid")
+    if concurrency not in ("Forbid", "Allow"):
+        raise SpecError(f"spec.concurrencyPolicy must be Forbid or Allow, got {concurrency!r}")
+    meta = tmpl.get("metadata") or {}
+    return ScheduleSpec(
+        full=full, incremental=incr, tz_name=tz_name, suspend=bool(spec.get("suspend", False)),
+        concurrency=concurrency, starting_deadline=int(spec.get("startingDeadlineSeconds", 3600)),
+        template_spec=dict(tmpl["spec"]), template_labels=dict(meta.get("labels") or {}),
+        template_annotations=dict(meta.get("annotations") or {}),
+        retention=Retention(r.get("keepLast"), r.get("keepDaily"), r.get("keepWeekly"), r.get("keepMonthly"),
+                            within),
+        successful_limit=int(spec.get("successfulBackupsHistoryLimit", 10)),
+        failed_limit=int(spec.get("failedBackupsHistoryLimit", 3)),
+    )

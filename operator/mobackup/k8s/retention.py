@@ -1,0 +1,66 @@
+"""Which Completed MOBackups of a schedule to keep.
+
+The rules are the engine's (`mobackup.engine.prune.select_kept`: restic/K8up GFS semantics, the
+newest completed backup always kept, and every base a kept backup names kept too), applied to the
+schedule's MOBackup objects so that the CLI's `prune` and the operator's retention agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from mobackup.engine.prune import RetentionPolicy, select_kept
+
+from .models import Retention
+
+
+@dataclass(frozen=True)
+class Item:
+    """A Completed MOBackup: resource name, backup id, base id, completion time."""
+
+    name: str
+    backup_id: str
+    base_id: str | None
+    time: datetime
+
+    # The engine's RetentionItem protocol.
+    @property
+    def id(self) -> str:
+        return self.backup_id
+
+    @property
+    def completed(self) -> datetime:
+        return self.time
+
+
+@dataclass(frozen=True)
+class Decision:
+    keep: list[str]     # resource names, newest first
+    delete: list[str]   # resource names, newest first
+    reasons: dict[str, str]  # resource name -> why kept
+
+
+def to_policy(r: Retention) -> RetentionPolicy:
+    return RetentionPolicy(
+        keep_last=r.keep_last, keep_daily=r.keep_daily, keep_weekly=r.keep_weekly,
+        keep_monthly=r.keep_monthly,
+        keep_within=timedelta(seconds=r.keep_within_seconds) if r.keep_within_seconds is not None else None,
+    )
+
+
+def select(items: Iterable[Item], policy: Retention, now: datetime, history_limit: int | None = None) -> Decision:
+    """Apply the policy; with an empty policy keep the `history_limit` newest (and their bases)."""
+    ordered = sorted(items, key=lambda i: (i.time, i.backup_id), reverse=True)
+    if policy.empty:
+        policy = Retention(keep_last=history_limit) if history_limit else policy
+    kept_ids = select_kept(ordered, to_policy(policy), now)
+    reasons = {it.name: kept_ids[it.backup_id] for it in ordered if it.backup_id in kept_ids}
+    return Decision([it.name for it in ordered if it.name in reasons],
+                    [it.name for it in ordered if it.name not in reasons], reasons)
+
+
+def history_overflow(names_newest_first: list[str], limit: int) -> list[str]:
+    """Objects beyond a history limit (e.g. Failed MOBackups), oldest last."""
+    return names_newest_first[max(limit, 0):]

@@ -1,0 +1,146 @@
+"""MOBackupStorage: reference checks (Secrets, ConfigMaps, PVC) and the reachability check.
+
+Credentials are read from the Secret into memory only for the check and never logged or written.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from mobackup.engine.errors import MobackupError
+
+from .kube import Kube, NotFound
+from .models import SecretKey, StorageSpec
+
+
+class MissingInput(Exception):
+    """A referenced Secret/ConfigMap/PVC/key is missing; `reason` is a CamelCase reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def secret_value(kube: Kube, ns: str, ref: SecretKey) -> str:
+    try:
+        sec = kube.get_secret(ns, ref.name)
+    except NotFound:
+        raise MissingInput("SecretNotFound", f"Secret {ns}/{ref.name} not found") from None
+    data = sec.get("data") or {}
+    if ref.key in data:
+        return base64.b64decode(data[ref.key]).decode()
+    if ref.key in (sec.get("stringData") or {}):
+        return str(sec["stringData"][ref.key])
+    raise MissingInput("SecretKeyNotFound", f"Secret {ns}/{ref.name} has no key {ref.key!r}")
+
+
+def configmap_value(kube: Kube, ns: str, ref: SecretKey) -> str:
+    try:
+        cm = kube.get_configmap(ns, ref.name)
+    except NotFound:
+        raise MissingInput("ConfigMapNotFound", f"ConfigMap {ns}/{ref.name} not found") from None
+    data = cm.get("data") or {}
+    if ref.key not in data:
+        raise MissingInput("ConfigMapKeyNotFound", f"ConfigMap {ns}/{ref.name} has no key {ref.key!r}")
+    return str(data[ref.key])
+
+
+def require_pvc(kube: Kube, ns: str, claim: str, what: str) -> dict[str, Any]:
+    try:
+        return kube.get_pvc(ns, claim)
+    except NotFound:
+        raise MissingInput("PVCNotFound", f"{what} PersistentVolumeClaim {ns}/{claim} not found") from None
+
+
+@dataclass
+class Credentials:
+    access_key: str | None
+    secret_key: str | None
+    encryption_key: str | None
+    ca_pem: str | None
+
+    def __repr__(self) -> str:  # never print secrets
+        return "Credentials(<redacted>)"
+
+
+def read_credentials(kube: Kube, ns: str, st: StorageSpec) -> Credentials:
+    """Every Secret/ConfigMap the storage references must exist, with its keys (checked before a Job)."""
+    access = secret = ca = None
+    if st.s3 and st.s3.credentials_secret:
+        access = secret_value(kube, ns, SecretKey(st.s3.credentials_secret, st.s3.access_key_key))
+        secret = secret_value(kube, ns, SecretKey(st.s3.credentials_secret, st.s3.secret_key_key))
+    if st.s3 and st.s3.ca_configmap:
+        ca = configmap_value(kube, ns, st.s3.ca_configmap)
+    if st.s3 and st.s3.ca_secret:
+        ca = secret_value(kube, ns, st.s3.ca_secret)
+    enc = secret_value(kube, ns, st.encryption_key) if st.encryption_key else None
+    if st.pvc:
+        require_pvc(kube, ns, st.pvc.claim, "repository")
+    return Credentials(access, secret, enc, ca)
+
+
+@dataclass
+class CheckResult:
+    available: bool
+    reason: str
+    message: str
+    backup_count: int | None = None
+
+
+def _s3_backend(st: StorageSpec, creds: Credentials, ca_path: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    from mobackup.engine.repository import RepositoryOptions, make_backend
+
+    assert st.s3
+    url = f"s3://{st.s3.bucket}/{st.s3.prefix}".rstrip("/")
+    opts = RepositoryOptions(url=url, s3_endpoint=st.s3.endpoint, s3_region=st.s3.region,
+                             s3_path_style=st.s3.path_style, s3_ca_bundle=ca_path)
+    backend = make_backend(opts)
+    # Per-storage credentials (the engine's S3Backend reads boto3's default chain), and few retries with
+    # short timeouts: a check must answer in seconds. See the operator helper's request in REQUESTS.md.
+    config = backend.client.meta.config.merge(
+        Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=15))
+    session = (boto3.session.Session(aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key)
+               if creds.access_key is not None else boto3.session.Session())
+    backend.client = session.client("s3", endpoint_url=st.s3.endpoint, config=config,
+                                    verify=ca_path if ca_path else None)
+    return backend
+
+
+def check(kube: Kube, ns: str, st: StorageSpec) -> CheckResult:
+    """Reachable, credentials accepted, and how many backups the repository lists."""
+    try:
+        creds = read_credentials(kube, ns, st)
+    except MissingInput as e:
+        return CheckResult(False, e.reason, str(e))
+    if st.pvc:
+        pvc = require_pvc(kube, ns, st.pvc.claim, "repository")
+        phase = (pvc.get("status") or {}).get("phase")
+        if phase not in ("Bound", "Pending"):
+            return CheckResult(False, "PVCNotBound", f"PVC {ns}/{st.pvc.claim} is {phase}")
+        return CheckResult(True, "PVCPresent", f"PVC {ns}/{st.pvc.claim} is {phase}; the repository is "
+                                               "checked by the first Job that mounts it")
+    ca_file = None
+    try:
+        if creds.ca_pem:
+            fd, ca_file = tempfile.mkstemp(prefix="mobackup-ca-", suffix=".pem")
+            with os.fdopen(fd, "w") as f:
+                f.write(creds.ca_pem)
+        backend = _s3_backend(st, creds, ca_file)
+        backend.check_access()
+        count = sum(1 for o in backend.list("backups/") if o.key.endswith(".json"))
+        return CheckResult(True, "Reachable", f"{backend.location} is reachable and the credentials work",
+                           count)
+    except MobackupError as e:
+        return CheckResult(False, "Unreachable", str(e))
+    except Exception as e:  # boto3 surprises (bad endpoint URL...) are still a reason, not a crash
+        return CheckResult(False, "Unreachable", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    finally:
+        if ca_file:
+            os.unlink(ca_file)
