@@ -24,6 +24,7 @@ from typing import Generic, TypeVar
 import pytest
 
 from cluster import paths
+from cluster.kube_cluster import KubeCluster, start_cluster
 from cluster.s3 import S3Server, start_minio
 
 T = TypeVar("T")
@@ -97,3 +98,49 @@ def s3_server() -> Iterator[S3Server]:
         yield value
     finally:
         _s3.release()
+
+
+def _start_kube(state_dir: Path) -> KubeCluster:
+    # One MinIO per session: the cluster reuses the s3_server singleton (and holds a reference).
+    s3 = _s3.acquire()
+    try:
+        return start_cluster(state_dir, with_s3=False, s3=s3)
+    except BaseException:
+        _s3.release()
+        raise
+
+
+def _stop_kube(cluster: KubeCluster) -> None:
+    cluster.s3 = None          # MinIO belongs to the s3 singleton
+    cluster.stop()
+    _s3.release()
+
+
+_kube = _Shared[KubeCluster]("kube", _start_kube, _stop_kube)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster() -> Iterator[KubeCluster]:
+    """A real Kubernetes control plane (etcd, kube-apiserver with RBAC + service-account tokens,
+    kube-controller-manager) with the local node (kubelet/runtime test double) and MinIO.
+
+    Attributes: kubeconfig (admin Path), operator_kubeconfig (chart-RBAC ServiceAccount Path),
+    api_url, ca_file, pv_root, s3 (the S3Server), operator (.namespace, .service_account,
+    .source), state_dir. Methods: api() (plain-dict REST client), kubernetes_client(operator=False),
+    create_namespace(prefix="t") -> name, delete_namespace(name, wait=False),
+    make_pvc(namespace, name, size="1Gi") -> host Path, apply(manifest, namespace=None),
+    pod_log(namespace, pod) -> str, env() -> KUBECONFIG/KUBECONFIG_OPERATOR/S3_*/AWS_* variables.
+    """
+    value = _kube.acquire()
+    try:
+        yield value
+    finally:
+        _kube.release()
+
+
+@pytest.fixture
+def kube_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
+    """A fresh namespace for one test (its "default" ServiceAccount exists); deleted afterwards."""
+    name = kube_cluster.create_namespace()
+    yield name
+    kube_cluster.delete_namespace(name)

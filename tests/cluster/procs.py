@@ -42,7 +42,11 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A zombie whose parent (e.g. an init that reaps slowly) has not collected it yet is dead.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def stop_pid(pid: int, timeout: float = 10.0) -> None:
