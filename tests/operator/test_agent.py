@@ -1,0 +1,57 @@
+"""The Job agent, run in-process against the real engine and a real file-system repository
+(no Kubernetes: without --kind/--name it reports no progress, everything else is the Job's path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mobackup.k8s import agent
+from mobackup.sample import generate_mo_data, mutate_mo_data, snapshot_tree
+
+
+def run(tmp: Path, *args: str) -> tuple[int, dict]:
+    term = tmp / "termination-log"
+    term.unlink(missing_ok=True)
+    code = agent.main([*args[:1], "--termination-log", str(term), *args[1:]])
+    return code, json.loads(term.read_text())
+
+
+def test_backup_incremental_restore_delete(tmp_path: Path) -> None:
+    data = generate_mo_data(tmp_path / "mo-data", seed=7)
+    repo = str(tmp_path / "repo")
+    code, full = run(tmp_path, "backup", "--repo", repo, "--data-dir", str(data), "--source", "ns/mo",
+                     "--type", "full", "--compression", "zstd")
+    assert code == 0 and full["ok"] and full["result"]["type"] == "full"
+    full_state = snapshot_tree(data)
+    mutate_mo_data(data, seed=8)
+    code, incr = run(tmp_path, "backup", "--repo", repo, "--data-dir", str(data), "--source", "ns/mo",
+                     "--type", "incremental", "--base", full["result"]["id"])
+    assert code == 0 and incr["result"]["base_id"] == full["result"]["id"]
+    assert incr["result"]["new_bytes"] < full["result"]["new_bytes"]
+    assert len(json.dumps(incr)) < 4096  # fits a termination message
+
+    target = tmp_path / "restore"
+    code, res = run(tmp_path, "restore", "--repo", repo, "--backup-id", full["result"]["id"], "--target", str(target))
+    assert code == 0 and res["result"]["file_count"] == full["result"]["file_count"]
+    assert snapshot_tree(target) == full_state
+
+    # A non-empty target without --overwrite: refused, nothing touched.
+    before = snapshot_tree(target)
+    code, res = run(tmp_path, "restore", "--repo", repo, "--backup-id", incr["result"]["id"], "--target", str(target))
+    assert code == 1 and res["reason"] == "TargetNotEmptyError" and snapshot_tree(target) == before
+    code, res = run(tmp_path, "restore", "--repo", repo, "--backup-id", incr["result"]["id"], "--target",
+                    str(target), "--overwrite")
+    assert code == 0 and snapshot_tree(target) == snapshot_tree(data)
+
+    # Chain-aware delete: the full is the incremental's base.
+    code, res = run(tmp_path, "delete", "--repo", repo, "--backup-id", full["result"]["id"])
+    assert code == 1 and res["reason"] == "DependentsError" and res["dependents"] == [incr["result"]["id"]]
+    code, res = run(tmp_path, "delete", "--repo", repo, "--backup-id", incr["result"]["id"])
+    assert code == 0 and res["ok"]
+
+
+def test_failure_is_a_readable_result(tmp_path: Path) -> None:
+    code, res = run(tmp_path, "backup", "--repo", str(tmp_path / "repo"), "--data-dir", str(tmp_path / "missing"),
+                    "--source", "s")
+    assert code == 1 and res["ok"] is False and "not a directory" in res["error"]

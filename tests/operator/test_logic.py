@@ -1,0 +1,291 @@
+"""Unit tests of the operator's plain logic modules (no cluster, no kopf)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from mobackup.k8s import cron, jobs, lease, metrics, models, retention, schedule, status, workload
+
+UTC = timezone.utc
+
+
+def t(s: str) -> datetime:
+    return datetime.fromisoformat(s).replace(tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------------------------ cron
+
+@pytest.mark.parametrize("expr,after,expected", [
+    ("*/15 * * * *", "2026-01-01T10:07:30", "2026-01-01T10:15:00"),
+    ("0 2 * * *", "2026-01-01T02:00:00", "2026-01-02T02:00:00"),
+    ("30 1 1 * *", "2026-01-31T12:00:00", "2026-02-01T01:30:00"),
+    ("0 0 * * sun", "2026-01-01T00:00:00", "2026-01-04T00:00:00"),  # 2026-01-01 is a Thursday
+    ("0 0 * * 7", "2026-01-01T00:00:00", "2026-01-04T00:00:00"),
+    ("0 12 13 * fri", "2026-01-01T00:00:00", "2026-01-02T12:00:00"),  # dom OR dow (Vixie)
+    ("0 0 29 feb *", "2026-03-01T00:00:00", "2028-02-29T00:00:00"),
+    ("@hourly", "2026-01-01T10:59:59", "2026-01-01T11:00:00"),
+    ("5-10/5 * * jan-mar mon-fri", "2026-01-02T23:59:00", "2026-01-05T00:05:00"),
+])
+def test_cron_next(expr: str, after: str, expected: str) -> None:
+    assert cron.parse(expr).next_after(t(after)) == t(expected)
+
+
+def test_cron_every_and_timezone() -> None:
+    anchor = t("2026-01-01T00:00:10")
+    c = cron.parse("@every 90s")
+    assert c.next_after(t("2026-01-01T00:01:00"), anchor=anchor) == t("2026-01-01T00:01:40")
+    # 02:00 in Berlin (winter, UTC+1) is 01:00 UTC.
+    assert cron.parse("0 2 * * *").next_after(t("2026-01-01T00:00:00"), cron.zone("Europe/Berlin")) == \
+        t("2026-01-01T01:00:00")
+    assert c.previous_at_or_before(t("2026-01-01T00:05:00"), anchor, anchor=anchor) == t("2026-01-01T00:04:40")
+
+
+@pytest.mark.parametrize("bad", ["* * * *", "61 * * * *", "*/0 * * * *", "5-1 * * * *", "@fortnightly",
+                                 "@every 10x", "a b c d e"])
+def test_cron_rejects(bad: str) -> None:
+    with pytest.raises(cron.CronError):
+        cron.parse(bad)
+
+
+def test_parse_duration() -> None:
+    assert cron.parse_duration("1h30m") == timedelta(minutes=90)
+    assert cron.parse_duration("2w") == timedelta(days=14)
+    with pytest.raises(ValueError):
+        cron.parse_duration("7 days")
+
+
+# ------------------------------------------------------------------------------------------ models
+
+BACKUP = {"source": {"pvc": {"claimName": "mo-data"}, "workload": {"kind": "StatefulSet", "name": "mo"}},
+          "storageRef": {"name": "s3"}}
+
+
+def test_parse_backup_defaults() -> None:
+    b = models.parse_backup(BACKUP, "ns1")
+    assert (b.type, b.consistency, b.deletion_policy, b.parallelism) == ("Full", "Stop", "Retain", 4)
+    assert b.source_name == "ns1/mo-data" and b.volume.path == "mo-data"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"type": "Diff"}, "spec.type must be Full or Incremental"),
+    ({"baseBackupID": "x"}, "only meaningful for type Incremental"),
+    ({"type": "Incremental", "baseBackupID": "a", "baseBackupName": "b"}, "at most one"),
+    ({"source": {"pvc": {"claimName": "mo"}}}, "needs spec.source.workload"),
+    ({"source": {"pvc": {"claimName": "mo", "path": "../etc"}}, "consistency": "None"}, "relative path"),
+    ({"bandwidthLimit": "fast"}, "not a quantity"),
+    ({"storageRef": {}}, "spec.storageRef"),
+])
+def test_parse_backup_errors(change: dict, message: str) -> None:
+    with pytest.raises(models.SpecError, match=message):
+        models.parse_backup({**BACKUP, **change}, "ns")
+
+
+def test_quantity() -> None:
+    assert models.parse_quantity("50Mi") == 50 * 2**20
+    assert models.parse_quantity("1.5k") == 1500
+    assert models.parse_quantity(None) is None
+
+
+def test_parse_storage_and_location() -> None:
+    s = models.parse_storage({"s3": {"bucket": "b", "prefix": "/team/a/", "endpoint": "http://m:9000",
+                                     "credentialsSecretRef": {"name": "creds"}}})
+    assert s.location == "s3://b/team/a" and s.s3 and s.s3.access_key_key == "AWS_ACCESS_KEY_ID"
+    with pytest.raises(models.SpecError, match="exactly one"):
+        models.parse_storage({})
+    with pytest.raises(models.SpecError, match="http"):
+        models.parse_storage({"s3": {"bucket": "b", "endpoint": "minio:9000"}})
+
+
+def test_parse_restore_and_schedule_errors() -> None:
+    with pytest.raises(models.SpecError, match="exactly one of backupName or backupID"):
+        models.parse_restore({"target": {"pvc": {"claimName": "x"}}})
+    with pytest.raises(models.SpecError, match="needs spec.storageRef"):
+        models.parse_restore({"backupID": "abc", "target": {"pvc": {"claimName": "x"}}})
+    with pytest.raises(models.SpecError, match="spec.fullSchedule"):
+        models.parse_schedule({"fullSchedule": "0 25 * * *", "template": {"spec": BACKUP}}, "ns")
+    with pytest.raises(models.SpecError, match="timeZone"):
+        models.parse_schedule({"fullSchedule": "@daily", "timeZone": "Mars/Base", "template": {"spec": BACKUP}}, "ns")
+    s = models.parse_schedule({"fullSchedule": "@daily", "incrementalSchedule": "0 * * * *",
+                               "retention": {"keepLast": 3, "keepWithin": "2d"}, "template": {"spec": BACKUP}}, "ns")
+    assert s.retention.keep_within_seconds == 2 * 86400 and s.concurrency == "Forbid"
+
+
+# ------------------------------------------------------------------------------------------ jobs
+
+STORAGE = models.parse_storage({
+    "s3": {"bucket": "bk", "prefix": "p", "endpoint": "http://127.0.0.1:9000", "pathStyle": True,
+           "credentialsSecretRef": {"name": "s3-creds"}, "caBundle": {"configMapRef": {"name": "ca"}}},
+    "encryption": {"keySecretRef": {"name": "enc"}}})
+
+
+def test_backup_job_has_no_secret_in_args_and_is_locked_down() -> None:
+    owner = jobs.Owner("MOBackup", "nightly", "ns", "uid-1")
+    spec = models.parse_backup({**BACKUP, "type": "Incremental", "bandwidthLimit": "10Mi",
+                                "job": {"backoffLimit": 3, "nodeSelector": {"disk": "ssd"}}}, "ns")
+    job = jobs.backup_job(owner, spec, STORAGE, base_id="base-1",
+                          defaults=jobs.OperatorDefaults(image="img:1", service_account="job-sa"))
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["command"] == ["mobackup", "agent", "backup"]
+    args = " ".join(c["args"])
+    assert "--repo s3://bk/p" in args and "--base base-1" in args and "--type incremental" in args
+    assert f"--bandwidth-limit {10 * 2**20}" in args and "--data-dir /data/mo-data" in args
+    env = {e["name"]: e for e in c["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}
+    assert env["MOBACKUP_ENCRYPTION_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "enc"
+    assert env["AWS_CA_BUNDLE"]["value"] == "/etc/mobackup/ca/ca.crt"
+    assert env["MOBACKUP_S3_PATH_STYLE"]["value"] == "1"
+    assert all("value" not in env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MOBACKUP_ENCRYPTION_KEY"))
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and pod["securityContext"]["runAsNonRoot"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert pod["serviceAccountName"] == "job-sa" and pod["nodeSelector"] == {"disk": "ssd"}
+    assert job["spec"]["backoffLimit"] == 3
+    ref = job["metadata"]["ownerReferences"][0]
+    assert ref["kind"] == "MOBackup" and ref["uid"] == "uid-1" and ref["controller"] is True
+    assert len(job["metadata"]["name"]) <= 63
+    assert job["metadata"]["name"] == jobs.job_name(owner, "backup")  # deterministic
+
+
+def test_restore_job_and_long_names() -> None:
+    owner = jobs.Owner("MORestore", "r" * 250, "ns", "uid-2")
+    spec = models.parse_restore({"backupID": "abc", "storageRef": {"name": "s"}, "overwrite": True,
+                                 "target": {"pvc": {"claimName": "t", "path": "."}}})
+    job = jobs.restore_job(owner, spec, STORAGE, "abc", jobs.OperatorDefaults())
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--overwrite" in args and args[args.index("--target") + 1] == "/data"
+    assert len(job["metadata"]["name"]) <= 63 and all(len(v) <= 63 for v in job["metadata"]["labels"].values())
+
+
+def test_pvc_repository_and_operator_defaults() -> None:
+    st = models.parse_storage({"pvc": {"claimName": "repo", "path": "backups"}, "compression": "none"})
+    assert jobs.repo_url(st) == "/repo/backups"
+    d = jobs.OperatorDefaults.from_env({"MOBACKUP_AGENT_IMAGE": "x:2", "MOBACKUP_JOB_DEFAULTS":
+                                        '{"backoffLimit": 4, "ttlSecondsAfterFinished": 60}'})
+    job = jobs.delete_job(jobs.Owner("MOBackup", "b", "ns", "u"), st, "id1", models.JobOverrides(), d)
+    assert job["spec"]["backoffLimit"] == 4 and job["spec"]["ttlSecondsAfterFinished"] == 60
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "x:2"
+
+
+def test_job_state_and_termination_message() -> None:
+    assert jobs.job_state({"status": {"active": 1}}).state == "Running"
+    failed = jobs.job_state({"status": {"failed": 2, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "m"}]}})
+    assert (failed.state, failed.reason, failed.attempts) == ("Failed", "BackoffLimitExceeded", 2)
+    pod = {"status": {"containerStatuses": [{"name": "agent", "state": {"terminated": {
+        "message": 'log line\n{"ok": true, "action": "backup", "result": {"id": "x"}}'}}}]}}
+    assert jobs.parse_result(jobs.termination_message(pod)) == {"ok": True, "action": "backup", "result": {"id": "x"}}
+    assert jobs.parse_result("Traceback: boom") is None
+
+
+# ------------------------------------------------------------------------------------------ status
+
+def test_status_patches() -> None:
+    start = "2026-01-01T00:00:00Z"
+    p = status.phase_patch({"startTime": start}, "Completed", "BackupCompleted", "ok", 3,
+                           completionTime="2026-01-01T00:01:03Z")
+    assert p["duration"] == "1m3.0s" and p["durationSeconds"] == 63 and p["observedGeneration"] == 3
+    conds = {c["type"]: c["status"] for c in p["conditions"]}
+    assert conds == {"Ready": "True", "Running": "False", "Failed": "False"}
+    f = status.backup_result_fields({"id": "a", "type": "incremental", "base_id": "b", "backup_ts": "1-0",
+                                     "size_bytes": 70 * 2**20, "new_bytes": 5, "file_count": 733})
+    assert f["size"] == "70.0 MiB" and f["type"] == "Incremental" and f["baseBackupID"] == "b"
+    assert status.human_duration(3725) == "1h2m5s" and status.human_duration(8.648) == "8.6s"
+    assert status.progress_fields(50, 200, 1, 4)["percent"] == 25
+
+
+def test_merge_conditions_keeps_transition_time() -> None:
+    old = [{"type": "Ready", "status": "False", "lastTransitionTime": "T0"}]
+    new = status.merge_conditions(old, [status.condition("Ready", False, "Waiting", "m")])
+    assert new[0]["lastTransitionTime"] == "T0"
+
+
+# ------------------------------------------------------------------------------------------ retention
+
+def test_retention_keeps_newest_and_bases() -> None:
+    now = t("2026-01-10T12:00:00")
+    items = [
+        retention.Item("full-1", "F1", None, t("2026-01-01T00:00:00")),
+        retention.Item("incr-1", "I1", "F1", t("2026-01-02T00:00:00")),
+        retention.Item("incr-2", "I2", "I1", t("2026-01-03T00:00:00")),
+        retention.Item("full-2", "F2", None, t("2026-01-04T00:00:00")),
+        retention.Item("incr-3", "I3", "F2", t("2026-01-05T00:00:00")),
+    ]
+    d = retention.select(items, models.Retention(keep_last=1), now)
+    assert d.keep == ["incr-3", "full-2"] and d.delete == ["incr-2", "incr-1", "full-1"]
+    d = retention.select(items, models.Retention(keep_last=3), now)
+    assert set(d.keep) == {"incr-3", "full-2", "incr-2", "incr-1", "full-1"}  # incr-2 needs its chain
+    d = retention.select(items, models.Retention(keep_last=0), now)
+    assert d.keep == ["incr-3", "full-2"]  # never the newest completed backup (nor its base)
+    d = retention.select(items, models.Retention(), now, history_limit=2)
+    assert d.keep == ["incr-3", "full-2"]
+    assert retention.history_overflow(["a", "b", "c"], 1) == ["b", "c"]
+
+
+# ------------------------------------------------------------------------------------------ schedule
+
+def test_schedule_decide() -> None:
+    spec = models.parse_schedule({"fullSchedule": "0 0 * * *", "incrementalSchedule": "0 * * * *",
+                                  "startingDeadlineSeconds": 600, "template": {"spec": BACKUP}}, "ns")
+    created = t("2026-01-01T10:30:00")
+    d = schedule.decide(spec, t("2026-01-01T10:45:00"), created, None, None)
+    assert d.kind is None and d.next_incremental == t("2026-01-01T11:00:00") and d.next_full == t("2026-01-02T00:00:00")
+    d = schedule.decide(spec, t("2026-01-01T11:00:05"), created, None, None)
+    assert (d.kind, d.scheduled, d.missed) == ("Incremental", t("2026-01-01T11:00:00"), False)
+    d = schedule.decide(spec, t("2026-01-02T00:00:01"), created, None, t("2026-01-01T23:00:00"))
+    assert d.kind == "Full"  # both due: the full wins
+    d = schedule.decide(spec, t("2026-01-01T13:30:00"), created, None, t("2026-01-01T11:00:00"))
+    assert d.kind == "Incremental" and d.scheduled == t("2026-01-01T13:00:00") and d.missed  # > 600 s late
+
+
+def test_schedule_backup_body_protects_from_argo() -> None:
+    spec = models.parse_schedule({"fullSchedule": "@daily", "template": {
+        "metadata": {"labels": {"team": "db"}}, "spec": BACKUP}}, "ns")
+    sched = {"metadata": {"name": "nightly", "namespace": "ns", "uid": "u1"}}
+    body = schedule.backup_body(sched, spec, "Incremental", t("2026-01-01T00:00:00"), "nightly-full-x")
+    ann = body["metadata"]["annotations"]
+    assert ann["argocd.argoproj.io/compare-options"] == "IgnoreExtraneous"
+    assert ann["argocd.argoproj.io/sync-options"] == "Prune=false"
+    assert body["metadata"]["labels"]["mobackup.io/schedule"] == "nightly" and body["metadata"]["labels"]["team"] == "db"
+    assert body["spec"]["baseBackupName"] == "nightly-full-x" and body["spec"]["deletionPolicy"] == "Delete"
+    assert body["metadata"]["name"] == "nightly-incr-20260101000000"
+    assert "ownerReferences" not in body["metadata"]
+
+
+# ------------------------------------------------------------------------------------------ workload, lease
+
+def test_workload_plans() -> None:
+    assert workload.plan_scale_down(3, {}, "MOBackup/a/u").action == "annotate-and-scale"
+    ann = {workload.A_HOLDER: "MOBackup/a/u", workload.A_REPLICAS: "3"}
+    p = workload.plan_scale_down(0, ann, "MOBackup/a/u")
+    assert (p.action, p.previous) == ("already-down", 3)  # a restarted operator remembers 3, not 0
+    assert workload.plan_scale_down(0, ann, "MORestore/b/v").action == "conflict"
+    assert workload.plan_scale_up(ann, "MOBackup/a/u") == 3
+    assert workload.plan_scale_up(ann, "MORestore/b/v") is None
+    assert workload.plan_scale_up(ann, None) == 3
+    assert workload.plan_scale_up({}, None) is None
+
+
+def test_lease_decide_and_name() -> None:
+    assert lease.decide(None, "me", lambda h: True)
+    assert lease.decide("me", "me", lambda h: True)
+    assert not lease.decide("other", "me", lambda h: True)
+    assert lease.decide("other", "me", lambda h: False)  # a finished or vanished holder is taken over
+    assert len(lease.lease_name("x" * 300)) <= 63
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+def test_metrics_render() -> None:
+    r = metrics.Registry()
+    r.inc("mobackup_failures_total", kind="MOBackup", namespace="ns")
+    r.set("mobackup_last_success_timestamp_seconds", 1700000000, namespace="ns", source='a"b')
+    r.observe("mobackup_run_duration_seconds", 12.5, kind="MOBackup")
+    text = r.render()
+    assert 'mobackup_failures_total{kind="MOBackup",namespace="ns"} 1' in text
+    assert 'mobackup_last_success_timestamp_seconds{namespace="ns",source="a\\"b"} 1700000000' in text
+    assert 'mobackup_run_duration_seconds_bucket{kind="MOBackup",le="15"} 1' in text
+    assert "# TYPE mobackup_run_duration_seconds histogram" in text
