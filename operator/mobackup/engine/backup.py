@@ -8,7 +8,6 @@ import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from .model import BackupSummary, iso, utc_now
 from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository
 from .walk import SourceEntry, path_of, tree_totals, walk
+from .workers import BoundedWorkers
 
 
 def default_source(data_dir: Path) -> str:
@@ -69,8 +69,6 @@ class _BackupRun:
         self.parallelism = max(1, parallelism)
         self.totals = _Totals()
         self.lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(self.parallelism * 2)
-        self.error: BaseException | None = None
         self.buffers = threading.local()
 
     def _buffer(self) -> bytearray:
@@ -144,22 +142,14 @@ class _BackupRun:
         self.progress.advance(0, 1)
         return _entry_record(entry, chunks, size=done, mtime_ns=after.st_mtime_ns)
 
-    def _done(self, future: Future[dict[str, Any] | None]) -> None:
-        self.slots.release()
-        error = future.exception()
-        if error is not None:
-            with self.lock:
-                if self.error is None:
-                    self.error = error
-            return
-        record = future.result()
+    def _copied(self, record: dict[str, Any] | None) -> None:
         if record is not None:
             self._record(record, read=True)
 
     def run(self) -> None:
-        with ThreadPoolExecutor(self.parallelism, thread_name_prefix="mobackup-copy") as pool:
+        with BoundedWorkers(self.parallelism, "mobackup-copy") as workers:
             for entry in walk(self.data_dir, self.rules):
-                if self.error is not None:
+                if workers.failed:
                     break
                 if entry.kind != "file":
                     self._record(_entry_record(entry), read=False)
@@ -171,10 +161,7 @@ class _BackupRun:
                     self._record(_entry_record(entry, prior[2]), read=False)
                     self.progress.advance(entry.size, 1)
                     continue
-                self.slots.acquire()
-                pool.submit(self.copy_file, entry).add_done_callback(self._done)
-        if self.error is not None:
-            raise self.error
+                workers.submit(self.copy_file, entry, on_result=self._copied)
 
 
 def _choose_base(repo: Repository, source: str, backup_type: str | None,

@@ -7,7 +7,6 @@ import shutil
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
 from .progress import NullProgress, Progress
 from .repository import Repository
 from .storage import ObjectNotFound, _syncfs
+from .workers import BoundedWorkers
 
 STAGING_PREFIX = ".mobackup-staging-"
 
@@ -45,8 +45,6 @@ class _RestoreRun:
         self.staging = staging
         self.progress = progress
         self.lock = threading.Lock()
-        self.slots = threading.BoundedSemaphore(max(1, repo.options.parallelism) * 2)
-        self.error: BaseException | None = None
         self.files = 0
         self.size = 0
 
@@ -84,19 +82,11 @@ class _RestoreRun:
             self.size += written
         self.progress.advance(0, 1)
 
-    def _done(self, future: Future[None]) -> None:
-        self.slots.release()
-        error = future.exception()
-        if error is not None:
-            with self.lock:
-                if self.error is None:
-                    self.error = error
-
     def run(self, entries: Any) -> None:
         directories: list[tuple[str, int, int]] = []
-        with ThreadPoolExecutor(max(1, self.repo.options.parallelism), thread_name_prefix="mobackup-restore") as pool:
+        with BoundedWorkers(self.repo.options.parallelism, "mobackup-restore") as workers:
             for record in entries:
-                if self.error is not None:
+                if workers.failed:
                     break
                 kind = record["type"]
                 path = self.staging / record["path"]
@@ -108,12 +98,9 @@ class _RestoreRun:
                     os.symlink(record["target"], path)
                     os.utime(path, ns=(record["mtime_ns"], record["mtime_ns"]), follow_symlinks=False)
                 elif kind == "file":
-                    self.slots.acquire()
-                    pool.submit(self.restore_file, record).add_done_callback(self._done)
+                    workers.submit(self.restore_file, record)
                 else:
                     raise CorruptDataError(f"backup {self.backup_id}: unknown entry type {kind!r}")
-        if self.error is not None:
-            raise self.error
         # Directories last, deepest first: writing into a directory changes its mtime.
         for rel, mode, mtime_ns in sorted(directories, key=lambda d: d[0].count("/"), reverse=True):
             path = self.staging / rel

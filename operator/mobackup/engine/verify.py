@@ -5,7 +5,6 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from .errors import MobackupError
 from .index import DigestSet
 from .progress import NullProgress, Progress
 from .repository import Repository, blob_key
+from .workers import BoundedWorkers
 
 MAX_PROBLEMS = 100
 
@@ -75,11 +75,10 @@ def verify_backup(repo: Repository, backup_id: str, *, quick: bool = False,
         progress.advance(expected, 0)
 
     progress.start(summary.size_bytes, summary.file_count)
-    slots = threading.BoundedSemaphore(max(1, repo.options.parallelism) * 2)
     with tempfile.TemporaryDirectory(prefix="mobackup-verify-") as scratch:
         seen = DigestSet(Path(scratch) / "seen.sqlite")
         try:
-            with ThreadPoolExecutor(max(1, repo.options.parallelism)) as pool:
+            with BoundedWorkers(repo.options.parallelism, "mobackup-verify") as workers:
                 for record in repo.entries(summary):
                     if record.get("type") != "file":
                         continue
@@ -91,9 +90,7 @@ def verify_backup(repo: Repository, backup_id: str, *, quick: bool = False,
                     for index, digest in enumerate(chunks):
                         expected = min(repo.chunk_size, size - index * repo.chunk_size)
                         if seen.add_new(digest):
-                            slots.acquire()
-                            future = pool.submit(check, digest, expected, record["path"])
-                            future.add_done_callback(lambda _f: slots.release())
+                            workers.submit(check, digest, expected, record["path"])
                     progress.advance(0, 1)
         except MobackupError as error:  # the file list itself is damaged
             problem(str(error))
