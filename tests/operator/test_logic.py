@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mobackup.k8s import cron, jobs, lease, metrics, models, retention, schedule, status, workload
-
-UTC = timezone.utc
 
 
 def t(s: str) -> datetime:
@@ -101,9 +99,9 @@ def test_parse_storage_and_location() -> None:
 def test_parse_restore_and_schedule_errors() -> None:
     with pytest.raises(models.SpecError, match="exactly one of backupName or backupID"):
         models.parse_restore({"target": {"pvc": {"claimName": "x"}}})
-    with pytest.raises(models.SpecError, match="needs spec.storageRef"):
+    with pytest.raises(models.SpecError, match=r"needs spec\.storageRef"):
         models.parse_restore({"backupID": "abc", "target": {"pvc": {"claimName": "x"}}})
-    with pytest.raises(models.SpecError, match="spec.fullSchedule"):
+    with pytest.raises(models.SpecError, match=r"spec\.fullSchedule"):
         models.parse_schedule({"fullSchedule": "0 25 * * *", "template": {"spec": BACKUP}}, "ns")
     with pytest.raises(models.SpecError, match="timeZone"):
         models.parse_schedule({"fullSchedule": "@daily", "timeZone": "Mars/Base", "template": {"spec": BACKUP}}, "ns")
@@ -249,7 +247,8 @@ def test_schedule_backup_body_protects_from_argo() -> None:
     ann = body["metadata"]["annotations"]
     assert ann["argocd.argoproj.io/compare-options"] == "IgnoreExtraneous"
     assert ann["argocd.argoproj.io/sync-options"] == "Prune=false"
-    assert body["metadata"]["labels"]["mobackup.io/schedule"] == "nightly" and body["metadata"]["labels"]["team"] == "db"
+    labels = body["metadata"]["labels"]
+    assert labels["mobackup.io/schedule"] == "nightly" and labels["team"] == "db"
     assert body["spec"]["baseBackupName"] == "nightly-full-x" and body["spec"]["deletionPolicy"] == "Delete"
     assert body["metadata"]["name"] == "nightly-incr-20260101000000"
     assert "ownerReferences" not in body["metadata"]

@@ -183,6 +183,28 @@ def storage_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         _check_storage(key)
 
 
+_checking: set[tuple[str, str]] = set()
+
+
+def _check_storage_async(key: tuple[str, str]) -> None:
+    """A check of an unreachable endpoint can take many seconds (retries): never in the resync loop."""
+    with STATE.lock:
+        if key in _checking:
+            return
+        _checking.add(key)
+
+    def work() -> None:
+        try:
+            _check_storage(key)
+        except Exception:
+            log.exception("storage check of %s/%s", *key)
+        finally:
+            with STATE.lock:
+                _checking.discard(key)
+
+    threading.Thread(target=work, name=f"check-{key[1]}", daemon=True).start()
+
+
 def _check_storage(key: tuple[str, str]) -> None:
     ctx = _ctx()
     try:
@@ -256,10 +278,7 @@ def resync_once(last_sweep: float, last_schedules: dict[tuple[str, str], float])
             log.exception("resync of %s %s/%s", kind, ns, name)
     for key, obj in storages:
         if controller.storage_check_due(obj, now):
-            try:
-                _check_storage(key)
-            except Exception:
-                log.exception("storage check of %s/%s", *key)
+            _check_storage_async(key)
     for key, obj in schedules:
         if key in dirty or (_schedule_due(obj, now, STATE.schedule_seconds)
                             and now - last_schedules.get(key, 0) >= 1.0):

@@ -18,7 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (the default)")
     p.add_argument("--standalone", action="store_true",
                    help="no kopf peering (one replica); without it replicas coordinate through kopf peering")
-    p.add_argument("--peering-name", default=None, help="kopf peering object name (with replicas > 1)")
+    p.add_argument("--peering", "--peering-name", dest="peering", default=None,
+                   help="kopf peering object name (with replicas > 1; implies not --standalone)")
     p.add_argument("--metrics-port", type=int, default=int(env.get("MOBACKUP_METRICS_PORT", "9090")),
                    help="Prometheus /metrics port (0: off)")
     p.add_argument("--health-port", type=int, default=int(env.get("MOBACKUP_HEALTH_PORT", "8080")),
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     liveness = f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None
     logging.getLogger("mobackup.operator").info(
         "watching %s; agent image %s", ", ".join(namespaces) or "all namespaces", defaults.image)
-    kopf.run(standalone=args.standalone, peering_name=args.peering_name, namespaces=namespaces,
+    kopf.run(standalone=args.standalone and not args.peering, peering_name=args.peering, namespaces=namespaces,
              clusterwide=not namespaces, liveness_endpoint=liveness)
     return 0
 

@@ -92,25 +92,14 @@ class CheckResult:
 
 
 def _s3_backend(st: StorageSpec, creds: Credentials, ca_path: str | None) -> Any:
-    import boto3
-    from botocore.config import Config
-
     from mobackup.engine.repository import RepositoryOptions, make_backend
 
     assert st.s3
     url = f"s3://{st.s3.bucket}/{st.s3.prefix}".rstrip("/")
     opts = RepositoryOptions(url=url, s3_endpoint=st.s3.endpoint, s3_region=st.s3.region,
-                             s3_path_style=st.s3.path_style, s3_ca_bundle=ca_path)
-    backend = make_backend(opts)
-    # Per-storage credentials (the engine's S3Backend reads boto3's default chain), and few retries with
-    # short timeouts: a check must answer in seconds. See the operator helper's request in REQUESTS.md.
-    config = backend.client.meta.config.merge(
-        Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=15))
-    session = (boto3.session.Session(aws_access_key_id=creds.access_key, aws_secret_access_key=creds.secret_key)
-               if creds.access_key is not None else boto3.session.Session())
-    backend.client = session.client("s3", endpoint_url=st.s3.endpoint, config=config,
-                                    verify=ca_path if ca_path else None)
-    return backend
+                             s3_path_style=st.s3.path_style, s3_ca_bundle=ca_path,
+                             s3_access_key_id=creds.access_key, s3_secret_access_key=creds.secret_key)
+    return make_backend(opts)
 
 
 def check(kube: Kube, ns: str, st: StorageSpec) -> CheckResult:
