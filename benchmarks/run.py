@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""mobackup against cp -r, rsync, rclone and restic, on one seeded data set, in one run.
+
+Usage (see benchmarks/README.md; benchmarks/run.sh installs the tools first):
+    python benchmarks/run.py [--size small|full] [--reps 3] [--sections local,s3,memory]
+
+Writes benchmarks/results/<UTC time>-<size>.json and prints the markdown tables (benchmarks/report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dataset
+import measure
+import memscale
+import report
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+DEFAULT_WORK = HERE / "work"
+BUCKET = "bench"
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work: Path = args.work.absolute()
+        self.out = self.work / "out"
+        self.logs = self.work / "logs"
+        self.cold = not args.warm and measure.drop_caches()
+        self.samples: list[dict[str, Any]] = []
+        self.mobackup = args.mobackup
+        self.rclone = args.rclone
+        foreign = ("MOBACKUP_", "AWS_", "RESTIC_", "RCLONE_")
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(foreign)}
+        # restic's repository password: from the environment, as restic reads it; random by default.
+        self.env["RESTIC_PASSWORD"] = os.environ.get("RESTIC_PASSWORD") or secrets.token_urlsafe(18)
+        self.env["RCLONE_CONFIG"] = str(self.work / "rclone.conf")  # no user configuration
+        self.restic_cache = self.work / "restic-cache"
+        self.ds: dataset.DataSet | None = None
+        self.s3_env: dict[str, str] = {}
+
+    # ----- helpers -------------------------------------------------------------------------------
+
+    def fresh(self, name: str) -> Path:
+        path = self.out / name
+        if path.exists():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def measure(self, section: str, tool: str, op: str, rep: int, cmd: list[str], *,
+                env: dict[str, str] | None = None, nbytes: int, **params: Any) -> dict[str, Any]:
+        result = measure.run(cmd, env=env or self.env, cold=self.cold, log=self.logs / f"{section}.log")
+        sample = {"section": section, "tool": tool, "op": op, "rep": rep, "bytes": nbytes, **params, **result}
+        self.samples.append(sample)
+        print(f"  [{section}] {tool:<18} {op:<12} rep {rep} {params or ''}: {result['durable_s']:7.2f} s "
+              f"(wall {result['wall_s']:.2f}), {result['peak_rss_mb']:.0f} MB RSS, load {result['load1']}", flush=True)
+        return sample
+
+    def quiet(self, cmd: list[str], env: dict[str, str] | None = None) -> str:
+        done = subprocess.run(cmd, env=env or self.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise measure.CommandFailed(f"{' '.join(cmd)}: {done.stderr.strip()[-2000:]}")
+        return done.stdout
+
+    def check_tree(self, path: Path, state: dict[str, int], what: str) -> None:
+        """A restore or copy must hold the state's files and bytes (cheap sanity check)."""
+        files = size = 0
+        for directory, _, names in os.walk(path):
+            for name in names:
+                files += 1
+                size += os.lstat(os.path.join(directory, name)).st_size
+        if (files, size) != (state["files"], state["bytes"]):
+            raise RuntimeError(f"{what}: {files} files / {size} bytes, expected {state['files']} / {state['bytes']}")
+
+    def mobackup_ids(self, repo: str, env: dict[str, str]) -> dict[str, str]:
+        listing = json.loads(self.quiet([self.mobackup, "list", "--repo", repo, "--json"], env))
+        return {s["type"]: s["id"] for s in listing}
+
+    # ----- local directory -----------------------------------------------------------------------
+
+    def local(self, rep: int) -> None:
+        ds = self.ds
+        assert ds is not None
+        a, b = ds.state_a["bytes"], ds.state_b["bytes"]
+        src = str(ds.src)
+        ds.use("a")
+
+        dst = self.fresh("cp")
+        self.measure("local", "cp -r", "full", rep, ["cp", "-r", src, str(dst)], nbytes=a)
+        self.check_tree(dst, ds.state_a, "cp -r")
+        shutil.rmtree(dst)
+
+        dst = self.fresh("rsync")
+        self.measure("local", "rsync -a", "full", rep, ["rsync", "-a", src + "/", str(dst) + "/"], nbytes=a)
+        ds.use("b")
+        self.measure("local", "rsync -a", "incremental", rep,
+                     ["rsync", "-a", "--delete", src + "/", str(dst) + "/"], nbytes=b)
+        self.check_tree(dst, ds.state_b, "rsync incremental")
+        ds.use("a")
+        shutil.rmtree(dst)
+
+        dst = self.fresh("rclone")
+        self.measure("local", "rclone sync", "full", rep, [self.rclone, "sync", "-q", src, str(dst)], nbytes=a)
+        ds.use("b")
+        self.measure("local", "rclone sync", "incremental", rep, [self.rclone, "sync", "-q", src, str(dst)], nbytes=b)
+        ds.use("a")
+        shutil.rmtree(dst)
+
+        for parallelism in self.args.local_parallelism:
+            repo = self.fresh("mobackup-repo")
+            flags = [] if parallelism is None else ["--parallelism", str(parallelism)]
+            tag = {"parallelism": parallelism or 4}
+            self.measure("local", "mobackup", "full", rep,
+                         [self.mobackup, "backup", "--data-dir", src, "--repo", str(repo), "--type", "full",
+                          "--json", *flags], nbytes=a, **tag)
+            target = self.fresh("mobackup-restore")
+            ids = self.mobackup_ids(str(repo), self.env)
+            self.measure("local", "mobackup", "restore", rep,
+                         [self.mobackup, "restore", ids["full"], "--repo", str(repo), "--target", str(target),
+                          "--json", *flags], nbytes=a, **tag)
+            self.check_tree(target, ds.state_a, "mobackup restore")
+            shutil.rmtree(target)
+            if parallelism == self.args.local_parallelism[0]:
+                ds.use("b")
+                self.measure("local", "mobackup", "incremental", rep,
+                             [self.mobackup, "backup", "--data-dir", src, "--repo", str(repo), "--type",
+                              "incremental", "--json", *flags], nbytes=b, **tag)
+                ds.use("a")
+            shutil.rmtree(repo)
+
+        repo = self.fresh("restic-repo")
+        env = self.env | {"RESTIC_REPOSITORY": str(repo)}
+        self.restic(env, rep, "local", a, b)
+        shutil.rmtree(repo)
+
+    def restic(self, env: dict[str, str], rep: int, section: str, a: int, b: int) -> None:
+        ds = self.ds
+        assert ds is not None
+        if self.restic_cache.exists():
+            shutil.rmtree(self.restic_cache)
+        common = ["restic", "--cache-dir", str(self.restic_cache), *self.restic_options(section)]
+        self.quiet([*common, "init"], env)
+        self.measure(section, "restic", "full", rep, [*common, "backup", "-q", "--host", "bench", str(ds.src)],
+                     env=env, nbytes=a)
+        snapshot = json.loads(self.quiet([*common, "snapshots", "--json"], env))[0]["id"]
+        target = self.fresh("restic-restore")
+        self.measure(section, "restic", "restore", rep,
+                     [*common, "restore", "-q", snapshot, "--target", str(target)], env=env, nbytes=a)
+        self.check_tree(target, ds.state_a, "restic restore")
+        shutil.rmtree(target)
+        ds.use("b")
+        self.measure(section, "restic", "incremental", rep, [*common, "backup", "-q", "--host", "bench", str(ds.src)],
+                     env=env, nbytes=b)
+        ds.use("a")
+
+    def restic_options(self, section: str) -> list[str]:
+        return ["-o", "s3.bucket-lookup=path"] if section == "s3" else []
+
+    # ----- S3 (MinIO on loopback) ----------------------------------------------------------------
+
+    def start_minio(self) -> subprocess.Popen[bytes]:
+        binary = Path(self.args.minio)
+        if not binary.is_file():
+            raise SystemExit(f"MinIO not found at {binary}: run tests/cluster/build minio")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        data = self.work / "minio-data"
+        if data.exists():
+            shutil.rmtree(data)
+        data.mkdir(parents=True)
+        user, password = "bench" + secrets.token_hex(4), secrets.token_urlsafe(24)
+        env = self.env | {"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password, "MINIO_BROWSER": "off",
+                          "MINIO_UPDATE": "off", "MINIO_REGION": "us-east-1"}
+        log = open(self.logs / "minio.log", "ab")  # noqa: SIM115 - lives as long as the server
+        server = subprocess.Popen([str(binary), "server", str(data), "--address", f"127.0.0.1:{port}", "--quiet"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT)
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{endpoint}/minio/health/ready", timeout=1).status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"MinIO did not start; see {self.logs / 'minio.log'}")
+            time.sleep(0.3)
+        self.s3_env = {
+            "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": user,
+            "AWS_SECRET_ACCESS_KEY": password, "MOBACKUP_S3_PATH_STYLE": "1",
+            "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Minio", "RCLONE_CONFIG_S3_ENDPOINT": endpoint,
+            "RCLONE_CONFIG_S3_ACCESS_KEY_ID": user, "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": password,
+            "RCLONE_CONFIG_S3_REGION": "us-east-1",
+        }
+        self.quiet([self.rclone, "mkdir", f"s3:{BUCKET}"], self.env | self.s3_env)
+        return server
+
+    def purge(self, prefix: str) -> None:
+        self.quiet([self.rclone, "purge", f"s3:{BUCKET}/{prefix}"], self.env | self.s3_env)
+
+    def s3(self, rep: int) -> None:
+        ds = self.ds
+        assert ds is not None
+        a, b = ds.state_a["bytes"], ds.state_b["bytes"]
+        src = str(ds.src)
+        env = self.env | self.s3_env
+        ds.use("a")
+
+        for parallelism in self.args.s3_parallelism:
+            prefix = f"mobackup-{rep}-{parallelism}"
+            repo = f"s3://{BUCKET}/{prefix}"
+            flags = ["--parallelism", str(parallelism)]
+            tag = {"parallelism": parallelism}
+            self.measure("s3", "mobackup", "full", rep,
+                         [self.mobackup, "backup", "--data-dir", src, "--repo", repo, "--type", "full", "--json",
+                          *flags], env=env, nbytes=a, **tag)
+            ids = self.mobackup_ids(repo, env)
+            target = self.fresh("mobackup-restore")
+            self.measure("s3", "mobackup", "restore", rep,
+                         [self.mobackup, "restore", ids["full"], "--repo", repo, "--target", str(target), "--json",
+                          *flags], env=env, nbytes=a, **tag)
+            self.check_tree(target, ds.state_a, "mobackup restore from S3")
+            shutil.rmtree(target)
+            ds.use("b")
+            self.measure("s3", "mobackup", "incremental", rep,
+                         [self.mobackup, "backup", "--data-dir", src, "--repo", repo, "--type", "incremental",
+                          "--json", *flags], env=env, nbytes=b, **tag)
+            ds.use("a")
+            self.purge(prefix)
+
+        prefix = f"rclone-{rep}"
+        self.measure("s3", "rclone sync", "full", rep, [self.rclone, "sync", "-q", src, f"s3:{BUCKET}/{prefix}"],
+                     env=env, nbytes=a)
+        target = self.fresh("rclone-restore")
+        self.measure("s3", "rclone sync", "restore", rep,
+                     [self.rclone, "sync", "-q", f"s3:{BUCKET}/{prefix}", str(target)], env=env, nbytes=a)
+        # rclone keeps no empty directories on S3: count files and bytes only
+        shutil.rmtree(target)
+        ds.use("b")
+        self.measure("s3", "rclone sync", "incremental", rep,
+                     [self.rclone, "sync", "-q", src, f"s3:{BUCKET}/{prefix}"], env=env, nbytes=b)
+        ds.use("a")
+        self.purge(prefix)
+
+        prefix = f"restic-{rep}"
+        restic_env = env | {"RESTIC_REPOSITORY": f"s3:{self.s3_env['AWS_ENDPOINT_URL']}/{BUCKET}/{prefix}"}
+        self.restic(restic_env, rep, "s3", a, b)
+        self.purge(prefix)
+
+    # ----- the run -------------------------------------------------------------------------------
+
+    def versions(self) -> dict[str, str]:
+        minio = measure.output_of([self.args.minio, "--version"])
+        return {
+            "mobackup": measure.output_of([self.mobackup, "--version"]),
+            "cp": measure.output_of(["cp", "--version"]),
+            "rsync": measure.output_of(["rsync", "--version"]),
+            "rclone": measure.output_of([self.rclone, "version"]),
+            "restic": measure.output_of(["restic", "version"]),
+            "minio": minio,
+            "python": sys.version.split()[0],
+        }
+
+    def machine(self) -> dict[str, Any]:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), "?")
+        device = measure.output_of(["findmnt", "-n", "-o", "SOURCE,FSTYPE", "--target", str(self.work)])
+        rota = measure.output_of(["lsblk", "-d", "-n", "-o", "NAME,ROTA,MODEL", device.split()[0]]) if device else ""
+        return {
+            "cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
+            "filesystem": device, "block_device": rota,
+        }
+
+    def main(self) -> Path:
+        sections = self.args.sections
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        results: dict[str, Any] = {
+            "started_at": started, "size": self.args.size, "seed": self.args.seed, "reps": self.args.reps,
+            "cache": "cold (sync; echo 3 > /proc/sys/vm/drop_caches before every command)" if self.cold
+            else "warm (page cache not dropped)",
+            "machine": self.machine(), "versions": self.versions(), "command": " ".join(sys.argv),
+        }
+        print(f"benchmark {started}: size {self.args.size}, {self.args.reps} reps, cache {results['cache']}")
+        if {"local", "s3"} & set(sections):
+            clock = time.monotonic()
+            self.ds = dataset.build(self.work / f"data-{self.args.size}", self.args.size, self.args.seed)
+            results["dataset"] = self.ds.to_dict() | {"build_s": round(time.monotonic() - clock, 1)}
+            print(f"data set: {self.ds.state_a} -> {self.ds.state_b} ({results['dataset']['build_s']} s)")
+        server = self.start_minio() if "s3" in sections else None
+        try:
+            # Repetitions interleave the tools, so that load from other processes spreads evenly.
+            for rep in range(self.args.reps):
+                for section, step in (("local", self.local), ("s3", self.s3)):
+                    if section in sections:
+                        print(f"rep {rep} {section}", flush=True)
+                        step(rep)
+                        self.save(results)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(30)
+        if "memory" in sections:
+            def progress(rows: list[dict[str, Any]]) -> None:
+                results["memory"] = rows
+                self.save(results)
+
+            results["memory"] = memscale.run(self.work / "memory", self.mobackup, self.args.memory_counts,
+                                             self.env, self.logs / "memory.log", on_result=progress)
+        results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        path = self.save(results)
+        print(report.render(results))
+        if not self.args.keep:
+            shutil.rmtree(self.work / "out", ignore_errors=True)
+            shutil.rmtree(self.work / "minio-data", ignore_errors=True)
+            shutil.rmtree(self.restic_cache, ignore_errors=True)
+            if self.ds is not None:
+                shutil.rmtree(self.ds.root, ignore_errors=True)
+        return path
+
+    def save(self, results: dict[str, Any]) -> Path:
+        results["samples"] = self.samples
+        results["summary"] = report.summarise(self.samples)
+        out = self.args.results / f"{results['started_at'].replace(':', '')}-{self.args.size}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        return out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    cache = Path.home() / ".cache" / "mobackup-test" / "bin"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(dataset.PROFILES), default="full",
+                        help="full: ~2 GiB, 800 objects of 1-16 MiB; small: ~200 MiB (default full)")
+    parser.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported (default 3)")
+    parser.add_argument("--seed", type=int, default=20240515)
+    parser.add_argument("--sections", type=lambda s: s.split(","), default=["local", "s3", "memory"],
+                        help="comma-separated: local,s3,memory (default all)")
+    parser.add_argument("--local-parallelism", type=_ints, default=[4, 2, 8],
+                        help="mobackup --parallelism values on the local directory; the first is also used for "
+                        "the incremental (default 4,2,8)")
+    parser.add_argument("--s3-parallelism", type=_ints, default=[4, 2, 8, 16],
+                        help="mobackup --parallelism values against S3 (default 4,2,8,16)")
+    parser.add_argument("--memory-counts", type=_ints, default=[1_000, 10_000, 100_000, 1_000_000],
+                        help="files in the manifest for the memory test (default 1000,10000,100000,1000000)")
+    parser.add_argument("--warm", action="store_true", help="do not drop the page cache before each command")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (git-ignored)")
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--keep", action="store_true", help="keep the data set and outputs in --work")
+    parser.add_argument("--mobackup", default=str(ROOT / ".venv" / "bin" / "mobackup"))
+    parser.add_argument("--rclone", default=str(DEFAULT_WORK / "venv" / "bin" / "rclone"))
+    parser.add_argument("--minio", default=str(cache / "minio"))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in (args.mobackup, args.rclone, "cp", "rsync", "restic"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: run benchmarks/run.sh, which installs the tools")
+    path = Bench(args).main()
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
