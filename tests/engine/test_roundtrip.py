@@ -126,6 +126,11 @@ def test_s3_credentials_can_be_given_explicitly(s3_server, tmp_path: Path, monke
                                 s3_secret_access_key=s3_server.secret_key, **common)
     assert s3_server.secret_key not in repr(options)
     open_repository(options, create=True).check_access()
+    # or from a shared credentials file (AWS_SHARED_CREDENTIALS_FILE), as a mounted Secret provides
+    (tmp_path / "credentials").write_text(f"[default]\naws_access_key_id = {s3_server.access_key}\n"
+                                          f"aws_secret_access_key = {s3_server.secret_key}\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    open_repository(RepositoryOptions(url, **common)).check_access()
     wrong = RepositoryOptions(url, s3_access_key_id=s3_server.access_key, s3_secret_access_key="wrong", **common)
     with pytest.raises(MobackupError, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"):
         open_repository(wrong)
