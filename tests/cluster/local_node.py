@@ -28,7 +28,9 @@ StatefulSet or Deployment standing for MatrixOne) actually run:
 Not emulated: images, networking (all pods share the host network: 127.0.0.1), resource limits,
 securityContext (processes run as the test user), probes (a running container is Ready), pod logs
 through the API (each container's stdout/stderr is in STATE/pods/<ns>_<pod>_<uid>/<container>.log),
-token rotation (tokens are requested once, for 1 h or the requested expiry).
+token rotation (tokens are requested once, for 1 h or the requested expiry). Mount points that do
+not exist on the host (e.g. /mo-data) are created there as empty directories and left in place
+(removing one would detach it inside other pods' mount namespaces).
 """
 
 from __future__ import annotations
@@ -272,7 +274,8 @@ class PodRunner(threading.Thread):
         term = cdir / "termination-log"
         term.write_bytes(b"")
         term_path = spec.get("terminationMessagePath") or "/dev/termination-log"
-        bwrap = ["bwrap", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
+        # --die-with-parent: if the local node dies, its containers die with it (no orphans).
+        bwrap = ["bwrap", "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
                  "--hostname", self.pod["spec"].get("hostname") or self.pod_name]
         for mount_path, src, ro in self._mounts(c.spec, env):
             bwrap += ["--ro-bind" if ro else "--bind", str(src), mount_path]
@@ -332,17 +335,13 @@ class PodRunner(threading.Thread):
             return ""
         return "\n".join(lines[-80:])[-2048:]
 
+    def running_pids(self) -> list[int]:
+        return [c.proc.pid for c in self.init_containers + self.containers if c.proc is not None]
+
     def _kill_all(self, grace: float) -> None:
         running = [c for c in self.init_containers + self.containers if c.proc is not None]
+        kill_groups([c.proc.pid for c in running], grace)  # type: ignore[union-attr]
         for c in running:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(c.proc.pid, signal.SIGTERM)  # type: ignore[union-attr]
-        end = time.monotonic() + grace
-        while time.monotonic() < end and any(c.proc.poll() is None for c in running):  # type: ignore[union-attr]
-            time.sleep(0.05)
-        for c in running:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(c.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
             self._record_exit(c)
 
     def _stopping(self) -> bool:
@@ -651,6 +650,26 @@ class PodRunner(threading.Thread):
         return best[1] / os.path.relpath(path, best[0])
 
 
+def kill_groups(pids: list[int], grace: float) -> None:
+    """SIGTERM each container's process group, SIGKILL what is left after the grace period."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while time.monotonic() < end and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _write_files(target: Path, files: dict[str, tuple[bytes, int | None]], vol: dict[str, Any]) -> None:
     src = next((vol[k] for k in ("secret", "configMap", "downwardAPI", "projected") if k in vol), {})
     default_mode = src.get("defaultMode", 0o644)
@@ -851,8 +870,7 @@ class LocalNode:
         for r in runners:
             r.deleted = True     # do not write statuses while the control plane goes away
             r.stop_event.set()
-        for r in runners:
-            r._kill_all(2.0)
+        kill_groups([pid for r in runners for pid in r.running_pids()], 2.0)
 
 
 def load_kubeconfig(path: Path) -> tuple[str, str, str]:
