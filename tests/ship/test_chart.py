@@ -207,7 +207,9 @@ def test_monitoring_objects() -> None:
     # The metric names alerted on are the ones the operator exports.
     from mobackup.k8s.metrics import HELP
 
-    assert {"mobackup_last_success_timestamp_seconds", "mobackup_failures_total"} <= set(HELP)
+    assert "mobackup_storage_available" in rules["MOBackupStorageUnavailable"]["expr"]
+    assert {"mobackup_last_success_timestamp_seconds", "mobackup_failures_total",
+            "mobackup_storage_available"} <= set(HELP)
     assert not by_kind(render(), "ServiceMonitor") and not by_kind(render(), "PrometheusRule")
 
 
