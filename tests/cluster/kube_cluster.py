@@ -143,6 +143,14 @@ class KubeCluster:
         api = self.api()
         return [api.apply(object_path(d, default_namespace=namespace), d) for d in docs]
 
+    def operator_identity(self, release: str, values: dict[str, Any] | None = None,
+                          namespace: str = "mobackup-system") -> OperatorIdentity:
+        """Another operator identity with the chart's RBAC for other values (say
+        {"watchNamespaces": ["ns1"]}), under another release name so the two RBAC sets stay apart.
+        Returns .kubeconfig, .service_account, .namespace, .objects (the applied RBAC)."""
+        return install_operator_identity(self.api(), self.api_url, self.ca_file, self.state_dir,
+                                         values, namespace, release)
+
     def pod_log(self, namespace: str, pod: str) -> str:
         """stdout+stderr of all containers of a pod the local node ran (there is no kubelet log API)."""
         out = []

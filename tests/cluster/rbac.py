@@ -36,9 +36,10 @@ class OperatorIdentity:
     objects: list[dict[str, Any]]
 
 
-def render_chart(values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+def render_chart(values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
+                 release: str = RELEASE) -> list[dict[str, Any]]:
     paths.ensure_built("helm")
-    cmd = [str(paths.binary("helm")), "template", RELEASE, str(CHART_DIR), "--namespace", namespace]
+    cmd = [str(paths.binary("helm")), "template", release, str(CHART_DIR), "--namespace", namespace]
     for key, value in (values or {}).items():
         cmd += ["--set-json", f"{key}={json.dumps(value)}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -92,13 +93,14 @@ def ensure_namespace(api: KubeApi, name: str) -> None:
 
 
 def install_operator_identity(api: KubeApi, api_url: str, ca_file: Path, out_dir: Path,
-                              values: dict[str, Any] | None = None,
-                              namespace: str = NAMESPACE) -> OperatorIdentity:
-    """Apply the chart's RBAC objects and write a kubeconfig for the operator's ServiceAccount."""
+                              values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
+                              release: str = RELEASE) -> OperatorIdentity:
+    """Apply the chart's RBAC objects and write a kubeconfig for the operator's ServiceAccount.
+    Another release name gives a separate identity (e.g. with values {"watchNamespaces": [...]})."""
     from cluster.control_plane import write_kubeconfig
 
     if (CHART_DIR / "Chart.yaml").exists():
-        docs = render_chart(values, namespace)
+        docs = render_chart(values, namespace, release)
         deployments = [d for d in docs if d.get("kind") == "Deployment"]
         sa_name = (deployments[0]["spec"]["template"]["spec"].get("serviceAccountName") if deployments
                    else None) or RELEASE
@@ -115,6 +117,7 @@ def install_operator_identity(api: KubeApi, api_url: str, ca_file: Path, out_dir
     token = api.create(f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa_name}/token", {
         "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
         "spec": {"expirationSeconds": TOKEN_SECONDS}})["status"]["token"]
-    kubeconfig = write_kubeconfig(out_dir / "operator.kubeconfig", api_url, ca_file, token,
+    file_name = "operator.kubeconfig" if release == RELEASE else f"operator-{release}.kubeconfig"
+    kubeconfig = write_kubeconfig(out_dir / file_name, api_url, ca_file, token,
                                   f"system:serviceaccount:{namespace}:{sa_name}", namespace)
     return OperatorIdentity(namespace, sa_name, kubeconfig, source, objects)

@@ -82,6 +82,10 @@ def test_version_is_pinned_release(kube_cluster: KubeCluster) -> None:
     assert status == 200
     info = yaml.safe_load(body)
     assert info["gitVersion"] == "v1.34.4" and info["major"] == "1" and info["minor"] == "34"
+    from kubernetes import client
+
+    names = [n.metadata.name for n in client.CoreV1Api(kube_cluster.kubernetes_client()).list_node().items]
+    assert names == ["local-node"]
 
 
 def test_crd_schema_validation_rejects_bad_object(kube_cluster: KubeCluster, kube_namespace: str) -> None:
@@ -418,4 +422,16 @@ def test_operator_kubeconfig_has_exactly_the_chart_rbac(kube_cluster: KubeCluste
     assert not can("create", "pods")
     with pytest.raises(ApiError) as err:
         op.get(f"/api/v1/namespaces/{kube_namespace}/secrets")
+    assert err.value.status == 403
+
+
+def test_namespaced_operator_identity_from_chart_values(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    from cluster.kube_api import KubeApi
+    from cluster.local_node import load_kubeconfig
+
+    ident = kube_cluster.operator_identity("nsmode", {"watchNamespaces": [kube_namespace]})
+    op = KubeApi(*load_kubeconfig(ident.kubeconfig))
+    assert op.get(f"/apis/batch/v1/namespaces/{kube_namespace}/jobs")["items"] == []
+    with pytest.raises(ApiError) as err:
+        op.get("/apis/batch/v1/namespaces/default/jobs")
     assert err.value.status == 403
