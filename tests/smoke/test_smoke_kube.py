@@ -435,3 +435,32 @@ def test_namespaced_operator_identity_from_chart_values(kube_cluster: KubeCluste
     with pytest.raises(ApiError) as err:
         op.get("/apis/batch/v1/namespaces/default/jobs")
     assert err.value.status == 403
+
+
+def test_pod_waits_for_a_secret_created_later(kube_cluster: KubeCluster, kube_namespace: str) -> None:
+    api, ns = kube_cluster.api(), kube_namespace
+    api.create(f"/api/v1/namespaces/{ns}/pods", {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "early"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "c", "image": "ignored", "command": ["sh", "-c", 'test "$TOKEN" = late-secret'],
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "later", "key": "t"}}}]}]}})
+    waiting = wait_for(api, f"/api/v1/namespaces/{ns}/pods/early",
+                       lambda o: "waiting" in ((o.get("status", {}).get("containerStatuses") or [{}])[0]
+                                               .get("state") or {}), 30, "container waiting")
+    state = waiting["status"]["containerStatuses"][0]["state"]["waiting"]
+    assert state["reason"] == "CreateContainerConfigError" and "later" in state["message"]
+    assert waiting["status"]["phase"] == "Pending"
+    api.create(f"/api/v1/namespaces/{ns}/secrets", {"apiVersion": "v1", "kind": "Secret",
+                                                    "metadata": {"name": "later"}, "stringData": {"t": "late-secret"}})
+    done = wait_for(api, f"/api/v1/namespaces/{ns}/pods/early",
+                    lambda o: o["status"].get("phase") in ("Succeeded", "Failed"), 30, "pod done")
+    assert done["status"]["phase"] == "Succeeded"
+
+
+def test_job_on_failure_restarts_count_against_backoff_limit(kube_cluster: KubeCluster,
+                                                            kube_namespace: str) -> None:
+    manifest = job("flaky", "exit 2", backoff_limit=2)
+    manifest["spec"]["template"]["spec"]["restartPolicy"] = "OnFailure"
+    kube_cluster.apply(manifest, kube_namespace)
+    failed = wait_job(kube_cluster, kube_namespace, "flaky", "Failed", 90)
+    assert job_condition(failed, "Failed")["reason"] == "BackoffLimitExceeded"  # type: ignore[index]
