@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("id")
     restore.add_argument("--target", required=True, help="directory to restore into (empty, or --force)")
     restore.add_argument("--force", action="store_true", help="replace the contents of a non-empty target")
+    restore.add_argument("--hostname", help="hostname of the MatrixOne that will use the data: refuse a backup "
+                         "whose log service data belongs to another host")
 
     verify = commands.add_parser("verify", help="check that a backup is complete and intact")
     _repo_args(verify)
@@ -231,7 +233,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from .engine.restore import run_restore
 
     repo = open_repository(repository_options(args))
-    result = run_restore(repo, args.id, Path(args.target), force=args.force,
+    result = run_restore(repo, args.id, Path(args.target), force=args.force, hostname=args.hostname,
                          progress=for_terminal("restore", args.quiet or args.json))
     _emit(args, result.to_dict(),
           f"restored backup {result.backup_id} into {result.target}: {result.file_count} files, "

@@ -86,7 +86,7 @@ def _checkpoint(root: Path, rng: random.Random, state: SampleState, global_ckp: 
 
 
 def generate_mo_data(root: Path, seed: int, objects: int = 40, min_size: int = 1024,
-                     max_size: int = 256 * 1024, log_size: int = 256 * 1024) -> Path:
+                     max_size: int = 256 * 1024, log_size: int = 256 * 1024, hostname: str = "mo-0") -> Path:
     """Create a mo-data tree at `root` (which must not hold one yet)."""
     rng = random.Random(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def generate_mo_data(root: Path, seed: int, objects: int = 40, min_size: int = 1
     _write(gc / f"gc_0-0_{state.physical_ns}-{state.counter}.ckp", rng.randbytes(512))
     _write(gc / f"snap_{state.physical_ns}-{state.counter}.snap", rng.randbytes(128))
     _write(gc / f"acct_{state.physical_ns}-{state.counter}.acct", rng.randbytes(64))
-    log_dir = root / "logservice-data" / str(uuid.UUID(int=rng.getrandbits(128))) / "mo-0" / "00000001"
+    log_dir = root / "logservice-data" / str(uuid.UUID(int=rng.getrandbits(128))) / hostname / "00000000000000000001"
     _write(log_dir / "000001.log", rng.randbytes(log_size))
     _write(log_dir / "LOCK", b"")
     _write(root / "local" / "hk_data", rng.randbytes(256))
@@ -109,6 +109,7 @@ def generate_mo_data(root: Path, seed: int, objects: int = 40, min_size: int = 1
     # Transient files a backup must leave out.
     _write(root / "shared" / f".tmp.{rng.getrandbits(32):08x}", rng.randbytes(1000))
     _write(root / "shared-cache" / "cache-block-0", rng.randbytes(4096))
+    _write(root / "file-service-cache" / "0" / "cache-block-1", rng.randbytes(4096))
     (root / "dn-data" / str(uuid.UUID(int=rng.getrandbits(128)))).mkdir(parents=True, exist_ok=True)
     _save_state(root, state)
     return root

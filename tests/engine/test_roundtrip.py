@@ -31,7 +31,7 @@ def test_full_backup_restores_identical_tree(make_repo: RepoFactory, mo_data: Pa
     assert result.file_count == summary.file_count
     assert snapshot_tree(restored) == expected
     # transient files were not copied, and nothing of the restore machinery is left behind
-    assert not (restored / "shared-cache").exists()
+    assert not (restored / "shared-cache").exists() and not (restored / "file-service-cache").exists()
     assert not any(p.name.startswith(".tmp.") or p.name.startswith(".mobackup") for p in restored.rglob("*"))
     assert verify_backup(repo, summary.id).ok
 
@@ -134,3 +134,18 @@ def test_s3_credentials_can_be_given_explicitly(s3_server, tmp_path: Path, monke
     wrong = RepositoryOptions(url, s3_access_key_id=s3_server.access_key, s3_secret_access_key="wrong", **common)
     with pytest.raises(MobackupError, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId|403"):
         open_repository(wrong)
+
+
+def test_restore_checks_the_log_service_hostname(make_repo: RepoFactory, tmp_path: Path) -> None:
+    """dragonboat refuses to start on log data recorded under another hostname: refuse before writing."""
+    from mobackup.sample import generate_mo_data
+
+    data = generate_mo_data(tmp_path / "mo-data", seed=3, objects=5, hostname="mo-0")
+    repo = make_repo()
+    summary = run_backup(repo, data, source="db")
+    target = tmp_path / "target"
+    with pytest.raises(MobackupError, match="log service data of host\\(s\\) mo-0, not 'mo-1'"):
+        run_restore(repo, summary.id, target, hostname="mo-1")
+    assert not target.exists() or list(target.iterdir()) == []
+    run_restore(repo, summary.id, target, hostname="mo-0")
+    assert snapshot_tree(target) == snapshot_tree(data)

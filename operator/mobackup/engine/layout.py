@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # Never copied: FileService writes go to `.tmp.*` and are renamed when complete; `shared-cache/`
-# is a disk cache that MatrixOne refills; `tmp/` is the temporary file service.
+# and `file-service-cache/` are disk caches that MatrixOne refills (the second is the
+# `[fileservice.cache] disk-path` of many configs); `tmp/` is the temporary file service.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     "**/.tmp.*",
     "**/*.tmp",
     "shared-cache",
+    "file-service-cache",
     "tmp",
     ".mobackup-staging-*",
 )
@@ -50,24 +52,36 @@ class PathRules:
         return self._match(rel, self.volatile)
 
 
+# Where table storage lives: `shared/` (DISK backend, CRC-framed blocks), `shared2/` (DISK-V2, the
+# default from v4.2), `s3/` (older configs with a local "S3" file service).
+TABLE_STORAGE = {"shared": "disk", "shared2": "disk-v2", "s3": "local-s3"}
+
+
 def detect_layout(data_dir: Path) -> str:
-    """DISK (`shared/`, CRC-framed) or DISK-V2 (`shared2/`, from v4.2). Both present is suspicious."""
-    v1 = (data_dir / "shared").is_dir()
-    v2 = (data_dir / "shared2").is_dir()
-    if v1 and v2:
+    """Which table storage a data directory holds. More than one is suspicious: MatrixOne uses one,
+    and DISK-V2 refuses to start on CRC-framed data, so layouts must never be mixed."""
+    found = [layout for name, layout in TABLE_STORAGE.items() if (data_dir / name).is_dir()]
+    if len(found) > 1:
         return "mixed"
-    if v2:
-        return "disk-v2"
-    if v1:
-        return "disk"
-    return "unknown"
+    return found[0] if found else "unknown"
+
+
+def log_hostnames(paths: Iterable[str]) -> set[str]:
+    """Hostnames in `logservice-data/<uuid>/<hostname>/...`: the log service (dragonboat) records the
+    hostname and refuses to start on data written under another one."""
+    names = set()
+    for rel in paths:
+        parts = rel.split("/")
+        if len(parts) >= 3 and parts[0] == "logservice-data":
+            names.add(parts[2])
+    return names
 
 
 def newest_checkpoint_ts(data_dir: Path) -> str | None:
     """The end timestamp of the newest checkpoint (`ckp/meta_<start>_<end>.ckp|cpt`): the point that
     MatrixOne replays to on start, so the point at which a cold copy is consistent."""
     best: tuple[int, int] | None = None
-    for service in ("shared", "shared2"):
+    for service in TABLE_STORAGE:
         ckp = data_dir / service / "ckp"
         if not ckp.is_dir():
             continue

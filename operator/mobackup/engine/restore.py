@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
+from .layout import log_hostnames
 from .progress import NullProgress, Progress
 from .repository import Repository
 from .storage import ObjectNotFound, _syncfs
@@ -115,12 +116,16 @@ def run_restore(
     *,
     force: bool = False,
     progress: Progress | None = None,
+    hostname: str | None = None,
 ) -> RestoreResult:
     """Restore `backup_id` so that `target` holds exactly its files.
 
     Files are written into a hidden staging directory inside `target`, every digest is checked,
     everything is made durable, and only then are the staged entries renamed into place. A failed
     restore removes its staging directory and leaves `target` as it was.
+
+    With `hostname` (of the MatrixOne that will run on the restored data), a backup whose log service
+    data was written under another hostname is refused before anything is written.
     """
     progress = progress or NullProgress()
     backup_id = repo.resolve_id(backup_id)
@@ -135,6 +140,14 @@ def run_restore(
             f"{target} is not empty ({len(existing)} entries, e.g. {sorted(existing)[0]!r}); restore into "
             "an empty directory, or pass --force to replace its contents"
         )
+    if hostname:
+        recorded = log_hostnames(record["path"] for record in repo.entries(summary))
+        if recorded and hostname not in recorded:
+            raise MobackupError(
+                f"backup {backup_id} holds log service data of host(s) {', '.join(sorted(recorded))}, not "
+                f"{hostname!r}: MatrixOne's log service refuses to start under another hostname; restore onto "
+                "a pod with that hostname, or pin it with MatrixOne's explicit-hostname setting"
+            )
     clock = time.monotonic()
     staging = target / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     with repo.lock(exclusive=False, purpose=f"restore of {backup_id}", wait_seconds=60):
