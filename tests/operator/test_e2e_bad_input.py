@@ -1,0 +1,132 @@
+"""Bad input, end to end: rejected by the CRD schema, or Failed with a clear reason and an Event."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from mo_e2e import Env
+
+from cluster.kube_api import ApiError
+from mobackup.sample import snapshot_tree
+
+pytestmark = pytest.mark.cluster
+
+STS = {"kind": "StatefulSet", "name": "mo"}
+
+
+def backup_spec(**extra: Any) -> dict[str, Any]:
+    return {"source": {"pvc": {"claimName": "mo-data"}, "workload": STS}, "storageRef": {"name": "s3"}, **extra}
+
+
+def failed(env: Env, kind: str, name: str) -> dict[str, Any]:
+    st = env.wait_phase(kind, name, "Failed", "Completed")["status"]
+    assert st["phase"] == "Failed", st
+    conds = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conds["Failed"] == "True" and conds["Ready"] == "False"
+    deadline = time.monotonic() + 10  # the Event is posted right after the status patch
+    while not [e for e in env.events(name) if e["type"] == "Warning" and e["reason"] == st["reason"]]:
+        assert time.monotonic() < deadline, f"no Warning Event for {st['reason']}"
+        time.sleep(0.2)
+    return st
+
+
+@pytest.mark.parametrize("spec,message", [
+    (backup_spec(type="Differential"), "Unsupported value"),
+    ({"source": {"pvc": {"claimName": "mo-data"}}, "storageRef": {"name": "s3"}}, "needs source.workload"),
+    (backup_spec(baseBackupID="abc"), "only meaningful for type Incremental"),
+    (backup_spec(source={"pvc": {"claimName": "mo-data", "path": "../../etc"}, "workload": STS}), "path"),
+    (backup_spec(bandwidthLimit="fast"), "bandwidthLimit"),
+    ({"storageRef": {"name": "s3"}}, "source"),
+])
+def test_schema_rejects(env: Env, spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ApiError) as err:
+        env.create("MOBackup", "bad", spec)
+    assert err.value.status == 422 and message in str(err.value), str(err.value)
+
+
+def test_schema_rejects_other_kinds_and_immutable_fields(env: Env) -> None:
+    with pytest.raises(ApiError, match="exactly one of s3 or pvc"):
+        env.create("MOBackupStorage", "both", {"pvc": {"claimName": "x"}, "s3": {"bucket": "bkt"}})
+    with pytest.raises(ApiError, match="exactly one of backupName or backupID"):
+        env.create("MORestore", "r", {"target": {"pvc": {"claimName": "x"}}})
+    with pytest.raises(ApiError, match="Unsupported value"):
+        env.create("MOBackupSchedule", "s", {"fullSchedule": "@daily", "concurrencyPolicy": "Sometimes",
+                                             "template": {"spec": backup_spec()}})
+    env.create("MOBackup", "ok", backup_spec(consistency="None", storageRef={"name": "absent"}))
+    with pytest.raises(ApiError, match="storageRef is immutable"):
+        env.api.merge_patch(env.path("MOBackup", "ok"), {"spec": {"storageRef": {"name": "other"}}})
+    env.api.merge_patch(env.path("MOBackup", "ok"), {"spec": {"deletionPolicy": "Delete"}})  # allowed
+
+
+def test_invalid_cron_fails_the_schedule(env: Env) -> None:
+    env.create("MOBackupSchedule", "bad-cron", {"fullSchedule": "0 25 * * *", "template": {"spec": backup_spec()}})
+    s = env.wait("MOBackupSchedule", "bad-cron", lambda o: (o.get("status") or {}).get("reason") == "InvalidSpec")
+    assert "hour: 25 is outside 0-23" in s["status"]["message"]
+
+
+def test_missing_secret(env: Env) -> None:
+    env.cluster.make_pvc(env.ns, "mo-data")
+    env.s3_storage(secret="no-such-secret", wait="Unavailable")
+    st = env.get("MOBackupStorage", "s3")["status"]
+    assert st["reason"] == "SecretNotFound" and "no-such-secret" in st["message"]
+    env.create("MOBackup", "b", backup_spec(consistency="None"))
+    st = failed(env, "MOBackup", "b")
+    assert st["reason"] == "SecretNotFound" and f"Secret {env.ns}/no-such-secret not found" in st["message"]
+    assert not st.get("jobName")
+
+
+def test_unreachable_storage(env: Env) -> None:
+    env.cluster.make_pvc(env.ns, "mo-data")
+    env.s3_storage(endpoint="http://127.0.0.1:9", wait="Unavailable")  # discard port: nothing listens
+    st = env.get("MOBackupStorage", "s3")["status"]
+    assert st["reason"] == "Unreachable" and "127.0.0.1:9" in st["message"] and st["lastChecked"]
+    env.create("MOBackup", "b", backup_spec(consistency="None"))
+    st = failed(env, "MOBackup", "b")
+    assert st["reason"] == "StorageUnavailable" and "unavailable" in st["message"]
+    assert f'mobackup_storage_available{{namespace="{env.ns}",storage="s3"}} 0' in env.op.metrics()
+
+
+def test_base_of_another_source(env: Env) -> None:
+    env.stand_in()
+    env.cluster.make_pvc(env.ns, "other-data")
+    (env.cluster.pv_root / env.ns / "other-data" / "mo-data").mkdir(parents=True)
+    (env.cluster.pv_root / env.ns / "other-data" / "mo-data" / "x").write_text("x")
+    env.s3_storage()
+    env.create("MOBackup", "full", backup_spec())
+    full = env.wait_phase("MOBackup", "full", "Completed", "Failed")["status"]
+    assert full["phase"] == "Completed", full
+    other = {"source": {"pvc": {"claimName": "other-data"}}, "storageRef": {"name": "s3"}, "consistency": "None",
+             "type": "Incremental"}
+    # By resource name: refused by the operator before any Job.
+    env.create("MOBackup", "by-name", {**other, "baseBackupName": "full"})
+    st = failed(env, "MOBackup", "by-name")
+    assert st["reason"] == "InvalidBase" and "is of source" in st["message"] and not st.get("jobName")
+    # By backup ID: the engine in the Job refuses, and its reason comes back into status.
+    env.create("MOBackup", "by-id", {**other, "baseBackupID": full["backupID"]})
+    st = failed(env, "MOBackup", "by-id")
+    assert st["jobName"] and "is of source" in st["message"], st
+    assert [s.id for s in env.repository().list_backups()] == [full["backupID"]]
+
+
+def test_restore_onto_non_empty_volume_without_overwrite(env: Env) -> None:
+    data = env.stand_in()
+    env.s3_storage()
+    env.create("MOBackup", "full", backup_spec())
+    assert env.wait_phase("MOBackup", "full", "Completed", "Failed")["status"]["phase"] == "Completed"
+    env.change(data, seed=5)
+    before = snapshot_tree(data)
+    env.create("MORestore", "r", {"backupName": "full", "target": {"pvc": {"claimName": "mo-data"}, "workload": STS}})
+    st = failed(env, "MORestore", "r")
+    assert st["reason"] == "TargetNotEmpty" and "overwrite" in st["message"], st
+    assert snapshot_tree(data) == before  # nothing touched
+    env.wait_replicas_running()  # and MatrixOne is started again
+
+
+def test_restore_of_a_failed_or_missing_backup(env: Env) -> None:
+    env.cluster.make_pvc(env.ns, "mo-data")
+    env.s3_storage()
+    env.create("MORestore", "r", {"backupName": "nope", "target": {"pvc": {"claimName": "mo-data"}}})
+    st = failed(env, "MORestore", "r")
+    assert st["reason"] == "BackupNotFound"
