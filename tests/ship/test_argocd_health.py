@@ -4,46 +4,13 @@ returning {status, message}."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 import yaml
 
 from ship import tools
-
-CM = tools.DEPLOY / "argocd" / "argocd-cm-health.yaml"
-KINDS = ["MOBackup", "MORestore", "MOBackupStorage", "MOBackupSchedule"]
-
-
-def _lua_literal(value: Any) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a JSON string literal is a valid Lua string literal for ASCII
-    if isinstance(value, list):
-        return "{" + ", ".join(_lua_literal(v) for v in value) + "}"
-    return "{" + ", ".join(f"[{json.dumps(k)}] = {_lua_literal(v)}" for k, v in value.items()) + "}"
-
-
-def _scripts() -> dict[str, str]:
-    data = yaml.safe_load(CM.read_text())["data"]
-    return {k.rsplit("_", 1)[1]: v for k, v in data.items()
-            if k.startswith("resource.customizations.health.mobackup.io_")}
-
-
-def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
-    script = _scripts()[kind]
-    program = (f"obj = {_lua_literal(obj)}\n"
-               f"local hs = (function()\n{script}\nend)()\n"
-               'io.write(hs.status, "\\n", hs.message or "")\n')
-    proc = tools.run([tools.lua(), "-"], input=program, timeout=10)
-    status, _, message = proc.stdout.partition("\n")
-    return status, message
+from ship.argocd import KINDS, health, scripts
 
 
 def _obj(kind: str, status: dict | None = None, spec: dict | None = None) -> dict:
@@ -55,7 +22,7 @@ def _obj(kind: str, status: dict | None = None, spec: dict | None = None) -> dic
 
 
 def test_every_kind_has_a_health_check() -> None:
-    assert sorted(_scripts()) == sorted(KINDS)
+    assert sorted(scripts()) == sorted(KINDS)
     # The CRDs define exactly these kinds (once they exist).
     kinds = set()
     for path in tools.crd_files():

@@ -30,6 +30,7 @@ import yaml
 from cluster import paths
 from cluster.kube_api import ApiError
 from ship import tools
+from ship.argocd import health
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
@@ -168,6 +169,23 @@ def _apply_storage(e: Env) -> None:
         e.cluster.apply(doc, namespace=e.ns)
 
 
+def _wait(get: Any, ok: Any, what: str, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = get()
+        if ok(value):
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {value!r:.2000}"
+        time.sleep(0.3)
+
+
+def _wait_scheduled_backup(e: Env) -> dict[str, Any]:
+    def scheduled() -> list[dict[str, Any]]:
+        return e.cluster.api().get(f"{GROUP}/namespaces/{e.ns}/mobackups",
+                                   labelSelector="mobackup.io/schedule=mo-nightly")["items"]
+    return _wait(scheduled, lambda items: len(items) == 1, "the schedule's run-now MOBackup")[0]
+
+
 def _metrics(e: Env) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{e.metrics_port}/metrics", timeout=5) as r:
         return r.read().decode()
@@ -216,6 +234,31 @@ def test_helm_install_backup_restore_upgrade_uninstall(env: Env) -> None:
     assert restored["backupID"] == full["backupID"]
     assert snapshot_tree(restore_host / "mo-data") == before_full, "restored tree differs from the full backup"
 
+    # ---- a schedule (with retention) from the examples, fired now -----------------------------
+    e.cluster.apply(example("schedule.yaml"), namespace=e.ns)
+    api.merge_patch(f"{GROUP}/namespaces/{e.ns}/mobackupschedules/mo-nightly",
+                    {"metadata": {"annotations": {"mobackup.io/run-now": "Incremental"}}})
+    scheduled = _wait_scheduled_backup(e)
+    meta = scheduled["metadata"]
+    assert meta["labels"]["mobackup.io/schedule"] == "mo-nightly" and meta["labels"]["team"] == "dba"
+    assert meta["annotations"]["argocd.argoproj.io/compare-options"] == "IgnoreExtraneous"
+    assert "Prune=false" in meta["annotations"]["argocd.argoproj.io/sync-options"]
+    sched_backup = e.wait_phase("mobackups", meta["name"], "Completed")["status"]
+    # The schedule's first backup is Full even when asked for Incremental: it bases incrementals
+    # only on its own Completed backups (operator design).
+    assert sched_backup["type"] == "Full"
+
+    # ---- the Argo CD health checks on the live objects ------------------------------------------
+    assert health("MOBackupStorage", e.get("mobackupstorages", "minio"))[0] == "Healthy"
+    assert health("MOBackup", e.get("mobackups", "mo-full-1")) == (
+        "Healthy", f"Backup {full['backupID']} completed ({full['size']})")
+    assert health("MORestore", e.get("morestores", "mo-restore-1"))[0] == "Healthy"
+    sched = _wait(lambda: e.get("mobackupschedules", "mo-nightly"),
+                  lambda o: (o.get("status") or {}).get("lastSuccessfulBackup") == meta["name"], "schedule status")
+    assert health("MOBackupSchedule", sched)[0] == "Healthy"
+    api.merge_patch(f"{GROUP}/namespaces/{e.ns}/mobackupschedules/mo-nightly", {"spec": {"suspend": True}})
+    assert health("MOBackupSchedule", e.get("mobackupschedules", "mo-nightly"))[0] == "Suspended"
+
     metrics = _metrics(e)
     assert "mobackup_last_success_timestamp_seconds{" in metrics and e.ns in metrics, metrics[-3000:]
 
@@ -227,8 +270,8 @@ def test_helm_install_backup_restore_upgrade_uninstall(env: Env) -> None:
         deadline = time.monotonic() + 60
         while True:
             crd = api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.monitoring.coreos.com")
-            if any(c["type"] == "Established" and c["status"] == "True" for c in crd.get("status", {}).get(
-                    "conditions", [])):
+            if any(c["type"] == "Established" and c["status"] == "True"
+                   for c in (crd.get("status") or {}).get("conditions") or []):
                 break
             assert time.monotonic() < deadline, f"{plural} CRD not established"
             time.sleep(0.2)
@@ -252,6 +295,7 @@ def test_helm_install_backup_restore_upgrade_uninstall(env: Env) -> None:
     assert e.wait_phase("mobackups", "mo-full-2", "Completed")["status"]["backupID"] != full["backupID"]
 
     # ---- helm uninstall leaves the CRDs, the MOBackups and the data ------------------------------
+    before = {b["metadata"]["name"] for b in api.get(f"{GROUP}/namespaces/{e.ns}/mobackups")["items"]}
     e.helm("uninstall", RELEASE, "--namespace", e.op_ns, "--wait", "--timeout", "120s")
     with pytest.raises(ApiError) as gone:
         api.get(f"/apis/apps/v1/namespaces/{e.op_ns}/deployments/{FULLNAME}")
@@ -260,9 +304,16 @@ def test_helm_install_backup_restore_upgrade_uninstall(env: Env) -> None:
         api.get(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{FULLNAME}-cluster")
     for crd in CRD_NAMES:
         api.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd}")
-    left = {b["metadata"]["name"]: b["status"]["phase"]
+    left = {b["metadata"]["name"]: (b.get("status") or {}).get("phase")
             for b in api.get(f"{GROUP}/namespaces/{e.ns}/mobackups")["items"]}
-    assert left == {"mo-full-1": "Completed", "mo-incr-1": "Completed", "mo-full-2": "Completed"}
+    assert set(left) == before
+    for name in ("mo-full-1", "mo-incr-1", "mo-full-2", meta["name"]):
+        assert left[name] == "Completed", left
     keys = [o["Key"] for o in e.cluster.s3.client().list_objects_v2(
         Bucket=e.cluster.s3.bucket, Prefix=e.prefix + "/")["Contents"]]
     assert any("/backups/" in k for k in keys), keys[:20]
+
+    # One run-now annotation is one backup, also across the operator's restart by the upgrade.
+    scheduled_names = sorted(n for n in left if n.startswith("mo-nightly-"))
+    assert scheduled_names == [meta["name"]], (
+        f"the run-now annotation fired {len(scheduled_names)} times: {scheduled_names}")
