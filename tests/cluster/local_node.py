@@ -159,6 +159,11 @@ class PodRunner(threading.Thread):
         self.envs: dict[str, dict[str, str]] = {}
         self.deadline_at: float | None = None
 
+    @property
+    def hostname(self) -> str:
+        # Like the kubelet: spec.hostname or the pod name, truncated to 63 characters.
+        return str(self.pod["spec"].get("hostname") or self.pod_name)[:63].rstrip("-.")
+
     # ---- control from the watch loop -------------------------------------------------------
     def terminate(self, deleted: bool = False) -> None:
         self.deleted = self.deleted or deleted
@@ -276,7 +281,7 @@ class PodRunner(threading.Thread):
         term_path = spec.get("terminationMessagePath") or "/dev/termination-log"
         # --die-with-parent: if the local node dies, its containers die with it (no orphans).
         bwrap = ["bwrap", "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
-                 "--hostname", self.pod["spec"].get("hostname") or self.pod_name]
+                 "--hostname", self.hostname]
         for mount_path, src, ro in self._mounts(c.spec, env):
             bwrap += ["--ro-bind" if ro else "--bind", str(src), mount_path]
         bwrap += ["--bind", str(term), os.path.realpath(term_path)]
@@ -479,7 +484,7 @@ class PodRunner(threading.Thread):
         api_port = str(self.node.api_port)
         env: dict[str, str] = {
             "PATH": f"{self.node.venv_bin}:{SYSTEM_PATH}", "HOME": "/root", "LANG": "C.UTF-8",
-            "HOSTNAME": self.pod["spec"].get("hostname") or self.pod_name,
+            "HOSTNAME": self.hostname,
             "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": api_port,
             "KUBERNETES_SERVICE_PORT_HTTPS": api_port, "KUBERNETES_PORT": f"tcp://127.0.0.1:{api_port}",
         }
