@@ -154,10 +154,11 @@ def test_project_crds_are_accepted(kube_cluster: KubeCluster) -> None:
 
 # ---- Jobs through the real Job controller and the local node --------------------------------------
 def test_job_exit_0_completes(kube_cluster: KubeCluster, kube_namespace: str) -> None:
-    kube_cluster.apply(job("ok", "echo hello from the job; exit 0"), kube_namespace)
-    done = wait_job(kube_cluster, kube_namespace, "ok", "Complete", 60)
+    name = "ok-" + "x" * 57     # pod name > 63 characters: the hostname must be truncated
+    kube_cluster.apply(job(name, "echo hello from the job; exit 0"), kube_namespace)
+    done = wait_job(kube_cluster, kube_namespace, name, "Complete", 60)
     assert done["status"]["succeeded"] == 1
-    (pod,) = pods_of(kube_cluster, kube_namespace, "job-name=ok")
+    (pod,) = pods_of(kube_cluster, kube_namespace, f"job-name={name}")
     assert pod["status"]["phase"] == "Succeeded"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     assert "hello from the job" in kube_cluster.pod_log(kube_namespace, pod["metadata"]["name"])
