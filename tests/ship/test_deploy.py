@@ -4,9 +4,11 @@ API server's schemas, the project's CRDs and Argo CD's own Application CRD."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from ship import tools
@@ -78,3 +80,47 @@ def test_argocd_manifests_are_valid(schema_dir: Path) -> None:
     # The Application's values pass the chart's values schema.
     values = yaml.safe_dump(source["helm"]["valuesObject"])
     tools.run([tools.built_tool("helm"), "template", "x", tools.CHART, "-f", "-"], input=values)
+
+
+def _dry_run_apply(api: Any, doc: dict[str, Any], namespace: str | None = None) -> None:
+    from cluster.kube_api import object_path
+
+    api.request("PATCH", object_path(doc, default_namespace=namespace), doc,
+                content_type="application/apply-patch+yaml",
+                query={"fieldManager": "ship-dry-run", "force": "true", "dryRun": "All"})
+
+
+def test_base_and_examples_pass_the_real_api_server(kube_cluster: Any) -> None:
+    """Server-side dry-run apply of everything `kubectl apply -k deploy/base` and
+    `kubectl apply -f deploy/examples/...` would send: the real API server's validation,
+    defaulting, CEL rules of the CRDs and RBAC escalation checks, without changing anything."""
+    api = kube_cluster.api()
+    base = [d for d in yaml.safe_load_all(tools.run([tools.kustomize(), "build", tools.DEPLOY / "base"]).stdout) if d]
+    for doc in base:
+        _dry_run_apply(api, doc)
+    # The custom resources of the examples need the CRDs served: install them (as helm would).
+    for path in tools.crd_files():
+        kube_cluster.apply(path)
+    for crd in tools.crd_files():
+        name = _docs(crd)[0]["metadata"]["name"]
+        deadline = time.monotonic() + 60
+        while not any(c["type"] == "Established" and c["status"] == "True" for c in (api.get(
+                f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").get("status") or {})
+                .get("conditions") or []):
+            assert time.monotonic() < deadline, f"CRD {name} not established"
+            time.sleep(0.2)
+    ns = kube_cluster.create_namespace("ship-dry")
+    try:
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            for doc in _docs(path):
+                _dry_run_apply(api, doc, ns)
+        # ...and the same call does reject a bad object (so the passes above mean something).
+        from cluster.kube_api import ApiError
+
+        bad = _docs(EXAMPLES / "backup-full.yaml")[0]
+        bad["spec"]["type"] = "Differential"
+        with pytest.raises(ApiError) as rejected:
+            _dry_run_apply(api, bad, ns)
+        assert rejected.value.status == 422 and "Differential" in str(rejected.value)
+    finally:
+        kube_cluster.delete_namespace(ns)
