@@ -469,6 +469,7 @@ def schedule_crd() -> Schema:
         "lastSuccessfulTime": s("Completion time of the newest Completed MOBackup.", format="date-time"),
         "active": {"type": "array", "items": {"type": "string"},
                    "description": "MOBackups of this schedule that are Pending or Running."},
+        "lastRunNow": s("The last value of the mobackup.io/run-now annotation acted on (\"backup now\")."),
         "reason": s("CamelCase reason of the last decision (e.g. Suspended, SkippedConcurrent)."),
         "message": s("Human-readable note on the last decision or error."),
         "observedGeneration": s("Generation of the spec last acted on.", "integer"),

@@ -116,8 +116,11 @@ def _run_event(kind: str, type: str | None, body: Any) -> None:
     ns, name, uid = controller.meta(obj)
     phase = (obj.get("status") or {}).get("phase")
     if type == "DELETED":
+        sched = (obj["metadata"].get("labels") or {}).get(schedule.L_SCHEDULE)
         with STATE.lock:
             STATE.active.pop((kind, ns, name), None)
+            if sched:  # retention deletes in waves: the next wave may go now
+                STATE.dirty_schedules.add((ns, sched))
         ctx = _ctx()
         with ctx.locked(uid):
             controller.cleanup_run(ctx, obj)
@@ -152,7 +155,7 @@ def mobackup_delete(body: kopf.Body, **_: Any) -> None:
         done, message = controller.delete_backup_data(ctx, obj)
     if not done:
         refused = "is the base of" in message or "DeletionRefused" in message
-        raise kopf.TemporaryError(message, delay=30 if refused else 2)
+        raise kopf.TemporaryError(message, delay=10 if refused else 2)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={jobs.MANAGED_BY: jobs.MANAGER})

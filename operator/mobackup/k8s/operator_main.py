@@ -34,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _expected_retries(record: logging.LogRecord) -> bool:
+    """kopf logs a TemporaryError (our "still waiting for the delete Job") at ERROR: it is progress."""
+    if "failed temporarily" in record.getMessage():
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger("kopf.objects").isEnabledFor(logging.INFO)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
@@ -42,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.log_level != "DEBUG":
         logging.getLogger("kopf").setLevel(logging.WARNING)  # kopf is chatty per event at INFO
+    logging.getLogger("kopf.objects").addFilter(_expected_retries)
 
     import kopf
 

@@ -159,7 +159,13 @@ def reconcile_schedule(ctx: Ctx, sched: dict[str, Any]) -> None:
     items = [retention.Item(b["metadata"]["name"], str(b["status"].get("backupID")), b["status"].get("baseBackupID"),
                             _completion(b)) for b in completed if (b.get("status") or {}).get("backupID")]
     decision = retention.select(items, spec.retention, now, history_limit=spec.successful_limit)
-    doomed = decision.delete + retention.history_overflow([b["metadata"]["name"] for b in failed], spec.failed_limit)
+    # Delete in waves, dependents first: a backup that is still the base of an existing MOBackup
+    # (kept, or being deleted right now) waits for the next pass, so the chain-aware delete of its
+    # data is never refused.
+    bases_in_use = {(b.get("status") or {}).get("baseBackupID") for b in backups} - {None}
+    by_name = {b["metadata"]["name"]: b for b in completed}
+    doomed = [n for n in decision.delete if (by_name[n].get("status") or {}).get("backupID") not in bases_in_use]
+    doomed += retention.history_overflow([b["metadata"]["name"] for b in failed], spec.failed_limit)
     for victim in doomed:
         ctx.kube.delete_cr("MOBackup", ns, victim)
     if doomed:

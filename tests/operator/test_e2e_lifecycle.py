@@ -1,0 +1,135 @@
+"""Schedules with retention over several runs, and deletionPolicy Retain / Delete, end to end."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from mo_e2e import Env
+
+pytestmark = pytest.mark.cluster
+
+STS = {"kind": "StatefulSet", "name": "mo"}
+SOURCE = {"pvc": {"claimName": "mo-data"}, "workload": STS}
+
+
+def backup_spec(**extra: Any) -> dict[str, Any]:
+    return {"source": SOURCE, "storageRef": {"name": "s3"}, **extra}
+
+
+def test_schedule_with_retention_over_several_runs(env: Env) -> None:
+    data = env.stand_in(objects=20)
+    env.s3_storage()
+    env.create("MOBackupSchedule", "nightly", {
+        "fullSchedule": "@every 1h", "incrementalSchedule": "@every 6s",
+        "retention": {"keepLast": 2}, "failedBackupsHistoryLimit": 1,
+        "template": {"metadata": {"labels": {"team": "db"}}, "spec": backup_spec()}})
+    seen: dict[str, dict[str, Any]] = {}  # every Completed backup ever observed: name -> status
+
+    def observe() -> list[dict[str, Any]]:
+        items = env.api.get(env.path("MOBackup"), labelSelector="mobackup.io/schedule=nightly")["items"]
+        for b in items:
+            if (b.get("status") or {}).get("phase") == "Completed":
+                seen[b["metadata"]["name"]] = b["status"]
+        return items
+
+    def wait_completed(n: int, timeout: float = 150) -> None:
+        deadline = time.monotonic() + timeout
+        while len(seen) < n:
+            assert time.monotonic() < deadline, f"only {sorted(seen)} completed\n{env.op.log_tail()}"
+            observe()
+            time.sleep(0.3)
+
+    wait_completed(3)
+    env.change(data, seed=21)
+    # "Backup now": a Full on demand (the second chain).
+    env.api.merge_patch(env.path("MOBackupSchedule", "nightly"),
+                        {"metadata": {"annotations": {"mobackup.io/run-now": "Full-1"}}})
+    deadline = time.monotonic() + 120
+    while not any(s["type"] == "Full" and n.endswith("-now") for n, s in seen.items()):
+        assert time.monotonic() < deadline, f"no run-now Full in {sorted(seen)}\n{env.op.log_tail()}"
+        observe()
+        time.sleep(0.3)
+    wait_completed(len(seen) + 1)
+    env.api.merge_patch(env.path("MOBackupSchedule", "nightly"), {"spec": {"suspend": True}})
+
+    # Settle: nothing active, retention applied (in waves, dependents first).
+    newest = sorted(seen.items(), key=lambda kv: kv[1]["completionTime"] + kv[0])
+    deadline = time.monotonic() + 120
+    while True:
+        items = observe()
+        sched = env.get("MOBackupSchedule", "nightly")["status"]
+        completed = {b["metadata"]["name"] for b in items if (b.get("status") or {}).get("phase") == "Completed"}
+        by_id = {s["backupID"]: n for n, s in seen.items()}
+        newest = sorted(seen.items(), key=lambda kv: (kv[1]["completionTime"], kv[0]), reverse=True)
+        expected = {n for n, _ in newest[:2]}
+        frontier = list(expected)
+        while frontier:  # the bases a kept backup needs
+            base = seen[frontier.pop()].get("baseBackupID")
+            if base in by_id and by_id[base] not in expected:
+                expected.add(by_id[base])
+                frontier.append(by_id[base])
+        if not sched.get("active") and completed == expected and len(items) == len(expected):
+            break
+        assert time.monotonic() < deadline, (f"retention did not settle: completed={sorted(completed)} "
+                                             f"expected={sorted(expected)} active={sched.get('active')}\n"
+                                             f"{env.op.log_tail()}")
+        time.sleep(0.5)
+    assert len(seen) >= 5 and len(expected) < len(seen)
+    # The data of deleted backups left the repository (template deletionPolicy defaults to Delete).
+    assert {s.id for s in env.repository().list_backups()} == {seen[n]["backupID"] for n in expected}
+    assert sched["lastSuccessfulBackup"] == newest[0][0] and sched["nextScheduleTime"]
+    types = {n: s["type"] for n, s in seen.items()}
+    assert "Incremental" in types.values() and sum(t == "Full" for t in types.values()) >= 2
+    for b in items:  # what keeps Argo CD from pruning generated backups
+        ann = b["metadata"]["annotations"]
+        assert ann["argocd.argoproj.io/compare-options"] == "IgnoreExtraneous"
+        assert ann["argocd.argoproj.io/sync-options"] == "Prune=false"
+        assert b["metadata"]["labels"]["team"] == "db" and "ownerReferences" not in b["metadata"]
+    # Suspended: no new runs.
+    count = len(seen)
+    time.sleep(8)
+    observe()
+    assert len(seen) == count
+    assert env.get("MOBackupSchedule", "nightly")["status"]["reason"] in ("Suspended", "RetentionApplied",
+                                                                          "BackupCreated")
+
+
+def test_deletion_policy_retain_keeps_data(env: Env) -> None:
+    env.stand_in(objects=10)
+    env.s3_storage()
+    env.create("MOBackup", "keep", backup_spec(deletionPolicy="Retain"))
+    st = env.wait_phase("MOBackup", "keep", "Completed", "Failed")["status"]
+    assert st["phase"] == "Completed"
+    assert not env.get("MOBackup", "keep")["metadata"].get("finalizers")
+    env.api.delete(env.path("MOBackup", "keep"))
+    env.wait_gone("MOBackup", "keep", timeout=10)
+    assert [s.id for s in env.repository().list_backups()] == [st["backupID"]]
+
+
+def test_deletion_policy_delete_is_chain_aware(env: Env) -> None:
+    data = env.stand_in(objects=10)
+    env.s3_storage()
+    env.create("MOBackup", "full", backup_spec(deletionPolicy="Delete"))
+    full = env.wait_phase("MOBackup", "full", "Completed", "Failed")["status"]
+    env.change(data, seed=3)
+    env.create("MOBackup", "incr", backup_spec(deletionPolicy="Delete", type="Incremental", baseBackupName="full"))
+    incr = env.wait_phase("MOBackup", "incr", "Completed", "Failed")["status"]
+    assert incr["phase"] == full["phase"] == "Completed" and incr["baseBackupID"] == full["backupID"]
+
+    env.api.delete(env.path("MOBackup", "full"))  # refused while "incr" depends on it
+    refused = env.wait("MOBackup", "full", lambda o: (o.get("status") or {}).get("reason") == "DeletionRefused",
+                       60, "DeletionRefused")["status"]
+    assert refused["deleteBlockedBy"] == [incr["backupID"]] and "is the base of" in refused["message"]
+    assert any(e["reason"] == "DeletionRefused" for e in env.events("full"))
+    assert {s.id for s in env.repository().list_backups()} == {full["backupID"], incr["backupID"]}
+
+    env.api.delete(env.path("MOBackup", "incr"))
+    env.wait_gone("MOBackup", "incr", timeout=60)
+    env.wait_gone("MOBackup", "full", timeout=60)  # retried once its dependent is gone
+    assert env.repository().list_backups() == []
+    # And the blobs went with them (chain-aware garbage collection).
+    keys = [o["Key"] for o in env.s3.client().list_objects_v2(Bucket=env.s3.bucket,
+                                                               Prefix=f"{env.ns}/s3/blobs/").get("Contents", [])]
+    assert keys == []
