@@ -317,3 +317,37 @@ def test_helm_install_backup_restore_upgrade_uninstall(env: Env) -> None:
     scheduled_names = sorted(n for n in left if n.startswith("mo-nightly-"))
     assert scheduled_names == [meta["name"]], (
         f"the run-now annotation fired {len(scheduled_names)} times: {scheduled_names}")
+
+
+def test_helm_install_with_replicas_uses_kopf_peering(kube_cluster: Any, tmp_path: Path) -> None:
+    """replicaCount > 1: the chart installs kopf's peering CRD and, after it (a post-install
+    hook), the peering object; the operator replicas run with --peering-name and register in it.
+
+    On this cluster every pod shares the host network, so the second replica's health/metrics
+    ports collide with the first (a limit of the local node, not of a real cluster): only the
+    peering set-up and the first replica's registration are asserted."""
+    api = kube_cluster.api()
+    ns = kube_cluster.create_namespace("ship-peer")
+    op_ns = kube_cluster.create_namespace("ship-peer-op")
+    release, fullname = "ship-peer", "ship-peer-mo-backup-operator"
+    helm_env = {**os.environ, "KUBECONFIG": str(kube_cluster.kubeconfig),
+                "HELM_CACHE_HOME": str(tmp_path / "c"), "HELM_CONFIG_HOME": str(tmp_path / "g"),
+                "HELM_DATA_HOME": str(tmp_path / "d")}
+    helm = [str(tools.built_tool("helm"))]
+    try:
+        tools.run([*helm, "install", release, tools.CHART, "-n", op_ns, "--set", "replicaCount=2",
+                   "--set", f"watchNamespaces={{{ns}}}", "--set", "metrics.enabled=false",
+                   "--set", f"health.port={_free_port()}", "--timeout", "120s"], env=helm_env)
+        api.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/kopfpeerings.kopf.dev")
+        path = f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings/{fullname}"
+        api.get(path)
+        dep = api.get(f"/apis/apps/v1/namespaces/{op_ns}/deployments/{fullname}")
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert f"--peering-name={fullname}" in args and "--standalone" not in args
+        peering = _wait(lambda: api.get(path), lambda o: bool(o.get("status")), "an operator registering as a peer",
+                        timeout=90)
+        assert len(peering["status"]) >= 1, peering
+    finally:
+        tools.run([*helm, "uninstall", release, "-n", op_ns, "--wait"], env=helm_env, check=False)
+        kube_cluster.delete_namespace(ns)
+        kube_cluster.delete_namespace(op_ns)
