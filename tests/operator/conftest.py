@@ -15,12 +15,11 @@ import pytest
 import yaml
 from mo_e2e import REPO, Env, OperatorProcess
 
-from cluster.fixtures import kube_cluster, kube_namespace, s3_server  # noqa: F401
 from cluster.kube_api import KubeApi
 
 
 @pytest.fixture(scope="session")
-def crds(kube_cluster: Any) -> None:  # noqa: F811
+def crds(kube_cluster: Any) -> None:
     """Apply crds/*.yaml and wait until the API server serves them."""
     api: KubeApi = kube_cluster.api()
     for f in sorted((REPO / "crds").glob("*.yaml")):
@@ -50,7 +49,7 @@ def _job_rbac(cluster: Any, ns: str) -> None:
 
 
 @pytest.fixture
-def env(kube_cluster: Any, kube_namespace: str, s3_server: Any, crds: None, tmp_path: Path  # noqa: F811
+def env(kube_cluster: Any, kube_namespace: str, s3_server: Any, crds: None, tmp_path: Path
         ) -> Iterator[Env]:
     _job_rbac(kube_cluster, kube_namespace)
     op = OperatorProcess(kube_cluster, [kube_namespace], tmp_path / "operator.log")

@@ -288,3 +288,24 @@ def test_metrics_render() -> None:
     assert 'mobackup_last_success_timestamp_seconds{namespace="ns",source="a\\"b"} 1700000000' in text
     assert 'mobackup_run_duration_seconds_bucket{kind="MOBackup",le="15"} 1' in text
     assert "# TYPE mobackup_run_duration_seconds histogram" in text
+
+
+def test_snapshot_manifests() -> None:
+    from mobackup.k8s import snapshot
+
+    owner = jobs.Owner("MOBackup", "b", "ns", "u1")
+    vs = snapshot.snapshot_body(owner, "mo-data", "csi-class")
+    assert vs["spec"] == {"source": {"persistentVolumeClaimName": "mo-data"}, "volumeSnapshotClassName": "csi-class"}
+    assert vs["metadata"]["ownerReferences"][0]["uid"] == "u1"
+    pvc = snapshot.clone_body(owner, {"spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"],
+                                               "resources": {"requests": {"storage": "10Gi"}}}}, "12Gi")
+    assert pvc["spec"]["dataSource"] == {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+                                         "name": vs["metadata"]["name"]}
+    assert pvc["spec"]["resources"]["requests"]["storage"] == "12Gi" and pvc["spec"]["storageClassName"] == "fast"
+    spec = models.parse_backup({**BACKUP, "consistency": "Snapshot"}, "ns")
+    job = jobs.backup_job(owner, spec, STORAGE, base_id=None, defaults=jobs.OperatorDefaults(),
+                          claim=pvc["metadata"]["name"], mo_version="1.2.3")
+    pod = job["spec"]["template"]["spec"]
+    data = next(v for v in pod["volumes"] if v["name"] == "data")
+    assert data["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    assert "--mo-version" in pod["containers"][0]["args"]

@@ -115,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--source", required=True)
     b.add_argument("--type", choices=["full", "incremental"], default="full")
     b.add_argument("--base", default=None)
+    b.add_argument("--mo-version", default=None, help="MatrixOne version (from the operator's SQL check)")
     r = sub.add_parser("restore")
     common(r)
     r.add_argument("--backup-id", required=True)
@@ -148,7 +149,7 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
         from mobackup.engine.backup import run_backup
         repo = open_repository(opts, create=True)
         summary = run_backup(repo, args.data_dir, source=args.source, backup_type=args.type,
-                             base_id=args.base, progress=reporter).to_dict()
+                             base_id=args.base, progress=reporter, mo_version=args.mo_version).to_dict()
         return {"ok": True, "action": "backup", "result": {k: summary.get(k) for k in SUMMARY_KEYS}}
     repo = open_repository(opts, create=False)
     if args.action == "restore":
@@ -157,8 +158,12 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
         summary = repo.load_summary(res.get("backup_id") or args.backup_id).to_dict()
         res.update({"backup_ts": summary.get("backup_ts"), "type": summary.get("type")})
         return {"ok": True, "action": "restore", "result": res}
+    from mobackup.engine.errors import BackupNotFound
     from mobackup.engine.prune import delete_backup
-    return {"ok": True, "action": "delete", "result": delete_backup(repo, args.backup_id).to_dict()}
+    try:
+        return {"ok": True, "action": "delete", "result": delete_backup(repo, args.backup_id).to_dict()}
+    except BackupNotFound as e:  # deleted earlier (e.g. by `mobackup delete`): the goal is reached
+        return {"ok": True, "action": "delete", "result": {"deleted": [], "note": str(e)}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,6 +86,7 @@ def sql_endpoint(description: str) -> Schema:
                   maxLength=253),
         "port": s("SQL port.", "integer", default=6001, minimum=1, maximum=65535),
         "user": s("SQL user.", default="dump", minLength=1, maxLength=64),
+        "database": s("Database to connect to (optional; MatrixOne needs none).", maxLength=64),
         "passwordSecretRef": secret_key_ref("Secret holding the SQL password (read by the operator only; "
                                             "never written to status, Events or logs).", "password"),
     }, ["host", "passwordSecretRef"])
@@ -308,6 +309,8 @@ def backup_spec(in_template: bool = False) -> Schema:
                          "replica count. Snapshot: CSI VolumeSnapshot of the PVC, copy from a clone "
                          "(refused when the cluster has no VolumeSnapshot API). None: copy as is (only when "
                          "MatrixOne is already stopped).", enum=["Stop", "Snapshot", "None"], default="Stop"),
+        "snapshotClassName": s("VolumeSnapshotClass of consistency Snapshot (default: the cluster's default "
+                               "class).", pattern=DNS_SUBDOMAIN),
         "parallelism": s("Concurrent file transfers of the agent.", "integer", default=4, minimum=1,
                          maximum=64),
         "bandwidthLimit": s("Upper bound of the transfer rate, bytes per second as a quantity (50Mi, 100M); "
@@ -355,6 +358,17 @@ def backup_crd() -> Schema:
                             "description": "Backup IDs that use this backup as base and block its deletion."},
         "mobackupVersion": s("Version of mobackup that wrote the backup."),
         "copyDurationSeconds": s("Duration of the copy alone, as measured by the agent.", "number"),
+        "moVersion": s("MatrixOne version reported by the SQL endpoint before the copy."),
+        "checkpoint": obj("The checkpoint forced through the SQL endpoint before the copy.", {
+            "time": s("When it was asked for.", format="date-time"),
+            "ok": s("Whether MatrixOne confirmed it.", "boolean"),
+            "message": s("MatrixOne's answer or the error."),
+        }),
+        "snapshot": obj("The VolumeSnapshot and its clone PVC of a Snapshot-consistent backup.", {
+            "name": s("Name of the VolumeSnapshot."),
+            "cloneClaim": s("Name of the PVC restored from it, which the Job copies."),
+            "readyAt": s("When the snapshot became ready to use.", format="date-time"),
+        }),
     })
     cols = [column("Phase", ".status.phase"), column("Type", ".status.type"),
             column("Backup ID", ".status.backupID"), column("Size", ".status.size"),

@@ -274,6 +274,8 @@ def resync_once(last_sweep: float, last_schedules: dict[tuple[str, str], float])
         schedules = list(STATE.schedules.items())
         dirty = set(STATE.dirty_schedules)
         STATE.dirty_schedules.clear()
+    for kind in ("MOBackup", "MORestore"):
+        ctx.metrics.set("mobackup_active_runs", sum(1 for r in runs if r[0] == kind), kind=kind)
     for kind, ns, name in runs:
         try:
             drive(kind, ns, name)

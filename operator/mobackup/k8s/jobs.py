@@ -197,7 +197,8 @@ def build_job(*, owner: Owner, action: str, args: list[str], env: list[dict[str,
 
 
 def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id: str | None,
-               defaults: OperatorDefaults, claim: str | None = None) -> dict[str, Any]:
+               defaults: OperatorDefaults, claim: str | None = None,
+               mo_version: str | None = None) -> dict[str, Any]:
     """`claim` replaces the source PVC (the clone of a VolumeSnapshot)."""
     env, volumes, mounts = storage_env_and_volumes(storage)
     volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": claim or spec.volume.claim,
@@ -210,6 +211,8 @@ def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id:
         args += ["--base", base_id]
     if spec.bandwidth_limit:
         args += ["--bandwidth-limit", str(spec.bandwidth_limit)]
+    if mo_version:
+        args += ["--mo-version", mo_version]
     return build_job(owner=owner, action="backup", args=args, env=env, volumes=volumes, mounts=mounts,
                      overrides=spec.job, defaults=defaults)
 

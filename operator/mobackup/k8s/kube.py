@@ -156,6 +156,24 @@ class Kube:
         with contextlib.suppress(NotFound):
             self._call(self.coord.delete_namespaced_lease, name, ns)
 
+    # ------------------------------------------------------------------ VolumeSnapshots, PVCs
+    def get_obj(self, group: str, version: str, ns: str, plural: str, name: str) -> dict[str, Any]:
+        return self._call(self.custom.get_namespaced_custom_object, group, version, ns, plural, name)
+
+    def create_obj(self, group: str, version: str, ns: str, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(self.custom.create_namespaced_custom_object, group, version, ns, plural, body)
+
+    def delete_obj(self, group: str, version: str, ns: str, plural: str, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._call(self.custom.delete_namespaced_custom_object, group, version, ns, plural, name)
+
+    def create_pvc(self, ns: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(self.core.create_namespaced_persistent_volume_claim, ns, body)
+
+    def delete_pvc(self, ns: str, name: str) -> None:
+        with contextlib.suppress(NotFound):
+            self._call(self.core.delete_namespaced_persistent_volume_claim, name, ns)
+
     # ------------------------------------------------------------------ discovery
     def has_api(self, group: str, version: str) -> bool:
         try:
@@ -164,3 +182,4 @@ class Kube:
             return getattr(resp, "status", 200) == 200
         except ApiException:
             return False
+

@@ -19,7 +19,7 @@ HELP = {
                                                          "of a source (unix seconds)."),
     "mobackup_last_success_size_bytes": ("gauge", "Logical size of the newest Completed backup of a source."),
     "mobackup_storage_available": ("gauge", "1 when the MOBackupStorage was reachable at its last check."),
-    "mobackup_active_runs": ("gauge", "Runs currently Running, by kind."),
+    "mobackup_active_runs": ("gauge", "Runs currently Pending or Running, by kind."),
 }
 
 

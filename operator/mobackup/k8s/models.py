@@ -105,6 +105,7 @@ class SqlEndpoint:
     user: str
     password: SecretKey
     timeout_seconds: int = 300
+    database: str | None = None
 
 
 def _sql(d: Any, where: str) -> SqlEndpoint | None:
@@ -116,7 +117,7 @@ def _sql(d: Any, where: str) -> SqlEndpoint | None:
     return SqlEndpoint(str(_need(d, "host", where)), port, str(d.get("user") or "dump"),
                        _secret_key(_need(d, "passwordSecretRef", where), f"{where}.passwordSecretRef",
                                    "password"),
-                       int(d.get("timeoutSeconds", 300)))
+                       int(d.get("timeoutSeconds", 300)), d.get("database") or None)
 
 
 # ------------------------------------------------------------------------------------------ storage
@@ -215,6 +216,7 @@ class BackupSpec:
     bandwidth_limit: int | None
     deletion_policy: str
     job: JobOverrides
+    snapshot_class: str | None = None
 
 
 def default_source_name(namespace: str, claim: str) -> str:
@@ -253,7 +255,7 @@ def parse_backup(spec: dict[str, Any], namespace: str, *, template: bool = False
         sql=_sql(src.get("sql"), "spec.source.sql"), storage=storage, type=btype,
         base_name=base_name, base_id=base_id, consistency=consistency, parallelism=parallelism,
         bandwidth_limit=parse_quantity(spec.get("bandwidthLimit")), deletion_policy=policy,
-        job=JobOverrides(dict(spec.get("job") or {})),
+        job=JobOverrides(dict(spec.get("job") or {})), snapshot_class=spec.get("snapshotClassName") or None,
     )
 
 
