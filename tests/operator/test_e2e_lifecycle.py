@@ -122,7 +122,10 @@ def test_deletion_policy_delete_is_chain_aware(env: Env) -> None:
     refused = env.wait("MOBackup", "full", lambda o: (o.get("status") or {}).get("reason") == "DeletionRefused",
                        60, "DeletionRefused")["status"]
     assert refused["deleteBlockedBy"] == [incr["backupID"]] and "is the base of" in refused["message"]
-    assert any(e["reason"] == "DeletionRefused" for e in env.events("full"))
+    deadline = time.monotonic() + 10  # posted right after the status patch
+    while not any(e["reason"] == "DeletionRefused" for e in env.events("full")):
+        assert time.monotonic() < deadline, "no DeletionRefused Event"
+        time.sleep(0.2)
     assert {s.id for s in env.repository().list_backups()} == {full["backupID"], incr["backupID"]}
 
     env.api.delete(env.path("MOBackup", "incr"))
