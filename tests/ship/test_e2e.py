@@ -154,6 +154,7 @@ def _install(e: Env) -> None:
            "--set", f"watchNamespaces={{{e.ns}}}",
            "--set", f"health.port={_free_port()}",
            "--set", f"metrics.port={e.metrics_port}", "--set", f"metrics.service.port={e.metrics_port}",
+           "--set", "jobDefaults.activeDeadlineSeconds=7200", "--set", "jobDefaults.ttlSecondsAfterFinished=3600",
            "--wait", "--timeout", "180s")
 
 
@@ -218,6 +219,12 @@ def test_helm_install_backup_restore_upgrade_uninstall(env: Env) -> None:
     full = e.wait_phase("mobackups", "mo-full-1", "Completed")["status"]
     assert full["backupID"] and full["sizeBytes"] > 0 and full["fileCount"] > 0 and full["jobName"]
     assert full["type"] == "Full"
+    # The chart's Job settings reached the Job through the operator.
+    job = api.get(f"/apis/batch/v1/namespaces/{e.ns}/jobs/{full['jobName']}")
+    assert job["spec"]["activeDeadlineSeconds"] == 7200 and job["spec"]["ttlSecondsAfterFinished"] == 3600
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["serviceAccountName"] == f"{FULLNAME}-job"
+    assert pod_spec["containers"][0]["resources"]["limits"]["memory"] == "1Gi"
     # Stop consistency: the workload is back at its replica count.
     sts = api.get(f"/apis/apps/v1/namespaces/{e.ns}/statefulsets/mo")
     assert sts["spec"]["replicas"] == 1
