@@ -119,3 +119,29 @@ def test_full_incremental_change_restore_incremental(env: Env) -> None:
     with pytest.raises(EncryptionKeyError):
         env.repository()
     assert {s.id for s in env.repository(encryption=True).list_backups()} == {full["backupID"], incr["backupID"]}
+
+
+def test_namespaced_mode_with_its_own_rbac(env: Env) -> None:
+    """The chart's namespaced mode (watchNamespaces) gives Roles, not cluster-wide rights: the
+    operator still does a full backup and restore with exactly those."""
+    from mo_e2e import OperatorProcess
+
+    ident = env.cluster.operator_identity(f"mo-backup-operator-{env.ns}", {"watchNamespaces": [env.ns]})
+    job_sa = next(o["metadata"]["name"] for o in ident.objects if o["kind"] == "ServiceAccount"
+                  and o["metadata"].get("namespace") == env.ns)
+    env.op.kill()
+    env.op = OperatorProcess(env.cluster, [env.ns], env.tmp / "operator-nsmode.log", kubeconfig=ident.kubeconfig,
+                             job_service_account=job_sa)
+    env.op.start()
+    data = env.stand_in(objects=10)
+    env.s3_storage()
+    env.create("MOBackup", "b", backup_spec())
+    st = env.wait_phase("MOBackup", "b", "Completed", "Failed")["status"]
+    assert st["phase"] == "Completed", st
+    assert st["progress"]["bytesDone"] == st["progress"]["bytesTotal"]  # the Job's own Role allowed it
+    backed_up = snapshot_tree(data)
+    env.change(data, seed=4)
+    env.create("MORestore", "r", restore_spec(backupName="b", overwrite=True))
+    assert env.wait_phase("MORestore", "r", "Completed", "Failed")["status"]["phase"] == "Completed"
+    assert snapshot_tree(data) == backed_up
+    assert "Forbidden" not in env.op.log_path.read_text() and "403" not in env.op.log_path.read_text()
