@@ -67,7 +67,7 @@ def setup(cluster: Any, ns_prefix: str, tmp: Path) -> Env:
     docs = render_chart({"jobServiceAccount.namespaces": [ns]})
     cluster.apply([d for d in docs if d.get("kind") in ("ServiceAccount", "Role", "RoleBinding")
                    and d["metadata"].get("namespace") == ns])
-    op = OperatorProcess(cluster, [ns], tmp / f"operator-{ns}.log")
+    op = OperatorProcess(cluster, [ns], tmp / f"operator-{ns}.log", resync_seconds="3")  # the default
     return Env(cluster, ns, op, cluster.s3, tmp)
 
 
@@ -142,14 +142,16 @@ def footprint(cluster: Any, tmp: Path, steps: list[int], schedules: int, idle_se
                 "source": f"{env.ns}/mo-data", "storage": "s3"}})
             made += 1
         env.op.start()
-        time.sleep(10)  # initial listing and the first schedule passes
-        rss0, cpu0 = _proc_sample(env.op.proc.pid)  # type: ignore[union-attr]
-        time.sleep(idle_seconds)
-        rss1, cpu1 = _proc_sample(env.op.proc.pid)  # type: ignore[union-attr]
+        try:
+            time.sleep(10)  # initial listing and the first schedule passes
+            rss0, cpu0 = _proc_sample(env.op.proc.pid)  # type: ignore[union-attr]
+            time.sleep(idle_seconds)
+            rss1, cpu1 = _proc_sample(env.op.proc.pid)  # type: ignore[union-attr]
+        finally:
+            env.op.kill(signal.SIGTERM)
         results.append({"mobackups": n, "schedules": schedules, "rss_mib": round(max(rss0, rss1), 1),
                         "idle_cpu_percent_of_core": round(100 * (cpu1 - cpu0) / idle_seconds, 2)})
         print(json.dumps(results[-1]), flush=True)
-        env.op.kill(signal.SIGTERM)
     return {"idle_seconds": idle_seconds, "steps": results}
 
 

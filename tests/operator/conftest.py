@@ -58,6 +58,7 @@ def env(kube_cluster: Any, kube_namespace: str, s3_server: Any, crds: None, tmp_
     try:
         yield e
     finally:
+        e.op.kill(signal.SIGTERM)  # e.op: a test may have replaced the operator (e.g. another identity)
         op.kill(signal.SIGTERM)
         # Show the operator's log of a failed test (pytest prints captured stdout on failure).
-        sys.stdout.write(f"--- operator log ({op.log_path}) ---\n{op.log_tail(200)}\n")
+        sys.stdout.write(f"--- operator log ({e.op.log_path}) ---\n{e.op.log_tail(200)}\n")

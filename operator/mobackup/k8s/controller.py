@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from . import events, jobs, lease, models, snapshot, status, storage, workload
@@ -436,6 +437,8 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
         if state.attempts and state.attempts != st.get("attempts"):
             patch_fields(ctx, obj, attempts=state.attempts)
         return
+    if state.state == "Succeeded" and not result:
+        result = summary_from_repository(ctx, obj, spec)
     if result and result.get("ok"):
         fields = status.backup_result_fields(result.get("result") or {})
         finish(ctx, obj, spec.volume.claim, w, True, "BackupCompleted",
@@ -453,6 +456,29 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
     if state.state == "Failed" and state.reason in ("DeadlineExceeded", "BackoffLimitExceeded") and result:
         message = f"{message} (Job {state.reason})"
     finish(ctx, obj, spec.volume.claim, w, False, reason, message, attempts=state.attempts)
+
+
+def summary_from_repository(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> dict[str, Any] | None:
+    """The Job succeeded but its termination message is lost (e.g. the pod was garbage-collected):
+    take the manifest this run published (same source, started after the Job was created)."""
+    from mobackup.engine.errors import MobackupError
+
+    ns, _, _ = meta(obj)
+    started = status.parse_iso((obj.get("status") or {}).get("startTime"))
+    try:
+        _, st = get_storage(ctx, ns, spec.storage)
+        repo = storage.open_repo(ctx.kube, ns, st)
+        if repo is None or started is None:
+            return None
+        mine = [s for s in repo.list_backups() if s.source == spec.source_name
+                and (status.parse_iso(s.started_at) or started) >= started - timedelta(seconds=5)]
+    except (Fail, MobackupError, storage.MissingInput) as e:
+        log.warning("no result from the repository either: %s", e)
+        return None
+    if len(mine) != 1:
+        return None
+    log.info("result of %s read from the repository manifest %s", obj["metadata"]["name"], mine[0].id)
+    return {"ok": True, "action": "backup", "result": mine[0].to_dict(), "from": "repository"}
 
 
 def record_success_metrics(ctx: Ctx, obj: dict[str, Any]) -> None:

@@ -183,7 +183,7 @@ def storage_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     with STATE.lock:
         STATE.storages[key] = obj
     if controller.storage_check_due(obj, time.time()):
-        _check_storage(key)
+        _check_storage_async(key)
 
 
 _checking: set[tuple[str, str]] = set()
@@ -254,13 +254,14 @@ def _drive_schedule(key: tuple[str, str]) -> None:
             STATE.schedules[key] = obj
 
 
-def _schedule_due(obj: dict[str, Any], now: float, every: float) -> bool:
+def _schedule_due(obj: dict[str, Any], now: float, every: float, last_driven: float) -> bool:
+    """Worth a pass: a run is due, one is active, or it has not been looked at for `every` seconds.
+    (Idle schedules cost no API call: footprint with many schedules.)"""
     st = obj.get("status") or {}
     nxt = status.parse_iso(st.get("nextScheduleTime"))
-    if nxt is None or nxt.timestamp() <= now:
+    if nxt is None or nxt.timestamp() <= now or st.get("active"):
         return True
-    last = status.parse_iso(st.get("lastScheduleTime"))
-    return bool(st.get("active")) or last is None or now - last.timestamp() >= every
+    return now - last_driven >= every
 
 
 # ------------------------------------------------------------------------------------------ resync
@@ -285,8 +286,9 @@ def resync_once(last_sweep: float, last_schedules: dict[tuple[str, str], float])
         if controller.storage_check_due(obj, now):
             _check_storage_async(key)
     for key, obj in schedules:
-        if key in dirty or (_schedule_due(obj, now, STATE.schedule_seconds)
-                            and now - last_schedules.get(key, 0) >= 1.0):
+        last = last_schedules.get(key, now)  # the watch event of a new schedule drove it already
+        last_schedules.setdefault(key, now)
+        if key in dirty or (_schedule_due(obj, now, STATE.schedule_seconds, last) and now - last >= 1.0):
             last_schedules[key] = now
             try:
                 _drive_schedule(key)

@@ -102,6 +102,21 @@ def _s3_backend(st: StorageSpec, creds: Credentials, ca_path: str | None) -> Any
     return make_backend(opts)
 
 
+def open_repo(kube: Kube, ns: str, st: StorageSpec) -> Any:
+    """The repository of an S3 storage, opened by the operator itself (credentials from the Secret,
+    in memory only); None for a PVC repository (only Jobs mount it). CA bundles: see check()."""
+    if not st.s3 or st.s3.ca_configmap or st.s3.ca_secret:
+        return None
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+
+    creds = read_credentials(kube, ns, st)
+    url = f"s3://{st.s3.bucket}/{st.s3.prefix}".rstrip("/")
+    return open_repository(RepositoryOptions(
+        url=url, s3_endpoint=st.s3.endpoint, s3_region=st.s3.region, s3_path_style=st.s3.path_style,
+        s3_access_key_id=creds.access_key, s3_secret_access_key=creds.secret_key,
+        encryption_key=creds.encryption_key))
+
+
 def check(kube: Kube, ns: str, st: StorageSpec) -> CheckResult:
     """Reachable, credentials accepted, and how many backups the repository lists."""
     try:
