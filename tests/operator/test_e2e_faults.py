@@ -129,3 +129,22 @@ def test_two_backups_of_one_source_at_once(env: Env) -> None:
     assert late["startTime"] >= early["completionTime"]  # the copies did not overlap
     assert len(assert_repository_clean(env)) == 2
     env.wait_replicas_running()
+
+
+def test_result_recovered_from_the_repository_manifest(env: Env) -> None:
+    """When a succeeded Job's termination message is lost, the operator reads the manifest the run
+    published (same source, started after the Job) — with its own RBAC and the Secret's credentials."""
+    from mobackup.k8s import controller, models
+    from mobackup.k8s.kube import Kube
+
+    env.stand_in(objects=10)
+    env.s3_storage()
+    env.create("MOBackup", "b", {"source": {"pvc": {"claimName": "mo-data"}, "workload": STS},
+                                 "storageRef": {"name": "s3"}})
+    obj = env.wait_phase("MOBackup", "b", "Completed", "Failed")
+    assert obj["status"]["phase"] == "Completed"
+    ctx = controller.Ctx(Kube(env.cluster.kubernetes_client(operator=True)))
+    obj["kind"] = "MOBackup"
+    result = controller.summary_from_repository(ctx, obj, models.parse_backup(obj["spec"], env.ns))
+    assert result and result["ok"] and result["result"]["id"] == obj["status"]["backupID"]
+    assert result["result"]["source"] == f"{env.ns}/mo-data"
