@@ -32,7 +32,7 @@ def _find(summary: list[dict[str, Any]], section: str, tool: str, op: str,
           parallelism: int | None = None) -> dict[str, Any] | None:
     for row in summary:
         if (row["section"], row["tool"], row["op"]) == (section, tool, op) and (
-                tool != "mobackup" or row["parallelism"] == parallelism):
+                parallelism is None or row["parallelism"] == parallelism):
             return row
     return None
 
@@ -78,9 +78,9 @@ def local_table(summary: list[dict[str, Any]]) -> str:
 
 def s3_table(summary: list[dict[str, Any]]) -> str:
     lines = [
-        "| operation | mobackup (--parallelism 4) | mobackup (best: -p N) | rclone sync | restic "
-        "| best mobackup / rclone | best mobackup / restic |",
-        "|---|---|---|---|---|---|---|",
+        "| operation | mobackup (--parallelism 4) | mobackup (best: -p N) | mobackup --compression zstd (-p 4) "
+        "| rclone sync | restic | best mobackup / rclone | best mobackup / restic |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for op, label in (("full", "full backup (upload)"), ("restore", "restore (download)"),
                       ("incremental", "incremental (after the change)")):
@@ -91,7 +91,8 @@ def s3_table(summary: list[dict[str, Any]]) -> str:
 
 
         best_cell = f"{_cell(best)} (-p {best_p})" if best else "-"
-        lines.append(f"| {label} | {_cell(default)} | {best_cell} | {_cell(rclone)} | {_cell(restic)} "
+        zstd = _find(summary, "s3", "mobackup zstd", op)
+        lines.append(f"| {label} | {_cell(default)} | {best_cell} | {_cell(zstd)} | {_cell(rclone)} | {_cell(restic)} "
                      f"| {_speedup(best, rclone)} | {_speedup(best, restic)} |")
     return "\n".join(lines)
 
@@ -107,6 +108,19 @@ def parallelism_table(summary: list[dict[str, Any]]) -> str:
                 cells.append("-" if row is None else f"{row['durable_s']:.2f} s ({row['mb_per_s']:.0f} MB/s)")
             if any(c != "-" for c in cells):
                 lines.append(f"| {section} | {op} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def variant_table(summary: list[dict[str, Any]]) -> str:
+    """mobackup against the --variant build, same run, same data."""
+    lines = ["| target | operation | -p | mobackup | variant | variant / mobackup (time) |",
+             "|---|---|---|---|---|---|"]
+    for row in summary:
+        if row["tool"] != "mobackup-variant":
+            continue
+        base = _find(summary, row["section"], "mobackup", row["op"], row["parallelism"])
+        lines.append(f"| {row['section']} | {row['op']} | {row['parallelism']} | {_cell(base)} | {_cell(row)} "
+                     f"| {_ratio(row, base)} |")
     return "\n".join(lines)
 
 
@@ -136,6 +150,8 @@ def render(results: dict[str, Any]) -> str:
         parts += ["### S3 (MinIO on loopback)", s3_table(summary)]
     if any(r["tool"] == "mobackup" for r in summary):
         parts += ["### mobackup --parallelism", parallelism_table(summary)]
+    if any(r["tool"] == "mobackup-variant" for r in summary):
+        parts += ["### mobackup against the scratch variant", variant_table(summary)]
     if results.get("memory"):
         parts += ["### Memory against manifest size", memory_table(results["memory"])]
     return "\n\n".join(parts)

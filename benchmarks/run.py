@@ -66,6 +66,12 @@ class Bench:
 
     def measure(self, section: str, tool: str, op: str, rep: int, cmd: list[str], *,
                 env: dict[str, str] | None = None, nbytes: int, **params: Any) -> dict[str, Any]:
+        if self.args.profile and tool == "mobackup":
+            # Sampled (py-spy, 250 Hz, idle threads included) into collapsed stacks for profsummary.py.
+            out = self.args.results / "profiles" / f"{section}-{op}-p{params.get('parallelism', 4)}.txt"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cmd = [str(Path(self.rclone).with_name("py-spy")), "record", "--idle", "--threads", "--nonblocking",
+                   "--rate", "250", "--format", "raw", "--output", str(out), "--", *cmd]
         result = measure.run(cmd, env=env or self.env, cold=self.cold, log=self.logs / f"{section}.log")
         sample = {"section": section, "tool": tool, "op": op, "rep": rep, "bytes": nbytes, **params, **result}
         self.samples.append(sample)
@@ -88,6 +94,10 @@ class Bench:
                 size += os.lstat(os.path.join(directory, name)).st_size
         if (files, size) != (state["files"], state["bytes"]):
             raise RuntimeError(f"{what}: {files} files / {size} bytes, expected {state['files']} / {state['bytes']}")
+
+    def engines(self) -> list[tuple[str, str]]:
+        """The mobackup builds compared: the project's, and an optional scratch variant (--variant)."""
+        return [("mobackup", self.mobackup)] + ([("mobackup-variant", self.args.variant)] if self.args.variant else [])
 
     def mobackup_ids(self, repo: str, env: dict[str, str]) -> dict[str, str]:
         listing = json.loads(self.quiet([self.mobackup, "list", "--repo", repo, "--json"], env))
@@ -123,27 +133,28 @@ class Bench:
         ds.use("a")
         shutil.rmtree(dst)
 
-        for parallelism in self.args.local_parallelism:
-            repo = self.fresh("mobackup-repo")
-            flags = [] if parallelism is None else ["--parallelism", str(parallelism)]
-            tag = {"parallelism": parallelism or 4}
-            self.measure("local", "mobackup", "full", rep,
-                         [self.mobackup, "backup", "--data-dir", src, "--repo", str(repo), "--type", "full",
-                          "--json", *flags], nbytes=a, **tag)
-            target = self.fresh("mobackup-restore")
-            ids = self.mobackup_ids(str(repo), self.env)
-            self.measure("local", "mobackup", "restore", rep,
-                         [self.mobackup, "restore", ids["full"], "--repo", str(repo), "--target", str(target),
-                          "--json", *flags], nbytes=a, **tag)
-            self.check_tree(target, ds.state_a, "mobackup restore")
-            shutil.rmtree(target)
-            if parallelism == self.args.local_parallelism[0]:
-                ds.use("b")
-                self.measure("local", "mobackup", "incremental", rep,
-                             [self.mobackup, "backup", "--data-dir", src, "--repo", str(repo), "--type",
-                              "incremental", "--json", *flags], nbytes=b, **tag)
-                ds.use("a")
-            shutil.rmtree(repo)
+        for tool, binary in self.engines():
+            for parallelism in self.args.local_parallelism:
+                repo = self.fresh("mobackup-repo")
+                flags = [] if parallelism is None else ["--parallelism", str(parallelism)]
+                tag = {"parallelism": parallelism or 4}
+                self.measure("local", tool, "full", rep,
+                             [binary, "backup", "--data-dir", src, "--repo", str(repo), "--type", "full",
+                              "--json", *flags], nbytes=a, **tag)
+                target = self.fresh("mobackup-restore")
+                ids = self.mobackup_ids(str(repo), self.env)
+                self.measure("local", tool, "restore", rep,
+                             [binary, "restore", ids["full"], "--repo", str(repo), "--target", str(target),
+                              "--json", *flags], nbytes=a, **tag)
+                self.check_tree(target, ds.state_a, "mobackup restore")
+                shutil.rmtree(target)
+                if parallelism == self.args.local_parallelism[0]:
+                    ds.use("b")
+                    self.measure("local", tool, "incremental", rep,
+                                 [binary, "backup", "--data-dir", src, "--repo", str(repo), "--type",
+                                  "incremental", "--json", *flags], nbytes=b, **tag)
+                    ds.use("a")
+                shutil.rmtree(repo)
 
         repo = self.fresh("restic-repo")
         env = self.env | {"RESTIC_REPOSITORY": str(repo)}
@@ -224,25 +235,46 @@ class Bench:
         env = self.env | self.s3_env
         ds.use("a")
 
-        for parallelism in self.args.s3_parallelism:
-            prefix = f"mobackup-{rep}-{parallelism}"
+        for tool, binary in self.engines():
+            for parallelism in self.args.s3_parallelism:
+                prefix = f"{tool}-{rep}-{parallelism}"
+                repo = f"s3://{BUCKET}/{prefix}"
+                flags = ["--parallelism", str(parallelism)]
+                tag = {"parallelism": parallelism}
+                self.measure("s3", tool, "full", rep,
+                             [binary, "backup", "--data-dir", src, "--repo", repo, "--type", "full", "--json",
+                              *flags], env=env, nbytes=a, **tag)
+                ids = self.mobackup_ids(repo, env)
+                target = self.fresh("mobackup-restore")
+                self.measure("s3", tool, "restore", rep,
+                             [binary, "restore", ids["full"], "--repo", repo, "--target", str(target), "--json",
+                              *flags], env=env, nbytes=a, **tag)
+                self.check_tree(target, ds.state_a, "mobackup restore from S3")
+                shutil.rmtree(target)
+                ds.use("b")
+                self.measure("s3", tool, "incremental", rep,
+                             [binary, "backup", "--data-dir", src, "--repo", repo, "--type", "incremental",
+                              "--json", *flags], env=env, nbytes=b, **tag)
+                ds.use("a")
+                self.purge(prefix)
+
+        if self.args.s3_zstd:
+            # The same with compression: about half of the data set compresses, so less goes over the wire.
+            prefix = f"mobackup-zstd-{rep}"
             repo = f"s3://{BUCKET}/{prefix}"
-            flags = ["--parallelism", str(parallelism)]
-            tag = {"parallelism": parallelism}
-            self.measure("s3", "mobackup", "full", rep,
-                         [self.mobackup, "backup", "--data-dir", src, "--repo", repo, "--type", "full", "--json",
-                          *flags], env=env, nbytes=a, **tag)
+            tag = {"parallelism": 4}
+            zstd = [self.mobackup, "backup", "--data-dir", src, "--repo", repo, "--compression", "zstd", "--json"]
+            self.measure("s3", "mobackup zstd", "full", rep, [*zstd, "--type", "full"], env=env, nbytes=a, **tag)
             ids = self.mobackup_ids(repo, env)
             target = self.fresh("mobackup-restore")
-            self.measure("s3", "mobackup", "restore", rep,
-                         [self.mobackup, "restore", ids["full"], "--repo", repo, "--target", str(target), "--json",
-                          *flags], env=env, nbytes=a, **tag)
-            self.check_tree(target, ds.state_a, "mobackup restore from S3")
+            self.measure("s3", "mobackup zstd", "restore", rep,
+                         [self.mobackup, "restore", ids["full"], "--repo", repo, "--target", str(target), "--json"],
+                         env=env, nbytes=a, **tag)
+            self.check_tree(target, ds.state_a, "mobackup zstd restore from S3")
             shutil.rmtree(target)
             ds.use("b")
-            self.measure("s3", "mobackup", "incremental", rep,
-                         [self.mobackup, "backup", "--data-dir", src, "--repo", repo, "--type", "incremental",
-                          "--json", *flags], env=env, nbytes=b, **tag)
+            self.measure("s3", "mobackup zstd", "incremental", rep, [*zstd, "--type", "incremental"], env=env,
+                         nbytes=b, **tag)
             ds.use("a")
             self.purge(prefix)
 
@@ -277,6 +309,10 @@ class Bench:
             "restic": measure.output_of(["restic", "version"]),
             "minio": minio,
             "python": sys.version.split()[0],
+            # The engine measured: the commit, and whether operator/ had uncommitted changes then.
+            "mobackup_commit": measure.output_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
+            "mobackup_tree_dirty": str(bool(measure.output_of(
+                ["git", "-C", str(ROOT), "status", "--porcelain", "--", "operator"]))),
         }
 
     def machine(self) -> dict[str, Any]:
@@ -365,13 +401,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the incremental (default 4,2,8)")
     parser.add_argument("--s3-parallelism", type=_ints, default=[4, 2, 8, 16],
                         help="mobackup --parallelism values against S3 (default 4,2,8,16)")
+    parser.add_argument("--s3-zstd", action="store_true",
+                        help="also run mobackup --compression zstd against S3 (--parallelism 4)")
     parser.add_argument("--memory-counts", type=_ints, default=[1_000, 10_000, 100_000, 1_000_000],
                         help="files in the manifest for the memory test (default 1000,10000,100000,1000000)")
     parser.add_argument("--warm", action="store_true", help="do not drop the page cache before each command")
     parser.add_argument("--work", type=Path, default=DEFAULT_WORK, help="scratch directory (git-ignored)")
     parser.add_argument("--results", type=Path, default=HERE / "results")
+    parser.add_argument("--profile", action="store_true",
+                        help="run every mobackup command under py-spy; collapsed stacks in RESULTS/profiles/")
     parser.add_argument("--keep", action="store_true", help="keep the data set and outputs in --work")
     parser.add_argument("--mobackup", default=str(ROOT / ".venv" / "bin" / "mobackup"))
+    parser.add_argument("--variant", help="a second mobackup command (e.g. a scratch build) measured beside "
+                        "the first, as tool `mobackup-variant`")
     parser.add_argument("--rclone", default=str(DEFAULT_WORK / "venv" / "bin" / "rclone"))
     parser.add_argument("--minio", default=str(cache / "minio"))
     return parser.parse_args(argv)
