@@ -313,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MobackupError as error:
         print(f"mobackup: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # a file system refusal: say which file and why, in one line
+        where = f": {error.filename}" if error.filename else ""
+        print(f"mobackup: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mobackup: interrupted", file=sys.stderr)
         return 130

@@ -269,3 +269,46 @@ def test_racing_first_backups_share_one_repository(repo_url: str, tmp_path: Path
     assert len({r.config["id"] for r in repos}) == 1
     with pytest.raises(RepositoryExists, match="exists here already"):
         Repository.create(options)
+
+
+@pytest.mark.parametrize("mount_point", [False, True], ids=["beside", "mount-point"])
+def test_killed_forced_restore_leaves_the_old_tree_or_the_new_one(tmp_path: Path, mount_point: bool) -> None:
+    """SIGKILL at random points of `restore --force` over a populated target: whatever instant it
+    dies, the target holds exactly the old tree or exactly the new one (atomic renameat2 exchange
+    beside the target; inside a mount point the old entries are set aside first, and only the
+    hidden leftovers differ), and the next restore succeeds."""
+    old = generate_mo_data(tmp_path / "old", seed=31, objects=30)
+    new = generate_mo_data(tmp_path / "new", seed=32, objects=60, max_size=1 << 20)
+    repo = str(tmp_path / "repo")
+    backup = subprocess.run([MOBACKUP, "backup", "--data-dir", str(new), "--repo", repo, "--json"],
+                            capture_output=True, text=True, check=True)
+    backup_id = json.loads(backup.stdout)["id"]
+    old_tree, new_tree = snapshot_tree(old), snapshot_tree(new)
+    rng = random.Random(77)
+    outcomes = set()
+    for attempt in range(8):
+        target = tmp_path / f"target{attempt}"
+        if mount_point:  # a bind mount makes `target` a mount point, like a PVC's root
+            target.mkdir()
+            subprocess.run(["mount", "--bind", str(target), str(target)], check=True)
+        subprocess.run(["cp", "-a", f"{old}/.", str(target)], check=True)
+        try:
+            # ~30 MB at 40 MB/s: the kill lands while staging, or after the swap
+            process = subprocess.Popen([MOBACKUP, "restore", backup_id, "--repo", repo, "--target", str(target),
+                                        "--force", "--bandwidth-limit", "40M"],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.05, 1.6))
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            tree = snapshot_tree(target)
+            assert tree in (old_tree, new_tree), f"attempt {attempt}: a mixed or empty target"
+            outcomes.add("new" if tree == new_tree else "old")
+            subprocess.run([MOBACKUP, "restore", backup_id, "--repo", repo, "--target", str(target), "--force"],
+                           check=True, capture_output=True)
+            assert snapshot_tree(target) == new_tree
+            assert not [p for p in target.iterdir() if p.name.startswith(".mobackup")]
+            assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".mobackup-staging-{target.name}-")]
+        finally:
+            if mount_point:
+                subprocess.run(["umount", str(target)], check=False)
+    assert outcomes == {"old", "new"}, outcomes  # the kills landed both before and after the swap

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
 import os
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -19,6 +23,99 @@ from .storage import ObjectNotFound, _syncfs
 from .workers import BoundedWorkers
 
 STAGING_PREFIX = ".mobackup-staging-"
+OLD_PREFIX = ".mobackup-old-"
+RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths atomically
+AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2). False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBUSY, errno.EXDEV):
+        return False  # unsupported here, or `b` is a mount point after all
+    raise OSError(error, os.strerror(error), str(a))
+
+
+def _is_mount_point(path: Path) -> bool:
+    """Also true for bind mounts of the same file system (how kubelets mount volumes), which
+    `os.path.ismount` does not see."""
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            for line in mounts:
+                mount_point = line.split(" ")[4].replace("\\040", " ")
+                if mount_point == real:
+                    return True
+    except OSError:
+        pass
+    return os.path.ismount(real)
+
+
+def _stage_beside(target: Path) -> bool:
+    """Whether the staging directory can be a sibling of `target` on its file system (so that the
+    final swap is one atomic rename); not when `target` is a mount point, such as a PVC's root."""
+    parent = target.parent
+    try:
+        same_fs = os.stat(parent).st_dev == os.stat(target).st_dev
+    except OSError:
+        return False
+    return same_fs and not _is_mount_point(target) and os.access(parent, os.W_OK | os.X_OK)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_leftovers(directory: Path, prefix: str) -> None:
+    """Staging or set-aside directories of an earlier restore that was killed."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith((STAGING_PREFIX, OLD_PREFIX)) and entry.name.startswith(prefix):
+                shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _swap_in(staging: Path, target: Path, beside: bool) -> None:
+    """Make the staged tree the target's content. Beside the target this is atomic: at every instant
+    the target is the old tree or the new one. Inside a mount point, the old entries are first set
+    aside (renames), then the staged ones moved in; a kill in between leaves both, hidden."""
+    if beside:
+        st = os.stat(target)
+        os.chmod(staging, stat.S_IMODE(st.st_mode))
+        with contextlib.suppress(PermissionError):
+            os.chown(staging, st.st_uid, st.st_gid)
+        if not _existing_entries(target):
+            os.rename(staging, target)  # replaces the empty directory atomically
+            _fsync_dir(target.parent)
+            return
+        if _exchange(staging, target):
+            _fsync_dir(target.parent)
+            shutil.rmtree(staging)  # now the previous tree
+            return
+        # No renameat2: fall through to moving entries, from a staging directory outside the target.
+    aside = target / f"{OLD_PREFIX}{uuid.uuid4().hex[:12]}"
+    old = _existing_entries(target)
+    if old:
+        aside.mkdir()
+        for name in old:
+            os.rename(target / name, aside / name)
+    with os.scandir(staging) as entries:
+        for entry in entries:
+            os.rename(entry.path, target / entry.name)
+    staging.rmdir()
+    _fsync_dir(target)
+    if old:
+        shutil.rmtree(aside)
 
 
 @dataclass
@@ -36,7 +133,7 @@ class RestoreResult:
 
 def _existing_entries(target: Path) -> list[str]:
     with os.scandir(target) as entries:
-        return [e.name for e in entries if not e.name.startswith(STAGING_PREFIX)]
+        return [e.name for e in entries if not e.name.startswith((STAGING_PREFIX, OLD_PREFIX))]
 
 
 class _RestoreRun:
@@ -149,7 +246,12 @@ def run_restore(
                 "a pod with that hostname, or pin it with MatrixOne's explicit-hostname setting"
             )
     clock = time.monotonic()
-    staging = target / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+    beside = _stage_beside(target)
+    _remove_leftovers(target, "")  # hidden remains of a killed restore
+    if beside:
+        _remove_leftovers(target.parent, f"{STAGING_PREFIX}{target.name}-")
+    staging = (target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:12]}" if beside
+               else target / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
     with repo.lock(exclusive=False, purpose=f"restore of {backup_id}", wait_seconds=60):
         progress.start(summary.size_bytes, summary.file_count)
         staging.mkdir()
@@ -161,17 +263,7 @@ def run_restore(
                     f"backup {backup_id}: restored {run.files} files, the summary says {summary.file_count}"
                 )
             _syncfs(staging)
-            for name in _existing_entries(target):  # only with force: the check above refused otherwise
-                victim = target / name
-                if victim.is_dir() and not victim.is_symlink():
-                    shutil.rmtree(victim)
-                else:
-                    victim.unlink()
-            with os.scandir(staging) as entries:
-                for entry in entries:
-                    os.rename(entry.path, target / entry.name)
-            staging.rmdir()
-            _syncfs(target)
+            _swap_in(staging, target, beside)  # with existing entries only when forced (checked above)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -43,13 +43,8 @@ class StatusReporter:
         self._kube: Any = None
         self._thread: threading.Thread | None = None
         if kind and name and namespace and interval > 0:
-            try:
-                from .kube import Kube, load_config
-                load_config()
-                self._kube = Kube()
-            except Exception as e:  # no API access: the copy still runs, the status shows no progress
-                log.warning("progress reports disabled: %s", str(e).splitlines()[0] if str(e) else e)
-        if self._kube is not None:
+            # The kubernetes client takes ~1 s to import: connect in the reporter thread, so the copy
+            # (and with Stop consistency, MatrixOne's downtime) does not wait for it.
             self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
             self._thread.start()
 
@@ -83,12 +78,26 @@ class StatusReporter:
         except Exception as e:
             log.warning("progress patch failed: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
 
+    def _connect(self) -> None:
+        try:
+            from .kube import Kube, load_config
+            load_config()
+            self._kube = Kube()
+        except Exception as e:  # no API access: the copy still runs, the status shows no progress
+            log.warning("progress reports disabled: %s", str(e).splitlines()[0] if str(e) else e)
+
     def _loop(self) -> None:
+        self._connect()
+        if self._kube is None:
+            return
+        self._push()
         while not self._stop.wait(self.interval):
             self._push()
 
     def close(self) -> None:
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
         self._push()
 
 
