@@ -23,7 +23,8 @@ done
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
 
-# Test infrastructure (MinIO, kube-apiserver, kube-controller-manager, helm, kubeconform),
-# built from the Go module proxy into a cache outside the clone.
-if [ -x tests/cluster/build ]; then tests/cluster/build; fi
+# Test infrastructure (MinIO, kube-apiserver, kube-controller-manager, helm, kubeconform,
+# kustomize), built from the Go module proxy into a cache outside the clone (~/.cache/mobackup-test).
+tests/cluster/build
+tests/ship/build-kustomize
 echo "setup: done"
