@@ -156,26 +156,44 @@ def footprint(cluster: Any, tmp: Path, steps: list[int], schedules: int, idle_se
 
 
 def stop_downtime(cluster: Any, tmp: Path, runs: int, objects: int) -> dict[str, Any]:
+    """Downtime = the workload's pod DELETED -> a new pod Running (watch arrival times), split into
+    what the operator does (pods gone -> Job created; Job complete -> StatefulSet scaled back) and
+    what the cluster does (Job pod start + agent + copy; the workload's pod start)."""
     env = setup(cluster, "bench-stop", tmp)
     env.op.start()
     env.stand_in(objects=objects)
     env.s3_storage()
-    pods = Watcher(env, f"/api/v1/namespaces/{env.ns}/pods", {})
-    events: list[tuple[float, str, str, bool]] = []
+    events: list[tuple[float, str, str, str, Any]] = []  # (t, what, type, uid, detail)
 
-    def record(t: str, o: dict[str, Any]) -> bool:
+    def record_pod(t: str, o: dict[str, Any]) -> bool:
         if (o["metadata"].get("labels") or {}).get("app") == "mo":
             running = (o.get("status") or {}).get("phase") == "Running" and not o["metadata"].get("deletionTimestamp")
-            events.append((time.monotonic(), t, o["metadata"]["uid"], running))
+            events.append((time.monotonic(), "pod", t, o["metadata"]["uid"], running))
         return False
 
-    pods.preds = {"x": record}
-    pods.start()
+    def record_job(t: str, o: dict[str, Any]) -> bool:
+        done = any(c["type"] == "Complete" and c["status"] == "True"
+                   for c in (o.get("status") or {}).get("conditions") or [])
+        events.append((time.monotonic(), "job", t, o["metadata"]["name"], done))
+        return False
+
+    def record_sts(t: str, o: dict[str, Any]) -> bool:
+        events.append((time.monotonic(), "sts", t, o["metadata"]["name"], o["spec"].get("replicas")))
+        return False
+
+    watchers = [Watcher(env, f"/api/v1/namespaces/{env.ns}/pods", {"x": record_pod}),
+                Watcher(env, f"/apis/batch/v1/namespaces/{env.ns}/jobs", {"x": record_job}),
+                Watcher(env, f"/apis/apps/v1/namespaces/{env.ns}/statefulsets", {"x": record_sts})]
+    for w in watchers:
+        w.start()
     time.sleep(1)
     out = []
     for i in range(runs):
         events.clear()
         name = f"stop-{i}"
+        [old] = [p for p in env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector="app=mo")["items"]
+                 if not p["metadata"].get("deletionTimestamp")]
+        old_uid = old["metadata"]["uid"]
         env.create("MOBackup", name, {"source": {"pvc": {"claimName": "mo-data"},
                                                  "workload": {"kind": "StatefulSet", "name": "mo"}},
                                       "storageRef": {"name": "s3"}, "type": "Full"})
@@ -183,19 +201,24 @@ def stop_downtime(cluster: Any, tmp: Path, runs: int, objects: int) -> dict[str,
         assert st["phase"] == "Completed", st
         env.wait_replicas_running()
         time.sleep(0.5)
-        old_uid = next(uid for _, _, uid, running in events if running) if events else None
-        gone = next(t for t, typ, uid, _ in events if uid == old_uid and typ == "DELETED")
-        back = next(t for t, _, uid, running in events if uid != old_uid and running)
-        downtime = back - gone
-        out.append({"downtime_s": round(downtime, 3), "copy_s": st["copyDurationSeconds"],
-                    "operator_added_s": round(downtime - st["copyDurationSeconds"], 3),
+        job = st["jobName"]
+        gone = next(t for t, w, typ, uid, _ in events if w == "pod" and uid == old_uid and typ == "DELETED")
+        created = next(t for t, w, typ, n, _ in events if w == "job" and n == job and typ == "ADDED")
+        complete = next(t for t, w, _, n, done in events if w == "job" and n == job and done)
+        scaled = next(t for t, w, _, _, r in events if w == "sts" and r == 1 and t >= complete)
+        back = next(t for t, w, _, uid, running in events if w == "pod" and uid != old_uid and running)
+        out.append({"downtime_s": round(back - gone, 3), "copy_s": st["copyDurationSeconds"],
+                    "operator_s": round((created - gone) + (scaled - complete), 3),
+                    "job_pod_and_agent_s": round(complete - created, 3),
+                    "workload_restart_s": round(back - scaled, 3),
                     "size": st["size"], "files": st["fileCount"]})
         print(json.dumps(out[-1]), flush=True)
-    pods.stop = True
+    for w in watchers:
+        w.stop = True
     env.op.kill(signal.SIGTERM)
     med = lambda k: statistics.median(r[k] for r in out)  # noqa: E731
-    return {"runs": out, "median_downtime_s": med("downtime_s"), "median_copy_s": med("copy_s"),
-            "median_operator_added_s": med("operator_added_s")}
+    return {"runs": out, **{f"median_{k}": med(k) for k in ("downtime_s", "copy_s", "operator_s",
+                                                             "job_pod_and_agent_s", "workload_restart_s")}}
 
 
 def main() -> int:
@@ -208,6 +231,7 @@ def main() -> int:
     p.add_argument("--objects", type=int, default=200, help="objects of the stand-in's mo-data (Stop mode)")
     p.add_argument("--only", default="reaction,footprint,stop")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "operator.json")
+    p.add_argument("--fresh", action="store_true", help="do not keep other phases' results from --out")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="mobackup-opbench-"))
     cluster = start_cluster(tmp / "cluster")
@@ -218,15 +242,19 @@ def main() -> int:
         result: dict[str, Any] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                   "machine": f"{os.cpu_count()} cores"}
         only = args.only.split(",")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.out.exists() and not args.fresh:
+            result.update({k: v for k, v in json.loads(args.out.read_text()).items() if k not in result})
         if "reaction" in only:
             result["reaction"] = reaction(cluster, tmp, args.runs)
             print(json.dumps(result["reaction"]), flush=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
         if "footprint" in only:
             result["footprint"] = footprint(cluster, tmp, [int(s) for s in args.steps.split(",")], args.schedules,
                                             args.idle_seconds)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
         if "stop" in only:
             result["stop_mode"] = stop_downtime(cluster, tmp, args.stop_runs, args.objects)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(result, indent=2))
     finally:

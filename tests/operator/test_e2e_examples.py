@@ -63,6 +63,13 @@ def test_full_backup_change_restore(env: Env) -> None:
     assert st["progress"]["bytesDone"] == st["progress"]["bytesTotal"] > 0, st.get("progress")
     reasons = {e["reason"] for e in env.events("full-1")}
     assert {"Accepted", "ScaledDown", "JobCreated", "ScaledUp", "BackupCompleted"} <= reasons, reasons
+    # The Job: owned by the MOBackup, no secret anywhere in its spec (env from Secrets only).
+    job = env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs/{st['jobName']}")
+    assert job["metadata"]["ownerReferences"][0]["uid"] == b["metadata"]["uid"]
+    assert env.s3.secret_key not in json.dumps(job) and env.s3.access_key not in json.dumps(job)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] and container["command"][-2:] == ["agent", "backup"]
+    assert env.s3.secret_key not in json.dumps(b) and env.s3.secret_key not in env.op.log_path.read_text()
     # The repository agrees with the status.
     [summary] = env.repository().list_backups()
     assert summary.id == st["backupID"] and summary.file_count == st["fileCount"]
