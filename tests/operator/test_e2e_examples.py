@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -90,12 +91,15 @@ def test_full_backup_change_restore(env: Env) -> None:
     assert snapshot_tree(data) == backed_up
     env.wait_replicas_running()
 
-    metrics = env.op.metrics()
-    assert f'mobackup_successes_total{{kind="MOBackup",namespace="{env.ns}"}} 1' in metrics, metrics
-    assert f'mobackup_successes_total{{kind="MORestore",namespace="{env.ns}"}} 1' in metrics
-    assert f'mobackup_last_success_timestamp_seconds{{namespace="{env.ns}",source="{env.ns}/mo-data"}}' in metrics
-    assert f'mobackup_last_success_size_bytes{{namespace="{env.ns}",source="{env.ns}/mo-data"}} {st["sizeBytes"]}' \
-        in metrics
+    expected = [f'mobackup_successes_total{{kind="MOBackup",namespace="{env.ns}"}} 1',
+                f'mobackup_successes_total{{kind="MORestore",namespace="{env.ns}"}} 1',
+                f'mobackup_last_success_timestamp_seconds{{namespace="{env.ns}",source="{env.ns}/mo-data"}}',
+                f'mobackup_last_success_size_bytes{{namespace="{env.ns}",source="{env.ns}/mo-data"}} {st["sizeBytes"]}',
+                f'mobackup_transferred_bytes_total{{kind="MOBackup",namespace="{env.ns}"}} {st["newBytes"]}']
+    deadline = time.monotonic() + 10  # a scrape shortly after the phase changed
+    while not all(line in (metrics := env.op.metrics()) for line in expected):
+        assert time.monotonic() < deadline, (expected, metrics)
+        time.sleep(0.2)
 
 
 def test_full_incremental_change_restore_incremental(env: Env) -> None:

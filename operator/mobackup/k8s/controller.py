@@ -268,11 +268,11 @@ def finish(ctx: Ctx, obj: dict[str, Any], claim: str, w: models.Workload | None,
     lease.release(ctx.kube, ns, claim, holder_id(obj))
     kind = obj["kind"]
     started = status.parse_iso((obj.get("status") or {}).get("startTime"))
-    transition(ctx, obj, "Completed" if ok else "Failed", reason, message, **fields)
-    labels = {"kind": kind, "namespace": ns}
-    ctx.metrics.inc("mobackup_successes_total" if ok else "mobackup_failures_total", **labels)
+    # Metrics first: whoever sees the terminal phase also finds it counted.
+    ctx.metrics.inc("mobackup_successes_total" if ok else "mobackup_failures_total", kind=kind, namespace=ns)
     if started:
         ctx.metrics.observe("mobackup_run_duration_seconds", (status.now() - started).total_seconds(), kind=kind)
+    transition(ctx, obj, "Completed" if ok else "Failed", reason, message, **fields)
 
 
 def drop_snapshot(ctx: Ctx, obj: dict[str, Any]) -> None:
