@@ -57,11 +57,12 @@ class OperatorProcess:
     """`mobackup operator` as a subprocess, with the chart's RBAC (operator kubeconfig)."""
 
     def __init__(self, cluster: Any, namespaces: list[str], log: Path, kubeconfig: Path | None = None,
-                 job_service_account: str = JOB_SA, resync_seconds: str = "1") -> None:
+                 job_service_account: str = JOB_SA, resync_seconds: str = "1", health_port: int = 0) -> None:
         self.cluster, self.namespaces, self.log_path = cluster, namespaces, log
         self.kubeconfig = kubeconfig or cluster.operator_kubeconfig
         self.job_service_account = job_service_account
         self.resync_seconds = resync_seconds
+        self.health_port = health_port
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -73,7 +74,7 @@ class OperatorProcess:
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "KUBERNETES_SERVICE_HOST"):
             env.pop(k, None)  # the operator must get credentials from Secrets only
         args = [str(VENV_BIN / "mobackup"), "operator", "--standalone", "--metrics-port", str(self.metrics_port),
-                "--health-port", "0"]
+                "--health-port", str(self.health_port)]
         for ns in self.namespaces:
             args += ["--namespace", ns]
         with open(self.log_path, "ab") as out:

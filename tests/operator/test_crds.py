@@ -45,3 +45,27 @@ def test_mobackup_columns_and_short_names() -> None:
     assert cols == ["Phase", "Type", "Backup ID", "Size", "BackupTS", "Duration", "Age"]
     shorts = {yaml.safe_load((CRDS / n).read_text())["spec"]["names"]["shortNames"][0] for n in crdgen.ALL}
     assert shorts == {"mob", "mor", "mobs", "mobsched"}
+
+
+def test_status_fields_the_operator_writes_are_in_the_schema() -> None:
+    """The API server prunes unknown status fields silently: every field a builder emits must exist."""
+    from mobackup.k8s import status
+
+    def props(name: str) -> set[str]:
+        doc = yaml.safe_load((CRDS / name).read_text())
+        return set(doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"])
+
+    backup, restore = props("mobackups.yaml"), props("morestores.yaml")
+    patch = status.phase_patch({"startTime": "2026-01-01T00:00:00Z"}, "Completed", "R", "m", 1)
+    summary = {"id": "a", "type": "full", "base_id": "b", "backup_ts": "1-0", "size_bytes": 1, "new_bytes": 1,
+               "file_count": 1, "source": "s", "mobackup_version": "v", "location": "l", "duration_seconds": 1}
+    assert set(patch) | set(status.backup_result_fields(summary)) <= backup
+    assert set(patch) | set(status.restore_result_fields({"backup_id": "a", "size_bytes": 1, "file_count": 1,
+                                                          "backup_ts": "1-0"})) <= restore
+    progress = yaml.safe_load((CRDS / "mobackups.yaml").read_text())["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"]["properties"]["status"]["properties"]["progress"]["properties"]
+    assert set(status.progress_fields(1, 2, 1, 2)) <= set(progress)
+    extra = {"jobName", "attempts", "location", "scaledWorkload", "storage", "source", "deleteBlockedBy",
+             "moVersion", "checkpoint", "snapshot", "progress"}
+    assert extra <= backup
+    assert {"jobName", "attempts", "target", "storage", "sqlCheck", "sqlCheckSince", "scaledWorkload"} <= restore

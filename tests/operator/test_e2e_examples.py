@@ -156,3 +156,31 @@ def test_namespaced_mode_with_its_own_rbac(env: Env) -> None:
     assert env.wait_phase("MORestore", "r", "Completed", "Failed")["status"]["phase"] == "Completed"
     assert snapshot_tree(data) == backed_up
     assert "Forbidden" not in env.op.log_path.read_text() and "403" not in env.op.log_path.read_text()
+
+
+def test_cluster_wide_mode_and_liveness(env: Env) -> None:
+    """The chart's default: no --namespace (all namespaces), with the liveness endpoint on."""
+    import urllib.request
+
+    from mo_e2e import OperatorProcess, free_port
+
+    env.op.kill()
+    env.op = OperatorProcess(env.cluster, [], env.tmp / "operator-all.log", health_port=free_port())
+    env.op.start()
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            assert urllib.request.urlopen(f"http://127.0.0.1:{env.op.health_port}/healthz", timeout=2).status == 200
+            break
+        except OSError:
+            assert time.monotonic() < deadline, env.op.log_tail()
+            time.sleep(0.3)
+    data = env.stand_in(objects=10)
+    env.s3_storage()
+    env.create("MOBackup", "b", backup_spec())
+    assert env.wait_phase("MOBackup", "b", "Completed", "Failed")["status"]["phase"] == "Completed"
+    backed_up = snapshot_tree(data)
+    env.change(data, seed=6)
+    env.create("MORestore", "r", restore_spec(backupName="b", overwrite=True))
+    assert env.wait_phase("MORestore", "r", "Completed", "Failed")["status"]["phase"] == "Completed"
+    assert snapshot_tree(data) == backed_up
