@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Where the time goes, from py-spy collapsed stacks (`py-spy record --idle --threads --format raw`):
-`python benchmarks/profsummary.py PROFILE.txt [N]`.
+`python benchmarks/profsummary.py PROFILE.txt[.gz] [N]`.
 
 For the copy workers (threads `mobackup-copy_*` / `mobackup-restore_*`) and for the main thread
 apart, prints the share of wall-clock samples per leaf function (self, idle waits included) and per
@@ -9,6 +9,7 @@ engine function on the stack (inclusive).
 
 from __future__ import annotations
 
+import gzip
 import re
 import sys
 from collections import Counter
@@ -38,7 +39,8 @@ def summarise(path: Path, top: int = 12) -> str:
     leaf: dict[str, Counter[str]] = {"workers": Counter(), "main thread": Counter()}
     inclusive: dict[str, Counter[str]] = {"workers": Counter(), "main thread": Counter()}
     totals: Counter[str] = Counter()
-    for line in path.read_text().splitlines():
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    for line in raw.decode().splitlines():
         stack, _, count_text = line.rpartition(" ")
         frames = stack.split(";")
         group = _group(frames[0]) if stack else None
