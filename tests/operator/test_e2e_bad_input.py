@@ -130,3 +130,22 @@ def test_restore_of_a_failed_or_missing_backup(env: Env) -> None:
     env.create("MORestore", "r", {"backupName": "nope", "target": {"pvc": {"claimName": "mo-data"}}})
     st = failed(env, "MORestore", "r")
     assert st["reason"] == "BackupNotFound"
+
+
+def test_restore_of_another_hosts_backup_is_refused(env: Env) -> None:
+    """MatrixOne's log directory carries the pod hostname (mo-0 here): restoring it for a pod of
+    another name is refused before anything is written; naming the right hostname works."""
+    env.stand_in()  # StatefulSet "mo": its pod is mo-0
+    env.s3_storage()
+    env.create("MOBackup", "full", backup_spec())
+    assert env.wait_phase("MOBackup", "full", "Completed", "Failed")["status"]["phase"] == "Completed"
+    target = env.cluster.make_pvc(env.ns, "new-data")
+    env.create("MORestore", "wrong", {"backupName": "full", "target": {"pvc": {"claimName": "new-data"},
+                                                                       "hostname": "other-0"}})
+    st = failed(env, "MORestore", "wrong")
+    assert "other-0" in st["message"] and "mo-0" in st["message"], st
+    assert not (target / "mo-data").exists() or not any((target / "mo-data").iterdir())
+    env.create("MORestore", "right", {"backupName": "full", "target": {"pvc": {"claimName": "new-data"},
+                                                                       "hostname": "mo-0"}})
+    st = env.wait_phase("MORestore", "right", "Completed", "Failed")["status"]
+    assert st["phase"] == "Completed", st

@@ -309,3 +309,16 @@ def test_snapshot_manifests() -> None:
     data = next(v for v in pod["volumes"] if v["name"] == "data")
     assert data["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
     assert "--mo-version" in pod["containers"][0]["args"]
+
+
+def test_restore_hostname() -> None:
+    base = {"backupID": "a", "storageRef": {"name": "s"}}
+    r = models.parse_restore({**base, "target": {"pvc": {"claimName": "t"}, "workload": {"name": "mo"}}})
+    assert r.hostname == "mo-0"  # a StatefulSet's first pod
+    r2 = models.parse_restore({**base, "target": {"pvc": {"claimName": "t"},
+                                                  "workload": {"kind": "Deployment", "name": "mo"}}})
+    assert r2.hostname is None
+    r3 = models.parse_restore({**base, "target": {"pvc": {"claimName": "t"}, "hostname": "mo-3"}})
+    args = jobs.restore_job(jobs.Owner("MORestore", "r", "ns", "u"), r3, STORAGE, "a", jobs.OperatorDefaults())[
+        "spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--hostname") + 1] == "mo-3"

@@ -130,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--backup-id", required=True)
     r.add_argument("--target", required=True, type=Path)
     r.add_argument("--overwrite", action="store_true")
+    r.add_argument("--hostname", default=None,
+                   help="pod hostname of the MatrixOne on the target (a backup of another host is refused)")
     d = sub.add_parser("delete")
     common(d)
     d.add_argument("--backup-id", required=True)
@@ -163,7 +165,8 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
     repo = open_repository(opts, create=False)
     if args.action == "restore":
         from mobackup.engine.restore import run_restore
-        res = run_restore(repo, args.backup_id, args.target, force=args.overwrite, progress=reporter).to_dict()
+        res = run_restore(repo, args.backup_id, args.target, force=args.overwrite, progress=reporter,
+                          hostname=args.hostname).to_dict()
         summary = repo.load_summary(res.get("backup_id") or args.backup_id).to_dict()
         res.update({"backup_ts": summary.get("backup_ts"), "type": summary.get("type")})
         return {"ok": True, "action": "restore", "result": res}

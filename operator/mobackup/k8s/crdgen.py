@@ -57,10 +57,10 @@ def name_ref(description: str) -> Schema:
                                        maxLength=253)}, ["name"])
 
 
-def secret_key_ref(description: str, default_key: str) -> Schema:
+def secret_key_ref(description: str, default_key: str, kind: str = "Secret") -> Schema:
     return obj(description, {
-        "name": s("Name of the Secret, in the same namespace.", pattern=DNS_SUBDOMAIN, maxLength=253),
-        "key": s("Key inside the Secret.", pattern=SECRET_KEY, default=default_key),
+        "name": s(f"Name of the {kind}, in the same namespace.", pattern=DNS_SUBDOMAIN, maxLength=253),
+        "key": s(f"Key inside the {kind}.", pattern=SECRET_KEY, default=default_key),
     }, ["name"])
 
 
@@ -116,8 +116,8 @@ def job_overrides() -> Schema:
         "priorityClassName": s("Priority class of the agent pod."),
         "activeDeadlineSeconds": s("Deadline of the Job; when it passes the backup or restore fails.",
                                    "integer", minimum=1),
-        "backoffLimit": s("Retries of the agent pod before the Job fails.", "integer", minimum=0,
-                          maximum=10, default=1),
+        "backoffLimit": s("Retries of the agent pod before the Job fails (default: the operator's "
+                          "MOBACKUP_JOB_DEFAULTS, else 1).", "integer", minimum=0, maximum=10),
         "ttlSecondsAfterFinished": s("Seconds after which a finished Job is deleted (its result is already "
                                      "in the status).", "integer", minimum=0),
         "labels": {"type": "object", "description": "Extra labels of the Job and its pod.",
@@ -234,7 +234,8 @@ def storage_crd() -> Schema:
         "pathStyle": s("Use path-style addressing (needed by most MinIO setups).", "boolean", default=False),
         "caBundle": obj("A custom CA bundle (PEM) for the endpoint; from a ConfigMap or a Secret, mounted "
                         "into the Job.", {
-                            "configMapRef": secret_key_ref("ConfigMap holding the PEM bundle.", "ca.crt"),
+                            "configMapRef": secret_key_ref("ConfigMap holding the PEM bundle.", "ca.crt",
+                                                           "ConfigMap"),
                             "secretRef": secret_key_ref("Secret holding the PEM bundle.", "ca.crt"),
                         }, **{"x-kubernetes-validations": [{
                             "rule": "has(self.configMapRef) != has(self.secretRef)",
@@ -390,6 +391,10 @@ def restore_crd() -> Schema:
             "pvc": pvc_ref("The PersistentVolumeClaim to restore into.", "mo-data",
                            "Path of the mo-data directory inside the volume."),
             "workload": workload_ref("The workload to stop before the restore and start again after it."),
+            "hostname": s("Pod hostname of the MatrixOne that will run on the target: its log directory "
+                          "(logservice-data/<uuid>/<hostname>/) must match, or MatrixOne cannot start; a "
+                          "backup of another host is refused. Default <statefulset>-0 for a StatefulSet "
+                          "workload, no check otherwise.", pattern=DNS_LABEL, maxLength=63),
         }, ["pvc"]),
         "overwrite": s("Replace the content of a non-empty target. When false a non-empty target fails the "
                        "restore with a reason and nothing is touched.", "boolean", default=False),

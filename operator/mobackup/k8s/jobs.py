@@ -226,6 +226,8 @@ def restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup_id
             "--parallelism", str(spec.parallelism)]
     if spec.overwrite:
         args.append("--overwrite")
+    if spec.hostname:
+        args += ["--hostname", spec.hostname]
     return build_job(owner=owner, action="restore", args=args, env=env, volumes=volumes, mounts=mounts,
                      overrides=spec.job, defaults=defaults)
 

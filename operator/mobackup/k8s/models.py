@@ -272,6 +272,7 @@ class RestoreSpec:
     sql_check: SqlEndpoint | None
     parallelism: int
     job: JobOverrides
+    hostname: str | None = None
 
 
 def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
@@ -284,11 +285,15 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
     target = spec.get("target")
     if not isinstance(target, dict):
         raise SpecError("spec.target is required")
+    workload = _workload(target.get("workload"), "spec.target.workload")
+    # MatrixOne's log directory is named after the pod's hostname: a StatefulSet's first pod is <name>-0.
+    hostname = target.get("hostname") or (f"{workload.name}-0" if workload and workload.kind == "StatefulSet"
+                                          else None)
     return RestoreSpec(
         backup_name=_name(name, "spec.backupName") if name else None, backup_id=bid,
         storage=_name(storage, "spec.storageRef.name") if storage else None,
         volume=_volume(target.get("pvc"), "spec.target.pvc", "mo-data"),
-        workload=_workload(target.get("workload"), "spec.target.workload"),
+        workload=workload, hostname=hostname,
         overwrite=bool(spec.get("overwrite", False)), sql_check=_sql(spec.get("sqlCheck"), "spec.sqlCheck"),
         parallelism=int(spec.get("parallelism", 4)), job=JobOverrides(dict(spec.get("job") or {})),
     )
