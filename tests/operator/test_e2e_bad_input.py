@@ -149,3 +149,20 @@ def test_restore_of_another_hosts_backup_is_refused(env: Env) -> None:
                                                                        "hostname": "mo-0"}})
     st = env.wait_phase("MORestore", "right", "Completed", "Failed")["status"]
     assert st["phase"] == "Completed", st
+
+
+def test_wrong_encryption_key_makes_the_storage_unavailable(env: Env) -> None:
+    env.cluster.make_pvc(env.ns, "mo-data")
+    (env.cluster.pv_root / env.ns / "mo-data" / "mo-data").mkdir()
+    (env.cluster.pv_root / env.ns / "mo-data" / "mo-data" / "f").write_text("x")
+    env.s3_storage(encryption=True)
+    env.create("MOBackup", "b", backup_spec(consistency="None"))
+    assert env.wait_phase("MOBackup", "b", "Completed", "Failed")["status"]["phase"] == "Completed"
+    # The same repository through a storage whose Secret holds another passphrase.
+    env.secret("other-key", {"key": "not the passphrase"})
+    env.create("MOBackupStorage", "s3-wrong", {"s3": {
+        "endpoint": env.s3.endpoint, "bucket": env.s3.bucket, "prefix": f"{env.ns}/s3", "pathStyle": True,
+        "credentialsSecretRef": {"name": "s3-creds"}}, "encryption": {"keySecretRef": {"name": "other-key"}}})
+    st = env.wait_phase("MOBackupStorage", "s3-wrong", "Available", "Unavailable")["status"]
+    assert st["phase"] == "Unavailable" and st["reason"] == "EncryptionKeyError", st
+    assert "not the passphrase" not in str(st)

@@ -91,34 +91,32 @@ class CheckResult:
     backup_count: int | None = None
 
 
-def _s3_backend(st: StorageSpec, creds: Credentials, ca_path: str | None) -> Any:
-    from mobackup.engine.repository import RepositoryOptions, make_backend
+def _s3_options(st: StorageSpec, creds: Credentials, ca_path: str | None) -> Any:
+    from mobackup.engine.repository import RepositoryOptions
 
     assert st.s3
     url = f"s3://{st.s3.bucket}/{st.s3.prefix}".rstrip("/")
-    opts = RepositoryOptions(url=url, s3_endpoint=st.s3.endpoint, s3_region=st.s3.region,
+    return RepositoryOptions(url=url, s3_endpoint=st.s3.endpoint, s3_region=st.s3.region,
                              s3_path_style=st.s3.path_style, s3_ca_bundle=ca_path,
-                             s3_access_key_id=creds.access_key, s3_secret_access_key=creds.secret_key)
-    return make_backend(opts)
+                             s3_access_key_id=creds.access_key, s3_secret_access_key=creds.secret_key,
+                             encryption_key=creds.encryption_key)
 
 
 def open_repo(kube: Kube, ns: str, st: StorageSpec) -> Any:
     """The repository of an S3 storage, opened by the operator itself (credentials from the Secret,
-    in memory only); None for a PVC repository (only Jobs mount it). CA bundles: see check()."""
+    in memory only); None for a PVC repository (only Jobs mount it) or a custom CA bundle."""
     if not st.s3 or st.s3.ca_configmap or st.s3.ca_secret:
         return None
-    from mobackup.engine.repository import RepositoryOptions, open_repository
+    from mobackup.engine.repository import open_repository
 
-    creds = read_credentials(kube, ns, st)
-    url = f"s3://{st.s3.bucket}/{st.s3.prefix}".rstrip("/")
-    return open_repository(RepositoryOptions(
-        url=url, s3_endpoint=st.s3.endpoint, s3_region=st.s3.region, s3_path_style=st.s3.path_style,
-        s3_access_key_id=creds.access_key, s3_secret_access_key=creds.secret_key,
-        encryption_key=creds.encryption_key))
+    return open_repository(_s3_options(st, read_credentials(kube, ns, st), None))
 
 
 def check(kube: Kube, ns: str, st: StorageSpec) -> CheckResult:
-    """Reachable, credentials accepted, and how many backups the repository lists."""
+    """Reachable, credentials accepted, the encryption key right, and how many backups it lists."""
+    from mobackup.engine.errors import EncryptionKeyError, RepositoryFormatError, RepositoryNotFound
+    from mobackup.engine.repository import make_backend, open_repository
+
     try:
         creds = read_credentials(kube, ns, st)
     except MissingInput as e:
@@ -136,11 +134,20 @@ def check(kube: Kube, ns: str, st: StorageSpec) -> CheckResult:
             fd, ca_file = tempfile.mkstemp(prefix="mobackup-ca-", suffix=".pem")
             with os.fdopen(fd, "w") as f:
                 f.write(creds.ca_pem)
-        backend = _s3_backend(st, creds, ca_file)
+        opts = _s3_options(st, creds, ca_file)
+        backend = make_backend(opts)
         backend.check_access()
-        count = sum(1 for o in backend.list("backups/") if o.key.endswith(".json"))
-        return CheckResult(True, "Reachable", f"{backend.location} is reachable and the credentials work",
+        try:
+            count = len(open_repository(opts).list_backups())
+            note = ""
+        except RepositoryNotFound:
+            count, note = 0, "; no repository yet (the first backup creates it)"
+        return CheckResult(True, "Reachable", f"{backend.location} is reachable and the credentials work{note}",
                            count)
+    except EncryptionKeyError as e:
+        return CheckResult(False, "EncryptionKeyError", str(e))
+    except RepositoryFormatError as e:
+        return CheckResult(False, "NotARepository", str(e))
     except MobackupError as e:
         return CheckResult(False, "Unreachable", str(e))
     except Exception as e:  # boto3 surprises (bad endpoint URL...) are still a reason, not a crash
