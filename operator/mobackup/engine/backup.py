@@ -10,15 +10,16 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .. import __version__
 from .errors import MobackupError, SourceChangedError
-from .index import FileIndex
+from .index import DigestSet, FileIndex
 from .layout import PathRules, detect_layout, newest_checkpoint_ts
 from .model import BackupSummary, iso, utc_now
 from .progress import NullProgress, Progress
-from .repository import FileListWriter, Repository
+from .repository import FileListWriter, Repository, blob_key
+from .storage import LocalBackend
 from .walk import SourceEntry, path_of, tree_totals, walk
 from .workers import BoundedWorkers
 
@@ -70,6 +71,76 @@ class _BackupRun:
         self.totals = _Totals()
         self.lock = threading.Lock()
         self.buffers = threading.local()
+        self.known_blobs: DigestSet | None = None  # blobs listed up front (S3 full backups)
+        self.known_lock = threading.Lock()
+
+    def _stored(self, plain_bytes: int, stored_bytes: int) -> None:
+        with self.lock:
+            self.totals.new_bytes += plain_bytes
+            self.totals.stored_bytes += stored_bytes
+            self.totals.new_blobs += 1
+
+    def _has_blob(self, digest: str) -> bool:
+        if self.known_blobs is not None:
+            with self.known_lock:
+                if digest in self.known_blobs:
+                    return True
+        return self.repo.has_blob(digest)
+
+    def _store_by_reading(self, source: BinaryIO) -> tuple[list[str], int]:
+        """Read each chunk into a buffer, hash it, store it unless the repository has it."""
+        buffer = self._buffer()
+        view = memoryview(buffer)
+        chunks: list[str] = []
+        done = 0
+        while True:
+            n = source.readinto(buffer)
+            while n and n < len(buffer):  # fill whole chunks, so chunk boundaries are fixed
+                more = source.readinto(view[n:])
+                if not more:
+                    break
+                n += more
+            if not n:
+                break
+            data = view[:n]
+            digest = self.repo.codec.digest(data)
+            if not self._has_blob(digest):
+                self._stored(n, self.repo.put_blob(digest, data))
+            chunks.append(digest)
+            done += n
+            self.progress.advance(n, 0)
+            if n < len(buffer):
+                break
+        return chunks, done
+
+    def _store_by_kernel_copy(self, source: BinaryIO, backend: LocalBackend) -> tuple[list[str], int]:
+        """Plain directory repository: copy each chunk into a temporary blob inside the kernel, then
+        hash that copy through mmap and name the blob by it. What is stored always matches its name,
+        whatever the source does meanwhile (a changing source is caught by the size/mtime checks)."""
+        chunks: list[str] = []
+        done = 0
+        size = self.repo.chunk_size
+        while True:
+            tmp, n = backend.copy_range_to_temporary("blobs", source.fileno(), done, size)
+            if n == 0:
+                tmp.unlink()
+                break
+            try:
+                with open(tmp, "rb") as copy:
+                    digest = self.repo.codec.digest_fd(copy.fileno())
+                if backend.adopt(tmp, blob_key(digest)):
+                    self._stored(n, n)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            if self.repo.limiter:
+                self.repo.limiter.consume(n)
+            chunks.append(digest)
+            done += n
+            self.progress.advance(n, 0)
+            if n < size:
+                break
+        return chunks, done
 
     def _buffer(self) -> bytearray:
         buffer = getattr(self.buffers, "buffer", None)
@@ -99,34 +170,13 @@ class _BackupRun:
                 f"{entry.rel} vanished during the backup: MatrixOne is running; stop it or use a "
                 "volume snapshot for a consistent backup"
             ) from None
-        buffer = self._buffer()
-        view = memoryview(buffer)
-        chunks: list[str] = []
-        done = 0
         with source:
             before = os.fstat(source.fileno())
-            while True:
-                n = source.readinto(buffer)
-                while n and n < len(buffer):  # fill whole chunks, so chunk boundaries are fixed
-                    more = source.readinto(view[n:])
-                    if not more:
-                        break
-                    n += more
-                if not n:
-                    break
-                data = view[:n]
-                digest = self.repo.codec.digest(data)
-                if not self.repo.has_blob(digest):
-                    stored = self.repo.put_blob(digest, data)
-                    with self.lock:
-                        self.totals.new_bytes += n
-                        self.totals.stored_bytes += stored
-                        self.totals.new_blobs += 1
-                chunks.append(digest)
-                done += n
-                self.progress.advance(n, 0)
-                if n < len(buffer):
-                    break
+            backend = self.repo.local_plain
+            if backend is not None:
+                chunks, done = self._store_by_kernel_copy(source, backend)
+            else:
+                chunks, done = self._store_by_reading(source)
             after = os.fstat(source.fileno())
         changed = (
             done != entry.size
@@ -216,22 +266,29 @@ def run_backup(
         if backup_ts is None:
             backup_ts = checkpoint_ts or f"{time.time_ns()}-0"
         backup_id = str(uuid.uuid4())
-        total_bytes, total_files = tree_totals(data_dir, rules)
-        progress.start(total_bytes, total_files)
+        if not isinstance(progress, NullProgress):  # a second walk, only for a progress display
+            progress.start(*tree_totals(data_dir, rules))
         with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
             base_index = None
             if base is not None:
                 base_index = FileIndex(Path(scratch) / "base.sqlite")
                 base_index.load(repo.entries(base))
             writer = FileListWriter(repo.codec, backup_id, Path(scratch))
-            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer,
-                             repo.options.parallelism)
+            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer, repo.parallelism)
+            if base is None and not isinstance(repo.backend, LocalBackend):
+                # One listing instead of a HEAD request per chunk (a full backup reads every file).
+                run.known_blobs = DigestSet(Path(scratch) / "known.sqlite", shared=True)
+                for digest in repo.blob_digests():
+                    run.known_blobs.add(digest)
+                run.known_blobs.flush()
             try:
                 run.run()
             finally:
                 writer.close()
                 if base_index:
                     base_index.close()
+                if run.known_blobs:
+                    run.known_blobs.close()
             totals = run.totals
             completed = utc_now()
             summary = BackupSummary(

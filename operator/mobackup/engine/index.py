@@ -12,8 +12,8 @@ from typing import Any
 BATCH = 20_000
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None)
+def _connect(path: Path, shared: bool = False) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=not shared)
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
     db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache at most
@@ -58,8 +58,9 @@ class FileIndex:
 class DigestSet:
     """A set of blob digests, on disk."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = _connect(path)
+    def __init__(self, path: Path, shared: bool = False) -> None:
+        """`shared`: used from several threads, each access under the caller's lock."""
+        self.db = _connect(path, shared)
         self.db.execute("CREATE TABLE digests (digest TEXT PRIMARY KEY) WITHOUT ROWID")
         self.pending: list[tuple[str]] = []
 

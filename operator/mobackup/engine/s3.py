@@ -19,6 +19,39 @@ MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNK = 16 << 20
 
 
+class _ViewReader(io.RawIOBase):
+    """A seekable, read-only file over a buffer, so that botocore streams (and on a retry re-reads)
+    a blob without first copying all of it into a new bytes object."""
+
+    def __init__(self, view: memoryview) -> None:
+        super().__init__()
+        self.view = view.cast("B")
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = min(len(buffer), len(self.view) - self.position)
+        buffer[:n] = self.view[self.position : self.position + n]
+        self.position += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: len(self.view)}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
 def _is_not_found(error: botocore.exceptions.ClientError) -> bool:
     code = error.response.get("Error", {}).get("Code", "")
     return code in ("404", "NoSuchKey", "NotFound")
@@ -52,7 +85,11 @@ class S3Backend:
             region_name=region,
             retries={"max_attempts": 8, "mode": "standard"},
             max_pool_connections=max_connections,
-            s3={"addressing_style": "path" if path_style else "auto"},
+            # Over TLS the transport already protects the body; signing its SHA-256 as well costs a
+            # pass over every byte (measured: 7% of an upload). Over plain HTTP the signed hash is the
+            # only end-to-end check the server makes, so it stays.
+            s3={"addressing_style": "path" if path_style else "auto",
+                "payload_signing_enabled": not (endpoint or "https://").startswith("https://")},
             # Checksums only when the operation requires them: S3-compatible servers differ.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -89,14 +126,15 @@ class S3Backend:
         return response["Body"]  # type: ignore[no-any-return]
 
     def write(self, key: str, data: bytes | memoryview) -> None:
-        data = bytes(data)  # botocore signs and retries from a bytes body
-        if len(data) >= MULTIPART_THRESHOLD:
+        body = _ViewReader(memoryview(data))
+        if len(body) >= MULTIPART_THRESHOLD:
             self._call(
-                key, self.client.upload_fileobj, Fileobj=io.BytesIO(data), Bucket=self.bucket,
-                Key=self._key(key), Config=self.transfer,
+                key, self.client.upload_fileobj, Fileobj=body, Bucket=self.bucket, Key=self._key(key),
+                Config=self.transfer,
             )
         else:
-            self._call(key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+            self._call(key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body,
+                       ContentLength=len(body))
 
     def write_new(self, key: str, data: bytes) -> bool:
         """Conditional create (If-None-Match: *), supported by AWS S3 and MinIO."""

@@ -78,7 +78,7 @@ def verify_backup(repo: Repository, backup_id: str, *, quick: bool = False,
     with tempfile.TemporaryDirectory(prefix="mobackup-verify-") as scratch:
         seen = DigestSet(Path(scratch) / "seen.sqlite")
         try:
-            with BoundedWorkers(repo.options.parallelism, "mobackup-verify") as workers:
+            with BoundedWorkers(repo.parallelism, "mobackup-verify") as workers:
                 for record in repo.entries(summary):
                     if record.get("type") != "file":
                         continue
