@@ -62,7 +62,7 @@ BACKUP = {"source": {"pvc": {"claimName": "mo-data"}, "workload": {"kind": "Stat
 
 def test_parse_backup_defaults() -> None:
     b = models.parse_backup(BACKUP, "ns1")
-    assert (b.type, b.consistency, b.deletion_policy, b.parallelism) == ("Full", "Stop", "Retain", 4)
+    assert (b.type, b.consistency, b.deletion_policy, b.parallelism) == ("Full", "Stop", "Retain", None)
     assert b.source_name == "ns1/mo-data" and b.volume.path == "mo-data"
 
 

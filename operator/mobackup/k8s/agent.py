@@ -113,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--termination-log", default="/dev/termination-log",
                         help="where the result JSON is written for the operator")
         sp.add_argument("--progress-interval", type=float, default=3.0, help="seconds between progress patches")
-        sp.add_argument("--parallelism", type=int, default=4)
+        sp.add_argument("--parallelism", type=int, default=None,
+                        help="concurrent transfers (default: the engine's, 4 on a directory, 8 on S3)")
         sp.add_argument("--bandwidth-limit", type=int, default=None, help="bytes per second")
         sp.add_argument("--compression", choices=["none", "zstd"], default="none",
                         help="compression of a repository created by this run")

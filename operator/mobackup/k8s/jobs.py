@@ -206,7 +206,9 @@ def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id:
     mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": True})
     args = ["--repo", repo_url(storage), "--data-dir", _data_path(spec.volume.path),
             "--source", spec.source_name, "--type", spec.type.lower(),
-            "--compression", storage.compression, "--parallelism", str(spec.parallelism)]
+            "--compression", storage.compression]
+    if spec.parallelism:
+        args += ["--parallelism", str(spec.parallelism)]
     if base_id:
         args += ["--base", base_id]
     if spec.bandwidth_limit:
@@ -222,8 +224,9 @@ def restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup_id
     env, volumes, mounts = storage_env_and_volumes(storage)
     volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": spec.volume.claim}})
     mounts.append({"name": "data", "mountPath": DATA_MOUNT})
-    args = ["--repo", repo_url(storage), "--backup-id", backup_id, "--target", _data_path(spec.volume.path),
-            "--parallelism", str(spec.parallelism)]
+    args = ["--repo", repo_url(storage), "--backup-id", backup_id, "--target", _data_path(spec.volume.path)]
+    if spec.parallelism:
+        args += ["--parallelism", str(spec.parallelism)]
     if spec.overwrite:
         args.append("--overwrite")
     if spec.hostname:

@@ -27,6 +27,10 @@ class SpecError(ValueError):
     """Bad input; str() says which field and why (shown in status and in an Event)."""
 
 
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
 def _need(d: dict[str, Any], key: str, where: str) -> Any:
     v = d.get(key)
     if v in (None, "", {}):
@@ -212,7 +216,7 @@ class BackupSpec:
     base_name: str | None
     base_id: str | None
     consistency: str  # "Stop" | "Snapshot" | "None"
-    parallelism: int
+    parallelism: int | None  # None: the engine's default for the storage
     bandwidth_limit: int | None
     deletion_policy: str
     job: JobOverrides
@@ -243,8 +247,8 @@ def parse_backup(spec: dict[str, Any], namespace: str, *, template: bool = False
         raise SpecError(f"spec.consistency must be Stop, Snapshot or None, got {consistency!r}")
     if consistency == "Stop" and workload is None:
         raise SpecError("spec.consistency Stop needs spec.source.workload (the workload to scale down)")
-    parallelism = int(spec.get("parallelism", 4))
-    if not 1 <= parallelism <= 64:
+    parallelism = _optional_int(spec.get("parallelism"))
+    if parallelism is not None and not 1 <= parallelism <= 64:
         raise SpecError(f"spec.parallelism must be 1-64, got {parallelism}")
     policy = spec.get("deletionPolicy", "Retain")
     if policy not in ("Retain", "Delete"):
@@ -270,7 +274,7 @@ class RestoreSpec:
     workload: Workload | None
     overwrite: bool
     sql_check: SqlEndpoint | None
-    parallelism: int
+    parallelism: int | None  # None: the engine's default for the storage
     job: JobOverrides
     hostname: str | None = None
 
@@ -295,7 +299,7 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
         volume=_volume(target.get("pvc"), "spec.target.pvc", "mo-data"),
         workload=workload, hostname=hostname,
         overwrite=bool(spec.get("overwrite", False)), sql_check=_sql(spec.get("sqlCheck"), "spec.sqlCheck"),
-        parallelism=int(spec.get("parallelism", 4)), job=JobOverrides(dict(spec.get("job") or {})),
+        parallelism=_optional_int(spec.get("parallelism")), job=JobOverrides(dict(spec.get("job") or {})),
     )
 
 
