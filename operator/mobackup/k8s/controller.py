@@ -323,15 +323,8 @@ def resolve_base(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> str 
         return spec.base_id
     if not spec.base_name:
         return None  # the engine picks the latest completed backup of the source in the repository
-    try:
-        base = ctx.kube.get_cr("MOBackup", ns, spec.base_name)
-    except NotFound:
-        raise Fail("BaseNotFound", f"base MOBackup {spec.base_name} not found") from None
-    bst = base.get("status") or {}
-    if bst.get("phase") in RUN_ACTIVE:
-        raise Wait("WaitingForBase", f"base MOBackup {spec.base_name} is {bst.get('phase') or 'Pending'}")
-    if bst.get("phase") != "Completed" or not bst.get("backupID"):
-        raise Fail("InvalidBase", f"base MOBackup {spec.base_name} is {bst.get('phase')}, not Completed")
+    base = completed_backup(ctx, ns, spec.base_name, BASE_REASONS, "base MOBackup")
+    bst = base["status"]
     try:
         bspec = models.parse_backup(base.get("spec") or {}, ns)
     except models.SpecError:
@@ -595,21 +588,34 @@ def reconcile_restore(ctx: Ctx, obj: dict[str, Any]) -> None:
         fail_early(ctx, obj, e, spec.volume.claim, spec.workload)
 
 
+# Reasons when a run depends on another MOBackup: (not found, still running, not Completed).
+BASE_REASONS = ("BaseNotFound", "WaitingForBase", "InvalidBase")
+RESTORE_REASONS = ("BackupNotFound", "WaitingForBackup", "BackupNotCompleted")
+
+
+def completed_backup(ctx: Ctx, ns: str, name: str, reasons: tuple[str, str, str], label: str) -> dict[str, Any]:
+    """The MOBackup a run depends on: Wait while it runs, Fail when it is missing or did not complete."""
+    missing, running, unfinished = reasons
+    try:
+        backup = ctx.kube.get_cr("MOBackup", ns, name)
+    except NotFound:
+        raise Fail(missing, f"{label} {name} not found") from None
+    st = backup.setdefault("status", {}) or {}
+    if st.get("phase") in RUN_ACTIVE:
+        raise Wait(running, f"{label} {name} is {st.get('phase') or 'Pending'}")
+    if st.get("phase") != "Completed" or not st.get("backupID"):
+        raise Fail(unfinished, f"{label} {name} is {st.get('phase')}, not Completed")
+    return backup
+
+
 def resolve_restore_backup(ctx: Ctx, ns: str, spec: models.RestoreSpec) -> tuple[str, str, str | None]:
     """(backup id, storage name, backupTS)."""
     if spec.backup_id:
         assert spec.storage
         return spec.backup_id, spec.storage, None
     assert spec.backup_name
-    try:
-        b = ctx.kube.get_cr("MOBackup", ns, spec.backup_name)
-    except NotFound:
-        raise Fail("BackupNotFound", f"MOBackup {spec.backup_name} not found") from None
-    bst = b.get("status") or {}
-    if bst.get("phase") in RUN_ACTIVE:
-        raise Wait("WaitingForBackup", f"MOBackup {spec.backup_name} is {bst.get('phase') or 'Pending'}")
-    if bst.get("phase") != "Completed" or not bst.get("backupID"):
-        raise Fail("BackupNotCompleted", f"MOBackup {spec.backup_name} is {bst.get('phase')}, not Completed")
+    b = completed_backup(ctx, ns, spec.backup_name, RESTORE_REASONS, "MOBackup")
+    bst = b["status"]
     storage_name = (b.get("spec") or {}).get("storageRef", {}).get("name") or bst.get("storage")
     return str(bst["backupID"]), str(storage_name), bst.get("backupTS")
 

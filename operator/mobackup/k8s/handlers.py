@@ -12,6 +12,7 @@ import copy
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,16 +217,27 @@ def _check_storage_async(key: tuple[str, str]) -> None:
     threading.Thread(target=work, name=f"check-{key[1]}", daemon=True).start()
 
 
-def _check_storage(key: tuple[str, str]) -> None:
+def _fresh_and_locked(kind: str, key: tuple[str, str], action: Callable[[Ctx, dict[str, Any]], None]
+                      ) -> dict[str, Any] | None:
+    """Re-read the object and run `action` on it under its per-object lock; None when it is gone."""
     ctx = _ctx()
     try:
-        obj = ctx.kube.get_cr("MOBackupStorage", *key)
+        obj = ctx.kube.get_cr(kind, *key)
     except NotFound:
-        return
-    obj.setdefault("kind", "MOBackupStorage")
+        return None
+    obj.setdefault("kind", kind)
     with ctx.locked(obj["metadata"]["uid"]) as got:
-        if got and controller.storage_check_due(obj, time.time()):
+        if got:
+            action(ctx, obj)
+    return obj
+
+
+def _check_storage(key: tuple[str, str]) -> None:
+    def check(ctx: Ctx, obj: dict[str, Any]) -> None:
+        if controller.storage_check_due(obj, time.time()):
             controller.check_storage(ctx, obj)
+
+    _fresh_and_locked("MOBackupStorage", key, check)
 
 
 # ------------------------------------------------------------------------------------------ schedules
@@ -248,15 +260,9 @@ def schedule_event(type: str | None, body: kopf.Body, **_: Any) -> None:
 
 
 def _drive_schedule(key: tuple[str, str]) -> None:
-    ctx = _ctx()
-    try:
-        obj = ctx.kube.get_cr("MOBackupSchedule", *key)
-    except NotFound:
+    obj = _fresh_and_locked("MOBackupSchedule", key, schedule.reconcile_schedule)
+    if obj is None:
         return
-    obj.setdefault("kind", "MOBackupSchedule")
-    with ctx.locked(obj["metadata"]["uid"]) as got:
-        if got:
-            schedule.reconcile_schedule(ctx, obj)
     with STATE.lock:
         if key in STATE.schedules:
             STATE.schedules[key] = obj
