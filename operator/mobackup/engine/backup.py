@@ -19,7 +19,7 @@ from .layout import PathRules, detect_layout, newest_checkpoint_ts
 from .model import BackupSummary, iso, utc_now
 from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository, blob_key
-from .storage import LocalBackend
+from .storage import KERNEL_COPY_MIN, LocalBackend
 from .walk import SourceEntry, path_of, tree_totals, walk
 from .workers import BoundedWorkers
 
@@ -173,7 +173,7 @@ class _BackupRun:
         with source:
             before = os.fstat(source.fileno())
             backend = self.repo.local_plain
-            if backend is not None:
+            if backend is not None and entry.size >= KERNEL_COPY_MIN:
                 chunks, done = self._store_by_kernel_copy(source, backend)
             else:
                 chunks, done = self._store_by_reading(source)

@@ -19,7 +19,7 @@ from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
 from .layout import log_hostnames
 from .progress import NullProgress, Progress
 from .repository import Repository, blob_key
-from .storage import LocalBackend, ObjectNotFound, _syncfs, kernel_copy
+from .storage import KERNEL_COPY_MIN, LocalBackend, ObjectNotFound, _syncfs, kernel_copy
 from .workers import BoundedWorkers
 
 STAGING_PREFIX = ".mobackup-staging-"
@@ -175,7 +175,7 @@ class _RestoreRun:
             path.parent.mkdir(parents=True, exist_ok=True)
             out = open(path, "wb", buffering=0)  # noqa: SIM115
         written = 0
-        backend = self.repo.local_plain
+        backend = self.repo.local_plain if record["size"] >= KERNEL_COPY_MIN else None
         with out:
             for digest in record["chunks"]:
                 try:

@@ -21,6 +21,9 @@ from typing import BinaryIO, Protocol
 from .errors import MobackupError
 
 TMP_PREFIX = ".tmp."
+# Below this size a kernel copy's fixed cost (a temporary file, a second open, mmap) exceeds copying the
+# bytes through Python (benchmarks/: 1,000,000 tiny files backed up 25% and restored 3x slower).
+KERNEL_COPY_MIN = 256 << 10
 _NO_COPY_FILE_RANGE = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
