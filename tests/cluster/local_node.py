@@ -282,8 +282,15 @@ class PodRunner(threading.Thread):
         # --die-with-parent: if the local node dies, its containers die with it (no orphans).
         bwrap = ["bwrap", "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
                  "--hostname", self.hostname]
-        for mount_path, src, ro in self._mounts(c.spec, env):
+        mounts = list(self._mounts(c.spec, env))
+        for mount_path, src, ro in mounts:
             bwrap += ["--ro-bind" if ro else "--bind", str(src), mount_path]
+        # The project (its .venv and, through the editable install, its sources) plays the image: it
+        # must stay visible when a volume is mounted over a directory holding it, e.g. the Job's
+        # emptyDir at /tmp over a clone under /tmp. Bind it back on top, read-only.
+        project = str(self.node.venv_bin.parent.parent)
+        if any(project.startswith(mount_path.rstrip("/") + "/") for mount_path, _, _ in mounts):
+            bwrap += ["--ro-bind", project, project]
         bwrap += ["--bind", str(term), os.path.realpath(term_path)]
         workdir = spec.get("workingDir")
         if workdir:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -293,26 +293,32 @@ def fail_early(ctx: Ctx, obj: dict[str, Any], e: Fail, claim: str | None, w: mod
 
 # ------------------------------------------------------------------------------------------ MOBackup
 
-def reconcile_backup(ctx: Ctx, obj: dict[str, Any]) -> None:
-    ns, _name, _uid = meta(obj)
+def _reconcile_run(ctx: Ctx, obj: dict[str, Any], parse: Callable[[dict[str, Any]], Any],
+                   start: Callable[..., None], follow: Callable[..., None],
+                   stopped_workload: Callable[[Any], models.Workload | None]) -> None:
+    """One pass over an MOBackup or MORestore: parse the spec (Failed when invalid), then start the run
+    or follow its Job. `Wait` keeps it Pending with a reason; `Fail` fails it and scales back the
+    workload the run stopped."""
     phase = (obj.get("status") or {}).get("phase")
     if phase not in RUN_ACTIVE or obj["metadata"].get("deletionTimestamp"):
         return
     try:
-        spec = models.parse_backup(obj.get("spec") or {}, ns)
+        spec = parse(obj.get("spec") or {})
     except models.SpecError as e:
         fail_early(ctx, obj, Fail("InvalidSpec", str(e)), None, None)
         return
-    claim = spec.volume.claim
     try:
-        if phase == "Running":
-            follow_backup(ctx, obj, spec)
-        else:
-            start_backup(ctx, obj, spec)
+        (follow if phase == "Running" else start)(ctx, obj, spec)
     except Wait as e:
         transition(ctx, obj, "Pending", e.reason, str(e))
     except Fail as e:
-        fail_early(ctx, obj, e, claim, spec.workload if spec.consistency == "Stop" else None)
+        fail_early(ctx, obj, e, spec.volume.claim, stopped_workload(spec))
+
+
+def reconcile_backup(ctx: Ctx, obj: dict[str, Any]) -> None:
+    ns = obj["metadata"]["namespace"]
+    _reconcile_run(ctx, obj, lambda spec: models.parse_backup(spec, ns), start_backup, follow_backup,
+                   lambda spec: spec.workload if spec.consistency == "Stop" else None)
 
 
 def resolve_base(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> str | None:
@@ -568,24 +574,7 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
 # ----------------------------------------------------------------------------------------- MORestore
 
 def reconcile_restore(ctx: Ctx, obj: dict[str, Any]) -> None:
-    _ns, _, _ = meta(obj)
-    phase = (obj.get("status") or {}).get("phase")
-    if phase not in RUN_ACTIVE or obj["metadata"].get("deletionTimestamp"):
-        return
-    try:
-        spec = models.parse_restore(obj.get("spec") or {})
-    except models.SpecError as e:
-        fail_early(ctx, obj, Fail("InvalidSpec", str(e)), None, None)
-        return
-    try:
-        if phase == "Running":
-            follow_restore(ctx, obj, spec)
-        else:
-            start_restore(ctx, obj, spec)
-    except Wait as e:
-        transition(ctx, obj, "Pending", e.reason, str(e))
-    except Fail as e:
-        fail_early(ctx, obj, e, spec.volume.claim, spec.workload)
+    _reconcile_run(ctx, obj, models.parse_restore, start_restore, follow_restore, lambda spec: spec.workload)
 
 
 # Reasons when a run depends on another MOBackup: (not found, still running, not Completed).
