@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mobackup.engine.prune import RetentionPolicy
 from mobackup.k8s import cron, jobs, lease, metrics, models, retention, schedule, status, workload
 
 
@@ -107,7 +108,7 @@ def test_parse_restore_and_schedule_errors() -> None:
         models.parse_schedule({"fullSchedule": "@daily", "timeZone": "Mars/Base", "template": {"spec": BACKUP}}, "ns")
     s = models.parse_schedule({"fullSchedule": "@daily", "incrementalSchedule": "0 * * * *",
                                "retention": {"keepLast": 3, "keepWithin": "2d"}, "template": {"spec": BACKUP}}, "ns")
-    assert s.retention.keep_within_seconds == 2 * 86400 and s.concurrency == "Forbid"
+    assert s.retention.keep_within == timedelta(days=2) and s.concurrency == "Forbid"
 
 
 # ------------------------------------------------------------------------------------------ jobs
@@ -212,13 +213,13 @@ def test_retention_keeps_newest_and_bases() -> None:
         retention.Item("full-2", "F2", None, t("2026-01-04T00:00:00")),
         retention.Item("incr-3", "I3", "F2", t("2026-01-05T00:00:00")),
     ]
-    d = retention.select(items, models.Retention(keep_last=1), now)
+    d = retention.select(items, RetentionPolicy(keep_last=1), now)
     assert d.keep == ["incr-3", "full-2"] and d.delete == ["incr-2", "incr-1", "full-1"]
-    d = retention.select(items, models.Retention(keep_last=3), now)
+    d = retention.select(items, RetentionPolicy(keep_last=3), now)
     assert set(d.keep) == {"incr-3", "full-2", "incr-2", "incr-1", "full-1"}  # incr-2 needs its chain
-    d = retention.select(items, models.Retention(keep_last=0), now)
+    d = retention.select(items, RetentionPolicy(keep_last=0), now)
     assert d.keep == ["incr-3", "full-2"]  # never the newest completed backup (nor its base)
-    d = retention.select(items, models.Retention(), now, history_limit=2)
+    d = retention.select(items, RetentionPolicy(), now, history_limit=2)
     assert d.keep == ["incr-3", "full-2"]
     assert retention.history_overflow(["a", "b", "c"], 1) == ["b", "c"]
 

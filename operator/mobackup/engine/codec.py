@@ -16,7 +16,7 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import CorruptDataError, EncryptionKeyError
+from .errors import CorruptDataError
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -133,7 +133,3 @@ class Codec:
             except zstandard.ZstdError as error:
                 raise CorruptDataError(f"{name}: cannot decompress ({error})") from None
         raise CorruptDataError(f"{name}: unknown frame type {kind}")
-
-    def check_key_present(self) -> None:
-        if self.keys is None:
-            raise EncryptionKeyError("repository is encrypted: no key given")

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mobackup.engine.prune import RetentionPolicy
+
 from . import cron
 
 GROUP = "mobackup.io"
@@ -306,20 +308,6 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
 # ----------------------------------------------------------------------------------------- schedule
 
 @dataclass(frozen=True)
-class Retention:
-    keep_last: int | None = None
-    keep_daily: int | None = None
-    keep_weekly: int | None = None
-    keep_monthly: int | None = None
-    keep_within_seconds: float | None = None
-
-    @property
-    def empty(self) -> bool:
-        return all(v is None for v in (self.keep_last, self.keep_daily, self.keep_weekly, self.keep_monthly,
-                                       self.keep_within_seconds))
-
-
-@dataclass(frozen=True)
 class ScheduleSpec:
     full: cron.Cron
     incremental: cron.Cron | None
@@ -330,7 +318,7 @@ class ScheduleSpec:
     template_spec: dict[str, Any]
     template_labels: dict[str, str]
     template_annotations: dict[str, str]
-    retention: Retention
+    retention: RetentionPolicy  # the engine's, so that `prune` and schedules keep the same backups
     successful_limit: int
     failed_limit: int
 
@@ -362,7 +350,7 @@ def parse_schedule(spec: dict[str, Any], namespace: str) -> ScheduleSpec:
     within = None
     if r.get("keepWithin"):
         try:
-            within = cron.parse_duration(str(r["keepWithin"])).total_seconds()
+            within = cron.parse_duration(str(r["keepWithin"]))
         except ValueError as e:
             raise SpecError(f"spec.retention.keepWithin: {e}") from None
     for k in ("keepLast", "keepDaily", "keepWeekly", "keepMonthly"):
@@ -377,8 +365,8 @@ def parse_schedule(spec: dict[str, Any], namespace: str) -> ScheduleSpec:
         concurrency=concurrency, starting_deadline=int(spec.get("startingDeadlineSeconds", 3600)),
         template_spec=dict(tmpl["spec"]), template_labels=dict(meta.get("labels") or {}),
         template_annotations=dict(meta.get("annotations") or {}),
-        retention=Retention(r.get("keepLast"), r.get("keepDaily"), r.get("keepWeekly"), r.get("keepMonthly"),
-                            within),
+        retention=RetentionPolicy(r.get("keepLast"), r.get("keepDaily"), r.get("keepWeekly"), r.get("keepMonthly"),
+                                  within),
         successful_limit=int(spec.get("successfulBackupsHistoryLimit", 10)),
         failed_limit=int(spec.get("failedBackupsHistoryLimit", 3)),
     )

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from mobackup.engine.prune import RetentionPolicy, select_kept
-
-from .models import Retention
 
 
 @dataclass(frozen=True)
@@ -42,20 +40,12 @@ class Decision:
     reasons: dict[str, str]  # resource name -> why kept
 
 
-def to_policy(r: Retention) -> RetentionPolicy:
-    return RetentionPolicy(
-        keep_last=r.keep_last, keep_daily=r.keep_daily, keep_weekly=r.keep_weekly,
-        keep_monthly=r.keep_monthly,
-        keep_within=timedelta(seconds=r.keep_within_seconds) if r.keep_within_seconds is not None else None,
-    )
-
-
-def select(items: Iterable[Item], policy: Retention, now: datetime, history_limit: int | None = None) -> Decision:
+def select(items: Iterable[Item], policy: RetentionPolicy, now: datetime, history_limit: int | None = None) -> Decision:
     """Apply the policy; with an empty policy keep the `history_limit` newest (and their bases)."""
     ordered = sorted(items, key=lambda i: (i.time, i.backup_id), reverse=True)
     if policy.empty:
-        policy = Retention(keep_last=history_limit) if history_limit else policy
-    kept_ids = select_kept(ordered, to_policy(policy), now)
+        policy = RetentionPolicy(keep_last=history_limit) if history_limit else policy
+    kept_ids = select_kept(ordered, policy, now)
     reasons = {it.name: kept_ids[it.backup_id] for it in ordered if it.backup_id in kept_ids}
     return Decision([it.name for it in ordered if it.name in reasons],
                     [it.name for it in ordered if it.name not in reasons], reasons)
