@@ -60,14 +60,13 @@ class _BackupRun:
     """One backup in progress: the walk feeds a bounded pool of copy workers."""
 
     def __init__(self, repo: Repository, data_dir: Path, rules: PathRules, progress: Progress,
-                 base_index: FileIndex | None, writer: FileListWriter, parallelism: int) -> None:
+                 base_index: FileIndex | None, writer: FileListWriter) -> None:
         self.repo = repo
         self.data_dir = data_dir
         self.rules = rules
         self.progress = progress
         self.base_index = base_index
         self.writer = writer
-        self.parallelism = max(1, parallelism)
         self.totals = _Totals()
         self.lock = threading.Lock()
         self.buffers = threading.local()
@@ -197,7 +196,7 @@ class _BackupRun:
             self._record(record, read=True)
 
     def run(self) -> None:
-        with BoundedWorkers(self.parallelism, "mobackup-copy") as workers:
+        with BoundedWorkers(self.repo.parallelism, "mobackup-copy") as workers:
             for entry in walk(self.data_dir, self.rules):
                 if workers.failed:
                     break
@@ -274,7 +273,7 @@ def run_backup(
                 base_index = FileIndex(Path(scratch) / "base.sqlite")
                 base_index.load(repo.entries(base))
             writer = FileListWriter(repo.codec, backup_id, Path(scratch))
-            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer, repo.parallelism)
+            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer)
             if base is None and not isinstance(repo.backend, LocalBackend):
                 # One listing instead of a HEAD request per chunk (a full backup reads every file).
                 run.known_blobs = DigestSet(Path(scratch) / "known.sqlite", shared=True)
