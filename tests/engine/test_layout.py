@@ -32,7 +32,7 @@ def test_backup_ts_is_the_newest_checkpoint_end_compared_as_numbers(tmp_path: Pa
 def test_excludes_and_volatile_areas() -> None:
     rules = PathRules(extra_excludes=("etl/sys/*",))
     for transient in ("shared/.tmp.1234", "shared/ckp/x.tmp", "shared-cache", "file-service-cache", "tmp",
-                      ".mobackup-staging-abc", "etl/sys/logs"):
+                      ".mobackup-staging-abc", ".mobackup-old-abc", "etl/sys/logs"):
         assert rules.excluded(transient), transient
     for kept in ("shared/01951819-4069-7ec1-86ad-acd5b5875e58_00000", "shared/ckp/meta_0-0_1-1.ckp",
                  "logservice-data/u/mo-0/1/000001.log", "local/hk_data", "etl"):

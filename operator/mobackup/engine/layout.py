@@ -18,7 +18,8 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "shared-cache",
     "file-service-cache",
     "tmp",
-    ".mobackup-staging-*",
+    ".mobackup-staging-*",  # leftovers of a killed restore (engine/restore.py): never data
+    ".mobackup-old-*",
 )
 # Files that may legitimately change or vanish while being copied; the backup keeps what it read.
 DEFAULT_VOLATILE: tuple[str, ...] = ("etl/**",)
