@@ -21,7 +21,9 @@ done
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[test]'
+# The lock file is the constraint: the tests run exactly the versions the image ships, whatever
+# PyPI published since. Refreshing it is deliberate: see deploy/gen-requirements-lock.
+.venv/bin/pip install -q -c deploy/requirements.lock -e '.[test]'
 
 # Test infrastructure (MinIO, kube-apiserver, kube-controller-manager, helm, kubeconform,
 # kustomize), built from the Go module proxy into a cache outside the clone (~/.cache/mobackup-test).

@@ -83,10 +83,29 @@ def test_dockerfile_installs_exactly_the_lock_file() -> None:
         assert needed in dockerignore
 
 
-def test_lock_file_is_current() -> None:
-    """deploy/requirements.lock == the runtime closure of the tested venv (pyproject in step)."""
+def test_lock_file_is_complete_and_satisfies_pyproject() -> None:
+    """Every runtime dependency is pinned, each pin satisfies every requirement on it, and the
+    tested venv (installed by tests/setup.sh with the lock as constraints) runs those pins."""
     proc = tools.run([tools.VENV_PY, tools.DEPLOY / "gen-requirements-lock", "--check"], check=False)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_lock_check_names_a_missing_pin_and_a_pin_that_breaks_a_requirement(tmp_path: Path) -> None:
+    """The check is not a rubber stamp: a lock without boto3, or with a kubernetes pin outside
+    pyproject's `<37`, is refused and the message names the package."""
+    lock = (tools.DEPLOY / "requirements.lock").read_text()
+    script = (tools.DEPLOY / "gen-requirements-lock").read_text()
+    for edit, expected in (
+        (lambda text: re.sub(r"(?m)^boto3==.*\n", "", text), "boto3 is a runtime dependency but not pinned"),
+        (lambda text: re.sub(r"(?m)^kubernetes==.*$", "kubernetes==37.0.0", text), "kubernetes==37.0.0 breaks"),
+    ):
+        deploy = tmp_path / f"deploy-{expected.split()[0]}"
+        deploy.mkdir()
+        (deploy / "requirements.lock").write_text(edit(lock))
+        (deploy / "gen-requirements-lock").write_text(script)
+        proc = tools.run([tools.VENV_PY, deploy / "gen-requirements-lock", "--check"], check=False)
+        assert proc.returncode == 1
+        assert expected in proc.stderr
 
 
 def build_context(dest: Path, repo: Path = tools.REPO) -> Path:
