@@ -36,7 +36,23 @@ def test_every_field_is_described(name: str) -> None:
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert _walk(version["schema"]["openAPIV3Schema"], "") == []
-    assert doc["spec"]["names"]["categories"] == ["mobackup"]
+    names = doc["spec"]["names"]
+    # kubectl expands a category before resource names: it must differ from every kind's names.
+    assert names["categories"] == ["matrixone-backup"]
+    every = {n for f in crdgen.ALL for n in _names(f)}
+    assert not set(names["categories"]) & every
+
+
+def _names(name: str) -> set[str]:
+    n = yaml.safe_load((CRDS / name).read_text())["spec"]["names"]
+    return {n["plural"], n["singular"], *n["shortNames"]}
+
+
+def test_no_future_time_column_renders_as_date() -> None:
+    """kubectl shows a `date` column as an age: a future time prints <invalid>."""
+    doc = yaml.safe_load((CRDS / "mobackupschedules.yaml").read_text())
+    cols = {c["name"]: c for c in doc["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert cols["Next"]["type"] == "string" and cols["Next"]["jsonPath"] == ".status.nextScheduleTime"
 
 
 def test_mobackup_columns_and_short_names() -> None:

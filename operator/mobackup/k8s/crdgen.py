@@ -16,7 +16,9 @@ import yaml
 
 GROUP = "mobackup.io"
 VERSION = "v1alpha1"
-CATEGORY = "mobackup"
+# Not "mobackup": kubectl expands a category before resource names, so a category equal to MOBackup's
+# singular name made `kubectl get mobackup NAME` list all four kinds ("you must specify only one resource").
+CATEGORY = "matrixone-backup"
 
 Schema = dict[str, Any]
 
@@ -497,7 +499,8 @@ def schedule_crd() -> Schema:
     cols = [column("Full", ".spec.fullSchedule"), column("Incremental", ".spec.incrementalSchedule"),
             column("Suspend", ".spec.suspend", "boolean"),
             column("Last Schedule", ".status.lastScheduleTime", "date"),
-            column("Next", ".status.nextScheduleTime", "date"),
+            # A `date` column renders every future time as <invalid>: show the timestamp itself.
+            column("Next", ".status.nextScheduleTime", desc="When the next backup is due (UTC)."),
             column("Last Success", ".status.lastSuccessfulBackup"), AGE,
             column("Message", ".status.message", priority=1)]
     return crd("MOBackupSchedule", "mobackupschedules", ["mobsched"], spec, status, cols,
