@@ -308,11 +308,21 @@ def _reconcile_run(ctx: Ctx, obj: dict[str, Any], parse: Callable[[dict[str, Any
         fail_early(ctx, obj, Fail("InvalidSpec", str(e)), None, None)
         return
     try:
+        if phase != "Running":
+            check_job_overrides(ctx, spec.job)
         (follow if phase == "Running" else start)(ctx, obj, spec)
     except Wait as e:
         transition(ctx, obj, "Pending", e.reason, str(e))
     except Fail as e:
         fail_early(ctx, obj, e, spec.volume.claim, stopped_workload(spec))
+
+
+def check_job_overrides(ctx: Ctx, overrides: models.JobOverrides) -> None:
+    """spec.job may not pick another image/ServiceAccount or weaken the pod (see jobs.py)."""
+    try:
+        jobs.check_overrides(overrides, ctx.defaults)
+    except jobs.JobPolicyError as e:
+        raise Fail("JobOverrideNotAllowed", str(e)) from None
 
 
 def reconcile_backup(ctx: Ctx, obj: dict[str, Any]) -> None:
@@ -535,7 +545,14 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     except Fail as e:
         return False, f"cannot delete backup {backup_id}: {e}"
     owner = owner_of(obj)
-    body = jobs.delete_job(owner, stg, backup_id, spec.job, ctx.defaults)
+    try:
+        body = jobs.delete_job(owner, stg, backup_id, spec.job, ctx.defaults)
+    except jobs.JobPolicyError as e:
+        message = f"cannot delete backup {backup_id}: {e}"
+        if (obj.get("status") or {}).get("message") != message:
+            patch_fields(ctx, obj, reason="JobOverrideNotAllowed", message=message)
+            events.emit(ctx.kube, obj, "Warning", "JobOverrideNotAllowed", message)
+        return False, message
     # Not owned by the MOBackup (it is being deleted: the GC could remove the Job at once); the
     # operator deletes it after reading the result, ttlSecondsAfterFinished is the backstop.
     body["metadata"].pop("ownerReferences", None)

@@ -3,10 +3,16 @@
 Secrets reach the agent only as env from Secrets (`valueFrom.secretKeyRef`) or mounted files; the
 args carry nothing secret. The data volume is mounted at a fixed path; the pod runs non-root with a
 read-only root file system and an emptyDir /tmp (the engine's scratch space).
+
+`spec.job` is input from whoever may create an MOBackup/MORestore, and the pod it shapes mounts the
+data volume: it may not pick another image or ServiceAccount unless the operator's allow-lists
+(chart value `jobOverrides`) name it, its security contexts are merged onto the hardened defaults
+and may not weaken them, and its labels never replace the operator's (`JobPolicyError` otherwise).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
@@ -31,6 +37,24 @@ L_ACTION = "mobackup.io/action"
 
 DEFAULT_IMAGE = "mo-backup-operator:latest"
 NON_ROOT_UID = 65532
+DEFAULT_TMP_SIZE_LIMIT = "1Gi"
+DEFAULT_EPHEMERAL_REQUEST = "128Mi"
+
+# Label keys a user's spec.job.labels may not set: the operator's own (it finds its Jobs by them)
+# and the Job controller's (a clash breaks the Job's selector).
+RESERVED_LABEL_PREFIXES = ("mobackup.io/", "batch.kubernetes.io/", "app.kubernetes.io/")
+RESERVED_LABELS = frozenset({"job-name", "controller-uid"})
+
+POD_SECURITY_DEFAULTS: dict[str, Any] = {
+    "runAsNonRoot": True, "runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID, "fsGroup": NON_ROOT_UID,
+    "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_DEFAULTS: dict[str, Any] = {
+    "runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+class JobPolicyError(ValueError):
+    """spec.job asks for something the operator does not allow; str() says what and why."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +65,10 @@ class OperatorDefaults:
     service_account: str | None = None
     job_defaults: dict[str, Any] = field(default_factory=dict)
     command: tuple[str, ...] = ("mobackup",)
+    # Shell-style patterns of spec.job.image / spec.job.serviceAccountName values that runs may set
+    # (MOBACKUP_JOB_ALLOWED_IMAGES / _SERVICE_ACCOUNTS, JSON lists). Empty: no override at all.
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorDefaults:
@@ -54,7 +82,24 @@ class OperatorDefaults:
         command = tuple(env.get("MOBACKUP_AGENT_COMMAND", "mobackup").split())
         return cls(image=env.get("MOBACKUP_AGENT_IMAGE") or DEFAULT_IMAGE,
                    service_account=env.get("MOBACKUP_JOB_SERVICE_ACCOUNT") or None,
-                   job_defaults=defaults, command=command or ("mobackup",))
+                   job_defaults=defaults, command=command or ("mobackup",),
+                   allowed_images=_string_list(env.get("MOBACKUP_JOB_ALLOWED_IMAGES")),
+                   allowed_service_accounts=_string_list(env.get("MOBACKUP_JOB_ALLOWED_SERVICE_ACCOUNTS")))
+
+
+def _string_list(text: str | None) -> tuple[str, ...]:
+    """A JSON list of strings (what the chart writes) or a comma-separated list; junk allows nothing."""
+    if not text or not text.strip():
+        return ()
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = text.split(",")
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        return ()
+    return tuple(str(v).strip() for v in value if isinstance(v, str) and v.strip())
 
 
 @dataclass(frozen=True)
@@ -128,50 +173,152 @@ def _data_path(path: str) -> str:
     return DATA_MOUNT if path in ("", ".") else f"{DATA_MOUNT}/{path}"
 
 
+# Keys only the chart's jobDefaults may set: a run's spec.job cannot (the CRD has no such fields;
+# this also holds for objects written before a schema change).
+DEFAULTS_ONLY = ("env", "envFrom", "podLabels", "podAnnotations", "tmpSizeLimit")
+
+
 def _merge_overrides(defaults: OperatorDefaults, overrides: JobOverrides) -> dict[str, Any]:
     merged = dict(defaults.job_defaults)
-    merged.update({k: v for k, v in overrides.raw.items() if v is not None})
+    merged.update({k: v for k, v in overrides.raw.items() if v is not None and k not in DEFAULTS_ONLY})
+    # Pull Secrets add up: the chart's (the operator image's registry) and the run's.
+    secrets = [*(defaults.job_defaults.get("imagePullSecrets") or []),
+               *(overrides.raw.get("imagePullSecrets") or [])]
+    merged["imagePullSecrets"] = [dict(t) for t in dict.fromkeys(
+        tuple(sorted(x.items())) for x in secrets if isinstance(x, dict) and x.get("name"))]
     return merged
+
+
+def _allowed(value: str, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+
+def _check_allow_list(overrides: JobOverrides, defaults: OperatorDefaults) -> None:
+    image, sa = overrides.get("image"), overrides.get("serviceAccountName")
+    if image and image != defaults.image and not _allowed(str(image), defaults.allowed_images):
+        raise JobPolicyError(
+            f"spec.job.image {image!r} is not allowed: the operator allows "
+            + (f"only images matching {', '.join(defaults.allowed_images)}" if defaults.allowed_images
+               else "no image override")
+            + " (chart value jobOverrides.allowedImages)")
+    if sa and sa != defaults.service_account and not _allowed(str(sa), defaults.allowed_service_accounts):
+        raise JobPolicyError(
+            f"spec.job.serviceAccountName {sa!r} is not allowed: the operator allows "
+            + (f"only ServiceAccounts matching {', '.join(defaults.allowed_service_accounts)}"
+               if defaults.allowed_service_accounts else "no ServiceAccount override")
+            + " (chart value jobOverrides.allowedServiceAccounts)")
+
+
+def _refuse_weakening(sc: dict[str, Any], where: str) -> None:
+    """The restricted Pod Security Standard's rules that a merge could still break."""
+    if sc.get("runAsNonRoot") is False:
+        raise JobPolicyError(f"{where}.runAsNonRoot: false is not allowed (the agent runs as non-root)")
+    if sc.get("runAsUser") == 0:
+        raise JobPolicyError(f"{where}.runAsUser: 0 (root) is not allowed")
+    if sc.get("allowPrivilegeEscalation") is True:
+        raise JobPolicyError(f"{where}.allowPrivilegeEscalation: true is not allowed")
+    if sc.get("privileged") is True:
+        raise JobPolicyError(f"{where}.privileged: true is not allowed")
+    if (sc.get("capabilities") or {}).get("add"):
+        raise JobPolicyError(f"{where}.capabilities.add is not allowed (the agent drops ALL capabilities)")
+    seccomp = (sc.get("seccompProfile") or {}).get("type")
+    if seccomp not in (None, "RuntimeDefault", "Localhost"):
+        raise JobPolicyError(f"{where}.seccompProfile.type {seccomp!r} is not allowed "
+                             "(RuntimeDefault or Localhost)")
+    if sc.get("procMount") not in (None, "Default"):
+        raise JobPolicyError(f"{where}.procMount {sc['procMount']!r} is not allowed")
+    if (sc.get("windowsOptions") or {}).get("hostProcess"):
+        raise JobPolicyError(f"{where}.windowsOptions.hostProcess is not allowed")
+
+
+def _merge_security(defaults: dict[str, Any], given: Any, where: str) -> dict[str, Any]:
+    if given in (None, {}):
+        return json.loads(json.dumps(defaults))
+    if not isinstance(given, dict):
+        raise JobPolicyError(f"{where} must be an object")
+    _refuse_weakening(given, where)
+    merged = {**json.loads(json.dumps(defaults)), **given}
+    if "capabilities" in defaults:
+        drop = list((given.get("capabilities") or {}).get("drop") or [])
+        merged["capabilities"] = {"drop": ["ALL", *[d for d in drop if d != "ALL"]]}
+    return merged
+
+
+def security_contexts(o: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod, container) security contexts: the given ones merged onto the hardened defaults."""
+    pod = _merge_security(POD_SECURITY_DEFAULTS, o.get("securityContext"), "spec.job.securityContext")
+    container = _merge_security(CONTAINER_SECURITY_DEFAULTS, o.get("containerSecurityContext"),
+                                "spec.job.containerSecurityContext")
+    return pod, container
+
+
+def _user_labels(labels: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (labels or {}).items()
+            if k not in RESERVED_LABELS and not str(k).startswith(RESERVED_LABEL_PREFIXES)}
+
+
+def check_overrides(overrides: JobOverrides, defaults: OperatorDefaults) -> None:
+    """Raise JobPolicyError when a run's spec.job is not allowed (before anything is started)."""
+    _check_allow_list(overrides, defaults)
+    security_contexts(_merge_overrides(defaults, overrides))
+
+
+def _with_ephemeral_request(resources: Any) -> dict[str, Any]:
+    """The agent's resources, with an ephemeral-storage request (its /tmp) unless one is set."""
+    out = json.loads(json.dumps(resources or {}))
+    requests = out.setdefault("requests", {})
+    requests.setdefault("ephemeral-storage", DEFAULT_EPHEMERAL_REQUEST)
+    return out
 
 
 def build_job(*, owner: Owner, action: str, args: list[str], env: list[dict[str, Any]],
               volumes: list[dict[str, Any]], mounts: list[dict[str, Any]], overrides: JobOverrides,
               defaults: OperatorDefaults) -> dict[str, Any]:
-    """The Job manifest. `args` follow `mobackup agent <action>`; they must hold no secret."""
+    """The Job manifest. `args` follow `mobackup agent <action>`; they must hold no secret.
+    Raises JobPolicyError when `overrides` ask for what the operator does not allow."""
+    _check_allow_list(overrides, defaults)
     o = _merge_overrides(defaults, overrides)
-    labels = {MANAGED_BY: MANAGER, L_KIND: owner.kind.lower(), L_NAME: owner.name[:63].rstrip("-."),
-              L_UID: owner.uid, L_ACTION: action, **(o.get("labels") or {})}
-    annotations = dict(o.get("annotations") or {})
+    pod_sc, container_sc = security_contexts(o)
     name = job_name(owner, action)
+    own_labels = {MANAGED_BY: MANAGER, L_KIND: owner.kind.lower(), L_NAME: owner.name[:63].rstrip("-."),
+                  L_UID: owner.uid, L_ACTION: action,
+                  "app.kubernetes.io/name": "mobackup-agent", "app.kubernetes.io/component": action,
+                  "app.kubernetes.io/instance": owner.name[:63].rstrip("-."),
+                  "app.kubernetes.io/part-of": "mo-backup-operator"}
+    # The operator's labels win: it finds its Jobs (and their owner) by them.
+    labels = {**_user_labels(o.get("labels")), **own_labels}
+    annotations = {str(k): str(v) for k, v in (o.get("annotations") or {}).items()}
+    pod_labels = {**_user_labels(o.get("podLabels")), **labels}
+    pod_annotations = {**{str(k): str(v) for k, v in (o.get("podAnnotations") or {}).items()}, **annotations}
     common_args = ["--kind", owner.kind, "--name", owner.name, "--namespace", owner.namespace,
                    "--termination-log", TERMINATION_LOG]
-    container_sc = o.get("containerSecurityContext") or {
-        "runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]}}
-    pod_sc = o.get("securityContext") or {
-        "runAsNonRoot": True, "runAsUser": NON_ROOT_UID, "runAsGroup": NON_ROOT_UID, "fsGroup": NON_ROOT_UID,
-        "seccompProfile": {"type": "RuntimeDefault"}}
+    own_env = [{"name": "HOME", "value": TMP_MOUNT}, {"name": "TMPDIR", "value": TMP_MOUNT},
+               {"name": "MOBACKUP_JOB_NAME", "value": name}, *env]
+    taken = {e["name"] for e in own_env}
+    # The chart's env (proxy settings...) first; it cannot shadow what the operator sets.
+    extra_env = [e for e in o.get("env") or [] if isinstance(e, dict) and e.get("name") not in taken]
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": o.get("image") or defaults.image,
         "command": [*defaults.command, "agent", action],
         "args": [*common_args, *args],
-        "env": [{"name": "HOME", "value": TMP_MOUNT}, {"name": "TMPDIR", "value": TMP_MOUNT},
-                {"name": "MOBACKUP_JOB_NAME", "value": name}, *env],
+        "env": [*extra_env, *own_env],
         "volumeMounts": [{"name": "tmp", "mountPath": TMP_MOUNT}, *mounts],
         "securityContext": container_sc,
+        "resources": _with_ephemeral_request(o.get("resources")),
         "terminationMessagePath": TERMINATION_LOG,
         # The result JSON is in the file; the log tail is the fallback when the agent died early.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if o.get("envFrom"):
+        container["envFrom"] = list(o["envFrom"])
     if o.get("imagePullPolicy"):
         container["imagePullPolicy"] = o["imagePullPolicy"]
-    if o.get("resources"):
-        container["resources"] = o["resources"]
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {}}, *volumes],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": str(o.get("tmpSizeLimit") or DEFAULT_TMP_SIZE_LIMIT)}},
+                    *volumes],
         "securityContext": pod_sc,
         "automountServiceAccountToken": True,  # progress patches need the API
     }
@@ -183,7 +330,7 @@ def build_job(*, owner: Owner, action: str, args: list[str], env: list[dict[str,
             pod_spec[key] = o[key]
     job_spec: dict[str, Any] = {
         "backoffLimit": int(o.get("backoffLimit", 1)),
-        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels, "annotations": pod_annotations}, "spec": pod_spec},
     }
     for key in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
         if o.get(key) is not None:

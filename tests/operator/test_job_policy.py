@@ -1,0 +1,152 @@
+"""spec.job as a way in (issue 11): image/ServiceAccount allow-lists, security contexts merged onto
+the hardened defaults, the operator's labels winning; and the chart's jobDefaults (issue 13).
+Plain builder tests; the admission of the built pod by a `restricted` namespace is in
+test_e2e_job_policy.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mobackup.k8s import jobs, models
+
+BACKUP = {"source": {"pvc": {"claimName": "mo-data"}, "workload": {"kind": "StatefulSet", "name": "mo"}},
+          "storageRef": {"name": "s3"}}
+STORAGE = models.parse_storage({"s3": {"bucket": "bk", "credentialsSecretRef": {"name": "creds"}}})
+OWNER = jobs.Owner("MOBackup", "nightly", "ns", "uid-1")
+DEFAULTS = jobs.OperatorDefaults(image="reg/agent:1", service_account="job-sa")
+
+
+def build(job: dict[str, Any], defaults: jobs.OperatorDefaults = DEFAULTS) -> dict[str, Any]:
+    spec = models.parse_backup({**BACKUP, "job": job}, "ns")
+    return jobs.backup_job(OWNER, spec, STORAGE, base_id=None, defaults=defaults)
+
+
+def pod_of(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]
+
+
+# ------------------------------------------------------------------------------- image, ServiceAccount
+
+@pytest.mark.parametrize("job,field", [({"image": "evil/miner:latest"}, "spec.job.image"),
+                                       ({"serviceAccountName": "cluster-admin-sa"}, "spec.job.serviceAccountName")])
+def test_overrides_refused_by_default(job: dict[str, Any], field: str) -> None:
+    with pytest.raises(jobs.JobPolicyError, match=f"{field} .* is not allowed: the operator allows no"):
+        build(job)
+    with pytest.raises(jobs.JobPolicyError, match="jobOverrides"):
+        jobs.check_overrides(models.JobOverrides(job), DEFAULTS)
+
+
+def test_overrides_allowed_by_the_allow_lists() -> None:
+    d = jobs.OperatorDefaults.from_env({
+        "MOBACKUP_AGENT_IMAGE": "reg/agent:1", "MOBACKUP_JOB_SERVICE_ACCOUNT": "job-sa",
+        "MOBACKUP_JOB_ALLOWED_IMAGES": '["reg/agent:*", "mirror.local/mobackup@sha256:*"]',
+        "MOBACKUP_JOB_ALLOWED_SERVICE_ACCOUNTS": '["backup-sa"]'})
+    assert d.allowed_images == ("reg/agent:*", "mirror.local/mobackup@sha256:*")
+    pod = pod_of(build({"image": "reg/agent:2", "serviceAccountName": "backup-sa"}, d))
+    assert pod["containers"][0]["image"] == "reg/agent:2" and pod["serviceAccountName"] == "backup-sa"
+    with pytest.raises(jobs.JobPolicyError, match=r"only images matching reg/agent:\*"):
+        build({"image": "reg/other:2"}, d)
+    with pytest.raises(jobs.JobPolicyError, match="only ServiceAccounts matching backup-sa"):
+        build({"serviceAccountName": "default"}, d)
+    # Naming the defaults is no override.
+    pod = pod_of(build({"image": "reg/agent:1", "serviceAccountName": "job-sa"}))
+    assert pod["containers"][0]["image"] == "reg/agent:1" and pod["serviceAccountName"] == "job-sa"
+
+
+def test_allow_list_env_junk_allows_nothing() -> None:
+    for junk in ("", "  ", "{}", "42"):
+        assert jobs.OperatorDefaults.from_env({"MOBACKUP_JOB_ALLOWED_IMAGES": junk}).allowed_images == ()
+    assert jobs.OperatorDefaults.from_env({"MOBACKUP_JOB_ALLOWED_IMAGES": "a:*, b:1"}).allowed_images == ("a:*", "b:1")
+
+
+# ------------------------------------------------------------------------------- security contexts
+
+def test_security_contexts_merge_onto_the_hardened_defaults() -> None:
+    pod = pod_of(build({"securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000},
+                        "containerSecurityContext": {"readOnlyRootFilesystem": True,
+                                                     "capabilities": {"drop": ["NET_RAW"]}}}))
+    psc, csc = pod["securityContext"], pod["containers"][0]["securityContext"]
+    assert psc == {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000,
+                   "seccompProfile": {"type": "RuntimeDefault"}}
+    assert csc["runAsNonRoot"] is True and csc["allowPrivilegeEscalation"] is False
+    assert csc["capabilities"] == {"drop": ["ALL", "NET_RAW"]}
+    assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The defaults when nothing is given.
+    pod = pod_of(build({}))
+    assert pod["securityContext"]["runAsUser"] == jobs.NON_ROOT_UID
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+@pytest.mark.parametrize("job,message", [
+    ({"securityContext": {"runAsUser": 0}}, r"securityContext.runAsUser: 0 \(root\)"),
+    ({"containerSecurityContext": {"runAsUser": 0}}, r"containerSecurityContext.runAsUser: 0"),
+    ({"securityContext": {"runAsNonRoot": False}}, "runAsNonRoot: false"),
+    ({"containerSecurityContext": {"allowPrivilegeEscalation": True}}, "allowPrivilegeEscalation"),
+    ({"containerSecurityContext": {"privileged": True}}, "privileged"),
+    ({"containerSecurityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}, "capabilities.add"),
+    ({"securityContext": {"seccompProfile": {"type": "Unconfined"}}}, "seccompProfile.type 'Unconfined'"),
+    ({"containerSecurityContext": {"procMount": "Unmasked"}}, "procMount"),
+])
+def test_security_contexts_never_weaken(job: dict[str, Any], message: str) -> None:
+    with pytest.raises(jobs.JobPolicyError, match=message):
+        build(job)
+    with pytest.raises(jobs.JobPolicyError, match=message):
+        jobs.check_overrides(models.JobOverrides(job), DEFAULTS)
+
+
+# ------------------------------------------------------------------------------- labels
+
+def test_user_labels_never_replace_the_operators() -> None:
+    job = build({"labels": {"team": "db", jobs.MANAGED_BY: "someone-else", jobs.L_UID: "other",
+                            jobs.L_KIND: "morestore", "mobackup.io/extra": "x", "job-name": "x",
+                            "batch.kubernetes.io/controller-uid": "x"},
+                 "annotations": {"note": "hi"}})
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels["team"] == "db"
+        assert labels[jobs.MANAGED_BY] == jobs.MANAGER and labels[jobs.L_UID] == "uid-1"
+        assert labels[jobs.L_KIND] == "mobackup" and labels[jobs.L_ACTION] == "backup"
+        assert not {"mobackup.io/extra", "job-name", "batch.kubernetes.io/controller-uid"} & set(labels)
+        assert labels["app.kubernetes.io/component"] == "backup"
+        assert labels["app.kubernetes.io/part-of"] == "mo-backup-operator"
+    assert job["metadata"]["annotations"] == {"note": "hi"}
+
+
+# ------------------------------------------------------------------------------- chart jobDefaults
+
+def test_chart_job_defaults_reach_the_pod() -> None:
+    d = jobs.OperatorDefaults(image="reg/agent:1", service_account="job-sa", job_defaults={
+        "imagePullSecrets": [{"name": "regcred"}],
+        "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"},
+                {"name": "AWS_ACCESS_KEY_ID", "value": "shadow"}, {"name": "HOME", "value": "/"}],
+        "envFrom": [{"configMapRef": {"name": "proxy"}}],
+        "affinity": {"nodeAffinity": {}}, "priorityClassName": "backup",
+        "podAnnotations": {"sidecar.istio.io/inject": "false"}, "podLabels": {"team": "dba", jobs.L_UID: "x"},
+        "tmpSizeLimit": "2Gi", "resources": {"requests": {"cpu": "100m"}}})
+    job = build({"imagePullSecrets": [{"name": "own"}, {"name": "regcred"}], "labels": {"x": "y"}}, d)
+    pod = pod_of(job)
+    c = pod["containers"][0]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "own"}]
+    env = [(e["name"], e.get("value")) for e in c["env"]]
+    assert ("HTTPS_PROXY", "http://proxy:3128") in env
+    assert [v for n, v in env if n == "HOME"] == ["/tmp"]  # the chart cannot shadow the operator's env
+    assert all(n != "AWS_ACCESS_KEY_ID" for n, v in env if v == "shadow")
+    assert c["envFrom"] == [{"configMapRef": {"name": "proxy"}}]
+    assert pod["affinity"] == {"nodeAffinity": {}} and pod["priorityClassName"] == "backup"
+    meta = job["spec"]["template"]["metadata"]
+    assert meta["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert meta["labels"]["team"] == "dba" and meta["labels"]["x"] == "y" and meta["labels"][jobs.L_UID] == "uid-1"
+    assert "team" not in job["metadata"]["labels"]  # pod labels stay on the pod
+    tmp = next(v for v in pod["volumes"] if v["name"] == "tmp")
+    assert tmp == {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}
+    assert c["resources"]["requests"] == {"cpu": "100m", "ephemeral-storage": jobs.DEFAULT_EPHEMERAL_REQUEST}
+
+
+def test_run_spec_cannot_set_chart_only_keys() -> None:
+    raw = {"env": [{"name": "X", "value": "1"}], "podLabels": {"a": "b"}, "tmpSizeLimit": "100Gi"}
+    pod = pod_of(build(raw))
+    assert all(e["name"] != "X" for e in pod["containers"][0]["env"])
+    assert "a" not in build(raw)["spec"]["template"]["metadata"]["labels"]
+    assert next(v for v in pod["volumes"] if v["name"] == "tmp")["emptyDir"]["sizeLimit"] == jobs.DEFAULT_TMP_SIZE_LIMIT
+    assert "imagePullSecrets" not in pod  # none from anywhere
