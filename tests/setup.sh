@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(rsync restic etcd-server bubblewrap lua5.4 mariadb-server mariadb-client util-linux)
+debs=(rsync restic etcd-server bubblewrap mariadb-server mariadb-client util-linux)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,7 +26,8 @@ done
 .venv/bin/pip install -q -c deploy/requirements.lock -e '.[test]'
 
 # Test infrastructure (MinIO, kube-apiserver, kube-controller-manager, helm, kubeconform,
-# kustomize), built from the Go module proxy into a cache outside the clone (~/.cache/mobackup-test).
+# kustomize, argocd-lua), built from the Go module proxy into a cache outside the clone (~/.cache/mobackup-test).
 tests/cluster/build
 tests/ship/build-kustomize
+tests/ship/build-argocd-lua    # Argo CD's Lua (gopher-lua) for the health-check tests
 echo "setup: done"

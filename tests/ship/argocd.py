@@ -1,10 +1,12 @@
-"""Running the Argo CD health checks of deploy/argocd/argocd-cm-health.yaml with the real Lua 5.4,
-the way Argo CD runs them: the script is a chunk with the resource as global `obj`, returning
-a table {status, message}."""
+"""Running the Argo CD health checks of deploy/argocd/argocd-cm-health.yaml in the interpreter Argo
+CD uses: gopher-lua (Lua 5.1) with only the base, table and package libraries, the resource decoded
+from JSON as global `obj` (every number a float), a 1 s limit, the chunk returning {status, message}.
+The runner is tests/ship/argocd-lua/main.go, built by tests/ship/build-argocd-lua."""
 
 from __future__ import annotations
 
 import json
+import tempfile
 from typing import Any
 
 import yaml
@@ -13,36 +15,31 @@ from ship import tools
 
 CM = tools.DEPLOY / "argocd" / "argocd-cm-health.yaml"
 KINDS = ["MOBackup", "MORestore", "MOBackupStorage", "MOBackupSchedule"]
+PREFIX = "resource.customizations.health.mobackup.io_"
 
 
-def _lua_literal(value: Any) -> str:
-    if value is None:
-        return "nil"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        # A JSON string literal is a valid Lua one when non-ASCII stays raw UTF-8 (Lua has no \\uXXXX).
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "{" + ", ".join(_lua_literal(v) for v in value) + "}"
-    return "{" + ", ".join(f"[{_lua_literal(k)}] = {_lua_literal(v)}" for k, v in value.items()) + "}"
+def config() -> dict[str, str]:
+    return yaml.safe_load(CM.read_text())["data"]
 
 
 def scripts() -> dict[str, str]:
-    data = yaml.safe_load(CM.read_text())["data"]
-    return {k.rsplit("_", 1)[1]: v for k, v in data.items()
-            if k.startswith("resource.customizations.health.mobackup.io_")}
+    return {k.rsplit("_", 1)[1]: v for k, v in config().items() if k.startswith(PREFIX)}
+
+
+def evaluate(script: str, obj: dict[str, Any], open_libs: bool = False) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of the script run on `obj` the way Argo CD runs it."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as f:
+        f.write(script)
+        f.flush()
+        proc = tools.run([tools.argocd_lua(), *(["-open-libs"] if open_libs else []), f.name],
+                         input=json.dumps(obj), timeout=10, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def health(kind: str, obj: dict[str, Any]) -> tuple[str, str]:
-    script = scripts()[kind]
-    program = (f"obj = {_lua_literal(obj)}\n"
-               f"local hs = (function()\n{script}\nend)()\n"
-               'io.write(hs.status, "\\n", hs.message or "")\n')
-    proc = tools.run([tools.lua(), "-"], input=program, timeout=10)
-    status, _, message = proc.stdout.partition("\n")
-    return status, message
-
-
+    # Argo CD reads useOpenLibs per kind; we ship none, so the scripts run without string/math.
+    open_libs = config().get(f"resource.customizations.useOpenLibs.mobackup.io_{kind}") == "true"
+    code, out, err = evaluate(scripts()[kind], obj, open_libs)
+    assert code == 0, f"{kind}: the health script fails in Argo CD's Lua: {err.strip()}"
+    hs = json.loads(out)
+    return hs["status"], hs.get("message", "")

@@ -1,6 +1,6 @@
-"""Argo CD health checks (deploy/argocd/argocd-cm-health.yaml), run with the real Lua 5.4
-interpreter the way Argo CD runs them: the script is a chunk with the resource as global `obj`,
-returning {status, message}."""
+"""Argo CD health checks (deploy/argocd/argocd-cm-health.yaml), run the way Argo CD runs them:
+gopher-lua with the base, table and package libraries only, the resource decoded from JSON as global
+`obj` (numbers are floats), a 1 s limit, the chunk returning {status, message}."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ship import tools
-from ship.argocd import KINDS, health, scripts
+from ship.argocd import KINDS, config, evaluate, health, scripts
 
 
 def _obj(kind: str, status: dict | None = None, spec: dict | None = None) -> dict:
@@ -40,7 +40,11 @@ CASES = [
     ("MOBackup", {"phase": "Pending", "message": "waiting for the lease of source db/mo"}, None,
      "Progressing", "waiting for the lease"),
     ("MOBackup", {"phase": "Running", "progress": {"bytesDone": 25, "bytesTotal": 100}}, None,
-     "Progressing", "25%"),
+     "Progressing", "Backup running: 25% of 100 bytes"),
+    ("MOBackup", {"phase": "Running", "progress": {"bytesDone": 1, "bytesTotal": 3}}, None,
+     "Progressing", "Backup running: 33% of 3 bytes"),
+    ("MOBackup", {"phase": "Running", "progress": {"bytesDone": 2 << 40, "bytesTotal": 3 << 40, "percent": 66}},
+     None, "Progressing", "Backup running: 66%"),
     ("MOBackup", {"phase": "Running", "progress": {"percent": 40, "bytesDone": 1, "bytesTotal": 9}}, None,
      "Progressing", "40%"),
     ("MOBackup", {"phase": "Running"}, None, "Progressing", "Backup running"),
@@ -52,7 +56,8 @@ CASES = [
     ("MORestore", None, None, "Progressing", ""),
     ("MORestore", {"phase": "Pending"}, None, "Progressing", "Pending"),
     ("MORestore", {"phase": "Running", "progress": {"bytesDone": 50, "bytesTotal": 200}}, None,
-     "Progressing", "25%"),
+     "Progressing", "Restore running: 25% of 200 bytes"),
+    ("MORestore", {"phase": "Running", "progress": {"percent": 99.5}}, None, "Progressing", "Restore running: 99%"),
     ("MORestore", {"phase": "Completed", "backupID": "b1"}, None, "Healthy", "b1"),
     ("MORestore", {"phase": "Failed", "message": "target not empty; set overwrite: true"}, None,
      "Degraded", "overwrite"),
@@ -88,3 +93,22 @@ def test_health(kind: str, status: dict | None, spec: dict | None, want: str, me
     got, msg = health(kind, _obj(kind, status, spec))
     assert got == want, f"{kind} {status}: {got} ({msg})"
     assert message in msg
+
+
+def test_the_runner_is_argo_cds_sandbox() -> None:
+    """The runner itself: string and math are nil without useOpenLibs (the failure Argo CD showed for
+    the first scripts), numbers arrive as floats, and a runaway script stops after 1 s."""
+    code, _, err = evaluate('return {status = "Healthy", message = string.format("%d", 1)}', {})
+    assert code == 1 and "format" in err
+    code, out, _ = evaluate('return {status = "Healthy", message = string.format("%d", 1)}', {}, open_libs=True)
+    assert code == 0 and '"1"' in out
+    code, out, _ = evaluate('return {status = "Healthy", message = tostring(obj.n / 2) .. " " .. obj.n}', {"n": 5})
+    assert code == 0 and "2.5 5" in out
+    code, _, err = evaluate("while true do end", {})
+    assert code == 1 and "deadline" in err
+
+
+def test_scripts_need_no_open_libs() -> None:
+    assert not [k for k in config() if k.startswith("resource.customizations.useOpenLibs.")]
+    for kind, script in scripts().items():
+        assert "string." not in script and "math." not in script, kind

@@ -1,4 +1,4 @@
-"""Locating the real tools the ship tests drive (helm, kubeconform, kustomize, lua5.4).
+"""Locating the real tools the ship tests drive (helm, kubeconform, kustomize, argocd-lua).
 
 A missing tool makes the test FAIL with a message naming the tool and how to get it.
 """
@@ -40,11 +40,15 @@ def kustomize() -> Path:
     return binary
 
 
-def lua() -> Path:
-    found = shutil.which("lua5.4")
-    if found is None:
-        pytest.fail("lua5.4 not found: install the Debian package lua5.4 (tests/setup.sh does)", pytrace=False)
-    return Path(found)
+def argocd_lua() -> Path:
+    """Argo CD's Lua health-check evaluation (gopher-lua), built by tests/ship/build-argocd-lua."""
+    script = Path(__file__).with_name("build-argocd-lua")
+    proc = subprocess.run([str(script)], capture_output=True, text=True, check=False)
+    binary = paths.binary("argocd-lua")
+    if proc.returncode != 0 or not binary.exists():
+        pytest.fail(f"argocd-lua not available ({script} exited {proc.returncode}):\n{proc.stderr[-3000:]}",
+                    pytrace=False)
+    return binary
 
 
 def run(args: list[str | Path], *, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
