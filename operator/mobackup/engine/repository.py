@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import struct
 import tempfile
@@ -299,12 +300,19 @@ class Repository:
         self.backend.write(key, self._encode_meta(json.dumps(summary.to_dict(), indent=1).encode(), key))
         self.backend.flush()
 
-    def entries(self, summary: BackupSummary) -> Iterator[dict[str, Any]]:
-        """Stream the file list of a backup, checking its count and digest at the end."""
+    def download_file_list(self, summary: BackupSummary, path: Path) -> None:
+        """A local copy of a backup's file list: what is checked is then what is used, whatever
+        happens to the repository meanwhile."""
+        with self.backend.open_read(files_key(summary.id)) as stream, open(path, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 20)
+
+    def entries(self, summary: BackupSummary, local_copy: Path | None = None) -> Iterator[dict[str, Any]]:
+        """Stream the file list of a backup (or its `local_copy`), checking its count and digest at
+        the end. Entries are not checked here: see manifest.ManifestChecker."""
         key = files_key(summary.id)
         hasher = self.codec.hasher()
         count = frames = 0
-        with self.backend.open_read(key) as stream:
+        with (open(local_copy, "rb") if local_copy else self.backend.open_read(key)) as stream:
             while True:
                 header = _read_exact(stream, 4, key, allow_eof=True)
                 if not header:

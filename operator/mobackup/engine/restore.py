@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 
 from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
 from .layout import log_hostnames
+from .manifest import ManifestChecker
 from .progress import NullProgress, Progress
 from .repository import Repository, blob_key
 from .storage import KERNEL_COPY_MIN, LocalBackend, ObjectNotFound, _syncfs, kernel_copy
@@ -136,7 +138,23 @@ def _existing_entries(target: Path) -> list[str]:
         return [e.name for e in entries if not e.name.startswith((STAGING_PREFIX, OLD_PREFIX))]
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_CACHED_DIRS = 512
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class _RestoreRun:
+    """Writes checked entries into the staging directory. Every name is created relative to an open
+    descriptor of its parent directory, which was itself opened component by component without
+    following symbolic links (openat with O_NOFOLLOW), and files with O_EXCL: nothing is ever written
+    through a link, whatever the list says."""
+
     def __init__(self, repo: Repository, backup_id: str, staging: Path, progress: Progress) -> None:
         self.repo = repo
         self.backup_id = backup_id
@@ -145,6 +163,41 @@ class _RestoreRun:
         self.lock = threading.Lock()
         self.files = 0
         self.size = 0
+        self.root_fd = os.open(staging, _DIR_FLAGS)
+        self.dir_fds: dict[str, int] = {"": self.root_fd}
+        # A full chunk of zeros is a hole of a sparse file: it is skipped (seek), not written.
+        self.zero_chunk = repo.codec.digest(bytes(repo.chunk_size))
+
+    def close(self) -> None:
+        for fd in self.dir_fds.values():
+            os.close(fd)
+        self.dir_fds.clear()
+
+    def _open_dir(self, rel: str) -> tuple[int, bool]:
+        """A descriptor of the staged directory `rel` and whether the caller must close it."""
+        with self.lock:
+            fd = self.dir_fds.get(rel)
+        if fd is not None:
+            return fd, False
+        fd = os.dup(self.root_fd)
+        try:
+            for part in rel.split("/"):
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        with self.lock:
+            if len(self.dir_fds) < _MAX_CACHED_DIRS and rel not in self.dir_fds:
+                self.dir_fds[rel] = fd  # closed at the end of the run, never before
+                return fd, False
+        return fd, True
+
+    def _parent(self, rel: str) -> tuple[int, bool, str]:
+        parent, _, name = rel.rpartition("/")
+        fd, owned = self._open_dir(parent)
+        return fd, owned, name
 
     def _copy_blob_in_kernel(self, backend: LocalBackend, digest: str, out: int) -> int:
         """Plain directory repository: check the blob's digest through mmap, then let the kernel copy
@@ -166,69 +219,130 @@ class _RestoreRun:
         finally:
             os.close(fd)
 
-    def restore_file(self, record: dict[str, Any]) -> None:
+    def _fill(self, record: dict[str, Any], out: int) -> int:
         rel = record["path"]
-        path = self.staging / rel
-        try:
-            out = open(path, "wb", buffering=0)  # noqa: SIM115 - closed below
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(path, "wb", buffering=0)  # noqa: SIM115
         written = 0
         backend = self.repo.local_plain if record["size"] >= KERNEL_COPY_MIN else None
-        with out:
-            for digest in record["chunks"]:
-                try:
-                    if backend is not None:
-                        n = self._copy_blob_in_kernel(backend, digest, out.fileno())
-                    else:
-                        data = self.repo.get_blob(digest)
-                        out.write(data)
-                        n = len(data)
-                except ObjectNotFound:
-                    raise CorruptDataError(
-                        f"backup {self.backup_id}: blob {digest} of {rel} is missing from the repository"
-                    ) from None
-                except CorruptDataError as error:
-                    raise CorruptDataError(f"backup {self.backup_id}: {rel}: {error}") from None
-                written += n
-                self.progress.advance(n, 0)
-            if written != record["size"]:
+        for digest in record["chunks"]:
+            try:
+                if digest == self.zero_chunk:
+                    os.lseek(out, self.repo.chunk_size, os.SEEK_CUR)
+                    n = self.repo.chunk_size
+                elif backend is not None:
+                    n = self._copy_blob_in_kernel(backend, digest, out)
+                else:
+                    data = self.repo.get_blob(digest)
+                    _write_all(out, data)
+                    n = len(data)
+            except ObjectNotFound:
                 raise CorruptDataError(
-                    f"backup {self.backup_id}: {rel} has {written} bytes in the repository, "
-                    f"the manifest says {record['size']}"
-                )
-            os.fchmod(out.fileno(), record["mode"])
-        os.utime(path, ns=(record["mtime_ns"], record["mtime_ns"]))
+                    f"backup {self.backup_id}: blob {digest} of {rel} is missing from the repository"
+                ) from None
+            except CorruptDataError as error:
+                raise CorruptDataError(f"backup {self.backup_id}: {rel}: {error}") from None
+            written += n
+            self.progress.advance(n, 0)
+        if written != record["size"]:
+            raise CorruptDataError(
+                f"backup {self.backup_id}: {rel} has {written} bytes in the repository, "
+                f"the manifest says {record['size']}"
+            )
+        if os.lseek(out, 0, os.SEEK_CUR) != os.fstat(out).st_size:
+            os.ftruncate(out, written)  # a hole at the end
+        return written
+
+    def restore_file(self, record: dict[str, Any]) -> None:
+        parent, owned, name = self._parent(record["path"])
+        try:
+            out = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+        finally:
+            if owned:
+                os.close(parent)
+        try:
+            written = self._fill(record, out)
+            os.fchmod(out, record["mode"])
+            os.utime(out, ns=(record["mtime_ns"], record["mtime_ns"]))
+        finally:
+            os.close(out)
         with self.lock:
             self.files += 1
             self.size += written
         self.progress.advance(0, 1)
 
+    def _make(self, record: dict[str, Any]) -> None:
+        parent, owned, name = self._parent(record["path"])
+        try:
+            if record["type"] == "dir":
+                os.mkdir(name, 0o700, dir_fd=parent)
+            else:
+                os.symlink(record["target"], name, dir_fd=parent)
+                os.utime(name, ns=(record["mtime_ns"], record["mtime_ns"]), dir_fd=parent, follow_symlinks=False)
+        finally:
+            if owned:
+                os.close(parent)
+
+    def _link(self, record: dict[str, Any]) -> None:
+        """A hard link to a file restored before (the list was checked: it names an earlier file)."""
+        source_parent, source_owned, source_name = self._parent(record["hardlink_of"])
+        parent, owned, name = self._parent(record["path"])
+        try:
+            os.link(source_name, name, src_dir_fd=source_parent, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            for fd, close in ((source_parent, source_owned), (parent, owned)):
+                if close:
+                    os.close(fd)
+        with self.lock:
+            self.files += 1
+            self.size += record["size"]
+        self.progress.advance(record["size"], 1)
+
     def run(self, entries: Any) -> None:
         directories: list[tuple[str, int, int]] = []
+        links: list[dict[str, Any]] = []
         with BoundedWorkers(self.repo.parallelism, "mobackup-restore") as workers:
             for record in entries:
                 if workers.failed:
                     break
                 kind = record["type"]
-                path = self.staging / record["path"]
                 if kind == "dir":
-                    path.mkdir(parents=True, exist_ok=True)
+                    self._make(record)
                     directories.append((record["path"], record["mode"], record["mtime_ns"]))
                 elif kind == "symlink":
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    os.symlink(record["target"], path)
-                    os.utime(path, ns=(record["mtime_ns"], record["mtime_ns"]), follow_symlinks=False)
-                elif kind == "file":
-                    workers.submit(self.restore_file, record)
+                    self._make(record)
+                elif record.get("hardlink_of") is not None:
+                    links.append(record)  # once every file exists
                 else:
-                    raise CorruptDataError(f"backup {self.backup_id}: unknown entry type {kind!r}")
+                    workers.submit(self.restore_file, record)
+        for record in links:
+            self._link(record)
         # Directories last, deepest first: writing into a directory changes its mtime.
         for rel, mode, mtime_ns in sorted(directories, key=lambda d: d[0].count("/"), reverse=True):
-            path = self.staging / rel
-            os.chmod(path, mode)
-            os.utime(path, ns=(mtime_ns, mtime_ns))
+            parent, owned, name = self._parent(rel)
+            try:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            finally:
+                if owned:
+                    os.close(parent)
+            try:
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+
+
+def _check_file_list(repo: Repository, summary: Any, files: Path, scratch: Path) -> set[str]:
+    """Check every entry and the list's digest; returns the log service hostnames it records."""
+    checker = ManifestChecker(scratch, repo.chunk_size, f"backup {summary.id}")
+    hosts: set[str] = set()
+    try:
+        for record in repo.entries(summary, files):
+            checker.check(record)
+            if record["path"].startswith("logservice-data/"):
+                hosts |= log_hostnames((record["path"],))
+        checker.finish()
+    finally:
+        checker.close()
+    return hosts
 
 
 def run_restore(
@@ -262,27 +376,34 @@ def run_restore(
             f"{target} is not empty ({len(existing)} entries, e.g. {sorted(existing)[0]!r}); restore into "
             "an empty directory, or pass --force to replace its contents"
         )
-    if hostname:
-        recorded = log_hostnames(record["path"] for record in repo.entries(summary))
-        if recorded and hostname not in recorded:
+    clock = time.monotonic()
+    with (repo.lock(exclusive=False, purpose=f"restore of {backup_id}", wait_seconds=60),
+          tempfile.TemporaryDirectory(prefix="mobackup-restore-") as scratch):
+        # The whole list is copied, then checked (every entry, and the digest at its end) before
+        # the first write; the second pass reads the same local copy.
+        files = Path(scratch) / "files"
+        repo.download_file_list(summary, files)
+        recorded = _check_file_list(repo, summary, files, Path(scratch))
+        if hostname and recorded and hostname not in recorded:
             raise MobackupError(
                 f"backup {backup_id} holds log service data of host(s) {', '.join(sorted(recorded))}, not "
                 f"{hostname!r}: MatrixOne's log service refuses to start under another hostname; restore onto "
                 "a pod with that hostname, or pin it with MatrixOne's explicit-hostname setting"
             )
-    clock = time.monotonic()
-    beside = _stage_beside(target)
-    _remove_leftovers(target, "")  # hidden remains of a killed restore
-    if beside:
-        _remove_leftovers(target.parent, f"{STAGING_PREFIX}{target.name}-")
-    staging = (target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:12]}" if beside
-               else target / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
-    with repo.lock(exclusive=False, purpose=f"restore of {backup_id}", wait_seconds=60):
+        beside = _stage_beside(target)
+        _remove_leftovers(target, "")  # hidden remains of a killed restore
+        if beside:
+            _remove_leftovers(target.parent, f"{STAGING_PREFIX}{target.name}-")
+        staging = (target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:12]}" if beside
+                   else target / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
         progress.start(summary.size_bytes, summary.file_count)
         staging.mkdir()
         try:
             run = _RestoreRun(repo, backup_id, staging, progress)
-            run.run(repo.entries(summary))
+            try:
+                run.run(repo.entries(summary, files))
+            finally:
+                run.close()
             if run.files != summary.file_count:
                 raise CorruptDataError(
                     f"backup {backup_id}: restored {run.files} files, the summary says {summary.file_count}"

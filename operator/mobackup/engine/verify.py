@@ -12,6 +12,7 @@ from typing import Any
 from .codec import NONCE_SIZE, TAG_SIZE
 from .errors import MobackupError
 from .index import DigestSet
+from .manifest import ManifestChecker
 from .progress import NullProgress, Progress
 from .repository import Repository, blob_key
 from .workers import BoundedWorkers
@@ -77,25 +78,26 @@ def verify_backup(repo: Repository, backup_id: str, *, quick: bool = False,
     progress.start(summary.size_bytes, summary.file_count)
     with tempfile.TemporaryDirectory(prefix="mobackup-verify-") as scratch:
         seen = DigestSet(Path(scratch) / "seen.sqlite")
+        checker = ManifestChecker(Path(scratch), repo.chunk_size, f"backup {backup_id}")
         try:
             with BoundedWorkers(repo.parallelism, "mobackup-verify") as workers:
                 for record in repo.entries(summary):
-                    if record.get("type") != "file":
+                    checker.check(record)  # an entry restore would refuse makes the backup damaged
+                    if record["type"] != "file":
                         continue
                     result.file_count += 1
                     size, chunks = record["size"], record["chunks"]
-                    expected_chunks = -(-size // repo.chunk_size)
-                    if len(chunks) != expected_chunks:
-                        problem(f"{record['path']}: {len(chunks)} chunks for {size} bytes")
                     for index, digest in enumerate(chunks):
                         expected = min(repo.chunk_size, size - index * repo.chunk_size)
                         if seen.add_new(digest):
                             workers.submit(check, digest, expected, record["path"])
                     progress.advance(0, 1)
+            checker.finish()
         except MobackupError as error:  # the file list itself is damaged
             problem(str(error))
         finally:
             seen.close()
+            checker.close()
     if result.file_count != summary.file_count and result.problem_count == 0:
         problem(f"the file list has {result.file_count} files, the summary says {summary.file_count}")
     result.duration_seconds = round(time.monotonic() - clock, 3)

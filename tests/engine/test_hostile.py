@@ -1,0 +1,153 @@
+"""A repository is untrusted input: a file list rewritten by someone with write access to a plain
+repository (tests/engine/tamper.py) must never make restore write outside its target, and verify
+must call such a backup damaged."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tamper import read_entries, tamper
+
+from mobackup.engine.backup import run_backup
+from mobackup.engine.errors import CorruptDataError
+from mobackup.engine.repository import Repository, RepositoryOptions, open_repository
+from mobackup.engine.restore import run_restore
+from mobackup.engine.verify import verify_backup
+
+Entries = list[dict[str, Any]]
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> tuple[Repository, str]:
+    data = tmp_path / "mo-data"
+    (data / "d").mkdir(parents=True)
+    (data / "d" / "f").write_bytes(b"f" * 5000)
+    (data / "top").write_bytes(os.urandom(3000))
+    repo = open_repository(RepositoryOptions.from_env(str(tmp_path / "repo")), create=True)
+    return repo, run_backup(repo, data, source="db").id
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """What an attacker aims at: a directory and a file next to the target."""
+    victim = tmp_path / "outside"
+    victim.mkdir(mode=0o755)
+    (victim / "victim").write_bytes(b"precious")
+    os.chmod(victim / "victim", 0o644)
+    return victim
+
+
+def _file(entries: Entries, path: str, **changes: Any) -> dict[str, Any]:
+    """A copy of the list's file `top` (real chunks) under another path."""
+    record = next(e for e in entries if e["path"] == "top")
+    return {**record, "path": path, **changes}
+
+
+def _attacks(outside: Path) -> dict[str, Any]:
+    out = str(outside)
+    return {
+        "dotdot": lambda e: [*e, _file(e, "../outside/escape")],
+        "inner-dotdot": lambda e: [*e, _file(e, "d/../../outside/escape")],
+        "absolute": lambda e: [*e, _file(e, f"{out}/escape")],
+        "file-through-symlink": lambda e: [*e, {"path": "link", "type": "symlink", "mode": 511, "mtime_ns": 0,
+                                                "target": out}, _file(e, "link/victim", mode=0o4755)],
+        "dir-through-symlink": lambda e: [*e, {"path": "link", "type": "symlink", "mode": 511, "mtime_ns": 0,
+                                               "target": out},
+                                          {"path": "link/sub", "type": "dir", "mode": 0o777, "mtime_ns": 0}],
+        "symlink-then-same-dir": lambda e: [*e, {"path": "link", "type": "symlink", "mode": 511, "mtime_ns": 0,
+                                                 "target": out},
+                                            {"path": "link", "type": "dir", "mode": 0o777, "mtime_ns": 0}],
+        "duplicate": lambda e: [*e, _file(e, "top")],
+        "empty-component": lambda e: [*e, _file(e, "d//g")],
+        "dot-component": lambda e: [*e, _file(e, "./g")],
+        "nul": lambda e: [*e, _file(e, "g\x00h")],
+        "parent-not-listed": lambda e: [*e, _file(e, "nodir/g")],
+        "digest-as-path": lambda e: [*e, _file(e, "g", size=3, chunks=["../../../outside/victim"])],
+        "hardlink-outside": lambda e: [*e, _file(e, "g", hardlink_of="../outside/victim")],
+        "bad-mode": lambda e: [*e, _file(e, "g", mode=0o170000)],
+        "not-an-object": lambda e: [*e, ["g"]],
+    }
+
+
+ATTACKS = list(_attacks(Path("/x")))
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_tampered_file_list_is_refused_before_any_write(plain: tuple[Repository, str], outside: Path,
+                                                        tmp_path: Path, attack: str) -> None:
+    repo, backup_id = plain
+    tamper(Path(repo.location), backup_id, _attacks(outside)[attack])  # the list's digest recomputed
+    before = {p.name: (p.read_bytes(), p.stat().st_mode) for p in outside.iterdir()}
+    outside_mode = outside.stat().st_mode
+    target = tmp_path / "target"
+    with pytest.raises(CorruptDataError, match="invalid"):
+        run_restore(repo, backup_id, target)
+    assert {p.name: (p.read_bytes(), p.stat().st_mode) for p in outside.iterdir()} == before
+    assert outside.stat().st_mode == outside_mode
+    assert list(target.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mo-data", "outside", "repo", "target"]
+    result = verify_backup(repo, backup_id)
+    assert not result.ok and "invalid" in result.problems[0]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.advanced = 0
+
+    def start(self, total_bytes: int, total_files: int) -> None:
+        pass
+
+    def advance(self, nbytes: int, nfiles: int) -> None:
+        self.advanced += nbytes + nfiles
+
+    def finish(self) -> None:
+        pass
+
+
+def test_altered_list_with_stale_digest_writes_nothing(plain: tuple[Repository, str], tmp_path: Path) -> None:
+    """Valid-looking entries whose digest no longer matches the summary: refused before the first file."""
+    repo, backup_id = plain
+    tamper(Path(repo.location), backup_id, lambda e: [_file(e, "planted"), *e], fix_digest=False)
+    recorder = _Recorder()
+    with pytest.raises(CorruptDataError, match="truncated or altered"):
+        run_restore(repo, backup_id, tmp_path / "target", progress=recorder)
+    assert recorder.advanced == 0
+    assert list((tmp_path / "target").iterdir()) == []
+    assert not verify_backup(repo, backup_id).ok
+
+
+def test_untampered_list_reads_back_and_restores(plain: tuple[Repository, str], tmp_path: Path) -> None:
+    """The tool itself: rewriting the list unchanged (one raw frame, digest recomputed) keeps it valid."""
+    repo, backup_id = plain
+    entries = read_entries(Path(repo.location), backup_id)
+    tamper(Path(repo.location), backup_id, lambda e: e)
+    assert read_entries(Path(repo.location), backup_id) == entries
+    assert verify_backup(repo, backup_id).ok
+    run_restore(repo, backup_id, tmp_path / "target")
+    assert (tmp_path / "target" / "d" / "f").read_bytes() == b"f" * 5000
+
+
+def test_writer_never_follows_a_link_even_unchecked(plain: tuple[Repository, str], outside: Path,
+                                                    tmp_path: Path) -> None:
+    """Defence in depth below the checks: the writer opens every parent without following links and
+    creates files with O_EXCL, so an unchecked list still cannot write through a symbolic link."""
+    from mobackup.engine.restore import _RestoreRun
+
+    repo, backup_id = plain
+    top = next(e for e in read_entries(Path(repo.location), backup_id) if e["path"] == "top")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    run = _RestoreRun(repo, backup_id, staging, __import__("mobackup.engine.progress").engine.progress.NullProgress())
+    try:
+        run.run([{"path": "link", "type": "symlink", "mode": 511, "mtime_ns": 0, "target": str(outside)}])
+        with pytest.raises(OSError):
+            run.restore_file({**top, "path": "link/victim"})
+        (staging / "evil").symlink_to(outside / "victim")
+        with pytest.raises(FileExistsError):
+            run.restore_file({**top, "path": "evil"})
+    finally:
+        run.close()
+    assert (outside / "victim").read_bytes() == b"precious"
