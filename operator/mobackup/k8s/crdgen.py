@@ -96,7 +96,9 @@ def sql_endpoint(description: str) -> Schema:
 
 def job_overrides() -> Schema:
     return obj("Overrides of the pod of the Job that does the copy (the agent).", {
-        "image": s("Image of the agent (default: the operator's own image, flag --agent-image)."),
+        "image": s("Image of the agent (default: the operator's agent image). Refused (Failed, reason "
+                   "JobOverrideNotAllowed) unless the operator's allow-list (chart value "
+                   "jobOverrides.allowedImages) matches it."),
         "imagePullPolicy": s("Pull policy of the agent image.", enum=["Always", "IfNotPresent", "Never"]),
         "imagePullSecrets": {"type": "array", "description": "Secrets for pulling the agent image.",
                              "items": name_ref("A pull Secret.")},
@@ -107,13 +109,19 @@ def job_overrides() -> Schema:
         "tolerations": {"type": "array", "description": "Tolerations of the agent pod (core/v1 Toleration).",
                         "items": free_object("A toleration.")},
         "affinity": free_object("Affinity of the agent pod (core/v1 Affinity)."),
-        "securityContext": free_object("Pod security context (core/v1 PodSecurityContext); the default "
-                                       "runs as a non-root user."),
-        "containerSecurityContext": free_object("Container security context (core/v1 SecurityContext); the "
-                                                "default is non-root, read-only root file system, no "
-                                                "capabilities."),
+        "securityContext": free_object("Pod security context (core/v1 PodSecurityContext), merged onto the "
+                                       "defaults (runAsNonRoot, uid/gid 65532, seccomp RuntimeDefault). "
+                                       "runAsUser 0, runAsNonRoot false or an Unconfined seccomp profile "
+                                       "fail the run (JobOverrideNotAllowed)."),
+        "containerSecurityContext": free_object("Container security context (core/v1 SecurityContext), merged "
+                                                "onto the defaults (non-root, read-only root file system, "
+                                                "allowPrivilegeEscalation false, capabilities drop ALL, seccomp "
+                                                "RuntimeDefault); weakening any of them fails the run "
+                                                "(JobOverrideNotAllowed)."),
         "serviceAccountName": s("ServiceAccount of the agent pod; it needs get/patch on the status of "
-                                "mobackups and morestores in this namespace (progress reports).",
+                                "mobackups and morestores in this namespace (progress reports). Refused "
+                                "(JobOverrideNotAllowed) unless the operator's allow-list (chart value "
+                                "jobOverrides.allowedServiceAccounts) matches it.",
                                 pattern=DNS_SUBDOMAIN),
         "priorityClassName": s("Priority class of the agent pod."),
         "activeDeadlineSeconds": s("Deadline of the Job; when it passes the backup or restore fails.",
@@ -122,7 +130,9 @@ def job_overrides() -> Schema:
                           "MOBACKUP_JOB_DEFAULTS, else 1).", "integer", minimum=0, maximum=10),
         "ttlSecondsAfterFinished": s("Seconds after which a finished Job is deleted (its result is already "
                                      "in the status).", "integer", minimum=0),
-        "labels": {"type": "object", "description": "Extra labels of the Job and its pod.",
+        "labels": {"type": "object", "description": "Extra labels of the Job and its pod. Keys of the "
+                   "operator (mobackup.io/*, app.kubernetes.io/*) and of the Job controller (job-name, "
+                   "batch.kubernetes.io/*) are ignored: the operator's labels win.",
                    "additionalProperties": {"type": "string"}},
         "annotations": {"type": "object", "description": "Extra annotations of the Job and its pod.",
                         "additionalProperties": {"type": "string"}},
