@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from mo_e2e import Env
+from prometheus_client.parser import text_string_to_metric_families
 
 from mobackup.sample import snapshot_tree
 
@@ -91,13 +92,19 @@ def test_full_backup_change_restore(env: Env) -> None:
     assert snapshot_tree(data) == backed_up
     env.wait_replicas_running()
 
-    expected = [f'mobackup_successes_total{{kind="MOBackup",namespace="{env.ns}"}} 1',
-                f'mobackup_successes_total{{kind="MORestore",namespace="{env.ns}"}} 1',
-                f'mobackup_last_success_timestamp_seconds{{namespace="{env.ns}",source="{env.ns}/mo-data"}}',
-                f'mobackup_last_success_size_bytes{{namespace="{env.ns}",source="{env.ns}/mo-data"}} {st["sizeBytes"]}',
-                f'mobackup_transferred_bytes_total{{kind="MOBackup",namespace="{env.ns}"}} {st["newBytes"]}']
+    run, src = (("kind", "MOBackup"), ("namespace", env.ns)), (("namespace", env.ns), ("source", f"{env.ns}/mo-data"))
+    expected = {("mobackup_successes_total", run): 1,
+                ("mobackup_successes_total", (("kind", "MORestore"), ("namespace", env.ns))): 1,
+                ("mobackup_last_success_size_bytes", src): st["sizeBytes"],
+                ("mobackup_transferred_bytes_total", run): st["newBytes"]}
     deadline = time.monotonic() + 10  # a scrape shortly after the phase changed
-    while not all(line in (metrics := env.op.metrics()) for line in expected):
+    while True:
+        metrics = env.op.metrics()
+        got = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(metrics) for s in fam.samples}
+        if all(got.get(k) == v for k, v in expected.items()) and \
+                ("mobackup_last_success_timestamp_seconds", src) in got:
+            break
         assert time.monotonic() < deadline, (expected, metrics)
         time.sleep(0.2)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mobackup.engine.prune import RetentionPolicy
-from mobackup.k8s import cron, jobs, lease, metrics, models, retention, schedule, status, workload
+from mobackup.k8s import cron, jobs, lease, models, retention, schedule, status, workload
 
 
 def t(s: str) -> datetime:
@@ -275,20 +275,6 @@ def test_lease_decide_and_name() -> None:
     assert not lease.decide("other", "me", lambda h: True)
     assert lease.decide("other", "me", lambda h: False)  # a finished or vanished holder is taken over
     assert len(lease.lease_name("x" * 300)) <= 63
-
-
-# ------------------------------------------------------------------------------------------ metrics
-
-def test_metrics_render() -> None:
-    r = metrics.Registry()
-    r.inc("mobackup_failures_total", kind="MOBackup", namespace="ns")
-    r.set("mobackup_last_success_timestamp_seconds", 1700000000, namespace="ns", source='a"b')
-    r.observe("mobackup_run_duration_seconds", 12.5, kind="MOBackup")
-    text = r.render()
-    assert 'mobackup_failures_total{kind="MOBackup",namespace="ns"} 1' in text
-    assert 'mobackup_last_success_timestamp_seconds{namespace="ns",source="a\\"b"} 1700000000' in text
-    assert 'mobackup_run_duration_seconds_bucket{kind="MOBackup",le="15"} 1' in text
-    assert "# TYPE mobackup_run_duration_seconds histogram" in text
 
 
 def test_snapshot_manifests() -> None:

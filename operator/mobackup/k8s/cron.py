@@ -1,9 +1,19 @@
-"""A small 5-field cron parser (minute hour day-of-month month day-of-week) and next-time computation.
+"""Cron schedules: 5-field expressions (minute hour day-of-month month day-of-week) evaluated by
+`cronsim`, plus the macros and `@every <duration>` as thin wrappers.
 
-Supports `*`, lists, ranges, steps (`*/15`, `1-10/2`), month and weekday names, `7` as Sunday, the
-macros @yearly/@annually/@monthly/@weekly/@daily/@midnight/@hourly, and `@every <duration>` (a fixed
-interval from a reference time). Day-of-month and day-of-week follow Vixie cron: when both are
-restricted, a day matches if either matches.
+Why cronsim rather than croniter: cronsim's stated goal is to match Debian's (Vixie) cron exactly,
+including its day-of-month/day-of-week rule and its behaviour across DST transitions, with
+zoneinfo; it is small, typed, dependency-free and actively released (it runs Healthchecks.io's
+cron monitoring). croniter is larger, had a maintenance hand-over, and its DST handling has a
+history of bugs; we need neither its seconds field nor its hashed (`H`) expressions.
+
+Semantics (unchanged from the hand-written parser this replaces): `*`, lists, ranges, steps
+(`*/15`, `1-10/2`), month and weekday names, `7` as Sunday; day-of-month and day-of-week as in
+Vixie cron: when neither field starts with `*`, a day matches if EITHER matches, otherwise both
+must. Times are evaluated in the schedule's time zone. Macros @yearly/@annually/@monthly/@weekly/
+@daily/@midnight/@hourly expand to their 5-field forms (cronsim has none); `@every <duration>` fires
+at anchor + k*interval (the anchor is the schedule's creation time). cronsim also accepts `L`, `W`
+and `#` (last day, nearest weekday, nth weekday).
 """
 
 from __future__ import annotations
@@ -12,6 +22,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cronsim import CronSim, CronSimError
 
 
 class CronError(ValueError):
@@ -22,11 +34,6 @@ MACROS = {
     "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
     "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
 }
-MONTHS = {m: i for i, m in enumerate(
-    ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], start=1)}
-DAYS = {d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])}
-FIELDS = (("minute", 0, 59, {}), ("hour", 0, 23, {}), ("day-of-month", 1, 31, {}),
-          ("month", 1, 12, MONTHS), ("day-of-week", 0, 7, DAYS))
 
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -46,65 +53,11 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=total)
 
 
-def _parse_field(text: str, name: str, lo: int, hi: int, names: dict[str, int]) -> frozenset[int]:
-    values: set[int] = set()
-
-    def num(tok: str) -> int:
-        tok_l = tok.lower()
-        if tok_l in names:
-            return names[tok_l]
-        if not tok.isdigit():
-            raise CronError(f"{name}: {tok!r} is not a number")
-        v = int(tok)
-        if not lo <= v <= hi:
-            raise CronError(f"{name}: {v} is outside {lo}-{hi}")
-        return v
-
-    for part in text.split(","):
-        if not part:
-            raise CronError(f"{name}: empty list element in {text!r}")
-        rng, _, step_s = part.partition("/")
-        step = 1
-        if step_s:
-            if not step_s.isdigit() or int(step_s) == 0:
-                raise CronError(f"{name}: bad step {step_s!r}")
-            step = int(step_s)
-        if rng == "*":
-            start, end = lo, hi
-        elif "-" in rng:
-            a, b = rng.split("-", 1)
-            start, end = num(a), num(b)
-            if start > end:
-                raise CronError(f"{name}: range {rng!r} goes backwards")
-        else:
-            start = num(rng)
-            end = hi if step_s else start
-        values.update(range(start, end + 1, step))
-    return frozenset(values)
-
-
 @dataclass(frozen=True)
 class Cron:
     expr: str
-    minutes: frozenset[int] = frozenset()
-    hours: frozenset[int] = frozenset()
-    days: frozenset[int] = frozenset()
-    months: frozenset[int] = frozenset()
-    weekdays: frozenset[int] = frozenset()
-    dom_any: bool = True
-    dow_any: bool = True
+    fields: str = ""  # the 5-field form handed to cronsim (macros expanded)
     every: timedelta | None = None
-
-    def _day_matches(self, d: datetime) -> bool:
-        dom = d.day in self.days
-        dow = (d.isoweekday() % 7) in self.weekdays
-        if self.dom_any and self.dow_any:
-            return True
-        if self.dom_any:
-            return dow
-        if self.dow_any:
-            return dom
-        return dom or dow
 
     def next_after(self, after: datetime, tz: timezone | ZoneInfo = UTC,
                    anchor: datetime | None = None) -> datetime:
@@ -118,25 +71,10 @@ class Cron:
                 return base.astimezone(UTC)
             k = int((after - base) / self.every) + 1
             return (base + k * self.every).astimezone(UTC)
-        t = after.astimezone(tz).replace(second=0, microsecond=0) + timedelta(minutes=1)
-        # Walk by the coarsest unit that does not match: at most ~4 years of days, minutes within a day.
-        for _ in range(366 * 5 * 24):
-            if t.month not in self.months:
-                year, month = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-                t = t.replace(year=year, month=month, day=1, hour=0, minute=0)
-                continue
-            if not self._day_matches(t):
-                t = (t + timedelta(days=1)).replace(hour=0, minute=0)
-                continue
-            if t.hour not in self.hours:
-                t = (t + timedelta(hours=1)).replace(minute=0)
-                continue
-            if t.minute not in self.minutes:
-                t = t + timedelta(minutes=1)
-                continue
-            # A wall time that does not exist (DST gap) is normalised by the round trip through UTC.
-            return t.astimezone(UTC)
-        raise CronError(f"{self.expr!r} never fires")
+        try:
+            return next(CronSim(self.fields, after.astimezone(tz))).astimezone(UTC)
+        except StopIteration:  # cronsim looks 50 years ahead
+            raise CronError(f"{self.expr!r} never fires") from None
 
     def previous_at_or_before(self, when: datetime, since: datetime, tz: timezone | ZoneInfo = UTC,
                               anchor: datetime | None = None) -> datetime | None:
@@ -168,13 +106,14 @@ def parse(expr: str) -> Cron:
     elif low.startswith("@"):
         raise CronError(f"{expr!r}: unknown macro (known: {', '.join(sorted(MACROS))}, @every <duration>)")
     parts = text.split(" ")
-    if len(parts) != 5:
+    if len(parts) != 5:  # cronsim would also take a leading seconds field: not ours to offer
         raise CronError(f"{expr!r}: expected 5 fields (minute hour day-of-month month day-of-week), "
                         f"got {len(parts)}")
-    sets = [_parse_field(p, n, lo, hi, names) for p, (n, lo, hi, names) in zip(parts, FIELDS, strict=True)]
-    weekdays = frozenset(d % 7 for d in sets[4])
-    return Cron(expr=expr, minutes=sets[0], hours=sets[1], days=sets[2], months=sets[3], weekdays=weekdays,
-                dom_any=parts[2] == "*", dow_any=parts[4] == "*")
+    try:
+        CronSim(text, datetime(2000, 1, 1))  # parses (and rejects) the fields now, not at the first run
+    except CronSimError as e:
+        raise CronError(f"{expr!r}: {str(e).lower()}") from None
+    return Cron(expr=expr, fields=text)
 
 
 def zone(name: str | None) -> timezone | ZoneInfo:
