@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(rsync restic etcd-server bubblewrap mariadb-server mariadb-client util-linux)
+# zstd unpacks the MatrixOne archives; libgomp1 (OpenMP) is needed by mo-service v4.1.4.
+debs=(rsync restic etcd-server bubblewrap mariadb-server mariadb-client util-linux zstd libgomp1)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -30,4 +31,6 @@ done
 tests/cluster/build
 tests/ship/build-kustomize
 tests/ship/build-argocd-lua    # Argo CD's Lua (gopher-lua) for the health-check tests
+# The real MatrixOne servers (v2.2.2, v4.1.4): from ../shared/matrixone's archives, or built.
+tests/matrixone/install
 echo "setup: done"

@@ -1,0 +1,254 @@
+"""The real MatrixOne (`mo-service`) as a test component.
+
+`tests/matrixone/install` puts the servers into the cache (from the prebuilt archives, or built from
+source); this module starts one standalone MatrixOne in a working directory of the test's own with
+MatrixOne's `etc/launch` configuration (all data under `WORKDIR/mo-data`), waits until `select 1`
+answers, and stops it with SIGTERM within a deadline (SIGKILL after). Its ports are fixed by that
+configuration (SQL 6001, log service 32000-32002, ...), so one MatrixOne runs at a time on a
+machine: `MatrixOne` holds an exclusive file lock while its server runs, which also serialises
+concurrent test runs. A test that fails keeps the server's log: its path is printed in the report.
+
+Fixtures:
+- `mo_install(version="v2.2.2") -> Path` (session): the installed server directory; FAILS (never skips)
+  with the installer's message when it cannot be had.
+- `matrixone` (function): a `MatrixOne` for v2.2.2 in a temporary directory, stopped after the test.
+- `matrixone_factory` (function): `factory(version="v2.2.2", workdir=None, hostname=None) -> MatrixOne`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pymysql
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("MOBACKUP_TEST_CACHE", Path.home() / ".cache" / "mobackup-test"))
+VERSIONS = ("v2.2.2", "v4.1.4")
+SQL_PORT = 6001
+# Ports of the stock standalone configuration (SQL, log service, HAKeeper, TN/CN port bases).
+FIXED_PORTS = (6001, 32000, 32001, 32002)
+USER, PASSWORD = "root", "111"
+LOCK_PATH = Path("/tmp/mobackup-matrixone.lock")
+START_TIMEOUT = 180.0
+STOP_TIMEOUT = 60.0
+
+
+def install(version: str) -> Path:
+    """The server directory for `version`, installed by tests/matrixone/install if missing."""
+    home = CACHE / "matrixone" / version
+    proc = subprocess.run([str(REPO / "tests" / "matrixone" / "install"), version], capture_output=True, text=True)
+    if proc.returncode != 0 or not (home / "mo-service").exists():
+        pytest.fail(f"MatrixOne {version} is not available:\n{proc.stderr}", pytrace=False)
+    return home
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_ports_free(timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not all(port_is_free(p) for p in FIXED_PORTS):
+        if time.monotonic() > deadline:
+            busy = [p for p in FIXED_PORTS if not port_is_free(p)]
+            raise RuntimeError(f"MatrixOne's fixed ports {busy} are still in use after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def connect(host: str = "127.0.0.1", port: int = SQL_PORT, **kw: Any) -> pymysql.connections.Connection:
+    return pymysql.connect(host=host, port=port, user=USER, password=PASSWORD, autocommit=True,
+                           connect_timeout=5, read_timeout=120, **kw)
+
+
+def wait_sql(timeout: float, alive: Callable[[], bool] = lambda: True, port: int = SQL_PORT) -> float:
+    """Seconds until `select 1` answers; raises when the server died or the time ran out."""
+    start = time.monotonic()
+    last: Exception | None = None
+    while time.monotonic() - start < timeout:
+        if not alive():
+            raise RuntimeError("mo-service exited before SQL answered")
+        try:
+            with connect(port=port) as conn, conn.cursor() as cur:
+                cur.execute("select 1")
+                return time.monotonic() - start
+        except pymysql.MySQLError as exc:
+            last = exc
+            time.sleep(0.5)
+    raise TimeoutError(f"MatrixOne did not answer `select 1` within {timeout:.0f} s: {last}")
+
+
+class ServerLock:
+    """The machine-wide lock on MatrixOne's fixed ports (flock: released if the holder dies)."""
+
+    def __init__(self) -> None:
+        self.fd: int | None = None
+
+    def acquire(self, timeout: float = 1800.0) -> None:
+        if self.fd is not None:
+            return
+        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise TimeoutError(f"another MatrixOne holds {LOCK_PATH}") from None
+                time.sleep(0.5)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class MatrixOne:
+    """One standalone mo-service whose data is `workdir/mo-data`."""
+
+    def __init__(self, home: Path, workdir: Path, version: str, hostname: str | None = None) -> None:
+        self.home, self.workdir, self.version = home, workdir, version
+        # The log service keeps its WAL under the host name: `hostname` runs the server in a UTS
+        # namespace of its own with that name (bubblewrap), as a StatefulSet pod would have.
+        self.hostname = hostname
+        self.data_dir = workdir / "mo-data"
+        self.log_path = workdir / "mo-service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lock = ServerLock()
+        self.start_seconds: list[float] = []
+        if not (workdir / "etc").exists():
+            shutil.copytree(home / "etc", workdir / "etc")
+
+    def start(self, timeout: float = START_TIMEOUT) -> float:
+        """Starts the server and returns the seconds until SQL answered."""
+        assert self.proc is None, "already running"
+        self.lock.acquire()
+        wait_ports_free()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
+            log.flush()
+            argv = [str(self.home / "mo-service"), "-launch", "etc/launch/launch.toml"]
+            if self.hostname:
+                argv = ["bwrap", "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
+                        "--hostname", self.hostname, "--chdir", str(self.workdir), "--", *argv]
+            self.proc = subprocess.Popen(argv,
+                                         cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            seconds = wait_sql(timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; last log lines:\n{self.log_tail()}") from exc
+        self.start_seconds.append(seconds)
+        return seconds
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> float:
+        """SIGTERM, SIGKILL after `timeout`; waits until the ports are free. Returns the seconds taken."""
+        start = time.monotonic()
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+            self.proc = None
+            wait_ports_free()
+        self.lock.release()
+        return time.monotonic() - start
+
+    def restart(self) -> float:
+        self.stop()
+        return self.start()
+
+    def connect(self) -> pymysql.connections.Connection:
+        return connect()
+
+    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
+        """Runs the statements in one session; returns the rows of the last one."""
+        rows: list[tuple[Any, ...]] = []
+        with self.connect() as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+                rows = list(cur.fetchall())
+        return rows
+
+    def checkpoint(self) -> None:
+        out = self.sql("select mo_ctl('dn','checkpoint','')")[0][0]
+        assert '"OK"' in out, out
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def mo_install() -> Callable[[str], Path]:
+    homes: dict[str, Path] = {}
+
+    def get(version: str = "v2.2.2") -> Path:
+        if version not in homes:
+            homes[version] = install(version)
+        return homes[version]
+
+    return get
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        item.stash[FAILED_KEY] = True
+    return report
+
+
+FAILED_KEY = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def matrixone_factory(request: pytest.FixtureRequest, mo_install: Callable[[str], Path],
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., MatrixOne]]:
+    servers: list[MatrixOne] = []
+
+    def make(version: str = "v2.2.2", workdir: Path | None = None, hostname: str | None = None) -> MatrixOne:
+        workdir = workdir or tmp_path_factory.mktemp(f"mo-{version}")
+        server = MatrixOne(mo_install(version), workdir, version, hostname)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+    if request.node.stash.get(FAILED_KEY, False):
+        kept = Path("/tmp/mobackup-test-logs") / request.node.name
+        kept.mkdir(parents=True, exist_ok=True)
+        for server in servers:
+            if server.log_path.exists():
+                shutil.copy(server.log_path, kept / f"{server.workdir.name}.log")
+        print(f"\nMatrixOne logs kept in {kept}")
+
+
+@pytest.fixture
+def matrixone(matrixone_factory: Callable[..., MatrixOne]) -> MatrixOne:
+    return matrixone_factory("v2.2.2")
