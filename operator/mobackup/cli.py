@@ -15,9 +15,9 @@ from typing import Any
 
 from . import __version__
 from .engine.errors import MobackupError
-from .engine.model import BackupSummary, parse_iso
 from .engine.progress import for_terminal
 from .engine.repository import Repository, RepositoryOptions, open_repository
+from .table import backup_table, decimal_size
 
 DURATION_PART = re.compile(r"(\d+)([smhdw])")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -44,19 +44,6 @@ def parse_rate(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError("the rate must be positive")
     return value
-
-
-def decimal_size(n: int) -> str:
-    """Sizes as `mo_br list` prints them: 65 MB."""
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    raise AssertionError
-
-
-def local_time(text: str) -> str:
-    return parse_iso(text).astimezone().strftime("%Y-%m-%d %H:%M:%S %z")
 
 
 # ----- argument parsing ----------------------------------------------------------------------------
@@ -168,17 +155,6 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2) if args.json else text)
 
 
-def backup_table(summaries: Sequence[BackupSummary]) -> str:
-    headers = ["ID", "SIZE", "PATH", "AT TIME", "DURATION", "COMPLETE TIME", "BACKUPTS", "BACKUPTYPE",
-               "BASE", "NEW BYTES"]
-    rows = [[s.id, decimal_size(s.size_bytes), s.location, local_time(s.started_at), f"{s.duration_seconds:.3f}s",
-             local_time(s.completed_at), s.backup_ts, s.type, s.base_id or "-", decimal_size(s.new_bytes)]
-            for s in summaries]
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    return "\n".join(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in [headers, *rows])
-
-
 def cmd_init(args: argparse.Namespace) -> int:
     repo = Repository.create(repository_options(args, compression=args.compression))
     _emit(args, {"location": repo.location, **repo.config}, f"created repository {repo.location}")
@@ -210,11 +186,15 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     repo = open_repository(repository_options(args))
-    problems: list[str] = []
-    summaries = [s for s in repo.list_backups(problems) if not args.source or s.source == args.source]
-    for problem in problems:
+    damaged: dict[str, str] = {}
+    summaries = [s for s in repo.list_backups(damaged=damaged) if not args.source or s.source == args.source]
+    for problem in damaged.values():
         print(f"mobackup: warning: {problem}", file=sys.stderr)
-    _emit(args, [s.to_dict() for s in summaries], backup_table(summaries))
+    # A damaged backup is listed as such (its source is unknown, so whatever --source says), after
+    # the good ones, which it never hides.
+    rows = [{"id": backup_id, "damaged": True, "problem": problem} for backup_id, problem in sorted(damaged.items())]
+    text = "\n".join([backup_table(summaries), *(f"{r['id']} | DAMAGED: {r['problem']}" for r in rows)])
+    _emit(args, [*(s.to_dict() for s in summaries), *rows], text)
     return 0
 
 

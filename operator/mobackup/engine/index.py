@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .errors import CorruptDataError
+
 BATCH = 20_000
 
 
@@ -34,9 +36,15 @@ class FileIndex:
         batch: list[tuple[str, int, int, str]] = []
         self.db.execute("BEGIN")
         for entry in entries:
+            if not isinstance(entry, dict):
+                raise CorruptDataError(f"the base backup's file list has a malformed entry: {entry!r:.200}")
             if entry.get("type") != "file":
                 continue
-            batch.append((entry["path"], entry["size"], entry["mtime_ns"], json.dumps(entry["chunks"])))
+            try:
+                batch.append((str(entry["path"]), int(entry["size"]), int(entry["mtime_ns"]),
+                              json.dumps(list(entry["chunks"]))))
+            except (KeyError, TypeError, ValueError):
+                raise CorruptDataError(f"the base backup's file list has a malformed entry: {entry!r:.200}") from None
             if len(batch) >= BATCH:
                 self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", batch)
                 count += len(batch)

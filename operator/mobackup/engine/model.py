@@ -55,10 +55,36 @@ class BackupSummary:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BackupSummary:
+    def from_dict(cls, data: Any) -> BackupSummary:
+        """A summary from its JSON; ValueError with the reason when it is malformed (a repository
+        is untrusted input: a bad summary must be reported, not crash every command)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a summary is a JSON object, not {type(data).__name__}")
+        for name, types in _FIELD_TYPES.items():
+            if name not in data:
+                raise ValueError(f"no field {name!r}")
+            value = data[name]
+            if not isinstance(value, types) or isinstance(value, bool):
+                raise ValueError(f"field {name!r} is {value!r}")
+        for name in ("started_at", "completed_at"):
+            parse_iso(data[name])  # ValueError names the bad text
+        if data["type"] not in ("full", "incremental"):
+            raise ValueError(f"field 'type' is {data['type']!r}")
+        if not isinstance(data.get("extra", {}), dict):
+            raise ValueError("field 'extra' is not an object")
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
     def completed(self) -> datetime:
         return parse_iso(self.completed_at)
+
+
+_TEXT = (str,)
+_COUNT = (int,)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "id": _TEXT, "type": _TEXT, "base_id": (str, type(None)), "source": _TEXT, "backup_ts": _TEXT,
+    "started_at": _TEXT, "completed_at": _TEXT, "duration_seconds": (int, float), "size_bytes": _COUNT,
+    "new_bytes": _COUNT, "file_count": _COUNT, "files_digest": _TEXT, "files_frames": _COUNT,
+    "entry_count": _COUNT, "location": _TEXT,
+}

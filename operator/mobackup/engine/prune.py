@@ -131,8 +131,12 @@ def collect_garbage(repo: Repository) -> GarbageResult:
         try:
             for summary in summaries:
                 for record in repo.entries(summary):
-                    for digest in record.get("chunks", ()):
-                        referenced.add(digest)
+                    chunks = record.get("chunks", ()) if isinstance(record, dict) else None
+                    if not isinstance(chunks, (list, tuple)):
+                        raise CorruptDataError(f"backup {summary.id}: malformed file list entry {record!r:.200}; "
+                                               "refusing to delete blobs")
+                    for digest in chunks:
+                        referenced.add(str(digest))
             referenced.flush()
             leftovers = [
                 info.key for info in repo.backend.list("backups/")

@@ -39,6 +39,7 @@ FORMAT_NAME = "mobackup-repository"
 FORMAT_VERSION = 1
 CONFIG_KEY = "mobackup.json"
 DEFAULT_CHUNK_SIZE = 8 << 20
+MAX_CHUNK_SIZE = 1 << 30
 FRAME_TARGET = 1 << 20  # plaintext bytes of file-list lines per frame
 LOCK_REFRESH_SECONDS = 60.0
 
@@ -104,6 +105,34 @@ def make_backend(options: RepositoryOptions) -> Backend:
     elif "://" in url:
         raise MobackupError(f"{url}: unsupported repository URL (use a path, file://PATH or s3://BUCKET/PREFIX)")
     return LocalBackend(Path(url).absolute())
+
+
+def _config_problem(config: dict[str, Any]) -> str | None:
+    """Why a configuration cannot be used, or None. It is read from untrusted storage."""
+    def is_int(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    version, chunk_size = config.get("version"), config.get("chunk_size")
+    if not is_int(version) or version < 1:
+        return f"format version {version!r} is not a version number"
+    if not is_int(chunk_size) or not 1 <= chunk_size <= MAX_CHUNK_SIZE:
+        return f"chunk_size {chunk_size!r} is not a size between 1 byte and {MAX_CHUNK_SIZE} bytes"
+    if config.get("hash", "blake3-256") != "blake3-256":
+        return f"unknown hash {config.get('hash')!r}"
+    if config.get("compression", "none") not in ("none", "zstd"):
+        return f"unknown compression {config.get('compression')!r}"
+    encryption = config.get("encryption")
+    if encryption is not None:
+        if not isinstance(encryption, dict) or encryption.get("cipher") != "aes-256-gcm":
+            return "unknown encryption (expected null or aes-256-gcm)"
+        for name in ("salt", "key_check"):
+            value = encryption.get(name)
+            try:
+                if not isinstance(value, str) or not bytes.fromhex(value):
+                    raise ValueError
+            except ValueError:
+                return f"encryption {name} {value!r} is not hex"
+    return None
 
 
 def blob_key(digest: str) -> str:
@@ -187,11 +216,14 @@ class Repository:
         if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
             raise RepositoryFormatError(f"{backend.location}: not a mobackup repository")
         version = config.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise RepositoryFormatError(
                 f"{backend.location}: repository format version {version} is newer than this "
                 f"mobackup ({__version__}) supports ({FORMAT_VERSION}); upgrade mobackup"
             )
+        problem = _config_problem(config)
+        if problem:
+            raise RepositoryFormatError(f"{backend.location}/{CONFIG_KEY}: {problem}")
         keys = None
         encryption = config.get("encryption")
         if encryption:
@@ -257,9 +289,12 @@ class Repository:
         except ObjectNotFound:
             raise BackupNotFound(f"no completed backup {backup_id} in {self.location}") from None
         try:
-            return BackupSummary.from_dict(json.loads(self._decode_meta(raw, key)))
+            summary = BackupSummary.from_dict(json.loads(self._decode_meta(raw, key)))
         except (ValueError, TypeError) as error:
             raise CorruptDataError(f"{self.location}/{key}: unreadable summary ({error})") from None
+        if summary.id != backup_id:  # a summary copied under another name points at another list
+            raise CorruptDataError(f"{self.location}/{key}: the summary names backup {summary.id!r}")
+        return summary
 
     def backup_ids(self) -> list[str]:
         return [
@@ -268,8 +303,10 @@ class Repository:
             if info.key.endswith(".json")
         ]
 
-    def list_backups(self, problems: list[str] | None = None) -> list[BackupSummary]:
-        """Completed backups, oldest first. Unreadable summaries are reported in `problems`."""
+    def list_backups(self, problems: list[str] | None = None,
+                     damaged: dict[str, str] | None = None) -> list[BackupSummary]:
+        """Completed backups, oldest first. Unreadable summaries are left out and reported in
+        `problems` (reasons) and `damaged` (ID -> reason): one bad summary never hides the others."""
         summaries = []
         for backup_id in self.backup_ids():
             try:
@@ -277,6 +314,8 @@ class Repository:
             except MobackupError as error:
                 if problems is not None:
                     problems.append(str(error))
+                if damaged is not None:
+                    damaged[backup_id] = str(error)
         summaries.sort(key=lambda s: (s.completed_at, s.id))
         return summaries
 
