@@ -12,11 +12,10 @@ from .engine.repository import RepositoryOptions, open_repository
 from .engine.restore import run_restore
 from .engine.verify import verify_backup
 from .sample import generate_mo_data, mutate_mo_data, snapshot_tree
+from .table import backup_table
 
 
 def run_demo(workdir: Path, as_json: bool = False) -> int:
-    from .cli import backup_table
-
     if workdir.exists():
         shutil.rmtree(workdir)
     data_dir, repo_dir, restored = workdir / "mo-data", workdir / "repo", workdir / "restored"

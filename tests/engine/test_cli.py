@@ -39,9 +39,14 @@ def test_cli_full_incremental_list_show_restore_verify(tmp_path: Path) -> None:
     listed = json.loads(mobackup("list", "--repo", repo, "--json").stdout)
     assert [b["id"] for b in listed] == [full["id"], inc["id"]] and all(set(b) >= SUMMARY_KEYS for b in listed)
     table = mobackup("list", "--repo", repo).stdout.splitlines()
-    header = [c.strip() for c in table[0].split(" | ")]
-    assert header[:8] == ["ID", "SIZE", "PATH", "AT TIME", "DURATION", "COMPLETE TIME", "BACKUPTS", "BACKUPTYPE"]
-    assert inc["id"] in table[2] and "incremental" in table[2] and inc["backup_ts"] in table[2]
+    # mo_br's layout: a +---+ rule above and below the header and at the end, cells between | bars.
+    assert table[0].startswith("+--") and table[2] == table[0] == table[-1] and len(table) == 6
+    header = [c.strip() for c in table[1].strip("|").split("|")]
+    assert header == ["ID", "SIZE", "PATH", "AT TIME", "DURATION", "COMPLETE TIME", "BACKUPTS", "BACKUPTYPE",
+                      "BASE", "NEW BYTES"]
+    row = [c.strip() for c in table[4].strip("|").split("|")]
+    assert row[0] == inc["id"] and row[7] == "incremental" and row[6] == inc["backup_ts"] and row[8] == full["id"]
+    assert len({len(line) for line in table}) == 1  # aligned columns
 
     shown = json.loads(mobackup("show", full["id"][:8], "--repo", repo, "--json").stdout)
     assert shown["id"] == full["id"] and shown["dependents"] == [inc["id"]]
@@ -137,6 +142,12 @@ def test_progress_is_drawn_on_a_terminal_and_silent_otherwise(tmp_path: Path) ->
     os.close(master)
     assert process.returncode == 0
     screen = drawn.decode(errors="replace")
-    assert "backup: 100.0%" in screen and "files" in screen and "/s ETA" in screen
+    # rich's bar: label, percentage, bytes of total, files, rate and ETA, redrawn in place.
+    assert "backup" in screen and "100%" in screen and "files" in screen and "/s" in screen and "ETA" in screen
+    assert "\r" in screen or "\x1b[" in screen
     quiet = mobackup("backup", "--data-dir", str(data), "--repo", repo)
-    assert quiet.stderr == ""  # not a terminal: no progress noise in logs
+    assert quiet.stderr == ""  # not a terminal and shorter than the line interval: no progress noise in logs
+    lines = mobackup("backup", "--data-dir", str(data), "--repo", repo, "--type", "full",
+                     env={"MOBACKUP_PROGRESS_INTERVAL": "0.001"}).stderr.splitlines()
+    assert lines and all(line.startswith("backup: ") and " files " in line and "/s ETA " in line for line in lines)
+    assert not any("\x1b" in line or "\r" in line for line in lines)  # plain lines for logs
