@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -121,7 +122,27 @@ class ServerLock:
             self.fd = None
 
 
-class MatrixOne:
+class SqlClient:
+    """SQL on the MatrixOne listening on 127.0.0.1:6001 (a fixture's process, or a pod's)."""
+
+    def connect(self) -> pymysql.connections.Connection:
+        return connect()
+
+    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
+        """Runs the statements in one session; returns the rows of the last one."""
+        rows: list[tuple[Any, ...]] = []
+        with self.connect() as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+                rows = list(cur.fetchall())
+        return rows
+
+    def checkpoint(self) -> None:
+        out = self.sql("select mo_ctl('dn','checkpoint','')")[0][0]
+        assert '"OK"' in out, out
+
+
+class MatrixOne(SqlClient):
     """One standalone mo-service whose data is `workdir/mo-data`."""
 
     def __init__(self, home: Path, workdir: Path, version: str, hostname: str | None = None) -> None:
@@ -180,27 +201,40 @@ class MatrixOne:
         self.stop()
         return self.start()
 
-    def connect(self) -> pymysql.connections.Connection:
-        return connect()
-
-    def sql(self, *statements: str) -> list[tuple[Any, ...]]:
-        """Runs the statements in one session; returns the rows of the last one."""
-        rows: list[tuple[Any, ...]] = []
-        with self.connect() as conn, conn.cursor() as cur:
-            for statement in statements:
-                cur.execute(statement)
-                rows = list(cur.fetchall())
-        return rows
-
-    def checkpoint(self) -> None:
-        out = self.sql("select mo_ctl('dn','checkpoint','')")[0][0]
-        assert '"OK"' in out, out
-
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+# ---- the seed's data: databases with one table each, and what a lost or torn row would change
+Checksums = dict[str, tuple[int, int, int]]
+
+
+def create_db(mo: SqlClient, name: str, rows: int, first: int = 1) -> None:
+    mo.sql(f"create database {name}",
+           f"create table {name}.t (id bigint primary key, v varchar(64), n double)")
+    insert_rows(mo, name, first, rows)
+
+
+def insert_rows(mo: SqlClient, name: str, first: int, count: int) -> None:
+    mo.sql(f"insert into {name}.t select result, concat('row-', result, '-', {first}), result * 1.5 "
+           f"from generate_series({first}, {first + count - 1}) g")
+
+
+def user_databases(mo: SqlClient) -> set[str]:
+    """The test's databases (db1, db2, ...) that `show databases` lists."""
+    return {row[0] for row in mo.sql("show databases") if re.fullmatch(r"db\d+", row[0])}
+
+
+def checksums(mo: SqlClient, names: list[str]) -> Checksums:
+    """Per database: row count, sum of ids and of value lengths."""
+    out: Checksums = {}
+    for name in names:
+        count, ids, lengths = mo.sql(f"select count(*), sum(id), sum(length(v)) from {name}.t")[0]
+        out[name] = (int(count), int(ids or 0), int(lengths or 0))
+    return out
 
 
 @pytest.fixture(scope="session")

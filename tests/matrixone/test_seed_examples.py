@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
-from mo_server import REPO, VERSIONS, MatrixOne
+from mo_server import REPO, VERSIONS, Checksums, MatrixOne, checksums, create_db, insert_rows, user_databases
 
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
-Checksums = dict[str, tuple[int, int, int]]
 
 
 def mobackup(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -42,30 +41,6 @@ def backup(mo: MatrixOne, repo: Path, *extra: str) -> dict[str, Any]:
 def restore(mo: MatrixOne, repo: Path, backup_id: str, *extra: str) -> None:
     shutil.rmtree(mo.data_dir)
     mobackup("restore", backup_id, "--repo", repo, "--target", mo.data_dir, "--json", "--quiet", *extra)
-
-
-def create_db(mo: MatrixOne, name: str, rows: int, first: int = 1) -> None:
-    mo.sql(f"create database {name}",
-           f"create table {name}.t (id bigint primary key, v varchar(64), n double)")
-    insert_rows(mo, name, first, rows)
-
-
-def insert_rows(mo: MatrixOne, name: str, first: int, count: int) -> None:
-    mo.sql(f"insert into {name}.t select result, concat('row-', result, '-', {first}), result * 1.5 "
-           f"from generate_series({first}, {first + count - 1}) g")
-
-
-def user_databases(mo: MatrixOne) -> set[str]:
-    return {row[0] for row in mo.sql("show databases") if re.fullmatch(r"db\d+", row[0])}
-
-
-def checksums(mo: MatrixOne, names: list[str]) -> Checksums:
-    """Per database: row count, sum of ids and of value lengths (what a lost or torn row changes)."""
-    out: Checksums = {}
-    for name in names:
-        count, ids, lengths = mo.sql(f"select count(*), sum(id), sum(length(v)) from {name}.t")[0]
-        out[name] = (int(count), int(ids or 0), int(lengths or 0))
-    return out
 
 
 def newest_checkpoint_end(data_dir: Path) -> str:
