@@ -68,13 +68,22 @@ class RepositoryOptions:
     @classmethod
     def from_env(cls, url: str, **overrides: Any) -> RepositoryOptions:
         env = os.environ
-        key = env.get("MOBACKUP_ENCRYPTION_KEY") or None
-        key_file = overrides.pop("encryption_key_file", None) or env.get("MOBACKUP_ENCRYPTION_KEY_FILE")
-        if key is None and key_file:
+        # An explicit key file (--encryption-key-file) wins over the environment's key, which wins
+        # over the environment's key file. A key that is empty or only white space is refused: taken
+        # as "no key", it would silently create (or read) a plaintext repository.
+        explicit_file = overrides.pop("encryption_key_file", None)
+        key = None if explicit_file else env.get("MOBACKUP_ENCRYPTION_KEY") or None
+        if key is not None and not key.strip():
+            raise EncryptionKeyError("MOBACKUP_ENCRYPTION_KEY is only white space: give a real key or unset it")
+        key_file = explicit_file or (None if key else env.get("MOBACKUP_ENCRYPTION_KEY_FILE") or None)
+        if key_file:
             try:
-                key = Path(key_file).read_text().strip() or None
-            except OSError as error:
-                raise MobackupError(f"cannot read encryption key file {key_file}: {error.strerror}") from None
+                key = Path(key_file).read_text().strip()
+            except (OSError, UnicodeDecodeError) as error:
+                reason = getattr(error, "strerror", None) or "not text"
+                raise MobackupError(f"cannot read encryption key file {key_file}: {reason}") from None
+            if not key:
+                raise EncryptionKeyError(f"encryption key file {key_file} is empty (or only white space)")
         options = cls(
             url=url,
             s3_endpoint=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
@@ -226,6 +235,13 @@ class Repository:
             raise RepositoryFormatError(f"{backend.location}/{CONFIG_KEY}: {problem}")
         keys = None
         encryption = config.get("encryption")
+        if not encryption and options.encryption_key:
+            # Refusing is what stops a downgrade: with `"encryption": null` edited into the config of
+            # an encrypted repository, a backup run with the key would otherwise store plaintext.
+            raise EncryptionKeyError(
+                f"{backend.location}: an encryption key was given but the repository is not encrypted; "
+                "refusing to store plaintext (if it was created encrypted, its configuration was altered)"
+            )
         if encryption:
             if not options.encryption_key:
                 raise EncryptionKeyError(
