@@ -16,7 +16,7 @@ from typing import Any
 from . import __version__
 from .engine.errors import MobackupError
 from .engine.progress import for_terminal
-from .engine.repository import Repository, RepositoryOptions, open_repository
+from .engine.repository import MAX_PARALLELISM, Repository, RepositoryOptions, open_repository
 from .table import backup_table, decimal_size
 
 DURATION_PART = re.compile(r"(\d+)([smhdw])")
@@ -46,6 +46,19 @@ def parse_rate(text: str) -> int:
     return value
 
 
+def int_range(low: int, high: int | None = None) -> Any:
+    """An argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range ({low}-{high if high is not None else ''})")
+        return value
+    return parse
+
+
 # ----- argument parsing ----------------------------------------------------------------------------
 
 def _repo_args(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +72,8 @@ def _repo_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--s3-ca-bundle", help="PEM file of CAs to trust for the endpoint (env AWS_CA_BUNDLE)")
     group.add_argument("--encryption-key-file", help="file holding the encryption key "
                        "(or env MOBACKUP_ENCRYPTION_KEY; keys are never accepted on the command line)")
-    group.add_argument("--parallelism", type=int, help="concurrent transfers (default 4)")
+    group.add_argument("--parallelism", type=int_range(1, MAX_PARALLELISM),
+                       help=f"concurrent transfers, 1-{MAX_PARALLELISM} (default 4 on a directory, 8 on S3)")
     group.add_argument("--bandwidth-limit", type=parse_rate, help="cap on transfer rate, e.g. 50M or 100Mi")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress display")
@@ -91,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--sql-port", type=int, default=6001)
     backup.add_argument("--sql-user", default="dump", help="SQL user (password in env MOBACKUP_SQL_PASSWORD)")
     backup.add_argument("--sql-database", help="database to connect to (default: none)")
+    backup.add_argument("--online", action="store_true",
+                        help="back up the RUNNING MatrixOne at --sql-host with its own BACKUP statement (no "
+                        "downtime); it stages the copy under --data-dir, which must be the volume it runs on")
+    backup.add_argument("--server-data-dir", help="with --online: --data-dir's absolute path as the MatrixOne "
+                        "server sees it (default: the same path)")
 
     listing = commands.add_parser("list", help="list completed backups")
     _repo_args(listing)
@@ -120,10 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="apply retention and remove unreferenced data")
     _repo_args(prune)
-    prune.add_argument("--keep-last", type=int, metavar="N")
-    prune.add_argument("--keep-daily", type=int, metavar="N")
-    prune.add_argument("--keep-weekly", type=int, metavar="N")
-    prune.add_argument("--keep-monthly", type=int, metavar="N")
+    prune.add_argument("--keep-last", type=int_range(0), metavar="N")
+    prune.add_argument("--keep-daily", type=int_range(0), metavar="N")
+    prune.add_argument("--keep-weekly", type=int_range(0), metavar="N")
+    prune.add_argument("--keep-monthly", type=int_range(0), metavar="N")
     prune.add_argument("--keep-within", type=parse_duration, metavar="DURATION", help="e.g. 7d, 12h")
     prune.add_argument("--source", help="only this source's backups")
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
@@ -165,12 +184,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from .engine.backup import run_backup
     from .engine.layout import PathRules
 
+    if args.online:
+        return _online_backup(args)
+    if args.server_data_dir:
+        raise MobackupError("--server-data-dir is for --online backups")
     mo_version = None
     if args.sql_host:
         from .engine.mosql import SqlEndpoint, prepare_backup
 
         mo_version = prepare_backup(
             SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database))
+    if not Path(args.data_dir).is_dir():  # before the repository is created
+        raise MobackupError(f"{args.data_dir}: no such data directory")
     repo = open_repository(repository_options(args, compression=args.compression), create=True)
     summary = run_backup(
         repo, Path(args.data_dir), source=args.source, backup_type=args.type, base_id=args.base,
@@ -180,6 +205,30 @@ def cmd_backup(args: argparse.Namespace) -> int:
     _emit(args, summary.to_dict(),
           f"Backup ID {summary.id} ({summary.type}, {decimal_size(summary.size_bytes)} in {summary.file_count} "
           f"files, {decimal_size(summary.new_bytes)} new, BACKUPTS {summary.backup_ts}, "
+          f"{summary.duration_seconds:.3f}s)")
+    return 0
+
+
+def _online_backup(args: argparse.Namespace) -> int:
+    from .engine.mosql import MatrixOneSession, SqlEndpoint
+    from .engine.online import run_online_backup
+
+    if not args.sql_host:
+        raise MobackupError("--online needs --sql-host (MatrixOne runs the backup; password in MOBACKUP_SQL_PASSWORD)")
+    if args.exclude:
+        raise MobackupError("--exclude does not apply to --online backups (MatrixOne chooses the files)")
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        raise MobackupError(f"{data_dir}: not a directory (the data volume MatrixOne runs on)")
+    with MatrixOneSession(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database)) as mo:
+        repo = open_repository(repository_options(args, compression=args.compression), create=True)
+        summary = run_online_backup(
+            repo, data_dir, mo, server_data_dir=args.server_data_dir, source=args.source, backup_type=args.type,
+            base_id=args.base, progress=for_terminal("backup", args.quiet or args.json))
+    _emit(args, summary.to_dict(),
+          f"Backup ID {summary.id} (online {summary.type}, {decimal_size(summary.size_bytes)} in "
+          f"{summary.file_count} files, {decimal_size(summary.new_bytes)} new, "
+          f"{decimal_size(summary.extra.get('staged_bytes', 0))} staged, BACKUPTS {summary.backup_ts}, "
           f"{summary.duration_seconds:.3f}s)")
     return 0
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -72,6 +74,7 @@ class _BackupRun:
         self.buffers = threading.local()
         self.known_blobs: DigestSet | None = None  # blobs listed up front (S3 full backups)
         self.known_lock = threading.Lock()
+        self.inherited: Iterable[dict[str, Any]] = ()  # base records taken as they are
 
     def _stored(self, plain_bytes: int, stored_bytes: int) -> None:
         with self.lock:
@@ -211,6 +214,9 @@ class _BackupRun:
                     self.progress.advance(entry.size, 1)
                     continue
                 workers.submit(self.copy_file, entry, on_result=self._copied)
+        for record in self.inherited:  # files the source did not stage again (online incremental)
+            self._record(record, read=False)
+            self.progress.advance(record.get("size", 0), 1)
 
 
 def _choose_base(repo: Repository, source: str, backup_type: str | None,
@@ -237,6 +243,19 @@ def _choose_base(repo: Repository, source: str, backup_type: str | None,
     return candidates[-1]
 
 
+def _without_repository(rules: PathRules, repo: Repository, data_dir: Path) -> PathRules:
+    """A repository inside the data directory is left out of the backup (it would back itself up,
+    live lock files included); one that is the data directory is refused."""
+    if not isinstance(repo.backend, LocalBackend):
+        return rules
+    root, data = Path(os.path.realpath(repo.backend.root)), Path(os.path.realpath(data_dir))
+    if root == data or root in data.parents:
+        raise MobackupError(f"{data_dir}: the data directory is the repository {root} or inside it")
+    if data not in root.parents:
+        return rules
+    return replace(rules, extra_excludes=(*rules.extra_excludes, glob.escape(root.relative_to(data).as_posix())))
+
+
 def run_backup(
     repo: Repository,
     data_dir: Path,
@@ -248,19 +267,28 @@ def run_backup(
     rules: PathRules | None = None,
     mo_version: str | None = None,
     backup_ts: str | None = None,
+    backup_ts_source: str | None = None,
+    inherit: frozenset[str] = frozenset(),
+    extra: dict[str, Any] | None = None,
+    data_dir_label: str | None = None,
+    began: tuple[Any, float] | None = None,
 ) -> BackupSummary:
     """Back up `data_dir`. With neither type nor base, the first backup of a source is full and later
-    ones are incremental on the latest completed backup of the same source."""
+    ones are incremental on the latest completed backup of the same source.
+
+    `inherit` names paths that are not in `data_dir` but must be in the backup as the base has them
+    (an online incremental stages only new files). `extra` is merged into the summary's `extra`;
+    `data_dir_label` is the data directory recorded (default `data_dir`); `began` is (utc_now(),
+    time.monotonic()) of a run that started before this call (an online backup's BACKUP)."""
     data_dir = Path(data_dir).absolute()
     if not data_dir.is_dir():
         raise MobackupError(f"{data_dir}: not a directory")
     source = source or default_source(data_dir)
-    rules = rules or PathRules()
+    rules = _without_repository(rules or PathRules(), repo, data_dir)
     progress = progress or NullProgress()
     with repo.lock(exclusive=False, purpose=f"backup of {source}", wait_seconds=60):
         base = _choose_base(repo, source, backup_type, base_id)
-        started = utc_now()
-        clock = time.monotonic()
+        started, clock = began or (utc_now(), time.monotonic())
         checkpoint_ts = newest_checkpoint_ts(data_dir)
         if backup_ts is None:
             backup_ts = checkpoint_ts or f"{time.time_ns()}-0"
@@ -274,6 +302,11 @@ def run_backup(
                 base_index.load(repo.entries(base))
             writer = FileListWriter(repo.codec, backup_id, Path(scratch))
             run = _BackupRun(repo, data_dir, rules, progress, base_index, writer)
+            inherited: set[str] = set()
+            if inherit:
+                if base is None:
+                    raise MobackupError("files to take from a base backup, but there is no base")
+                run.inherited = (inherited.add(r["path"]) or r for r in repo.entries(base) if r["path"] in inherit)
             if base is None and not isinstance(repo.backend, LocalBackend):
                 # One listing instead of a HEAD request per chunk (a full backup reads every file).
                 run.known_blobs = DigestSet(Path(scratch) / "known.sqlite", shared=True)
@@ -282,6 +315,10 @@ def run_backup(
                 run.known_blobs.flush()
             try:
                 run.run()
+                if len(inherited) != len(inherit):
+                    missing = sorted(inherit - inherited)
+                    raise MobackupError(f"{len(missing)} files to take from base backup {base.id if base else ''} "
+                                        f"are not in it, e.g. {missing[0]}: the base does not match this source")
             finally:
                 writer.close()
                 if base_index:
@@ -296,7 +333,7 @@ def run_backup(
                 base_id=base.id if base else None,
                 source=source,
                 backup_ts=backup_ts,
-                backup_ts_source="checkpoint" if checkpoint_ts == backup_ts else "clock",
+                backup_ts_source=backup_ts_source or ("checkpoint" if checkpoint_ts == backup_ts else "clock"),
                 started_at=iso(started),
                 completed_at=iso(completed),
                 duration_seconds=round(time.monotonic() - clock, 3),
@@ -307,7 +344,7 @@ def run_backup(
                 read_file_count=totals.read_files,
                 chunk_count=totals.chunks,
                 new_blob_count=totals.new_blobs,
-                data_dir=str(data_dir),
+                data_dir=data_dir_label or str(data_dir),
                 host=socket.gethostname(),
                 layout=detect_layout(data_dir),
                 location=repo.location,
@@ -316,7 +353,7 @@ def run_backup(
                 entry_count=writer.count,
                 mo_version=mo_version,
                 mobackup_version=__version__,
-                extra={"excludes": list(rules.excludes + rules.extra_excludes)},
+                extra={"excludes": list(rules.excludes + rules.extra_excludes), **(extra or {})},
             )
             repo.publish(summary, writer.path)
         progress.finish()

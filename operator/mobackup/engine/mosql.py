@@ -62,3 +62,60 @@ def prepare_backup(endpoint: SqlEndpoint) -> str:
         raise MobackupError(f"MatrixOne at {endpoint.host}:{endpoint.port}: {error.args[-1]}") from None
     finally:
         connection.close()
+
+
+class MatrixOneSession:
+    """One SQL session with a running MatrixOne for an online backup (the sys account's BACKUP)."""
+
+    def __init__(self, endpoint: SqlEndpoint) -> None:
+        self.endpoint = endpoint
+        self.where = f"{endpoint.host}:{endpoint.port}"
+        try:
+            self.connection = pymysql.connect(
+                host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
+                connect_timeout=endpoint.timeout, read_timeout=None, autocommit=True)
+        except pymysql.MySQLError as error:
+            raise MobackupError(f"cannot connect to MatrixOne at {self.where}: {error.args[-1]}") from None
+        self.version = str(self.query("select version()"))
+        account = str(self.query("select current_account_name()"))
+        if account != "sys":
+            self.close()
+            raise MobackupError(f"MatrixOne's BACKUP needs the sys account; user {endpoint.user!r} is in account "
+                                f"{account!r} (use root or dump, or another sys user)")
+
+    def query(self, statement: str) -> object:
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute(statement)
+                row = cursor.fetchone()
+                return row[0] if row else None
+        except pymysql.MySQLError as error:
+            raise MobackupError(f"MatrixOne at {self.where}: {error.args[-1]}") from None
+
+    def backup_to_directory(self, path: str, parallelism: int, since_ts: str | None = None) -> None:
+        """`BACKUP ... FILESYSTEM` into `path` (as the server sees it); incremental from `since_ts`."""
+        if "'" in path or "\\" in path:
+            raise MobackupError(f"refusing a staging path with quotes or backslashes: {path!r}")
+        statement = f"backup '0' filesystem '{path}' parallelism '{int(parallelism)}'"
+        if since_ts is not None:
+            physical, _, logical = since_ts.partition("-")
+            if not (physical.isdigit() and logical.isdigit()):  # a malformed TIMESTAMP crashes the statement
+                raise MobackupError(f"base BACKUPTS {since_ts!r} is not physical-logical")
+            statement += f" type 'incremental' timestamp '{since_ts}'"
+        try:
+            with self.connection.cursor() as cursor:
+                cursor.execute(statement)
+        except pymysql.MySQLError as error:
+            reason = str(error.args[-1])
+            if error.args and error.args[0] == 1064:  # syntax error: a server without BACKUP
+                reason = f"this server ({self.version}) does not support the BACKUP statement: {reason}"
+            raise MobackupError(f"MatrixOne at {self.where} refused BACKUP: {reason}") from None
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> MatrixOneSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
