@@ -40,6 +40,7 @@ FORMAT_VERSION = 1
 CONFIG_KEY = "mobackup.json"
 DEFAULT_CHUNK_SIZE = 8 << 20
 MAX_CHUNK_SIZE = 1 << 30
+MAX_PARALLELISM = 256
 FRAME_TARGET = 1 << 20  # plaintext bytes of file-list lines per frame
 LOCK_REFRESH_SECONDS = 60.0
 
@@ -96,6 +97,8 @@ class RepositoryOptions:
 
 
 def make_backend(options: RepositoryOptions) -> Backend:
+    if options.parallelism is not None and not 1 <= options.parallelism <= MAX_PARALLELISM:
+        raise MobackupError(f"parallelism {options.parallelism} is out of range (1-{MAX_PARALLELISM})")
     url = options.url
     if url.startswith("s3://"):
         from .s3 import S3Backend  # boto3 is slow to import; only S3 users pay for it

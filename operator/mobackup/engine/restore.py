@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import stat
@@ -12,11 +13,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
+from .errors import CorruptDataError, LockedError, MobackupError, TargetNotEmptyError
 from .layout import log_hostnames
 from .manifest import ManifestChecker
 from .progress import NullProgress, Progress
@@ -106,18 +108,33 @@ def _swap_in(staging: Path, target: Path, beside: bool) -> None:
             return
         # No renameat2: fall through to moving entries, from a staging directory outside the target.
     aside = target / f"{OLD_PREFIX}{uuid.uuid4().hex[:12]}"
-    old = _existing_entries(target)
-    if old:
-        aside.mkdir()
+    old = sorted(_existing_entries(target))  # sorted: a failure is reproducible
+    aside.mkdir()
+    moved: list[str] = []
+    try:
         for name in old:
-            os.rename(target / name, aside / name)
-    with os.scandir(staging) as entries:
-        for entry in entries:
-            os.rename(entry.path, target / entry.name)
+            os.rename(target / name, aside / name)  # EBUSY for a mount point in the target
+            moved.append(name)
+        with os.scandir(staging) as entries:
+            staged = sorted(entry.name for entry in entries)
+        placed: list[str] = []
+        try:
+            for name in staged:
+                os.rename(staging / name, target / name)
+                placed.append(name)
+        except BaseException:
+            for name in reversed(placed):
+                os.rename(target / name, staging / name)
+            raise
+    except BaseException:
+        # Half-way: put the old tree back as it was (the caller removes the staging directory).
+        for name in reversed(moved):
+            os.rename(aside / name, target / name)
+        aside.rmdir()
+        raise
     staging.rmdir()
     _fsync_dir(target)
-    if old:
-        shutil.rmtree(aside)
+    shutil.rmtree(aside)
 
 
 @dataclass
@@ -330,6 +347,49 @@ class _RestoreRun:
                 os.close(fd)
 
 
+# Never a restore target: a forced restore replaces the whole content of its target.
+SYSTEM_DIRS = frozenset({
+    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
+    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+})
+
+
+def _checked_target(target: Path, repo: Repository) -> Path:
+    """The real path of a restore target (a symbolic link is resolved up front, so that the swap acts
+    on the directory itself), refused when it is a system directory or overlaps the repository."""
+    real = Path(os.path.realpath(target))
+    if str(real) in SYSTEM_DIRS:
+        raise MobackupError(f"{target}: refusing to restore into the system directory {real}")
+    if isinstance(repo.backend, LocalBackend):
+        root = Path(os.path.realpath(repo.backend.root))
+        if real == root or real in root.parents or root in real.parents:
+            raise MobackupError(f"{target}: refusing to restore into, inside or above the repository {root}: "
+                                "the restore would destroy it")
+    return real
+
+
+@contextlib.contextmanager
+def _target_lock(target: Path) -> Iterator[None]:
+    """Hold an exclusive flock on the target directory: a second restore into it fails at once
+    instead of deleting the first one's staging directory. The target's inode changes when a
+    restore swaps it, so the lock is retaken until it is held on the directory now at the path."""
+    while True:
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LockedError(f"{target}: another restore into this directory is running") from None
+        held, now = os.fstat(fd), os.stat(target)
+        if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def _check_file_list(repo: Repository, summary: Any, files: Path, scratch: Path) -> set[str]:
     """Check every entry and the list's digest; returns the log service hostnames it records."""
     checker = ManifestChecker(scratch, repo.chunk_size, f"backup {summary.id}")
@@ -366,19 +426,20 @@ def run_restore(
     progress = progress or NullProgress()
     backup_id = repo.resolve_id(backup_id)
     summary = repo.load_summary(backup_id)
-    target = Path(target).absolute()
+    target = _checked_target(Path(target).absolute(), repo)
     if target.exists() and not target.is_dir():
         raise MobackupError(f"{target}: exists and is not a directory")
     target.mkdir(parents=True, exist_ok=True)
-    existing = _existing_entries(target)
-    if existing and not force:
-        raise TargetNotEmptyError(
-            f"{target} is not empty ({len(existing)} entries, e.g. {sorted(existing)[0]!r}); restore into "
-            "an empty directory, or pass --force to replace its contents"
-        )
     clock = time.monotonic()
-    with (repo.lock(exclusive=False, purpose=f"restore of {backup_id}", wait_seconds=60),
+    with (_target_lock(target),
+          repo.lock(exclusive=False, purpose=f"restore of {backup_id}", wait_seconds=60),
           tempfile.TemporaryDirectory(prefix="mobackup-restore-") as scratch):
+        existing = _existing_entries(target)
+        if existing and not force:
+            raise TargetNotEmptyError(
+                f"{target} is not empty ({len(existing)} entries, e.g. {sorted(existing)[0]!r}); restore into "
+                "an empty directory, or pass --force to replace its contents"
+            )
         # The whole list is copied, then checked (every entry, and the digest at its end) before
         # the first write; the second pass reads the same local copy.
         files = Path(scratch) / "files"
