@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     backup.add_argument("--base", help="base backup ID of an incremental (default: latest of the source)")
     backup.add_argument("--compression", choices=("none", "zstd"), default="none",
                         help="compression of a repository this backup creates")
+    backup.add_argument("--check-existing", action="store_true",
+                        help="read back every blob the repository already has before reusing it, and store a "
+                        "damaged one again (by default only its size is checked)")
     backup.add_argument("--exclude", action="append", default=[], metavar="GLOB",
                         help="also leave out paths matching GLOB (relative to the data directory)")
     backup.add_argument("--sql-host", help="MatrixOne SQL host: force a checkpoint and read the version first")
@@ -131,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     _repo_args(verify)
     verify.add_argument("id")
     verify.add_argument("--quick", action="store_true", help="check existence and sizes only")
+    verify.add_argument("--repair", action="store_true",
+                        help="store damaged or missing blobs again from --data-dir (the backed-up source), "
+                        "then check again")
+    verify.add_argument("--data-dir", help="the data directory to repair from (with --repair)")
 
     delete = commands.add_parser("delete", help="delete a backup and the data only it used")
     _repo_args(delete)
@@ -195,12 +202,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
         mo_version = prepare_backup(
             SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database))
     if not Path(args.data_dir).is_dir():  # before the repository is created
-        raise MobackupError(f"{args.data_dir}: no such data directory")
+        raise MobackupError(f"{args.data_dir}: not a directory (nothing was created)")
     repo = open_repository(repository_options(args, compression=args.compression), create=True)
     summary = run_backup(
         repo, Path(args.data_dir), source=args.source, backup_type=args.type, base_id=args.base,
         progress=for_terminal("backup", args.quiet or args.json), rules=PathRules(extra_excludes=tuple(args.exclude)),
-        mo_version=mo_version,
+        mo_version=mo_version, check_existing=args.check_existing,
     )
     _emit(args, summary.to_dict(),
           f"Backup ID {summary.id} ({summary.type}, {decimal_size(summary.size_bytes)} in {summary.file_count} "
@@ -273,8 +280,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from .engine.verify import verify_backup
 
+    if args.repair != bool(args.data_dir):
+        raise MobackupError("--repair and --data-dir go together: the data directory is where blobs are repaired from")
     repo = open_repository(repository_options(args))
-    result = verify_backup(repo, args.id, quick=args.quick, progress=for_terminal("verify", args.quiet or args.json))
+    result = verify_backup(repo, args.id, quick=args.quick, progress=for_terminal("verify", args.quiet or args.json),
+                           repair_from=Path(args.data_dir) if args.repair else None)
+    if result.repaired_blobs and not args.json:
+        print(f"repaired {result.repaired_blobs} blob(s) from {args.data_dir}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     if not result.ok:

@@ -125,7 +125,7 @@ def test_second_restore_into_the_same_target_is_refused(backed_up: tuple[Path, P
 
 def test_backup_of_a_missing_data_dir_creates_no_repository(tmp_path: Path) -> None:
     result = mobackup("backup", "--data-dir", str(tmp_path / "nope"), "--repo", str(tmp_path / "repo"))
-    assert result.returncode == 1 and "no such data directory" in result.stderr
+    assert result.returncode == 1 and "not a directory" in result.stderr
     assert not (tmp_path / "repo").exists()
 
 

@@ -75,6 +75,7 @@ class _BackupRun:
         self.known_blobs: DigestSet | None = None  # blobs listed up front (S3 full backups)
         self.known_lock = threading.Lock()
         self.inherited: Iterable[dict[str, Any]] = ()  # base records taken as they are
+        self.check_existing = False  # read back blobs that exist (not only their size) before reusing
 
     def _stored(self, plain_bytes: int, stored_bytes: int) -> None:
         with self.lock:
@@ -82,12 +83,15 @@ class _BackupRun:
             self.totals.stored_bytes += stored_bytes
             self.totals.new_blobs += 1
 
-    def _has_blob(self, digest: str) -> bool:
-        if self.known_blobs is not None:
+    def _has_blob(self, digest: str, size: int) -> bool:
+        """Whether the repository holds this chunk intact (see Repository.blob_is_sound): a damaged
+        blob is stored again, so that damage heals with the next backup that reads the file."""
+        if self.known_blobs is not None and not self.check_existing:
+            expected = self.repo.stored_size(size)  # the listing's sizes are checked too
             with self.known_lock:
-                if digest in self.known_blobs:
+                if (digest if expected is None else f"{digest}/{expected}") in self.known_blobs:
                     return True
-        return self.repo.has_blob(digest)
+        return self.repo.blob_is_sound(digest, size, read=self.check_existing)
 
     def _store_by_reading(self, source: BinaryIO) -> tuple[list[str], int]:
         """Read each chunk into a buffer, hash it, store it unless the repository has it."""
@@ -106,7 +110,7 @@ class _BackupRun:
                 break
             data = view[:n]
             digest = self.repo.codec.digest(data)
-            if not self._has_blob(digest):
+            if not self._has_blob(digest, n):
                 self._stored(n, self.repo.put_blob(digest, data))
             chunks.append(digest)
             done += n
@@ -130,7 +134,10 @@ class _BackupRun:
             try:
                 with open(tmp, "rb") as copy:
                     digest = self.repo.codec.digest_fd(copy.fileno())
-                if backend.adopt(tmp, blob_key(digest)):
+                if self._has_blob(digest, n):
+                    tmp.unlink()
+                else:
+                    backend.adopt(tmp, blob_key(digest), replace=True)
                     self._stored(n, n)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -272,6 +279,7 @@ def run_backup(
     extra: dict[str, Any] | None = None,
     data_dir_label: str | None = None,
     began: tuple[Any, float] | None = None,
+    check_existing: bool = False,
 ) -> BackupSummary:
     """Back up `data_dir`. With neither type nor base, the first backup of a source is full and later
     ones are incremental on the latest completed backup of the same source.
@@ -279,7 +287,9 @@ def run_backup(
     `inherit` names paths that are not in `data_dir` but must be in the backup as the base has them
     (an online incremental stages only new files). `extra` is merged into the summary's `extra`;
     `data_dir_label` is the data directory recorded (default `data_dir`); `began` is (utc_now(),
-    time.monotonic()) of a run that started before this call (an online backup's BACKUP)."""
+    time.monotonic()) of a run that started before this call (an online backup's BACKUP).
+    `check_existing` reads back every blob a read file would reuse and stores a damaged one again
+    (by default only its size is checked)."""
     data_dir = Path(data_dir).absolute()
     if not data_dir.is_dir():
         raise MobackupError(f"{data_dir}: not a directory")
@@ -302,16 +312,18 @@ def run_backup(
                 base_index.load(repo.entries(base))
             writer = FileListWriter(repo.codec, backup_id, Path(scratch))
             run = _BackupRun(repo, data_dir, rules, progress, base_index, writer)
+            run.check_existing = check_existing
             inherited: set[str] = set()
             if inherit:
                 if base is None:
                     raise MobackupError("files to take from a base backup, but there is no base")
                 run.inherited = (inherited.add(r["path"]) or r for r in repo.entries(base) if r["path"] in inherit)
-            if base is None and not isinstance(repo.backend, LocalBackend):
+            if base is None and not check_existing and not isinstance(repo.backend, LocalBackend):
                 # One listing instead of a HEAD request per chunk (a full backup reads every file).
                 run.known_blobs = DigestSet(Path(scratch) / "known.sqlite", shared=True)
-                for digest in repo.blob_digests():
-                    run.known_blobs.add(digest)
+                sized = repo.stored_size(1) is not None
+                for digest, stored in repo.blob_sizes():
+                    run.known_blobs.add(f"{digest}/{stored}" if sized else digest)
                 run.known_blobs.flush()
             try:
                 run.run()

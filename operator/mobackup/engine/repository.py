@@ -21,7 +21,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import __version__
-from .codec import SCRYPT_N, SCRYPT_P, SCRYPT_R, Codec, derive_keys, key_matches, make_key_check
+from .codec import (
+    NONCE_SIZE,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    TAG_SIZE,
+    Codec,
+    derive_keys,
+    key_matches,
+    make_key_check,
+)
 from .errors import (
     BackupNotFound,
     CorruptDataError,
@@ -260,6 +270,34 @@ class Repository:
 
     def has_blob(self, digest: str) -> bool:
         return self.backend.exists(blob_key(digest))
+
+    def blob_is_sound(self, digest: str, plain_size: int, read: bool = False) -> bool:
+        """Whether a stored blob of `plain_size` bytes is usable: by default one size query (as cheap
+        as an existence check) compared with the size its encoding must have; with `read`, the blob
+        read and its digest recomputed. A damaged blob is then stored again instead of being trusted
+        forever because its name exists."""
+        if read:
+            try:
+                return len(self.get_blob(digest)) == plain_size
+            except MobackupError:  # missing, truncated, altered
+                return False
+        size = self.backend.size(blob_key(digest))
+        if size is None:
+            return False
+        expected = self.stored_size(plain_size)
+        if expected is None:  # compressed: the exact size is unknown
+            return size >= 1 + (NONCE_SIZE + TAG_SIZE if self.codec.keys else 0)
+        return size == expected
+
+    def stored_size(self, plain_size: int) -> int | None:
+        """The size a blob of `plain_size` bytes takes in the repository; None when compressed."""
+        if self.codec.compression == "zstd":
+            return None
+        return plain_size + (0 if self.codec.plain else 1 + (NONCE_SIZE + TAG_SIZE if self.codec.keys else 0))
+
+    def blob_sizes(self) -> Iterator[tuple[str, int]]:
+        for info in self.backend.list("blobs/"):
+            yield info.key.rsplit("/", 1)[-1], info.size
 
     def put_blob(self, digest: str, data: bytes | memoryview) -> int:
         """Store one blob; returns the bytes it takes in the repository."""

@@ -149,10 +149,11 @@ class LocalBackend:
         finally:
             os.close(out)
 
-    def adopt(self, tmp: Path, key: str) -> bool:
-        """Name a temporary object; False (and the temporary removed) when the key exists already."""
+    def adopt(self, tmp: Path, key: str, replace: bool = False) -> bool:
+        """Name a temporary object; False (and the temporary removed) when the key exists already,
+        unless `replace` (a damaged object is being stored again)."""
         final = self._path(key)
-        if final.exists():
+        if not replace and final.exists():
             tmp.unlink()
             return False
         final.parent.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,11 @@ from typing import Any
 from .codec import NONCE_SIZE, TAG_SIZE
 from .errors import MobackupError
 from .index import DigestSet
+from .layout import PathRules
 from .manifest import ManifestChecker
 from .progress import NullProgress, Progress
 from .repository import Repository, blob_key
+from .walk import path_of, walk
 from .workers import BoundedWorkers
 
 MAX_PROBLEMS = 100
@@ -30,46 +32,104 @@ class VerifyResult:
     duration_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
+    repaired_blobs: int = 0  # damaged blobs stored again from the source (--repair)
+    damaged_blobs: dict[str, str] = field(default_factory=dict, repr=False)  # digest -> a file using it
 
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "ok": self.ok}
+        data = asdict(self)
+        data["damaged_blobs"] = len(self.damaged_blobs)
+        return {**data, "ok": self.ok}
 
 
 def verify_backup(repo: Repository, backup_id: str, *, quick: bool = False,
-                  progress: Progress | None = None) -> VerifyResult:
-    progress = progress or NullProgress()
+                  progress: Progress | None = None, repair_from: Path | None = None) -> VerifyResult:
+    """Check a backup. With `repair_from` (the backed-up data directory), damaged or missing blobs
+    are stored again from the chunks of the source that still have their digest, and the backup is
+    checked again: the result is that of the second check, with `repaired_blobs` set."""
+    result = _verify(repo, backup_id, quick, progress or NullProgress())
+    if repair_from is None or not result.damaged_blobs:
+        return result
+    with repo.lock(exclusive=False, purpose=f"repair of {result.backup_id}", wait_seconds=60):
+        repaired = repair_blobs(repo, result.damaged_blobs, Path(repair_from))
+    again = _verify(repo, backup_id, quick, NullProgress())
+    again.repaired_blobs = repaired
+    return again
+
+
+def repair_blobs(repo: Repository, damaged: dict[str, str], data_dir: Path) -> int:
+    """Store again each damaged blob whose content a file of `data_dir` still holds: first the files
+    that referenced them, then, for what is left, the whole tree. Returns the blobs stored."""
+    if not data_dir.is_dir():
+        raise MobackupError(f"{data_dir}: no such data directory to repair from")
+    wanted = dict(damaged)
+    repaired = 0
+
+    def scan(path: Path) -> None:
+        nonlocal repaired
+        try:
+            source = open(path, "rb")  # noqa: SIM115 - closed below
+        except OSError:
+            return  # gone or unreadable: another file may hold the chunk
+        with source:
+            while wanted:
+                data = source.read(repo.chunk_size)
+                if not data:
+                    break
+                digest = repo.codec.digest(data)
+                if digest in wanted:
+                    repo.put_blob(digest, data)
+                    del wanted[digest]
+                    repaired += 1
+                if len(data) < repo.chunk_size:
+                    break
+
+    for rel in sorted(set(wanted.values())):
+        if wanted:
+            scan(data_dir / rel)
+    if wanted:
+        for entry in walk(data_dir, PathRules()):
+            if not wanted:
+                break
+            if entry.kind == "file":
+                scan(path_of(data_dir, entry.rel))
+    return repaired
+
+
+def _verify(repo: Repository, backup_id: str, quick: bool, progress: Progress) -> VerifyResult:
     backup_id = repo.resolve_id(backup_id)
     summary = repo.load_summary(backup_id)
     result = VerifyResult(backup_id=backup_id, quick=quick)
     lock = threading.Lock()
     clock = time.monotonic()
 
-    def problem(text: str) -> None:
+    def problem(text: str, digest: str | None = None, rel: str = "") -> None:
         with lock:
             result.problem_count += 1
             if len(result.problems) < MAX_PROBLEMS:
                 result.problems.append(text)
+            if digest is not None:
+                result.damaged_blobs[digest] = rel
 
     def check(digest: str, expected: int, rel: str) -> None:
         try:
             if quick:
                 size = repo.backend.size(blob_key(digest))
                 if size is None:
-                    problem(f"{rel}: blob {digest} is missing")
+                    problem(f"{rel}: blob {digest} is missing", digest, rel)
                 elif repo.codec.plain and size != expected:
-                    problem(f"{rel}: blob {digest} has {size} bytes, expected {expected}")
+                    problem(f"{rel}: blob {digest} has {size} bytes, expected {expected}", digest, rel)
                 elif repo.codec.keys is not None and size < NONCE_SIZE + TAG_SIZE + 1:
-                    problem(f"{rel}: blob {digest} is truncated ({size} bytes)")
+                    problem(f"{rel}: blob {digest} is truncated ({size} bytes)", digest, rel)
             else:
                 data = repo.get_blob(digest)
                 if len(data) != expected:
-                    problem(f"{rel}: blob {digest} has {len(data)} bytes, expected {expected}")
+                    problem(f"{rel}: blob {digest} has {len(data)} bytes, expected {expected}", digest, rel)
         except MobackupError as error:
-            problem(f"{rel}: {error}")
+            problem(f"{rel}: {error}", digest, rel)
         with lock:
             result.blob_count += 1
             result.checked_bytes += expected
