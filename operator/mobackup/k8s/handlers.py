@@ -4,6 +4,11 @@ a resync thread re-drives active runs, due schedules, storage checks and the wor
 Why watch events (on.event) rather than kopf's create/update/timer handlers: the runs keep their own
 state machine in status (so any pass, even after a restart, continues it), and kopf timers would put
 a finalizer on every object. The only finalizer is kopf's, for MOBackups with deletionPolicy Delete.
+
+Why a resync thread and not kopf timers/daemons/indices: timers and daemons are per object and each
+puts a finalizer on every object it serves (kopf/on.py: requires_finalizer=True), and the workload
+sweep belongs to no object; kopf indices are handed only to handlers, not to a loop outside them, so
+the loop keeps its own small index from the same watch events. Peering (replicaCount > 1) is kopf's.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ def drive(kind: str, ns: str, name: str) -> None:
             return
         obj = ctx.kube.get_cr(kind, ns, name)  # may have moved while we waited
         obj.setdefault("kind", kind)
+        before = (obj.get("status") or {}).get("phase")
         if kind == "MOBackup":
             controller.reconcile_backup(ctx, obj)
         else:
@@ -90,6 +96,8 @@ def drive(kind: str, ns: str, name: str) -> None:
             STATE.fast.add((kind, ns, name))
         else:
             STATE.fast.discard((kind, ns, name))
+    if kind == "MOBackup" and phase == "Completed" and before != "Completed":
+        recount_storage(ns, _storage_of(obj))
     if kind == "MOBackup":
         sched = (obj["metadata"].get("labels") or {}).get(schedule.L_SCHEDULE)
         if sched and phase in ("Completed", "Failed"):
@@ -162,6 +170,8 @@ def mobackup_delete(body: kopf.Body, **_: Any) -> None:
     obj.setdefault("kind", "MOBackup")
     with ctx.locked(obj["metadata"]["uid"]):
         done, message = controller.delete_backup_data(ctx, obj)
+    if done and message == "deleted":
+        recount_storage(obj["metadata"]["namespace"], _storage_of(obj))
     if not done:
         refused = "is the base of" in message or "DeletionRefused" in message
         raise kopf.TemporaryError(message, delay=10 if refused else 2)
@@ -196,23 +206,42 @@ def storage_event(type: str | None, body: kopf.Body, **_: Any) -> None:
 
 
 _checking: set[tuple[str, str]] = set()
+_recheck: set[tuple[str, str]] = set()  # forced checks asked for while one was running
 
 
-def _check_storage_async(key: tuple[str, str]) -> None:
+def _storage_of(obj: dict[str, Any]) -> str | None:
+    return (obj.get("status") or {}).get("storage") or ((obj.get("spec") or {}).get("storageRef") or {}).get("name")
+
+
+def recount_storage(ns: str, name: str | None) -> None:
+    """A backup of this storage completed or its data was deleted: refresh backupCount now, not at
+    the next periodic check (checkIntervalSeconds, 300 s by default)."""
+    if name:
+        _check_storage_async((ns, name), force=True)
+
+
+def _check_storage_async(key: tuple[str, str], force: bool = False) -> None:
     """A check of an unreachable endpoint can take many seconds (retries): never in the resync loop."""
     with STATE.lock:
         if key in _checking:
+            if force:  # the running check may have listed before this change: run once more after it
+                _recheck.add(key)
             return
         _checking.add(key)
 
     def work() -> None:
-        try:
-            _check_storage(key)
-        except Exception:
-            log.exception("storage check of %s/%s", *key)
-        finally:
+        again = force
+        while True:
+            try:
+                _check_storage(key, again)
+            except Exception:
+                log.exception("storage check of %s/%s", *key)
             with STATE.lock:
-                _checking.discard(key)
+                again = key in _recheck
+                _recheck.discard(key)
+                if not again:
+                    _checking.discard(key)
+                    return
 
     threading.Thread(target=work, name=f"check-{key[1]}", daemon=True).start()
 
@@ -232,9 +261,9 @@ def _fresh_and_locked(kind: str, key: tuple[str, str], action: Callable[[Ctx, di
     return obj
 
 
-def _check_storage(key: tuple[str, str]) -> None:
+def _check_storage(key: tuple[str, str], force: bool = False) -> None:
     def check(ctx: Ctx, obj: dict[str, Any]) -> None:
-        if controller.storage_check_due(obj, time.time()):
+        if force or controller.storage_check_due(obj, time.time()):
             controller.check_storage(ctx, obj)
 
     _fresh_and_locked("MOBackupStorage", key, check)
