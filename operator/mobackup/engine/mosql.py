@@ -77,7 +77,12 @@ class MatrixOneSession:
         except pymysql.MySQLError as error:
             raise MobackupError(f"cannot connect to MatrixOne at {self.where}: {error.args[-1]}") from None
         self.version = str(self.query("select version()"))
-        account = str(self.query("select current_account_name()"))
+        try:
+            account = str(self.query("select current_account_name()"))
+        except MobackupError as error:
+            self.close()
+            raise MobackupError(f"the server at {self.where} ({self.version}) does not support online backups "
+                                f"(MatrixOne's BACKUP statement): {error}") from None
         if account != "sys":
             self.close()
             raise MobackupError(f"MatrixOne's BACKUP needs the sys account; user {endpoint.user!r} is in account "
