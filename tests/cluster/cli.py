@@ -1,8 +1,11 @@
 """`tests/cluster/up` and `tests/cluster/down`: the test cluster by hand, for developers and reviewers.
 
 up:   builds what is missing, starts MinIO (with a bucket), etcd, kube-apiserver,
-      kube-controller-manager and the local node on loopback, applies the chart's operator RBAC,
-      waits until all are ready and prints `export` lines (also written to STATE/env.sh).
+      kube-controller-manager and the local node on loopback, applies the chart's operator RBAC
+      (marked as release mo-backup-operator's in mobackup-system, so that `helm install
+      mo-backup-operator charts/mo-backup-operator -n mobackup-system` adopts it instead of failing
+      on objects it did not create), waits until all are ready and prints `export` lines (also
+      written to STATE/env.sh).
 down: stops everything `up` started, by the PIDs recorded in STATE, and removes STATE.
 STATE is $MOBACKUP_TEST_STATE or /tmp/mobackup-cluster.
 """
@@ -17,7 +20,9 @@ import time
 from pathlib import Path
 
 from cluster import paths
-from cluster.kube_cluster import cluster_exports, start_cluster, stop_by_pid_files, write_env_file
+from cluster.kube_api import object_path
+from cluster.kube_cluster import KubeCluster, cluster_exports, start_cluster, stop_by_pid_files, write_env_file
+from cluster.rbac import RELEASE
 
 DEFAULT_STATE = Path(os.environ.get("MOBACKUP_TEST_STATE", "/tmp/mobackup-cluster"))
 
@@ -34,6 +39,7 @@ def up(state: Path) -> int:
     except paths.MissingComponent as e:
         print(f"up: {e}", file=sys.stderr)
         return 1
+    helm_adoptable(cluster)
     env_file = write_env_file(cluster)
     print(f"up: cluster ready in {time.monotonic() - t0:.1f}s (api {cluster.api_url}, operator RBAC from "
           f"{cluster.operator.source}); state and logs in {state}; exports also in {env_file}",
@@ -41,6 +47,17 @@ def up(state: Path) -> int:
     for k, v in sorted(cluster_exports(cluster).items()):
         print(f"export {k}='{v}'")
     return 0
+
+
+def helm_adoptable(cluster: KubeCluster) -> None:
+    """Helm adopts an existing object when it carries the release's ownership metadata; these are
+    exactly the objects `helm template` renders for that release, so the install only takes them over.
+    (`helm uninstall` then removes them, and KUBECONFIG_OPERATOR with them.)"""
+    api, ns = cluster.api(), cluster.operator.namespace
+    meta = {"labels": {"app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": ns}}
+    for obj in cluster.operator.objects:
+        api.merge_patch(object_path(obj, default_namespace=ns), {"metadata": meta})
 
 
 def down(state: Path, keep: bool) -> int:

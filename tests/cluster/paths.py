@@ -20,6 +20,7 @@ COMPONENT_BINARIES = {
     "minio": ["minio"],
     "etcd": ["etcd"],
     "kube": ["kube-apiserver", "kube-controller-manager"],
+    "kubectl": ["kubectl"],
     "helm": ["helm"],
     "kubeconform": ["kubeconform"],
 }
