@@ -209,6 +209,11 @@ def cmd_backup(args: argparse.Namespace) -> int:
         progress=for_terminal("backup", args.quiet or args.json), rules=PathRules(extra_excludes=tuple(args.exclude)),
         mo_version=mo_version, check_existing=args.check_existing,
     )
+    if summary.skipped_count:  # never silent: FIFOs, sockets and devices are not copied
+        shown = ", ".join(f"{s['path']} ({s['type']})" for s in summary.skipped[:5])
+        more = f" and {summary.skipped_count - 5} more" if summary.skipped_count > 5 else ""
+        print(f"mobackup: warning: skipped {summary.skipped_count} special file(s), not data: {shown}{more}",
+              file=sys.stderr)
     _emit(args, summary.to_dict(),
           f"Backup ID {summary.id} ({summary.type}, {decimal_size(summary.size_bytes)} in {summary.file_count} "
           f"files, {decimal_size(summary.new_bytes)} new, BACKUPTS {summary.backup_ts}, "

@@ -18,7 +18,7 @@ from .. import __version__
 from .errors import MobackupError, SourceChangedError
 from .index import DigestSet, FileIndex
 from .layout import PathRules, detect_layout, newest_checkpoint_ts
-from .model import BackupSummary, iso, utc_now
+from .model import MAX_SKIPPED, BackupSummary, iso, utc_now
 from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository, blob_key
 from .storage import KERNEL_COPY_MIN, LocalBackend
@@ -76,6 +76,11 @@ class _BackupRun:
         self.known_lock = threading.Lock()
         self.inherited: Iterable[dict[str, Any]] = ()  # base records taken as they are
         self.check_existing = False  # read back blobs that exist (not only their size) before reusing
+        self.skipped: list[tuple[str, str]] = []  # FIFOs, sockets, devices: (path, kind)
+        self.first_names: dict[tuple[int, int], str] = {}  # inode -> first path (files with links only)
+        self.links: list[tuple[SourceEntry, str]] = []  # (entry, first path of its inode)
+        self.first_paths: set[str] = set()  # the values of first_names
+        self.recorded_multi: list[dict[str, Any]] = []  # records of first paths, for their links
 
     def _stored(self, plain_bytes: int, stored_bytes: int) -> None:
         with self.lock:
@@ -160,6 +165,8 @@ class _BackupRun:
     def _record(self, record: dict[str, Any], read: bool) -> None:
         with self.lock:
             self.writer.add(record)
+            if record["path"] in self.first_paths:
+                self.recorded_multi.append(record)
             if record["type"] == "file":
                 self.totals.size += record["size"]
                 self.totals.files += 1
@@ -205,14 +212,37 @@ class _BackupRun:
         if record is not None:
             self._record(record, read=True)
 
+    def _record_links(self) -> None:
+        """Hard links, after every file: each names the first path of its inode, listed before it,
+        and also carries that file's chunks, so that a reader that ignores `hardlink_of` restores a
+        copy. A link whose first name vanished (a volatile file) is read as a file of its own."""
+        if not self.links:
+            return
+        names = {first for _, first in self.links}
+        chunks = {r["path"]: r for r in self.recorded_multi if r["path"] in names}
+        for entry, first in self.links:
+            record = chunks.get(first)
+            if record is None:
+                self._copied(self.copy_file(entry))
+                continue
+            self._record({**_entry_record(entry, record["chunks"], size=record["size"]), "hardlink_of": first},
+                         read=False)
+            self.progress.advance(record["size"], 1)
+
     def run(self) -> None:
         with BoundedWorkers(self.repo.parallelism, "mobackup-copy") as workers:
-            for entry in walk(self.data_dir, self.rules):
+            for entry in walk(self.data_dir, self.rules, self.skipped):
                 if workers.failed:
                     break
                 if entry.kind != "file":
                     self._record(_entry_record(entry), read=False)
                     continue
+                if entry.inode is not None:  # one of several names of a file: the others become links
+                    first = self.first_names.setdefault(entry.inode, entry.rel)
+                    self.first_paths.add(first)
+                    if first != entry.rel:
+                        self.links.append((entry, first))
+                        continue
                 prior = self.base_index.get(entry.rel) if self.base_index else None
                 # Unchanged since the base (same size and mtime): reuse its chunks without reading.
                 # MatrixOne objects are write-once; mutable files change size or mtime when written.
@@ -221,6 +251,7 @@ class _BackupRun:
                     self.progress.advance(entry.size, 1)
                     continue
                 workers.submit(self.copy_file, entry, on_result=self._copied)
+        self._record_links()
         for record in self.inherited:  # files the source did not stage again (online incremental)
             self._record(record, read=False)
             self.progress.advance(record.get("size", 0), 1)
@@ -366,6 +397,8 @@ def run_backup(
                 mo_version=mo_version,
                 mobackup_version=__version__,
                 extra={"excludes": list(rules.excludes + rules.extra_excludes), **(extra or {})},
+                skipped_count=len(run.skipped),
+                skipped=[{"path": path, "type": kind} for path, kind in run.skipped[:MAX_SKIPPED]],
             )
             repo.publish(summary, writer.path)
         progress.finish()

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
+MAX_SKIPPED = 100
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -50,6 +52,10 @@ class BackupSummary:
     mobackup_version: str = ""
     format_version: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    # FIFOs, sockets and devices are not data and are not copied; they are named here (at most
+    # MAX_SKIPPED of them, as {"path", "type"}), so that leaving them out is never silent.
+    skipped_count: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

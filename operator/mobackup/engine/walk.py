@@ -19,10 +19,22 @@ class SourceEntry:
     mode: int
     mtime_ns: int
     target: str | None = None  # symlinks only
+    inode: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file with more than one link
 
 
-def walk(root: Path, rules: PathRules) -> Iterator[SourceEntry]:
+def special_kind(mode: int) -> str:
+    """What a skipped non-data entry is, for the message that says it was skipped."""
+    for test, name in ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISCHR, "character device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def walk(root: Path, rules: PathRules, skipped: list[tuple[str, str]] | None = None) -> Iterator[SourceEntry]:
     """Every entry below `root` (directories before their contents), excluded ones left out.
+    FIFOs, sockets and devices are not data: they are left out and, with `skipped`, reported there
+    as (path, kind).
 
     Directory listings are streamed from `os.scandir`, not sorted: MatrixOne keeps millions of
     objects in one flat directory, and sorting would hold all their names in memory.
@@ -47,12 +59,14 @@ def walk(root: Path, rules: PathRules) -> Iterator[SourceEntry]:
                     yield SourceEntry(rel, "dir", 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
                     stack.append((entry.path, rel + "/"))
                 elif stat.S_ISREG(st.st_mode):
-                    yield SourceEntry(rel, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+                    inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+                    yield SourceEntry(rel, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, inode=inode)
                 elif stat.S_ISLNK(st.st_mode):
                     yield SourceEntry(
                         rel, "symlink", 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns, os.readlink(entry.path)
                     )
-                # sockets, FIFOs and devices are not data: skipped
+                elif skipped is not None:
+                    skipped.append((rel, special_kind(st.st_mode)))
 
 
 def tree_totals(root: Path, rules: PathRules) -> tuple[int, int]:
