@@ -95,7 +95,7 @@ def real_mo(env: Env, mo_install: Callable[[str], Path]) -> Iterator[Callable[[]
 
     yield start
     try:
-        env.api.patch(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets/mo", {"spec": {"replicas": 0}})
+        env.api.merge_patch(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets/mo", {"spec": {"replicas": 0}})
         deadline = time.monotonic() + 90
         while env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector="app=mo")["items"]:
             if time.monotonic() > deadline:
