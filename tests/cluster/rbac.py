@@ -39,7 +39,8 @@ class OperatorIdentity:
 def render_chart(values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
                  release: str = RELEASE) -> list[dict[str, Any]]:
     paths.ensure_built("helm")
-    cmd = [str(paths.binary("helm")), "template", release, str(CHART_DIR), "--namespace", namespace]
+    # --skip-tests: the `helm test` hook's own ServiceAccount and Role are not the operator's.
+    cmd = [str(paths.binary("helm")), "template", release, str(CHART_DIR), "--namespace", namespace, "--skip-tests"]
     for key, value in (values or {}).items():
         cmd += ["--set-json", f"{key}={json.dumps(value)}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -49,25 +50,24 @@ def render_chart(values: dict[str, Any] | None = None, namespace: str = NAMESPAC
 
 
 def _fallback_objects(namespace: str) -> list[dict[str, Any]]:
-    """CONTEXT.md's first-version operator rules (used only while the chart does not exist)."""
-    rw = ["get", "list", "watch", "create", "patch", "update", "delete"]
+    """The chart's operator rules, repeated (used only while the chart does not exist)."""
     kinds = ["mobackupstorages", "mobackups", "morestores", "mobackupschedules"]
     rules = [
-        {"apiGroups": ["mobackup.io"], "resources": kinds, "verbs": rw},
-        {"apiGroups": ["mobackup.io"], "resources": [k + "/status" for k in kinds],
-         "verbs": ["get", "patch", "update"]},
-        {"apiGroups": ["mobackup.io"], "resources": [k + "/finalizers" for k in kinds], "verbs": ["update"]},
+        {"apiGroups": ["mobackup.io"], "resources": ["mobackups"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["mobackup.io"], "resources": ["morestores"], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["mobackup.io"], "resources": ["mobackupstorages", "mobackupschedules"],
+         "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["mobackup.io"], "resources": [k + "/status" for k in kinds], "verbs": ["get", "patch"]},
+        {"apiGroups": ["mobackup.io"], "resources": ["mobackups/finalizers", "morestores/finalizers"],
+         "verbs": ["update"]},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-         "verbs": ["get", "list", "watch", "create", "update", "delete"]},
-        {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments"],
-         "verbs": ["get", "list", "watch", "patch"]},
-        {"apiGroups": ["apps"], "resources": ["statefulsets/scale", "deployments/scale"],
-         "verbs": ["get", "patch", "update"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]},
+        {"apiGroups": ["apps"], "resources": ["statefulsets/scale", "deployments/scale"], "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["secrets", "configmaps"], "verbs": ["get"]},
-        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "list", "create", "delete"]},
+        {"apiGroups": [""], "resources": ["persistentvolumeclaims"], "verbs": ["get", "create", "delete"]},
         {"apiGroups": ["snapshot.storage.k8s.io"], "resources": ["volumesnapshots"],
          "verbs": ["get", "create", "delete"]},
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],

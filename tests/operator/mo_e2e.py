@@ -57,8 +57,10 @@ class OperatorProcess:
     """`mobackup operator` as a subprocess, with the chart's RBAC (operator kubeconfig)."""
 
     def __init__(self, cluster: Any, namespaces: list[str], log: Path, kubeconfig: Path | None = None,
-                 job_service_account: str = JOB_SA, resync_seconds: str = "1", health_port: int = 0) -> None:
+                 job_service_account: str = JOB_SA, resync_seconds: str = "1", health_port: int = 0,
+                 extra_env: dict[str, str] | None = None) -> None:
         self.cluster, self.namespaces, self.log_path = cluster, namespaces, log
+        self.extra_env = dict(extra_env or {})
         self.kubeconfig = kubeconfig or cluster.operator_kubeconfig
         self.job_service_account = job_service_account
         self.resync_seconds = resync_seconds
@@ -70,7 +72,8 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig),
                "MOBACKUP_JOB_SERVICE_ACCOUNT": self.job_service_account,
                "MOBACKUP_AGENT_IMAGE": "mo-backup-operator:test",
-               "MOBACKUP_RESYNC_SECONDS": self.resync_seconds, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}"}
+               "MOBACKUP_RESYNC_SECONDS": self.resync_seconds, "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
+               **self.extra_env}
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "KUBERNETES_SERVICE_HOST"):
             env.pop(k, None)  # the operator must get credentials from Secrets only
         args = [str(VENV_BIN / "mobackup"), "operator", "--standalone", "--metrics-port", str(self.metrics_port),

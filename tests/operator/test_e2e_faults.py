@@ -95,17 +95,25 @@ def test_job_vanished_while_operator_down(env: Env) -> None:
 
 
 def test_run_deleted_while_operator_down_scales_back(env: Env) -> None:
+    """The replicas to restore live on the run (status + a finalizer), never on the workload: a run
+    deleted while the operator is down stays until the operator scaled MatrixOne back."""
+    from mobackup.k8s.workload import FINALIZER
+
     env.stand_in(objects=60)
     env.s3_storage()
-    env.create("MOBackup", "b", slow_backup())  # deletionPolicy Retain: no finalizer
+    env.create("MOBackup", "b", slow_backup())  # deletionPolicy Retain: no kopf finalizer
     copying(env, "b")
     replicas, ann = env.replicas()
-    assert replicas == 0 and ann["mobackup.io/previous-replicas"] == "1"
+    assert replicas == 0 and not any(k.startswith("mobackup.io/") for k in ann)
+    run = env.get("MOBackup", "b")
+    assert run["status"]["scaledWorkload"]["replicas"] == 1 and FINALIZER in run["metadata"]["finalizers"]
     env.op.kill()
     env.api.delete(env.path("MOBackup", "b"))
-    env.wait_gone("MOBackup", "b")
+    time.sleep(2)
+    assert env.get("MOBackup", "b")["metadata"]["deletionTimestamp"]  # held by the finalizer
     env.op.start()
-    env.wait_replicas_running(timeout=90)  # the sweeper found the annotation of a holder that is gone
+    env.wait_replicas_running(timeout=90)  # the sweeper found the record of a run being deleted
+    env.wait_gone("MOBackup", "b")
     assert not any(k.startswith("mobackup.io/") for k in env.replicas()[1])
 
 

@@ -257,16 +257,17 @@ def test_schedule_backup_body_protects_from_argo() -> None:
 
 # ------------------------------------------------------------------------------------------ workload, lease
 
-def test_workload_plans() -> None:
-    assert workload.plan_scale_down(3, {}, "MOBackup/a/u").action == "annotate-and-scale"
-    ann = {workload.A_HOLDER: "MOBackup/a/u", workload.A_REPLICAS: "3"}
-    p = workload.plan_scale_down(0, ann, "MOBackup/a/u")
-    assert (p.action, p.previous) == ("already-down", 3)  # a restarted operator remembers 3, not 0
-    assert workload.plan_scale_down(0, ann, "MORestore/b/v").action == "conflict"
-    assert workload.plan_scale_up(ann, "MOBackup/a/u") == 3
-    assert workload.plan_scale_up(ann, "MORestore/b/v") is None
-    assert workload.plan_scale_up(ann, None) == 3
-    assert workload.plan_scale_up({}, None) is None
+def test_workload_record_lives_on_the_run() -> None:
+    run = {"metadata": {"name": "b", "namespace": "ns", "uid": "u"}, "status": {"phase": "Running", "scaledWorkload": {
+        "kind": "StatefulSet", "name": "mo", "replicas": 3, "scaledDownAt": "2026-01-01T00:00:00Z"}}}
+    assert workload.holds(run) and workload.holds(run, models.Workload("StatefulSet", "mo"))
+    assert not workload.holds(run, models.Workload("Deployment", "mo"))
+    assert workload.run_active(run)
+    run["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+    assert not workload.run_active(run)  # being deleted: the sweeper scales back
+    run["status"]["scaledWorkload"]["scaledUpAt"] = "2026-01-01T00:02:00Z"
+    assert not workload.holds(run)
+    assert not workload.holds({"metadata": {}, "status": {"phase": "Running"}})
 
 
 def test_lease_decide_and_name() -> None:

@@ -29,6 +29,11 @@ VALUE_SETS: dict[str, list[str]] = {
                   "--set", "tolerations[0].operator=Exists", "--set", "logLevel=DEBUG",
                   "--set", "jobServiceAccount.namespaces={db1,db2}", "--set", "metrics.enabled=false",
                   "--set", "jobDefaults.nodeSelector.pool=backup"],
+    "conventions": ["--set", "replicaCount=2", "--set", "networkPolicy.enabled=true",
+                    "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+                    "--set", "imagePullSecrets[0].name=regcred", "--set", "jobDefaults.env[0].name=HTTPS_PROXY",
+                    "--set", "jobDefaults.env[0].value=http://proxy:3128",
+                    "--set", "jobOverrides.allowedImages={registry.local/mobackup:*}"],
 }
 
 
@@ -77,28 +82,26 @@ def test_chart_crds_are_exact_copies_of_crds_dir() -> None:
         yaml.safe_load(p.read_text())["metadata"]["name"] for p in tools.crd_files())
 
 
-# The operator's rules from the team's RBAC list (docs/operations.md repeats them).
+# The operator's rules: only the verbs its code calls (docs/operations.md repeats them). No verb on
+# StatefulSets/Deployments themselves (only /scale), no `update` of status or scale, no PVC `list`,
+# no Lease `list`/`watch`, create/delete only on the kinds it creates and deletes.
 OPERATOR_RULES = {
-    ("mobackup.io", "mobackupstorages"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("mobackup.io", "mobackups"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("mobackup.io", "morestores"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("mobackup.io", "mobackupschedules"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    **{("mobackup.io", f"{r}/status"): {"get", "patch", "update"}
+    ("mobackup.io", "mobackups"): {"get", "list", "watch", "create", "patch", "delete"},
+    ("mobackup.io", "morestores"): {"get", "list", "watch", "patch"},
+    ("mobackup.io", "mobackupstorages"): {"get", "list", "watch"},
+    ("mobackup.io", "mobackupschedules"): {"get", "list", "watch"},
+    **{("mobackup.io", f"{r}/status"): {"get", "patch"}
        for r in ("mobackupstorages", "mobackups", "morestores", "mobackupschedules")},
-    **{("mobackup.io", f"{r}/finalizers"): {"update"}
-       for r in ("mobackupstorages", "mobackups", "morestores", "mobackupschedules")},
+    **{("mobackup.io", f"{r}/finalizers"): {"update"} for r in ("mobackups", "morestores")},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
-    ("", "pods"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
-    ("events.k8s.io", "events"): {"create", "patch"},
-    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "delete"},
-    ("apps", "statefulsets"): {"get", "list", "watch", "patch"},
-    ("apps", "deployments"): {"get", "list", "watch", "patch"},
-    ("apps", "statefulsets/scale"): {"get", "patch", "update"},
-    ("apps", "deployments/scale"): {"get", "patch", "update"},
+    ("", "pods"): {"list"},
+    ("", "events"): {"create"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "update"},
+    ("apps", "statefulsets/scale"): {"get", "patch"},
+    ("apps", "deployments/scale"): {"get", "patch"},
     ("", "secrets"): {"get"},
     ("", "configmaps"): {"get"},
-    ("", "persistentvolumeclaims"): {"get", "list", "create", "delete"},
+    ("", "persistentvolumeclaims"): {"get", "create", "delete"},
     ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "create", "delete"},
 }
 CLUSTER_RULES = {
@@ -120,7 +123,7 @@ def flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 
 
 def test_cluster_wide_rbac_is_exactly_the_operator_rule_list() -> None:
-    docs = render()
+    docs = render("--skip-tests")  # the `helm test` hook's Role: test_helm_test_hook_checks_crds_and_readiness
     roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
     assert flatten(roles["mo-backup-operator"]["rules"]) == OPERATOR_RULES
     assert flatten(roles["mo-backup-operator-cluster"]["rules"]) == CLUSTER_RULES
@@ -133,7 +136,7 @@ def test_cluster_wide_rbac_is_exactly_the_operator_rule_list() -> None:
 
 
 def test_namespaced_rbac_grants_nothing_cluster_wide_but_discovery() -> None:
-    docs = render("--set", "watchNamespaces={team-a,team-b}")
+    docs = render("--set", "watchNamespaces={team-a,team-b}", "--skip-tests")
     cluster_roles = by_kind(docs, "ClusterRole")
     assert [r["metadata"]["name"] for r in cluster_roles] == ["mo-backup-operator-cluster"]
     assert flatten(cluster_roles[0]["rules"]) == CLUSTER_RULES
@@ -214,6 +217,11 @@ def test_monitoring_objects() -> None:
 
 
 BAD_VALUES = [
+    (["--set", "networkPolicy.s3.ports={70000}"], "/networkPolicy/s3/ports/0", "maximum"),
+    (["--set", "networkPolicy.apiServer.cidrs={10.0.0.1}"], "/networkPolicy/apiServer/cidrs/0",
+     "does not match pattern"),
+    (["--set", "jobDefaults.tmpSizeLimit=lots"], "/jobDefaults/tmpSizeLimit", "does not match pattern"),
+    (["--set", "jobOverrides.allowImages={x}"], "additional properties 'allowImages' not allowed", ""),
     (["--set", "logLevel=LOUD"], "/logLevel", "must be one of"),
     (["--set", "replicaCount=-1"], "/replicaCount", "minimum"),
     (["--set", "watchNamespaces={Team_A}"], "/watchNamespaces/0", "does not match pattern"),
@@ -242,3 +250,137 @@ def test_values_yaml_is_valid_and_documented() -> None:
     schema = json.loads((tools.CHART / "values.schema.json").read_text())
     assert set(values) <= set(schema["properties"])
     assert schema["additionalProperties"] is False
+
+
+# ------------------------------------------------------------------------ chart conventions (issue 13)
+
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    c = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+
+def test_pull_secrets_and_job_defaults_reach_the_jobs() -> None:
+    """The chart's values, through the operator's own parser and Job builder, onto the Job pod."""
+    from mobackup.k8s import jobs, models
+
+    docs = render("--set", "imagePullSecrets[0].name=regcred", "--set", "jobDefaults.imagePullSecrets[0].name=jobcred",
+                  "--set", "jobDefaults.env[0].name=HTTPS_PROXY", "--set", "jobDefaults.env[0].value=http://p:3128",
+                  "--set", "jobDefaults.envFrom[0].configMapRef.name=proxy",
+                  "--set", "jobDefaults.priorityClassName=backup", "--set", "jobDefaults.podLabels.team=dba",
+                  "--set", "jobDefaults.podAnnotations.note=x",
+                  "--set", "jobOverrides.allowedImages={registry.local/mobackup:*}",
+                  "--set", "jobOverrides.allowedServiceAccounts={backup-*}")
+    d = jobs.OperatorDefaults.from_env(_operator_env(docs))
+    assert d.allowed_images == ("registry.local/mobackup:*",) and d.allowed_service_accounts == ("backup-*",)
+    spec = models.parse_backup({"source": {"pvc": {"claimName": "mo-data"}}, "consistency": "None",
+                                "storageRef": {"name": "s3"}, "job": {"image": "registry.local/mobackup:2"}}, "ns")
+    storage = models.parse_storage({"pvc": {"claimName": "repo"}})
+    job = jobs.backup_job(jobs.Owner("MOBackup", "b", "ns", "u"), spec, storage, base_id=None, defaults=d)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "jobcred"}]
+    c = pod["containers"][0]
+    assert {"name": "HTTPS_PROXY", "value": "http://p:3128"} in c["env"]
+    assert c["envFrom"] == [{"configMapRef": {"name": "proxy"}}] and pod["priorityClassName"] == "backup"
+    assert c["image"] == "registry.local/mobackup:2"
+    meta = job["spec"]["template"]["metadata"]
+    assert meta["labels"]["team"] == "dba" and meta["annotations"]["note"] == "x"
+    assert c["resources"]["requests"]["ephemeral-storage"] == "128Mi"
+    assert next(v for v in pod["volumes"] if v["name"] == "tmp")["emptyDir"] == {"sizeLimit": "1Gi"}
+    for key in ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/instance",
+                "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by"):
+        assert key in job["metadata"]["labels"] and key in meta["labels"]
+    # Default values: no override allowed, no pull Secret.
+    d0 = jobs.OperatorDefaults.from_env(_operator_env(render()))
+    assert d0.allowed_images == () and d0.allowed_service_accounts == ()
+    assert "imagePullSecrets" not in d0.job_defaults
+
+
+def test_disruption_budget_and_spread_only_with_several_replicas() -> None:
+    one = render()
+    assert not by_kind(one, "PodDisruptionBudget")
+    assert "topologySpreadConstraints" not in by_kind(one, "Deployment")[0]["spec"]["template"]["spec"]
+    two = render("--set", "replicaCount=2")
+    dep = by_kind(two, "Deployment")[0]
+    pdb = by_kind(two, "PodDisruptionBudget")[0]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {c["topologyKey"] for c in spread} == {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}
+    assert all(c["labelSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"] for c in spread)
+    custom = render("--set", "replicaCount=2", "--set", "topologySpreadConstraints[0].maxSkew=2",
+                    "--set", "topologySpreadConstraints[0].topologyKey=rack",
+                    "--set", "topologySpreadConstraints[0].whenUnsatisfiable=DoNotSchedule")
+    assert [c["topologyKey"] for c in by_kind(custom, "Deployment")[0]["spec"]["template"]["spec"][
+        "topologySpreadConstraints"]] == ["rack"]
+
+
+def test_network_policy() -> None:
+    assert not by_kind(render(), "NetworkPolicy")
+    docs = render("--set", "networkPolicy.enabled=true", "--set", "networkPolicy.apiServer.cidrs={10.0.0.1/32}",
+                  "--set", "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring")
+    np = by_kind(docs, "NetworkPolicy")[0]["spec"]
+    dep = by_kind(docs, "Deployment")[0]
+    assert np["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
+    assert np["policyTypes"] == ["Ingress", "Egress"]
+    assert np["ingress"] == [{"ports": [{"port": 9090, "protocol": "TCP"}], "from": [
+        {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}]
+    egress = {tuple(p["port"] for p in rule["ports"]): rule.get("to") for rule in np["egress"]}
+    assert egress[(443, 6443)] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]  # API server
+    assert egress[(443, 9000)] is None  # S3: any address on its ports
+    assert (6001,) in egress and (53, 53) in egress  # MatrixOne SQL, DNS
+
+
+def test_helm_test_hook_checks_crds_and_readiness() -> None:
+    docs = render()
+    hooks = [d for d in docs if (d["metadata"].get("annotations") or {}).get("helm.sh/hook") == "test"]
+    assert sorted(d["kind"] for d in hooks) == ["Pod", "Role", "RoleBinding", "ServiceAccount"]
+    pod = by_kind(hooks, "Pod")[0]
+    role = by_kind(hooks, "Role")[0]
+    assert role["rules"] == [{"apiGroups": ["apps"], "resources": ["deployments"],
+                              "resourceNames": ["mo-backup-operator"], "verbs": ["get"]}]
+    assert pod["spec"]["serviceAccountName"] == by_kind(hooks, "ServiceAccount")[0]["metadata"]["name"]
+    c = pod["spec"]["containers"][0]
+    assert c["image"] == by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+    script = c["args"][0]
+    compile(script, "helm-test", "exec")  # valid Python for the image's interpreter
+    for kind in ("mobackupstorages", "mobackups", "morestores", "mobackupschedules"):
+        assert kind in script
+    assert '"mo-backup-operator", "mobackup-system"' in script and "ready_replicas" in script
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    # The RBAC the operator identity and deploy/base are made from excludes the hook.
+    assert not [d for d in render("--skip-tests") if d["metadata"]["name"].endswith("-test")]
+
+
+def _values_rows() -> dict[str, str]:
+    rows = {}
+    for line in (tools.CHART / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if len(cells) == 3 and cells[0].startswith("`") and cells[1].startswith("`"):
+            rows[cells[0].strip("`")] = cells[1][1:-1]
+    return rows
+
+
+def test_chart_readme_values_table_matches_values_yaml() -> None:
+    """Every key of values.yaml is in the README's table (itself or an ancestor) with its default,
+    and the table names no key that values.yaml lacks."""
+    values = yaml.safe_load((tools.CHART / "values.yaml").read_text())
+    rows = _values_rows()
+    assert len(rows) > 50
+
+    def lookup(path: str) -> Any:
+        node: Any = values
+        for part in path.split("."):
+            assert isinstance(node, dict) and part in node, f"README names {path}, which values.yaml lacks"
+            node = node[part]
+        return node
+
+    for key, default in rows.items():
+        assert json.loads(default) == lookup(key), f"README's default of {key} is {default}"
+
+    def leaves(node: Any, prefix: str = "") -> list[str]:
+        if isinstance(node, dict) and node:
+            return [p for k, v in node.items() for p in leaves(v, f"{prefix}{k}.")]
+        return [prefix.rstrip(".")]
+
+    undocumented = [p for p in leaves(values) if not any(p == k or p.startswith(k + ".") for k in rows)]
+    assert undocumented == [], f"values.yaml keys missing from charts/mo-backup-operator/README.md: {undocumented}"

@@ -207,30 +207,39 @@ def job_outcome(ctx: Ctx, ns: str, job: dict[str, Any]) -> tuple[jobs.JobState, 
     return state, None, fallback or state.message or state.reason
 
 
-def scale_back(ctx: Ctx, obj: dict[str, Any], w: models.Workload | None) -> None:
-    if w is None:
-        return
-    ns, _, _ = meta(obj)
-    n = workload.scale_up(ctx.kube, ns, w, holder_id(obj))
+def scale_back(ctx: Ctx, obj: dict[str, Any], w: models.Workload | None = None) -> None:
+    """Restore what this run's status.scaledWorkload recorded (no-op when it holds nothing)."""
+    n = workload.scale_back(ctx.kube, obj)
     if n is not None:
-        sw = dict((obj.get("status") or {}).get("scaledWorkload") or {})
-        sw["scaledUpAt"] = status.iso()
-        patch_fields(ctx, obj, scaledWorkload=sw)
-        events.emit(ctx.kube, obj, "Normal", "ScaledUp", f"{w.kind} {w.name} scaled back to {n} replicas")
+        sw = workload.record(obj)
+        events.emit(ctx.kube, obj, "Normal", "ScaledUp", f"{sw.get('kind')} {sw.get('name')} scaled back to "
+                                                         f"{n} replicas")
 
 
 def stop_workload(ctx: Ctx, obj: dict[str, Any], w: models.Workload) -> None:
-    """Scale to 0 (remembering the replicas on the workload) and wait until its pods are gone."""
-    ns, _, _ = meta(obj)
-    try:
-        prev = workload.scale_down(ctx.kube, ns, w, holder_id(obj))
-    except workload.WorkloadError as e:
-        raise Fail("WorkloadError", str(e)) from None
-    sw = (obj.get("status") or {}).get("scaledWorkload") or {}
-    if sw.get("name") != w.name or "scaledDownAt" not in sw:
+    """Scale to 0 through /scale and wait until its pods are gone. The replicas are recorded in
+    this run's status (and a finalizer set) BEFORE the scale-down, so they are never lost."""
+    ns, _, uid = meta(obj)
+    if not workload.holds(obj, w):
+        try:
+            prev, _ = workload.read_scale(ctx.kube, ns, w)
+        except workload.WorkloadError as e:
+            raise Fail("WorkloadError", str(e)) from None
+        other = workload.other_holder(ctx.kube, ns, w, uid)
+        if other is not None:
+            who = f"{other['kind']} {other['metadata']['name']}"
+            if workload.run_active(other):
+                raise Fail("WorkloadError", f"{w.kind} {ns}/{w.name} is already scaled down by {who}")
+            raise Wait("WaitingForWorkload", f"{w.kind} {w.name} is still held down by the finished {who}; "
+                                             "it is scaled back first")
+        workload.add_finalizer(ctx.kube, obj)
         patch_fields(ctx, obj, scaledWorkload={"kind": w.kind, "name": w.name, "replicas": prev,
                                                "scaledDownAt": status.iso()})
         events.emit(ctx.kube, obj, "Normal", "ScaledDown", f"{w.kind} {w.name} scaled from {prev} to 0")
+    try:
+        workload.scale(ctx.kube, ns, w, 0)
+    except NotFound:
+        raise Fail("WorkloadError", f"{w.kind} {ns}/{w.name} not found") from None
     gone, left = workload.pods_gone(ctx.kube, ns, w)
     if not gone:
         raise Wait("WaitingForPodsToStop", f"{w.kind} {w.name}: {left} pod(s) still running")
@@ -300,7 +309,11 @@ def _reconcile_run(ctx: Ctx, obj: dict[str, Any], parse: Callable[[dict[str, Any
     or follow its Job. `Wait` keeps it Pending with a reason; `Fail` fails it and scales back the
     workload the run stopped."""
     phase = (obj.get("status") or {}).get("phase")
-    if phase not in RUN_ACTIVE or obj["metadata"].get("deletionTimestamp"):
+    if obj["metadata"].get("deletionTimestamp"):
+        if workload.FINALIZER in (obj["metadata"].get("finalizers") or []):
+            cleanup_run(ctx, obj)  # our finalizer holds the deletion until the workload is back
+        return
+    if phase not in RUN_ACTIVE:
         return
     try:
         spec = parse(obj.get("spec") or {})
@@ -507,27 +520,25 @@ def record_success_metrics(ctx: Ctx, obj: dict[str, Any]) -> None:
 
 
 def cleanup_run(ctx: Ctx, obj: dict[str, Any]) -> None:
-    """The resource is being deleted (or is gone) while active: stop the Job, scale back, release."""
+    """The resource is being deleted (or is gone): stop the Job if still active, scale back what it
+    holds down (which also drops its finalizer), release its Lease."""
     ns, _, _ = meta(obj)
     st = obj.get("status") or {}
-    if st.get("phase") not in ("Pending", "Running"):
-        return
-    try:
-        if obj["kind"] == "MOBackup":
-            spec_b = models.parse_backup(obj.get("spec") or {}, ns)
-            claim, w = spec_b.volume.claim, spec_b.workload if spec_b.consistency == "Stop" else None
-        else:
-            spec_r = models.parse_restore(obj.get("spec") or {})
-            claim, w = spec_r.volume.claim, spec_r.workload
-    except models.SpecError:
-        return
-    if st.get("jobName"):
+    active = st.get("phase") in ("Pending", "Running")
+    if active and st.get("jobName"):
         ctx.kube.delete_job(ns, st["jobName"])
     try:
-        scale_back(ctx, obj, w)
+        scale_back(ctx, obj)
     except Exception as e:
         log.warning("scale back on deletion failed (the sweeper retries): %s", e)
+    if not active:
+        return
     drop_snapshot(ctx, obj)
+    try:
+        claim = (models.parse_backup(obj.get("spec") or {}, ns).volume.claim if obj["kind"] == "MOBackup"
+                 else models.parse_restore(obj.get("spec") or {}).volume.claim)
+    except models.SpecError:
+        return
     lease.release(ctx.kube, ns, claim, holder_id(obj))
 
 

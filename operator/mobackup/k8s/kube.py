@@ -78,6 +78,9 @@ class Kube:
         return self._call(self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURALS[kind],
                           **kw).get("items", [])
 
+    def list_cr_all(self, kind: str) -> list[dict[str, Any]]:
+        return self._call(self.custom.list_cluster_custom_object, GROUP, VERSION, PLURALS[kind]).get("items", [])
+
     def create_cr(self, kind: str, ns: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._call(self.custom.create_namespaced_custom_object, GROUP, VERSION, ns, PLURALS[kind], body)
 
@@ -120,26 +123,16 @@ class Kube:
         with contextlib.suppress(NotFound):
             self._call(self.batch.delete_namespaced_job, name, ns, propagation_policy="Background")
 
-    # ------------------------------------------------------------------ workloads
-    def get_workload(self, kind: str, ns: str, name: str) -> dict[str, Any]:
-        fn = self.apps.read_namespaced_stateful_set if kind == "StatefulSet" else self.apps.read_namespaced_deployment
+    # ------------------------------------------------------------------ workloads (only through /scale)
+    def get_scale(self, kind: str, ns: str, name: str) -> dict[str, Any]:
+        fn = (self.apps.read_namespaced_stateful_set_scale if kind == "StatefulSet"
+              else self.apps.read_namespaced_deployment_scale)
         return self._call(fn, name, ns)
-
-    def patch_workload(self, kind: str, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        fn = self.apps.patch_namespaced_stateful_set if kind == "StatefulSet" else self.apps.patch_namespaced_deployment
-        return self._call(fn, name, ns, patch, _content_type=MERGE)
 
     def scale_workload(self, kind: str, ns: str, name: str, replicas: int) -> dict[str, Any]:
         fn = (self.apps.patch_namespaced_stateful_set_scale if kind == "StatefulSet"
               else self.apps.patch_namespaced_deployment_scale)
         return self._call(fn, name, ns, {"spec": {"replicas": replicas}}, _content_type=MERGE)
-
-    def list_workloads(self, kind: str, ns: str | None) -> list[dict[str, Any]]:
-        if kind == "StatefulSet":
-            fn = (self.apps.list_namespaced_stateful_set if ns else self.apps.list_stateful_set_for_all_namespaces)
-        else:
-            fn = self.apps.list_namespaced_deployment if ns else self.apps.list_deployment_for_all_namespaces
-        return self._call(fn, *([ns] if ns else [])).get("items", [])
 
     # ------------------------------------------------------------------ leases
     def get_lease(self, ns: str, name: str) -> dict[str, Any]:

@@ -1,0 +1,142 @@
+"""spec.job as a way in, end to end (issue 11): an image or ServiceAccount that the operator's
+allow-lists do not name fails the run with a reason and a Warning Event before anything starts;
+an allow-listed one runs; a pod security context with runAsUser 1000 is merged onto the hardened
+defaults, so the Job's pod is admitted by the real API server's PodSecurity admission in a namespace
+that enforces `restricted` (the real Job controller creates the pod; the pre-fix shape is not)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from mo_e2e import Env, OperatorProcess
+
+from mobackup.sample import generate_mo_data
+
+pytestmark = pytest.mark.cluster
+
+STS = {"kind": "StatefulSet", "name": "mo"}
+
+
+def backup_spec(**extra: Any) -> dict[str, Any]:
+    return {"source": {"pvc": {"claimName": "mo-data"}, "workload": STS}, "storageRef": {"name": "s3"}, **extra}
+
+
+def failed_with_event(env: Env, kind: str, name: str) -> dict[str, Any]:
+    st = env.wait_phase(kind, name, "Failed", "Completed")["status"]
+    assert st["phase"] == "Failed", st
+    deadline = time.monotonic() + 10
+    while not [e for e in env.events(name) if e["type"] == "Warning" and e["reason"] == st["reason"]]:
+        assert time.monotonic() < deadline, f"no Warning Event for {st['reason']}"
+        time.sleep(0.2)
+    return st
+
+
+def jobs_of(env: Env) -> list[dict[str, Any]]:
+    return env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs")["items"]
+
+
+def test_overrides_refused_without_allow_list(env: Env) -> None:
+    env.stand_in(objects=5)
+    env.s3_storage()
+    env.create("MOBackup", "img", backup_spec(job={"image": "evil.example/miner:latest"}))
+    st = failed_with_event(env, "MOBackup", "img")
+    assert st["reason"] == "JobOverrideNotAllowed"
+    assert "spec.job.image 'evil.example/miner:latest' is not allowed" in st["message"]
+    assert "jobOverrides.allowedImages" in st["message"]
+    env.create("MORestore", "sa", {"backupID": "x", "storageRef": {"name": "s3"}, "target": {
+        "pvc": {"claimName": "mo-data"}, "workload": STS}, "job": {"serviceAccountName": "default"}})
+    st = failed_with_event(env, "MORestore", "sa")
+    assert st["reason"] == "JobOverrideNotAllowed" and "serviceAccountName 'default'" in st["message"]
+    env.create("MOBackup", "root", backup_spec(job={"securityContext": {"runAsUser": 0}}))
+    st = failed_with_event(env, "MOBackup", "root")
+    assert st["reason"] == "JobOverrideNotAllowed" and "runAsUser: 0" in st["message"]
+    # Refused before anything started: no Job, MatrixOne never stopped.
+    assert jobs_of(env) == []
+    assert env.replicas()[0] == 1
+
+
+def test_allow_listed_image_runs(env: Env) -> None:
+    env.op.kill()
+    env.op = OperatorProcess(env.cluster, [env.ns], env.tmp / "operator-allow.log",
+                             extra_env={"MOBACKUP_JOB_ALLOWED_IMAGES": '["registry.local/mobackup:*"]'})
+    env.op.start()
+    env.stand_in(objects=5)
+    env.s3_storage()
+    env.create("MOBackup", "ok", backup_spec(job={"image": "registry.local/mobackup:2",
+                                                  "labels": {"team": "dba", "app.kubernetes.io/managed-by": "me"}}))
+    st = env.wait_phase("MOBackup", "ok", "Completed", "Failed")["status"]
+    assert st["phase"] == "Completed", st
+    job = env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs/{st['jobName']}")
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == "registry.local/mobackup:2"
+    assert job["metadata"]["labels"]["team"] == "dba"
+    assert job["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "mobackup-operator"
+    env.create("MOBackup", "other", backup_spec(job={"image": "registry.local/other:2"}))
+    st = failed_with_event(env, "MOBackup", "other")
+    assert "only images matching registry.local/mobackup:*" in st["message"]
+
+
+def _restricted(env: Env) -> None:
+    env.api.merge_patch(f"/api/v1/namespaces/{env.ns}", {"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}}})
+
+
+def test_run_as_user_1000_is_admitted_in_a_restricted_namespace(env: Env) -> None:
+    host = env.cluster.make_pvc(env.ns, "mo-data")
+    generate_mo_data(host / "mo-data", seed=3, objects=5)
+    env.s3_storage()
+    _restricted(env)
+    # The control: the pre-fix shape (a pod security context REPLACING the defaults) is refused here,
+    # so the Job controller cannot create its pod.
+    env.api.create(f"/apis/batch/v1/namespaces/{env.ns}/jobs", {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "replaced-defaults"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never", "securityContext": {"runAsUser": 1000},
+            "containers": [{"name": "agent", "image": "x", "command": ["true"]}]}}}})
+    deadline = time.monotonic() + 60
+    while not [e for e in env.events("replaced-defaults") if e["reason"] == "FailedCreate"
+               and "violates PodSecurity" in e["message"]]:
+        assert time.monotonic() < deadline, "the restricted namespace did not refuse the control pod"
+        time.sleep(0.3)
+    # Ours: merged onto the defaults, admitted, runs, completes.
+    env.create("MOBackup", "b", {"source": {"pvc": {"claimName": "mo-data"}}, "consistency": "None",
+                                 "storageRef": {"name": "s3"},
+                                 "job": {"securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+                                         "containerSecurityContext": {"readOnlyRootFilesystem": True}}})
+    st = env.wait_phase("MOBackup", "b", "Completed", "Failed", timeout=120)["status"]
+    assert st["phase"] == "Completed", st
+    pods = env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector=f"job-name={st['jobName']}")["items"]
+    assert pods, "no pod of the backup Job"
+    psc = pods[0]["spec"]["securityContext"]
+    assert psc["runAsUser"] == 1000 and psc["runAsNonRoot"] is True
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    csc = pods[0]["spec"]["containers"][0]["securityContext"]
+    assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"]
+
+
+def test_operator_identity_scales_only_through_the_scale_subresource(env: Env) -> None:
+    """The chart's RBAC on the real API server: /scale yes, the StatefulSet itself (pod template) no;
+    and a Stop backup leaves no annotation on the workload (the record is on the MOBackup)."""
+    import kubernetes
+
+    env.stand_in(objects=5)
+    apps = kubernetes.client.AppsV1Api(env.cluster.kubernetes_client(operator=True))
+    with pytest.raises(kubernetes.client.ApiException) as err:
+        apps.patch_namespaced_stateful_set("mo", env.ns, {"metadata": {"annotations": {"x": "y"}}})
+    assert err.value.status == 403
+    with pytest.raises(kubernetes.client.ApiException) as err:
+        apps.list_namespaced_stateful_set(env.ns)
+    assert err.value.status == 403
+    assert apps.read_namespaced_stateful_set_scale("mo", env.ns).spec.replicas == 1
+    env.s3_storage()
+    env.create("MOBackup", "b", backup_spec())
+    st = env.wait_phase("MOBackup", "b", "Completed", "Failed")["status"]
+    assert st["phase"] == "Completed", st
+    assert st["scaledWorkload"]["replicas"] == 1 and st["scaledWorkload"]["scaledUpAt"]
+    from mobackup.k8s.workload import FINALIZER
+
+    assert FINALIZER not in (env.get("MOBackup", "b")["metadata"].get("finalizers") or [])
+    replicas, annotations = env.replicas()
+    assert replicas == 1 and not any(k.startswith("mobackup.io/") for k in annotations)
+    env.wait_replicas_running()
