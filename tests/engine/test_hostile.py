@@ -151,3 +151,21 @@ def test_writer_never_follows_a_link_even_unchecked(plain: tuple[Repository, str
     finally:
         run.close()
     assert (outside / "victim").read_bytes() == b"precious"
+
+
+def test_inherited_files_get_their_parent_directories_listed(tmp_path: Path) -> None:
+    """An online incremental takes files from its base that the staged tree lacks; their directories
+    must still be listed before them, or every reader would refuse the list."""
+    first = tmp_path / "first"
+    (first / "shared" / "sub").mkdir(parents=True)
+    (first / "shared" / "sub" / "x").write_bytes(b"x" * 100)
+    repo = open_repository(RepositoryOptions.from_env(str(tmp_path / "repo")), create=True)
+    base = run_backup(repo, first, source="db")
+    second = tmp_path / "second"
+    (second / "shared").mkdir(parents=True)
+    (second / "shared" / "y").write_bytes(b"y")
+    summary = run_backup(repo, second, source="db", base_id=base.id, backup_type="incremental",
+                         inherit=frozenset({"shared/sub/x"}))
+    assert verify_backup(repo, summary.id).ok
+    run_restore(repo, summary.id, tmp_path / "target")
+    assert (tmp_path / "target" / "shared" / "sub" / "x").read_bytes() == b"x" * 100

@@ -80,6 +80,7 @@ class _BackupRun:
         self.first_names: dict[tuple[int, int], str] = {}  # inode -> first path (files with links only)
         self.links: list[tuple[SourceEntry, str]] = []  # (entry, first path of its inode)
         self.first_paths: set[str] = set()  # the values of first_names
+        self.listed_dirs: set[str] = set()  # directories in the list so far (few)
         self.recorded_multi: list[dict[str, Any]] = []  # records of first paths, for their links
 
     def _stored(self, plain_bytes: int, stored_bytes: int) -> None:
@@ -212,6 +213,16 @@ class _BackupRun:
         if record is not None:
             self._record(record, read=True)
 
+    def _list_parents(self, rel: str, mtime_ns: int) -> None:
+        """Every entry's parent directory is listed before it (readers refuse a list otherwise): an
+        inherited file whose directory the source tree lacks gets one."""
+        parts = rel.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            parent = "/".join(parts[:depth])
+            if parent not in self.listed_dirs:
+                self._record({"path": parent, "type": "dir", "mode": 0o755, "mtime_ns": mtime_ns}, read=False)
+                self.listed_dirs.add(parent)
+
     def _record_links(self) -> None:
         """Hard links, after every file: each names the first path of its inode, listed before it,
         and also carries that file's chunks, so that a reader that ignores `hardlink_of` restores a
@@ -236,6 +247,8 @@ class _BackupRun:
                     break
                 if entry.kind != "file":
                     self._record(_entry_record(entry), read=False)
+                    if entry.kind == "dir":
+                        self.listed_dirs.add(entry.rel)
                     continue
                 if entry.inode is not None:  # one of several names of a file: the others become links
                     first = self.first_names.setdefault(entry.inode, entry.rel)
@@ -253,6 +266,8 @@ class _BackupRun:
                 workers.submit(self.copy_file, entry, on_result=self._copied)
         self._record_links()
         for record in self.inherited:  # files the source did not stage again (online incremental)
+            self._list_parents(record["path"], record.get("mtime_ns", 0))
+            record.pop("hardlink_of", None)  # its first name may not be in this list: a copy
             self._record(record, read=False)
             self.progress.advance(record.get("size", 0), 1)
 
