@@ -97,3 +97,16 @@ def test_malformed_config_is_one_line_and_exit_1(two_backups: tuple[Path, Path, 
         result = mobackup(*command, "--repo", str(repo))
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines() == [result.stderr.strip()] and reason in result.stderr
+
+
+def test_a_damaged_backup_can_be_deleted_on_purpose(two_backups: tuple[Path, Path, list[str]]) -> None:
+    """prune refuses to collect garbage while a summary is unreadable; delete --force removes it."""
+    _, repo, (bad, good) = two_backups
+    _damage(repo / "backups" / f"{bad}.json", [])
+    refused = mobackup("delete", bad, "--repo", str(repo))
+    assert refused.returncode == 1 and "--force" in refused.stderr
+    deleted = mobackup("delete", bad, "--repo", str(repo), "--force")
+    assert deleted.returncode == 0, deleted.stderr
+    assert [r["id"] for r in json.loads(mobackup("list", "--repo", str(repo), "--json").stdout)] == [good]
+    assert mobackup("prune", "--repo", str(repo), "--keep-last", "1").returncode == 0
+    assert mobackup("verify", good, "--repo", str(repo)).returncode == 0

@@ -163,7 +163,13 @@ def collect_garbage(repo: Repository) -> GarbageResult:
 def delete_backup(repo: Repository, backup_id: str, *, force: bool = False) -> DeleteResult:
     with repo.lock(exclusive=True, purpose=f"delete of {backup_id}", wait_seconds=60):
         backup_id = repo.resolve_id(backup_id)
-        repo.load_summary(backup_id)
+        try:
+            repo.load_summary(backup_id)
+        except CorruptDataError as error:
+            # A damaged summary blocks garbage collection for the whole repository: it can be
+            # deleted, but only on purpose (what it referenced is unknown; GC then decides).
+            if not force:
+                raise CorruptDataError(f"{error}; delete it with --force") from None
         dependents = sorted(s.id for s in repo.list_backups() if s.base_id == backup_id)
         if dependents and not force:
             raise DependentsError(backup_id, dependents)
