@@ -24,6 +24,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -235,6 +236,46 @@ def checksums(mo: SqlClient, names: list[str]) -> Checksums:
         count, ids, lengths = mo.sql(f"select count(*), sum(id), sum(length(v)) from {name}.t")[0]
         out[name] = (int(count), int(ids or 0), int(lengths or 0))
     return out
+
+
+TXN_ROWS = 100
+
+
+class Writer:
+    """Commits numbered 100-row transactions without pause into w.t (ids 0, 1, 2, ...)."""
+
+    def __init__(self) -> None:
+        self.committed = 0  # transactions
+        self.errors: list[str] = []
+        self.longest_pause = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with connect() as conn, conn.cursor() as cur:
+            last = time.monotonic()
+            while not self._stop.is_set():
+                first = self.committed * TXN_ROWS
+                try:
+                    cur.execute(f"insert into w.t select result, {self.committed} from "
+                                f"generate_series({first}, {first + TXN_ROWS - 1}) g")
+                except pymysql.MySQLError as error:
+                    self.errors.append(str(error))
+                    return
+                now = time.monotonic()
+                self.longest_pause = max(self.longest_pause, now - last)
+                last = now
+                self.committed += 1
+
+    def start(self) -> Writer:
+        self._thread.start()
+        while self.committed < 5:
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
 
 
 @pytest.fixture(scope="session")

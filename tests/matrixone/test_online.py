@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +16,11 @@ from typing import Any
 import pymysql
 import pytest
 
-from mo_server import REPO, MatrixOne, checksums, connect, create_db, insert_rows
+from mo_server import REPO, TXN_ROWS, MatrixOne, Writer, checksums, create_db, insert_rows
 from mobackup.engine.errors import MobackupError
 from mobackup.engine.online import STAGING_PREFIX, parse_staged, verify_staged
 
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
-TXN_ROWS = 100
 
 
 def online_backup(mo: MatrixOne, repo: Path, *extra: str, password: str = "111", user: str = "root",
@@ -37,43 +35,6 @@ def online_backup(mo: MatrixOne, repo: Path, *extra: str, password: str = "111",
         assert proc.returncode == 0, proc.stderr
         return proc, json.loads(proc.stdout)
     return proc, {}
-
-
-class Writer:
-    """Commits numbered 100-row transactions without pause into w.t (ids 0, 1, 2, ...)."""
-
-    def __init__(self) -> None:
-        self.committed = 0  # transactions
-        self.errors: list[str] = []
-        self.longest_pause = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with connect() as conn, conn.cursor() as cur:
-            last = time.monotonic()
-            while not self._stop.is_set():
-                first = self.committed * TXN_ROWS
-                try:
-                    cur.execute(f"insert into w.t select result, {self.committed} from "
-                                f"generate_series({first}, {first + TXN_ROWS - 1}) g")
-                except pymysql.MySQLError as error:
-                    self.errors.append(str(error))
-                    return
-                now = time.monotonic()
-                self.longest_pause = max(self.longest_pause, now - last)
-                last = now
-                self.committed += 1
-
-    def start(self) -> Writer:
-        self._thread.start()
-        while self.committed < 5:
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 def test_online_backup_under_a_writer_restores_an_exact_prefix_on_another_host(

@@ -21,9 +21,11 @@ from mo_e2e import Env
 
 from mo_server import (
     PASSWORD,
+    TXN_ROWS,
     USER,
     ServerLock,
     SqlClient,
+    Writer,
     checksums,
     create_db,
     insert_rows,
@@ -69,41 +71,52 @@ class Downtime:
 
 
 @pytest.fixture
-def real_mo(env: Env, mo_install: Callable[[str], Path]) -> Iterator[Callable[[], SqlClient]]:
-    """Starts the StatefulSet `mo` (1 replica) running the real mo-service on PVC `mo-data`."""
+def real_mo(env: Env, mo_install: Callable[[str], Path]) -> Iterator[Callable[..., SqlClient]]:
+    """`start(name="mo", claim="mo-data")`: a PVC (kept if it exists) and a StatefulSet of 1 replica
+    running the real mo-service on it; returns when SQL answers."""
     lock = ServerLock()
+    started: list[str] = []
 
-    def start() -> SqlClient:
+    def start(name: str = "mo", claim: str = "mo-data") -> SqlClient:
         home = mo_install("v2.2.2")
         lock.acquire()
         wait_ports_free()
-        host = env.cluster.make_pvc(env.ns, "mo-data", size="5Gi")
-        shutil.copytree(home / "etc", host / "etc")
+        host = env.cluster.pv_root / env.ns / claim
+        if not host.exists():
+            host = env.cluster.make_pvc(env.ns, claim, size="5Gi")
+        shutil.copytree(home / "etc", host / "etc", dirs_exist_ok=True)
         env.api.create(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets", {
-            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "mo"},
-            "spec": {"replicas": 1, "serviceName": "mo", "selector": {"matchLabels": {"app": "mo"}},
-                     "template": {"metadata": {"labels": {"app": "mo"}}, "spec": {
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
+            "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
                          "terminationGracePeriodSeconds": 60,
                          "containers": [{"name": "matrixone", "image": "matrixorigin/matrixone:2.2.2",
                                          "command": [str(home / "mo-service")],
                                          "args": ["-launch", "etc/launch/launch.toml"],
                                          "workingDir": "/data",
                                          "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-                         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "mo-data"}}]}}}})
+                         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}})
+        started.append(name)
         wait_sql(180)
         return SqlClient()
 
     yield start
     try:
-        env.api.merge_patch(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets/mo", {"spec": {"replicas": 0}})
-        deadline = time.monotonic() + 90
-        while env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector="app=mo")["items"]:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        wait_ports_free(90)
+        stop_statefulset(env, *started)
     finally:
         lock.release()
+
+
+def stop_statefulset(env: Env, *names: str) -> None:
+    """Scales the StatefulSets to 0 and waits until their pods are gone and MatrixOne's ports free."""
+    for name in names:
+        env.api.merge_patch(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets/{name}", {"spec": {"replicas": 0}})
+    deadline = time.monotonic() + 90
+    for name in names:
+        while env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector=f"app={name}")["items"]:
+            assert time.monotonic() < deadline, f"the pods of {name} did not stop"
+            time.sleep(0.5)
+    wait_ports_free(90)
 
 
 def sql_ref() -> dict[str, Any]:
@@ -122,7 +135,7 @@ def backup(env: Env, name: str, backup_type: str) -> tuple[dict[str, Any], float
     return st, downtime.longest
 
 
-def test_seed_examples_through_the_operator_with_real_matrixone(env: Env, real_mo: Callable[[], SqlClient]) -> None:
+def test_seed_examples_through_the_operator_with_real_matrixone(env: Env, real_mo: Callable[..., SqlClient]) -> None:
     mo = real_mo()
     env.s3_storage()
     env.secret("mo-sql", {"password": PASSWORD})
@@ -165,3 +178,46 @@ def test_seed_examples_through_the_operator_with_real_matrixone(env: Env, real_m
     wait_sql(180)
     assert user_databases(mo) == {"db1", "db2"}
     assert checksums(mo, ["db1", "db2"]) == at_full
+
+
+def test_online_backup_through_the_operator_has_no_downtime_and_restores_under_another_name(
+        env: Env, real_mo: Callable[..., SqlClient]) -> None:
+    """`source.sql` makes the backup Online: no scaling, the writer never stops, MatrixOne answers
+    throughout; the Job runs beside MatrixOne's pod and leaves no staging. The backup restores into a
+    new PVC under a StatefulSet of another name (an online backup holds no WAL) as an exact prefix."""
+    mo = real_mo()
+    env.s3_storage()
+    env.secret("mo-sql", {"password": PASSWORD})
+    create_db(mo, "db1", 50_000)
+    mo.sql("create database w", "create table w.t (id bigint primary key, txn int)")
+    writer = Writer().start()
+    with Downtime() as downtime:
+        committed_before = writer.committed
+        env.create("MOBackup", "mo-online-1", {
+            "source": {"pvc": {"claimName": "mo-data", "path": "mo-data"}, "workload": STS, "sql": sql_ref()},
+            "storageRef": {"name": "s3"}})
+        st = env.wait_phase("MOBackup", "mo-online-1", "Completed", "Failed", timeout=300)["status"]
+    writer.stop()
+    assert st["phase"] == "Completed", st
+    assert st["consistency"] == "Online" and st["stagedBytes"] > 0 and st["storedBytes"] > 0, st
+    assert st["moVersion"].startswith("8.0.30-MatrixOne"), st
+    assert downtime.longest == 0.0 and writer.errors == [] and writer.longest_pause < 1.0, (
+        downtime.longest, writer.errors, writer.longest_pause)
+    assert env.replicas()[0] == 1
+    assert not list((env.cluster.pv_root / env.ns / "mo-data" / "mo-data").glob(".mobackup-staging-online-*"))
+    job = env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs/{st['jobName']}")
+    affinity = job["spec"]["template"]["spec"]["affinity"]["podAffinity"]
+    assert affinity["requiredDuringSchedulingIgnoredDuringExecution"][0]["labelSelector"]["matchLabels"]["app"] == "mo"
+    print(f"\nonline backup via the operator: {st['size']} in {st['duration']}, staged {st['stagedBytes']} B; "
+          f"writer's longest pause {writer.longest_pause:.3f} s, SQL downtime {downtime.longest:.1f} s")
+
+    stop_statefulset(env, "mo")
+    env.cluster.make_pvc(env.ns, "mo-data-copy", size="5Gi")
+    env.create("MORestore", "to-copy", {"backupName": "mo-online-1",
+                                         "target": {"pvc": {"claimName": "mo-data-copy", "path": "mo-data"}}})
+    r = env.wait_phase("MORestore", "to-copy", "Completed", "Failed", timeout=300)["status"]
+    assert r["phase"] == "Completed", r
+    copy = real_mo("mo-copy", "mo-data-copy")
+    count, max_id, txns = copy.sql("select count(*), max(id), count(distinct txn) from w.t")[0]
+    assert count == max_id + 1 and count % TXN_ROWS == 0 and txns >= committed_before, (count, max_id, txns)
+    assert checksums(copy, ["db1"])["db1"][0] == 50_000

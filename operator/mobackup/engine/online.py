@@ -215,18 +215,25 @@ def remove_stale_staging(data_dir: Path) -> list[str]:
 
 def choose_online_base(repo: Repository, source: str, backup_type: str | None,
                        base_id: str | None) -> BackupSummary | None:
-    """An online incremental needs an online base (MatrixOne's incremental form starts from that
-    base's BACKUPTS). Without an explicit request, a source whose newest backup is cold gets a full
-    online backup, which stores only content the repository lacks anyway."""
+    """An online incremental needs an online base: MatrixOne's incremental form starts from that
+    base's BACKUPTS. Without an explicit base that is the newest online backup of the source; with
+    no type given and none there, a full online backup (which stores only content the repository
+    lacks anyway)."""
     from .backup import _choose_base
 
-    base = _choose_base(repo, source, backup_type, base_id)
-    if base is not None and base.extra.get("kind") != "online":
-        if base_id or backup_type == "incremental":
+    if backup_type == "full" or base_id:
+        base = _choose_base(repo, source, backup_type, base_id)
+        if base is not None and base.extra.get("kind") != "online":
             raise MobackupError(f"backup {base.id} is a cold copy: an online incremental needs an online base "
                                 "(run a full online backup first)")
-        return None
-    return base
+        return base
+    candidates = [s for s in repo.list_backups() if s.source == source and s.extra.get("kind") == "online"]
+    if candidates:
+        return candidates[-1]
+    if backup_type == "incremental":
+        raise MobackupError(f"no online backup of source {source!r} to base an online incremental on; "
+                            "run a full online backup first")
+    return None
 
 
 def run_online_backup(

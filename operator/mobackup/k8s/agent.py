@@ -126,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--type", choices=["full", "incremental"], default="full")
     b.add_argument("--base", default=None)
     b.add_argument("--mo-version", default=None, help="MatrixOne version (from the operator's SQL check)")
+    b.add_argument("--online", action="store_true",
+                   help="MatrixOne's BACKUP stages the copy under --data-dir (password in MOBACKUP_SQL_PASSWORD)")
+    b.add_argument("--sql-host")
+    b.add_argument("--sql-port", type=int, default=6001)
+    b.add_argument("--sql-user", default="dump")
+    b.add_argument("--server-data-dir", help="--data-dir's path inside the MatrixOne container")
     r = sub.add_parser("restore")
     common(r)
     r.add_argument("--backup-id", required=True)
@@ -158,11 +164,21 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
     opts = RepositoryOptions.from_env(args.repo, compression=args.compression, parallelism=args.parallelism,
                                       bandwidth_limit=args.bandwidth_limit)
     if args.action == "backup":
-        from mobackup.engine.backup import run_backup
         repo = open_repository(opts, create=True)
-        summary = run_backup(repo, args.data_dir, source=args.source, backup_type=args.type,
-                             base_id=args.base, progress=reporter, mo_version=args.mo_version).to_dict()
-        return {"ok": True, "action": "backup", "result": {k: summary.get(k) for k in SUMMARY_KEYS}}
+        if args.online:
+            from mobackup.engine.mosql import MatrixOneSession, SqlEndpoint
+            from mobackup.engine.online import run_online_backup
+            with MatrixOneSession(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user)) as mo:
+                summary = run_online_backup(repo, args.data_dir, mo, server_data_dir=args.server_data_dir,
+                                            source=args.source, backup_type=args.type, base_id=args.base,
+                                            progress=reporter).to_dict()
+        else:
+            from mobackup.engine.backup import run_backup
+            summary = run_backup(repo, args.data_dir, source=args.source, backup_type=args.type,
+                                 base_id=args.base, progress=reporter, mo_version=args.mo_version).to_dict()
+        result = {k: summary.get(k) for k in SUMMARY_KEYS}
+        result.update({k: summary["extra"][k] for k in ("kind", "staged_bytes") if k in summary["extra"]})
+        return {"ok": True, "action": "backup", "result": result}
     repo = open_repository(opts, create=False)
     if args.action == "restore":
         from mobackup.engine.restore import run_restore

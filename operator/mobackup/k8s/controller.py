@@ -385,8 +385,10 @@ def start_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None
         raise Fail("SnapshotUnsupported", "consistency Snapshot needs the CSI VolumeSnapshot API "
                                           "(snapshot.storage.k8s.io/v1), which this cluster does not serve; "
                                           "use consistency Stop")
+    online = online_placement(ctx, ns, spec) if spec.consistency == "Online" else None
     take_lease(ctx, obj, spec.volume.claim)
-    mo_version = sql_checkpoint(ctx, obj, spec)
+    # Online: BACKUP checkpoints by itself and the agent reports the version.
+    mo_version = None if online else sql_checkpoint(ctx, obj, spec)
     if spec.consistency == "Stop" and spec.workload:
         stop_workload(ctx, obj, spec.workload)
     clone = None
@@ -401,13 +403,26 @@ def start_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None
             patch_fields(ctx, obj, snapshot={"name": snap, "cloneClaim": clone, "readyAt": status.iso()})
             events.emit(ctx.kube, obj, "Normal", "SnapshotReady", f"VolumeSnapshot {snap} ready, cloned to {clone}")
     body = jobs.backup_job(owner_of(obj), spec, st, base_id=base_id, defaults=ctx.defaults, claim=clone,
-                           mo_version=mo_version)
+                           mo_version=mo_version, online=online)
     job_name = create_job(ctx, obj, body)
     ctx.metrics.inc("mobackup_runs_total", kind="MOBackup", namespace=ns)
-    transition(ctx, obj, "Running", "JobCreated", f"Job {job_name} is copying {spec.volume.claim}/"
-               f"{spec.volume.path} to {st.location}", jobName=job_name, startTime=status.iso(),
-               location=st.location, type=spec.type, source=spec.source_name, storage=spec.storage,
-               **({"baseBackupID": base_id} if base_id else {}))
+    how = (f"has MatrixOne back itself up online into {online.server_data_dir}, then stores it" if online
+           else f"is copying {spec.volume.claim}/{spec.volume.path}")
+    transition(ctx, obj, "Running", "JobCreated", f"Job {job_name} {how} to {st.location}", jobName=job_name,
+               startTime=status.iso(), location=st.location, type=spec.type, source=spec.source_name,
+               storage=spec.storage, consistency=spec.consistency, **({"baseBackupID": base_id} if base_id else {}))
+
+
+def online_placement(ctx: Ctx, ns: str, spec: models.BackupSpec) -> jobs.OnlinePlacement:
+    from .online import PlacementError, placement
+
+    try:
+        return placement(ctx.kube, ns, spec)
+    except PlacementError as e:
+        raise Fail(e.reason, str(e)) from None
+    except NotFound:
+        w = spec.workload
+        raise Fail("WorkloadNotFound", f"{w.kind if w else 'workload'} {w.name if w else ''} not found") from None
 
 
 def sql_checkpoint(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> str | None:

@@ -304,8 +304,13 @@ def backup_spec(in_template: bool = False) -> Schema:
                                  "(scaled to 0 during a Stop-consistent copy, then restored)."),
         "name": s("Name of the source in the repository (groups its backups, chooses incremental bases); "
                   "default <namespace>/<claimName>.", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,252}$"),
-        "sql": sql_endpoint("The SQL endpoint of MatrixOne, to force a checkpoint before the copy "
-                            "(optional)."),
+        "sql": sql_endpoint("The SQL endpoint of MatrixOne (a sys-account user such as root or dump). With "
+                            "it the backup is Online by default: MatrixOne's own BACKUP statement copies the "
+                            "running database. With Stop it forces a checkpoint before the copy."),
+        "serverDataDir": s("Online: absolute path of the data directory (pvc.path) inside the MatrixOne "
+                           "container, where BACKUP writes its staging copy before the Job stores it. "
+                           "Default: found from the workload's pod template (the mount of pvc.claimName).",
+                           pattern=r"^/[^']*$", maxLength=4096),
     }, ["pvc"])
     props: dict[str, Schema] = {
         "source": source,
@@ -318,10 +323,13 @@ def backup_spec(in_template: bool = False) -> Schema:
                             pattern=DNS_SUBDOMAIN),
         "baseBackupID": s("Backup ID of the base of an Incremental (alternative to baseBackupName).",
                           pattern=BACKUP_ID),
-        "consistency": s("Stop: scale the workload to 0, wait until its pods are gone, copy, restore the "
-                         "replica count. Snapshot: CSI VolumeSnapshot of the PVC, copy from a clone "
-                         "(refused when the cluster has no VolumeSnapshot API). None: copy as is (only when "
-                         "MatrixOne is already stopped).", enum=["Stop", "Snapshot", "None"], default="Stop"),
+        "consistency": s("Online (the default when source.sql is set): MatrixOne's own BACKUP statement "
+                         "makes a consistent, GC-protected copy of the running database into a staging "
+                         "directory on its volume, which the Job checks and stores; no downtime. Stop (the "
+                         "default otherwise): scale the workload to 0, wait until its pods are gone, copy, "
+                         "restore the replica count. Snapshot: CSI VolumeSnapshot of the PVC, copy from a "
+                         "clone (refused when the cluster has no VolumeSnapshot API). None: copy as is "
+                         "(only when MatrixOne is already stopped).", enum=["Online", "Stop", "Snapshot", "None"]),
         "snapshotClassName": s("VolumeSnapshotClass of consistency Snapshot (default: the cluster's default "
                                "class).", pattern=DNS_SUBDOMAIN),
         "parallelism": s("Concurrent file transfers of the agent (default: 4 to a PVC, 8 to S3, the best "
@@ -338,8 +346,12 @@ def backup_spec(in_template: bool = False) -> Schema:
          "message": "set at most one of baseBackupName or baseBackupID"},
         {"rule": "self.type == 'Incremental' || (!has(self.baseBackupName) && !has(self.baseBackupID))",
          "message": "a base backup is only meaningful for type Incremental"},
-        {"rule": "self.consistency != 'Stop' || has(self.source.workload)",
-         "message": "consistency Stop needs source.workload (the workload to scale down)"},
+        {"rule": "(has(self.consistency) ? self.consistency != 'Stop' : has(self.source.sql)) "
+                 "|| has(self.source.workload)",
+         "message": "consistency Stop (the default without source.sql) needs source.workload (the workload to "
+                    "scale down)"},
+        {"rule": "!has(self.consistency) || self.consistency != 'Online' || has(self.source.sql)",
+         "message": "consistency Online needs source.sql (MatrixOne runs the backup)"},
     ]
     if in_template:
         del props["type"], props["baseBackupName"], props["baseBackupID"]
@@ -371,7 +383,12 @@ def backup_crd() -> Schema:
                             "description": "Backup IDs that use this backup as base and block its deletion."},
         "mobackupVersion": s("Version of mobackup that wrote the backup."),
         "copyDurationSeconds": s("Duration of the copy alone, as measured by the agent.", "number"),
-        "moVersion": s("MatrixOne version reported by the SQL endpoint before the copy."),
+        "moVersion": s("MatrixOne version reported by the SQL endpoint."),
+        "consistency": s("How the copy was made consistent: Online, Stop, Snapshot or None."),
+        "stagedBytes": s("Online: bytes MatrixOne's BACKUP staged on the volume (only files new since an "
+                         "online base for an Incremental).", "integer"),
+        "storedBytes": s("Bytes this backup added to the repository (after compression and encryption).",
+                         "integer"),
         "checkpoint": obj("The checkpoint forced through the SQL endpoint before the copy.", {
             "time": s("When it was asked for.", format="date-time"),
             "ok": s("Whether MatrixOne confirmed it.", "boolean"),

@@ -345,15 +345,21 @@ def build_job(*, owner: Owner, action: str, args: list[str], env: list[dict[str,
 
 def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id: str | None,
                defaults: OperatorDefaults, claim: str | None = None,
-               mo_version: str | None = None) -> dict[str, Any]:
-    """`claim` replaces the source PVC (the clone of a VolumeSnapshot)."""
+               mo_version: str | None = None, online: OnlinePlacement | None = None) -> dict[str, Any]:
+    """`claim` replaces the source PVC (the clone of a VolumeSnapshot). `online`: MatrixOne's BACKUP
+    stages into the volume, which the Job then writes (stores and removes the staging)."""
     env, volumes, mounts = storage_env_and_volumes(storage)
+    read_only = online is None
     volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": claim or spec.volume.claim,
-                                                              "readOnly": True}})
-    mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": True})
+                                                              "readOnly": read_only}})
+    mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": read_only})
     args = ["--repo", repo_url(storage), "--data-dir", _data_path(spec.volume.path),
             "--source", spec.source_name, "--type", spec.type.lower(),
             "--compression", storage.compression]
+    if online is not None and spec.sql is not None:
+        args += ["--online", "--sql-host", spec.sql.host, "--sql-port", str(spec.sql.port),
+                 "--sql-user", spec.sql.user, "--server-data-dir", online.server_data_dir]
+        env.append(_secret_env("MOBACKUP_SQL_PASSWORD", spec.sql.password.name, spec.sql.password.key))
     if spec.parallelism:
         args += ["--parallelism", str(spec.parallelism)]
     if base_id:
@@ -362,8 +368,24 @@ def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id:
         args += ["--bandwidth-limit", str(spec.bandwidth_limit)]
     if mo_version:
         args += ["--mo-version", mo_version]
-    return build_job(owner=owner, action="backup", args=args, env=env, volumes=volumes, mounts=mounts,
-                     overrides=spec.job, defaults=defaults)
+    job = build_job(owner=owner, action="backup", args=args, env=env, volumes=volumes, mounts=mounts,
+                    overrides=spec.job, defaults=defaults)
+    if online is not None and online.pod_labels:
+        # A ReadWriteOnce volume is usable only on the node of MatrixOne's pod: run there.
+        pod = job["spec"]["template"]["spec"]
+        affinity = pod.setdefault("affinity", {}).setdefault("podAffinity", {})
+        affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(
+            {"labelSelector": {"matchLabels": dict(online.pod_labels)}, "topologyKey": "kubernetes.io/hostname"})
+    return job
+
+
+@dataclass(frozen=True)
+class OnlinePlacement:
+    """Where an online backup's staging is: the data directory as MatrixOne sees it, and the labels of
+    MatrixOne's pods (the Job runs on their node)."""
+
+    server_data_dir: str
+    pod_labels: dict[str, str]
 
 
 def restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup_id: str,

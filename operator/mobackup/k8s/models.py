@@ -207,6 +207,9 @@ class JobOverrides:
         return self.raw.get(key, default)
 
 
+CONSISTENCIES = ("Online", "Stop", "Snapshot", "None")
+
+
 @dataclass(frozen=True)
 class BackupSpec:
     volume: Volume
@@ -217,12 +220,15 @@ class BackupSpec:
     type: str  # "Full" | "Incremental"
     base_name: str | None
     base_id: str | None
-    consistency: str  # "Stop" | "Snapshot" | "None"
+    consistency: str  # "Online" | "Stop" | "Snapshot" | "None"
     parallelism: int | None  # None: the engine's default for the storage
     bandwidth_limit: int | None
     deletion_policy: str
     job: JobOverrides
     snapshot_class: str | None = None
+    # Online: the data directory's absolute path inside the MatrixOne container (None: derive it
+    # from the workload's pod template).
+    server_data_dir: str | None = None
 
 
 def default_source_name(namespace: str, claim: str) -> str:
@@ -244,11 +250,22 @@ def parse_backup(spec: dict[str, Any], namespace: str, *, template: bool = False
         raise SpecError("spec: set at most one of baseBackupName or baseBackupID")
     if (base_name or base_id) and btype != "Incremental":
         raise SpecError("spec: a base backup is only meaningful for type Incremental")
-    consistency = spec.get("consistency", "Stop")
-    if consistency not in ("Stop", "Snapshot", "None"):
-        raise SpecError(f"spec.consistency must be Stop, Snapshot or None, got {consistency!r}")
+    sql = _sql(src.get("sql"), "spec.source.sql")
+    # Online (MatrixOne's own BACKUP, no downtime) whenever MatrixOne can be reached over SQL.
+    consistency = spec.get("consistency") or ("Online" if sql else "Stop")
+    if consistency not in CONSISTENCIES:
+        raise SpecError(f"spec.consistency must be one of {', '.join(CONSISTENCIES)}, got {consistency!r}")
     if consistency == "Stop" and workload is None:
         raise SpecError("spec.consistency Stop needs spec.source.workload (the workload to scale down)")
+    if consistency == "Online" and sql is None:
+        raise SpecError("spec.consistency Online needs spec.source.sql (MatrixOne runs the backup)")
+    server_data_dir = src.get("serverDataDir") or None
+    if server_data_dir is not None and (not isinstance(server_data_dir, str) or not server_data_dir.startswith("/")
+                                        or "'" in server_data_dir or "/../" in f"{server_data_dir}/"):
+        raise SpecError(f"spec.source.serverDataDir must be an absolute path, got {server_data_dir!r}")
+    if consistency == "Online" and server_data_dir is None and workload is None:
+        raise SpecError("spec.consistency Online needs spec.source.serverDataDir or spec.source.workload "
+                        "(to find where MatrixOne mounts the volume)")
     parallelism = _optional_int(spec.get("parallelism"))
     if parallelism is not None and not 1 <= parallelism <= 64:
         raise SpecError(f"spec.parallelism must be 1-64, got {parallelism}")
@@ -258,10 +275,11 @@ def parse_backup(spec: dict[str, Any], namespace: str, *, template: bool = False
     return BackupSpec(
         volume=volume, workload=workload,
         source_name=str(src.get("name") or default_source_name(namespace, volume.claim)),
-        sql=_sql(src.get("sql"), "spec.source.sql"), storage=storage, type=btype,
+        sql=sql, storage=storage, type=btype,
         base_name=base_name, base_id=base_id, consistency=consistency, parallelism=parallelism,
         bandwidth_limit=parse_quantity(spec.get("bandwidthLimit")), deletion_policy=policy,
         job=JobOverrides(dict(spec.get("job") or {})), snapshot_class=spec.get("snapshotClassName") or None,
+        server_data_dir=server_data_dir,
     )
 
 

@@ -100,6 +100,9 @@ def backup_result_fields(summary: dict[str, Any]) -> dict[str, Any]:
         "fileCount": int(summary.get("file_count") or 0),
         "source": summary.get("source"),
         "mobackupVersion": summary.get("mobackup_version"),
+        "storedBytes": summary.get("stored_bytes"),
+        "stagedBytes": summary.get("staged_bytes"),
+        "moVersion": summary.get("mo_version"),
     }
     if summary.get("location"):
         out["location"] = summary["location"]
