@@ -209,6 +209,10 @@ def test_helm_install_backup_restore_upgrade_uninstall(env: Env) -> None:
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == FULLNAME
     api.get(f"/api/v1/namespaces/{e.ns}/serviceaccounts/{FULLNAME}-job")
     api.get(f"/apis/rbac.authorization.k8s.io/v1/namespaces/{e.ns}/roles/{FULLNAME}")
+    # `helm test`: its hook pod (run by the local node with its own ServiceAccount) finds the CRDs
+    # served and the operator ready.
+    out = e.helm("test", RELEASE, "--namespace", e.op_ns, "--timeout", "180s")
+    assert f"TEST SUITE:     {FULLNAME}-test" in out and "Phase:          Succeeded" in out, out
 
     # ---- examples: storage, full, incremental, restore ----------------------------------------
     _apply_storage(e)
