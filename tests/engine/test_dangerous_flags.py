@@ -160,3 +160,17 @@ def test_negative_keep_counts_are_rejected(backed_up: tuple[Path, Path, str], fl
     _, repo, _ = backed_up
     result = mobackup("prune", "--repo", str(repo), flag, "-1")
     assert result.returncode == 2 and flag in result.stderr and "out of range" in result.stderr
+
+
+def test_restore_leaves_a_siblings_staging_alone(backed_up: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """Restoring into `t` removes leftovers of a killed restore into `t`, never the staging
+    directory of a restore into `t-2` that may be running."""
+    data, repo, backup_id = backed_up
+    leftover = tmp_path / ".mobackup-staging-t-0123456789ab"
+    sibling = tmp_path / ".mobackup-staging-t-2-0123456789ab"
+    for path in (leftover, sibling):
+        path.mkdir()
+    result = mobackup("restore", backup_id, "--repo", str(repo), "--target", str(tmp_path / "t"))
+    assert result.returncode == 0, result.stderr
+    assert not leftover.exists() and sibling.exists()
+    assert snapshot_tree(tmp_path / "t") == snapshot_tree(data)

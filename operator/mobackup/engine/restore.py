@@ -82,11 +82,17 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _remove_leftovers(directory: Path, prefix: str) -> None:
-    """Staging or set-aside directories of an earlier restore that was killed."""
+    """Staging or set-aside directories of an earlier restore that was killed. With a `prefix`
+    (staging beside the target), exactly `<prefix><12 hex digits>`: the staging directory of a live
+    restore into a sibling whose name extends this target's ("mo" and "mo-2") is not ours."""
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.name.startswith((STAGING_PREFIX, OLD_PREFIX)) and entry.name.startswith(prefix):
-                shutil.rmtree(entry.path, ignore_errors=True)
+            if not entry.name.startswith((STAGING_PREFIX, OLD_PREFIX)) or not entry.name.startswith(prefix):
+                continue
+            rest = entry.name[len(prefix):]
+            if prefix and not (len(rest) == 12 and all(c in "0123456789abcdef" for c in rest)):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _swap_in(staging: Path, target: Path, beside: bool) -> None:
