@@ -169,3 +169,26 @@ def test_inherited_files_get_their_parent_directories_listed(tmp_path: Path) -> 
     assert verify_backup(repo, summary.id).ok
     run_restore(repo, summary.id, tmp_path / "target")
     assert (tmp_path / "target" / "shared" / "sub" / "x").read_bytes() == b"x" * 100
+
+
+def test_cli_refuses_a_tampered_list_in_one_line(plain: tuple[Repository, str], outside: Path,
+                                                 tmp_path: Path) -> None:
+    """The attacker's tool from the command line, then `mobackup restore --force` and `verify`."""
+    import json
+    import subprocess
+    import sys
+
+    repo, backup_id = plain
+    entries = read_entries(Path(repo.location), backup_id)
+    edit = tmp_path / "edit.json"
+    edit.write_text(json.dumps([*entries, _file(entries, "../outside/escape", mode=0o4755)]))
+    tool = Path(__file__).with_name("tamper.py")
+    subprocess.run([sys.executable, str(tool), repo.location, backup_id, str(edit)], check=True)
+    mobackup = str(Path(sys.executable).with_name("mobackup"))
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep").write_text("old")
+    for command in (["restore", backup_id, "--target", str(target), "--force"], ["verify", backup_id]):
+        result = subprocess.run([mobackup, *command, "--repo", repo.location], capture_output=True, text=True)
+        assert result.returncode == 1 and "'../outside/escape' is invalid" in result.stderr, result.stderr
+    assert not (outside / "escape").exists() and [p.name for p in target.iterdir()] == ["keep"]
