@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from mo_server import REPO, TXN_ROWS, MatrixOne, Writer, checksums, create_db, insert_rows
+from mo_server import REPO, TXN_ROWS, MatrixOne, Writer, checksums, connect, create_db, insert_rows
 from mobackup.engine.errors import MobackupError
 from mobackup.engine.online import STAGING_PREFIX, parse_staged, verify_staged
 
@@ -178,3 +179,73 @@ def test_online_backup_faults_give_a_reason_and_store_nothing(
     assert proc.returncode == 1 and "does not support" in proc.stderr and version in proc.stderr, proc.stderr
     assert not repo.exists() or not list((repo / "backups").glob("*")), "a failed online backup was listed"
     assert not list(matrixone.data_dir.glob(f"{STAGING_PREFIX}*"))
+
+
+# Checkpoints every 2 s, and the disk cleaner deletes unreferenced objects after 3 s (defaults: minutes).
+AGGRESSIVE_GC = '''
+[tn.Ckp]
+incremental-interval = "2s"
+global-min-count = 2
+min-count = 1
+
+[tn.GCCfg]
+gc-ttl = "3s"
+scan-gc-interval = "2s"
+'''
+
+
+def test_online_backup_holds_while_disk_gc_deletes_objects(
+        matrixone_factory: Callable[..., MatrixOne], tmp_path: Path) -> None:
+    """MatrixOne's GC runs every 2 s and deletes objects 3 s after they become garbage, while a writer
+    commits and a churn thread deletes rows and forces checkpoints (garbage for the GC). Backups taken
+    meanwhile must succeed, and the last one restores to an exact prefix of the writer's transactions:
+    BACKUP protects what it copies from the disk cleaner."""
+    repo = tmp_path / "repo"
+    mo = matrixone_factory("v2.2.2")
+    tn = mo.workdir / "etc" / "launch" / "tn.toml"
+    tn.write_text(tn.read_text() + AGGRESSIVE_GC)
+    mo.start()
+    create_db(mo, "db1", 200_000)
+    mo.sql("create database w", "create table w.t (id bigint primary key, txn int)")
+    seen: set[str] = set()  # every object file seen during the test
+    stop = threading.Event()
+    churn_errors: list[str] = []
+
+    def churn() -> None:
+        i = 0
+        with connect() as conn, conn.cursor() as cur:
+            while not stop.is_set():
+                try:
+                    cur.execute(f"delete from db1.t where id % 50 = {i % 50}")
+                    cur.execute("select mo_ctl('dn','checkpoint','')")
+                    if i % 3 == 0:
+                        cur.execute("select mo_ctl('dn','globalcheckpoint','')")
+                except pymysql.MySQLError as error:
+                    churn_errors.append(str(error))
+                i += 1
+                seen.update(p.name for p in (mo.data_dir / "shared").iterdir() if p.is_file())
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=churn, daemon=True)
+    writer = Writer().start()
+    thread.start()
+    try:
+        summaries = [online_backup(mo, repo, "--type", "full")[1] for _ in range(3)]
+        before_last = writer.committed
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+        writer.stop()
+    objects_after = {p.name for p in (mo.data_dir / "shared").iterdir() if p.is_file()}
+    mo.stop()
+    assert writer.errors == [] and churn_errors == []
+    assert seen - objects_after, "the disk cleaner deleted no object during the test"
+
+    other = matrixone_factory("v2.2.2")
+    subprocess.run([str(MOBACKUP), "restore", summaries[-1]["id"], "--repo", str(repo), "--target",
+                    str(other.data_dir), "--quiet"], check=True, capture_output=True, timeout=300)
+    other.start()
+    count, max_id, txns = other.sql("select count(*), max(id), count(distinct txn) from w.t")[0]
+    assert count == max_id + 1 and count % TXN_ROWS == 0, (count, max_id)
+    assert txns <= before_last
+    assert other.sql("select count(*) from db1.t")[0][0] > 0
