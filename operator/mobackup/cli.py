@@ -195,19 +195,21 @@ def cmd_backup(args: argparse.Namespace) -> int:
         return _online_backup(args)
     if args.server_data_dir:
         raise MobackupError("--server-data-dir is for --online backups")
-    mo_version = None
+    mo_version, extra = None, {}
     if args.sql_host:
+        from .engine.catalog import read_catalog_from
         from .engine.mosql import SqlEndpoint, prepare_backup
 
-        mo_version = prepare_backup(
-            SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database))
+        endpoint = SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database)
+        mo_version = prepare_backup(endpoint)
+        extra["catalog"] = read_catalog_from(endpoint)  # what a restore drill checks
     if not Path(args.data_dir).is_dir():  # before the repository is created
         raise MobackupError(f"{args.data_dir}: not a directory (nothing was created)")
     repo = open_repository(repository_options(args, compression=args.compression), create=True)
     summary = run_backup(
         repo, Path(args.data_dir), source=args.source, backup_type=args.type, base_id=args.base,
         progress=for_terminal("backup", args.quiet or args.json), rules=PathRules(extra_excludes=tuple(args.exclude)),
-        mo_version=mo_version, check_existing=args.check_existing,
+        mo_version=mo_version, check_existing=args.check_existing, extra=extra,
     )
     if summary.skipped_count:  # never silent: FIFOs, sockets and devices are not copied
         shown = ", ".join(f"{s['path']} ({s['type']})" for s in summary.skipped[:5])

@@ -1,0 +1,87 @@
+"""What a restore drill checks, recorded at backup time: the databases and tables of the account the
+backup talked to, and their row counts where counting is cheap enough.
+
+Stored in the summary's `extra["catalog"]` (docs/repository-format.md, section 5.2), never pushed
+through a Job's termination message. Reading it never fails a backup: a refusal is recorded as
+`{"error": ...}` and the drill then checks only that the server answers.
+
+Row counts are exact for an online backup: they are read at the backup's own timestamp with
+MatrixOne's snapshot read (`{MO_TS = <physical>}`), so writes after BACKUP do not change them. For a
+cold copy they are read when the backup talks to the server (before the copy), so writes between
+that moment and the copy (or the stop) can make them differ: `rows_exact` says which.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pymysql
+
+from .model import iso, utc_now
+
+SYSTEM_DATABASES = frozenset({
+    "mo_catalog", "mo_task", "mo_debug", "information_schema", "mysql", "system_metrics", "system",
+    "performance_schema", "sys"})  # the last two: MySQL-protocol servers other than MatrixOne
+MAX_TABLES = 2000  # a catalog beyond this is truncated (and says so): the summary stays small
+COUNT_BUDGET_SECONDS = 60.0  # counting stops here; later tables are recorded without rows
+TABLE_TYPES = {"BASE TABLE": "table", "VIEW": "view", "EXTERNAL TABLE": "external", "CLUSTER TABLE": "cluster"}
+
+
+def quote(name: str) -> str:
+    """A MySQL identifier in backticks (a name may hold anything, backticks included)."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def read_catalog(connection: Any, at_ts: str | None = None, *,
+                 count_budget: float = COUNT_BUDGET_SECONDS, max_tables: int = MAX_TABLES) -> dict[str, Any]:
+    """{"databases": {db: {table: {"type", "rows"}}}, "rows_exact", "truncated", "taken_at", ...} of
+    the connection's account, system databases left out. `at_ts` ("physical-logical"): count rows as
+    of that timestamp (an online backup's BACKUPTS)."""
+    taken_at = iso(utc_now())
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("select schema_name from information_schema.schemata")
+            databases: dict[str, dict[str, dict[str, Any]]] = {
+                str(name): {} for (name,) in cursor.fetchall() if str(name) not in SYSTEM_DATABASES}
+            cursor.execute("select table_schema, table_name, table_type from information_schema.tables "
+                           "order by table_schema, table_name")
+            rows = [r for r in cursor.fetchall() if str(r[0]) in databases and not str(r[1]).startswith("__mo_")]
+    except pymysql.MySQLError as error:
+        return {"error": str(error.args[-1]), "taken_at": taken_at}
+    truncated = len(rows) > max_tables
+    snapshot = ""
+    if at_ts is not None:
+        physical = at_ts.partition("-")[0]
+        if physical.isdigit():
+            snapshot = f" {{MO_TS = {int(physical)}}}"
+    deadline = time.monotonic() + count_budget
+    counted = 0
+    for schema, table, kind in rows[:max_tables]:
+        entry: dict[str, Any] = {"type": TABLE_TYPES.get(str(kind), str(kind).lower()), "rows": None}
+        databases[str(schema)][str(table)] = entry
+        if entry["type"] != "table" or time.monotonic() > deadline:
+            continue
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"select count(*) from {quote(str(schema))}.{quote(str(table))}{snapshot}")
+                entry["rows"] = int(cursor.fetchone()[0])
+                counted += 1
+        except pymysql.MySQLError as error:
+            entry["error"] = str(error.args[-1])[:200]
+    return {"taken_at": taken_at, "rows_at": at_ts, "rows_exact": bool(snapshot), "truncated": truncated,
+            "counted_tables": counted, "databases": databases}
+
+
+def read_catalog_from(endpoint: Any, at_ts: str | None = None) -> dict[str, Any]:
+    """read_catalog over a connection of its own to `endpoint` (a mosql.SqlEndpoint)."""
+    try:
+        connection = pymysql.connect(
+            host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
+            connect_timeout=endpoint.timeout, read_timeout=max(endpoint.timeout, 120), autocommit=True)
+    except pymysql.MySQLError as error:
+        return {"error": f"cannot connect: {error.args[-1]}", "taken_at": iso(utc_now())}
+    try:
+        return read_catalog(connection, at_ts)
+    finally:
+        connection.close()
