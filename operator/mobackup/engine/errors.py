@@ -33,6 +33,10 @@ class SourceChangedError(MobackupError):
     """A file changed or vanished while it was being copied."""
 
 
+class StorageUnreachableError(MobackupError):
+    """The storage endpoint cannot be reached (connection refused or reset, timeout)."""
+
+
 class LockedError(MobackupError):
     """Another process holds a conflicting lock on the repository."""
 

@@ -472,10 +472,17 @@ class Repository:
         refresher.start()
         try:
             yield
-        finally:
+        except BaseException:
             stop.set()
             refresher.join()
-            self.backend.delete([key])
+            # The storage may be what failed: its error must not replace the one that says why. The
+            # lock left behind goes stale and is broken safely by the next locker.
+            with suppress(MobackupError):
+                self.backend.delete([key])
+            raise
+        stop.set()
+        refresher.join()
+        self.backend.delete([key])
 
     def _read_locks(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for info in self.backend.list("locks/"):

@@ -12,7 +12,7 @@ import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
-from .errors import MobackupError
+from .errors import MobackupError, StorageUnreachableError
 from .storage import ObjectInfo, ObjectNotFound
 
 MULTIPART_THRESHOLD = 64 << 20
@@ -50,6 +50,12 @@ class _ViewReader(io.RawIOBase):
 
     def __len__(self) -> int:
         return len(self.view)
+
+
+# The endpoint is down or the network between: a reason of its own (StorageUnreachableError), so
+# the operator and the CLI can say "unreachable" rather than a generic error.
+UNREACHABLE = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError,
+               botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)
 
 
 def _is_not_found(error: botocore.exceptions.ClientError) -> bool:
@@ -114,6 +120,8 @@ class S3Backend:
             if _is_not_found(error):
                 raise ObjectNotFound(f"{self.location}/{what}: missing") from None
             raise MobackupError(f"{self.location}/{what}: {_reason(error)}") from None
+        except UNREACHABLE as error:
+            raise StorageUnreachableError(f"{self.location}: {_reason(error)}") from None
         except botocore.exceptions.BotoCoreError as error:
             raise MobackupError(f"{self.location}: {_reason(error)}") from None
 
@@ -170,6 +178,8 @@ class S3Backend:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
                 for item in page.get("Contents", []):
                     yield ObjectInfo(item["Key"][strip:], int(item["Size"]), item["LastModified"].timestamp())
+        except UNREACHABLE as error:
+            raise StorageUnreachableError(f"{self.location}: cannot list {prefix}: {_reason(error)}") from None
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
             raise MobackupError(f"{self.location}: cannot list {prefix}: {_reason(error)}") from None
 
