@@ -154,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--source", help="only this source's backups")
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
 
+    drill = commands.add_parser("drill", help="restore a backup into a scratch MatrixOne and check what it serves")
+    _repo_args(drill)
+    drill.add_argument("id")
+    drill.add_argument("--mo-service", required=True, help="the mo-service binary (its etc/launch next to it)")
+    drill.add_argument("--check-sql", action="append", default=[], metavar="QUERY",
+                       help="a query whose first value must equal the next --expect (repeatable)")
+    drill.add_argument("--expect", action="append", default=[], metavar="VALUE")
+    drill.add_argument("--timeout", type=int_range(1), default=600, metavar="SECONDS",
+                       help="time for the scratch MatrixOne to answer SQL and the checks to run (default 600)")
+    drill.add_argument("--scratch-dir", help="where the scratch directory is made (default: the temp directory)")
+    drill.add_argument("--sql-user", default="root",
+                       help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
+
     demo = commands.add_parser("demo", help="a tour on sample data: full, incremental, list, restore, verify")
     demo.add_argument("--dir", default="mobackup-demo", help="working directory (default ./mobackup-demo)")
     demo.add_argument("--json", action="store_true")
@@ -333,6 +346,27 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drill(args: argparse.Namespace) -> int:
+    from .engine.drill import UserCheck, run_drill
+
+    if len(args.check_sql) != len(args.expect):
+        raise MobackupError("each --check-sql needs one --expect (the value its first column must have)")
+    repo = open_repository(repository_options(args))
+    result = run_drill(repo, args.id, Path(args.mo_service),
+                       checks=[UserCheck(q, e) for q, e in zip(args.check_sql, args.expect, strict=True)],
+                       timeout=args.timeout, scratch_parent=Path(args.scratch_dir) if args.scratch_dir else None,
+                       sql_user=args.sql_user, progress=for_terminal("restore", args.quiet or args.json))
+    lines = [f"{'ok  ' if c.ok else 'FAIL'} {c.name}{': ' + c.detail if c.detail else ''}" for c in result.checks]
+    lines.append(f"drill of backup {result.backup_id}: {'passed' if result.ok else 'FAILED'} (restore "
+                 f"{result.restore_seconds}s, start {result.start_seconds}s, checks {result.check_seconds}s, "
+                 f"total {result.total_seconds}s, scratch {decimal_size(result.scratch_bytes)}, "
+                 f"MatrixOne {result.mo_version})")
+    _emit(args, result.to_dict(), "\n".join(lines))
+    if not result.ok:
+        raise MobackupError(f"drill of backup {result.backup_id} failed: {result.reason}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -342,6 +376,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init": cmd_init, "backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
     "verify": cmd_verify, "delete": cmd_delete, "prune": cmd_prune, "demo": cmd_demo,
+    "drill": cmd_drill,
 }
 
 

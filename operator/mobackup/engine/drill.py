@@ -1,0 +1,362 @@
+"""Restore drills: prove a backup restorable by restoring it into a scratch directory, starting a
+scratch MatrixOne on it, and checking what it serves.
+
+The checks: the server answers SQL (and reports its version); the databases and tables the backup
+recorded (`extra["catalog"]`, engine/catalog.py) exist, with the recorded row counts; the user's
+queries return the expected values. The scratch directory is removed whatever happens, and the
+scratch server is always stopped (SIGTERM to its process group, SIGKILL after a grace period).
+
+MatrixOne's stock standalone configuration binds fixed ports (SQL 6001, log service 32000-32002),
+so one MatrixOne runs per machine: a drill refuses to start while any of them is in use. A cold
+copy's log service data is bound to the host name it was written under (logservice-data/<uuid>/
+<host>/): when that differs from this machine's, the scratch server runs in a UTS namespace with
+that host name (bubblewrap), as the source pod had.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pymysql
+
+from .errors import MobackupError
+from .layout import log_hostnames
+from .progress import Progress
+from .repository import Repository
+
+MO_PORTS = (6001, 32000, 32001, 32002)
+STOP_GRACE_SECONDS = 5.0  # the scratch data is thrown away: no need to wait for a clean shutdown
+SQL_POLL_SECONDS = 0.5
+LOG_TAIL_LINES = 15
+DEFAULT_PASSWORD = "111"  # MatrixOne's initial root password; the restored data keeps the source's
+
+
+@dataclass(frozen=True)
+class UserCheck:
+    query: str
+    expect: str  # compared with the first column of the first row, as text
+
+
+@dataclass
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+    expected: Any = None
+    got: Any = None
+    warning: bool = False  # passed, but something differed that cannot be told from a lost write
+
+    def to_dict(self) -> dict[str, Any]:
+        # 0 rows is a value: only absent fields (None, "", a False warning flag) are left out
+        return {k: v for k, v in asdict(self).items() if k == "ok" or (v is not None and v != "" and v is not False)}
+
+
+@dataclass
+class DrillResult:
+    backup_id: str
+    ok: bool = False
+    reason: str = ""
+    backup_kind: str = "cold"
+    backup_ts: str = ""
+    source: str = ""
+    mo_version: str | None = None
+    hostname: str | None = None  # the host name the scratch server ran under
+    restore_seconds: float | None = None
+    start_seconds: float | None = None
+    check_seconds: float | None = None
+    total_seconds: float = 0.0
+    restored_bytes: int = 0
+    scratch_bytes: int = 0  # disk the scratch directory took at its largest (restored data + server writes)
+    checks: list[CheckResult] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["checks"] = [c.to_dict() for c in self.checks]
+        return data
+
+    def fail(self, name: str, reason: str, **kw: Any) -> None:
+        self.checks.append(CheckResult(name, False, reason, **kw))
+        if not self.reason:
+            self.reason = f"{name}: {reason}"
+
+
+def busy_ports(ports: Sequence[int] = MO_PORTS) -> list[int]:
+    busy = []
+    for port in ports:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(port)
+    return busy
+
+
+def disk_usage(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed meanwhile
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+class ScratchServer:
+    """mo-service in `workdir` with the launch configuration found next to the binary."""
+
+    def __init__(self, mo_service: Path, workdir: Path, hostname: str | None) -> None:
+        self.mo_service, self.workdir, self.hostname = mo_service, workdir, hostname
+        self.log_path = workdir / "mo-service.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [str(self.mo_service), "-launch", "etc/launch/launch.toml"]
+        if self.hostname:
+            bwrap = shutil.which("bwrap")
+            if bwrap is None:
+                raise MobackupError(f"the backup's log service data belongs to host {self.hostname!r}: running the "
+                                    "scratch MatrixOne under that host name needs bubblewrap (bwrap), not found")
+            argv = [bwrap, "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
+                    "--hostname", self.hostname, "--chdir", str(self.workdir), "--", *argv]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        else:  # the leader exited; a child it left behind still holds the group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc = None
+
+    def log_tail(self) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            return ""
+        return " | ".join(line[:300] for line in lines)
+
+
+def _connect(port: int, user: str, password: str, timeout: float) -> Any:
+    return pymysql.connect(host="127.0.0.1", port=port, user=user, password=password, autocommit=True,
+                           connect_timeout=min(5.0, max(timeout, 0.5)), read_timeout=max(timeout, 1.0))
+
+
+def _wait_sql(server: ScratchServer, port: int, user: str, password: str, deadline: float) -> Any:
+    """A connection once the server answers `select 1`; MobackupError when it died or time ran out."""
+    last = "no answer"
+    while True:
+        if not server.alive():
+            rc = server.proc.returncode if server.proc else None
+            raise MobackupError(f"mo-service exited (code {rc}) before it answered SQL; its log: {server.log_tail()}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MobackupError(f"the scratch MatrixOne did not answer SQL on port {port} within the time limit "
+                                f"(last: {last})")
+        try:
+            connection = _connect(port, user, password, remaining)
+            with connection.cursor() as cursor:
+                cursor.execute("select 1")
+            return connection
+        except pymysql.MySQLError as error:
+            last = str(error.args[-1])[:200]
+            if error.args and error.args[0] == 1045:  # the server answers, the credentials do not
+                raise MobackupError(f"the scratch MatrixOne refused user {user!r}: {last} (the restored data has "
+                                    "the source's users: set MOBACKUP_SQL_PASSWORD)") from None
+            time.sleep(SQL_POLL_SECONDS)
+
+
+def _scalar(connection: Any, statement: str) -> Any:
+    with connection.cursor() as cursor:
+        cursor.execute(statement)
+        row = cursor.fetchone()
+        return None if row is None else row[0]
+
+
+def check_catalog(connection: Any, catalog: dict[str, Any], result: DrillResult) -> None:
+    """The recorded databases and tables exist, with the recorded row counts."""
+    from .catalog import quote
+
+    if "error" in catalog:
+        result.checks.append(CheckResult("catalog", True, f"not recorded at backup time: {catalog['error']}",
+                                         warning=True))
+        return
+    exact = bool(catalog.get("rows_exact"))
+    snapshot_note = "" if exact else " (recorded before the cold copy: later writes may explain it)"
+    with connection.cursor() as cursor:
+        cursor.execute("select schema_name from information_schema.schemata")
+        present = {str(r[0]) for r in cursor.fetchall()}
+        cursor.execute("select table_schema, table_name from information_schema.tables")
+        tables = {(str(r[0]), str(r[1])) for r in cursor.fetchall()}
+    databases: dict[str, dict[str, Any]] = catalog.get("databases", {})
+    missing_dbs = sorted(set(databases) - present)
+    if missing_dbs:
+        result.fail("databases", f"{len(missing_dbs)} recorded database(s) missing: {', '.join(missing_dbs[:10])}",
+                    expected=sorted(databases), got=sorted(present & set(databases)))
+    else:
+        result.checks.append(CheckResult("databases", True, f"{len(databases)} recorded database(s) present"))
+    missing = sorted(f"{db}.{t}" for db, ts in databases.items() for t in ts if (db, t) not in tables)
+    count = sum(len(ts) for ts in databases.values())
+    if missing:
+        result.fail("tables", f"{len(missing)} of {count} recorded table(s) missing: {', '.join(missing[:10])}")
+    else:
+        result.checks.append(CheckResult("tables", True, f"{count} recorded table(s) present"))
+    for db, ts in sorted(databases.items()):
+        for table, entry in sorted(ts.items()):
+            rows = entry.get("rows") if isinstance(entry, dict) else None
+            if rows is None or (db, table) not in tables:
+                continue
+            name = f"rows {db}.{table}"
+            try:
+                got = int(_scalar(connection, f"select count(*) from {quote(db)}.{quote(table)}"))
+            except pymysql.MySQLError as error:
+                result.fail(name, f"cannot count: {error.args[-1]}", expected=rows)
+                continue
+            if got == rows:
+                result.checks.append(CheckResult(name, True, expected=rows, got=got))
+            elif exact:
+                result.fail(name, f"expected {rows} rows, got {got}", expected=rows, got=got)
+            else:
+                result.checks.append(CheckResult(name, True, f"expected {rows} rows, got {got}{snapshot_note}",
+                                                 expected=rows, got=got, warning=True))
+
+
+def run_user_checks(connection: Any, checks: Sequence[UserCheck], result: DrillResult) -> None:
+    for number, check in enumerate(checks, 1):
+        name = f"query {number}"
+        try:
+            value = _scalar(connection, check.query)
+        except pymysql.MySQLError as error:
+            result.fail(name, f"{check.query!r} failed: {error.args[-1]}", expected=check.expect)
+            continue
+        got = "NULL" if value is None else str(value)
+        if got == check.expect:
+            result.checks.append(CheckResult(name, True, check.query, expected=check.expect, got=got))
+        else:
+            result.fail(name, f"{check.query!r}: expected {check.expect!r}, got {got!r}",
+                        expected=check.expect, got=got)
+
+
+def _launch_config(mo_service: Path) -> Path:
+    etc = mo_service.parent / "etc"
+    if not (etc / "launch" / "launch.toml").is_file():
+        raise MobackupError(f"no MatrixOne launch configuration {etc}/launch/launch.toml next to {mo_service}")
+    return etc
+
+
+def run_drill(
+    repo: Repository,
+    backup_id: str,
+    mo_service: Path,
+    *,
+    checks: Sequence[UserCheck] = (),
+    timeout: float = 600.0,
+    scratch_parent: Path | None = None,
+    sql_user: str = "root",
+    sql_password: str | None = None,
+    sql_port: int = 6001,
+    progress: Progress | None = None,
+) -> DrillResult:
+    """Restore `backup_id` into a scratch directory, start `mo-service` on it, run the checks, stop it,
+    remove the scratch directory. `timeout`: seconds the server has to answer SQL and the checks to
+    finish. A failed check, restore or start is in the result (ok false, reason), not raised;
+    MobackupError is raised only when the drill cannot be set up (unknown backup, busy ports, ...)."""
+    from .restore import run_restore
+
+    clock = time.monotonic()
+    mo_service = Path(mo_service).absolute()
+    if not os.access(mo_service, os.X_OK):
+        raise MobackupError(f"{mo_service}: not an executable mo-service")
+    etc = _launch_config(mo_service)
+    summary = repo.load_summary(repo.resolve_id(backup_id))
+    result = DrillResult(summary.id, backup_kind=str(summary.extra.get("kind", "cold")),
+                         backup_ts=summary.backup_ts, source=summary.source)
+    busy = busy_ports()
+    if busy:
+        raise MobackupError(f"port(s) {', '.join(map(str, busy))} in use: a MatrixOne already runs on this machine "
+                            "(its stock configuration uses fixed ports); a drill needs them free")
+    password = sql_password if sql_password is not None else os.environ.get("MOBACKUP_SQL_PASSWORD", DEFAULT_PASSWORD)
+    scratch = Path(tempfile.mkdtemp(prefix="mobackup-drill-", dir=scratch_parent))
+    server: ScratchServer | None = None
+    try:
+        shutil.copytree(etc, scratch / "etc")
+        started = time.monotonic()
+        try:
+            restored = run_restore(repo, summary.id, scratch / "mo-data", progress=progress)
+        except (MobackupError, OSError) as error:  # a damaged or missing blob, a full scratch disk
+            result.fail("restore", str(error))
+            return result
+        finally:
+            result.restore_seconds = round(time.monotonic() - started, 3)
+        result.restored_bytes = restored.size_bytes
+        result.checks.append(CheckResult("restore", True, f"{restored.file_count} files, {restored.size_bytes} bytes"))
+        hosts = sorted(log_hostnames(
+            f"logservice-data/{u.name}/{h.name}" for u in _dirs(scratch / "mo-data" / "logservice-data")
+            for h in _dirs(u)))
+        if len(hosts) > 1:
+            result.fail("hostname", f"the backup holds log service data of several hosts: {', '.join(hosts)}")
+            return result
+        if hosts and hosts[0] != socket.gethostname():
+            result.hostname = hosts[0]
+        server = ScratchServer(mo_service, scratch, result.hostname)
+        started = time.monotonic()
+        deadline = started + timeout
+        try:
+            server.start()
+            connection = _wait_sql(server, sql_port, sql_user, password, deadline)
+        except MobackupError as error:
+            result.start_seconds = round(time.monotonic() - started, 3)
+            result.fail("start", str(error))
+            return result
+        result.start_seconds = round(time.monotonic() - started, 3)
+        started = time.monotonic()
+        try:
+            with connection:
+                result.mo_version = str(_scalar(connection, "select version()"))
+                result.checks.append(CheckResult("server answers", True, result.mo_version))
+                catalog = summary.extra.get("catalog")
+                if isinstance(catalog, dict):
+                    check_catalog(connection, catalog, result)
+                run_user_checks(connection, checks, result)
+        except pymysql.MySQLError as error:
+            result.fail("checks", f"SQL failed: {error.args[-1]}")
+        if time.monotonic() > deadline and not result.reason:
+            result.fail("time limit", f"the checks finished after the time limit of {timeout:.0f} s")
+        result.check_seconds = round(time.monotonic() - started, 3)
+        result.ok = not result.reason
+        return result
+    finally:
+        if server is not None:
+            server.stop()
+        result.scratch_bytes = disk_usage(scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
+        result.total_seconds = round(time.monotonic() - clock, 3)
+
+
+def _dirs(path: Path) -> list[Path]:
+    try:
+        return [p for p in path.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return []
