@@ -9,6 +9,7 @@ Exit codes: 0 ok, 1 expected failure (reason in the result), 2 unexpected error.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -211,10 +212,17 @@ def main(argv: list[str] | None = None) -> int:
         result = {"ok": False, "action": args.action, "reason": type(e).__name__, "error": str(e)}
         code = 1
     except Exception as e:  # report, never hide: the operator shows this in status
-        traceback.print_exc()
-        result = {"ok": False, "action": args.action, "reason": "InternalError",
-                  "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-        code = 2
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A full volume is for the user to fix (a bigger PVC, a larger /tmp), not a bug.
+            result = {"ok": False, "action": args.action, "reason": "VolumeFull",
+                      "error": f"no space left on device{f' writing {e.filename}' if e.filename else ''}: "
+                               "give the volume more room"}
+            code = 1
+        else:
+            traceback.print_exc()
+            result = {"ok": False, "action": args.action, "reason": "InternalError",
+                      "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+            code = 2
     finally:
         reporter.close()
     _write_result(args.termination_log, result)
