@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, cli_s3
 from .engine.errors import MobackupError
 from .engine.progress import for_terminal
 from .engine.repository import MAX_PARALLELISM, Repository, RepositoryOptions, open_repository
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "downtime); it stages the copy under --data-dir, which must be the volume it runs on")
     backup.add_argument("--server-data-dir", help="with --online: --data-dir's absolute path as the MatrixOne "
                         "server sees it (default: the same path)")
+    cli_s3.add_backup_arguments(backup)
 
     listing = commands.add_parser("list", help="list completed backups")
     _repo_args(listing)
@@ -125,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     restore = commands.add_parser("restore", help="restore a backup into a directory")
     _repo_args(restore)
     restore.add_argument("id")
-    restore.add_argument("--target", required=True, help="directory to restore into (empty, or --force)")
+    restore.add_argument("--target", help="directory to restore into (empty, or --force)")
     restore.add_argument("--force", action="store_true", help="replace the contents of a non-empty target")
     restore.add_argument("--hostname", help="hostname of the MatrixOne that will use the data: refuse a backup "
                          "whose log service data belongs to another host")
+    cli_s3.add_restore_arguments(restore)
 
     verify = commands.add_parser("verify", help="check that a backup is complete and intact")
     _repo_args(verify)
@@ -166,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     drill.add_argument("--scratch-dir", help="where the scratch directory is made (default: the temp directory)")
     drill.add_argument("--sql-user", default="root",
                        help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
+
+    cli_s3.add_commands(commands, _repo_args)
 
     demo = commands.add_parser("demo", help="a tour on sample data: full, incremental, list, restore, verify")
     demo.add_argument("--dir", default="mobackup-demo", help="working directory (default ./mobackup-demo)")
@@ -240,6 +244,8 @@ def _online_backup(args: argparse.Namespace) -> int:
     from .engine.mosql import MatrixOneSession, SqlEndpoint
     from .engine.online import run_online_backup
 
+    if args.staging:  # S3-resident data: MatrixOne stages into a bucket, no data directory
+        return cli_s3.online_s3_backup(args)
     if not args.sql_host:
         raise MobackupError("--online needs --sql-host (MatrixOne runs the backup; password in MOBACKUP_SQL_PASSWORD)")
     if args.exclude:
@@ -288,6 +294,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from .engine.restore import run_restore
 
+    if args.target_s3:
+        return cli_s3.restore_s3(args)
+    if not args.target:
+        raise MobackupError("restore needs --target DIR (or --target-s3 s3://BUCKET/PREFIX for S3-resident data)")
+    if args.overwrite or args.local_data_dir:
+        raise MobackupError("--overwrite and --local-data-dir go with --target-s3 (use --force with --target)")
     repo = open_repository(repository_options(args))
     result = run_restore(repo, args.id, Path(args.target), force=args.force, hostname=args.hostname,
                          progress=for_terminal("restore", args.quiet or args.json))
@@ -376,7 +388,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init": cmd_init, "backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
     "verify": cmd_verify, "delete": cmd_delete, "prune": cmd_prune, "demo": cmd_demo,
-    "drill": cmd_drill,
+    "drill": cmd_drill, "commit": cli_s3.cmd_commit,
 }
 
 

@@ -1,0 +1,777 @@
+"""Online backups of a MatrixOne whose table data lives in S3 (a distributed `MatrixOneCluster`, or
+any MatrixOne whose SHARED file service is S3/MinIO), and restores back into a bucket prefix.
+
+Backup: MatrixOne's `BACKUP '0' S3OPTION {...}` writes a consistent, GC-protected copy into a
+staging prefix of a bucket (`<staging>/mobackup-staging-<run>/`): `tae/` (objects, `ckp/`, `gc/`,
+`tae_list`, `tae_sum`), `hakeeper/hk_data`, `mo_meta`, `config/`. Unlike the FILESYSTEM form, the
+objects there are PLAIN (no DISK framing): `tae_list` sizes and SHA-256s are of the objects as
+stored, and they are exactly what MatrixOne's S3 file service keeps under its key prefix. The staged
+objects are streamed straight into the repository (no local copy, no volume): each is checked
+against `tae_list` (size, SHA-256) while it is chunked, hashed and stored, so dedup, compression and
+encryption are the repository's as for any backup. The backup lists them as `shared/<tae path>`, and
+`local/hk_data` (the ID allocator state) in DISK framing, which is how the log service's LOCAL
+DISK file service reads it at bootstrap. Summary `extra`: kind "online", resident "s3".
+
+Scale-out: the ingest can run as N shards (`shard I of N`, each a disjoint part of the staged list,
+by position in the sorted list); each writes a part record into the repository (`runs/<run>/`) and
+the commit step writes the file list and the summary once, after every part is there and every blob
+it names exists. A missing part lists nothing; running a shard again reuses the blobs stored before.
+
+Staging: a run holds a lease object beside its staging prefix, refreshed while it runs; a later run
+removes staging prefixes whose lease expired, is missing, or names a dead process on this host.
+
+Credentials for MatrixOne's s3option must go into the statement text: that statement is never
+logged, and every error message has the secret masked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import CorruptDataError, MobackupError
+from .manifest import ManifestChecker
+from .model import BackupSummary, iso, parse_iso, utc_now
+from .online import StagedBackup, StagedFile, _is_ts, _safe_rel, choose_online_base
+from .progress import NullProgress, Progress
+from .repository import FileListWriter, Repository
+from .workers import BoundedWorkers
+
+STAGING_NAME = "mobackup-staging-"
+LEASE_SECONDS = float(os.environ.get("MOBACKUP_STAGING_LEASE_SECONDS", "300"))
+LEASE_REFRESH = max(1.0, LEASE_SECONDS / 5)
+HK_DATA = "local/hk_data"
+DISK_BLOCK, DISK_CRC = 2048, 4
+
+
+# ---- where: a bucket prefix and how to reach it ---------------------------------------------------
+
+@dataclass(frozen=True)
+class S3Place:
+    """A prefix in a bucket, and how both mobackup and MatrixOne reach it."""
+
+    bucket: str
+    prefix: str
+    endpoint: str | None
+    region: str
+    path_style: bool
+    ca_bundle: str | None = None
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def under(self, name: str) -> S3Place:
+        prefix = f"{self.prefix}/{name}" if self.prefix else name
+        return S3Place(self.bucket, prefix, self.endpoint, self.region, self.path_style, self.ca_bundle,
+                       self.access_key_id, self.secret_access_key)
+
+    def backend(self, connections: int = 16) -> Any:
+        from .s3 import S3Backend
+
+        return S3Backend(self.bucket, self.prefix, endpoint=self.endpoint, region=self.region,
+                         path_style=self.path_style, ca_bundle=self.ca_bundle,
+                         access_key_id=self.access_key_id or None, secret_access_key=self.secret_access_key or None,
+                         max_connections=connections)
+
+    @classmethod
+    def from_env(cls, url: str, env_prefix: str, endpoint: str | None = None, region: str | None = None,
+                 path_style: bool | None = None, ca_bundle: str | None = None) -> S3Place:
+        """`s3://bucket/prefix`; credentials from `<env_prefix>ACCESS_KEY_ID` / `..SECRET_ACCESS_KEY`,
+        else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (never the command line); endpoint, region
+        and path style from the arguments, else `<env_prefix>ENDPOINT`, AWS_ENDPOINT_URL, AWS_REGION,
+        MOBACKUP_S3_PATH_STYLE."""
+        env = os.environ
+        if not url.startswith("s3://"):
+            raise MobackupError(f"{url}: not an s3://BUCKET/PREFIX URL")
+        bucket, _, prefix = url[len("s3://"):].partition("/")
+        prefix = prefix.strip("/")
+        if not bucket:
+            raise MobackupError(f"{url}: no bucket (s3://BUCKET/PREFIX)")
+        if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+            raise MobackupError(f"{url}: the prefix has an empty, '.' or '..' component")
+        key_id = env.get(f"{env_prefix}ACCESS_KEY_ID") or env.get("AWS_ACCESS_KEY_ID") or ""
+        secret = env.get(f"{env_prefix}SECRET_ACCESS_KEY") or env.get("AWS_SECRET_ACCESS_KEY") or ""
+        if path_style is None:
+            path_style = (env.get(f"{env_prefix}PATH_STYLE") or env.get("MOBACKUP_S3_PATH_STYLE") or "").lower() \
+                in ("1", "true", "yes")
+        return cls(bucket, prefix,
+                   endpoint or env.get(f"{env_prefix}ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3")
+                   or env.get("AWS_ENDPOINT_URL") or None,
+                   region or env.get(f"{env_prefix}REGION") or env.get("AWS_REGION") or "us-east-1",
+                   bool(path_style), ca_bundle or env.get("AWS_CA_BUNDLE") or None, key_id, secret)
+
+
+# ---- MatrixOne's BACKUP into a bucket -----------------------------------------------------------------
+
+def _quote(value: str, what: str) -> str:
+    if "'" in value or "\\" in value or "\n" in value:
+        raise MobackupError(f"refusing a {what} with quotes, backslashes or newlines")
+    return value
+
+
+def backup_to_s3(session: Any, place: S3Place, parallelism: int, since_ts: str | None,
+                 server_endpoint: str | None = None) -> None:
+    """`BACKUP '0' S3OPTION {...}` into `place` (its prefix is MatrixOne's `filepath`). The statement
+    carries the secret key, so it is never logged and errors are masked."""
+    if not place.access_key_id or not place.secret_access_key:
+        raise MobackupError("MatrixOne's BACKUP into S3 needs an access key: set MOBACKUP_STAGING_ACCESS_KEY_ID and "
+                            "MOBACKUP_STAGING_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)")
+    endpoint = server_endpoint or place.endpoint or f"https://s3.{place.region}.amazonaws.com"
+    options = {
+        "endpoint": _quote(endpoint, "staging endpoint"),
+        "access_key_id": _quote(place.access_key_id, "staging access key id"),
+        "secret_access_key": _quote(place.secret_access_key, "staging secret key"),
+        "bucket": _quote(place.bucket, "staging bucket"),
+        "filepath": _quote(place.prefix, "staging prefix"),
+        "region": _quote(place.region, "staging region"),
+        "is_minio": "true" if place.path_style else "false",
+        "parallelism": str(int(parallelism)),
+    }
+    statement = "backup '0' s3option {" + ", ".join(f"'{k}'='{v}'" for k, v in options.items()) + "}"
+    if since_ts is not None:
+        if not _is_ts(since_ts):  # a malformed TIMESTAMP crashes the statement
+            raise MobackupError(f"base BACKUPTS {since_ts!r} is not physical-logical")
+        statement += f" type 'incremental' timestamp '{since_ts}'"
+    import pymysql
+
+    try:
+        with session.connection.cursor() as cursor:
+            cursor.execute(statement)
+    except pymysql.MySQLError as error:
+        reason = str(error.args[-1]).replace(place.secret_access_key, "***")
+        if error.args and error.args[0] == 1064:
+            reason = f"this server ({session.version}) does not support BACKUP ... S3OPTION: {reason}"
+        raise MobackupError(f"MatrixOne at {session.where} refused BACKUP into {place.url}: {reason}") from None
+
+
+# ---- the staged copy ---------------------------------------------------------------------------------
+
+def parse_staged_text(summary_text: str, list_text: str) -> StagedBackup:
+    """tae_sum (`time,size,backupTS,type`) and tae_list (`path,size,sha256,needCopy,ts` lines)."""
+    summary = summary_text.strip().split(",")
+    if len(summary) < 3 or not _is_ts(summary[2]):
+        raise MobackupError(f"MatrixOne's backup summary tae_sum is malformed: {summary_text.strip()[:200]!r}")
+    files: list[StagedFile] = []
+    for number, line in enumerate(list_text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split(",")
+        if len(fields) < 4 or not fields[1].isdigit() or fields[3] not in ("true", "false"):
+            raise MobackupError(f"MatrixOne's backup list tae_list line {number} is malformed: {line[:200]!r}")
+        files.append(StagedFile(_safe_rel(fields[0]), int(fields[1]), fields[2].lower(), fields[3] == "true"))
+    if not files:
+        raise MobackupError("MatrixOne's backup list tae_list is empty")
+    if len({f.path for f in files}) != len(files):
+        raise MobackupError("MatrixOne's backup list tae_list names a file twice")
+    return StagedBackup(summary[2], (summary[3] if len(summary) > 3 and summary[3] else "full"),
+                        tuple(sorted(files, key=lambda f: f.path)))
+
+
+def read_staged(staging: Any) -> StagedBackup:
+    try:
+        return parse_staged_text(staging.read("tae/tae_sum").decode(), staging.read("tae/tae_list").decode())
+    except UnicodeDecodeError:
+        raise MobackupError("MatrixOne's backup tae_sum/tae_list is not text") from None
+    except MobackupError as error:
+        if "missing" in str(error):
+            raise MobackupError(f"MatrixOne wrote no backup list into {staging.location} ({error})") from None
+        raise
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as MatrixOne's DISK file service frames blocks with (checked on its
+    files). Pure Python: only hk_data, tens of bytes, is framed here."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def disk_frame(content: bytes) -> bytes:
+    """`content` in MatrixOne's DISK framing: 2048-byte blocks, each a little-endian CRC-32C of its
+    content followed by up to 2044 content bytes."""
+    step = DISK_BLOCK - DISK_CRC
+    return b"".join(crc32c(content[i:i + step]).to_bytes(4, "little") + content[i:i + step]
+                    for i in range(0, len(content), step)) or b""
+
+
+# ---- staging prefixes: leased, removed always ---------------------------------------------------------
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_staging(root: S3Place) -> list[str]:
+    """Removes `mobackup-staging-*` prefixes under `root` whose run is gone: its lease expired, is
+    missing or unreadable, or names a process of this host that no longer runs."""
+    backend = root.backend()
+    names: set[str] = set()
+    for info in backend.list(STAGING_NAME):
+        top = info.key.split("/", 1)[0]
+        names.add(top[:-len(".lease")] if top.endswith(".lease") else top)
+    removed: list[str] = []
+    now = time.time()
+    for name in sorted(names):
+        try:
+            lease = json.loads(backend.read(f"{name}.lease"))
+            alive = float(lease["expires"]) > now and not (
+                lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", 0))))
+        except (MobackupError, ValueError, KeyError, TypeError):
+            alive = False
+        if alive:
+            continue
+        backend.delete([i.key for i in backend.list(f"{name}/")])
+        backend.delete([f"{name}.lease"])
+        removed.append(name)
+    return removed
+
+
+@contextlib.contextmanager
+def staging_prefix(root: S3Place, keep: bool = False) -> Iterator[S3Place]:
+    """A fresh staging prefix under `root`, leased for the run; leftovers of gone runs are removed
+    first. Removed at the end (success or failure) unless `keep` (a sharded run's later steps)."""
+    remove_stale_staging(root)
+    name = f"{STAGING_NAME}{uuid.uuid4().hex[:16]}"
+    backend = root.backend()
+    stop = threading.Event()
+
+    def write_lease() -> None:
+        backend.write(f"{name}.lease", json.dumps({
+            "host": socket.gethostname(), "pid": os.getpid(), "expires": time.time() + LEASE_SECONDS}).encode())
+
+    write_lease()
+
+    def refresh() -> None:
+        while not stop.wait(LEASE_REFRESH):
+            with contextlib.suppress(MobackupError):
+                write_lease()
+
+    refresher = threading.Thread(target=refresh, name="mobackup-staging-lease", daemon=True)
+    refresher.start()
+    ok = False
+    try:
+        yield root.under(name)
+        ok = True
+    finally:
+        stop.set()
+        refresher.join()
+        if not (keep and ok):
+            remove_staging(root, name)
+
+
+def remove_staging(root: S3Place, name: str) -> None:
+    backend = root.backend()
+    backend.delete([i.key for i in backend.list(f"{name}/")])
+    backend.delete([f"{name}.lease"])
+
+
+# ---- the ingest: staged objects -> repository blobs ---------------------------------------------------
+
+@dataclass
+class PartTotals:
+    size: int = 0
+    new_bytes: int = 0
+    stored_bytes: int = 0
+    files: int = 0
+    chunks: int = 0
+    new_blobs: int = 0
+
+    def add(self, other: PartTotals) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def shard_items(staged: StagedBackup, shard: int, shards: int) -> list[StagedFile | None]:
+    """The staged files shard `shard` of `shards` ingests (None stands for hk_data, shard 0's)."""
+    items: list[StagedFile | None] = [None] if shard == 0 else []
+    copied = [f for f in staged.files if f.need_copy]
+    items += copied[shard::shards]
+    return items
+
+
+class _Ingest:
+    def __init__(self, repo: Repository, staging: Any, progress: Progress, check_existing: bool = False) -> None:
+        self.repo, self.staging, self.progress = repo, staging, progress
+        self.totals = PartTotals()
+        self.records: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.check_existing = check_existing
+
+    def _store(self, data: bytes | memoryview) -> str:
+        digest = self.repo.codec.digest(data)
+        if not self.repo.blob_is_sound(digest, len(data), read=self.check_existing):
+            stored = self.repo.put_blob(digest, data)
+            with self.lock:
+                self.totals.new_bytes += len(data)
+                self.totals.stored_bytes += stored
+                self.totals.new_blobs += 1
+        return digest
+
+    def _chunks(self, stream: BinaryIO, expected_sha: str, expected_size: int, what: str) -> tuple[list[str], int]:
+        size = self.repo.chunk_size
+        chunks: list[str] = []
+        sha = hashlib.sha256()
+        done = 0
+        pending = bytearray()
+        while True:
+            block = stream.read(1 << 20)
+            if block:
+                pending += block
+            while len(pending) >= size or (not block and pending):
+                piece = bytes(pending[:size])
+                del pending[:size]
+                sha.update(piece)
+                chunks.append(self._store(piece))
+                done += len(piece)
+                self.progress.advance(len(piece), 0)
+            if not block:
+                break
+        # The SHA-256 decides where tae_list has one: for some objects (tombstones under frequent
+        # checkpoints) its size is not the object's, while its SHA-256 is of the whole object.
+        if expected_sha and sha.hexdigest() != expected_sha:
+            raise MobackupError(f"MatrixOne's backup file {what} does not match its SHA-256 in tae_list")
+        if not expected_sha and done != expected_size:
+            raise MobackupError(f"MatrixOne's backup file {what} has {done} bytes, tae_list says {expected_size}")
+        return chunks, done
+
+    def ingest(self, item: StagedFile | None) -> None:
+        if item is None:  # hk_data: stored in the DISK framing the log service's LOCAL file service reads
+            try:
+                plain = self.staging.read("hakeeper/hk_data")
+            except MobackupError:
+                raise MobackupError("MatrixOne's backup has no hakeeper/hk_data (the ID allocator state)") from None
+            framed = disk_frame(plain)
+            step = self.repo.chunk_size
+            chunks = [self._store(framed[i:i + step]) for i in range(0, len(framed), step)]
+            record = {"path": HK_DATA, "type": "file", "mode": 0o600, "mtime_ns": 0, "size": len(framed),
+                      "chunks": chunks}
+        else:
+            try:
+                stream = self.staging.open_read(f"tae/{item.path}")
+            except MobackupError:
+                raise MobackupError(f"MatrixOne's backup is incomplete: {item.path} is listed but was not written "
+                                    "(an object that vanished during BACKUP); the backup was not stored") from None
+            with contextlib.closing(stream):
+                chunks, size = self._chunks(stream, item.sha256, item.size, item.path)
+            record = {"path": f"shared/{item.path}", "type": "file", "mode": 0o644, "mtime_ns": 0,
+                      "size": size, "chunks": chunks}
+        with self.lock:
+            self.records.append(record)
+            self.totals.size += record["size"]
+            self.totals.files += 1
+            self.totals.chunks += len(record["chunks"])
+        self.progress.advance(0, 1)
+
+    def run(self, items: list[StagedFile | None]) -> None:
+        with BoundedWorkers(self.repo.parallelism, "mobackup-ingest") as workers:
+            for item in items:
+                if workers.failed:
+                    break
+                workers.submit(self.ingest, item)
+
+
+def ingest_part(repo: Repository, staging: Any, staged: StagedBackup, shard: int = 0, shards: int = 1,
+                progress: Progress | None = None, check_existing: bool = False) -> tuple[list[dict[str, Any]],
+                                                                                        PartTotals]:
+    """Streams shard `shard` of `shards` of the staged files into the repository; returns its file
+    records and totals."""
+    progress = progress or NullProgress()
+    items = shard_items(staged, shard, shards)
+    if not isinstance(progress, NullProgress):
+        progress.start(sum(i.size for i in items if i is not None), len(items))
+    run = _Ingest(repo, staging, progress, check_existing)
+    run.run(items)
+    return run.records, run.totals
+
+
+def _file_list(repo: Repository, backup_id: str, scratch: Path, records: list[dict[str, Any]],
+               inherited: list[dict[str, Any]]) -> FileListWriter:
+    """Directories first where needed, then files, all sorted by path: the same list whatever the
+    shard count, checked as a restore will check it."""
+    writer = FileListWriter(repo.codec, backup_id, scratch)
+    checker = ManifestChecker(scratch, repo.chunk_size, f"backup {backup_id}")
+    listed: set[str] = set()
+    try:
+        for record in sorted([*records, *inherited], key=lambda r: r["path"]):
+            parts = record["path"].split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                parent = "/".join(parts[:depth])
+                if parent not in listed:
+                    listed.add(parent)
+                    directory = {"path": parent, "type": "dir", "mode": 0o755, "mtime_ns": 0}
+                    checker.check(directory)
+                    writer.add(directory)
+            clean = {k: record[k] for k in ("path", "type", "mode", "mtime_ns", "size", "chunks")}
+            checker.check(clean)
+            writer.add(clean)
+        checker.finish()
+    finally:
+        checker.close()
+        writer.close()
+    return writer
+
+
+@dataclass
+class RunInfo:
+    """What the commit needs about one online S3 backup run (kept in `runs/<run>/run.json` for a
+    sharded run)."""
+
+    run_id: str
+    source: str
+    staging_url: str
+    backup_ts: str
+    base_id: str | None
+    started_at: str
+    mo_version: str | None
+    matrixone_backup_seconds: float
+    staged_files: int
+    staged_bytes: int
+    inherit: list[str]
+    staged_paths: list[str] = field(default_factory=list)  # what the shards must store, hk_data included
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def commit_backup(repo: Repository, run: RunInfo, records: list[dict[str, Any]], totals: PartTotals,
+                  clock: float | None = None, shards: int = 1) -> BackupSummary:
+    """Writes the file list and the summary (the commit point) of an ingested run."""
+    base = repo.load_summary(run.base_id) if run.base_id else None
+    inherited: list[dict[str, Any]] = []
+    if run.inherit:
+        if base is None:
+            raise MobackupError("MatrixOne staged an incremental backup without a base")
+        wanted = set(run.inherit)
+        for record in repo.entries(base):
+            if record["path"] in wanted and record.get("type") == "file":
+                inherited.append(record)
+        if len(inherited) != len(wanted):
+            missing = sorted(wanted - {r["path"] for r in inherited})
+            raise MobackupError(f"{len(missing)} files to take from base backup {base.id} are not in it, e.g. "
+                                f"{missing[0]}: the base does not match this cluster")
+    backup_id = run.run_id
+    with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
+        writer = _file_list(repo, backup_id, Path(scratch), records, inherited)
+        size = totals.size + sum(r["size"] for r in inherited)
+        started = parse_iso(run.started_at)
+        completed = utc_now()
+        summary = BackupSummary(
+            id=backup_id, type="incremental" if base else "full", base_id=base.id if base else None,
+            source=run.source, backup_ts=run.backup_ts, backup_ts_source="matrixone-backup",
+            started_at=run.started_at, completed_at=iso(completed),
+            duration_seconds=round(time.monotonic() - clock if clock is not None
+                                   else (completed - started).total_seconds(), 3),
+            size_bytes=size, new_bytes=totals.new_bytes, stored_bytes=totals.stored_bytes,
+            file_count=totals.files + len(inherited), read_file_count=totals.files, chunk_count=totals.chunks
+            + sum(len(r["chunks"]) for r in inherited), new_blob_count=totals.new_blobs,
+            data_dir=run.staging_url, host=socket.gethostname(), layout="disk", location=repo.location,
+            files_digest=writer.hasher.hexdigest(), files_frames=writer.frames, entry_count=writer.count,
+            mo_version=run.mo_version,
+            extra={"kind": "online", "resident": "s3", "objects": "plain", "staged_bytes": run.staged_bytes,
+                   "staged_files": run.staged_files, "matrixone_backup_seconds": run.matrixone_backup_seconds,
+                   "shards": shards},
+        )
+        from .. import __version__
+
+        summary.mobackup_version = __version__
+        repo.publish(summary, writer.path)
+    return summary
+
+
+def _staged_bytes(staged: StagedBackup) -> int:
+    return sum(f.size for f in staged.files if f.need_copy)
+
+
+@contextlib.contextmanager
+def staged_run(repo: Repository, session: Any, staging_root: S3Place, *, source: str, backup_type: str | None,
+               base_id: str | None, server_endpoint: str | None = None,
+               keep: bool = False) -> Iterator[tuple[S3Place, RunInfo, StagedBackup]]:
+    base = choose_online_base(repo, source, backup_type, base_id)
+    if base is not None and base.extra.get("resident") != "s3":
+        raise MobackupError(f"backup {base.id} is of a data directory, not of an S3-resident cluster: an "
+                            "incremental here needs an S3 online base (run a full one first)")
+    started, clock = utc_now(), time.monotonic()
+    with staging_prefix(staging_root, keep=keep) as staging:
+        backup_to_s3(session, staging, repo.parallelism, base.backup_ts if base else None, server_endpoint)
+        backup_seconds = time.monotonic() - clock
+        staged = read_staged(staging.backend())
+        inherit = [f"shared/{f.path}" for f in staged.files if not f.need_copy]
+        if inherit and base is None:
+            raise MobackupError("MatrixOne staged an incremental backup without a base")
+        run = RunInfo(run_id=str(uuid.uuid4()), source=source, staging_url=staging.url, backup_ts=staged.backup_ts,
+                      base_id=base.id if base else None, started_at=iso(started), mo_version=session.version,
+                      matrixone_backup_seconds=round(backup_seconds, 3),
+                      staged_files=sum(f.need_copy for f in staged.files), staged_bytes=_staged_bytes(staged),
+                      inherit=inherit,
+                      staged_paths=sorted(["shared/" + f.path for f in staged.files if f.need_copy] + [HK_DATA]))
+        yield staging, run, staged
+
+
+def run_online_s3_backup(repo: Repository, session: Any, staging_root: S3Place, *, source: str | None = None,
+                         backup_type: str | None = None, base_id: str | None = None,
+                         server_endpoint: str | None = None, progress: Progress | None = None) -> BackupSummary:
+    """Back up a running S3-resident MatrixOne in one process: BACKUP into a staging prefix under
+    `staging_root`, stream-check-store every staged object, commit, remove the staging prefix."""
+    source = source or f"{staging_root.url} via {session.where}"
+    clock = time.monotonic()
+    with repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60), \
+            staged_run(repo, session, staging_root, source=source, backup_type=backup_type, base_id=base_id,
+                       server_endpoint=server_endpoint) as (staging, run, staged):
+        records, totals = ingest_part(repo, staging.backend(max(16, repo.parallelism * 2)), staged,
+                                      progress=progress)
+        summary = commit_backup(repo, run, records, totals, clock=clock)
+    (progress or NullProgress()).finish()
+    return summary
+
+
+# ---- sharded runs: stage, N ingest shards, commit -----------------------------------------------------
+
+def _run_key(run_id: str, name: str) -> str:
+    if not run_id or "/" in run_id or ".." in run_id:
+        raise MobackupError(f"invalid run ID {run_id!r}")
+    return f"runs/{run_id}/{name}"
+
+
+def _write_meta(repo: Repository, key: str, data: dict[str, Any]) -> None:
+    repo.backend.write(key, repo._encode_meta(json.dumps(data).encode(), key))
+
+
+def _read_meta(repo: Repository, key: str) -> dict[str, Any]:
+    try:
+        data = json.loads(repo._decode_meta(repo.backend.read(key), key))
+    except ValueError:
+        raise CorruptDataError(f"{repo.location}/{key} is unreadable") from None
+    if not isinstance(data, dict):
+        raise CorruptDataError(f"{repo.location}/{key} is malformed")
+    return data
+
+
+def stage_run(repo: Repository, session: Any, staging_root: S3Place, *, source: str | None = None,
+              backup_type: str | None = None, base_id: str | None = None,
+              server_endpoint: str | None = None) -> RunInfo:
+    """Step 1 of a sharded backup: BACKUP into a staging prefix that stays (its lease lapses if the
+    run is abandoned, and a later run removes it) and the run record in the repository."""
+    source = source or f"{staging_root.url} via {session.where}"
+    with repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60):
+        with staged_run(repo, session, staging_root, source=source, backup_type=backup_type, base_id=base_id,
+                        server_endpoint=server_endpoint, keep=True) as (staging, run, _):
+            _write_meta(repo, _run_key(run.run_id, "run.json"), run.to_dict())
+        # The lease must outlive this process: the shards run elsewhere. It is extended to a day;
+        # commit (or a later run after that) removes the prefix.
+        name = staging.prefix.rsplit("/", 1)[-1]
+        staging_root.backend().write(f"{name}.lease", json.dumps(
+            {"host": "", "pid": 0, "expires": time.time() + 86400, "run": run.run_id}).encode())
+    return run
+
+
+def _load_run(repo: Repository, run_id: str) -> RunInfo:
+    data = _read_meta(repo, _run_key(run_id, "run.json"))
+    try:
+        return RunInfo(**data)
+    except TypeError:
+        raise CorruptDataError(f"run record of {run_id} is malformed") from None
+
+
+def _staging_of(run: RunInfo, staging_root: S3Place) -> S3Place:
+    if not run.staging_url.startswith(staging_root.url + "/"):
+        raise MobackupError(f"run {run.run_id} staged into {run.staging_url}, not under {staging_root.url}")
+    return staging_root.under(run.staging_url[len(staging_root.url) + 1:])
+
+
+def ingest_shard(repo: Repository, run_id: str, staging_root: S3Place, shard: int, shards: int,
+                 progress: Progress | None = None) -> PartTotals:
+    """Step 2, once per shard (any order, any host): store shard `shard` of `shards` and write its
+    part record. Running it again stores only what is missing and replaces the part record."""
+    if not 0 <= shard < shards:
+        raise MobackupError(f"shard {shard} of {shards}: the index must be 0..{shards - 1}")
+    with repo.lock(exclusive=False, purpose=f"online backup run {run_id} shard {shard}/{shards}", wait_seconds=60):
+        run = _load_run(repo, run_id)
+        staging = _staging_of(run, staging_root).backend(max(16, repo.parallelism * 2))
+        staged = read_staged(staging)
+        records, totals = ingest_part(repo, staging, staged, shard, shards, progress)
+        _write_meta(repo, _run_key(run_id, f"part-{shard}-of-{shards}.json"),
+                    {"shard": shard, "shards": shards, "records": records, "totals": totals.__dict__})
+    return totals
+
+
+def commit_run(repo: Repository, run_id: str, staging_root: S3Place, shards: int) -> BackupSummary:
+    """Step 3: after every shard's part is there and every blob they name exists, write the backup
+    once (file list, then summary: the commit point); then remove the run record and the staging."""
+    with repo.lock(exclusive=False, purpose=f"online backup run {run_id} commit", wait_seconds=60):
+        run = _load_run(repo, run_id)
+        records: list[dict[str, Any]] = []
+        totals = PartTotals()
+        for shard in range(shards):
+            key = _run_key(run_id, f"part-{shard}-of-{shards}.json")
+            try:
+                part = _read_meta(repo, key)
+            except MobackupError as error:
+                raise MobackupError(f"run {run_id}: shard {shard} of {shards} has not completed ({error}); "
+                                    "nothing was listed: run that shard (again), then commit") from None
+            records += part["records"]
+            totals.add(PartTotals(**part["totals"]))
+        expected = set(run.staged_paths)
+        got = [r["path"] for r in records]
+        if len(got) != len(set(got)) or set(got) != expected:
+            raise MobackupError(f"run {run_id}: the parts do not cover the staged list exactly "
+                                f"({len(set(got))} of {len(expected)} files); nothing was listed")
+        present = {digest for digest, _ in repo.blob_sizes()}
+        missing = [d for r in records for d in r["chunks"] if d not in present]
+        if missing:
+            raise MobackupError(f"run {run_id}: {len(missing)} blobs the shards stored are gone (pruned meanwhile?); "
+                                "run the shards again, then commit")
+        summary = commit_backup(repo, run, records, totals, shards=shards)
+    repo.backend.delete([i.key for i in repo.backend.list(f"runs/{run_id}/")])
+    staging = _staging_of(run, staging_root)
+    remove_staging(staging_root, staging.prefix.rsplit("/", 1)[-1])
+    return summary
+
+
+# ---- restore into a bucket prefix ---------------------------------------------------------------------
+
+@dataclass
+class S3RestoreResult:
+    backup_id: str
+    target: str
+    file_count: int
+    size_bytes: int
+    removed_objects: int
+    hk_data: str | None
+    duration_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file's content, read blob by blob (each checked against its name), for a streaming upload."""
+
+    def __init__(self, repo: Repository, chunks: list[str]) -> None:
+        super().__init__()
+        self.repo, self.chunks, self.buffer, self.index = repo, chunks, b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, out: Any) -> int:
+        while not self.buffer and self.index < len(self.chunks):
+            self.buffer = self.repo.get_blob(self.chunks[self.index])
+            self.index += 1
+        n = min(len(out), len(self.buffer))
+        out[:n] = self.buffer[:n]
+        self.buffer = self.buffer[n:]
+        return n
+
+
+def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrite: bool = False,
+                  local_data_dir: Path | None = None, progress: Progress | None = None) -> S3RestoreResult:
+    """Restores an S3-resident online backup: its `shared/*` objects to `target` (MatrixOne's SHARED
+    key prefix; stop the cluster first), `local/hk_data` into `local_data_dir/local/hk_data` (the
+    log service's data directory). Refuses a non-empty prefix unless `overwrite`, and then leaves
+    exactly the backup's objects under it."""
+    progress = progress or NullProgress()
+    clock = time.monotonic()
+    with repo.lock(exclusive=False, purpose=f"restore of {backup_id} to {target.url}", wait_seconds=60):
+        summary = repo.load_summary(repo.resolve_id(backup_id))
+        if summary.extra.get("resident") != "s3":
+            raise MobackupError(f"backup {summary.id} is of a data directory (DISK-framed objects); restore it with "
+                                "--target into a data directory, not into a bucket")
+        backend = target.backend(max(16, repo.parallelism * 2))
+        existing = {info.key for info in backend.list("")}
+        if existing and not overwrite:
+            raise MobackupError(f"{target.url} is not empty ({len(existing)} objects): refusing to restore over a "
+                                "cluster's data; stop the cluster and give --overwrite, or use an empty prefix")
+        hk_path = None
+        if local_data_dir is not None:
+            hk_path = Path(local_data_dir) / HK_DATA
+            if hk_path.exists() and not overwrite:
+                raise MobackupError(f"{hk_path} exists: refusing to replace the log service state without --overwrite")
+        with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
+            files = Path(scratch) / "files"
+            repo.download_file_list(summary, files)
+            checker = ManifestChecker(Path(scratch), repo.chunk_size, f"backup {summary.id}")
+            records: list[dict[str, Any]] = []
+            try:
+                for record in repo.entries(summary, files):
+                    checker.check(record)
+                    if record["type"] == "file":
+                        records.append(record)
+                checker.finish()
+            finally:
+                checker.close()
+        objects = [r for r in records if r["path"].startswith("shared/")]
+        hk = next((r for r in records if r["path"] == HK_DATA), None)
+        if hk is None:
+            raise MobackupError(f"backup {summary.id} has no {HK_DATA}")
+        progress.start(sum(r["size"] for r in objects), len(objects))
+
+        def upload(record: dict[str, Any]) -> None:
+            key = record["path"][len("shared/"):]
+            if record["size"] < (64 << 20):
+                data = b"".join(repo.get_blob(d) for d in record["chunks"])
+                if len(data) != record["size"]:
+                    raise CorruptDataError(f"backup {summary.id}: {record['path']} has {len(data)} bytes, "
+                                           f"listed {record['size']}")
+                backend.write(key, data)
+            else:
+                from boto3.s3.transfer import TransferConfig
+
+                backend._call(key, backend.client.upload_fileobj, Fileobj=_ChunkReader(repo, record["chunks"]),
+                              Bucket=backend.bucket, Key=backend._key(key),
+                              Config=TransferConfig(multipart_chunksize=16 << 20, max_concurrency=2))
+                if backend.size(key) != record["size"]:
+                    raise CorruptDataError(f"{target.url}/{key}: upload size differs from the backup's")
+            progress.advance(record["size"], 1)
+
+        with BoundedWorkers(repo.parallelism, "mobackup-restore-s3") as workers:
+            for record in objects:
+                if workers.failed:
+                    break
+                workers.submit(upload, record)
+        wanted = {r["path"][len("shared/"):] for r in objects}
+        removed = backend.delete(sorted(existing - wanted)) if existing else 0
+        if hk_path is not None:
+            data = b"".join(repo.get_blob(d) for d in hk["chunks"])
+            hk_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = hk_path.with_name(f".{hk_path.name}.mobackup-tmp")
+            tmp.write_bytes(data)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            os.replace(tmp, hk_path)
+        progress.finish()
+    return S3RestoreResult(summary.id, target.url, len(objects), sum(r["size"] for r in objects), removed,
+                           str(hk_path) if hk_path else None, round(time.monotonic() - clock, 3))
