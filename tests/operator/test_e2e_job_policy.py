@@ -129,6 +129,13 @@ def test_operator_identity_scales_only_through_the_scale_subresource(env: Env) -
         apps.list_namespaced_stateful_set(env.ns)
     assert err.value.status == 403
     assert apps.read_namespaced_stateful_set_scale("mo", env.ns).spec.replicas == 1
+    # The sweeper's cluster-wide listing works with this identity (its errors are only logged).
+    from mobackup.k8s.kube import Kube
+    from mobackup.k8s.workload import sweep
+
+    kube = Kube(env.cluster.kubernetes_client(operator=True))
+    assert isinstance(kube.list_cr_all("MOBackup"), list) and isinstance(kube.list_cr_all("MORestore"), list)
+    assert sweep(kube, None) == [] and sweep(kube, env.ns) == []
     env.s3_storage()
     env.create("MOBackup", "b", backup_spec())
     st = env.wait_phase("MOBackup", "b", "Completed", "Failed")["status"]
