@@ -249,3 +249,29 @@ def test_online_backup_holds_while_disk_gc_deletes_objects(
     assert count == max_id + 1 and count % TXN_ROWS == 0, (count, max_id)
     assert txns <= before_last
     assert other.sql("select count(*) from db1.t")[0][0] > 0
+
+
+def test_a_backup_killed_mid_ingest_lists_nothing_and_the_retry_succeeds(
+        matrixone: MatrixOne, tmp_path: Path) -> None:
+    """SIGKILL while the staged copy is being stored (slowed by a bandwidth limit): nothing is listed,
+    the staging directory stays until the next run, which removes it and succeeds."""
+    repo = tmp_path / "repo"
+    matrixone.start()
+    create_db(matrixone, "db1", 300_000)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))},
+           "MOBACKUP_SQL_PASSWORD": "111"}
+    proc = subprocess.Popen([str(MOBACKUP), "backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root",
+                             "--data-dir", str(matrixone.data_dir), "--repo", str(repo), "--source", "mo",
+                             "--quiet", "--bandwidth-limit", "500K"], env=env)
+    deadline = time.monotonic() + 120
+    while not list(repo.glob("blobs/*/*")):  # the ingest has begun storing blobs
+        assert proc.poll() is None and time.monotonic() < deadline, "the backup ended before it could be killed"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert list(matrixone.data_dir.glob(f"{STAGING_PREFIX}*")), "a SIGKILL cannot clean up: the next run must"
+    listed = subprocess.run([str(MOBACKUP), "list", "--repo", str(repo), "--json"], capture_output=True, text=True)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    _, retry = online_backup(matrixone, repo)
+    assert retry["type"] == "full" and retry["extra"]["kind"] == "online"
+    assert not list(matrixone.data_dir.glob(f"{STAGING_PREFIX}*"))
