@@ -310,3 +310,40 @@ def test_restore_hostname() -> None:
     args = jobs.restore_job(jobs.Owner("MORestore", "r", "ns", "u"), r3, STORAGE, "a", jobs.OperatorDefaults())[
         "spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--hostname") + 1] == "mo-3"
+
+
+# ------------------------------------------------------------------------------------------ online
+
+SQL = {"host": "mo.matrixone.svc", "port": 6001, "user": "dump", "passwordSecretRef": {"name": "mo-sql"}}
+
+
+def test_online_is_the_default_with_sql_for_backups_and_schedules() -> None:
+    with_sql = {**BACKUP, "source": {**BACKUP["source"], "sql": SQL}}
+    assert models.parse_backup(with_sql, "ns").consistency == "Online"
+    assert models.parse_backup(BACKUP, "ns").consistency == "Stop"
+    assert models.parse_backup({**with_sql, "consistency": "Stop"}, "ns").consistency == "Stop"
+    schedule = models.parse_schedule({"fullSchedule": "@daily", "template": {"spec": with_sql}}, "ns")
+    assert models.parse_backup(schedule.template_spec, "ns", template=True).consistency == "Online"
+    with pytest.raises(models.SpecError, match=r"Online needs spec\.source\.sql"):
+        models.parse_backup({**BACKUP, "consistency": "Online"}, "ns")
+    with pytest.raises(models.SpecError, match="serverDataDir must be an absolute path"):
+        models.parse_backup({**with_sql, "source": {**with_sql["source"], "serverDataDir": "mo-data"}}, "ns")
+
+
+def test_online_backup_job_talks_sql_writes_the_volume_and_runs_beside_matrixone() -> None:
+    owner = jobs.Owner("MOBackup", "online", "ns", "uid-2")
+    spec = models.parse_backup({**BACKUP, "source": {**BACKUP["source"], "sql": SQL}}, "ns")
+    job = jobs.backup_job(owner, spec, STORAGE, base_id=None,
+                          defaults=jobs.OperatorDefaults(image="img:1", service_account="job-sa"),
+                          online=jobs.OnlinePlacement("/var/lib/mo/mo-data", {"app": "mo"}))
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    args = " ".join(c["args"])
+    assert "--online --sql-host mo.matrixone.svc --sql-port 6001 --sql-user dump" in args
+    assert "--server-data-dir /var/lib/mo/mo-data" in args
+    env = {e["name"]: e for e in c["env"]}
+    assert env["MOBACKUP_SQL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "mo-sql", "key": "password"}
+    data = next(m for m in c["volumeMounts"] if m["name"] == "data")
+    assert data.get("readOnly") is False  # the Job removes MatrixOne's staging copy
+    term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
+    assert term == {"labelSelector": {"matchLabels": {"app": "mo"}}, "topologyKey": "kubernetes.io/hostname"}
