@@ -51,15 +51,17 @@ def render_chart(values: dict[str, Any] | None = None, namespace: str = NAMESPAC
 
 def _fallback_objects(namespace: str) -> list[dict[str, Any]]:
     """The chart's operator rules, repeated (used only while the chart does not exist)."""
-    kinds = ["mobackupstorages", "mobackups", "morestores", "mobackupschedules"]
+    kinds = ["mobackupstorages", "mobackups", "morestores", "mobackupschedules", "morestoredrills"]
     rules = [
         {"apiGroups": ["mobackup.io"], "resources": ["mobackups"],
          "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": ["mobackup.io"], "resources": ["morestores"], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["mobackup.io"], "resources": ["morestores", "morestoredrills"],
+         "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": ["mobackup.io"], "resources": ["mobackupstorages", "mobackupschedules"],
          "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["mobackup.io"], "resources": [k + "/status" for k in kinds], "verbs": ["get", "patch"]},
-        {"apiGroups": ["mobackup.io"], "resources": ["mobackups/finalizers", "morestores/finalizers"],
+        {"apiGroups": ["mobackup.io"], "resources": ["mobackups/finalizers", "morestores/finalizers",
+                                                     "morestoredrills/finalizers"],
          "verbs": ["update"]},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},

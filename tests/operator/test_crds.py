@@ -60,7 +60,7 @@ def test_mobackup_columns_and_short_names() -> None:
     cols = [c["name"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")]
     assert cols == ["Phase", "Type", "Backup ID", "Size", "BackupTS", "Duration", "Age"]
     shorts = {yaml.safe_load((CRDS / n).read_text())["spec"]["names"]["shortNames"][0] for n in crdgen.ALL}
-    assert shorts == {"mob", "mor", "mobs", "mobsched"}
+    assert shorts == {"mob", "mor", "mobs", "mobsched", "modrill"}
 
 
 def test_status_fields_the_operator_writes_are_in_the_schema() -> None:

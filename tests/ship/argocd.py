@@ -14,7 +14,7 @@ import yaml
 from ship import tools
 
 CM = tools.DEPLOY / "argocd" / "argocd-cm-health.yaml"
-KINDS = ["MOBackup", "MORestore", "MOBackupStorage", "MOBackupSchedule"]
+KINDS = ["MOBackup", "MORestore", "MOBackupStorage", "MOBackupSchedule", "MORestoreDrill"]
 PREFIX = "resource.customizations.health.mobackup.io_"
 
 

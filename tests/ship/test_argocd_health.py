@@ -62,6 +62,12 @@ CASES = [
     ("MORestore", {"phase": "Failed", "message": "target not empty; set overwrite: true"}, None,
      "Degraded", "overwrite"),
     ("MORestore", {"phase": "Failed", "conditions": FAILED_COND}, None, "Degraded", "access denied"),
+    # MORestoreDrill
+    ("MORestoreDrill", None, None, "Progressing", "Waiting"),
+    ("MORestoreDrill", {"phase": "Running", "message": "Job x restores b1"}, None, "Progressing", "restores b1"),
+    ("MORestoreDrill", {"phase": "Completed", "message": "all 7 checks passed"}, None, "Healthy", "7 checks"),
+    ("MORestoreDrill", {"phase": "Failed", "message": "query 1: expected '11', got '10'"}, None, "Degraded",
+     "expected '11', got '10'"),
     # MOBackupStorage
     ("MOBackupStorage", None, None, "Progressing", "not checked"),
     ("MOBackupStorage", {"phase": "Available"}, None, "Healthy", ""),

@@ -88,11 +88,12 @@ def test_chart_crds_are_exact_copies_of_crds_dir() -> None:
 OPERATOR_RULES = {
     ("mobackup.io", "mobackups"): {"get", "list", "watch", "create", "patch", "delete"},
     ("mobackup.io", "morestores"): {"get", "list", "watch", "patch"},
+    ("mobackup.io", "morestoredrills"): {"get", "list", "watch", "patch"},
     ("mobackup.io", "mobackupstorages"): {"get", "list", "watch"},
     ("mobackup.io", "mobackupschedules"): {"get", "list", "watch"},
     **{("mobackup.io", f"{r}/status"): {"get", "patch"}
-       for r in ("mobackupstorages", "mobackups", "morestores", "mobackupschedules")},
-    **{("mobackup.io", f"{r}/finalizers"): {"update"} for r in ("mobackups", "morestores")},
+       for r in ("mobackupstorages", "mobackups", "morestores", "mobackupschedules", "morestoredrills")},
+    **{("mobackup.io", f"{r}/finalizers"): {"update"} for r in ("mobackups", "morestores", "morestoredrills")},
     ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
     ("", "pods"): {"list"},
     ("", "events"): {"create"},

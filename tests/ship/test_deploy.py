@@ -31,7 +31,7 @@ def test_base_is_generated_from_the_chart() -> None:
 def test_kustomize_renders_the_base(schema_dir: Path) -> None:
     out = tools.run([tools.kustomize(), "build", tools.DEPLOY / "base"]).stdout
     kinds = kubeconform(out, schema_dir)
-    assert kinds["CustomResourceDefinition"] == 4
+    assert kinds["CustomResourceDefinition"] == 5
     assert kinds["Namespace"] == 1 and kinds["Deployment"] == 1
     assert kinds["ClusterRole"] == 2 and kinds["ServiceAccount"] == 2
     for doc in yaml.safe_load_all(out):

@@ -23,7 +23,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,24 +159,36 @@ class ScratchServer:
         return " | ".join(line[:300] for line in lines)
 
 
-def _connect(port: int, user: str, password: str, timeout: float) -> Any:
-    return pymysql.connect(host="127.0.0.1", port=port, user=user, password=password, autocommit=True,
+def _connect(host: str, port: int, user: str, password: str, timeout: float) -> Any:
+    return pymysql.connect(host=host, port=port, user=user, password=password, autocommit=True,
                            connect_timeout=min(5.0, max(timeout, 0.5)), read_timeout=max(timeout, 1.0))
 
 
 def _wait_sql(server: ScratchServer, port: int, user: str, password: str, deadline: float) -> Any:
-    """A connection once the server answers `select 1`; MobackupError when it died or time ran out."""
+    def gone() -> str | None:
+        if server.alive():
+            return None
+        rc = server.proc.returncode if server.proc else None
+        return f"mo-service exited (code {rc}) before it answered SQL; its log: {server.log_tail()}"
+
+    return wait_for_sql(port, user, password, deadline, gone)
+
+
+def wait_for_sql(port: int, user: str, password: str, deadline: float,
+                 gone: Callable[[], str | None] = lambda: None, host: str = "127.0.0.1") -> Any:
+    """A connection once the server answers `select 1`; MobackupError when `gone()` says why the
+    server is gone, or when the time ran out."""
     last = "no answer"
     while True:
-        if not server.alive():
-            rc = server.proc.returncode if server.proc else None
-            raise MobackupError(f"mo-service exited (code {rc}) before it answered SQL; its log: {server.log_tail()}")
+        why = gone()
+        if why:
+            raise MobackupError(why)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise MobackupError(f"the scratch MatrixOne did not answer SQL on port {port} within the time limit "
                                 f"(last: {last})")
         try:
-            connection = _connect(port, user, password, remaining)
+            connection = _connect(host, port, user, password, remaining)
             with connection.cursor() as cursor:
                 cursor.execute("select 1")
             return connection
@@ -259,6 +271,25 @@ def run_user_checks(connection: Any, checks: Sequence[UserCheck], result: DrillR
                         expected=check.expect, got=got)
 
 
+def run_checks(connection: Any, catalog: Any, checks: Sequence[UserCheck], result: DrillResult,
+               deadline: float, timeout: float) -> None:
+    """The checks on a server that answers (closes `connection`); sets result.ok."""
+    started = time.monotonic()
+    try:
+        with connection:
+            result.mo_version = str(_scalar(connection, "select version()"))
+            result.checks.append(CheckResult("server answers", True, result.mo_version))
+            if isinstance(catalog, dict):
+                check_catalog(connection, catalog, result)
+            run_user_checks(connection, checks, result)
+    except pymysql.MySQLError as error:
+        result.fail("checks", f"SQL failed: {error.args[-1]}")
+    if time.monotonic() > deadline and not result.reason:
+        result.fail("time limit", f"the checks finished after the time limit of {timeout:.0f} s")
+    result.check_seconds = round(time.monotonic() - started, 3)
+    result.ok = not result.reason
+
+
 def _launch_config(mo_service: Path) -> Path:
     etc = mo_service.parent / "etc"
     if not (etc / "launch" / "launch.toml").is_file():
@@ -331,21 +362,7 @@ def run_drill(
             result.fail("start", str(error))
             return result
         result.start_seconds = round(time.monotonic() - started, 3)
-        started = time.monotonic()
-        try:
-            with connection:
-                result.mo_version = str(_scalar(connection, "select version()"))
-                result.checks.append(CheckResult("server answers", True, result.mo_version))
-                catalog = summary.extra.get("catalog")
-                if isinstance(catalog, dict):
-                    check_catalog(connection, catalog, result)
-                run_user_checks(connection, checks, result)
-        except pymysql.MySQLError as error:
-            result.fail("checks", f"SQL failed: {error.args[-1]}")
-        if time.monotonic() > deadline and not result.reason:
-            result.fail("time limit", f"the checks finished after the time limit of {timeout:.0f} s")
-        result.check_seconds = round(time.monotonic() - started, 3)
-        result.ok = not result.reason
+        run_checks(connection, summary.extra.get("catalog"), checks, result, deadline, timeout)
         return result
     finally:
         if server is not None:

@@ -534,11 +534,78 @@ def schedule_crd() -> Schema:
                "MOBackupSchedule creates MOBackups on cron schedules and applies a retention policy to them.")
 
 
+def drill_crd() -> Schema:
+    spec = obj("Which backup to drill, the scratch volume, the checks and the time limit.", {
+        "backupName": s("MOBackup (Completed) to drill.", pattern=DNS_SUBDOMAIN),
+        "backupID": s("Backup ID to drill (with storageRef), e.g. one made elsewhere.", pattern=BACKUP_ID),
+        "source": s("Drill the newest Completed MOBackup of this source (its status.source, e.g. "
+                    "<namespace>/<claim>); with storageRef, only backups stored there."),
+        "storageRef": name_ref("MOBackupStorage holding backupID (or filtering source)."),
+        "scratch": obj("The scratch volume the backup is restored into (created for the drill, deleted after).", {
+            "storageClassName": s("StorageClass of the scratch PVC (default: the cluster's default class)."),
+            "size": s("Size of the scratch PVC: the backup's size plus room for MatrixOne's own files "
+                      "(about 150 MB).", pattern=QUANTITY, default="10Gi"),
+        }),
+        "checks": {"type": "array", "description": "Queries whose first value must equal `expect`.",
+                   "items": obj("A user check.", {
+                       "query": s("SQL query run on the scratch MatrixOne.", minLength=1),
+                       "expect": s("Expected first column of the first row, as text (NULL for null)."),
+                   }, ["query", "expect"])},
+        "timeoutSeconds": s("Time limit of the drill's pod (restore, start, checks); a MatrixOne that never "
+                            "answers fails the drill here.", "integer", minimum=30, default=900),
+        "hostname": s("Host name of the scratch MatrixOne pod. Default: for a cold backup (Stop/Snapshot/None) "
+                      "of a StatefulSet, its first pod's (<statefulset>-0), since the log service is bound to "
+                      "it; none for an online backup.", pattern=DNS_LABEL, maxLength=63),
+        "sql": obj("Credentials of the restored data (it keeps the source's users).", {
+            "user": s("SQL user.", default="root"),
+            "passwordSecretRef": secret_key_ref("Secret holding the password (default: MatrixOne's initial "
+                                                "root password 111).", "password"),
+        }),
+    }, [], **{"x-kubernetes-validations": [
+        {"rule": "(has(self.backupName) ? 1 : 0) + (has(self.backupID) ? 1 : 0) + (has(self.source) ? 1 : 0) == 1",
+         "message": "set exactly one of backupName, backupID or source"},
+        {"rule": "!has(self.backupID) || has(self.storageRef)", "message": "backupID needs storageRef"},
+        {"rule": "self == oldSelf", "message": "the spec of a MORestoreDrill is immutable"},
+    ]})
+    check = obj("The outcome of one check.", {
+        "name": s("What was checked: restore, server answers, databases, tables, rows <db>.<table>, query N."),
+        "ok": s("Whether it passed.", "boolean"),
+        "detail": s("The reason, or what was found."),
+        "expected": s("The expected value (user queries and row counts)."),
+        "got": s("The value found."),
+        "warning": s("Passed, but a difference was seen that cannot be told from writes after a cold "
+                     "backup's catalog was read.", "boolean"),
+    })
+    props = common_run_status(["Pending", "Running", "Completed", "Failed"])
+    props.update({
+        "backupName": s("The MOBackup drilled, if any."),
+        "backupKind": s("online or cold."),
+        "source": s("Source of the drilled backup."),
+        "storage": s("MOBackupStorage the backup was read from."),
+        "scratchClaim": s("The scratch PVC (deleted when the drill ends)."),
+        "hostname": s("Host name the scratch MatrixOne ran under."),
+        "checks": {"type": "array", "description": "Each check's outcome.", "items": check},
+        "restoreSeconds": s("Seconds the restore into the scratch volume took.", "number"),
+        "startSeconds": s("Seconds until the scratch MatrixOne answered SQL.", "number"),
+        "checkSeconds": s("Seconds the checks took.", "number"),
+        "restoredBytes": s("Bytes restored.", "integer"),
+        "moVersion": s("Version of the scratch MatrixOne (select version())."),
+        "cleanedUp": s("Every scratch object (Job, pod, PVC) is deleted.", "boolean"),
+    })
+    cols = [column("Phase", ".status.phase"), column("Backup ID", ".status.backupID"),
+            column("Reason", ".status.reason"), column("Duration", ".status.duration"), AGE,
+            column("MatrixOne", ".status.moVersion", priority=1), column("Message", ".status.message", priority=1)]
+    return crd("MORestoreDrill", "morestoredrills", ["modrill"], spec, obj("Observed state of the drill.", props),
+               cols, "MORestoreDrill restores a backup into a scratch volume, starts a scratch MatrixOne on it, "
+                     "checks what it serves, and deletes every scratch object.")
+
+
 ALL = {
     "mobackupstorages.yaml": storage_crd,
     "mobackups.yaml": backup_crd,
     "morestores.yaml": restore_crd,
     "mobackupschedules.yaml": schedule_crd,
+    "morestoredrills.yaml": drill_crd,
 }
 
 HEADER = ("# Generated by `python -m mobackup.k8s.crdgen crds/` (operator/mobackup/k8s/crdgen.py). "

@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from . import controller, jobs, schedule, status, workload
+from . import controller, drill, jobs, schedule, status, workload
 from .controller import Ctx
 from .kube import NotFound
 from .models import GROUP, VERSION
@@ -83,6 +83,8 @@ def drive(kind: str, ns: str, name: str) -> None:
         before = (obj.get("status") or {}).get("phase")
         if kind == "MOBackup":
             controller.reconcile_backup(ctx, obj)
+        elif kind == drill.KIND:
+            drill.reconcile_drill(ctx, obj)
         else:
             controller.reconcile_restore(ctx, obj)
     phase = (obj.get("status") or {}).get("phase")
@@ -159,6 +161,20 @@ def morestore_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     _run_event("MORestore", type, body)
 
 
+@kopf.on.event(GROUP, VERSION, "morestoredrills")
+def morestoredrill_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    obj = _raw(body)
+    st = obj.get("status") or {}
+    if type == "DELETED":
+        with STATE.lock:
+            STATE.active.pop((drill.KIND, obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
+        return
+    # Active drills are driven; a terminal one whose scratch objects were not confirmed gone is
+    # cleaned (the operator was killed between the outcome and the cleanup).
+    if st.get("phase") in controller.RUN_ACTIVE or not st.get("cleanedUp"):
+        drive(drill.KIND, obj["metadata"]["namespace"], obj["metadata"]["name"])
+
+
 def _deletes_data(spec: kopf.Spec, **_: Any) -> bool:
     return spec.get("deletionPolicy") == "Delete"
 
@@ -180,7 +196,8 @@ def mobackup_delete(body: kopf.Body, **_: Any) -> None:
 @kopf.on.event("batch", "v1", "jobs", labels={jobs.MANAGED_BY: jobs.MANAGER})
 def job_event(body: kopf.Body, **_: Any) -> None:
     labels = body.get("metadata", {}).get("labels") or {}
-    kind = {"mobackup": "MOBackup", "morestore": "MORestore"}.get(labels.get(jobs.L_KIND, ""))
+    kind = {"mobackup": "MOBackup", "morestore": "MORestore",
+            "morestoredrill": drill.KIND}.get(labels.get(jobs.L_KIND, ""))
     if not kind or labels.get(jobs.L_ACTION) == "delete":
         return
     owner = next((r for r in body.get("metadata", {}).get("ownerReferences") or [] if r.get("kind") == kind), None)
@@ -318,7 +335,7 @@ def resync_once(last_sweep: float, last_schedules: dict[tuple[str, str], float])
         schedules = list(STATE.schedules.items())
         dirty = set(STATE.dirty_schedules)
         STATE.dirty_schedules.clear()
-    for kind in ("MOBackup", "MORestore"):
+    for kind in ("MOBackup", "MORestore", drill.KIND):
         ctx.metrics.set("mobackup_active_runs", sum(1 for r in runs if r[0] == kind), kind=kind)
     for kind, ns, name in runs:
         try:

@@ -20,7 +20,7 @@ from .models import GROUP, VERSION
 log = logging.getLogger("mobackup.kube")
 
 PLURALS = {"MOBackup": "mobackups", "MORestore": "morestores", "MOBackupStorage": "mobackupstorages",
-           "MOBackupSchedule": "mobackupschedules"}
+           "MOBackupSchedule": "mobackupschedules", "MORestoreDrill": "morestoredrills"}
 MERGE = "application/merge-patch+json"
 
 

@@ -34,6 +34,9 @@ HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mobackup_storage_available": ("gauge", "1 when the MOBackupStorage was reachable at its last check.",
                                    ("namespace", "storage")),
     "mobackup_active_runs": ("gauge", "Runs currently Pending or Running, by kind.", ("kind",)),
+    "mobackup_last_drill_success_timestamp_seconds": ("gauge", "When the newest passing MORestoreDrill of a "
+                                                               "source ended (unix seconds).", SOURCE),
+    "mobackup_drill_failures_total": ("counter", "MORestoreDrills that failed, by source.", SOURCE),
 }
 
 

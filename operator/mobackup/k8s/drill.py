@@ -1,0 +1,388 @@
+"""MORestoreDrill: prove a backup restorable on the cluster, never touching the source.
+
+One pass (controller-style, state in status) does:
+- Pending: resolve the backup (backupName; backupID + storageRef; or the newest Completed MOBackup
+  of `source`), create a fresh scratch PVC and one Job whose pod
+  * restores the backup into the PVC (an init container built by the restore Job builder),
+  * runs the scratch MatrixOne on it (image and command from the operator's settings, the chart's
+    `drill.matrixOne` values; hostname = the source pod's for a cold backup, since the log service
+    is bound to it),
+  * runs the checker beside it (mobackup.k8s.drillcheck: waits for SQL on 127.0.0.1, checks the
+    recorded catalog and the user's queries, writes the outcome as its termination message);
+- Running: reads the restore and checker containers' outcome from the pod; the Job's
+  activeDeadlineSeconds (timeoutSeconds) bounds a server that never answers;
+- Completed/Failed: records every check, durations, the MatrixOne version, Events and metrics,
+  and deletes every scratch object (Job, its pod, the PVC). A terminal drill whose objects still
+  exist (the operator was killed in between) is cleaned on the next pass; owner references let the
+  garbage collector remove them with the drill at the latest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import controller, jobs, models, status
+from .controller import Ctx, Fail, Wait, meta, owner_of, transition
+from .kube import Conflict, NotFound
+
+log = logging.getLogger("mobackup.drill")
+
+KIND = "MORestoreDrill"
+CHECKER = "checker"
+RESTORE = "restore"
+MATRIXONE = "matrixone"
+SCRATCH_MOUNT = "/scratch"
+DEFAULT_TIMEOUT = 900
+DEFAULT_SIZE = "10Gi"
+# Past the Job's deadline, give the Job controller this long to report before the pass gives up.
+GRACE_SECONDS = 120
+
+
+@dataclass(frozen=True)
+class MatrixOneSettings:
+    """How the scratch MatrixOne runs (operator env, from the chart's drill.matrixOne values)."""
+
+    image: str = "matrixorigin/matrixone:2.2.2"
+    command: tuple[str, ...] = ("/mo-service",)
+    args: tuple[str, ...] = ("-launch", "/etc/launch/launch.toml")
+    working_dir: str = "/"
+    data_path: str = "/mo-data"  # where the restored mo-data appears (relative paths in the config)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> MatrixOneSettings:
+        env = dict(os.environ if env is None else env)
+
+        def listed(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            try:
+                value = json.loads(env[key]) if env.get(key) else None
+            except ValueError:
+                value = None
+            return tuple(str(v) for v in value) if isinstance(value, list) and value else default
+
+        d = cls()
+        return cls(image=env.get("MOBACKUP_DRILL_IMAGE") or d.image,
+                   command=listed("MOBACKUP_DRILL_COMMAND", d.command), args=listed("MOBACKUP_DRILL_ARGS", d.args),
+                   working_dir=env.get("MOBACKUP_DRILL_WORKING_DIR") or d.working_dir,
+                   data_path=env.get("MOBACKUP_DRILL_DATA_PATH") or d.data_path)
+
+
+@dataclass(frozen=True)
+class DrillSpec:
+    backup_name: str | None
+    backup_id: str | None
+    storage: str | None
+    source: str | None
+    storage_class: str | None
+    size: str
+    checks: tuple[dict[str, str], ...]
+    timeout: int
+    hostname: str | None
+    sql_user: str
+    password: models.SecretKey | None
+    job: models.JobOverrides = field(default_factory=models.JobOverrides)
+
+
+def parse_drill(spec: dict[str, Any]) -> DrillSpec:
+    name, bid, source = spec.get("backupName"), spec.get("backupID"), spec.get("source")
+    if sum(bool(x) for x in (name, bid, source)) != 1:
+        raise models.SpecError("spec: set exactly one of backupName, backupID (with storageRef) or source")
+    storage = (spec.get("storageRef") or {}).get("name")
+    if bid and not storage:
+        raise models.SpecError("spec.backupID needs spec.storageRef")
+    scratch = spec.get("scratch") or {}
+    size = str(scratch.get("size") or DEFAULT_SIZE)
+    if not models.QUANTITY.match(size):
+        raise models.SpecError(f"spec.scratch.size {size!r} is not a quantity like 10Gi")
+    checks = []
+    for i, c in enumerate(spec.get("checks") or []):
+        if not isinstance(c, dict) or not c.get("query") or "expect" not in c:
+            raise models.SpecError(f"spec.checks[{i}] needs query and expect")
+        checks.append({"query": str(c["query"]), "expect": str(c["expect"])})
+    timeout = int(spec.get("timeoutSeconds") or DEFAULT_TIMEOUT)
+    if timeout < 30:
+        raise models.SpecError("spec.timeoutSeconds must be at least 30")
+    sql = spec.get("sql") or {}
+    password = sql.get("passwordSecretRef")
+    return DrillSpec(
+        backup_name=models._name(name, "spec.backupName") if name else None, backup_id=bid,
+        storage=models._name(storage, "spec.storageRef.name") if storage else None, source=source or None,
+        storage_class=scratch.get("storageClassName") or None, size=size, checks=tuple(checks), timeout=timeout,
+        hostname=spec.get("hostname") or None, sql_user=str(sql.get("user") or "root"),
+        password=models._secret_key(password, "spec.sql.passwordSecretRef", "password") if password else None,
+    )
+
+
+def _short(owner: jobs.Owner, what: str) -> str:
+    digest = hashlib.sha256(f"{owner.uid}/{what}".encode()).hexdigest()[:6]
+    return f"{owner.name[: 63 - len(what) - 8].rstrip('-.')}-{what}-{digest}"
+
+
+def scratch_claim_name(owner: jobs.Owner) -> str:
+    return _short(owner, "scratch")
+
+
+def scratch_pvc(owner: jobs.Owner, spec: DrillSpec) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": scratch_claim_name(owner), "namespace": owner.namespace,
+                     "labels": {jobs.MANAGED_BY: jobs.MANAGER, jobs.L_KIND: KIND.lower(),
+                                jobs.L_NAME: owner.name[:63].rstrip("-."), jobs.L_UID: owner.uid},
+                     "ownerReferences": [owner.reference()]},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": spec.size}}},
+    }
+    if spec.storage_class:
+        body["spec"]["storageClassName"] = spec.storage_class
+    return body
+
+
+def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, backup_id: str,
+              hostname: str | None, defaults: jobs.OperatorDefaults, mo: MatrixOneSettings) -> dict[str, Any]:
+    """The restore Job's pod (jobs.restore_job, into the scratch PVC) turned into: the restore as an
+    init container, then the scratch MatrixOne and the checker side by side."""
+    restore_spec = models.RestoreSpec(
+        backup_name=None, backup_id=backup_id, storage=None,
+        volume=models.Volume(scratch_claim_name(owner), "mo-data"), workload=None, overwrite=False,
+        sql_check=None, parallelism=None, job=spec.job, hostname=hostname)
+    job = jobs.restore_job(owner, restore_spec, storage, backup_id, defaults)
+    job["metadata"]["name"] = jobs.job_name(owner, "drill")
+    for meta_ in (job["metadata"], job["spec"]["template"]["metadata"]):
+        meta_["labels"][jobs.L_ACTION] = "drill"
+    pod = job["spec"]["template"]["spec"]
+    restore = pod["containers"][0]
+    restore["name"] = RESTORE
+    # The Job ServiceAccount may not patch drills: no progress reports from the restore.
+    restore["args"] = [*restore["args"], "--progress-interval", "0"]
+    checker = {k: v for k, v in restore.items() if k not in ("args", "command")}
+    checker["name"] = CHECKER
+    checker["command"] = ["python", "-m", "mobackup.k8s.drillcheck"]
+    repo = restore["args"][restore["args"].index("--repo") + 1]
+    checker["args"] = ["--repo", repo, "--backup-id", backup_id, "--sql-user", spec.sql_user,
+                       "--timeout", str(spec.timeout), "--checks", json.dumps(list(spec.checks)),
+                       "--termination-log", jobs.TERMINATION_LOG]
+    if spec.password:
+        checker["env"] = [*checker["env"], {"name": "MOBACKUP_SQL_PASSWORD", "valueFrom": {
+            "secretKeyRef": {"name": spec.password.name, "key": spec.password.key}}}]
+    matrixone: dict[str, Any] = {
+        "name": MATRIXONE, "image": mo.image, "command": list(mo.command), "args": list(mo.args),
+        "workingDir": mo.working_dir,
+        "volumeMounts": [{"name": "data", "mountPath": mo.data_path, "subPath": "mo-data"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    pod["initContainers"] = [restore]
+    pod["containers"] = [matrixone, checker]
+    if hostname:
+        pod["hostname"] = hostname
+    job["spec"]["backoffLimit"] = 0
+    job["spec"]["activeDeadlineSeconds"] = spec.timeout
+    return job
+
+
+# ------------------------------------------------------------------------------------------ passes
+
+def resolve_backup(ctx: Ctx, ns: str, spec: DrillSpec) -> tuple[str, str, str | None, dict[str, Any] | None]:
+    """(backup id, storage name, MOBackup name, that MOBackup)."""
+    if spec.backup_id:
+        assert spec.storage
+        return spec.backup_id, spec.storage, None, None
+    if spec.backup_name:
+        backup = controller.completed_backup(ctx, ns, spec.backup_name, controller.RESTORE_REASONS, "MOBackup")
+    else:
+        done = [b for b in ctx.kube.list_cr("MOBackup", ns)
+                if (b.get("status") or {}).get("phase") == "Completed"
+                and (b.get("status") or {}).get("source") == spec.source and (b.get("status") or {}).get("backupID")]
+        if spec.storage:
+            done = [b for b in done if ((b.get("spec") or {}).get("storageRef") or {}).get("name") == spec.storage]
+        if not done:
+            raise Wait("WaitingForBackup", f"no Completed MOBackup of source {spec.source!r} yet")
+        backup = max(done, key=lambda b: (b["status"].get("completionTime") or "", b["metadata"]["name"]))
+    bst = backup["status"]
+    storage_name = ((backup.get("spec") or {}).get("storageRef") or {}).get("name") or bst.get("storage")
+    return str(bst["backupID"]), str(storage_name), backup["metadata"]["name"], backup
+
+
+def source_hostname(backup: dict[str, Any] | None, ns: str) -> str | None:
+    """A cold copy's log service data is bound to the source pod's host name (<statefulset>-0)."""
+    if backup is None:
+        return None
+    try:
+        bspec = models.parse_backup(backup.get("spec") or {}, ns)
+    except models.SpecError:
+        return None
+    if bspec.consistency == "Online" or bspec.workload is None or bspec.workload.kind != "StatefulSet":
+        return None
+    return f"{bspec.workload.name}-0"
+
+
+def reconcile_drill(ctx: Ctx, obj: dict[str, Any], mo: MatrixOneSettings | None = None) -> None:
+    st = obj.get("status") or {}
+    phase = st.get("phase")
+    if obj["metadata"].get("deletionTimestamp"):
+        cleanup(ctx, obj)
+        return
+    if phase not in controller.RUN_ACTIVE:
+        if not st.get("cleanedUp"):
+            cleanup(ctx, obj)  # an operator killed between the outcome and the cleanup
+        return
+    try:
+        spec = parse_drill(obj.get("spec") or {})
+    except (models.SpecError, ValueError) as e:
+        _finish(ctx, obj, False, "InvalidSpec", str(e))
+        return
+    try:
+        if phase == "Running":
+            follow(ctx, obj, spec)
+        else:
+            start(ctx, obj, spec, mo or MatrixOneSettings.from_env())
+    except Wait as e:
+        transition(ctx, obj, "Pending", e.reason, str(e))
+    except Fail as e:
+        _finish(ctx, obj, False, e.reason, str(e))
+
+
+def start(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec, mo: MatrixOneSettings) -> None:
+    ns, _, _ = meta(obj)
+    if not (obj.get("status") or {}).get("phase"):
+        transition(ctx, obj, "Pending", "Accepted", "validated; preparing the drill")
+    backup_id, storage_name, backup_name, backup = resolve_backup(ctx, ns, spec)
+    _, storage_spec = controller.require_storage_ready(ctx, ns, storage_name)
+    hostname = spec.hostname or source_hostname(backup, ns)
+    owner = owner_of(obj)
+    with contextlib.suppress(Conflict):  # made by an earlier pass
+        ctx.kube.create_pvc(ns, scratch_pvc(owner, spec))
+    body = drill_job(owner, spec, storage_spec, backup_id, hostname, ctx.defaults, mo)
+    job_name = controller.create_job(ctx, obj, body)
+    ctx.metrics.inc("mobackup_runs_total", kind=KIND, namespace=ns)
+    source = ((backup or {}).get("status") or {}).get("source") or spec.source
+    transition(ctx, obj, "Running", "JobCreated",
+               f"Job {job_name} restores {backup_id} into a scratch volume and starts MatrixOne on it",
+               jobName=job_name, startTime=status.iso(), backupID=backup_id, storage=storage_name,
+               scratchClaim=scratch_claim_name(owner), location=storage_spec.location,
+               **{k: v for k, v in (("backupName", backup_name), ("source", source), ("hostname", hostname)) if v})
+
+
+def _terminated(pod: dict[str, Any], name: str, init: bool = False) -> dict[str, Any] | None:
+    key = "initContainerStatuses" if init else "containerStatuses"
+    for cs in (pod.get("status") or {}).get(key) or []:
+        if cs.get("name") == name:
+            return (cs.get("state") or {}).get("terminated")
+    return None
+
+
+def _seconds(term: dict[str, Any]) -> float | None:
+    a, b = status.parse_iso(term.get("startedAt")), status.parse_iso(term.get("finishedAt"))
+    return round((b - a).total_seconds(), 3) if a and b else None
+
+
+def follow(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec) -> None:
+    ns, _, _ = meta(obj)
+    st = obj.get("status") or {}
+    job_name = str(st.get("jobName"))
+    try:
+        job = ctx.kube.get_job(ns, job_name)
+    except NotFound:
+        raise Fail("JobVanished", f"Job {job_name} vanished before the drill finished") from None
+    pods = controller._pods_of_job(ctx, ns, job_name)
+    pod = pods[-1] if pods else None
+    fields: dict[str, Any] = {}
+    if pod is not None:
+        restored = _terminated(pod, RESTORE, init=True)
+        if restored is not None:
+            fields["restoreSeconds"] = _seconds(restored)
+            result = jobs.parse_result(restored.get("message"))
+            if restored.get("exitCode") != 0:
+                reason = (result or {}).get("error") or (restored.get("message") or "").strip()[-500:]
+                raise Fail("RestoreFailed", f"the restore into the scratch volume failed: {reason}")
+            if result and result.get("result"):
+                fields["restoredBytes"] = result["result"].get("size_bytes")
+        checked = _terminated(pod, CHECKER)
+        if checked is not None:
+            outcome = _checker_result(checked.get("message"))
+            if outcome is None:
+                raise Fail("CheckerFailed", f"the checker ended without a result: "
+                                            f"{(checked.get('message') or '').strip()[-300:]}")
+            _record(ctx, obj, outcome, fields)
+            return
+    state = jobs.job_state(job)
+    started = status.parse_iso(st.get("startTime"))
+    late = started is not None and (status.now() - started).total_seconds() > spec.timeout + GRACE_SECONDS
+    if state.state == "Failed" or late:
+        why = state.message or state.reason or "the time limit passed"
+        raise Fail("TimeLimitExceeded", f"the drill did not finish within timeoutSeconds={spec.timeout}: "
+                                        f"MatrixOne never answered SQL or the checks hung ({why})")
+    if fields:
+        controller.patch_fields(ctx, obj, **{k: v for k, v in fields.items() if v is not None})
+
+
+def _checker_result(message: str | None) -> dict[str, Any] | None:
+    if not message:
+        return None
+    text = message.strip()
+    start_ = text.find("{")
+    try:
+        doc = json.loads(text[start_:]) if start_ >= 0 else None
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and "ok" in doc and "checks" in doc else None
+
+
+def _record(ctx: Ctx, obj: dict[str, Any], outcome: dict[str, Any], fields: dict[str, Any]) -> None:
+    checks = [{k: (json.dumps(v) if k in ("expected", "got") and not isinstance(v, str) else v)
+               for k, v in c.items()} for c in outcome.get("checks") or []]
+    fields.update({"checks": checks, "startSeconds": outcome.get("start_seconds"),
+                   "checkSeconds": outcome.get("check_seconds"), "moVersion": outcome.get("mo_version"),
+                   "backupKind": outcome.get("backup_kind")})
+    fields = {k: v for k, v in fields.items() if v is not None}
+    passed = sum(1 for c in checks if c.get("ok"))
+    if outcome.get("ok"):
+        _finish(ctx, obj, True, "DrillPassed", f"all {len(checks)} checks passed on MatrixOne "
+                                               f"{outcome.get('mo_version')}", **fields)
+    else:
+        _finish(ctx, obj, False, "CheckFailed", f"{len(checks) - passed} of {len(checks)} checks failed: "
+                                                f"{outcome.get('reason')}", **fields)
+
+
+def _finish(ctx: Ctx, obj: dict[str, Any], ok: bool, reason: str, message: str, **fields: Any) -> None:
+    """Scratch objects first (a crash in between leaves a terminal drill that the next pass cleans)."""
+    ns, _, _ = meta(obj)
+    cleaned = cleanup(ctx, obj, record=False)
+    ctx.metrics.inc("mobackup_successes_total" if ok else "mobackup_failures_total", kind=KIND, namespace=ns)
+    source = fields.get("source") or (obj.get("status") or {}).get("source") or ""
+    if ok:
+        ctx.metrics.set("mobackup_last_drill_success_timestamp_seconds", status.now().timestamp(),
+                        namespace=ns, source=source)
+    else:
+        ctx.metrics.inc("mobackup_drill_failures_total", namespace=ns, source=source)
+    started = status.parse_iso((obj.get("status") or {}).get("startTime"))
+    if started:
+        ctx.metrics.observe("mobackup_run_duration_seconds", (status.now() - started).total_seconds(), kind=KIND)
+    transition(ctx, obj, "Completed" if ok else "Failed", reason, message, cleanedUp=cleaned, **fields)
+
+
+def cleanup(ctx: Ctx, obj: dict[str, Any], record: bool = True) -> bool:
+    """Deletes the drill's Job (with its pod) and scratch PVC; True when none is left."""
+    ns, _, _ = meta(obj)
+    owner = owner_of(obj)
+    gone = True
+    try:
+        ctx.kube.delete_job(ns, jobs.job_name(owner, "drill"))
+    except NotFound:
+        pass
+    except Exception as e:
+        log.warning("drill %s/%s: deleting the Job failed: %s", ns, owner.name, e)
+        gone = False
+    try:
+        ctx.kube.delete_pvc(ns, scratch_claim_name(owner))
+    except NotFound:
+        pass
+    except Exception as e:
+        log.warning("drill %s/%s: deleting the scratch PVC failed: %s", ns, owner.name, e)
+        gone = False
+    if record and gone and (obj.get("status") or {}).get("phase") in status.TERMINAL:
+        controller.patch_fields(ctx, obj, cleanedUp=True)
+    return gone
