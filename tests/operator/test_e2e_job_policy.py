@@ -75,6 +75,21 @@ def test_allow_listed_image_runs(env: Env) -> None:
     env.create("MOBackup", "other", backup_spec(job={"image": "registry.local/other:2"}))
     st = failed_with_event(env, "MOBackup", "other")
     assert "only images matching registry.local/mobackup:*" in st["message"]
+    # The allow-list is checked again for the delete Job: an operator that no longer allows the
+    # image refuses to delete the data with it (and says so) until spec.job is changed.
+    env.api.merge_patch(env.path("MOBackup", "ok"), {"spec": {"deletionPolicy": "Delete"}})
+    env.wait("MOBackup", "ok", lambda o: "mobackup.io/finalizer" in (o["metadata"].get("finalizers") or []),
+             30, "kopf's finalizer for deletionPolicy Delete")
+    env.op.kill()
+    env.op = OperatorProcess(env.cluster, [env.ns], env.tmp / "operator-strict.log")
+    env.op.start()
+    env.api.delete(env.path("MOBackup", "ok"))
+    refused = env.wait("MOBackup", "ok", lambda o: (o.get("status") or {}).get("reason") == "JobOverrideNotAllowed",
+                       60, "the delete Job refused")["status"]
+    assert "cannot delete backup" in refused["message"] and "registry.local/mobackup:2" in refused["message"]
+    assert any(e["reason"] == "JobOverrideNotAllowed" for e in env.events("ok"))
+    env.api.merge_patch(env.path("MOBackup", "ok"), {"spec": {"job": {"image": None}}})
+    env.wait_gone("MOBackup", "ok", timeout=90)
 
 
 def _restricted(env: Env) -> None:
