@@ -203,3 +203,58 @@ def test_sharded_ingest_gives_identical_restores_and_a_killed_shard_lists_nothin
     assert restored[1] == restored[2] == restored[3]
     assert len(restored[1]) > 10
     assert keys(s3, f"{prefix}/staging") == {}, "commit leaves no staging"
+
+
+@pytest.mark.s3
+def test_staging_is_removed_after_failure_kill_and_two_racing_runs_both_restore(
+        matrixone_factory: Callable[..., MatrixOne], s3_server: Any, tmp_path: Path) -> None:
+    """A BACKUP that MatrixOne cannot write (its endpoint unreachable): a one-line error without
+    the secret key, no staging left, nothing listed. A run killed during BACKUP: the next run
+    removes its staging (its lease names a dead process). Two runs at once into one repository and
+    one staging root: neither removes the other's staging; both are listed and verify."""
+    s3, repo, prefix = s3_server, tmp_path / "repo", f"f-{uuid.uuid4().hex[:8]}"
+    staging_root = f"{prefix}/staging"
+    mo = s3_matrixone(matrixone_factory, s3, prefix)
+    mo.start()
+    create_db(mo, "db1", 100_000)
+    mo.checkpoint()
+
+    failed = mobackup(s3, "backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--repo", str(repo),
+                      "--staging", f"s3://{s3.bucket}/{staging_root}", "--staging-server-endpoint",
+                      "http://127.0.0.1:9", check=False, timeout=900)
+    assert failed.returncode == 1 and "refused BACKUP" in failed.stderr, failed.stderr
+    assert s3.secret_key not in failed.stderr + failed.stdout
+    assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
+    assert keys(s3, staging_root) == {}
+
+    argv = [str(MOBACKUP), "backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--repo",
+            str(repo), "--staging", f"s3://{s3.bucket}/{staging_root}", "--quiet", "--json"]
+    killed = subprocess.Popen(argv, env=_env(s3), start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not any(k.endswith(".lease") for k in keys(s3, staging_root)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    left = {k.split("/", 1)[0] for k in keys(s3, staging_root)}
+    assert left, "the killed run left nothing to clean up (killed too late?)"
+
+    racers = [subprocess.Popen(argv, env=_env(s3), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    results = [racer.communicate(timeout=900) for racer in racers]
+    for racer, (_out, err) in zip(racers, results, strict=True):
+        assert racer.returncode == 0, err
+    ids = [json.loads(out)["id"] for out, _ in results]
+    mo.stop()
+    # The killed run's BACKUP may still have been writing when the racers started: whatever it wrote
+    # after their clean-up goes with the next run; the racers' own staging is gone.
+    remaining = {k.split("/", 1)[0] for k in keys(s3, staging_root)}
+    assert not any(name.removesuffix(".lease") not in {n.removesuffix(".lease") for n in left}
+                   for name in remaining), remaining
+    listed = json.loads(mobackup(s3, "list", "--repo", str(repo), "--json").stdout)
+    assert sorted(b["id"] for b in listed) == sorted(ids)
+    for backup_id in ids:
+        mobackup(s3, "verify", backup_id, "--repo", str(repo))
+    unknown = mobackup(s3, "backup", "--online", "--repo", str(repo), "--staging",
+                       f"s3://{s3.bucket}/{staging_root}", "--run", "nonexistent", "--shard", "0/1", check=False)
+    assert unknown.returncode == 1 and "runs/nonexistent/run.json" in unknown.stderr, unknown.stderr

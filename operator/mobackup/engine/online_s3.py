@@ -346,19 +346,23 @@ class _Ingest:
         chunks: list[str] = []
         sha = hashlib.sha256()
         done = 0
-        pending = bytearray()
-        while True:
-            block = stream.read(1 << 20)
-            if block:
-                pending += block
-            while len(pending) >= size or (not block and pending):
-                piece = bytes(pending[:size])
-                del pending[:size]
-                sha.update(piece)
-                chunks.append(self._store(piece))
-                done += len(piece)
-                self.progress.advance(len(piece), 0)
-            if not block:
+        while True:  # whole chunks (fixed boundaries, so dedup works), read as the response streams
+            parts: list[bytes] = []
+            have = 0
+            while have < size:
+                block = stream.read(min(size - have, 8 << 20))
+                if not block:
+                    break
+                parts.append(block)
+                have += len(block)
+            if not have:
+                break
+            piece = parts[0] if len(parts) == 1 else b"".join(parts)
+            sha.update(piece)
+            chunks.append(self._store(piece))
+            done += have
+            self.progress.advance(have, 0)
+            if have < size:
                 break
         # The SHA-256 decides where tae_list has one: for some objects (tombstones under frequent
         # checkpoints) its size is not the object's, while its SHA-256 is of the whole object.
