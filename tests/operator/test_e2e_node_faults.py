@@ -2,9 +2,9 @@
 under the PV): Failed with reason VolumeFull, the target is left as it was, nothing staged is left
 behind, MatrixOne is started again.
 
-Not here: a MatrixOne pod that ignores SIGTERM. The local node (tests/cluster/local_node.py) runs a
-container under bwrap --die-with-parent and signals the whole process group, so bwrap dies of the
-SIGTERM and takes the container with it: the test double cannot keep such a pod alive."""
+A MatrixOne pod that outlives its grace period is emulated with a finalizer on the pod: the local
+node (tests/cluster/local_node.py) runs a container under bwrap --die-with-parent and signals the
+whole process group, so bwrap dies of the SIGTERM and takes a process that ignores it along."""
 
 from __future__ import annotations
 
@@ -81,3 +81,32 @@ def test_restore_target_volume_fills_up(env: Env) -> None:
         while env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector="app=mo")["items"]:
             assert time.monotonic() < deadline, "the stand-in pod did not go"
             time.sleep(0.2)
+
+
+def test_copy_waits_while_a_matrixone_pod_outlives_its_grace_period(env: Env) -> None:
+    """A pod that is still there after its grace period (emulated with a finalizer on the pod, since
+    the local node cannot run a process that ignores SIGTERM): Stop keeps waiting, creates no Job, and
+    copies only once the pod is gone."""
+    env.stand_in(objects=10)
+    pod_path = f"/api/v1/namespaces/{env.ns}/pods/mo-0"
+    env.api.merge_patch(pod_path, {"metadata": {"finalizers": ["test.mobackup.io/linger"]}})
+    env.s3_storage()
+    env.create("MOBackup", "b", {"source": {"pvc": {"claimName": "mo-data"}, "workload": STS},
+                                 "storageRef": {"name": "s3"}})
+    waiting = env.wait("MOBackup", "b", lambda o: (o.get("status") or {}).get("reason") == "WaitingForPodsToStop",
+                       30, "waiting for the lingering pod")
+    assert "1 pod(s) still running" in waiting["status"]["message"]
+    time.sleep(8)  # well past the stand-in's 5 s grace period
+    assert env.api.get(pod_path)["metadata"].get("deletionTimestamp")
+    st = env.get("MOBackup", "b")["status"]
+    assert (st["phase"], st["reason"]) == ("Pending", "WaitingForPodsToStop"), st
+    assert env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs")["items"] == []  # nothing copied yet
+    released = time.time()
+    env.api.merge_patch(pod_path, {"metadata": {"finalizers": None}})
+    st = env.wait_phase("MOBackup", "b", "Completed", "Failed", timeout=120)["status"]
+    assert st["phase"] == "Completed", st
+    from mobackup.k8s.status import parse_iso
+
+    started = parse_iso(st["startTime"])
+    assert started is not None and started.timestamp() >= released - 1  # the Job came after the pod left
+    env.wait_replicas_running()
