@@ -209,6 +209,23 @@ class MatrixOne(SqlClient):
             return "(no log)"
 
 
+def statefulset(name: str, claim: str, home: Path) -> dict[str, Any]:
+    """A StatefulSet of one replica running this mo-service on PVC `claim` (mounted at /data, the
+    working directory: copy `home/etc` there first; data in /data/mo-data). On the test cluster the
+    local node runs the container's command as a process and the pod name is its host name."""
+    return {
+        "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
+        "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                     "terminationGracePeriodSeconds": 60,
+                     "containers": [{"name": "matrixone", "image": "matrixorigin/matrixone:2.2.2",
+                                     "command": [str(home / "mo-service")],
+                                     "args": ["-launch", "etc/launch/launch.toml"],
+                                     "workingDir": "/data",
+                                     "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}}
+
+
 # ---- the seed's data: databases with one table each, and what a lost or torn row would change
 Checksums = dict[str, tuple[int, int, int]]
 

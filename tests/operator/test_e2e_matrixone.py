@@ -29,6 +29,7 @@ from mo_server import (
     checksums,
     create_db,
     insert_rows,
+    statefulset,
     user_databases,
     wait_ports_free,
     wait_sql,
@@ -85,17 +86,7 @@ def real_mo(env: Env, mo_install: Callable[[str], Path]) -> Iterator[Callable[..
         if not host.exists():
             host = env.cluster.make_pvc(env.ns, claim, size="5Gi")
         shutil.copytree(home / "etc", host / "etc", dirs_exist_ok=True)
-        env.api.create(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets", {
-            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
-            "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
-                         "terminationGracePeriodSeconds": 60,
-                         "containers": [{"name": "matrixone", "image": "matrixorigin/matrixone:2.2.2",
-                                         "command": [str(home / "mo-service")],
-                                         "args": ["-launch", "etc/launch/launch.toml"],
-                                         "workingDir": "/data",
-                                         "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-                         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}})
+        env.api.create(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets", statefulset(name, claim, home))
         started.append(name)
         wait_sql(180)
         return SqlClient()
