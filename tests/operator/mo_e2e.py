@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
 G = "/apis/mobackup.io/v1alpha1"
 PLURAL = {"MOBackup": "mobackups", "MORestore": "morestores", "MOBackupStorage": "mobackupstorages",
-          "MOBackupSchedule": "mobackupschedules"}
+          "MOBackupSchedule": "mobackupschedules", "MORestoreDrill": "morestoredrills"}
 JOB_SA = "mo-backup-operator-job"
 
 # The MatrixOne stand-in: generates a realistic mo-data on first start, then applies a change

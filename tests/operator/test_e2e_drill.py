@@ -1,0 +1,162 @@
+"""MORestoreDrill on the test cluster with the real MatrixOne (`mo-service` v2.2.2) as the scratch
+server: a Stop (cold) backup and an Online backup of the real server in a StatefulSet pod are drilled
+into fresh scratch PVCs; the cold one's scratch pod runs under the source pod's host name (mo-0), the
+online one's recorded catalog (row counts at BACKUPTS) is checked; a user check that does not match
+fails with expected vs got; a backup that cannot be restored fails with the reason; the operator is
+killed mid-drill and the next one finishes the drill; no Job, pod or PVC of a drill outlives it, and
+the source's volume is left alone. The local node runs the pod's command as a process (images are
+ignored), so the scratch MatrixOne's working directory is a host directory holding the stock
+configuration, the scratch PVC mounted at its ./mo-data, as the chart's drill.matrixOne values do
+with the MatrixOne image. MatrixOne's ports are fixed: the test holds the suite's lock throughout."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mo_e2e import Env, OperatorProcess
+from test_e2e_matrixone import STS, real_mo, sql_ref, stop_statefulset  # noqa: F401 - real_mo is a fixture
+
+from mo_server import PASSWORD, SqlClient, create_db, wait_ports_free
+
+pytestmark = pytest.mark.cluster
+
+
+def drill_operator(env: Env, mo_install: Callable[[str], Path], tmp_path: Path) -> OperatorProcess:
+    home = mo_install("v2.2.2")
+    workdir = tmp_path / "mo-scratch-home"
+    if not workdir.exists():
+        shutil.copytree(home / "etc", workdir / "etc")
+    return OperatorProcess(env.cluster, [env.ns], tmp_path / f"operator-{time.monotonic_ns()}.log", extra_env={
+        "MOBACKUP_DRILL_COMMAND": json.dumps([str(home / "mo-service")]),
+        "MOBACKUP_DRILL_ARGS": json.dumps(["-launch", "etc/launch/launch.toml"]),
+        "MOBACKUP_DRILL_WORKING_DIR": str(workdir), "MOBACKUP_DRILL_DATA_PATH": str(workdir / "mo-data")})
+
+
+def swap_operator(env: Env, new: OperatorProcess) -> None:
+    env.op.kill(signal.SIGTERM)
+    new.start()
+    env.op = new
+
+
+def scratch_objects(env: Env, drill: dict[str, Any]) -> list[str]:
+    """The drill's Jobs, pods and PVCs still in the API (by its uid label)."""
+    uid = drill["metadata"]["uid"]
+    found = []
+    for path, kind in ((f"/apis/batch/v1/namespaces/{env.ns}/jobs", "Job"),
+                       (f"/api/v1/namespaces/{env.ns}/pods", "Pod"),
+                       (f"/api/v1/namespaces/{env.ns}/persistentvolumeclaims", "PVC")):
+        for item in env.api.get(path)["items"]:
+            labels = item["metadata"].get("labels") or {}
+            owners = [o.get("uid") for o in item["metadata"].get("ownerReferences") or []]
+            if labels.get("mobackup.io/uid") == uid or uid in owners:
+                found.append(f"{kind} {item['metadata']['name']}")
+    if not found:  # pods of a Job carry the Job's labels; the Job's name is in status
+        job = (drill.get("status") or {}).get("jobName")
+        if job:
+            found += [f"Pod {p['metadata']['name']}" for p in
+                      env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector=f"job-name={job}")["items"]]
+    return found
+
+
+def run_drill(env: Env, name: str, spec: dict[str, Any], timeout: float = 400) -> dict[str, Any]:
+    env.create("MORestoreDrill", name, {"timeoutSeconds": 300, "sql": {"passwordSecretRef": {"name": "mo-sql"}},
+                                        **spec})
+    obj = env.wait_phase("MORestoreDrill", name, "Completed", "Failed", timeout=timeout)
+    obj = env.wait("MORestoreDrill", name, lambda o: bool(o["status"].get("cleanedUp")), 90, "cleanedUp")
+    deadline = time.monotonic() + 90
+    while scratch_objects(env, obj):
+        assert time.monotonic() < deadline, f"scratch objects outlived the drill: {scratch_objects(env, obj)}"
+        time.sleep(0.5)
+    wait_ports_free(90)  # the scratch MatrixOne is gone
+    return obj
+
+
+def test_restore_drills_on_the_cluster_with_the_real_matrixone(
+        env: Env, real_mo: Callable[..., SqlClient],  # noqa: F811 - the fixture imported above
+        mo_install: Callable[[str], Path], tmp_path: Path) -> None:
+    swap_operator(env, drill_operator(env, mo_install, tmp_path))
+    mo = real_mo()
+    env.s3_storage()
+    env.secret("mo-sql", {"password": PASSWORD})
+    create_db(mo, "db1", 2000)
+    create_db(mo, "db2", 3000)
+    mo.sql("create view db2.v as select id from db2.t where id > 10")
+
+    env.create("MOBackup", "mo-online", {"source": {"pvc": {"claimName": "mo-data", "path": "mo-data"},
+                                                    "workload": STS, "sql": sql_ref()}, "storageRef": {"name": "s3"}})
+    online = env.wait_phase("MOBackup", "mo-online", "Completed", "Failed", timeout=300)["status"]
+    assert online["phase"] == "Completed", online
+    env.create("MOBackup", "mo-stop", {"source": {"pvc": {"claimName": "mo-data", "path": "mo-data"},
+                                                  "workload": STS, "sql": sql_ref()},
+                                       "storageRef": {"name": "s3"}, "consistency": "Stop"})
+    cold = env.wait_phase("MOBackup", "mo-stop", "Completed", "Failed", timeout=300)["status"]
+    assert cold["phase"] == "Completed", cold
+    env.wait_replicas_running(timeout=120)
+    stop_statefulset(env, "mo")  # the scratch MatrixOne needs the machine's fixed ports
+    source_pv = env.cluster.pv_root / env.ns / "mo-data"
+    source_before = sorted(str(p.relative_to(source_pv)) for p in source_pv.rglob("*"))
+
+    # 1. The cold backup, by name, with a user check: passes under the source pod's host name. The
+    #    operator is killed while the drill runs; the next one finishes it.
+    env.create("MORestoreDrill", "drill-stop", {
+        "backupName": "mo-stop", "timeoutSeconds": 300, "sql": {"passwordSecretRef": {"name": "mo-sql"}},
+        "checks": [{"query": "select count(*) from db1.t", "expect": "2000"}]})
+    env.wait_phase("MORestoreDrill", "drill-stop", "Running", "Completed", "Failed", timeout=120)
+    env.op.kill(signal.SIGKILL)
+    time.sleep(3)
+    env.op = drill_operator(env, mo_install, tmp_path)
+    env.op.start()
+    env.wait_phase("MORestoreDrill", "drill-stop", "Completed", "Failed", timeout=400)
+    drill = run_drill_wait_only(env, "drill-stop")
+    st = drill["status"]
+    assert st["phase"] == "Completed", st
+    assert st["hostname"] == "mo-0" and st["backupID"] == cold["backupID"] and st["moVersion"]
+    checks = {c["name"]: c for c in st["checks"]}
+    assert checks["query 1"] == {"name": "query 1", "ok": True, "detail": "select count(*) from db1.t",
+                                 "expected": "2000", "got": "2000"}
+    assert checks["restore"]["ok"] and checks["server answers"]["ok"]
+    print(f"\ncluster drill of a Stop backup: restore {st.get('restoreSeconds')} s, start {st.get('startSeconds')} s, "
+          f"checks {st.get('checkSeconds')} s, whole drill {st.get('duration')}")
+    assert any(e["reason"] == "DrillPassed" for e in env.events("drill-stop"))
+
+    # 2. The online backup as the newest of its source would be: its catalog is checked; a wrong
+    #    expectation fails the drill with expected vs got.
+    drill = run_drill(env, "drill-online", {
+        "backupName": "mo-online", "checks": [{"query": "select count(*) from db1.t where id <= 10", "expect": "11"}]})
+    st = drill["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "CheckFailed", st
+    checks = {c["name"]: c for c in st["checks"]}
+    assert checks["query 1"]["expected"] == "11" and checks["query 1"]["got"] == "10" and not checks["query 1"]["ok"]
+    assert checks["rows db1.t"] == {"name": "rows db1.t", "ok": True, "expected": "2000", "got": "2000"}
+    assert checks["rows db2.t"]["ok"] and checks["tables"]["ok"] and checks["databases"]["ok"]
+    assert "expected '11', got '10'" in st["message"] and st.get("hostname") is None
+
+    # 3. A backup that cannot be restored: fails with the reason, no MatrixOne started.
+    drill = run_drill(env, "drill-missing", {"backupID": "00000000-0000-4000-8000-000000000000",
+                                             "storageRef": {"name": "s3"}})
+    st = drill["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "RestoreFailed", st
+    assert "00000000-0000-4000-8000-000000000000" in st["message"]
+
+    metrics = env.op.metrics()
+    assert f'mobackup_drill_failures_total{{namespace="{env.ns}"' in metrics
+    # Drills never touched the source's volume (the StatefulSet stays as the test left it).
+    assert sorted(str(p.relative_to(source_pv)) for p in source_pv.rglob("*")) == source_before
+    assert env.replicas("mo")[0] == 0
+
+
+def run_drill_wait_only(env: Env, name: str) -> dict[str, Any]:
+    obj = env.wait("MORestoreDrill", name, lambda o: bool((o.get("status") or {}).get("cleanedUp")), 90, "cleanedUp")
+    deadline = time.monotonic() + 90
+    while scratch_objects(env, obj):
+        assert time.monotonic() < deadline, f"scratch objects outlived the drill: {scratch_objects(env, obj)}"
+        time.sleep(0.5)
+    wait_ports_free(90)
+    return obj
