@@ -15,7 +15,7 @@ from ship import tools
 from ship.validate import kubeconform
 
 EXAMPLES = tools.DEPLOY / "examples"
-KINDS = {"MOBackupStorage", "MOBackup", "MORestore", "MOBackupSchedule"}
+KINDS = {"MOBackupStorage", "MOBackup", "MORestore", "MOBackupSchedule", "MORestoreDrill"}
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
