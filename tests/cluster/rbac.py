@@ -55,8 +55,9 @@ def _fallback_objects(namespace: str) -> list[dict[str, Any]]:
     rules = [
         {"apiGroups": ["mobackup.io"], "resources": ["mobackups"],
          "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-        {"apiGroups": ["mobackup.io"], "resources": ["morestores", "morestoredrills"],
-         "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["mobackup.io"], "resources": ["morestores"], "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["mobackup.io"], "resources": ["morestoredrills"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
         {"apiGroups": ["mobackup.io"], "resources": ["mobackupstorages", "mobackupschedules"],
          "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["mobackup.io"], "resources": [k + "/status" for k in kinds], "verbs": ["get", "patch"]},

@@ -38,12 +38,14 @@ def test_drill_job_restores_into_the_scratch_claim_then_runs_matrixone_and_the_c
                                           "MOBACKUP_DRILL_COMMAND": '["/opt/mo/mo-service"]'})
     job = drill.drill_job(OWNER, spec, STORAGE, "backup-1", "mo-0", DEFAULTS, mo)
     pod = job["spec"]["template"]["spec"]
-    assert job["spec"]["activeDeadlineSeconds"] == 300 and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["activeDeadlineSeconds"] == 300 + drill.RESTORE_ALLOWANCE_SECONDS
+    assert job["spec"]["backoffLimit"] == 0
     assert job["metadata"]["ownerReferences"][0]["kind"] == "MORestoreDrill"
     assert job["metadata"]["labels"][jobs.L_KIND] == "morestoredrill"
     assert pod["hostname"] == "mo-0" and pod["restartPolicy"] == "Never"
     (restore,) = pod["initContainers"]
     matrixone, checker = pod["containers"]
+    assert checker["args"][checker["args"].index("--timeout") + 1] == "300"
     claim = drill.scratch_claim_name(OWNER)
     assert {"name": "data", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
     assert restore["args"][restore["args"].index("--target") + 1] == "/data/mo-data"

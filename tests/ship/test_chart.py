@@ -88,7 +88,7 @@ def test_chart_crds_are_exact_copies_of_crds_dir() -> None:
 OPERATOR_RULES = {
     ("mobackup.io", "mobackups"): {"get", "list", "watch", "create", "patch", "delete"},
     ("mobackup.io", "morestores"): {"get", "list", "watch", "patch"},
-    ("mobackup.io", "morestoredrills"): {"get", "list", "watch", "patch"},
+    ("mobackup.io", "morestoredrills"): {"get", "list", "watch", "create", "patch", "delete"},
     ("mobackup.io", "mobackupstorages"): {"get", "list", "watch"},
     ("mobackup.io", "mobackupschedules"): {"get", "list", "watch"},
     **{("mobackup.io", f"{r}/status"): {"get", "patch"}

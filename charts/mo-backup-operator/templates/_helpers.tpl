@@ -73,7 +73,7 @@ app.kubernetes.io/part-of: mo-backup-operator
 {{- end }}
 
 {{/* The operator's rules on namespaced resources (ClusterRole, or a Role per watched namespace).
-Only what the code calls: schedules create and prune MOBackups; kopf's and the workload finalizer
+Only what the code calls: schedules create and prune MOBackups and MORestoreDrills; kopf's and the workload finalizer
 are patches; status is patched, never replaced. Workloads only through /scale (patching a
 StatefulSet or Deployment could rewrite its pod template); the replicas to restore live in the
 run's status. finalizers/update: Jobs, clone PVCs and VolumeSnapshots set blockOwnerDeletion. */}}
@@ -82,8 +82,11 @@ run's status. finalizers/update: Jobs, clone PVCs and VolumeSnapshots set blockO
   resources: [mobackups]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [mobackup.io]
-  resources: [morestores, morestoredrills]
+  resources: [morestores]
   verbs: [get, list, watch, patch]
+- apiGroups: [mobackup.io]
+  resources: [morestoredrills]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [mobackup.io]
   resources: [mobackupstorages, mobackupschedules]
   verbs: [get, list, watch]

@@ -505,6 +505,20 @@ def schedule_crd() -> Schema:
                                            minimum=1, default=10),
         "failedBackupsHistoryLimit": s("Failed MOBackups of this schedule to keep (older ones are deleted).",
                                        "integer", minimum=0, default=3),
+        "drill": obj("Restore drills of this schedule's backups: a MORestoreDrill (owned by the schedule) "
+                     "for the first Completed backup and then for the newest one once everyNthBackup more "
+                     "have completed.", {
+                         "everyNthBackup": s("Drill every Nth Completed backup (1: every one).", "integer",
+                                             minimum=1, default=1),
+                         "template": obj("The drills' spec, without the backup (set by the schedule).",
+                                         {k: v for k, v in drill_crd()["spec"]["versions"][0]["schema"]
+                                          ["openAPIV3Schema"]["properties"]["spec"]["properties"].items()
+                                          if k not in ("backupName", "backupID", "source", "storageRef")}),
+                         "successfulDrillsHistoryLimit": s("Completed drills kept (older ones are deleted).",
+                                                           "integer", minimum=0, default=3),
+                         "failedDrillsHistoryLimit": s("Failed drills kept (older ones are deleted).", "integer",
+                                                       minimum=0, default=3),
+                     }),
     }, ["fullSchedule", "template"])
     status = obj("Observed state of the schedule.", {
         "lastScheduleTime": s("When a backup was last created.", format="date-time"),
@@ -518,6 +532,7 @@ def schedule_crd() -> Schema:
         "active": {"type": "array", "items": {"type": "string"},
                    "description": "MOBackups of this schedule that are Pending or Running."},
         "lastRunNow": s("The last value of the mobackup.io/run-now annotation acted on (\"backup now\")."),
+        "lastDrilledBackup": s("The newest MOBackup a MORestoreDrill of this schedule was created for."),
         "reason": s("CamelCase reason of the last decision (e.g. Suspended, SkippedConcurrent)."),
         "message": s("Human-readable note on the last decision or error."),
         "observedGeneration": s("Generation of the spec last acted on.", "integer"),
@@ -551,8 +566,9 @@ def drill_crd() -> Schema:
                        "query": s("SQL query run on the scratch MatrixOne.", minLength=1),
                        "expect": s("Expected first column of the first row, as text (NULL for null)."),
                    }, ["query", "expect"])},
-        "timeoutSeconds": s("Time limit of the drill's pod (restore, start, checks); a MatrixOne that never "
-                            "answers fails the drill here.", "integer", minimum=30, default=900),
+        "timeoutSeconds": s("Time the scratch MatrixOne has to answer SQL and the checks to run (a MatrixOne "
+                            "that never answers fails the drill here); the pod's deadline adds one hour for the "
+                            "restore before them.", "integer", minimum=30, default=900),
         "hostname": s("Host name of the scratch MatrixOne pod. Default: for a cold backup (Stop/Snapshot/None) "
                       "of a StatefulSet, its first pod's (<statefulset>-0), since the log service is bound to "
                       "it; none for an online backup.", pattern=DNS_LABEL, maxLength=63),

@@ -42,6 +42,9 @@ DEFAULT_TIMEOUT = 900
 DEFAULT_SIZE = "10Gi"
 # Past the Job's deadline, give the Job controller this long to report before the pass gives up.
 GRACE_SECONDS = 120
+# timeoutSeconds bounds the scratch MatrixOne's start and the checks (as `mobackup drill --timeout`);
+# the pod's deadline adds this for the restore before them (a few GB take minutes).
+RESTORE_ALLOWANCE_SECONDS = 3600
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, b
         pod["hostname"] = hostname
     pod["terminationGracePeriodSeconds"] = 5  # the scratch data is thrown away: no clean shutdown needed
     job["spec"]["backoffLimit"] = 0
-    job["spec"]["activeDeadlineSeconds"] = spec.timeout
+    job["spec"]["activeDeadlineSeconds"] = spec.timeout + RESTORE_ALLOWANCE_SECONDS
     return job
 
 
@@ -311,7 +314,8 @@ def follow(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec) -> None:
             return
     state = jobs.job_state(job)
     started = status.parse_iso(st.get("startTime"))
-    late = started is not None and (status.now() - started).total_seconds() > spec.timeout + GRACE_SECONDS
+    limit = spec.timeout + RESTORE_ALLOWANCE_SECONDS + GRACE_SECONDS
+    late = started is not None and (status.now() - started).total_seconds() > limit
     if state.state == "Failed" or late:
         why = state.message or state.reason or "the time limit passed"
         raise Fail("TimeLimitExceeded", f"the drill did not finish within timeoutSeconds={spec.timeout}: "
@@ -389,3 +393,57 @@ def cleanup(ctx: Ctx, obj: dict[str, Any], record: bool = True) -> bool:
     if record and gone and (obj.get("status") or {}).get("phase") in status.TERMINAL:
         controller.patch_fields(ctx, obj, cleanedUp=True)
     return gone
+
+
+# ------------------------------------------------------------------------------- schedules' drills
+
+A_DRILL_OF = "mobackup.io/drill-of"  # the MOBackup a scheduled drill drills
+
+
+def drill_name(backup: str) -> str:
+    base = f"{backup[:240]}-drill"
+    return base if len(base) <= 253 else f"{base[:240]}-{hashlib.sha256(base.encode()).hexdigest()[:8]}"
+
+
+def schedule_drills(ctx: Ctx, sched: dict[str, Any], completed: list[dict[str, Any]], label: str) -> str | None:
+    """MOBackupSchedule.spec.drill: drill the first Completed backup, then the newest one once
+    `everyNthBackup` more completed since the last drilled one; keep the history limits. `completed`:
+    the schedule's Completed MOBackups, newest first. Returns a note for the schedule's status."""
+    d = (sched.get("spec") or {}).get("drill")
+    if not isinstance(d, dict):
+        return None
+    ns, sname, uid = meta(sched)
+    every = max(1, int(d.get("everyNthBackup") or 1))
+    drills = ctx.kube.list_cr(KIND, ns, f"{label}={sname}")
+    drilled = {(x["metadata"].get("annotations") or {}).get(A_DRILL_OF) for x in drills}
+    note = None
+    if completed:
+        newest = completed[0]["metadata"]["name"]
+        # Backups completed since the newest one that has (or had, per the schedule's status) a drill.
+        last = (sched.get("status") or {}).get("lastDrilledBackup")
+        names = [b["metadata"]["name"] for b in completed]
+        since = names.index(last) if last in names else every  # a drilled backup pruned since: due
+        if newest not in drilled and (last is None or since >= every):
+            spec = {k: v for k, v in (d.get("template") or {}).items()
+                    if k not in ("backupName", "backupID", "source", "storageRef")}
+            body = {"apiVersion": models.API_VERSION, "kind": KIND,
+                    "metadata": {"name": drill_name(newest), "namespace": ns,
+                                 "labels": {label: sname, "app.kubernetes.io/managed-by": "mobackup-operator"},
+                                 "annotations": {A_DRILL_OF: newest},
+                                 "ownerReferences": [{"apiVersion": models.API_VERSION, "kind": "MOBackupSchedule",
+                                                      "name": sname, "uid": uid, "controller": True,
+                                                      "blockOwnerDeletion": True}]},
+                    "spec": {**spec, "backupName": newest}}
+            with contextlib.suppress(Conflict):
+                ctx.kube.create_cr(KIND, ns, body)
+                note = f"created MORestoreDrill {body['metadata']['name']}"
+            controller.patch_fields(ctx, sched, lastDrilledBackup=newest)
+    # History limits: the newest Completed and Failed drills are kept; running ones always.
+    for phase, key in (("Completed", "successfulDrillsHistoryLimit"), ("Failed", "failedDrillsHistoryLimit")):
+        limit = int(d.get(key, 3))
+        done = sorted((x for x in drills if (x.get("status") or {}).get("phase") == phase
+                       and not x["metadata"].get("deletionTimestamp")),
+                      key=lambda x: x["metadata"].get("creationTimestamp") or "", reverse=True)
+        for victim in done[limit:]:
+            ctx.kube.delete_cr(KIND, ns, victim["metadata"]["name"])
+    return note

@@ -170,6 +170,11 @@ def reconcile_schedule(ctx: Ctx, sched: dict[str, Any]) -> None:
         ctx.kube.delete_cr("MOBackup", ns, victim)
     if doomed:
         events.emit(ctx.kube, sched, "Normal", "RetentionApplied", f"deleted {', '.join(doomed)}")
+    from .drill import schedule_drills  # MOBackupSchedule.spec.drill (restore drills)
+
+    drill_note = schedule_drills(ctx, sched, completed, L_SCHEDULE)
+    if drill_note:
+        events.emit(ctx.kube, sched, "Normal", "DrillCreated", drill_note)
     if completed:
         patch["lastSuccessfulBackup"] = completed[0]["metadata"]["name"]
         patch["lastSuccessfulTime"] = status.iso(_completion(completed[0]))
