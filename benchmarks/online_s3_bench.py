@@ -85,7 +85,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--rclone", default=shutil.which("rclone") or "rclone")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="mobackup-s3bench-", dir=ROOT / "benchmarks"))
+    (ROOT / "benchmarks" / "work").mkdir(exist_ok=True)  # git-ignored scratch, as run.py uses
+    work = Path(tempfile.mkdtemp(prefix="s3bench-", dir=ROOT / "benchmarks" / "work"))
     s3 = start_minio(work / "minio", bucket="bench")
     results: dict[str, object] = {"size_mib": args.size_mib, "reps": args.reps, "cores": os.cpu_count(),
                                   "rclone": subprocess.run([args.rclone, "version"], capture_output=True,

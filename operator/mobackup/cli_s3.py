@@ -48,8 +48,9 @@ def add_restore_arguments(restore: argparse.ArgumentParser) -> None:
                          "the cluster stopped); keys in MOBACKUP_TARGET_ACCESS_KEY_ID/..SECRET_ACCESS_KEY or AWS_*")
     restore.add_argument("--target-s3-endpoint", help="its S3 endpoint (env MOBACKUP_TARGET_ENDPOINT, else "
                          "AWS_ENDPOINT_URL)")
-    restore.add_argument("--local-data-dir", help="with --target-s3: the log service's data directory (mo-data); "
-                         "the ID allocator state goes to its local/hk_data")
+    restore.add_argument("--local-fs-dir", help="with --target-s3: the directory of the log service's LOCAL file "
+                         "service (its data-dir; by default <data-dir>/local): the ID allocator state goes to its "
+                         "hk_data")
     restore.add_argument("--overwrite", action="store_true",
                          help="with --target-s3: restore into a non-empty prefix, leaving exactly the backup's objects")
 
@@ -147,10 +148,10 @@ def restore_s3(args: argparse.Namespace) -> int:
                               region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
     repo = open_repository(repository_options(args))
     result = restore_to_s3(repo, args.id, target, overwrite=args.overwrite,
-                           local_data_dir=Path(args.local_data_dir) if args.local_data_dir else None,
+                           local_fs_dir=Path(args.local_fs_dir) if args.local_fs_dir else None,
                            progress=for_terminal("restore", args.quiet or args.json))
     hk = f"; ID allocator state in {result.hk_data}" if result.hk_data else \
-        "; no --local-data-dir: put the ID allocator state (local/hk_data) in place before MatrixOne's first start"
+        "; no --local-fs-dir: put the ID allocator state (hk_data) in place before MatrixOne's first start"
     _emit(args, result.to_dict(), f"restored backup {result.backup_id} into {result.target}: {result.file_count} "
           f"objects, {decimal_size(result.size_bytes)}, {result.removed_objects} removed, "
           f"{result.duration_seconds:.3f}s{hk}")

@@ -105,9 +105,9 @@ def test_shards_commit_restore_and_incremental(make_repo: Any, root: S3Place, tm
     assert not list(repo.backend.list(f"runs/{run_id}/"))
 
     target = S3Place.from_env(f"{root.url.rsplit('/', 1)[0]}/data", "MOBACKUP_TARGET_")
-    restore_to_s3(repo, full.id, target, local_data_dir=tmp_path / "log")
+    restore_to_s3(repo, full.id, target, local_fs_dir=tmp_path / "log")
     assert listing(target) == full_objects
-    assert (tmp_path / "log" / HK_DATA).read_bytes() == disk_frame(staged.hk)
+    assert (tmp_path / "log" / "hk_data").read_bytes() == disk_frame(staged.hk)
 
     # An incremental: two new objects staged, the rest listed needCopy=false and taken from the base.
     new = {k: v for k, v in objects(2, 2).items() if not k.startswith("ckp/")}
@@ -121,9 +121,9 @@ def test_shards_commit_restore_and_incremental(make_repo: Any, root: S3Place, tm
     with pytest.raises(MobackupError, match="not empty"):
         restore_to_s3(repo, inc.id, target)
     with pytest.raises(MobackupError, match="exists"):  # the log service's state, into an empty prefix
-        restore_to_s3(repo, inc.id, target.under("other"), local_data_dir=tmp_path / "log")
+        restore_to_s3(repo, inc.id, target.under("other"), local_fs_dir=tmp_path / "log")
     assert listing(target.under("other")) == {}
-    result = restore_to_s3(repo, inc.id, target, overwrite=True, local_data_dir=tmp_path / "log")
+    result = restore_to_s3(repo, inc.id, target, overwrite=True, local_fs_dir=tmp_path / "log")
     assert listing(target) == {**kept, **new}  # exactly the backup's objects
     assert result.removed_objects == len(full_objects) - len(kept)
 

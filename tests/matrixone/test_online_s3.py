@@ -117,17 +117,23 @@ def test_s3_resident_online_backup_under_a_writer_restores_into_new_and_same_pre
     other_dir.mkdir()
     other = s3_matrixone(matrixone_factory, s3, other_prefix, workdir=other_dir)
     mobackup(s3, "restore", incremental["id"], "--repo", str(repo), "--target-s3",
-             f"s3://{s3.bucket}/{other_prefix}/data", "--local-data-dir", str(other.data_dir))
-    assert (other.data_dir / "local" / "hk_data").is_file()
+             f"s3://{s3.bucket}/{other_prefix}/data", "--local-fs-dir", str(other.data_dir))
+    # launch-s3's LOCAL file service has data-dir ./mo-data: its root is mo-data itself
+    assert (other.data_dir / "hk_data").is_file()
     other.start()
     assert user_databases(other) == {"db1", "db2"}
     assert checksums(other, ["db1", "db2"]) == at_incremental
     count, max_id, txns = other.sql("select count(*), max(id), count(distinct txn) from w.t")[0]
     assert count == max_id + 1 and count % TXN_ROWS == 0 and txns == count // TXN_ROWS, (count, max_id, txns)
     assert txns >= before_incremental
-    create_db(other, "db9", 10)  # new tables get IDs that do not collide with restored ones
+    create_db(other, "db9", 10)
     other.checkpoint()
     assert checksums(other, ["db9"])["db9"][0] == 10
+    # The log service took the ID allocator's state from the restored hk_data: a new table's ID
+    # follows the restored ones instead of starting over (and colliding with them).
+    restored_max = other.sql("select max(rel_id) from mo_catalog.mo_tables where reldatabase in ('db1','db2','w')")
+    new_id = other.sql("select rel_id from mo_catalog.mo_tables where reldatabase = 'db9' and relname = 't'")
+    assert new_id[0][0] > restored_max[0][0], (new_id, restored_max)
     other.stop()
 
     # The full in place: the prefix is not empty, so --overwrite; the log service's volume emptied.
@@ -137,7 +143,7 @@ def test_s3_resident_online_backup_under_a_writer_restores_into_new_and_same_pre
     for entry in mo.data_dir.iterdir():
         subprocess.run(["rm", "-rf", str(entry)], check=True)
     result = json.loads(mobackup(s3, "restore", full["id"], "--repo", str(repo), "--target-s3", target, "--overwrite",
-                                 "--local-data-dir", str(mo.data_dir), "--json").stdout)
+                                 "--local-fs-dir", str(mo.data_dir), "--json").stdout)
     assert result["removed_objects"] > 0  # objects written after the full are gone: exactly the backup's
     mo.start()
     assert user_databases(mo) == {"db1", "db2"}
@@ -197,9 +203,9 @@ def test_sharded_ingest_gives_identical_restores_and_a_killed_shard_lists_nothin
         target = f"{prefix}/restored{n}"
         hk_dir = tmp_path / f"hk{n}"
         mobackup(s3, "restore", run_id, "--repo", str(repos[n]), "--target-s3", f"s3://{s3.bucket}/{target}",
-                 "--local-data-dir", str(hk_dir))
+                 "--local-fs-dir", str(hk_dir))
         restored[n] = keys(s3, target)
-        restored[n]["hk_data"] = (hk_dir / "local" / "hk_data").read_bytes()
+        restored[n]["hk_data"] = (hk_dir / "hk_data").read_bytes()
     assert restored[1] == restored[2] == restored[3]
     assert len(restored[1]) > 10
     assert keys(s3, f"{prefix}/staging") == {}, "commit leaves no staging"

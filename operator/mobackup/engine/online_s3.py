@@ -9,8 +9,10 @@ stored, and they are exactly what MatrixOne's S3 file service keeps under its ke
 objects are streamed straight into the repository (no local copy, no volume): each is checked
 against `tae_list` (size, SHA-256) while it is chunked, hashed and stored, so dedup, compression and
 encryption are the repository's as for any backup. The backup lists them as `shared/<tae path>`, and
-`local/hk_data` (the ID allocator state) in DISK framing, which is how the log service's LOCAL
-DISK file service reads it at bootstrap. Summary `extra`: kind "online", resident "s3".
+`local/hk_data` (the ID allocator state) in DISK framing: the log service reads `hk_data` at its
+first start from the root of its LOCAL DISK file service (seen: "file hk_data is not found" from
+local_fs.go when absent, and then new table IDs start over and collide with restored ones).
+Summary `extra`: kind "online", resident "s3".
 
 Scale-out: the ingest can run as N shards (`shard I of N`, each a disjoint part of the staged list,
 by position in the sorted list); each writes a part record into the repository (`runs/<run>/`) and
@@ -702,10 +704,11 @@ class _ChunkReader(io.RawIOBase):
 
 
 def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrite: bool = False,
-                  local_data_dir: Path | None = None, progress: Progress | None = None) -> S3RestoreResult:
+                  local_fs_dir: Path | None = None, progress: Progress | None = None) -> S3RestoreResult:
     """Restores an S3-resident online backup: its `shared/*` objects to `target` (MatrixOne's SHARED
-    key prefix; stop the cluster first), `local/hk_data` into `local_data_dir/local/hk_data` (the
-    log service's data directory). Refuses a non-empty prefix unless `overwrite`, and then leaves
+    key prefix; stop the cluster first), `local/hk_data` into `local_fs_dir/hk_data` (the root of
+    the log service's LOCAL file service: its `data-dir`, by default `<service data-dir>/local`).
+    Refuses a non-empty prefix unless `overwrite`, and then leaves
     exactly the backup's objects under it."""
     progress = progress or NullProgress()
     clock = time.monotonic()
@@ -720,8 +723,8 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
             raise MobackupError(f"{target.url} is not empty ({len(existing)} objects): refusing to restore over a "
                                 "cluster's data; stop the cluster and give --overwrite, or use an empty prefix")
         hk_path = None
-        if local_data_dir is not None:
-            hk_path = Path(local_data_dir) / HK_DATA
+        if local_fs_dir is not None:
+            hk_path = Path(local_fs_dir) / "hk_data"
             if hk_path.exists() and not overwrite:
                 raise MobackupError(f"{hk_path} exists: refusing to replace the log service state without --overwrite")
         with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
