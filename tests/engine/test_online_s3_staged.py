@@ -155,3 +155,31 @@ def test_restore_to_s3_refuses_a_data_directory_backup(make_repo: Any, root: S3P
     with pytest.raises(MobackupError, match="DISK-framed"):
         restore_to_s3(repo, summary.id, target)
     assert listing(target) == {}
+
+
+def test_two_commits_of_one_run_racing_list_one_intact_backup(make_repo: Any, root: S3Place) -> None:
+    import threading
+
+    from mobackup.engine.verify import verify_backup
+
+    repo = make_repo(compression="zstd", encryption_key="r" * 32)
+    staged = Staged(root, objects(6, 5))
+    run_id = staged.run(repo)
+    for shard in range(2):
+        ingest_shard(repo, run_id, root, shard, 2)
+    outcomes: list[object] = []
+
+    def commit() -> None:
+        try:
+            outcomes.append(commit_run(repo, run_id, root, 2).id)
+        except MobackupError as error:  # the other one finished first and removed the run record
+            outcomes.append(error)
+
+    racers = [threading.Thread(target=commit) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join()
+    assert run_id in outcomes, outcomes
+    assert [b.id for b in repo.list_backups()] == [run_id]
+    assert verify_backup(repo, run_id).ok
