@@ -84,11 +84,14 @@ def main() -> int:
     parser.add_argument("--shards", default="1,2,4")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--rclone", default=shutil.which("rclone") or "rclone")
+    parser.add_argument("--parallelism", type=int, help="mobackup's --parallelism (default: its own)")
     args = parser.parse_args()
     (ROOT / "benchmarks" / "work").mkdir(exist_ok=True)  # git-ignored scratch, as run.py uses
     work = Path(tempfile.mkdtemp(prefix="s3bench-", dir=ROOT / "benchmarks" / "work"))
     s3 = start_minio(work / "minio", bucket="bench")
     results: dict[str, object] = {"size_mib": args.size_mib, "reps": args.reps, "cores": os.cpu_count(),
+                                  "parallelism": args.parallelism,
+                                  "loadavg_before": os.getloadavg(),
                                   "rclone": subprocess.run([args.rclone, "version"], capture_output=True,
                                                            text=True).stdout.splitlines()[0]}
     try:
@@ -108,6 +111,8 @@ def main() -> int:
                 _write_meta(repo, _run_key(run_id, "run.json"), run.to_dict())
                 base = [str(MOBACKUP), "backup", "--online", "--repo", str(repo_dir), "--staging", staging_url,
                         "--run", run_id, "--quiet"]
+                if args.parallelism:
+                    base += ["--parallelism", str(args.parallelism)]
                 ingest.append(timed([[*base, "--shard", f"{i}/{shards}"] for i in range(shards)], env))
                 commit.append(timed([[str(MOBACKUP), "commit", run_id, "--shards", str(shards), "--repo",
                                       str(repo_dir), "--staging", staging_url, "--quiet"]], env))
@@ -139,6 +144,7 @@ def main() -> int:
     finally:
         s3.stop()
         shutil.rmtree(work, ignore_errors=True)
+    results["loadavg_after"] = os.getloadavg()
     out = ROOT / "benchmarks" / "results" / f"online-s3-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(results, indent=1))
     print(f"{total / 1e6:.0f} MB in {results['objects']} objects, {args.reps} runs each, medians; {out}")
