@@ -323,8 +323,9 @@ def test_network_policy() -> None:
     dep = by_kind(docs, "Deployment")[0]
     assert np["podSelector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
     assert np["policyTypes"] == ["Ingress", "Egress"]
-    assert np["ingress"] == [{"ports": [{"port": 9090, "protocol": "TCP"}], "from": [
-        {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}]
+    assert np["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]},  # probes
+                             {"ports": [{"port": 9090, "protocol": "TCP"}], "from": [
+                                 {"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]}]
     egress = {tuple(p["port"] for p in rule["ports"]): rule.get("to") for rule in np["egress"]}
     assert egress[(443, 6443)] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]  # API server
     assert egress[(443, 9000)] is None  # S3: any address on its ports
