@@ -183,3 +183,23 @@ def test_two_commits_of_one_run_racing_list_one_intact_backup(make_repo: Any, ro
     assert run_id in outcomes, outcomes
     assert [b.id for b in repo.list_backups()] == [run_id]
     assert verify_backup(repo, run_id).ok
+
+
+def test_large_objects_are_restored_in_parts(make_repo: Any, root: S3Place, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects from SINGLE_PUT_MAX bytes up go through a streamed multipart upload (here with the
+    limit lowered to 5 MiB, S3's smallest part)."""
+    import mobackup.engine.online_s3 as online_s3
+
+    repo = make_repo()
+    rng = random.Random(9)
+    data = {"0198aaaa-0000-7000-8000-000000000001_00000": rng.randbytes(11 << 20),
+            "0198aaaa-0000-7000-8000-000000000002_00000": rng.randbytes(1000)}
+    staged = Staged(root, data)
+    run_id = staged.run(repo)
+    ingest_shard(repo, run_id, root, 0, 1)
+    commit_run(repo, run_id, root, 1)
+    monkeypatch.setattr(online_s3, "SINGLE_PUT_MAX", 5 << 20)
+    target = S3Place.from_env(f"{root.url}-large", "MOBACKUP_TARGET_")
+    restore_to_s3(repo, run_id, target)
+    assert listing(target) == data

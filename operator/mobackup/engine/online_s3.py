@@ -56,6 +56,7 @@ LEASE_SECONDS = float(os.environ.get("MOBACKUP_STAGING_LEASE_SECONDS", "300"))
 LEASE_REFRESH = max(1.0, LEASE_SECONDS / 5)
 HK_DATA = "local/hk_data"
 DISK_BLOCK, DISK_CRC = 2048, 4
+SINGLE_PUT_MAX = 64 << 20  # larger restored objects are uploaded in parts, streamed blob by blob
 
 
 # ---- where: a bucket prefix and how to reach it ---------------------------------------------------
@@ -748,7 +749,7 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
 
         def upload(record: dict[str, Any]) -> None:
             key = record["path"][len("shared/"):]
-            if record["size"] < (64 << 20):
+            if record["size"] < SINGLE_PUT_MAX:
                 data = b"".join(repo.get_blob(d) for d in record["chunks"])
                 if len(data) != record["size"]:
                     raise CorruptDataError(f"backup {summary.id}: {record['path']} has {len(data)} bytes, "
@@ -757,9 +758,13 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
             else:
                 from boto3.s3.transfer import TransferConfig
 
-                backend._call(key, backend.client.upload_fileobj, Fileobj=_ChunkReader(repo, record["chunks"]),
+                # Buffered: boto3 takes a short read as a whole part, and parts under 5 MiB are refused.
+                reader = io.BufferedReader(_ChunkReader(repo, record["chunks"]), buffer_size=1 << 20)
+                backend._call(key, backend.client.upload_fileobj, Fileobj=reader,
                               Bucket=backend.bucket, Key=backend._key(key),
-                              Config=TransferConfig(multipart_chunksize=16 << 20, max_concurrency=2))
+                              Config=TransferConfig(multipart_threshold=min(SINGLE_PUT_MAX, 16 << 20),
+                                                    multipart_chunksize=min(SINGLE_PUT_MAX, 16 << 20),
+                                                    max_concurrency=2))
                 if backend.size(key) != record["size"]:
                     raise CorruptDataError(f"{target.url}/{key}: upload size differs from the backup's")
             progress.advance(record["size"], 1)
