@@ -208,6 +208,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from .engine.backup import run_backup
     from .engine.layout import PathRules
 
+    cli_s3.check_backup_flags(args)
     if args.online:
         return _online_backup(args)
     if args.server_data_dir:

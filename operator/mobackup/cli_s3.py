@@ -42,6 +42,17 @@ def add_backup_arguments(backup: argparse.ArgumentParser) -> None:
     backup.add_argument("--shard", type=parse_shard, metavar="I/N", help="with --run: this shard (0-based) of N")
 
 
+def check_backup_flags(args: argparse.Namespace) -> None:
+    """The S3-resident flags only with --online --staging, so that none is silently ignored."""
+    given = [flag for flag, value in (("--staging", args.staging), ("--staging-endpoint", args.staging_endpoint),
+                                      ("--staging-server-endpoint", args.staging_server_endpoint),
+                                      ("--stage-only", args.stage_only), ("--run", args.run), ("--shard", args.shard))
+             if value]
+    if given and not (args.online and args.staging):
+        raise MobackupError(f"{', '.join(given)} go(es) with --online --staging s3://BUCKET/PREFIX "
+                            "(a MatrixOne whose data lives in S3)")
+
+
 def add_restore_arguments(restore: argparse.ArgumentParser) -> None:
     restore.add_argument("--target-s3", metavar="S3_URL",
                          help="restore an S3-resident backup into s3://BUCKET/PREFIX (MatrixOne's SHARED key-prefix; "

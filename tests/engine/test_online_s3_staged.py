@@ -203,3 +203,22 @@ def test_large_objects_are_restored_in_parts(make_repo: Any, root: S3Place, tmp_
     target = S3Place.from_env(f"{root.url}-large", "MOBACKUP_TARGET_")
     restore_to_s3(repo, run_id, target)
     assert listing(target) == data
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["backup", "--staging", "s3://b/p", "--repo", "{tmp}/r"], "--staging go(es) with --online --staging"),
+    (["backup", "--online", "--stage-only", "--sql-host", "h", "--repo", "{tmp}/r"], "--stage-only go(es) with"),
+    (["backup", "--online", "--staging", "s3://b/p", "--run", "x", "--repo", "{tmp}/r"], "--run RUN_ID and --shard"),
+    (["restore", "x", "--repo", "{tmp}/r"], "restore needs --target DIR (or --target-s3"),
+    (["restore", "x", "--repo", "{tmp}/r", "--target", "{tmp}/t", "--overwrite"], "go with --target-s3"),
+    (["restore", "x", "--repo", "{tmp}/r", "--target-s3", "s3://b/p", "--force"], "do not apply"),
+    (["commit", "x", "--shards", "0", "--repo", "{tmp}/r", "--staging", "s3://b/p"], "--shards must be 1-1024"),
+])
+def test_cli_refuses_flags_that_do_not_go_together(tmp_path: Path, argv: list[str], message: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from mobackup.cli import main
+
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists(), "nothing created"
