@@ -24,8 +24,10 @@ def test_checkpoint_before_backup_and_sql_check_after_restore(env: Env, mysql_se
     env.s3_storage()
     env.secret("sql", {"password": mysql_server.password})
     before = len(mysql_server.calls())
+    # Stop with sql: a cold copy after a forced checkpoint (with sql alone the default is Online).
     env.create("MOBackup", "b", {"source": {"pvc": {"claimName": "mo-data"}, "workload": STS,
-                                            "sql": sql_ref(mysql_server)}, "storageRef": {"name": "s3"}})
+                                            "sql": sql_ref(mysql_server)}, "storageRef": {"name": "s3"},
+                                 "consistency": "Stop"})
     st = env.wait_phase("MOBackup", "b", "Completed", "Failed")["status"]
     assert st["phase"] == "Completed", st
     assert st["checkpoint"]["ok"] is True and st["moVersion"], st

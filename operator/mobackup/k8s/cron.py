@@ -112,8 +112,26 @@ def parse(expr: str) -> Cron:
     try:
         CronSim(text, datetime(2000, 1, 1))  # parses (and rejects) the fields now, not at the first run
     except CronSimError as e:
-        raise CronError(f"{expr!r}: {str(e).lower()}") from None
+        raise CronError(f"{expr!r}: {_field_problem(parts) or str(e).lower()}") from None
     return Cron(expr=expr, fields=text)
+
+
+FIELD_RANGES = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
+                ("day-of-week", 0, 7))
+
+
+def _field_problem(parts: list[str]) -> str | None:
+    """Which field is wrong and why, in words a user can act on (cronsim only says "bad hour")."""
+    for part, (name, low, high) in zip(parts, FIELD_RANGES, strict=True):
+        for number in re.findall(r"\d+", part):
+            if not low <= int(number) <= high:
+                return f"{name}: {number} is outside {low}-{high}"
+    for index, (name, _, _) in enumerate(FIELD_RANGES):  # each field alone, the others `*`
+        try:
+            CronSim(" ".join(parts[i] if i == index else "*" for i in range(5)), datetime(2000, 1, 1))
+        except CronSimError:
+            return f"{name}: {parts[index]!r} is not valid"
+    return None
 
 
 def zone(name: str | None) -> timezone | ZoneInfo:
