@@ -145,6 +145,22 @@ def test_restore_drills_on_the_cluster_with_the_real_matrixone(
     assert st["phase"] == "Failed" and st["reason"] == "RestoreFailed", st
     assert "00000000-0000-4000-8000-000000000000" in st["message"]
 
+    # 4. A damaged blob (one bit of the cold backup's biggest file, flipped in the bucket): the restore
+    #    fails the drill with the reason, before any MatrixOne starts.
+    from mobackup.engine.repository import blob_key
+
+    repo = env.repository()
+    summary = repo.load_summary(cold["backupID"])
+    victim = max((r for r in repo.entries(summary) if r.get("chunks")), key=lambda r: r["size"])
+    key = blob_key(victim["chunks"][0])
+    data = bytearray(repo.backend.read(key))
+    data[len(data) // 2] ^= 0x01
+    repo.backend.write(key, bytes(data))
+    drill = run_drill(env, "drill-damaged", {"backupName": "mo-stop"})
+    st = drill["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "RestoreFailed", st
+    assert victim["chunks"][0][:16] in st["message"] or victim["path"] in st["message"], st["message"]
+
     metrics = env.op.metrics()
     assert f'mobackup_drill_failures_total{{namespace="{env.ns}"' in metrics
     # Drills never touched the source's volume (the StatefulSet stays as the test left it).
