@@ -46,8 +46,9 @@ def keys(s3: Any, prefix: str) -> dict[str, bytes]:
     return out
 
 
-def s3_matrixone(factory: Callable[..., MatrixOne], s3: Any, prefix: str, workdir: Path | None = None) -> MatrixOne:
-    mo = factory("v2.2.2", workdir=workdir)
+def s3_matrixone(factory: Callable[..., MatrixOne], s3: Any, prefix: str, workdir: Path | None = None,
+                 version: str = "v2.2.2") -> MatrixOne:
+    mo = factory(version, workdir=workdir)
     configure_s3(mo, s3.endpoint, s3.access_key, s3.secret_key, s3.bucket, prefix)
     return mo
 
@@ -67,8 +68,9 @@ def test_disk_framing_matches_matrixone() -> None:
 
 
 @pytest.mark.s3
+@pytest.mark.parametrize("version", ["v2.2.2", "v4.1.4"])
 def test_s3_resident_online_backup_under_a_writer_restores_into_new_and_same_prefix(
-        matrixone_factory: Callable[..., MatrixOne], s3_server: Any, tmp_path: Path) -> None:
+        matrixone_factory: Callable[..., MatrixOne], s3_server: Any, tmp_path: Path, version: str) -> None:
     """The seed's example on a cluster whose data is in S3: full + incremental online under a
     writer; drop/create; the incremental restored into a NEW prefix (another cluster) and the full
     restored IN PLACE over the old prefix (refused without --overwrite); MatrixOne starts on each
@@ -79,7 +81,7 @@ def test_s3_resident_online_backup_under_a_writer_restores_into_new_and_same_pre
     client.put_object(Bucket=s3.bucket, Key=f"{prefix}/staging/{STAGING_NAME}dead/tae/x", Body=b"x")
     client.put_object(Bucket=s3.bucket, Key=f"{prefix}/staging/{STAGING_NAME}dead.lease",
                       Body=json.dumps({"host": "gone", "pid": 1, "expires": time.time() - 60}).encode())
-    mo = s3_matrixone(matrixone_factory, s3, prefix)
+    mo = s3_matrixone(matrixone_factory, s3, prefix, version=version)
     mo.start()
     create_db(mo, "db1", 200_000)
     create_db(mo, "db2", 1000)
@@ -115,7 +117,7 @@ def test_s3_resident_online_backup_under_a_writer_restores_into_new_and_same_pre
     other_prefix = f"n-{uuid.uuid4().hex[:8]}"
     other_dir = tmp_path / "other"
     other_dir.mkdir()
-    other = s3_matrixone(matrixone_factory, s3, other_prefix, workdir=other_dir)
+    other = s3_matrixone(matrixone_factory, s3, other_prefix, workdir=other_dir, version=version)
     mobackup(s3, "restore", incremental["id"], "--repo", str(repo), "--target-s3",
              f"s3://{s3.bucket}/{other_prefix}/data", "--local-fs-dir", str(other.data_dir))
     # launch-s3's LOCAL file service has data-dir ./mo-data: its root is mo-data itself
