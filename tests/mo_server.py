@@ -95,6 +95,14 @@ def wait_sql(timeout: float, alive: Callable[[], bool] = lambda: True, port: int
     raise TimeoutError(f"MatrixOne did not answer `select 1` within {timeout:.0f} s: {last}")
 
 
+def _terminate_with_parent() -> None:
+    """In the child: SIGTERM when the test process dies, so a killed test run leaves no server
+    holding MatrixOne's fixed ports (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+
+
 class ServerLock:
     """The machine-wide lock on MatrixOne's fixed ports (flock: released if the holder dies)."""
 
@@ -173,7 +181,8 @@ class MatrixOne(SqlClient):
                         "--hostname", self.hostname, "--chdir", str(self.workdir), "--", *argv]
             self.proc = subprocess.Popen(argv,
                                          cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_terminate_with_parent)
         try:
             seconds = wait_sql(timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)
         except Exception as exc:
