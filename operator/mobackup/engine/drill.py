@@ -351,6 +351,11 @@ def run_drill(
             return result
         if hosts and hosts[0] != socket.gethostname():
             result.hostname = hosts[0]
+        busy = busy_ports()  # again: the restore took a while, and SQL must reach OUR server
+        if busy:
+            result.fail("start", f"port(s) {', '.join(map(str, busy))} became busy during the restore: another "
+                                 "MatrixOne started on this machine")
+            return result
         server = ScratchServer(mo_service, scratch, result.hostname)
         started = time.monotonic()
         deadline = started + timeout
