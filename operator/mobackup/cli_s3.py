@@ -62,6 +62,9 @@ def add_restore_arguments(restore: argparse.ArgumentParser) -> None:
     restore.add_argument("--local-fs-dir", help="with --target-s3: the directory of the log service's LOCAL file "
                          "service (its data-dir; by default <data-dir>/local): the ID allocator state goes to its "
                          "hk_data")
+    restore.add_argument("--check-stopped", metavar="HOST[:PORT]", action="append", default=[],
+                         help="with --target-s3: refuse when something answers on MatrixOne's SQL port there "
+                         "(default port 6001; repeatable: every CN of the cluster)")
     restore.add_argument("--overwrite", action="store_true",
                          help="with --target-s3: restore into a non-empty prefix, leaving exactly the backup's objects")
 
@@ -145,6 +148,23 @@ def cmd_commit(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_if_listening(where: str) -> None:
+    """A restore into a running cluster's prefix would mix objects under a live TN: refuse while its
+    SQL port accepts connections (no credentials needed for that)."""
+    import socket
+
+    host, _, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "6001")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except ValueError:
+        raise MobackupError(f"--check-stopped {where!r}: not HOST[:PORT]") from None
+    except OSError:
+        return  # nothing answers: stopped (or unreachable from here)
+    raise MobackupError(f"MatrixOne answers at {host}:{port}: stop the cluster (every CN, TN and log service) "
+                        "before restoring into its bucket prefix")
+
+
 def restore_s3(args: argparse.Namespace) -> int:
     from .cli import _emit, repository_options
     from .engine.online_s3 import S3Place, restore_to_s3
@@ -155,6 +175,8 @@ def restore_s3(args: argparse.Namespace) -> int:
     if args.target or args.force or args.hostname:
         raise MobackupError("--target-s3 restores into a bucket: --target, --force and --hostname do not apply "
                             "(--overwrite replaces a non-empty prefix)")
+    for where in args.check_stopped:
+        refuse_if_listening(where)
     target = S3Place.from_env(args.target_s3, "MOBACKUP_TARGET_", endpoint=args.target_s3_endpoint or args.s3_endpoint,
                               region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
     repo = open_repository(repository_options(args))

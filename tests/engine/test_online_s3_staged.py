@@ -213,6 +213,8 @@ def test_large_objects_are_restored_in_parts(make_repo: Any, root: S3Place, tmp_
     (["restore", "x", "--repo", "{tmp}/r", "--target", "{tmp}/t", "--overwrite"], "go with --target-s3"),
     (["restore", "x", "--repo", "{tmp}/r", "--target-s3", "s3://b/p", "--force"], "do not apply"),
     (["commit", "x", "--shards", "0", "--repo", "{tmp}/r", "--staging", "s3://b/p"], "--shards must be 1-1024"),
+    (["restore", "x", "--repo", "{tmp}/r", "--target", "{tmp}/t", "--check-stopped", "h"], "go with --target-s3"),
+    (["restore", "x", "--repo", "{tmp}/r", "--target-s3", "s3://b/p", "--check-stopped", "h:x"], "not HOST[:PORT]"),
 ])
 def test_cli_refuses_flags_that_do_not_go_together(tmp_path: Path, argv: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,3 +224,29 @@ def test_cli_refuses_flags_that_do_not_go_together(tmp_path: Path, argv: list[st
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists(), "nothing created"
+
+
+def test_restore_to_s3_refuses_while_the_sql_port_answers(make_repo: Any, root: S3Place, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """--check-stopped HOST:PORT: a listening socket there (as a running CN's SQL port) refuses the
+    restore before anything is written; closed, the restore runs."""
+    import socket
+
+    from mobackup.cli import main
+
+    repo = make_repo()
+    run_id = Staged(root, objects(2, 7)).run(repo)
+    ingest_shard(repo, run_id, root, 0, 1)
+    commit_run(repo, run_id, root, 1)
+    target = f"{root.url}-running"
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    argv = ["restore", run_id, "--repo", repo.location, "--target-s3", target, "--check-stopped", f"127.0.0.1:{port}"]
+    try:
+        assert main(argv) == 1
+        assert f"MatrixOne answers at 127.0.0.1:{port}" in capsys.readouterr().err
+        assert listing(S3Place.from_env(target, "MOBACKUP_TARGET_")) == {}
+    finally:
+        listener.close()
+    assert main([*argv, "--quiet"]) == 0
+    assert len(listing(S3Place.from_env(target, "MOBACKUP_TARGET_"))) == 3
