@@ -46,6 +46,7 @@ def test_drill_job_restores_into_the_scratch_claim_then_runs_matrixone_and_the_c
     (restore,) = pod["initContainers"]
     matrixone, checker = pod["containers"]
     assert checker["args"][checker["args"].index("--timeout") + 1] == "300"
+    assert checker["args"][checker["args"].index("--sql-port") + 1] == "6001"
     claim = drill.scratch_claim_name(OWNER)
     assert {"name": "data", "persistentVolumeClaim": {"claimName": claim}} in pod["volumes"]
     assert restore["args"][restore["args"].index("--target") + 1] == "/data/mo-data"

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mo_e2e import Env, OperatorProcess
+from mo_e2e import Env, OperatorProcess, free_port
 from test_e2e_matrixone import STS, real_mo, sql_ref, stop_statefulset  # noqa: F401 - real_mo is a fixture
 
-from mo_server import PASSWORD, ServerLock, SqlClient, create_db, wait_ports_free
+from mo_server import PASSWORD, SqlClient, create_db, wait_ports_free
 
 pytestmark = pytest.mark.cluster
 
@@ -168,13 +168,14 @@ def test_restore_drills_on_the_cluster_with_the_real_matrixone(
     assert env.replicas("mo")[0] == 0
 
 
-def run_drill_wait_only(env: Env, name: str) -> dict[str, Any]:
+def run_drill_wait_only(env: Env, name: str, mo_ports: bool = True) -> dict[str, Any]:
     obj = env.wait("MORestoreDrill", name, lambda o: bool((o.get("status") or {}).get("cleanedUp")), 90, "cleanedUp")
     deadline = time.monotonic() + 90
     while scratch_objects(env, obj):
         assert time.monotonic() < deadline, f"scratch objects outlived the drill: {scratch_objects(env, obj)}"
         time.sleep(0.5)
-    wait_ports_free(90)
+    if mo_ports:
+        wait_ports_free(90)  # the scratch MatrixOne is gone
     return obj
 
 
@@ -184,55 +185,52 @@ def test_a_schedule_drills_every_nth_backup_keeps_its_history_and_a_silent_serve
     and then every 2nd get a MORestoreDrill; the scratch "MatrixOne" here never answers (sleep), so
     each drill fails when timeoutSeconds passes, naming the reason, with its scratch objects gone;
     failedDrillsHistoryLimit 1 keeps only the newest failed drill."""
-    lock = ServerLock()  # the checker's 127.0.0.1:6001 must not be another test's MatrixOne
-    lock.acquire()
-    try:
-        wait_ports_free(90)
-        swap_operator(env, OperatorProcess(env.cluster, [env.ns], tmp_path / "operator-sched.log", extra_env={
-            "MOBACKUP_DRILL_COMMAND": json.dumps(["sleep", "600"]), "MOBACKUP_DRILL_ARGS": "[]",
-            "MOBACKUP_DRILL_WORKING_DIR": "/tmp", "MOBACKUP_DRILL_DATA_PATH": str(tmp_path / "never-read")}))
-        env.stand_in(objects=10)
-        env.s3_storage()
-        env.create("MOBackupSchedule", "nightly", {
-            "fullSchedule": "@every 1h", "incrementalSchedule": "@every 8s",
-            "template": {"spec": {"source": {"pvc": {"claimName": "mo-data", "path": "mo-data"}, "workload": STS},
-                                  "storageRef": {"name": "s3"}}},
-            "drill": {"everyNthBackup": 2, "failedDrillsHistoryLimit": 1,
-                      "template": {"timeoutSeconds": 30, "scratch": {"size": "1Gi"}}}})
+    # The checker asks a port of this test's own, never MatrixOne's 6001: no other test's server can
+    # answer for the silent one (and the test needs no MatrixOne lock).
+    port = free_port()
+    swap_operator(env, OperatorProcess(env.cluster, [env.ns], tmp_path / "operator-sched.log", extra_env={
+        "MOBACKUP_DRILL_COMMAND": json.dumps(["sleep", "600"]), "MOBACKUP_DRILL_ARGS": "[]",
+        "MOBACKUP_DRILL_WORKING_DIR": "/tmp", "MOBACKUP_DRILL_DATA_PATH": str(tmp_path / "never-read")}))
+    env.stand_in(objects=10)
+    env.s3_storage()
+    env.create("MOBackupSchedule", "nightly", {
+        "fullSchedule": "@every 1h", "incrementalSchedule": "@every 8s",
+        "template": {"spec": {"source": {"pvc": {"claimName": "mo-data", "path": "mo-data"}, "workload": STS},
+                              "storageRef": {"name": "s3"}}},
+        "drill": {"everyNthBackup": 2, "failedDrillsHistoryLimit": 1,
+                  "template": {"timeoutSeconds": 30, "scratch": {"size": "1Gi"}, "sql": {"port": port}}}})
 
-        def completed() -> list[str]:
-            items = env.api.get(env.path("MOBackup"), labelSelector="mobackup.io/schedule=nightly")["items"]
-            done = [b for b in items if (b.get("status") or {}).get("phase") == "Completed"]
-            return [b["metadata"]["name"] for b in sorted(done, key=lambda b: b["status"]["completionTime"])]
+    def completed() -> list[str]:
+        items = env.api.get(env.path("MOBackup"), labelSelector="mobackup.io/schedule=nightly")["items"]
+        done = [b for b in items if (b.get("status") or {}).get("phase") == "Completed"]
+        return [b["metadata"]["name"] for b in sorted(done, key=lambda b: b["status"]["completionTime"])]
 
-        def drills() -> dict[str, dict[str, Any]]:
-            items = env.api.get(env.path("MORestoreDrill"), labelSelector="mobackup.io/schedule=nightly")["items"]
-            return {d["metadata"]["annotations"]["mobackup.io/drill-of"]: d for d in items}
+    def drills() -> dict[str, dict[str, Any]]:
+        items = env.api.get(env.path("MORestoreDrill"), labelSelector="mobackup.io/schedule=nightly")["items"]
+        return {d["metadata"]["annotations"]["mobackup.io/drill-of"]: d for d in items}
 
-        deadline = time.monotonic() + 180
-        while len(completed()) < 3:
-            assert time.monotonic() < deadline, f"backups: {completed()}\n{env.op.log_tail()}"
-            time.sleep(0.5)
-        env.api.merge_patch(env.path("MOBackupSchedule", "nightly"), {"spec": {"suspend": True}})
-        first, second, third = completed()[:3]
-        seen = drills()
-        assert first in seen and second not in seen, (first, second, sorted(seen))
-        deadline = time.monotonic() + 120
-        while third not in drills():
-            assert time.monotonic() < deadline, f"no drill of {third}: {sorted(drills())}\n{env.op.log_tail()}"
-            time.sleep(0.5)
-        third_drill = drills()[third]
-        assert third_drill["metadata"]["ownerReferences"][0]["kind"] == "MOBackupSchedule"
-        assert third_drill["spec"]["backupName"] == third and third_drill["spec"]["timeoutSeconds"] == 30
-        st = run_drill_wait_only(env, third_drill["metadata"]["name"])["status"]
-        assert st["phase"] == "Failed" and st["reason"] == "CheckFailed", st
-        assert "did not answer SQL" in st["message"] and "startSeconds" not in st
-        assert st["hostname"] == "mo-0"  # a Stop backup of StatefulSet mo
-        # History: only the newest failed drill is kept.
-        deadline = time.monotonic() + 120
-        while first in drills():
-            assert time.monotonic() < deadline, f"failed drill history not applied: {sorted(drills())}"
-            time.sleep(0.5)
-        assert list(drills()) == [third]
-    finally:
-        lock.release()
+    deadline = time.monotonic() + 180
+    while len(completed()) < 3:
+        assert time.monotonic() < deadline, f"backups: {completed()}\n{env.op.log_tail()}"
+        time.sleep(0.5)
+    env.api.merge_patch(env.path("MOBackupSchedule", "nightly"), {"spec": {"suspend": True}})
+    first, second, third = completed()[:3]
+    seen = drills()
+    assert first in seen and second not in seen, (first, second, sorted(seen))
+    deadline = time.monotonic() + 120
+    while third not in drills():
+        assert time.monotonic() < deadline, f"no drill of {third}: {sorted(drills())}\n{env.op.log_tail()}"
+        time.sleep(0.5)
+    third_drill = drills()[third]
+    assert third_drill["metadata"]["ownerReferences"][0]["kind"] == "MOBackupSchedule"
+    assert third_drill["spec"]["backupName"] == third and third_drill["spec"]["timeoutSeconds"] == 30
+    st = run_drill_wait_only(env, third_drill["metadata"]["name"], mo_ports=False)["status"]
+    assert st["phase"] == "Failed" and st["reason"] == "CheckFailed", st
+    assert f"did not answer SQL on port {port}" in st["message"] and "startSeconds" not in st
+    assert st["hostname"] == "mo-0"  # a Stop backup of StatefulSet mo
+    # History: only the newest failed drill is kept.
+    deadline = time.monotonic() + 120
+    while first in drills():
+        assert time.monotonic() < deadline, f"failed drill history not applied: {sorted(drills())}"
+        time.sleep(0.5)
+    assert list(drills()) == [third]

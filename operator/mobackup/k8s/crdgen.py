@@ -574,6 +574,8 @@ def drill_crd() -> Schema:
                       "it; none for an online backup.", pattern=DNS_LABEL, maxLength=63),
         "sql": obj("Credentials of the restored data (it keeps the source's users).", {
             "user": s("SQL user.", default="root"),
+            "port": s("SQL port of the scratch MatrixOne (its launch configuration's).", "integer",
+                      minimum=1, maximum=65535, default=6001),
             "passwordSecretRef": secret_key_ref("Secret holding the password (default: MatrixOne's initial "
                                                 "root password 111).", "password"),
         }),

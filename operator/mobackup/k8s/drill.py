@@ -88,6 +88,7 @@ class DrillSpec:
     hostname: str | None
     sql_user: str
     password: models.SecretKey | None
+    sql_port: int = 6001
     job: models.JobOverrides = field(default_factory=models.JobOverrides)
 
 
@@ -118,6 +119,7 @@ def parse_drill(spec: dict[str, Any]) -> DrillSpec:
         storage_class=scratch.get("storageClassName") or None, size=size, checks=tuple(checks), timeout=timeout,
         hostname=spec.get("hostname") or None, sql_user=str(sql.get("user") or "root"),
         password=models._secret_key(password, "spec.sql.passwordSecretRef", "password") if password else None,
+        sql_port=int(sql.get("port") or 6001),
     )
 
 
@@ -166,6 +168,7 @@ def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, b
     checker["command"] = ["python", "-m", "mobackup.k8s.drillcheck"]
     repo = restore["args"][restore["args"].index("--repo") + 1]
     checker["args"] = ["--repo", repo, "--backup-id", backup_id, "--sql-user", spec.sql_user,
+                       "--sql-port", str(spec.sql_port),
                        "--timeout", str(spec.timeout), "--checks", json.dumps(list(spec.checks)),
                        "--termination-log", jobs.TERMINATION_LOG]
     if spec.password:
