@@ -82,6 +82,7 @@ def main() -> int:
         results["data_bytes"] = du(mo.data_dir / "shared")
         for rep in range(args.reps):
             run: dict[str, Any] = {}
+            mo.sql("delete from w.t")  # the writer numbers its transactions from 0 again
             writer = Writer().start()
             try:
                 target = work / f"native-{rep}"

@@ -296,6 +296,8 @@ class Writer:
     def start(self) -> Writer:
         self._thread.start()
         while self.committed < 5:
+            if self.errors or not self._thread.is_alive():
+                raise RuntimeError(f"the writer stopped before its fifth transaction: {self.errors}")
             time.sleep(0.05)
         return self
 

@@ -275,3 +275,30 @@ def test_a_backup_killed_mid_ingest_lists_nothing_and_the_retry_succeeds(
     _, retry = online_backup(matrixone, repo)
     assert retry["type"] == "full" and retry["extra"]["kind"] == "online"
     assert not list(matrixone.data_dir.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_a_staged_file_damaged_before_the_ingest_is_never_published(matrixone: MatrixOne, tmp_path: Path) -> None:
+    """The SHA-256 checks run beside the ingest; a mismatch must still stop the backup before it is
+    published. The session is the real one, wrapped to damage one staged object right after
+    MatrixOne's BACKUP returned (a disk error between the two; nothing else can be made to do it)."""
+    from mobackup.engine.mosql import MatrixOneSession, SqlEndpoint
+    from mobackup.engine.online import run_online_backup
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+
+    matrixone.start()
+    create_db(matrixone, "db1", 100_000)
+
+    class DamagingSession(MatrixOneSession):
+        def backup_to_directory(self, path: str, parallelism: int, since_ts: str | None = None) -> None:
+            super().backup_to_directory(path, parallelism, since_ts)
+            victim = max((p for p in (Path(path) / "tae").iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+            data = bytearray(victim.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            victim.write_bytes(bytes(data))
+
+    repo = open_repository(RepositoryOptions(url=str(tmp_path / "repo")), create=True)
+    with DamagingSession(SqlEndpoint("127.0.0.1", 6001, "root", "111")) as session, \
+            pytest.raises(MobackupError, match="does not match its SHA-256"):
+        run_online_backup(repo, matrixone.data_dir, session, source="mo")
+    assert repo.list_backups() == []
+    assert not list(matrixone.data_dir.glob(f"{STAGING_PREFIX}*"))

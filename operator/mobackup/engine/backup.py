@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -326,6 +326,7 @@ def run_backup(
     data_dir_label: str | None = None,
     began: tuple[Any, float] | None = None,
     check_existing: bool = False,
+    before_publish: Callable[[], object] | None = None,
 ) -> BackupSummary:
     """Back up `data_dir`. With neither type nor base, the first backup of a source is full and later
     ones are incremental on the latest completed backup of the same source.
@@ -335,7 +336,8 @@ def run_backup(
     `data_dir_label` is the data directory recorded (default `data_dir`); `began` is (utc_now(),
     time.monotonic()) of a run that started before this call (an online backup's BACKUP).
     `check_existing` reads back every blob a read file would reuse and stores a damaged one again
-    (by default only its size is checked)."""
+    (by default only its size is checked). `before_publish` runs just before the backup is
+    published and may refuse it by raising."""
     data_dir = Path(data_dir).absolute()
     if not data_dir.is_dir():
         raise MobackupError(f"{data_dir}: not a directory")
@@ -415,6 +417,8 @@ def run_backup(
                 skipped_count=len(run.skipped),
                 skipped=[{"path": path, "type": kind} for path, kind in run.skipped[:MAX_SKIPPED]],
             )
+            if before_publish is not None:
+                before_publish()
             repo.publish(summary, writer.path)
         progress.finish()
         return summary
