@@ -101,7 +101,12 @@ class MatrixOneSession:
         """`BACKUP ... FILESYSTEM` into `path` (as the server sees it); incremental from `since_ts`."""
         if "'" in path or "\\" in path:
             raise MobackupError(f"refusing a staging path with quotes or backslashes: {path!r}")
-        statement = f"backup '0' filesystem '{path}' parallelism '{int(parallelism)}'"
+        self.run_backup(f"filesystem '{path}' parallelism '{int(parallelism)}'", since_ts, path)
+
+    def run_backup(self, target: str, since_ts: str | None, where_to: str, secret: str | None = None) -> None:
+        """`BACKUP '0' <target>` (FILESYSTEM or S3OPTION), incremental from `since_ts`. `secret` (in an
+        S3OPTION) is masked in any error; the statement itself is never logged."""
+        statement = f"backup '0' {target}"
         if since_ts is not None:
             physical, _, logical = since_ts.partition("-")
             if not (physical.isdigit() and logical.isdigit()):  # a malformed TIMESTAMP crashes the statement
@@ -112,9 +117,11 @@ class MatrixOneSession:
                 cursor.execute(statement)
         except pymysql.MySQLError as error:
             reason = str(error.args[-1])
+            if secret:
+                reason = reason.replace(secret, "***")
             if error.args and error.args[0] == 1064:  # syntax error: a server without BACKUP
                 reason = f"this server ({self.version}) does not support the BACKUP statement: {reason}"
-            raise MobackupError(f"MatrixOne at {self.where} refused BACKUP: {reason}") from None
+            raise MobackupError(f"MatrixOne at {self.where} refused BACKUP into {where_to}: {reason}") from None
 
     def close(self) -> None:
         self.connection.close()

@@ -84,12 +84,18 @@ def read_disk_text(path: Path) -> str:
 
 
 def parse_staged(staging: Path) -> StagedBackup:
-    """tae_sum (`time,size,backupTS,type`) and tae_list (`path,size,sha256,needCopy,ts` lines)."""
-    summary = read_disk_text(staging / "tae" / "tae_sum").strip().split(",")
+    """The staged copy's own description, from its DISK-framed tae_sum and tae_list."""
+    return parse_staged_text(read_disk_text(staging / "tae" / "tae_sum"), read_disk_text(staging / "tae" / "tae_list"))
+
+
+def parse_staged_text(summary_text: str, list_text: str) -> StagedBackup:
+    """tae_sum (`time,size,backupTS,type`) and tae_list (`path,size,sha256,needCopy,ts` lines), files
+    sorted by path; both are input from the server's staging area, checked before use."""
+    summary = summary_text.strip().split(",")
     if len(summary) < 3 or not _is_ts(summary[2]):
-        raise MobackupError(f"MatrixOne's backup summary tae_sum is malformed: {','.join(summary)!r}")
+        raise MobackupError(f"MatrixOne's backup summary tae_sum is malformed: {summary_text.strip()[:200]!r}")
     files: list[StagedFile] = []
-    for number, line in enumerate(read_disk_text(staging / "tae" / "tae_list").splitlines(), 1):
+    for number, line in enumerate(list_text.splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split(",")
@@ -98,7 +104,10 @@ def parse_staged(staging: Path) -> StagedBackup:
         files.append(StagedFile(_safe_rel(fields[0]), int(fields[1]), fields[2].lower(), fields[3] == "true"))
     if not files:
         raise MobackupError("MatrixOne's backup list tae_list is empty")
-    return StagedBackup(summary[2], (summary[3] if len(summary) > 3 and summary[3] else "full"), tuple(files))
+    if len({f.path for f in files}) != len(files):
+        raise MobackupError("MatrixOne's backup list tae_list names a file twice")
+    return StagedBackup(summary[2], (summary[3] if len(summary) > 3 and summary[3] else "full"),
+                        tuple(sorted(files, key=lambda f: f.path)))
 
 
 def _is_ts(value: str) -> bool:

@@ -46,7 +46,7 @@ from typing import Any, BinaryIO
 from .errors import CorruptDataError, MobackupError
 from .manifest import ManifestChecker
 from .model import BackupSummary, iso, parse_iso, utc_now
-from .online import StagedBackup, StagedFile, _is_ts, _safe_rel, choose_online_base
+from .online import StagedBackup, StagedFile, choose_online_base, parse_staged_text
 from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository
 from .workers import BoundedWorkers
@@ -145,45 +145,11 @@ def backup_to_s3(session: Any, place: S3Place, parallelism: int, since_ts: str |
         "is_minio": "true" if place.path_style else "false",
         "parallelism": str(int(parallelism)),
     }
-    statement = "backup '0' s3option {" + ", ".join(f"'{k}'='{v}'" for k, v in options.items()) + "}"
-    if since_ts is not None:
-        if not _is_ts(since_ts):  # a malformed TIMESTAMP crashes the statement
-            raise MobackupError(f"base BACKUPTS {since_ts!r} is not physical-logical")
-        statement += f" type 'incremental' timestamp '{since_ts}'"
-    import pymysql
-
-    try:
-        with session.connection.cursor() as cursor:
-            cursor.execute(statement)
-    except pymysql.MySQLError as error:
-        reason = str(error.args[-1]).replace(place.secret_access_key, "***")
-        if error.args and error.args[0] == 1064:
-            reason = f"this server ({session.version}) does not support BACKUP ... S3OPTION: {reason}"
-        raise MobackupError(f"MatrixOne at {session.where} refused BACKUP into {place.url}: {reason}") from None
+    target = "s3option {" + ", ".join(f"'{k}'='{v}'" for k, v in options.items()) + "}"
+    session.run_backup(target, since_ts, place.url, secret=place.secret_access_key)
 
 
 # ---- the staged copy ---------------------------------------------------------------------------------
-
-def parse_staged_text(summary_text: str, list_text: str) -> StagedBackup:
-    """tae_sum (`time,size,backupTS,type`) and tae_list (`path,size,sha256,needCopy,ts` lines)."""
-    summary = summary_text.strip().split(",")
-    if len(summary) < 3 or not _is_ts(summary[2]):
-        raise MobackupError(f"MatrixOne's backup summary tae_sum is malformed: {summary_text.strip()[:200]!r}")
-    files: list[StagedFile] = []
-    for number, line in enumerate(list_text.splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split(",")
-        if len(fields) < 4 or not fields[1].isdigit() or fields[3] not in ("true", "false"):
-            raise MobackupError(f"MatrixOne's backup list tae_list line {number} is malformed: {line[:200]!r}")
-        files.append(StagedFile(_safe_rel(fields[0]), int(fields[1]), fields[2].lower(), fields[3] == "true"))
-    if not files:
-        raise MobackupError("MatrixOne's backup list tae_list is empty")
-    if len({f.path for f in files}) != len(files):
-        raise MobackupError("MatrixOne's backup list tae_list names a file twice")
-    return StagedBackup(summary[2], (summary[3] if len(summary) > 3 and summary[3] else "full"),
-                        tuple(sorted(files, key=lambda f: f.path)))
-
 
 def read_staged(staging: Any) -> StagedBackup:
     try:
