@@ -195,13 +195,17 @@ def staging_area(data_dir: Path) -> Iterator[Path]:
     name = f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
     staging = data_dir / name
     lock_path = data_dir / f"{name}.lock"
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    # Locked before it gets its name, so another run never sees this lock file unlocked.
+    locking = data_dir / f"{name}.locking"
+    fd = os.open(locking, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(locking, lock_path)
         yield staging
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        os.unlink(lock_path)
+        locking.unlink(missing_ok=True)
+        lock_path.unlink(missing_ok=True)
         os.close(fd)
 
 
@@ -209,7 +213,7 @@ def remove_stale_staging(data_dir: Path) -> list[str]:
     """Removes staging directories whose run is gone (its lock file is not locked)."""
     removed: list[str] = []
     for entry in os.scandir(data_dir):
-        if not entry.name.startswith(STAGING_PREFIX) or entry.name.endswith(".lock"):
+        if not entry.name.startswith(STAGING_PREFIX) or not entry.is_dir(follow_symlinks=False):
             continue
         lock_path = data_dir / f"{entry.name}.lock"
         try:
