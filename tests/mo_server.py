@@ -267,6 +267,15 @@ def checksums(mo: SqlClient, names: list[str]) -> Checksums:
 TXN_ROWS = 100
 
 
+def writer_rows(mo: SqlClient) -> tuple[int, int, int]:
+    """(rows, max id, transactions) of the Writer's table: an exact prefix of whole transactions has
+    rows == max id + 1 == TXN_ROWS * transactions. (`count(distinct ...)` fails on larger tables in
+    MatrixOne v2.2.2: "distinct agg should be run in only one node", hence the group by.)"""
+    count, max_id = mo.sql("select count(*), max(id) from w.t")[0]
+    txns = mo.sql("select count(*) from (select txn from w.t group by txn) g")[0][0]
+    return int(count), int(max_id if max_id is not None else -1), int(txns)
+
+
 class Writer:
     """Commits numbered 100-row transactions without pause into w.t (ids 0, 1, 2, ...)."""
 

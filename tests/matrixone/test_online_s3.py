@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from mo_s3 import configure_s3
-from mo_server import REPO, TXN_ROWS, MatrixOne, Writer, checksums, create_db, insert_rows, user_databases
+from mo_server import REPO, TXN_ROWS, MatrixOne, Writer, checksums, create_db, insert_rows, user_databases, writer_rows
 from mobackup.engine.online_s3 import STAGING_NAME, crc32c, disk_frame
 
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
@@ -125,7 +125,7 @@ def test_s3_resident_online_backup_under_a_writer_restores_into_new_and_same_pre
     other.start()
     assert user_databases(other) == {"db1", "db2"}
     assert checksums(other, ["db1", "db2"]) == at_incremental
-    count, max_id, txns = other.sql("select count(*), max(id), count(distinct txn) from w.t")[0]
+    count, max_id, txns = writer_rows(other)
     assert count == max_id + 1 and count % TXN_ROWS == 0 and txns == count // TXN_ROWS, (count, max_id, txns)
     assert txns >= before_incremental
     create_db(other, "db9", 10)
@@ -150,7 +150,7 @@ def test_s3_resident_online_backup_under_a_writer_restores_into_new_and_same_pre
     mo.start()
     assert user_databases(mo) == {"db1", "db2"}
     assert checksums(mo, ["db1"])["db1"][0] == 200_000
-    count, max_id, txns = mo.sql("select count(*), max(id), count(distinct txn) from w.t")[0]
+    count, max_id, txns = writer_rows(mo)
     assert count == max_id + 1 and count % TXN_ROWS == 0 and before_full <= txns <= before_incremental + 1
     mo.stop()
 
