@@ -253,7 +253,7 @@ def test_online_backup_holds_while_disk_gc_deletes_objects(
         other.start()
     except RuntimeError:
         if "is not found" in other.log_path.read_text(errors="replace"):
-            # Seen in 2 of 4 runs: the copy BACKUP wrote names an object the cleaner had deleted,
+            # Seen in 2 of 3 runs: the copy BACKUP wrote names an object the cleaner had deleted,
             # although BACKUP reported no skipped file. Not detectable from the staged copy (the
             # object is in neither it nor tae_list); a restore drill finds it. docs/operations.md.
             pytest.xfail("MatrixOne v2.2.2: BACKUP under a disk cleaner that runs and merges checkpoints "
