@@ -272,7 +272,7 @@ class _BackupRun:
             self.progress.advance(record.get("size", 0), 1)
 
 
-def _choose_base(repo: Repository, source: str, backup_type: str | None,
+def choose_base(repo: Repository, source: str, backup_type: str | None,
                  base_id: str | None) -> BackupSummary | None:
     if backup_type not in (None, "full", "incremental"):
         raise MobackupError(f"unknown backup type {backup_type!r} (full or incremental)")
@@ -345,7 +345,7 @@ def run_backup(
     rules = _without_repository(rules or PathRules(), repo, data_dir)
     progress = progress or NullProgress()
     with repo.lock(exclusive=False, purpose=f"backup of {source}", wait_seconds=60):
-        base = _choose_base(repo, source, backup_type, base_id)
+        base = choose_base(repo, source, backup_type, base_id)
         started, clock = began or (utc_now(), time.monotonic())
         checkpoint_ts = newest_checkpoint_ts(data_dir)
         if backup_ts is None:

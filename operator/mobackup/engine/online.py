@@ -251,10 +251,10 @@ def choose_online_base(repo: Repository, source: str, backup_type: str | None,
     base's BACKUPTS. Without an explicit base that is the newest online backup of the source; with
     no type given and none there, a full online backup (which stores only content the repository
     lacks anyway)."""
-    from .backup import _choose_base
+    from .backup import choose_base
 
     if backup_type == "full" or base_id:
-        base = _choose_base(repo, source, backup_type, base_id)
+        base = choose_base(repo, source, backup_type, base_id)
         if base is not None and base.extra.get("kind") != "online":
             raise MobackupError(f"backup {base.id} is a cold copy: an online incremental needs an online base "
                                 "(run a full online backup first)")
