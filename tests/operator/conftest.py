@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mo_cluster_e2e import mo_cluster_crd, s3_mo  # noqa: F401  (fixtures of the MatrixOneCluster tests)
 from mo_e2e import REPO, Env, OperatorProcess
 
 from cluster.kube_api import KubeApi
