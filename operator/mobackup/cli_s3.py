@@ -65,6 +65,12 @@ def add_restore_arguments(restore: argparse.ArgumentParser) -> None:
     restore.add_argument("--check-stopped", metavar="HOST[:PORT]", action="append", default=[],
                          help="with --target-s3: refuse when something answers on MatrixOne's SQL port there "
                          "(default port 6001; repeatable: every CN of the cluster)")
+    restore.add_argument("--reset-local-fs", action="store_true",
+                         help="with --local-fs-dir: it is the whole data directory of the stopped log service; its old "
+                         "log is removed (refused while non-empty unless --overwrite)")
+    restore.add_argument("--hk-data-s3", metavar="S3_URL",
+                         help="with --target-s3: also write the ID allocator state to this object (plain), where a new "
+                         "cluster bootstrapped with restoreFrom reads it (BACKUP://hk_data: <bucket>/<folder>/hk_data)")
     restore.add_argument("--overwrite", action="store_true",
                          help="with --target-s3: restore into a non-empty prefix, leaving exactly the backup's objects")
 
@@ -179,9 +185,16 @@ def restore_s3(args: argparse.Namespace) -> int:
         refuse_if_listening(where)
     target = S3Place.from_env(args.target_s3, "MOBACKUP_TARGET_", endpoint=args.target_s3_endpoint or args.s3_endpoint,
                               region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
+    if args.reset_local_fs and not args.local_fs_dir:
+        raise MobackupError("--reset-local-fs needs --local-fs-dir (the log service's data directory)")
+    hk_data_s3 = None
+    if args.hk_data_s3:
+        hk_data_s3 = S3Place.from_env(args.hk_data_s3, "MOBACKUP_TARGET_", endpoint=target.endpoint,
+                                      region=target.region, path_style=target.path_style, ca_bundle=target.ca_bundle)
     repo = open_repository(repository_options(args))
     result = restore_to_s3(repo, args.id, target, overwrite=args.overwrite,
                            local_fs_dir=Path(args.local_fs_dir) if args.local_fs_dir else None,
+                           reset_local_fs=args.reset_local_fs, hk_data_s3=hk_data_s3,
                            progress=for_terminal("restore", args.quiet or args.json))
     hk = f"; ID allocator state in {result.hk_data}" if result.hk_data else \
         "; no --local-fs-dir: put the ID allocator state (hk_data) in place before MatrixOne's first start"

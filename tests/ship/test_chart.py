@@ -104,6 +104,7 @@ OPERATOR_RULES = {
     ("", "configmaps"): {"get"},
     ("", "persistentvolumeclaims"): {"get", "create", "delete"},
     ("snapshot.storage.k8s.io", "volumesnapshots"): {"get", "create", "delete"},
+    ("core.matrixorigin.io", "matrixoneclusters"): {"get"},
 }
 CLUSTER_RULES = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},

@@ -121,6 +121,11 @@ run's status. finalizers/update: Jobs, clone PVCs and VolumeSnapshots set blockO
 - apiGroups: [snapshot.storage.k8s.io]
   resources: [volumesnapshots]
   verbs: [get, create, delete]
+# Read only: a MOBackup/MORestore of a MatrixOneCluster (the MatrixOne operator's) takes its S3 location
+# and SQL endpoint from it; stopping it stays with whoever runs that cluster.
+- apiGroups: [core.matrixorigin.io]
+  resources: [matrixoneclusters]
+  verbs: [get]
 {{- if gt (int .Values.replicaCount) 1 }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]

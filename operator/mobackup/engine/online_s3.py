@@ -29,10 +29,12 @@ logged, and every error message has the secret masked.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -182,6 +184,18 @@ def crc32c(data: bytes) -> int:
     for byte in data:
         crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
     return crc ^ 0xFFFFFFFF
+
+
+def disk_unframe(framed: bytes) -> bytes:
+    """The content of a DISK-framed file, each block's CRC-32C checked."""
+    out = []
+    for start in range(0, len(framed), DISK_BLOCK):
+        block = framed[start:start + DISK_BLOCK]
+        content = block[DISK_CRC:]
+        if len(block) <= DISK_CRC or int.from_bytes(block[:DISK_CRC], "little") != crc32c(content):
+            raise CorruptDataError(f"DISK frame at byte {start} fails its CRC-32C")
+        out.append(content)
+    return b"".join(out)
 
 
 def disk_frame(content: bytes) -> bytes:
@@ -645,6 +659,7 @@ class S3RestoreResult:
     removed_objects: int
     hk_data: str | None
     duration_seconds: float
+    hk_data_s3: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -671,12 +686,19 @@ class _ChunkReader(io.RawIOBase):
 
 
 def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrite: bool = False,
-                  local_fs_dir: Path | None = None, progress: Progress | None = None) -> S3RestoreResult:
+                  local_fs_dir: Path | None = None, reset_local_fs: bool = False, hk_data_s3: S3Place | None = None,
+                  progress: Progress | None = None) -> S3RestoreResult:
     """Restores an S3-resident online backup: its `shared/*` objects to `target` (MatrixOne's SHARED
     key prefix; stop the cluster first), `local/hk_data` into `local_fs_dir/hk_data` (the root of
     the log service's LOCAL file service: its `data-dir`, by default `<service data-dir>/local`).
     Refuses a non-empty prefix unless `overwrite`, and then leaves
-    exactly the backup's objects under it."""
+    exactly the backup's objects under it.
+
+    `reset_local_fs`: `local_fs_dir` is the whole data directory of a stopped log service, whose old
+    log (WAL) describes commits the restored objects lack: it must be empty, or with `overwrite` its
+    content is removed (after every object is written). `hk_data_s3`: the object where a new
+    cluster's log service reads the ID allocator state at bootstrap (`BACKUP://hk_data` of the
+    MatrixOne operator's `restoreFrom`), written plain as an S3 file service reads it."""
     progress = progress or NullProgress()
     clock = time.monotonic()
     with repo.lock(exclusive=False, purpose=f"restore of {backup_id} to {target.url}", wait_seconds=60):
@@ -692,8 +714,13 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
         hk_path = None
         if local_fs_dir is not None:
             hk_path = Path(local_fs_dir) / "hk_data"
+            if reset_local_fs and not overwrite and _has_entries(Path(local_fs_dir)):
+                raise MobackupError(f"{local_fs_dir} is not empty (a log service's old state): refusing to remove it "
+                                    "without --overwrite")
             if hk_path.exists() and not overwrite:
                 raise MobackupError(f"{hk_path} exists: refusing to replace the log service state without --overwrite")
+        if hk_data_s3 is not None and not overwrite and _object_exists(hk_data_s3):
+            raise MobackupError(f"{hk_data_s3.url} exists: refusing to replace it without --overwrite")
         with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
             files = Path(scratch) / "files"
             repo.download_file_list(summary, files)
@@ -742,8 +769,12 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
                 workers.submit(upload, record)
         wanted = {r["path"][len("shared/"):] for r in objects}
         removed = backend.delete(sorted(existing - wanted)) if existing else 0
+        data = b"".join(repo.get_blob(d) for d in hk["chunks"])
+        if hk_data_s3 is not None:
+            _object_backend(hk_data_s3).write(hk_data_s3.prefix.rsplit("/", 1)[-1], disk_unframe(data))
         if hk_path is not None:
-            data = b"".join(repo.get_blob(d) for d in hk["chunks"])
+            if reset_local_fs:
+                _empty_directory(Path(local_fs_dir or hk_path.parent))
             hk_path.parent.mkdir(parents=True, exist_ok=True)
             tmp = hk_path.with_name(f".{hk_path.name}.mobackup-tmp")
             tmp.write_bytes(data)
@@ -752,4 +783,33 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
             os.replace(tmp, hk_path)
         progress.finish()
     return S3RestoreResult(summary.id, target.url, len(objects), sum(r["size"] for r in objects), removed,
-                           str(hk_path) if hk_path else None, round(time.monotonic() - clock, 3))
+                           str(hk_path) if hk_path else None, round(time.monotonic() - clock, 3),
+                           hk_data_s3.url if hk_data_s3 else None)
+
+
+def _object_backend(place: S3Place) -> Any:
+    """The backend of the "folder" of the object `place` names."""
+    return dataclasses.replace(place, prefix=place.prefix.rpartition("/")[0]).backend()
+
+
+def _object_exists(place: S3Place) -> bool:
+    return bool(_object_backend(place).exists(place.prefix.rsplit("/", 1)[-1]))
+
+
+def _has_entries(directory: Path) -> bool:
+    try:
+        return any(directory.iterdir())
+    except FileNotFoundError:
+        return False
+
+
+def _empty_directory(directory: Path) -> None:
+    """Removes what `directory` holds (not the directory itself: it may be a volume's mount point);
+    symlinks are removed, never followed."""
+    if not directory.exists():
+        return
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -120,10 +120,25 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--compression", choices=["none", "zstd"], default="none",
                         help="compression of a repository created by this run")
 
+    def s3_place(sp: argparse.ArgumentParser, flag: str, what: str) -> None:
+        sp.add_argument(f"--{flag}", metavar="S3_URL", help=what)
+        sp.add_argument(f"--{flag}-endpoint")
+        sp.add_argument(f"--{flag}-region")
+        sp.add_argument(f"--{flag}-path-style", action="store_true")
+
+    def staging(sp: argparse.ArgumentParser) -> None:
+        s3_place(sp, "staging", "table data in S3: where MatrixOne's BACKUP stages (keys in MOBACKUP_STAGING_*)")
+        sp.add_argument("--staging-server-endpoint", help="the staging endpoint as MatrixOne reaches it")
+        sp.add_argument("--run", help="a staged run (--stage-only) to ingest a shard of, or to commit")
+        sp.add_argument("--shards", type=int, default=None,
+                        help="with --run: the number of shards; this pod's is JOB_COMPLETION_INDEX")
+
     b = sub.add_parser("backup")
     common(b)
-    b.add_argument("--data-dir", required=True, type=Path)
-    b.add_argument("--source", required=True)
+    staging(b)
+    b.add_argument("--stage-only", action="store_true", help="with --staging: only BACKUP and the run record")
+    b.add_argument("--data-dir", type=Path, help="the data directory (not with --staging)")
+    b.add_argument("--source")
     b.add_argument("--type", choices=["full", "incremental"], default="full")
     b.add_argument("--base", default=None)
     b.add_argument("--mo-version", default=None, help="MatrixOne version (from the operator's SQL check)")
@@ -133,10 +148,20 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--sql-port", type=int, default=6001)
     b.add_argument("--sql-user", default="dump")
     b.add_argument("--server-data-dir", help="--data-dir's path inside the MatrixOne container")
+    c = sub.add_parser("commit")
+    common(c)
+    staging(c)
     r = sub.add_parser("restore")
     common(r)
     r.add_argument("--backup-id", required=True)
-    r.add_argument("--target", required=True, type=Path)
+    r.add_argument("--target", type=Path, help="the data directory (not with --target-s3)")
+    s3_place(r, "target-s3", "table data in S3: the SHARED key prefix to restore into (keys in MOBACKUP_TARGET_*)")
+    r.add_argument("--hk-data-s3", metavar="S3_URL", help="also write the ID allocator state (plain) to this object")
+    r.add_argument("--local-fs-dir", type=Path, help="the log service's LOCAL root: hk_data goes there")
+    r.add_argument("--reset-local-fs", action="store_true", help="--local-fs-dir is the log service's whole data "
+                   "directory: empty (or with --overwrite, emptied) before hk_data is written")
+    r.add_argument("--check-stopped", action="append", default=[], metavar="HOST:PORT",
+                   help="refuse while MatrixOne answers there")
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--hostname", default=None,
                    help="pod hostname of the MatrixOne on the target (a backup of another host is refused)")
@@ -159,11 +184,90 @@ def _write_result(path: str, result: dict[str, Any]) -> None:
         log.warning("cannot write the termination message to %s: %s", path, e.strerror)
 
 
+def _place(args: argparse.Namespace, flag: str, env_prefix: str, url: str | None = None) -> Any:
+    from mobackup.engine.online_s3 import S3Place
+
+    get = lambda name: getattr(args, f"{flag}_{name}")  # noqa: E731
+    return S3Place.from_env(url or getattr(args, flag), env_prefix, endpoint=get("endpoint"), region=get("region"),
+                            path_style=get("path_style") or None)
+
+
+def _backup_result(summary: dict[str, Any]) -> dict[str, Any]:
+    result = {k: summary.get(k) for k in SUMMARY_KEYS}
+    result.update({k: summary["extra"][k] for k in ("kind", "staged_bytes") if k in summary["extra"]})
+    return {"ok": True, "action": "backup", "result": result}
+
+
+def _shard_index(shards: int) -> int:
+    """This pod's shard: its completion index in an Indexed Job."""
+    import os
+
+    text = os.environ.get("JOB_COMPLETION_INDEX", "")
+    if not text.isdigit() or not 0 <= int(text) < shards:
+        raise MobackupError(f"JOB_COMPLETION_INDEX {text!r} is not a shard index 0..{shards - 1} "
+                            "(the ingest step runs as an Indexed Job)")
+    return int(text)
+
+
+def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dict[str, Any]:
+    """Table data in S3: backup (one pod), --stage-only, a shard (--run --shards), commit; restore."""
+    from mobackup.engine import online_s3
+    from mobackup.engine.repository import open_repository
+
+    if args.action == "restore":
+        from mobackup.cli_s3 import refuse_if_listening
+
+        for where in args.check_stopped:
+            refuse_if_listening(where)
+        target = _place(args, "target_s3", "MOBACKUP_TARGET_")
+        hk_s3 = _place(args, "target_s3", "MOBACKUP_TARGET_", args.hk_data_s3) if args.hk_data_s3 else None
+        repo = open_repository(opts, create=False)
+        res = online_s3.restore_to_s3(repo, args.backup_id, target, overwrite=args.overwrite,
+                                      local_fs_dir=args.local_fs_dir, reset_local_fs=args.reset_local_fs,
+                                      hk_data_s3=hk_s3, progress=reporter).to_dict()
+        summary = repo.load_summary(res["backup_id"]).to_dict()
+        res.update({"backup_ts": summary.get("backup_ts"), "type": summary.get("type"),
+                    "restored_bytes": res["size_bytes"]})
+        return {"ok": True, "action": "restore", "result": res}
+    staging = _place(args, "staging", "MOBACKUP_STAGING_")
+    if args.action == "commit":
+        repo = open_repository(opts, create=False)
+        return _backup_result(online_s3.commit_run(repo, args.run, staging, args.shards).to_dict())
+    if args.run:
+        repo = open_repository(opts, create=False)
+        shard = _shard_index(args.shards or 0)
+        totals = online_s3.ingest_shard(repo, args.run, staging, shard, args.shards, reporter)
+        return {"ok": True, "action": "ingest", "result": {"run": args.run, "shard": shard, **totals.__dict__}}
+    from mobackup.engine.mosql import MatrixOneSession, SqlEndpoint
+
+    repo = open_repository(opts, create=True)
+    with MatrixOneSession(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user)) as mo:
+        if args.stage_only:
+            info = online_s3.stage_run(repo, mo, staging, source=args.source, backup_type=args.type,
+                                       base_id=args.base, server_endpoint=args.staging_server_endpoint)
+            return {"ok": True, "action": "stage",
+                    "result": {"run_id": info.run_id, "backup_ts": info.backup_ts, "base_id": info.base_id,
+                               "staged_files": info.staged_files, "staged_bytes": info.staged_bytes,
+                               "mo_version": info.mo_version}}
+        summary = online_s3.run_online_s3_backup(repo, mo, staging, source=args.source, backup_type=args.type,
+                                                 base_id=args.base, server_endpoint=args.staging_server_endpoint,
+                                                 progress=reporter)
+    return _backup_result(summary.to_dict())
+
+
 def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
     from mobackup.engine.repository import RepositoryOptions, open_repository
 
     opts = RepositoryOptions.from_env(args.repo, compression=args.compression, parallelism=args.parallelism,
                                       bandwidth_limit=args.bandwidth_limit)
+    if getattr(args, "staging", None) or getattr(args, "target_s3", None):
+        return run_s3(args, opts, reporter)
+    if args.action == "commit":
+        raise MobackupError("commit needs --staging")
+    if args.action == "backup" and (args.data_dir is None or args.source is None):
+        raise MobackupError("backup needs --data-dir and --source (or --staging for table data in S3)")
+    if args.action == "restore" and args.target is None:
+        raise MobackupError("restore needs --target (or --target-s3 for table data in S3)")
     if args.action == "backup":
         repo = open_repository(opts, create=True)
         if args.online:
@@ -177,9 +281,7 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
             from mobackup.engine.backup import run_backup
             summary = run_backup(repo, args.data_dir, source=args.source, backup_type=args.type,
                                  base_id=args.base, progress=reporter, mo_version=args.mo_version).to_dict()
-        result = {k: summary.get(k) for k in SUMMARY_KEYS}
-        result.update({k: summary["extra"][k] for k in ("kind", "staged_bytes") if k in summary["extra"]})
-        return {"ok": True, "action": "backup", "result": result}
+        return _backup_result(summary)
     repo = open_repository(opts, create=False)
     if args.action == "restore":
         from mobackup.engine.restore import run_restore

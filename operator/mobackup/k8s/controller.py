@@ -327,7 +327,7 @@ def _reconcile_run(ctx: Ctx, obj: dict[str, Any], parse: Callable[[dict[str, Any
     except Wait as e:
         transition(ctx, obj, "Pending", e.reason, str(e))
     except Fail as e:
-        fail_early(ctx, obj, e, spec.volume.claim, stopped_workload(spec))
+        fail_early(ctx, obj, e, spec.lease_key, stopped_workload(spec))
 
 
 def check_job_overrides(ctx: Ctx, overrides: models.JobOverrides) -> None:
@@ -374,6 +374,9 @@ def start_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None
         transition(ctx, obj, "Pending", "Accepted", "validated; preparing the backup",
                    type=spec.type, source=spec.source_name, storage=spec.storage)
     _, st = require_storage_ready(ctx, ns, spec.storage)
+    if spec.volume is None:
+        start_s3_backup(ctx, obj, spec, st)
+        return
     storage.require_pvc(ctx.kube, ns, spec.volume.claim, "source")
     base_id = resolve_base(ctx, obj, spec)
     if spec.sql:
@@ -411,6 +414,125 @@ def start_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None
     transition(ctx, obj, "Running", "JobCreated", f"Job {job_name} {how} to {st.location}", jobName=job_name,
                startTime=status.iso(), location=st.location, type=spec.type, source=spec.source_name,
                storage=spec.storage, consistency=spec.consistency, **({"baseBackupID": base_id} if base_id else {}))
+
+
+# ------------------------------------------------------------- MatrixOne with table data in S3
+
+S3_STEP_NAMES = {"stage": "MatrixOne's BACKUP (stage)", "ingest": "the ingest shards", "commit": "the commit"}
+
+
+@dataclass(frozen=True)
+class S3Source:
+    shared: models.SharedS3
+    sql: models.SqlEndpoint | None
+    running_sets: tuple[str, ...] = ()
+
+
+def s3_source(ctx: Ctx, ns: str, cluster: str | None, shared: models.SharedS3 | None,
+              sql: models.SqlEndpoint | None) -> S3Source:
+    """The S3 data (and SQL endpoint) of a MatrixOneCluster by name, or as given; its key Secret checked."""
+    from .mocluster import ClusterError, cluster_source
+
+    if cluster:
+        try:
+            found = cluster_source(ctx.kube, ns, cluster, sql)
+        except ClusterError as e:
+            raise Fail(e.reason, str(e)) from None
+        source = S3Source(found.shared, found.sql, found.running_sets)
+    else:
+        assert shared is not None
+        source = S3Source(shared, sql)
+    for key in (jobs.SHARED_KEY_ID, jobs.SHARED_SECRET_KEY):
+        try:
+            storage.secret_value(ctx.kube, ns, models.SecretKey(source.shared.secret, key))
+        except storage.MissingInput as e:
+            raise Fail(e.reason, f"sharedStorage.s3.secretRef: {e}") from None
+    return source
+
+
+def start_s3_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec, st: models.StorageSpec) -> None:
+    """Online through MatrixOne's BACKUP into an S3 staging prefix: one Job (parallelPods 1), or
+    stage -> Indexed Job of parallelPods ingest pods -> commit (next_s3_step)."""
+    ns, _, _ = meta(obj)
+    base_id = resolve_base(ctx, obj, spec)
+    source = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql)
+    if source.sql is None:
+        raise Wait("WaitingForCluster", f"MatrixOneCluster {spec.cluster} reports no SQL endpoint yet (status.host "
+                                        "and status.credentialRef are set once it is Ready); or give source.sql")
+    try:
+        storage.secret_value(ctx.kube, ns, source.sql.password)
+    except storage.MissingInput as e:
+        raise Fail(e.reason, f"source.sql: {e}") from None
+    take_lease(ctx, obj, spec.lease_key)
+    step = "backup" if spec.parallel_pods == 1 else "stage"
+    body = jobs.s3_backup_job(owner_of(obj), spec, st, source.shared, source.sql, step=step, defaults=ctx.defaults,
+                              base_id=base_id)
+    job_name = create_job(ctx, obj, body)
+    ctx.metrics.inc("mobackup_runs_total", kind="MOBackup", namespace=ns)
+    staging = jobs.staging_url(spec, source.shared)
+    how = ("has MatrixOne back itself up online" if step == "backup"
+           else f"has MatrixOne back itself up online (then {spec.parallel_pods} pods store it)")
+    transition(ctx, obj, "Running", "JobCreated", f"Job {job_name} {how} into {staging}, to {st.location}",
+               jobName=job_name, startTime=status.iso(), location=st.location, type=spec.type,
+               source=spec.source_name, storage=spec.storage, consistency="Online", step=step,
+               sharedStorage=source.shared.data_url, **({"baseBackupID": base_id} if base_id else {}))
+
+
+def next_s3_step(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec, step: str, result: dict[str, Any]) -> None:
+    """stage done -> the Indexed ingest Job; ingest done -> the commit Job."""
+    ns, _, _ = meta(obj)
+    st = obj.get("status") or {}
+    run_id = str(result.get("run_id") or st.get("runID") or "")
+    if not run_id:
+        finish(ctx, obj, spec.lease_key, None, False, "NoResult", f"{S3_STEP_NAMES[step]} reported no run ID")
+        return
+    _, storage_spec = get_storage(ctx, ns, spec.storage)
+    source = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql)
+    following = "ingest" if step == "stage" else "commit"
+    body = jobs.s3_backup_job(owner_of(obj), spec, storage_spec, source.shared, None, step=following,
+                              defaults=ctx.defaults, run_id=run_id)
+    job_name = create_job(ctx, obj, body)
+    fields: dict[str, Any] = {"jobName": job_name, "step": following, "runID": run_id}
+    if step == "stage":
+        fields.update(stagedBytes=result.get("staged_bytes"), backupTS=result.get("backup_ts"),
+                      moVersion=result.get("mo_version"))
+        message = (f"MatrixOne staged {result.get('staged_files')} files ({result.get('staged_bytes')} bytes); "
+                   f"Job {job_name} stores them in {spec.parallel_pods} pods")
+    else:
+        message = f"all {spec.parallel_pods} shards stored; Job {job_name} lists the backup"
+    events.emit(ctx.kube, obj, "Normal", "Staged" if step == "stage" else "ShardsStored", message)
+    transition(ctx, obj, "Running", "JobCreated", message, **{k: v for k, v in fields.items() if v is not None})
+
+
+def start_s3_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec, st: models.StorageSpec,
+                     backup_id: str, storage_name: str, backup_ts: str | None) -> None:
+    """Into the SHARED prefix of a stopped cluster (refused while a MatrixOneCluster asks for pods or
+    its SQL endpoint answers), or of a new one; hk_data into the log volume and beside the data."""
+    ns, _, _ = meta(obj)
+    source = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql_check)
+    if source.running_sets:
+        sets = ", ".join(source.running_sets)
+        raise Fail("ClusterRunning", f"MatrixOneCluster {spec.cluster} still asks for pods ({sets}): set every "
+                                     "set's replicas to 0 (and spec.logService.pvcRetentionPolicy Retain if its "
+                                     "volumes must stay), then create the MORestore again")
+    check = [f"{source.sql.host}:{source.sql.port}"] if source.sql else []
+    if spec.log_volume is not None:
+        storage.require_pvc(ctx.kube, ns, spec.log_volume.claim, "target.logVolume")
+    if spec.sql_check:
+        try:
+            storage.secret_value(ctx.kube, ns, spec.sql_check.password)
+        except storage.MissingInput as e:
+            raise Fail(e.reason, f"sqlCheck: {e}") from None
+    take_lease(ctx, obj, spec.lease_key)
+    if spec.workload:
+        stop_workload(ctx, obj, spec.workload)
+    body = jobs.s3_restore_job(owner_of(obj), spec, st, backup_id, source.shared, check, ctx.defaults)
+    job_name = create_job(ctx, obj, body)
+    ctx.metrics.inc("mobackup_runs_total", kind="MORestore", namespace=ns)
+    transition(ctx, obj, "Running", "JobCreated", f"Job {job_name} is restoring {backup_id} into "
+               f"{source.shared.data_url}", jobName=job_name, startTime=status.iso(), backupID=backup_id,
+               storage=storage_name, location=st.location, target=spec.target_label,
+               sharedStorage=source.shared.data_url, **({"backupTS": backup_ts} if backup_ts else {}))
 
 
 def online_placement(ctx: Ctx, ns: str, spec: models.BackupSpec) -> jobs.OnlinePlacement:
@@ -462,23 +584,28 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
     st = obj.get("status") or {}
     job_name = st.get("jobName") or jobs.job_name(owner_of(obj), "backup")
     w = spec.workload if spec.consistency == "Stop" else None
+    key = spec.lease_key
     try:
         job = ctx.kube.get_job(ns, job_name)
     except NotFound:
-        finish(ctx, obj, spec.volume.claim, w, False, "JobVanished",
+        finish(ctx, obj, key, w, False, "JobVanished",
                f"Job {job_name} disappeared before reporting a result")
         return
     state, result, fallback = job_outcome(ctx, ns, job)
     if state.state == "Running":
-        take_lease(ctx, obj, spec.volume.claim)  # renew
+        take_lease(ctx, obj, key)  # renew
         if state.attempts and state.attempts != st.get("attempts"):
             patch_fields(ctx, obj, attempts=state.attempts)
         return
-    if state.state == "Succeeded" and not result:
+    step = st.get("step")
+    if step in ("stage", "ingest") and state.state == "Succeeded" and result and result.get("ok"):
+        next_s3_step(ctx, obj, spec, step, result.get("result") or {})
+        return
+    if state.state == "Succeeded" and not result and step in (None, "backup", "commit"):
         result = summary_from_repository(ctx, obj, spec)
     if result and result.get("ok"):
         fields = status.backup_result_fields(result.get("result") or {})
-        finish(ctx, obj, spec.volume.claim, w, True, "BackupCompleted",
+        finish(ctx, obj, key, w, True, "BackupCompleted",
                f"backup {fields.get('backupID')} completed: {fields.get('size')} in {fields.get('fileCount')} "
                f"files, {fields.get('newBytes')} new bytes", attempts=state.attempts, **fields)
         ctx.metrics.inc("mobackup_transferred_bytes_total", float(fields.get("newBytes") or 0),
@@ -490,9 +617,12 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
     else:
         reason = "JobFailed" if state.state == "Failed" else "NoResult"
         message = f"Job {job_name}: {state.reason}: {fallback}".strip()
-    if state.state == "Failed" and state.reason in ("DeadlineExceeded", "BackoffLimitExceeded") and result:
+    if state.state == "Failed" and state.reason in ("DeadlineExceeded", "BackoffLimitExceeded",
+                                                     "FailedIndexes") and result:
         message = f"{message} (Job {state.reason})"
-    finish(ctx, obj, spec.volume.claim, w, False, reason, message, attempts=state.attempts)
+    if step in ("stage", "ingest", "commit"):
+        message = f"{S3_STEP_NAMES[step]}: {message} (nothing was listed)"
+    finish(ctx, obj, key, w, False, reason, message, attempts=state.attempts)
 
 
 def summary_from_repository(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> dict[str, Any] | None:
@@ -550,11 +680,11 @@ def cleanup_run(ctx: Ctx, obj: dict[str, Any]) -> None:
         return
     drop_snapshot(ctx, obj)
     try:
-        claim = (models.parse_backup(obj.get("spec") or {}, ns).volume.claim if obj["kind"] == "MOBackup"
-                 else models.parse_restore(obj.get("spec") or {}).volume.claim)
+        key = (models.parse_backup(obj.get("spec") or {}, ns).lease_key if obj["kind"] == "MOBackup"
+               else models.parse_restore(obj.get("spec") or {}).lease_key)
     except models.SpecError:
         return
-    lease.release(ctx.kube, ns, claim, holder_id(obj))
+    lease.release(ctx.kube, ns, key, holder_id(obj))
 
 
 def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
@@ -654,11 +784,14 @@ def resolve_restore_backup(ctx: Ctx, ns: str, spec: models.RestoreSpec) -> tuple
 
 def start_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> None:
     ns, _, _ = meta(obj)
-    target = f"{spec.volume.claim}/{spec.volume.path}"
+    target = spec.target_label
     if not (obj.get("status") or {}).get("phase"):
         transition(ctx, obj, "Pending", "Accepted", "validated; preparing the restore", target=target)
     backup_id, storage_name, backup_ts = resolve_restore_backup(ctx, ns, spec)
     _, st = require_storage_ready(ctx, ns, storage_name)
+    if spec.volume is None:
+        start_s3_restore(ctx, obj, spec, st, backup_id, storage_name, backup_ts)
+        return
     storage.require_pvc(ctx.kube, ns, spec.volume.claim, "target")
     if spec.sql_check:
         try:
@@ -686,12 +819,12 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
     try:
         job = ctx.kube.get_job(ns, job_name)
     except NotFound:
-        finish(ctx, obj, spec.volume.claim, spec.workload, False, "JobVanished",
+        finish(ctx, obj, spec.lease_key, spec.workload, False, "JobVanished",
                f"Job {job_name} disappeared before reporting a result")
         return
     state, result, fallback = job_outcome(ctx, ns, job)
     if state.state == "Running":
-        take_lease(ctx, obj, spec.volume.claim)
+        take_lease(ctx, obj, spec.lease_key)
         if state.attempts and state.attempts != st.get("attempts"):
             patch_fields(ctx, obj, attempts=state.attempts)
         return
@@ -706,7 +839,7 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
             transition(ctx, obj, "Running", "CheckingSQL", msg + "; checking SQL", attempts=state.attempts,
                        sqlCheckSince=status.iso(), **fields)
             return
-        finish(ctx, obj, spec.volume.claim, spec.workload, True, "RestoreCompleted", msg,
+        finish(ctx, obj, spec.lease_key, spec.workload, True, "RestoreCompleted", msg,
                attempts=state.attempts, **fields)
         return
     if result:
@@ -717,7 +850,7 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
     else:
         reason = "JobFailed"
         message = f"Job {job_name}: {state.reason}: {fallback}".strip()
-    finish(ctx, obj, spec.volume.claim, spec.workload, False, reason, message, attempts=state.attempts)
+    finish(ctx, obj, spec.lease_key, spec.workload, False, reason, message, attempts=state.attempts)
 
 
 def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> None:
@@ -730,7 +863,7 @@ def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
     try:
         password = storage.secret_value(ctx.kube, ns, chk.password)
     except storage.MissingInput as e:
-        finish(ctx, obj, spec.volume.claim, spec.workload, False, "SQLCheckFailed", str(e))
+        finish(ctx, obj, spec.lease_key, spec.workload, False, "SQLCheckFailed", str(e))
         return
     try:
         conn = pymysql.connect(host=chk.host, port=chk.port, user=chk.user, password=password,
@@ -747,9 +880,9 @@ def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
         waited = (status.now() - started).total_seconds() if started else 0
         if waited < chk.timeout_seconds:
             return  # not up yet: the next pass tries again
-        finish(ctx, obj, spec.volume.claim, spec.workload, False, "SQLCheckFailed",
+        finish(ctx, obj, spec.lease_key, spec.workload, False, "SQLCheckFailed",
                f"{chk.host}:{chk.port} did not answer within {chk.timeout_seconds}s: {e.args[-1]}")
         return
     result = f"version {version}; databases: {', '.join(dbs)}"
-    finish(ctx, obj, spec.volume.claim, spec.workload, True, "RestoreCompleted",
+    finish(ctx, obj, spec.lease_key, spec.workload, True, "RestoreCompleted",
            f"restored backup {obj['status'].get('backupID')}; SQL check ok", sqlCheck=result[:1000])

@@ -296,6 +296,32 @@ def storage_crd() -> Schema:
                "client-side encryption and compression.")
 
 
+def shared_storage(what: str) -> Schema:
+    return obj(f"{what} whose table data lives in S3, given directly (without the MatrixOne operator): the "
+               "fields of a MatrixOneCluster's spec.logService.sharedStorage.", {
+        "s3": obj("The S3 location of the table data.", {
+            "path": s("bucket/folder, as in a MatrixOneCluster: the table data (MatrixOne's SHARED file service) "
+                      "is under folder/data unless keyPrefix says otherwise.", minLength=1, maxLength=1024,
+                      pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*()/-]*)?$"),
+            "keyPrefix": s("The SHARED file service's key-prefix inside the bucket, for a MatrixOne configured by "
+                           "hand (default folder/data).", maxLength=1024, pattern=r"^[A-Za-z0-9!_.*()/-]+$"),
+            "type": s("aws, or minio (path-style addressing).", enum=["aws", "minio"], default="aws"),
+            "endpoint": s("S3 endpoint URL (default: AWS's for the region).", pattern=r"^https?://[^\s/]+(/.*)?$",
+                          maxLength=2048),
+            "region": s("Region of the bucket.", default="us-west-2", maxLength=64),
+            "secretRef": obj("Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (MatrixOne's BACKUP needs "
+                             "the keys; they reach it inside the statement, never in logs).", {
+                "name": s("Name of the Secret, in the same namespace.", pattern=DNS_SUBDOMAIN, maxLength=253)},
+                ["name"]),
+        }, ["path", "secretRef"]),
+    }, ["s3"])
+
+
+def cluster_ref(description: str) -> Schema:
+    return obj(description, {"name": s("Name of the MatrixOneCluster (core.matrixorigin.io/v1alpha1), in the "
+                                       "same namespace.", pattern=DNS_SUBDOMAIN, maxLength=253)}, ["name"])
+
+
 def backup_spec(in_template: bool = False) -> Schema:
     source = obj("The MatrixOne data to back up.", {
         "pvc": pvc_ref("The PersistentVolumeClaim holding mo-data.", "mo-data",
@@ -311,7 +337,27 @@ def backup_spec(in_template: bool = False) -> Schema:
                            "container, where BACKUP writes its staging copy before the Job stores it. "
                            "Default: found from the workload's pod template (the mount of pvc.claimName).",
                            pattern=r"^/[^']*$", maxLength=4096),
-    }, ["pvc"])
+        "cluster": cluster_ref("A MatrixOneCluster of the MatrixOne operator (its table data in S3), instead of "
+                               "pvc: the S3 location is read from its spec.logService.sharedStorage.s3, the SQL "
+                               "endpoint from its status.host/port and status.credentialRef (source.sql "
+                               "overrides). Always Online; no volume is mounted."),
+        "sharedStorage": shared_storage("A MatrixOne (instead of pvc)"),
+        "staging": obj("Table data in S3: where MatrixOne's BACKUP writes its copy before the Jobs store it "
+                       "(removed after every run).", {
+            "path": s("bucket/prefix (default: <bucket>/<folder>/mobackup-staging of the cluster's storage; "
+                      "MatrixOne writes there with the cluster's keys).", maxLength=1024,
+                      pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*()/-]*)?$"),
+            "serverEndpoint": s("The S3 endpoint as MatrixOne reaches it, when it differs from the Jobs' "
+                                "(default: the storage's endpoint).", pattern=r"^https?://[^\s/]+(/.*)?$", maxLength=2048),
+        }),
+    }, **{"x-kubernetes-validations": [
+        {"rule": "(has(self.pvc) ? 1 : 0) + (has(self.cluster) ? 1 : 0) + (has(self.sharedStorage) ? 1 : 0) == 1",
+         "message": "set exactly one of pvc, cluster or sharedStorage"},
+        {"rule": "!has(self.sharedStorage) || has(self.sql)",
+         "message": "sharedStorage needs sql (MatrixOne runs the backup)"},
+        {"rule": "has(self.pvc) || (!has(self.workload) && !has(self.serverDataDir))",
+         "message": "workload and serverDataDir apply to a data volume (pvc)"},
+    ]})
     props: dict[str, Schema] = {
         "source": source,
         "storageRef": name_ref("The MOBackupStorage to write to."),
@@ -334,6 +380,9 @@ def backup_spec(in_template: bool = False) -> Schema:
                                "class).", pattern=DNS_SUBDOMAIN),
         "parallelism": s("Concurrent file transfers of the agent (default: 4 to a PVC, 8 to S3, the best "
                          "measured in benchmarks/).", "integer", minimum=1, maximum=64),
+        "parallelPods": s("Table data in S3: store the staged copy with this many pods at once (an Indexed "
+                          "Job, each pod a disjoint shard; the backup is listed once, after every shard "
+                          "succeeded). 1: one pod does it all.", "integer", minimum=1, maximum=64, default=1),
         "bandwidthLimit": s("Upper bound of the transfer rate, bytes per second as a quantity (50Mi, 100M); "
                             "empty means unlimited.", pattern=QUANTITY),
         "deletionPolicy": s("What deleting this resource does to the backup's data: Retain keeps it, Delete "
@@ -346,12 +395,15 @@ def backup_spec(in_template: bool = False) -> Schema:
          "message": "set at most one of baseBackupName or baseBackupID"},
         {"rule": "self.type == 'Incremental' || (!has(self.baseBackupName) && !has(self.baseBackupID))",
          "message": "a base backup is only meaningful for type Incremental"},
-        {"rule": "(has(self.consistency) ? self.consistency != 'Stop' : has(self.source.sql)) "
-                 "|| has(self.source.workload)",
+        {"rule": "!has(self.source.pvc) || (has(self.consistency) ? self.consistency != 'Stop' : "
+                 "has(self.source.sql)) || has(self.source.workload)",
          "message": "consistency Stop (the default without source.sql) needs source.workload (the workload to "
                     "scale down)"},
-        {"rule": "!has(self.consistency) || self.consistency != 'Online' || has(self.source.sql)",
+        {"rule": "!has(self.consistency) || self.consistency != 'Online' || has(self.source.sql) "
+                 "|| has(self.source.cluster)",
          "message": "consistency Online needs source.sql (MatrixOne runs the backup)"},
+        {"rule": "has(self.source.pvc) || !has(self.consistency) || self.consistency == 'Online'",
+         "message": "table data in S3 (source.cluster or sharedStorage) is backed up Online"},
     ]
     if in_template:
         del props["type"], props["baseBackupName"], props["baseBackupID"]
@@ -384,6 +436,11 @@ def backup_crd() -> Schema:
         "mobackupVersion": s("Version of mobackup that wrote the backup."),
         "copyDurationSeconds": s("Duration of the copy alone, as measured by the agent.", "number"),
         "moVersion": s("MatrixOne version reported by the SQL endpoint."),
+        "step": s("Table data in S3: the step running (backup: all in one pod; stage, ingest, commit with "
+                  "parallelPods > 1)."),
+        "runID": s("Table data in S3 with parallelPods > 1: the staged run (its record is in the repository "
+                   "until commit)."),
+        "sharedStorage": s("Table data in S3: the S3 prefix of the table data (s3://bucket/key-prefix)."),
         "consistency": s("How the copy was made consistent: Online, Stop, Snapshot or None."),
         "stagedBytes": s("Online: bytes MatrixOne's BACKUP staged on the volume (only files new since an "
                          "online base for an Incremental).", "integer"),
@@ -416,15 +473,33 @@ def restore_crd() -> Schema:
         "backupName": s("MOBackup (Completed) to restore.", pattern=DNS_SUBDOMAIN),
         "backupID": s("Backup ID to restore (with storageRef), e.g. one made elsewhere.", pattern=BACKUP_ID),
         "storageRef": name_ref("MOBackupStorage holding backupID."),
-        "target": obj("Where to restore.", {
+        "target": obj("Where to restore: set exactly one of pvc, cluster or sharedStorage.", {
             "pvc": pvc_ref("The PersistentVolumeClaim to restore into.", "mo-data",
                            "Path of the mo-data directory inside the volume."),
+            "cluster": cluster_ref("A MatrixOneCluster (stopped: every set's replicas 0, else Failed with reason "
+                                   "ClusterRunning): the backup of table data in S3 goes under its "
+                                   "sharedStorage (folder/data; a non-empty prefix needs overwrite), and the ID "
+                                   "allocator state to <folder>/hk_data, where a new cluster created with "
+                                   "spec.logService.initialConfig.restoreFrom: hk_data reads it."),
+            "sharedStorage": shared_storage("The MatrixOne to restore into"),
+            "logVolume": pvc_ref("Table data in S3: the log service's volume (of a StatefulSet-run log service, "
+                                 "its first replica). The ID allocator state (hk_data) is written to the root of "
+                                 "its LOCAL file service there; MatrixOne's old log there is removed first (so a "
+                                 "non-empty directory needs overwrite).", "data",
+                                 "The LOCAL file service's root inside the volume (data: the MatrixOne "
+                                 "operator's /var/lib/matrixone/data)."),
             "workload": workload_ref("The workload to stop before the restore and start again after it."),
             "hostname": s("Pod hostname of the MatrixOne that will run on the target: its log directory "
                           "(logservice-data/<uuid>/<hostname>/) must match, or MatrixOne cannot start; a "
                           "backup of another host is refused. Default <statefulset>-0 for a StatefulSet "
                           "workload, no check otherwise.", pattern=DNS_LABEL, maxLength=63),
-        }, ["pvc"]),
+        }, **{"x-kubernetes-validations": [
+            {"rule": "(has(self.pvc) ? 1 : 0) + (has(self.cluster) ? 1 : 0) + (has(self.sharedStorage) ? 1 : 0) "
+                     "== 1", "message": "set exactly one of pvc, cluster or sharedStorage"},
+            {"rule": "!has(self.logVolume) || !has(self.pvc)",
+             "message": "logVolume applies to table data in S3 (cluster or sharedStorage)"},
+            {"rule": "!has(self.cluster) || !has(self.workload)",
+             "message": "stop a MatrixOneCluster through its spec (replicas 0), not through workload"}]}),
         "overwrite": s("Replace the content of a non-empty target. When false a non-empty target fails the "
                        "restore with a reason and nothing is touched.", "boolean", default=False),
         "sqlCheck": obj("After the workload is back, connect and run `select version()` and "
@@ -450,7 +525,8 @@ def restore_crd() -> Schema:
         "size": s("Bytes written into the target, human readable."),
         "fileCount": s("Files written into the target.", "integer"),
         "backupTS": s("Consistency timestamp of the restored backup."),
-        "target": s("The target, as claimName/path."),
+        "target": s("The target, as claimName/path (or the MatrixOneCluster, or the S3 prefix)."),
+        "sharedStorage": s("Table data in S3: the S3 prefix restored into (s3://bucket/key-prefix)."),
         "sqlCheck": s("Result of the SQL check after the start (databases listed, or the error)."),
         "sqlCheckSince": s("When the SQL check started waiting for the endpoint.", format="date-time"),
     })

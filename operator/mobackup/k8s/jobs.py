@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .models import API_VERSION, BackupSpec, JobOverrides, RestoreSpec, StorageSpec
+from .models import API_VERSION, BackupSpec, JobOverrides, RestoreSpec, SharedS3, SqlEndpoint, StorageSpec
 
 DATA_MOUNT = "/data"
 REPO_MOUNT = "/repo"
@@ -273,13 +273,13 @@ def _with_ephemeral_request(resources: Any) -> dict[str, Any]:
 
 def build_job(*, owner: Owner, action: str, args: list[str], env: list[dict[str, Any]],
               volumes: list[dict[str, Any]], mounts: list[dict[str, Any]], overrides: JobOverrides,
-              defaults: OperatorDefaults) -> dict[str, Any]:
+              defaults: OperatorDefaults, name_suffix: str | None = None) -> dict[str, Any]:
     """The Job manifest. `args` follow `mobackup agent <action>`; they must hold no secret.
     Raises JobPolicyError when `overrides` ask for what the operator does not allow."""
     _check_allow_list(overrides, defaults)
     o = _merge_overrides(defaults, overrides)
     pod_sc, container_sc = security_contexts(o)
-    name = job_name(owner, action)
+    name = job_name(owner, name_suffix or action)
     own_labels = {MANAGED_BY: MANAGER, L_KIND: owner.kind.lower(), L_NAME: owner.name[:63].rstrip("-."),
                   L_UID: owner.uid, L_ACTION: action,
                   "app.kubernetes.io/name": "mobackup-agent", "app.kubernetes.io/component": action,
@@ -377,6 +377,102 @@ def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id:
         affinity.setdefault("requiredDuringSchedulingIgnoredDuringExecution", []).append(
             {"labelSelector": {"matchLabels": dict(online.pod_labels)}, "topologyKey": "kubernetes.io/hostname"})
     return job
+
+
+# ------------------------------------------------------------- MatrixOne with table data in S3
+
+# How the MatrixOne operator names the keys in a sharedStorage.s3.secretRef Secret.
+SHARED_KEY_ID, SHARED_SECRET_KEY = "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"
+STAGING_DIR = "mobackup-staging"
+
+
+def staging_url(spec: BackupSpec, shared: SharedS3) -> str:
+    """Where MatrixOne's BACKUP stages: spec.source.staging.path, else <bucket>/<folder>/mobackup-staging
+    (the cluster's own bucket, beside its data/ and etl/, so its keys can write there)."""
+    if spec.staging_path:
+        bucket, prefix = spec.staging_path
+        return f"s3://{bucket}/{prefix}".rstrip("/")
+    return shared.url(STAGING_DIR)
+
+
+def _shared_s3_args(flag: str, shared: SharedS3) -> list[str]:
+    args = [f"--{flag}-region", shared.region]
+    if shared.endpoint:
+        args += [f"--{flag}-endpoint", shared.endpoint]
+    if shared.path_style:
+        args.append(f"--{flag}-path-style")
+    return args
+
+
+def _shared_env(prefix: str, shared: SharedS3) -> list[dict[str, Any]]:
+    return [_secret_env(f"{prefix}ACCESS_KEY_ID", shared.secret, SHARED_KEY_ID),
+            _secret_env(f"{prefix}SECRET_ACCESS_KEY", shared.secret, SHARED_SECRET_KEY)]
+
+
+S3_STEPS = ("backup", "stage", "ingest", "commit")
+
+
+def s3_backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, shared: SharedS3, sql: SqlEndpoint | None,
+                  *, step: str, defaults: OperatorDefaults, base_id: str | None = None,
+                  run_id: str | None = None) -> dict[str, Any]:
+    """One step of the backup of table data in S3. `backup`: all in one pod (parallelPods 1).
+    Scaled out: `stage` (MatrixOne's BACKUP into the staging prefix, the run record), `ingest` (an
+    Indexed Job of parallelPods pods, each storing its shard of the staged objects), `commit` (lists
+    the backup once every shard's part is there). No volume; only `backup`/`stage` talk SQL."""
+    assert step in S3_STEPS
+    env, volumes, mounts = storage_env_and_volumes(storage)
+    env += _shared_env("MOBACKUP_STAGING_", shared)
+    args = ["--repo", repo_url(storage), "--staging", staging_url(spec, shared), *_shared_s3_args("staging", shared)]
+    if spec.staging_server_endpoint:
+        args += ["--staging-server-endpoint", spec.staging_server_endpoint]
+    if step in ("backup", "stage"):
+        assert sql is not None
+        args += ["--source", spec.source_name, "--type", spec.type.lower(), "--compression", storage.compression,
+                 "--sql-host", sql.host, "--sql-port", str(sql.port), "--sql-user", sql.user]
+        env.append(_secret_env("MOBACKUP_SQL_PASSWORD", sql.password.name, sql.password.key))
+        if base_id:
+            args += ["--base", base_id]
+        if step == "stage":
+            args.append("--stage-only")
+    if step in ("ingest", "commit"):
+        assert run_id
+        args += ["--run", run_id, "--shards", str(spec.parallel_pods)]
+    if spec.parallelism and step != "commit":
+        args += ["--parallelism", str(spec.parallelism)]
+    if spec.bandwidth_limit and step in ("backup", "ingest"):
+        args += ["--bandwidth-limit", str(spec.bandwidth_limit)]
+    job = build_job(owner=owner, action="commit" if step == "commit" else "backup", args=args, env=env,
+                    volumes=volumes, mounts=mounts, overrides=spec.job, defaults=defaults, name_suffix=step)
+    if step == "ingest":
+        # Each pod takes the shard of its completion index (the Job controller sets
+        # JOB_COMPLETION_INDEX); a failed shard is retried on its own and the others keep theirs.
+        js = job["spec"]
+        js.update({"completionMode": "Indexed", "completions": spec.parallel_pods,
+                   "parallelism": spec.parallel_pods, "backoffLimitPerIndex": js.pop("backoffLimit"),
+                   "maxFailedIndexes": 0})
+    return job
+
+
+def s3_restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup_id: str, shared: SharedS3,
+                   check_stopped: list[str], defaults: OperatorDefaults) -> dict[str, Any]:
+    """Restore into the SHARED key prefix; the ID allocator state into the log service's volume
+    (target.logVolume), which with overwrite also loses its old log."""
+    env, volumes, mounts = storage_env_and_volumes(storage)
+    env += _shared_env("MOBACKUP_TARGET_", shared)
+    args = ["--repo", repo_url(storage), "--backup-id", backup_id, "--target-s3", shared.data_url,
+            *_shared_s3_args("target-s3", shared), "--hk-data-s3", shared.url("hk_data")]
+    for where in check_stopped:
+        args += ["--check-stopped", where]
+    if spec.log_volume is not None:
+        volumes.append({"name": "log", "persistentVolumeClaim": {"claimName": spec.log_volume.claim}})
+        mounts.append({"name": "log", "mountPath": DATA_MOUNT})
+        args += ["--local-fs-dir", _data_path(spec.log_volume.path), "--reset-local-fs"]
+    if spec.parallelism:
+        args += ["--parallelism", str(spec.parallelism)]
+    if spec.overwrite:
+        args.append("--overwrite")
+    return build_job(owner=owner, action="restore", args=args, env=env, volumes=volumes, mounts=mounts,
+                     overrides=spec.job, defaults=defaults)
 
 
 @dataclass(frozen=True)

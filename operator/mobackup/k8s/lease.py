@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,8 +20,10 @@ LEASE_SECONDS = 300
 
 
 def lease_name(claim: str) -> str:
+    """`claim`: a PVC name, `matrixonecluster-<name>` or an s3:// URL (made a DNS name here)."""
     digest = hashlib.sha256(claim.encode()).hexdigest()[:10]
-    return f"mobackup-source-{claim[:36].rstrip('-.')}-{digest}"
+    readable = re.sub(r"[^a-z0-9.-]+", "-", claim.lower().removeprefix("s3://"))[:36].strip("-.")
+    return f"mobackup-source-{readable}-{digest}"
 
 
 def _micro(t: datetime) -> str:

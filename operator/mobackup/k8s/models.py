@@ -197,6 +197,77 @@ def parse_storage(spec: dict[str, Any]) -> StorageSpec:
                        compression, int(spec.get("checkIntervalSeconds", 300)))
 
 
+# ------------------------------------------------------------------- MatrixOne with table data in S3
+
+BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_KEY_PREFIX = re.compile(r"^[A-Za-z0-9!_.*()/-]+$")
+MO_CLUSTER_GROUP, MO_CLUSTER_VERSION, MO_CLUSTER_PLURAL = "core.matrixorigin.io", "v1alpha1", "matrixoneclusters"
+
+
+def _s3_path(v: Any, where: str) -> tuple[str, str]:
+    """'bucket/folder' -> (bucket, folder) as a MatrixOneCluster's sharedStorage.s3.path splits it."""
+    if not isinstance(v, str) or not v.strip("/"):
+        raise SpecError(f"{where} must be BUCKET/FOLDER, got {v!r}")
+    bucket, _, folder = v.strip("/").partition("/")
+    if not BUCKET.match(bucket):
+        raise SpecError(f"{where}: {bucket!r} is not an S3 bucket name")
+    folder = folder.strip("/")
+    if folder and (not S3_KEY_PREFIX.match(folder) or any(p in ("", ".", "..") for p in folder.split("/"))):
+        raise SpecError(f"{where}: folder {folder!r} must be a key prefix without '.', '..' or empty parts")
+    return bucket, folder
+
+
+def _endpoint(v: Any, where: str) -> str | None:
+    if v in (None, ""):
+        return None
+    if not isinstance(v, str) or not re.match(r"^https?://[^\s'\"]+$", v):
+        raise SpecError(f"{where} must start with http:// or https://, got {v!r}")
+    return v.rstrip("/")
+
+
+@dataclass(frozen=True)
+class SharedS3:
+    """Where a MatrixOne keeps its table data in S3: a MatrixOneCluster's
+    spec.logService.sharedStorage.s3, or the same fields given directly.
+
+    As the MatrixOne operator lays it out, `path` bucket/folder holds the SHARED file service at
+    folder/data (the table data), the ETL one at folder/etl, and the BACKUP one at folder/."""
+
+    bucket: str
+    folder: str
+    key_prefix: str  # of the SHARED file service
+    endpoint: str | None
+    region: str
+    path_style: bool  # type minio
+    secret: str  # Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the MatrixOne operator's keys)
+
+    @property
+    def data_url(self) -> str:
+        return f"s3://{self.bucket}/{self.key_prefix}"
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{'/'.join(p for p in (self.folder, key) if p)}"
+
+
+def parse_shared_s3(d: Any, where: str, *, region_default: str = "us-west-2") -> SharedS3:
+    """The MatrixOneCluster's shape (path, type, endpoint, region, secretRef), plus keyPrefix to name
+    the SHARED key prefix of a MatrixOne configured by hand (default folder/data)."""
+    if not isinstance(d, dict):
+        raise SpecError(f"{where} is required")
+    bucket, folder = _s3_path(_need(d, "path", where), f"{where}.path")
+    kind = d.get("type") or "aws"
+    if kind not in ("aws", "minio"):
+        raise SpecError(f"{where}.type must be aws or minio, got {kind!r}")
+    key_prefix = d.get("keyPrefix") or "/".join(p for p in (folder, "data") if p)
+    _s3_path(f"{bucket}/{key_prefix}", f"{where}.keyPrefix")
+    secret = (d.get("secretRef") or {}).get("name")
+    if not secret:
+        raise SpecError(f"{where}.secretRef.name is required (the Secret with AWS_ACCESS_KEY_ID and "
+                        "AWS_SECRET_ACCESS_KEY: MatrixOne's BACKUP needs the keys)")
+    return SharedS3(bucket, folder, str(key_prefix).strip("/"), _endpoint(d.get("endpoint"), f"{where}.endpoint"),
+                    str(d.get("region") or region_default), kind == "minio", _name(secret, f"{where}.secretRef.name"))
+
+
 # ------------------------------------------------------------------------------------------- backup
 
 @dataclass(frozen=True)
@@ -212,7 +283,7 @@ CONSISTENCIES = ("Online", "Stop", "Snapshot", "None")
 
 @dataclass(frozen=True)
 class BackupSpec:
-    volume: Volume
+    volume: Volume | None  # None: table data in S3 (cluster or shared)
     workload: Workload | None
     source_name: str
     sql: SqlEndpoint | None
@@ -229,6 +300,30 @@ class BackupSpec:
     # Online: the data directory's absolute path inside the MatrixOne container (None: derive it
     # from the workload's pod template).
     server_data_dir: str | None = None
+    # Table data in S3: a MatrixOneCluster by name, or its sharedStorage.s3 given directly.
+    cluster: str | None = None
+    shared: SharedS3 | None = None
+    staging_path: tuple[str, str] | None = None  # (bucket, prefix); default <bucket>/<folder>/mobackup-staging
+    staging_server_endpoint: str | None = None
+    parallel_pods: int = 1
+
+    @property
+    def s3_resident(self) -> bool:
+        return self.volume is None
+
+    @property
+    def lease_key(self) -> str:
+        """One backup or restore at a time per source: its PVC, MatrixOneCluster or S3 data prefix."""
+        return lease_key(self.volume, self.cluster, self.shared)
+
+
+def lease_key(volume: Volume | None, cluster: str | None, shared: SharedS3 | None) -> str:
+    if volume is not None:
+        return volume.claim
+    if cluster:
+        return f"matrixonecluster-{cluster}"
+    assert shared is not None
+    return shared.data_url
 
 
 def default_source_name(namespace: str, claim: str) -> str:
@@ -239,17 +334,15 @@ def parse_backup(spec: dict[str, Any], namespace: str, *, template: bool = False
     src = spec.get("source")
     if not isinstance(src, dict):
         raise SpecError("spec.source is required")
+    given = [k for k in ("pvc", "cluster", "sharedStorage") if src.get(k)]
+    if len(given) != 1:
+        raise SpecError("spec.source: set exactly one of pvc (a data volume), cluster (a MatrixOneCluster) or "
+                        f"sharedStorage (table data in S3){f', got {given}' if given else ''}")
+    if given[0] != "pvc":
+        return _parse_s3_backup(spec, src, namespace, template)
     volume = _volume(src.get("pvc"), "spec.source.pvc", "mo-data")
     workload = _workload(src.get("workload"), "spec.source.workload")
-    storage = _name(_need(_need(spec, "storageRef", "spec"), "name", "spec.storageRef"), "spec.storageRef.name")
-    btype = "Full" if template else spec.get("type", "Full")
-    if btype not in ("Full", "Incremental"):
-        raise SpecError(f"spec.type must be Full or Incremental, got {btype!r}")
-    base_name, base_id = spec.get("baseBackupName"), spec.get("baseBackupID")
-    if base_name and base_id:
-        raise SpecError("spec: set at most one of baseBackupName or baseBackupID")
-    if (base_name or base_id) and btype != "Incremental":
-        raise SpecError("spec: a base backup is only meaningful for type Incremental")
+    common = _common_backup_fields(spec, template)
     sql = _sql(src.get("sql"), "spec.source.sql")
     # Online (MatrixOne's own BACKUP, no downtime) whenever MatrixOne can be reached over SQL.
     consistency = spec.get("consistency") or ("Online" if sql else "Stop")
@@ -266,21 +359,62 @@ def parse_backup(spec: dict[str, Any], namespace: str, *, template: bool = False
     if consistency == "Online" and server_data_dir is None and workload is None:
         raise SpecError("spec.consistency Online needs spec.source.serverDataDir or spec.source.workload "
                         "(to find where MatrixOne mounts the volume)")
+    return BackupSpec(
+        volume=volume, workload=workload,
+        source_name=str(src.get("name") or default_source_name(namespace, volume.claim)),
+        sql=sql, consistency=consistency, snapshot_class=spec.get("snapshotClassName") or None,
+        server_data_dir=server_data_dir, **common)
+
+
+def _common_backup_fields(spec: dict[str, Any], template: bool) -> dict[str, Any]:
+    storage = _name(_need(_need(spec, "storageRef", "spec"), "name", "spec.storageRef"), "spec.storageRef.name")
+    btype = "Full" if template else spec.get("type", "Full")
+    if btype not in ("Full", "Incremental"):
+        raise SpecError(f"spec.type must be Full or Incremental, got {btype!r}")
+    base_name, base_id = spec.get("baseBackupName"), spec.get("baseBackupID")
+    if base_name and base_id:
+        raise SpecError("spec: set at most one of baseBackupName or baseBackupID")
+    if (base_name or base_id) and btype != "Incremental":
+        raise SpecError("spec: a base backup is only meaningful for type Incremental")
     parallelism = _optional_int(spec.get("parallelism"))
     if parallelism is not None and not 1 <= parallelism <= 64:
         raise SpecError(f"spec.parallelism must be 1-64, got {parallelism}")
     policy = spec.get("deletionPolicy", "Retain")
     if policy not in ("Retain", "Delete"):
         raise SpecError(f"spec.deletionPolicy must be Retain or Delete, got {policy!r}")
+    return {"storage": storage, "type": btype, "base_name": base_name, "base_id": base_id,
+            "parallelism": parallelism, "bandwidth_limit": parse_quantity(spec.get("bandwidthLimit")),
+            "deletion_policy": policy, "job": JobOverrides(dict(spec.get("job") or {}))}
+
+
+def _parse_s3_backup(spec: dict[str, Any], src: dict[str, Any], namespace: str, template: bool) -> BackupSpec:
+    """A MatrixOne whose table data lives in S3: always Online (MatrixOne's BACKUP into an S3 staging
+    prefix), no volume."""
+    consistency = spec.get("consistency") or "Online"
+    if consistency != "Online":
+        raise SpecError(f"spec.consistency {consistency} needs a data volume: a source whose table data lives in "
+                        "S3 is backed up Online (MatrixOne's BACKUP)")
+    for key in ("workload", "serverDataDir"):
+        if src.get(key):
+            raise SpecError(f"spec.source.{key} applies to a data volume (source.pvc), not to table data in S3")
+    cluster = _name(_need(src["cluster"], "name", "spec.source.cluster"), "spec.source.cluster.name") \
+        if src.get("cluster") else None
+    shared = None if cluster else parse_shared_s3((src["sharedStorage"] or {}).get("s3"),
+                                                  "spec.source.sharedStorage.s3")
+    sql = _sql(src.get("sql"), "spec.source.sql")
+    if shared is not None and sql is None:
+        raise SpecError("spec.source.sharedStorage needs spec.source.sql (MatrixOne runs the backup)")
+    staging = src.get("staging") or {}
+    staging_path = _s3_path(staging["path"], "spec.source.staging.path") if staging.get("path") else None
+    pods = int(spec.get("parallelPods", 1))
+    if not 1 <= pods <= 64:
+        raise SpecError(f"spec.parallelPods must be 1-64, got {pods}")
+    default_name = f"{namespace}/{cluster}" if cluster else f"s3://{shared.bucket}/{shared.folder}".rstrip("/")
     return BackupSpec(
-        volume=volume, workload=workload,
-        source_name=str(src.get("name") or default_source_name(namespace, volume.claim)),
-        sql=sql, storage=storage, type=btype,
-        base_name=base_name, base_id=base_id, consistency=consistency, parallelism=parallelism,
-        bandwidth_limit=parse_quantity(spec.get("bandwidthLimit")), deletion_policy=policy,
-        job=JobOverrides(dict(spec.get("job") or {})), snapshot_class=spec.get("snapshotClassName") or None,
-        server_data_dir=server_data_dir,
-    )
+        volume=None, workload=None, source_name=str(src.get("name") or default_name), sql=sql,
+        consistency="Online", snapshot_class=None, cluster=cluster, shared=shared, staging_path=staging_path,
+        staging_server_endpoint=_endpoint(staging.get("serverEndpoint"), "spec.source.staging.serverEndpoint"),
+        parallel_pods=pods, **_common_backup_fields(spec, template))
 
 
 # ------------------------------------------------------------------------------------------ restore
@@ -290,13 +424,29 @@ class RestoreSpec:
     backup_name: str | None
     backup_id: str | None
     storage: str | None
-    volume: Volume
+    volume: Volume | None  # None: into S3 (cluster or shared)
     workload: Workload | None
     overwrite: bool
     sql_check: SqlEndpoint | None
     parallelism: int | None  # None: the engine's default for the storage
     job: JobOverrides
     hostname: str | None = None
+    # Into the S3 prefix of a MatrixOneCluster or of a MatrixOne's SHARED file service.
+    cluster: str | None = None
+    shared: SharedS3 | None = None
+    # The log service's volume: the ID allocator state (hk_data) goes to the root of its LOCAL file
+    # service there, and with overwrite the old log (WAL) there is removed.
+    log_volume: Volume | None = None
+
+    @property
+    def lease_key(self) -> str:
+        return lease_key(self.volume, self.cluster, self.shared)
+
+    @property
+    def target_label(self) -> str:
+        if self.volume is not None:
+            return f"{self.volume.claim}/{self.volume.path}"
+        return f"MatrixOneCluster {self.cluster}" if self.cluster else (self.shared.data_url if self.shared else "")
 
 
 def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
@@ -309,18 +459,36 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
     target = spec.get("target")
     if not isinstance(target, dict):
         raise SpecError("spec.target is required")
+    given = [k for k in ("pvc", "cluster", "sharedStorage") if target.get(k)]
+    if len(given) != 1:
+        raise SpecError("spec.target: set exactly one of pvc (a data volume), cluster (a MatrixOneCluster) or "
+                        f"sharedStorage (table data in S3){f', got {given}' if given else ''}")
     workload = _workload(target.get("workload"), "spec.target.workload")
+    common = {"backup_name": _name(name, "spec.backupName") if name else None, "backup_id": bid,
+              "storage": _name(storage, "spec.storageRef.name") if storage else None,
+              "overwrite": bool(spec.get("overwrite", False)),
+              "sql_check": _sql(spec.get("sqlCheck"), "spec.sqlCheck"),
+              "parallelism": _optional_int(spec.get("parallelism")), "job": JobOverrides(dict(spec.get("job") or {}))}
+    if given[0] != "pvc":
+        if target.get("hostname"):
+            raise SpecError("spec.target.hostname applies to a data volume (target.pvc)")
+        if given[0] == "cluster" and workload is not None:
+            raise SpecError("spec.target.workload: stop a MatrixOneCluster through its own spec (every set's "
+                            "replicas to 0); the MatrixOne operator would undo a scale of its StatefulSets")
+        cluster = _name(_need(target["cluster"], "name", "spec.target.cluster"), "spec.target.cluster.name") \
+            if given[0] == "cluster" else None
+        shared = None if cluster else parse_shared_s3((target["sharedStorage"] or {}).get("s3"),
+                                                      "spec.target.sharedStorage.s3")
+        log = target.get("logVolume")
+        return RestoreSpec(volume=None, workload=workload, cluster=cluster, shared=shared,
+                           log_volume=_volume(log, "spec.target.logVolume", "data") if log else None, **common)
     # MatrixOne's log directory is named after the pod's hostname: a StatefulSet's first pod is <name>-0.
     hostname = target.get("hostname") or (f"{workload.name}-0" if workload and workload.kind == "StatefulSet"
                                           else None)
-    return RestoreSpec(
-        backup_name=_name(name, "spec.backupName") if name else None, backup_id=bid,
-        storage=_name(storage, "spec.storageRef.name") if storage else None,
-        volume=_volume(target.get("pvc"), "spec.target.pvc", "mo-data"),
-        workload=workload, hostname=hostname,
-        overwrite=bool(spec.get("overwrite", False)), sql_check=_sql(spec.get("sqlCheck"), "spec.sqlCheck"),
-        parallelism=_optional_int(spec.get("parallelism")), job=JobOverrides(dict(spec.get("job") or {})),
-    )
+    if target.get("logVolume"):
+        raise SpecError("spec.target.logVolume applies to table data in S3 (target.cluster or sharedStorage)")
+    return RestoreSpec(volume=_volume(target.get("pvc"), "spec.target.pvc", "mo-data"), workload=workload,
+                       hostname=hostname, **common)
 
 
 # ----------------------------------------------------------------------------------------- schedule
