@@ -167,7 +167,9 @@ def refuse_if_listening(where: str) -> None:
         raise MobackupError(f"--check-stopped {where!r}: not HOST[:PORT]") from None
     except OSError:
         return  # nothing answers: stopped (or unreachable from here)
-    raise MobackupError(f"MatrixOne answers at {host}:{port}: stop the cluster (every CN, TN and log service) "
+    from .engine.errors import ClusterRunningError
+
+    raise ClusterRunningError(f"MatrixOne answers at {host}:{port}: stop the cluster (every CN, TN and log service) "
                         "before restoring into its bucket prefix")
 
 

@@ -136,7 +136,7 @@ def s3_mo(request: pytest.FixtureRequest, env: Env, mo_install: Callable[[str], 
     started: list[str] = []
 
     def start(name: str = "mo", claim: str = "mo-data", bucket: str | None = None,
-              folder: str | None = None) -> S3MatrixOne:
+              folder: str | None = None, restore_from: str | None = None) -> S3MatrixOne:
         bucket, folder = bucket or default_bucket(env), folder or name
         home = mo_install(MO_VERSION)
         lock.acquire()
@@ -148,6 +148,8 @@ def s3_mo(request: pytest.FixtureRequest, env: Env, mo_install: Callable[[str], 
         shutil.copytree(home / "etc", host / "etc", dirs_exist_ok=True)
         configure_s3(MatrixOne(home, host, MO_VERSION), env.s3.endpoint, env.s3.access_key, env.s3.secret_key,
                      bucket, folder)
+        if restore_from:
+            add_restore_from(host / "etc" / "launch" / "log.toml", env, bucket, folder, restore_from)
         env.api.create(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets", statefulset(name, claim, home))
         started.append(name)
         try:
@@ -165,6 +167,17 @@ def s3_mo(request: pytest.FixtureRequest, env: Env, mo_install: Callable[[str], 
             stop_mo(env, *started)
     finally:
         lock.release()
+
+
+def add_restore_from(log_toml: Path, env: Env, bucket: str, folder: str, file: str) -> None:
+    """What the MatrixOne operator configures for a cluster created with
+    `spec.logService.initialConfig.restoreFrom`: a BACKUP file service at `<bucket>/<folder>/` and the
+    log service bootstrapping the ID allocator state from `BACKUP://<file>` (read plain)."""
+    text = log_toml.read_text()
+    backup_fs = (f'\n[[fileservice]]\nname = "BACKUP"\nbackend = "MINIO"\n\n[fileservice.s3]\nbucket = "{bucket}"\n'
+                 f'endpoint = "{env.s3.endpoint}"\nkey-prefix = "{folder}/"\nkey-id = "{env.s3.access_key}"\n'
+                 f'key-secret = "{env.s3.secret_key}"\n\n[fileservice.cache]\nmemory-capacity = "1B"\n')
+    log_toml.write_text(text + backup_fs + f'\n[logservice.BootstrapConfig.restore]\nfile-path = "BACKUP://{file}"\n')
 
 
 def _pod_log_tail(env: Env, pod: str, lines: int = 60) -> str:

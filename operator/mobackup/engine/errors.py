@@ -55,3 +55,7 @@ class DependentsError(MobackupError):
 
 class TargetNotEmptyError(MobackupError):
     """A restore target holds files and overwriting was not asked for."""
+
+
+class ClusterRunningError(MobackupError):
+    """A restore into a cluster's storage while MatrixOne still answers there."""

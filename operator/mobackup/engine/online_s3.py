@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import CorruptDataError, MobackupError
+from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
 from .manifest import ManifestChecker
 from .model import BackupSummary, iso, parse_iso, utc_now
 from .online import StagedBackup, StagedFile, choose_online_base, parse_staged_text
@@ -709,18 +709,20 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
         backend = target.backend(max(16, repo.parallelism * 2))
         existing = {info.key for info in backend.list("")}
         if existing and not overwrite:
-            raise MobackupError(f"{target.url} is not empty ({len(existing)} objects): refusing to restore over a "
-                                "cluster's data; stop the cluster and give --overwrite, or use an empty prefix")
+            raise TargetNotEmptyError(f"{target.url} is not empty ({len(existing)} objects): refusing to restore "
+                                      "over a cluster's data; stop the cluster and give --overwrite, or use an empty "
+                                      "prefix")
         hk_path = None
         if local_fs_dir is not None:
             hk_path = Path(local_fs_dir) / "hk_data"
             if reset_local_fs and not overwrite and _has_entries(Path(local_fs_dir)):
-                raise MobackupError(f"{local_fs_dir} is not empty (a log service's old state): refusing to remove it "
-                                    "without --overwrite")
+                raise TargetNotEmptyError(f"{local_fs_dir} is not empty (a log service's old state): refusing to "
+                                          "remove it without --overwrite")
             if hk_path.exists() and not overwrite:
-                raise MobackupError(f"{hk_path} exists: refusing to replace the log service state without --overwrite")
+                raise TargetNotEmptyError(f"{hk_path} exists: refusing to replace the log service state without "
+                                          "--overwrite")
         if hk_data_s3 is not None and not overwrite and _object_exists(hk_data_s3):
-            raise MobackupError(f"{hk_data_s3.url} exists: refusing to replace it without --overwrite")
+            raise TargetNotEmptyError(f"{hk_data_s3.url} exists: refusing to replace it without --overwrite")
         with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
             files = Path(scratch) / "files"
             repo.download_file_list(summary, files)

@@ -847,6 +847,8 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
         if reason == "TargetNotEmptyError":
             reason = "TargetNotEmpty"
             message += " (set spec.overwrite: true to replace it)"
+        elif reason == "ClusterRunningError":
+            reason = "ClusterRunning"
     else:
         reason = "JobFailed"
         message = f"Job {job_name}: {state.reason}: {fallback}".strip()

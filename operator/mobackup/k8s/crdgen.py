@@ -306,8 +306,8 @@ def shared_storage(what: str) -> Schema:
             "keyPrefix": s("The SHARED file service's key-prefix inside the bucket, for a MatrixOne configured by "
                            "hand (default folder/data).", maxLength=1024, pattern=r"^[A-Za-z0-9!_.*()/-]+$"),
             "type": s("aws, or minio (path-style addressing).", enum=["aws", "minio"], default="aws"),
-            "endpoint": s("S3 endpoint URL (default: AWS's for the region).", pattern=r"^https?://[^\s/]+(/.*)?$",
-                          maxLength=2048),
+            "endpoint": s("S3 endpoint URL (default: AWS's for the region).",
+                          pattern=r"^https?://[^\s/]+(/.*)?$", maxLength=2048),
             "region": s("Region of the bucket.", default="us-west-2", maxLength=64),
             "secretRef": obj("Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (MatrixOne's BACKUP needs "
                              "the keys; they reach it inside the statement, never in logs).", {
@@ -348,7 +348,8 @@ def backup_spec(in_template: bool = False) -> Schema:
                       "MatrixOne writes there with the cluster's keys).", maxLength=1024,
                       pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[A-Za-z0-9!_.*()/-]*)?$"),
             "serverEndpoint": s("The S3 endpoint as MatrixOne reaches it, when it differs from the Jobs' "
-                                "(default: the storage's endpoint).", pattern=r"^https?://[^\s/]+(/.*)?$", maxLength=2048),
+                                "(default: the storage's endpoint).", pattern=r"^https?://[^\s/]+(/.*)?$",
+                                maxLength=2048),
         }),
     }, **{"x-kubernetes-validations": [
         {"rule": "(has(self.pvc) ? 1 : 0) + (has(self.cluster) ? 1 : 0) + (has(self.sharedStorage) ? 1 : 0) == 1",
