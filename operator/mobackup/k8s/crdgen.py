@@ -413,6 +413,7 @@ def backup_spec(in_template: bool = False) -> Schema:
         # What was copied cannot change afterwards; deletionPolicy and job overrides may.
         for field in ("source", "storageRef", "type", "baseBackupName", "baseBackupID", "consistency"):
             props[field]["x-kubernetes-validations"] = [
+                *props[field].get("x-kubernetes-validations", []),
                 {"rule": "self == oldSelf", "message": f"{field} is immutable"}]
     return obj("What to back up, where and how.", props, ["source", "storageRef"],
                **{"x-kubernetes-validations": validations})
