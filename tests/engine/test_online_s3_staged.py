@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mobackup.engine.errors import MobackupError
+from mobackup.engine.errors import MobackupError, TargetNotEmptyError
 from mobackup.engine.online_s3 import (
     HK_DATA,
     RunInfo,
@@ -23,6 +23,7 @@ from mobackup.engine.online_s3 import (
     _write_meta,
     commit_run,
     disk_frame,
+    disk_unframe,
     ingest_shard,
     restore_to_s3,
 )
@@ -250,3 +251,41 @@ def test_restore_to_s3_refuses_while_the_sql_port_answers(make_repo: Any, root: 
         listener.close()
     assert main([*argv, "--quiet"]) == 0
     assert len(listing(S3Place.from_env(target, "MOBACKUP_TARGET_"))) == 3
+
+
+def test_restore_for_a_new_or_stopped_cluster_writes_hk_data_plain_and_resets_the_log_volume(
+        make_repo: Any, root: S3Place, tmp_path: Path) -> None:
+    """`hk_data_s3`: the ID allocator state as a plain object (where a cluster created with
+    restoreFrom reads it); `reset_local_fs`: the log service's old state goes, only with overwrite."""
+    repo = make_repo()
+    staged = Staged(root, objects(3, 7))
+    run_id = staged.run(repo)
+    ingest_shard(repo, run_id, root, 0, 1)
+    backup = commit_run(repo, run_id, root, 1)
+    folder = S3Place.from_env(f"{root.url.rsplit('/', 1)[0]}/new", "MOBACKUP_TARGET_")
+    data, hk_object = folder.under("data"), folder.under("hk_data")
+    logs = tmp_path / "log-volume"
+    (logs / "logservice-data" / "uuid" / "host").mkdir(parents=True)
+    (logs / "logservice-data" / "uuid" / "host" / "wal").write_bytes(b"old log")
+    (logs / "link").symlink_to(tmp_path)  # removed, never followed
+
+    with pytest.raises(TargetNotEmptyError, match="log service's old state"):
+        restore_to_s3(repo, backup.id, data, local_fs_dir=logs, reset_local_fs=True, hk_data_s3=hk_object)
+    assert listing(folder) == {} and (logs / "logservice-data").exists()
+    result = restore_to_s3(repo, backup.id, data, local_fs_dir=logs, reset_local_fs=True, hk_data_s3=hk_object,
+                           overwrite=True)
+    assert listing(folder)["hk_data"] == staged.hk and result.hk_data_s3 == hk_object.url
+    assert sorted(p.name for p in logs.iterdir()) == ["hk_data"] and tmp_path.exists()
+    assert (logs / "hk_data").read_bytes() == disk_frame(staged.hk)
+    with pytest.raises(TargetNotEmptyError, match="hk_data exists"):  # a second restore needs overwrite
+        restore_to_s3(repo, backup.id, folder.under("data2"), hk_data_s3=hk_object)
+
+
+def test_disk_unframe_checks_every_block() -> None:
+    content = random.Random(3).randbytes(5000)
+    framed = disk_frame(content)
+    assert disk_unframe(framed) == content
+    damaged = bytearray(framed)
+    damaged[2048 + 10] ^= 1
+    with pytest.raises(MobackupError, match="byte 2048 fails its CRC-32C"):
+        disk_unframe(bytes(damaged))
