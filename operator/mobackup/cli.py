@@ -299,9 +299,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         return cli_s3.restore_s3(args)
     if not args.target:
         raise MobackupError("restore needs --target DIR (or --target-s3 s3://BUCKET/PREFIX for S3-resident data)")
-    if args.overwrite or args.local_fs_dir or args.check_stopped:
-        raise MobackupError("--overwrite, --local-fs-dir and --check-stopped go with --target-s3 "
-                            "(use --force with --target)")
+    if (args.overwrite or args.local_fs_dir or args.check_stopped or args.shard or args.finalize
+            or args.reset_local_fs or args.hk_data_s3):
+        raise MobackupError("--overwrite, --local-fs-dir, --reset-local-fs, --hk-data-s3, --check-stopped, --shard and "
+                            "--finalize go with --target-s3 (use --force with --target)")
     repo = open_repository(repository_options(args))
     result = run_restore(repo, args.id, Path(args.target), force=args.force, hostname=args.hostname,
                          progress=for_terminal("restore", args.quiet or args.json))

@@ -73,6 +73,12 @@ def add_restore_arguments(restore: argparse.ArgumentParser) -> None:
                          "cluster bootstrapped with restoreFrom reads it (BACKUP://hk_data: <bucket>/<folder>/hk_data)")
     restore.add_argument("--overwrite", action="store_true",
                          help="with --target-s3: restore into a non-empty prefix, leaving exactly the backup's objects")
+    restore.add_argument("--shard", type=parse_shard, metavar="I/N",
+                         help="with --target-s3: upload only this shard (0-based) of N of the objects (any hosts, any "
+                         "order); then `--finalize` once")
+    restore.add_argument("--finalize", action="store_true",
+                         help="with --target-s3, after every --shard: check every object is there, remove the others "
+                         "(--overwrite) and write the ID allocator state")
 
 
 def add_commands(commands: Any, repo_args: Any) -> None:
@@ -187,6 +193,10 @@ def restore_s3(args: argparse.Namespace) -> int:
         refuse_if_listening(where)
     target = S3Place.from_env(args.target_s3, "MOBACKUP_TARGET_", endpoint=args.target_s3_endpoint or args.s3_endpoint,
                               region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
+    if args.shard and args.finalize:
+        raise MobackupError("--shard uploads one part; --finalize completes the restore after all of them: not both")
+    if args.shard and (args.local_fs_dir or args.hk_data_s3):
+        raise MobackupError("--local-fs-dir and --hk-data-s3 go with --finalize (or a restore without --shard)")
     if args.reset_local_fs and not args.local_fs_dir:
         raise MobackupError("--reset-local-fs needs --local-fs-dir (the log service's data directory)")
     hk_data_s3 = None
@@ -197,7 +207,13 @@ def restore_s3(args: argparse.Namespace) -> int:
     result = restore_to_s3(repo, args.id, target, overwrite=args.overwrite,
                            local_fs_dir=Path(args.local_fs_dir) if args.local_fs_dir else None,
                            reset_local_fs=args.reset_local_fs, hk_data_s3=hk_data_s3,
-                           progress=for_terminal("restore", args.quiet or args.json))
+                           step="shard" if args.shard else "finalize" if args.finalize else "all",
+                           shard=args.shard or (0, 1), progress=for_terminal("restore", args.quiet or args.json))
+    if args.shard:
+        _emit(args, result.to_dict(), f"restored shard {args.shard[0]}/{args.shard[1]} of backup {result.backup_id} "
+              f"into {result.target}: {result.file_count} objects, {decimal_size(result.size_bytes)}, "
+              f"{result.duration_seconds:.3f}s; `--finalize` after every shard")
+        return 0
     hk = f"; ID allocator state in {result.hk_data}" if result.hk_data else \
         "; no --local-fs-dir: put the ID allocator state (hk_data) in place before MatrixOne's first start"
     _emit(args, result.to_dict(), f"restored backup {result.backup_id} into {result.target}: {result.file_count} "

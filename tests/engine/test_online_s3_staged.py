@@ -216,6 +216,10 @@ def test_large_objects_are_restored_in_parts(make_repo: Any, root: S3Place, tmp_
     (["commit", "x", "--shards", "0", "--repo", "{tmp}/r", "--staging", "s3://b/p"], "--shards must be 1-1024"),
     (["restore", "x", "--repo", "{tmp}/r", "--target", "{tmp}/t", "--check-stopped", "h"], "go with --target-s3"),
     (["restore", "x", "--repo", "{tmp}/r", "--target-s3", "s3://b/p", "--check-stopped", "h:x"], "not HOST[:PORT]"),
+    (["restore", "x", "--repo", "{tmp}/r", "--target-s3", "s3://b/p", "--shard", "0/2", "--finalize"], "not both"),
+    (["restore", "x", "--repo", "{tmp}/r", "--target-s3", "s3://b/p", "--shard", "0/2", "--local-fs-dir", "{tmp}"],
+     "go with --finalize"),
+    (["restore", "x", "--repo", "{tmp}/r", "--target", "{tmp}/t", "--finalize"], "go with --target-s3"),
 ])
 def test_cli_refuses_flags_that_do_not_go_together(tmp_path: Path, argv: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
@@ -289,3 +293,34 @@ def test_disk_unframe_checks_every_block() -> None:
     damaged[2048 + 10] ^= 1
     with pytest.raises(MobackupError, match="byte 2048 fails its CRC-32C"):
         disk_unframe(bytes(damaged))
+
+
+def test_restore_to_s3_in_shards_then_finalize(make_repo: Any, root: S3Place, tmp_path: Path) -> None:
+    """Shards upload disjoint parts in any order and can run again; finalize refuses until every object
+    is there; objects that are not the backup's are refused unless overwrite, which removes them."""
+    repo = make_repo()
+    full_objects = objects(9, 11)
+    staged = Staged(root, full_objects)
+    run_id = staged.run(repo)
+    ingest_shard(repo, run_id, root, 0, 1)
+    backup = commit_run(repo, run_id, root, 1)
+    target = S3Place.from_env(f"{root.url.rsplit('/', 1)[0]}/sharded", "MOBACKUP_TARGET_")
+    parts = [restore_to_s3(repo, backup.id, target, step="shard", shard=(i, 3)) for i in (2, 0)]
+    assert sum(p.file_count for p in parts) < len(full_objects)
+    with pytest.raises(MobackupError, match="missing or differ"):
+        restore_to_s3(repo, backup.id, target, step="finalize", local_fs_dir=tmp_path / "log")
+    assert not (tmp_path / "log" / "hk_data").exists()
+    restore_to_s3(repo, backup.id, target, step="shard", shard=(0, 3))  # again: its own uploads are the backup's
+    restore_to_s3(repo, backup.id, target, step="shard", shard=(1, 3))
+    done = restore_to_s3(repo, backup.id, target, step="finalize", local_fs_dir=tmp_path / "log")
+    assert listing(target) == full_objects and done.file_count == len(full_objects)
+    assert (tmp_path / "log" / "hk_data").read_bytes() == disk_frame(staged.hk)
+
+    target.backend().write("foreign-object", b"a cluster's own")
+    with pytest.raises(TargetNotEmptyError, match="not backup"):
+        restore_to_s3(repo, backup.id, target, step="shard", shard=(0, 2))
+    with pytest.raises(TargetNotEmptyError, match="not backup"):
+        restore_to_s3(repo, backup.id, target, step="finalize")
+    restore_to_s3(repo, backup.id, target, step="shard", shard=(0, 1), overwrite=True)
+    result = restore_to_s3(repo, backup.id, target, step="finalize", overwrite=True)
+    assert listing(target) == full_objects and result.removed_objects == 1

@@ -6,8 +6,8 @@ does not run here) describes it as the MatrixOne operator would once Ready. The 
 S3 location, the SQL endpoint and the credentials from that object alone.
 
 - The seed's examples via `source.cluster`: a full backup scaled out over 3 pods (an Indexed Job)
-  while a writer commits, an incremental in one pod, drop/create, a restore in place (refused while
-  the cluster asks for pods or MatrixOne answers), start, `show databases`, checksums, the writer's
+  while a writer commits, an incremental in one pod, drop/create, a restore in place over 2 pods
+  (refused while the cluster asks for pods or MatrixOne answers), start, `show databases`, checksums, the writer's
   exact prefix, and new IDs after the restored ones (hk_data on the log volume).
 - A restore into a new, empty prefix for a new cluster: MatrixOne bootstraps from `<folder>/hk_data`
   (`BACKUP://hk_data`, as the MatrixOne operator's `initialConfig.restoreFrom` configures it)."""
@@ -95,10 +95,14 @@ def test_matrixone_cluster_backup_scaled_out_then_restore_in_place_and_into_a_ne
 
     stop_mo(env, "mo")
     env.create("MORestore", "in-place", {
-        "backupName": "inc", "overwrite": True,
+        "backupName": "inc", "overwrite": True, "parallelPods": 2,
         "target": {"cluster": {"name": "mo"}, "logVolume": {"claimName": mo.claim, "path": "mo-data"}}})
     r = env.wait_phase("MORestore", "in-place", "Completed", "Failed", timeout=300)["status"]
-    assert r["phase"] == "Completed", r
+    assert r["phase"] == "Completed" and r["step"] == "finalize", r
+    shards = env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs", labelSelector="mobackup.io/name=in-place")
+    assert sorted((j["spec"].get("completions"), j["status"].get("succeeded")) for j in shards["items"]) == [
+        (1, 1), (2, 2)], shards["items"]
+    assert "ShardsRestored" in [e["reason"] for e in env.events("in-place")]
     assert r["sharedStorage"] == f"s3://{mo.bucket}/c1/data" and r["backupID"] == inc["backupID"], r
     logs = mo.host / "mo-data"
     assert (logs / "hk_data").exists() and not (logs / "logservice-data").exists(), sorted(logs.iterdir())

@@ -685,8 +685,12 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
+RESTORE_STEPS = ("all", "shard", "finalize")
+
+
 def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrite: bool = False,
                   local_fs_dir: Path | None = None, reset_local_fs: bool = False, hk_data_s3: S3Place | None = None,
+                  step: str = "all", shard: tuple[int, int] = (0, 1),
                   progress: Progress | None = None) -> S3RestoreResult:
     """Restores an S3-resident online backup: its `shared/*` objects to `target` (MatrixOne's SHARED
     key prefix; stop the cluster first), `local/hk_data` into `local_fs_dir/hk_data` (the root of
@@ -698,7 +702,18 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
     log (WAL) describes commits the restored objects lack: it must be empty, or with `overwrite` its
     content is removed (after every object is written). `hk_data_s3`: the object where a new
     cluster's log service reads the ID allocator state at bootstrap (`BACKUP://hk_data` of the
-    MatrixOne operator's `restoreFrom`), written plain as an S3 file service reads it."""
+    MatrixOne operator's `restoreFrom`), written plain as an S3 file service reads it.
+
+    Scaled out: `step="shard"` uploads every N-th object from position I (`shard` (I, N)) and
+    nothing else, on any host, in any order; `step="finalize"` then checks that every object is
+    there with its size, removes the others (with `overwrite`) and writes hk_data. Both refuse a
+    prefix holding objects that are not the backup's unless `overwrite` (the shards' own uploads are
+    the backup's, so a shard can run again)."""
+    if step not in RESTORE_STEPS:
+        raise MobackupError(f"restore step {step!r} is not one of {', '.join(RESTORE_STEPS)}")
+    index, count = shard
+    if not 0 <= index < count:
+        raise MobackupError(f"shard {index} of {count}: the index must be 0..{count - 1}")
     progress = progress or NullProgress()
     clock = time.monotonic()
     with repo.lock(exclusive=False, purpose=f"restore of {backup_id} to {target.url}", wait_seconds=60):
@@ -707,13 +722,13 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
             raise MobackupError(f"backup {summary.id} is of a data directory (DISK-framed objects); restore it with "
                                 "--target into a data directory, not into a bucket")
         backend = target.backend(max(16, repo.parallelism * 2))
-        existing = {info.key for info in backend.list("")}
-        if existing and not overwrite:
+        existing = {info.key: info.size for info in backend.list("")}
+        if step == "all" and existing and not overwrite:
             raise TargetNotEmptyError(f"{target.url} is not empty ({len(existing)} objects): refusing to restore "
                                       "over a cluster's data; stop the cluster and give --overwrite, or use an empty "
                                       "prefix")
         hk_path = None
-        if local_fs_dir is not None:
+        if local_fs_dir is not None and step != "shard":
             hk_path = Path(local_fs_dir) / "hk_data"
             if reset_local_fs and not overwrite and _has_entries(Path(local_fs_dir)):
                 raise TargetNotEmptyError(f"{local_fs_dir} is not empty (a log service's old state): refusing to "
@@ -721,72 +736,101 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
             if hk_path.exists() and not overwrite:
                 raise TargetNotEmptyError(f"{hk_path} exists: refusing to replace the log service state without "
                                           "--overwrite")
-        if hk_data_s3 is not None and not overwrite and _object_exists(hk_data_s3):
+        if hk_data_s3 is not None and step != "shard" and not overwrite and _object_exists(hk_data_s3):
             raise TargetNotEmptyError(f"{hk_data_s3.url} exists: refusing to replace it without --overwrite")
-        with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
-            files = Path(scratch) / "files"
-            repo.download_file_list(summary, files)
-            checker = ManifestChecker(Path(scratch), repo.chunk_size, f"backup {summary.id}")
-            records: list[dict[str, Any]] = []
-            try:
-                for record in repo.entries(summary, files):
-                    checker.check(record)
-                    if record["type"] == "file":
-                        records.append(record)
-                checker.finish()
-            finally:
-                checker.close()
+        records = _file_records(repo, summary)
         objects = [r for r in records if r["path"].startswith("shared/")]
+        wanted = {r["path"][len("shared/"):]: r["size"] for r in objects}
         hk = next((r for r in records if r["path"] == HK_DATA), None)
         if hk is None:
             raise MobackupError(f"backup {summary.id} has no {HK_DATA}")
-        progress.start(sum(r["size"] for r in objects), len(objects))
-
-        def upload(record: dict[str, Any]) -> None:
-            key = record["path"][len("shared/"):]
-            if record["size"] < SINGLE_PUT_MAX:
-                data = b"".join(repo.get_blob(d) for d in record["chunks"])
-                if len(data) != record["size"]:
-                    raise CorruptDataError(f"backup {summary.id}: {record['path']} has {len(data)} bytes, "
-                                           f"listed {record['size']}")
-                backend.write(key, data)
-            else:
-                from boto3.s3.transfer import TransferConfig
-
-                # Buffered: boto3 takes a short read as a whole part, and parts under 5 MiB are refused.
-                reader = io.BufferedReader(_ChunkReader(repo, record["chunks"]), buffer_size=1 << 20)
-                backend._call(key, backend.client.upload_fileobj, Fileobj=reader,
-                              Bucket=backend.bucket, Key=backend._key(key),
-                              Config=TransferConfig(multipart_threshold=min(SINGLE_PUT_MAX, 16 << 20),
-                                                    multipart_chunksize=min(SINGLE_PUT_MAX, 16 << 20),
-                                                    max_concurrency=2))
-                if backend.size(key) != record["size"]:
-                    raise CorruptDataError(f"{target.url}/{key}: upload size differs from the backup's")
-            progress.advance(record["size"], 1)
-
-        with BoundedWorkers(repo.parallelism, "mobackup-restore-s3") as workers:
-            for record in objects:
-                if workers.failed:
-                    break
-                workers.submit(upload, record)
-        wanted = {r["path"][len("shared/"):] for r in objects}
-        removed = backend.delete(sorted(existing - wanted)) if existing else 0
-        data = b"".join(repo.get_blob(d) for d in hk["chunks"])
-        if hk_data_s3 is not None:
-            _object_backend(hk_data_s3).write(hk_data_s3.prefix.rsplit("/", 1)[-1], disk_unframe(data))
-        if hk_path is not None:
-            if reset_local_fs:
-                _empty_directory(Path(local_fs_dir or hk_path.parent))
-            hk_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = hk_path.with_name(f".{hk_path.name}.mobackup-tmp")
-            tmp.write_bytes(data)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, hk_path)
+        foreign = sorted(set(existing) - set(wanted))
+        if step != "all" and foreign and not overwrite:
+            raise TargetNotEmptyError(f"{target.url} holds {len(foreign)} objects that are not backup {summary.id}'s "
+                                      f"(e.g. {foreign[0]}): refusing to restore over a cluster's data; stop the "
+                                      "cluster and give --overwrite, or use an empty prefix")
+        if step == "finalize":
+            missing = [key for key, size in wanted.items() if existing.get(key) != size]
+            if missing:
+                raise MobackupError(f"{len(missing)} of the backup's {len(wanted)} objects are missing or differ in "
+                                    f"{target.url} (e.g. {missing[0]}): run the restore shards (again) first")
+            uploads: list[dict[str, Any]] = []
+        else:
+            uploads = objects[index::count]
+        progress.start(sum(r["size"] for r in uploads), len(uploads))
+        _upload_objects(repo, summary.id, backend, target, uploads, progress)
+        removed = backend.delete(foreign) if foreign and step != "shard" else 0
+        if step != "shard":
+            data = b"".join(repo.get_blob(d) for d in hk["chunks"])
+            if hk_data_s3 is not None:
+                _object_backend(hk_data_s3).write(hk_data_s3.prefix.rsplit("/", 1)[-1], disk_unframe(data))
+            if hk_path is not None:
+                if reset_local_fs:
+                    _empty_directory(Path(local_fs_dir or hk_path.parent))
+                _write_durably(hk_path, data)
         progress.finish()
-    return S3RestoreResult(summary.id, target.url, len(objects), sum(r["size"] for r in objects), removed,
+    return S3RestoreResult(summary.id, target.url, len(uploads) if step == "shard" else len(objects),
+                           sum(r["size"] for r in (uploads if step == "shard" else objects)), removed,
                            str(hk_path) if hk_path else None, round(time.monotonic() - clock, 3),
                            hk_data_s3.url if hk_data_s3 else None)
+
+
+def _file_records(repo: Repository, summary: BackupSummary) -> list[dict[str, Any]]:
+    """The backup's file records, every entry validated (an untrusted file list never reaches S3)."""
+    with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
+        files = Path(scratch) / "files"
+        repo.download_file_list(summary, files)
+        checker = ManifestChecker(Path(scratch), repo.chunk_size, f"backup {summary.id}")
+        records: list[dict[str, Any]] = []
+        try:
+            for record in repo.entries(summary, files):
+                checker.check(record)
+                if record["type"] == "file":
+                    records.append(record)
+            checker.finish()
+        finally:
+            checker.close()
+    return records
+
+
+def _upload_objects(repo: Repository, backup_id: str, backend: Any, target: S3Place, records: list[dict[str, Any]],
+                    progress: Progress) -> None:
+    def upload(record: dict[str, Any]) -> None:
+        key = record["path"][len("shared/"):]
+        if record["size"] < SINGLE_PUT_MAX:
+            data = b"".join(repo.get_blob(d) for d in record["chunks"])
+            if len(data) != record["size"]:
+                raise CorruptDataError(f"backup {backup_id}: {record['path']} has {len(data)} bytes, "
+                                       f"listed {record['size']}")
+            backend.write(key, data)
+        else:
+            from boto3.s3.transfer import TransferConfig
+
+            # Buffered: boto3 takes a short read as a whole part, and parts under 5 MiB are refused.
+            reader = io.BufferedReader(_ChunkReader(repo, record["chunks"]), buffer_size=1 << 20)
+            backend._call(key, backend.client.upload_fileobj, Fileobj=reader,
+                          Bucket=backend.bucket, Key=backend._key(key),
+                          Config=TransferConfig(multipart_threshold=min(SINGLE_PUT_MAX, 16 << 20),
+                                                multipart_chunksize=min(SINGLE_PUT_MAX, 16 << 20),
+                                                max_concurrency=2))
+            if backend.size(key) != record["size"]:
+                raise CorruptDataError(f"{target.url}/{key}: upload size differs from the backup's")
+        progress.advance(record["size"], 1)
+
+    with BoundedWorkers(repo.parallelism, "mobackup-restore-s3") as workers:
+        for record in records:
+            if workers.failed:
+                break
+            workers.submit(upload, record)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.mobackup-tmp")
+    tmp.write_bytes(data)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def _object_backend(place: S3Place) -> Any:

@@ -162,6 +162,9 @@ def _parser() -> argparse.ArgumentParser:
                    "directory: empty (or with --overwrite, emptied) before hk_data is written")
     r.add_argument("--check-stopped", action="append", default=[], metavar="HOST:PORT",
                    help="refuse while MatrixOne answers there")
+    r.add_argument("--shards", type=int, default=None,
+                   help="with --target-s3: upload this pod's shard (JOB_COMPLETION_INDEX) of N, nothing else")
+    r.add_argument("--finalize", action="store_true", help="with --target-s3: complete a restore made by shards")
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--hostname", default=None,
                    help="pod hostname of the MatrixOne on the target (a backup of another host is refused)")
@@ -222,9 +225,11 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
         target = _place(args, "target_s3", "MOBACKUP_TARGET_")
         hk_s3 = _place(args, "target_s3", "MOBACKUP_TARGET_", args.hk_data_s3) if args.hk_data_s3 else None
         repo = open_repository(opts, create=False)
+        step = "shard" if args.shards else "finalize" if args.finalize else "all"
+        shard = (_shard_index(args.shards), args.shards) if args.shards else (0, 1)
         res = online_s3.restore_to_s3(repo, args.backup_id, target, overwrite=args.overwrite,
                                       local_fs_dir=args.local_fs_dir, reset_local_fs=args.reset_local_fs,
-                                      hk_data_s3=hk_s3, progress=reporter).to_dict()
+                                      hk_data_s3=hk_s3, step=step, shard=shard, progress=reporter).to_dict()
         summary = repo.load_summary(res["backup_id"]).to_dict()
         res.update({"backup_ts": summary.get("backup_ts"), "type": summary.get("type"),
                     "restored_bytes": res["size_bytes"]})

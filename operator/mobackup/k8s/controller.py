@@ -526,13 +526,31 @@ def start_s3_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec, st
     take_lease(ctx, obj, spec.lease_key)
     if spec.workload:
         stop_workload(ctx, obj, spec.workload)
-    body = jobs.s3_restore_job(owner_of(obj), spec, st, backup_id, source.shared, check, ctx.defaults)
+    step = "restore" if spec.parallel_pods == 1 else "shards"
+    body = jobs.s3_restore_job(owner_of(obj), spec, st, backup_id, source.shared, check, ctx.defaults, step)
     job_name = create_job(ctx, obj, body)
     ctx.metrics.inc("mobackup_runs_total", kind="MORestore", namespace=ns)
+    pods = f" in {spec.parallel_pods} pods" if step == "shards" else ""
     transition(ctx, obj, "Running", "JobCreated", f"Job {job_name} is restoring {backup_id} into "
-               f"{source.shared.data_url}", jobName=job_name, startTime=status.iso(), backupID=backup_id,
-               storage=storage_name, location=st.location, target=spec.target_label,
+               f"{source.shared.data_url}{pods}", jobName=job_name, startTime=status.iso(), backupID=backup_id,
+               storage=storage_name, location=st.location, target=spec.target_label, step=step,
                sharedStorage=source.shared.data_url, **({"backupTS": backup_ts} if backup_ts else {}))
+
+
+def s3_restore_finalize(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> None:
+    """Every shard uploaded its objects: the Job that checks them all, removes the others (overwrite)
+    and writes the ID allocator state."""
+    ns, _, _ = meta(obj)
+    st = obj.get("status") or {}
+    _, storage_spec = get_storage(ctx, ns, str(st.get("storage")))
+    source = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql_check)
+    check = [f"{source.sql.host}:{source.sql.port}"] if source.sql else []
+    body = jobs.s3_restore_job(owner_of(obj), spec, storage_spec, str(st.get("backupID")), source.shared, check,
+                               ctx.defaults, "finalize")
+    job_name = create_job(ctx, obj, body)
+    message = f"all {spec.parallel_pods} shards uploaded; Job {job_name} completes the restore"
+    events.emit(ctx.kube, obj, "Normal", "ShardsRestored", message)
+    transition(ctx, obj, "Running", "JobCreated", message, jobName=job_name, step="finalize")
 
 
 def online_placement(ctx: Ctx, ns: str, spec: models.BackupSpec) -> jobs.OnlinePlacement:
@@ -827,6 +845,9 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
         take_lease(ctx, obj, spec.lease_key)
         if state.attempts and state.attempts != st.get("attempts"):
             patch_fields(ctx, obj, attempts=state.attempts)
+        return
+    if result and result.get("ok") and st.get("step") == "shards" and state.state == "Succeeded":
+        s3_restore_finalize(ctx, obj, spec)
         return
     if result and result.get("ok"):
         fields = status.restore_result_fields(result.get("result") or {})

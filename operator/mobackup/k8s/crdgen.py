@@ -512,12 +512,18 @@ def restore_crd() -> Schema:
                         }, ["host", "passwordSecretRef"]),
         "parallelism": s("Concurrent file transfers of the agent (default: 4 to a PVC, 8 to S3, the best "
                          "measured in benchmarks/).", "integer", minimum=1, maximum=64),
+        "parallelPods": s("Table data in S3: upload the objects with this many pods at once (an Indexed Job, "
+                          "each pod a disjoint shard), then one pod checks them all, removes the others "
+                          "(overwrite) and writes the ID allocator state. 1: one pod does it all.", "integer",
+                          minimum=1, maximum=64, default=1),
         "job": job_overrides(),
     }, ["target"], **{"x-kubernetes-validations": [
         {"rule": "has(self.backupName) != has(self.backupID)",
          "message": "set exactly one of backupName or backupID"},
         {"rule": "!has(self.backupID) || has(self.storageRef)",
          "message": "backupID needs storageRef"},
+        {"rule": "!has(self.target.pvc) || !has(self.parallelPods) || self.parallelPods == 1",
+         "message": "parallelPods applies to table data in S3 (target.cluster or sharedStorage)"},
         {"rule": "self == oldSelf", "message": "the spec of a MORestore is immutable"},
     ]})
     props = common_run_status(["Pending", "Running", "Completed", "Failed"])
@@ -529,6 +535,8 @@ def restore_crd() -> Schema:
         "backupTS": s("Consistency timestamp of the restored backup."),
         "target": s("The target, as claimName/path (or the MatrixOneCluster, or the S3 prefix)."),
         "sharedStorage": s("Table data in S3: the S3 prefix restored into (s3://bucket/key-prefix)."),
+        "step": s("Table data in S3: the step running (restore: all in one pod; shards, finalize with "
+                  "parallelPods > 1)."),
         "sqlCheck": s("Result of the SQL check after the start (databases listed, or the error)."),
         "sqlCheckSince": s("When the SQL check started waiting for the endpoint.", format="date-time"),
     })

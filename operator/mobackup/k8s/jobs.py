@@ -444,26 +444,33 @@ def s3_backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, shared: 
     job = build_job(owner=owner, action="commit" if step == "commit" else "backup", args=args, env=env,
                     volumes=volumes, mounts=mounts, overrides=spec.job, defaults=defaults, name_suffix=step)
     if step == "ingest":
-        # Each pod takes the shard of its completion index (the Job controller sets
-        # JOB_COMPLETION_INDEX); a failed shard is retried on its own and the others keep theirs.
-        js = job["spec"]
-        js.update({"completionMode": "Indexed", "completions": spec.parallel_pods,
-                   "parallelism": spec.parallel_pods, "backoffLimitPerIndex": js.pop("backoffLimit"),
-                   "maxFailedIndexes": 0})
+        _indexed(job, spec.parallel_pods)
     return job
 
 
+S3_RESTORE_STEPS = ("restore", "shards", "finalize")
+
+
 def s3_restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup_id: str, shared: SharedS3,
-                   check_stopped: list[str], defaults: OperatorDefaults) -> dict[str, Any]:
+                   check_stopped: list[str], defaults: OperatorDefaults, step: str = "restore") -> dict[str, Any]:
     """Restore into the SHARED key prefix; the ID allocator state into the log service's volume
-    (target.logVolume), which with overwrite also loses its old log."""
+    (target.logVolume), which with overwrite also loses its old log. `restore`: all in one pod.
+    Scaled out: `shards` (an Indexed Job of parallelPods pods, each uploading its shard of the
+    objects) then `finalize` (every object there, the others removed, hk_data written)."""
+    assert step in S3_RESTORE_STEPS
     env, volumes, mounts = storage_env_and_volumes(storage)
     env += _shared_env("MOBACKUP_TARGET_", shared)
     args = ["--repo", repo_url(storage), "--backup-id", backup_id, "--target-s3", shared.data_url,
-            *_shared_s3_args("target-s3", shared), "--hk-data-s3", shared.url("hk_data")]
+            *_shared_s3_args("target-s3", shared)]
     for where in check_stopped:
         args += ["--check-stopped", where]
-    if spec.log_volume is not None:
+    if step == "shards":
+        args += ["--shards", str(spec.parallel_pods)]
+    else:
+        args += ["--hk-data-s3", shared.url("hk_data")]
+    if step == "finalize":
+        args.append("--finalize")
+    if spec.log_volume is not None and step != "shards":
         volumes.append({"name": "log", "persistentVolumeClaim": {"claimName": spec.log_volume.claim}})
         mounts.append({"name": "log", "mountPath": DATA_MOUNT})
         args += ["--local-fs-dir", _data_path(spec.log_volume.path), "--reset-local-fs"]
@@ -471,8 +478,19 @@ def s3_restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup
         args += ["--parallelism", str(spec.parallelism)]
     if spec.overwrite:
         args.append("--overwrite")
-    return build_job(owner=owner, action="restore", args=args, env=env, volumes=volumes, mounts=mounts,
-                     overrides=spec.job, defaults=defaults)
+    job = build_job(owner=owner, action="restore", args=args, env=env, volumes=volumes, mounts=mounts,
+                    overrides=spec.job, defaults=defaults, name_suffix=step)
+    if step == "shards":
+        _indexed(job, spec.parallel_pods)
+    return job
+
+
+def _indexed(job: dict[str, Any], pods: int) -> None:
+    """Each pod takes the shard of its completion index (the Job controller sets
+    JOB_COMPLETION_INDEX); a failed shard is retried on its own and the others keep theirs."""
+    js = job["spec"]
+    js.update({"completionMode": "Indexed", "completions": pods, "parallelism": pods,
+               "backoffLimitPerIndex": js.pop("backoffLimit"), "maxFailedIndexes": 0})
 
 
 @dataclass(frozen=True)

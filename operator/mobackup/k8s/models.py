@@ -437,6 +437,7 @@ class RestoreSpec:
     # The log service's volume: the ID allocator state (hk_data) goes to the root of its LOCAL file
     # service there, and with overwrite the old log (WAL) there is removed.
     log_volume: Volume | None = None
+    parallel_pods: int = 1
 
     @property
     def lease_key(self) -> str:
@@ -480,13 +481,18 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
         shared = None if cluster else parse_shared_s3((target["sharedStorage"] or {}).get("s3"),
                                                       "spec.target.sharedStorage.s3")
         log = target.get("logVolume")
+        pods = int(spec.get("parallelPods", 1))
+        if not 1 <= pods <= 64:
+            raise SpecError(f"spec.parallelPods must be 1-64, got {pods}")
         return RestoreSpec(volume=None, workload=workload, cluster=cluster, shared=shared,
-                           log_volume=_volume(log, "spec.target.logVolume", "data") if log else None, **common)
+                           log_volume=_volume(log, "spec.target.logVolume", "data") if log else None,
+                           parallel_pods=pods, **common)
     # MatrixOne's log directory is named after the pod's hostname: a StatefulSet's first pod is <name>-0.
     hostname = target.get("hostname") or (f"{workload.name}-0" if workload and workload.kind == "StatefulSet"
                                           else None)
-    if target.get("logVolume"):
-        raise SpecError("spec.target.logVolume applies to table data in S3 (target.cluster or sharedStorage)")
+    if target.get("logVolume") or int(spec.get("parallelPods", 1)) != 1:
+        raise SpecError("spec.target.logVolume and spec.parallelPods apply to table data in S3 (target.cluster or "
+                        "sharedStorage)")
     return RestoreSpec(volume=_volume(target.get("pvc"), "spec.target.pvc", "mo-data"), workload=workload,
                        hostname=hostname, **common)
 
