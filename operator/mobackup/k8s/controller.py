@@ -518,11 +518,6 @@ def start_s3_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec, st
     check = [f"{source.sql.host}:{source.sql.port}"] if source.sql else []
     if spec.log_volume is not None:
         storage.require_pvc(ctx.kube, ns, spec.log_volume.claim, "target.logVolume")
-    if spec.sql_check:
-        try:
-            storage.secret_value(ctx.kube, ns, spec.sql_check.password)
-        except storage.MissingInput as e:
-            raise Fail(e.reason, f"sqlCheck: {e}") from None
     take_lease(ctx, obj, spec.lease_key)
     if spec.workload:
         stop_workload(ctx, obj, spec.workload)
@@ -807,15 +802,15 @@ def start_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> No
         transition(ctx, obj, "Pending", "Accepted", "validated; preparing the restore", target=target)
     backup_id, storage_name, backup_ts = resolve_restore_backup(ctx, ns, spec)
     _, st = require_storage_ready(ctx, ns, storage_name)
-    if spec.volume is None:
-        start_s3_restore(ctx, obj, spec, st, backup_id, storage_name, backup_ts)
-        return
-    storage.require_pvc(ctx.kube, ns, spec.volume.claim, "target")
     if spec.sql_check:
         try:
             storage.secret_value(ctx.kube, ns, spec.sql_check.password)
         except storage.MissingInput as e:
             raise Fail(e.reason, f"sqlCheck: {e}") from None
+    if spec.volume is None:
+        start_s3_restore(ctx, obj, spec, st, backup_id, storage_name, backup_ts)
+        return
+    storage.require_pvc(ctx.kube, ns, spec.volume.claim, "target")
     take_lease(ctx, obj, spec.volume.claim)
     if spec.workload:
         stop_workload(ctx, obj, spec.workload)
