@@ -347,3 +347,97 @@ def test_online_backup_job_talks_sql_writes_the_volume_and_runs_beside_matrixone
     assert data.get("readOnly") is False  # the Job removes MatrixOne's staging copy
     term = pod["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0]
     assert term == {"labelSelector": {"matchLabels": {"app": "mo"}}, "topologyKey": "kubernetes.io/hostname"}
+
+
+# ----------------------------------------------------------------- MatrixOne with table data in S3
+
+CLUSTER_BACKUP = {"source": {"cluster": {"name": "mo"}}, "storageRef": {"name": "s3"}}
+SHARED = {"path": "mo-bucket/clusters/mo", "type": "minio", "endpoint": "http://minio:9000",
+          "secretRef": {"name": "mo-s3"}}
+
+
+def test_cluster_and_shared_storage_sources() -> None:
+    spec = models.parse_backup({**CLUSTER_BACKUP, "parallelPods": 4}, "ns")
+    assert (spec.volume, spec.consistency, spec.source_name, spec.parallel_pods) == (None, "Online", "ns/mo", 4)
+    assert spec.lease_key == "matrixonecluster-mo"
+    shared = models.parse_backup({"source": {"sharedStorage": {"s3": SHARED}, "sql": {
+        "host": "mo-cn", "passwordSecretRef": {"name": "p"}}}, "storageRef": {"name": "s3"}}, "ns")
+    assert shared.shared is not None and shared.shared.data_url == "s3://mo-bucket/clusters/mo/data"
+    assert shared.shared.url("hk_data") == "s3://mo-bucket/clusters/mo/hk_data" and shared.shared.path_style
+    assert shared.source_name == "s3://mo-bucket/clusters/mo" and shared.lease_key == shared.shared.data_url
+    own = models.parse_shared_s3({**SHARED, "keyPrefix": "server/data", "type": "aws"}, "x")
+    assert (own.key_prefix, own.path_style, own.region) == ("server/data", False, "us-west-2")
+    # Lease names stay DNS names whatever the key.
+    for key in (spec.lease_key, shared.lease_key, "s3://B_ad/x//y"):
+        name = lease.lease_name(key)
+        assert models.DNS.match(name) and len(name) <= 63, name
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"source": {"cluster": {"name": "mo"}, "pvc": {"claimName": "d"}}},
+     "exactly one of pvc .*got \\['pvc', 'cluster'\\]"),
+    ({"source": {}}, "exactly one of pvc"),
+    ({"consistency": "Snapshot"}, "needs a data volume"),
+    ({"source": {"cluster": {"name": "mo"}, "workload": {"name": "mo"}}}, "applies to a data volume"),
+    ({"parallelPods": 65}, "parallelPods must be 1-64"),
+    ({"source": {"sharedStorage": {"s3": SHARED}}}, "needs spec.source.sql"),
+    ({"source": {"sharedStorage": {"s3": {**SHARED, "path": "Bad_Bucket/x"}}}}, "not an S3 bucket name"),
+    ({"source": {"sharedStorage": {"s3": {**SHARED, "path": "bucket/../x"}}}}, "without '.', '..'"),
+    ({"source": {"sharedStorage": {"s3": {**SHARED, "secretRef": {}}}}}, "secretRef.name is required"),
+    ({"source": {"sharedStorage": {"s3": {**SHARED, "endpoint": "minio:9000"}}}}, "http:// or https://"),
+    ({"source": {"cluster": {"name": "mo"}, "staging": {"path": "/"}}}, "BUCKET/FOLDER"),
+])
+def test_cluster_source_errors(change: dict, message: str) -> None:
+    with pytest.raises(models.SpecError, match=message):
+        models.parse_backup({**CLUSTER_BACKUP, **change}, "ns")
+
+
+def test_s3_backup_steps_carry_no_secret_and_only_the_first_talks_sql() -> None:
+    spec = models.parse_backup({**CLUSTER_BACKUP, "parallelPods": 3, "parallelism": 6}, "ns")
+    shared = models.parse_shared_s3(SHARED, "x")
+    storage = models.parse_storage({"s3": {"bucket": "repo", "credentialsSecretRef": {"name": "c"}}})
+    sql = models.SqlEndpoint("mo-cn", 6001, "dump", models.SecretKey("mo-credential", "password"))
+    owner = jobs.Owner("MOBackup", "b", "ns", "uid")
+    bodies = {step: jobs.s3_backup_job(owner, spec, storage, shared, sql if step in ("backup", "stage") else None,
+                                       step=step, defaults=jobs.OperatorDefaults(), run_id="run-1")
+              for step in jobs.S3_STEPS}
+    assert len({b["metadata"]["name"] for b in bodies.values()}) == 4
+    for step, body in bodies.items():
+        pod = body["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert "volumes" not in pod or all("persistentVolumeClaim" not in v for v in pod["volumes"])
+        assert env["MOBACKUP_STAGING_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "mo-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+        assert ("MOBACKUP_SQL_PASSWORD" in env) == (step in ("backup", "stage")), step
+        assert "--staging" in container["args"] and "s3://mo-bucket/clusters/mo/mobackup-staging" in container["args"]
+    ingest = bodies["ingest"]["spec"]
+    assert (ingest["completionMode"], ingest["completions"], ingest["parallelism"], ingest["maxFailedIndexes"]) == (
+        "Indexed", 3, 3, 0) and "backoffLimit" not in ingest and ingest["backoffLimitPerIndex"] == 1
+    assert "--stage-only" in bodies["stage"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert bodies["commit"]["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "commit"
+
+
+def test_s3_restore_targets_and_steps() -> None:
+    spec = models.parse_restore({"backupName": "b", "parallelPods": 2, "overwrite": True, "target": {
+        "cluster": {"name": "mo"}, "logVolume": {"claimName": "mo-data-mo-log-0"}}})
+    assert spec.log_volume == models.Volume("mo-data-mo-log-0", "data") and spec.target_label == "MatrixOneCluster mo"
+    shared = models.parse_shared_s3(SHARED, "x")
+    storage = models.parse_storage({"s3": {"bucket": "repo"}})
+    owner = jobs.Owner("MORestore", "r", "ns", "uid")
+    shards = jobs.s3_restore_job(owner, spec, storage, "ID", shared, ["mo-cn:6001"], jobs.OperatorDefaults(), "shards")
+    final = jobs.s3_restore_job(owner, spec, storage, "ID", shared, ["mo-cn:6001"], jobs.OperatorDefaults(),
+                                "finalize")
+    s_args = shards["spec"]["template"]["spec"]["containers"][0]["args"]
+    f_args = final["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert shards["spec"]["completions"] == 2 and "--shards" in s_args and "--local-fs-dir" not in s_args
+    assert not any(v.get("persistentVolumeClaim") for v in shards["spec"]["template"]["spec"]["volumes"])
+    assert {"--finalize", "--reset-local-fs", "--overwrite"} <= set(f_args) and "--hk-data-s3" in f_args
+    assert f_args[f_args.index("--target-s3") + 1] == "s3://mo-bucket/clusters/mo/data"
+    assert f_args[f_args.index("--check-stopped") + 1] == "mo-cn:6001"
+    for bad, message in [({"target": {"cluster": {"name": "mo"}, "workload": {"name": "mo"}}}, "its own spec"),
+                         ({"target": {"pvc": {"claimName": "d"}, "logVolume": {"claimName": "l"}}}, "apply to table"),
+                         ({"target": {"pvc": {"claimName": "d"}}, "parallelPods": 2}, "apply to table"),
+                         ({"target": {"cluster": {"name": "mo"}, "hostname": "mo-0"}}, "applies to a data volume")]:
+        with pytest.raises(models.SpecError, match=message):
+            models.parse_restore({"backupName": "b", **bad})
