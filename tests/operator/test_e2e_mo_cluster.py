@@ -6,7 +6,8 @@ does not run here) describes it as the MatrixOne operator would once Ready. The 
 S3 location, the SQL endpoint and the credentials from that object alone.
 
 - The seed's examples via `source.cluster`: a full backup scaled out over 3 pods (an Indexed Job)
-  while a writer commits, an incremental in one pod, drop/create, a restore in place over 2 pods
+  while a writer commits, a scaled-out backup whose shard is killed for good (Failed, nothing
+  listed), an incremental in one pod (the retry), drop/create, a restore in place over 2 pods
   (refused while the cluster asks for pods or MatrixOne answers), start, `show databases`, checksums, the writer's
   exact prefix, and new IDs after the restored ones (hk_data on the log volume).
 - A restore into a new, empty prefix for a new cluster: MatrixOne bootstraps from `<folder>/hk_data`
@@ -62,6 +63,26 @@ def test_matrixone_cluster_backup_scaled_out_then_restore_in_place_and_into_a_ne
     assert s3_keys(env.s3, mo.bucket, "c1/mobackup-staging") == [], "the staging must be removed"
     reasons = [e["reason"] for e in env.events("full")]
     assert "Staged" in reasons and "ShardsStored" in reasons and "BackupCompleted" in reasons, reasons
+
+    # A shard killed for good (no retry per index): the run fails and lists nothing; the next run is
+    # the retry.
+    env.create("MOBackup", "killed", {"source": {"cluster": {"name": "mo"}}, "storageRef": {"name": "s3"},
+                                      "parallelPods": 2, "bandwidthLimit": "100Ki", "job": {"backoffLimit": 0}})
+    st = env.wait("MOBackup", "killed", lambda o: (o.get("status") or {}).get("step") == "ingest", 120,
+                  "the ingest step")["status"]
+    pods: list[dict] = []
+    deadline = time.monotonic() + 60
+    while len(pods) < 2 or not all((p.get("status") or {}).get("phase") == "Running" for p in pods):
+        assert time.monotonic() < deadline, pods
+        pods = env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector=f"job-name={st['jobName']}")["items"]
+        time.sleep(0.3)
+    time.sleep(1)
+    victim = next(p for p in pods if p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] == "1")
+    env.api.delete(f"/api/v1/namespaces/{env.ns}/pods/{victim['metadata']['name']}", {"gracePeriodSeconds": 0})
+    killed = env.wait_phase("MOBackup", "killed", "Failed", "Completed", timeout=180)["status"]
+    assert killed["phase"] == "Failed" and "the ingest shards" in killed["message"], killed
+    assert "nothing was listed" in killed["message"], killed
+    assert [b.id for b in env.repository().list_backups()] == [full["backupID"]]
 
     insert_rows(mo, "db1", 100_001, 700)
     create_db(mo, "db4", 300)
