@@ -465,6 +465,7 @@ def backup_crd() -> Schema:
             column("Base", ".status.baseBackupID", priority=1),
             column("Source", ".status.source", priority=1),
             column("Progress", ".status.progress.percent", "integer", priority=1),
+            column("Step", ".status.step", priority=1),
             column("Message", ".status.message", priority=1)]
     return crd("MOBackup", "mobackups", ["mob"], backup_spec(), obj("Observed state of the backup.", props),
                cols, "MOBackup is one physical backup of a MatrixOne data directory, run by a Job.")
@@ -544,6 +545,7 @@ def restore_crd() -> Schema:
             column("Target", ".status.target"), column("Size", ".status.size"),
             column("Duration", ".status.duration"), AGE,
             column("Progress", ".status.progress.percent", "integer", priority=1),
+            column("Step", ".status.step", priority=1),
             column("Message", ".status.message", priority=1)]
     return crd("MORestore", "morestores", ["mor"], spec, obj("Observed state of the restore.", props), cols,
                "MORestore restores a backup into a MatrixOne data volume (stopping its workload meanwhile).")
