@@ -382,9 +382,12 @@ def test_statefulset_pod_runs_with_provisioned_volume(kube_cluster: KubeCluster,
     wait_for(api, f"/api/v1/namespaces/{ns}/pods/mo-0", lambda o: (data / "pid").exists(), 10, "pid file")
     first = int((data / "pid").read_text())
     os.kill(first, 9)   # the "database" crashes: restartPolicy Always restarts it
+    # The kubelet (here the local node) reports the container running once its process is spawned,
+    # which may be before the shell has appended its line: wait for both.
     wait_for(api, f"/api/v1/namespaces/{ns}/pods/mo-0",
              lambda o: o["status"]["containerStatuses"][0]["restartCount"] == 1
-             and "running" in o["status"]["containerStatuses"][0]["state"], 30, "container restarted")
+             and "running" in o["status"]["containerStatuses"][0]["state"]
+             and (data / "starts").read_text().count("started") >= 2, 30, "container restarted")
     assert (data / "starts").read_text() == "started\nstarted\n"
     second = int((data / "pid").read_text())
     api.merge_patch(f"/apis/apps/v1/namespaces/{ns}/statefulsets/mo/scale", {"spec": {"replicas": 0}})
