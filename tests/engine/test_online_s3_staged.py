@@ -324,3 +324,25 @@ def test_restore_to_s3_in_shards_then_finalize(make_repo: Any, root: S3Place, tm
     restore_to_s3(repo, backup.id, target, step="shard", shard=(0, 1), overwrite=True)
     result = restore_to_s3(repo, backup.id, target, step="finalize", overwrite=True)
     assert listing(target) == full_objects and result.removed_objects == 1
+
+
+def test_a_drill_refuses_a_backup_of_table_data_in_s3(make_repo: Any, root: S3Place, tmp_path: Path) -> None:
+    """A drill runs MatrixOne on a local data directory: an S3-resident backup is refused up front,
+    with the reason, before anything is restored or started."""
+    from mobackup.engine.drill import run_drill
+
+    repo = make_repo()
+    staged = Staged(root, objects(2, 5))
+    run_id = staged.run(repo)
+    ingest_shard(repo, run_id, root, 0, 1)
+    commit_run(repo, run_id, root, 1)
+    fake = tmp_path / "bin" / "mo-service"
+    (fake.parent / "etc" / "launch").mkdir(parents=True)
+    (fake.parent / "etc" / "launch" / "launch.toml").write_text("# never read\n")
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with pytest.raises(MobackupError, match="table data lives in S3"):
+        run_drill(repo, run_id, fake, scratch_parent=scratch)
+    assert list(scratch.iterdir()) == [], "nothing restored"

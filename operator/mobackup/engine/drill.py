@@ -322,6 +322,10 @@ def run_drill(
         raise MobackupError(f"{mo_service}: not an executable mo-service")
     etc = _launch_config(mo_service)
     summary = repo.load_summary(repo.resolve_id(backup_id))
+    if summary.extra.get("resident") == "s3":
+        raise MobackupError(f"backup {summary.id} is of a MatrixOne whose table data lives in S3: a drill starts "
+                            "MatrixOne on a local data directory, which cannot hold it; restore it into a new "
+                            "cluster's prefix instead (docs/s3-clusters.md)")
     result = DrillResult(summary.id, backup_kind=str(summary.extra.get("kind", "cold")),
                          backup_ts=summary.backup_ts, source=summary.source)
     busy = busy_ports()
