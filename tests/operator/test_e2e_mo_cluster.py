@@ -179,6 +179,13 @@ def test_cluster_sources_are_checked_before_anything_runs(env: Env) -> None:
     assert (st["reason"], st["message"]) == ("ClusterNotFound", f"MatrixOneCluster {env.ns}/absent not found"), st
     jobs = env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs")["items"]
     assert jobs == [], [j["metadata"]["name"] for j in jobs]
+    # A drill starts MatrixOne on a scratch volume: a backup of table data in S3 is refused up front.
+    env.api.merge_patch(env.path("MOBackup", "no-cluster") + "/status", {"status": {
+        "phase": "Completed", "backupID": "0f0f0f0f-aaaa-bbbb-cccc-000000000000",
+        "sharedStorage": "s3://bucket/folder/data"}})
+    env.create("MORestoreDrill", "drill-s3", {"backupName": "no-cluster"})
+    st = env.wait_phase("MORestoreDrill", "drill-s3", "Failed", "Completed", timeout=60)["status"]
+    assert st["reason"] == "DrillUnsupported" and "table data lives in S3" in st["message"], st
 
     with pytest.raises(ApiError, match="set exactly one of pvc, cluster or sharedStorage"):
         env.create("MOBackup", "both", {"source": {"cluster": {"name": "mo"}, "pvc": {"claimName": "x"}, "sql": {

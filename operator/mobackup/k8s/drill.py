@@ -257,6 +257,10 @@ def start(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec, mo: MatrixOneSettings)
     if not (obj.get("status") or {}).get("phase"):
         transition(ctx, obj, "Pending", "Accepted", "validated; preparing the drill")
     backup_id, storage_name, backup_name, backup = resolve_backup(ctx, ns, spec)
+    if ((backup or {}).get("status") or {}).get("sharedStorage"):
+        raise Fail("DrillUnsupported", f"MOBackup {backup_name} is of a MatrixOne whose table data lives in S3: a "
+                                       "drill starts MatrixOne on a scratch volume, which cannot hold it; restore it "
+                                       "into a new cluster's prefix instead (docs/s3-clusters.md)")
     _, storage_spec = controller.require_storage_ready(ctx, ns, storage_name)
     hostname = spec.hostname or source_hostname(backup, ns)
     owner = owner_of(obj)
