@@ -7,9 +7,10 @@ S3 location, the SQL endpoint and the credentials from that object alone.
 
 - The seed's examples via `source.cluster`: a full backup scaled out over 3 pods (an Indexed Job)
   while a writer commits, a scaled-out backup whose shard is killed for good (Failed, nothing
-  listed), an incremental in one pod (the retry), drop/create, a restore in place over 2 pods
-  (refused while the cluster asks for pods or MatrixOne answers), start, `show databases`, checksums, the writer's
-  exact prefix, and new IDs after the restored ones (hk_data on the log volume).
+  listed), an incremental in one pod (the retry) through `source.sharedStorage` + `source.sql`,
+  drop/create, a restore in place over 2 pods (refused while the cluster asks for pods or MatrixOne
+  answers), start, `show databases`, checksums, the writer's exact prefix, and new IDs after the
+  restored ones (hk_data on the log volume).
 - A restore into a new, empty prefix for a new cluster: MatrixOne bootstraps from `<folder>/hk_data`
   (`BACKUP://hk_data`, as the MatrixOne operator's `initialConfig.restoreFrom` configures it)."""
 
@@ -22,7 +23,7 @@ import pytest
 from mo_cluster_e2e import S3MatrixOne, matrixone_cluster, s3_keys, set_cluster_replicas, stop_mo
 from mo_e2e import Env
 
-from mo_server import Writer, checksums, create_db, insert_rows, user_databases, wait_sql, writer_rows
+from mo_server import USER, Writer, checksums, create_db, insert_rows, user_databases, wait_sql, writer_rows
 
 pytestmark = pytest.mark.cluster
 
@@ -88,8 +89,14 @@ def test_matrixone_cluster_backup_scaled_out_then_restore_in_place_and_into_a_ne
     create_db(mo, "db4", 300)
     at_incremental = checksums(mo, ["db1", "db2", "db4"])
     w_rows = writer_rows(mo)
-    env.create("MOBackup", "inc", {"source": {"cluster": {"name": "mo"}}, "storageRef": {"name": "s3"},
-                                   "type": "Incremental"})
+    # The same MatrixOne named without the MatrixOne operator's object: sharedStorage plus sql (and the
+    # source name of the cluster's backups, so the full is its base).
+    shared = {"path": f"{mo.bucket}/c1", "type": "minio", "endpoint": env.s3.endpoint, "region": env.s3.region,
+              "secretRef": {"name": "mo-s3"}}
+    env.create("MOBackup", "inc", {"source": {
+        "sharedStorage": {"s3": shared}, "name": f"{env.ns}/mo",
+        "sql": {"host": "127.0.0.1", "port": 6001, "user": USER, "passwordSecretRef": {"name": "mo-credential"}}},
+        "storageRef": {"name": "s3"}, "type": "Incremental"})
     inc = env.wait_phase("MOBackup", "inc", "Completed", "Failed", timeout=300)["status"]
     assert inc["phase"] == "Completed", inc
     assert inc["baseBackupID"] == full["backupID"] and inc["step"] == "backup", inc
