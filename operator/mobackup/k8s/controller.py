@@ -256,6 +256,23 @@ def take_lease(ctx: Ctx, obj: dict[str, Any], claim: str) -> None:
         raise Wait("WaitingForLease", f"{who} is using PVC {claim}; one backup or restore at a time per source")
 
 
+def run_key(obj: dict[str, Any], spec: models.BackupSpec | models.RestoreSpec) -> str:
+    """What a run's Lease is named after: its PVC, or the S3 prefix of the table data it resolved
+    (status.sharedStorage), so that a MatrixOneCluster and the same data given as sharedStorage
+    exclude each other; before that resolution, what the spec names."""
+    if spec.volume is None:
+        resolved = (obj.get("status") or {}).get("sharedStorage")
+        if resolved:
+            return str(resolved)
+    return spec.lease_key
+
+
+def lease_s3_source(ctx: Ctx, obj: dict[str, Any], source: S3Source) -> None:
+    """Record the resolved prefix (run_key reads it back on every later pass), then take its Lease."""
+    patch_fields(ctx, obj, sharedStorage=source.shared.data_url)
+    take_lease(ctx, obj, source.shared.data_url)
+
+
 def create_job(ctx: Ctx, obj: dict[str, Any], body: dict[str, Any]) -> str:
     ns = obj["metadata"]["namespace"]
     name = body["metadata"]["name"]
@@ -327,7 +344,7 @@ def _reconcile_run(ctx: Ctx, obj: dict[str, Any], parse: Callable[[dict[str, Any
     except Wait as e:
         transition(ctx, obj, "Pending", e.reason, str(e))
     except Fail as e:
-        fail_early(ctx, obj, e, spec.lease_key, stopped_workload(spec))
+        fail_early(ctx, obj, e, run_key(obj, spec), stopped_workload(spec))
 
 
 def check_job_overrides(ctx: Ctx, overrides: models.JobOverrides) -> None:
@@ -427,6 +444,11 @@ class S3Source:
     sql: models.SqlEndpoint | None
     running_sets: tuple[str, ...] = ()
 
+    @property
+    def sql_endpoints(self) -> list[str]:
+        """Where a restore's Job checks that MatrixOne is stopped (--check-stopped)."""
+        return [f"{self.sql.host}:{self.sql.port}"] if self.sql else []
+
 
 def s3_source(ctx: Ctx, ns: str, cluster: str | None, shared: models.SharedS3 | None,
               sql: models.SqlEndpoint | None) -> S3Source:
@@ -463,7 +485,7 @@ def start_s3_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec, st: 
         storage.secret_value(ctx.kube, ns, source.sql.password)
     except storage.MissingInput as e:
         raise Fail(e.reason, f"source.sql: {e}") from None
-    take_lease(ctx, obj, spec.lease_key)
+    lease_s3_source(ctx, obj, source)
     step = "backup" if spec.parallel_pods == 1 else "stage"
     body = jobs.s3_backup_job(owner_of(obj), spec, st, source.shared, source.sql, step=step, defaults=ctx.defaults,
                               base_id=base_id)
@@ -484,7 +506,7 @@ def next_s3_step(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec, step: s
     st = obj.get("status") or {}
     run_id = str(result.get("run_id") or st.get("runID") or "")
     if not run_id:
-        finish(ctx, obj, spec.lease_key, None, False, "NoResult", f"{S3_STEP_NAMES[step]} reported no run ID")
+        finish(ctx, obj, run_key(obj, spec), None, False, "NoResult", f"{S3_STEP_NAMES[step]} reported no run ID")
         return
     _, storage_spec = get_storage(ctx, ns, spec.storage)
     source = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql)
@@ -515,14 +537,14 @@ def start_s3_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec, st
         raise Fail("ClusterRunning", f"MatrixOneCluster {spec.cluster} still asks for pods ({sets}): set every "
                                      "set's replicas to 0 (and spec.logService.pvcRetentionPolicy Retain if its "
                                      "volumes must stay), then create the MORestore again")
-    check = [f"{source.sql.host}:{source.sql.port}"] if source.sql else []
     if spec.log_volume is not None:
         storage.require_pvc(ctx.kube, ns, spec.log_volume.claim, "target.logVolume")
-    take_lease(ctx, obj, spec.lease_key)
+    lease_s3_source(ctx, obj, source)
     if spec.workload:
         stop_workload(ctx, obj, spec.workload)
     step = "restore" if spec.parallel_pods == 1 else "shards"
-    body = jobs.s3_restore_job(owner_of(obj), spec, st, backup_id, source.shared, check, ctx.defaults, step)
+    body = jobs.s3_restore_job(owner_of(obj), spec, st, backup_id, source.shared, source.sql_endpoints,
+                               ctx.defaults, step)
     job_name = create_job(ctx, obj, body)
     ctx.metrics.inc("mobackup_runs_total", kind="MORestore", namespace=ns)
     pods = f" in {spec.parallel_pods} pods" if step == "shards" else ""
@@ -539,9 +561,8 @@ def s3_restore_finalize(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec)
     st = obj.get("status") or {}
     _, storage_spec = get_storage(ctx, ns, str(st.get("storage")))
     source = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql_check)
-    check = [f"{source.sql.host}:{source.sql.port}"] if source.sql else []
-    body = jobs.s3_restore_job(owner_of(obj), spec, storage_spec, str(st.get("backupID")), source.shared, check,
-                               ctx.defaults, "finalize")
+    body = jobs.s3_restore_job(owner_of(obj), spec, storage_spec, str(st.get("backupID")), source.shared,
+                               source.sql_endpoints, ctx.defaults, "finalize")
     job_name = create_job(ctx, obj, body)
     message = f"all {spec.parallel_pods} shards uploaded; Job {job_name} completes the restore"
     events.emit(ctx.kube, obj, "Normal", "ShardsRestored", message)
@@ -597,7 +618,7 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
     st = obj.get("status") or {}
     job_name = st.get("jobName") or jobs.job_name(owner_of(obj), "backup")
     w = spec.workload if spec.consistency == "Stop" else None
-    key = spec.lease_key
+    key = run_key(obj, spec)
     try:
         job = ctx.kube.get_job(ns, job_name)
     except NotFound:
@@ -693,8 +714,8 @@ def cleanup_run(ctx: Ctx, obj: dict[str, Any]) -> None:
         return
     drop_snapshot(ctx, obj)
     try:
-        key = (models.parse_backup(obj.get("spec") or {}, ns).lease_key if obj["kind"] == "MOBackup"
-               else models.parse_restore(obj.get("spec") or {}).lease_key)
+        key = run_key(obj, models.parse_backup(obj.get("spec") or {}, ns) if obj["kind"] == "MOBackup"
+                      else models.parse_restore(obj.get("spec") or {}))
     except models.SpecError:
         return
     lease.release(ctx.kube, ns, key, holder_id(obj))
@@ -832,12 +853,12 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
     try:
         job = ctx.kube.get_job(ns, job_name)
     except NotFound:
-        finish(ctx, obj, spec.lease_key, spec.workload, False, "JobVanished",
+        finish(ctx, obj, run_key(obj, spec), spec.workload, False, "JobVanished",
                f"Job {job_name} disappeared before reporting a result")
         return
     state, result, fallback = job_outcome(ctx, ns, job)
     if state.state == "Running":
-        take_lease(ctx, obj, spec.lease_key)
+        take_lease(ctx, obj, run_key(obj, spec))
         if state.attempts and state.attempts != st.get("attempts"):
             patch_fields(ctx, obj, attempts=state.attempts)
         return
@@ -855,7 +876,7 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
             transition(ctx, obj, "Running", "CheckingSQL", msg + "; checking SQL", attempts=state.attempts,
                        sqlCheckSince=status.iso(), **fields)
             return
-        finish(ctx, obj, spec.lease_key, spec.workload, True, "RestoreCompleted", msg,
+        finish(ctx, obj, run_key(obj, spec), spec.workload, True, "RestoreCompleted", msg,
                attempts=state.attempts, **fields)
         return
     if result:
@@ -868,7 +889,7 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
     else:
         reason = "JobFailed"
         message = f"Job {job_name}: {state.reason}: {fallback}".strip()
-    finish(ctx, obj, spec.lease_key, spec.workload, False, reason, message, attempts=state.attempts)
+    finish(ctx, obj, run_key(obj, spec), spec.workload, False, reason, message, attempts=state.attempts)
 
 
 def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> None:
@@ -881,7 +902,7 @@ def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
     try:
         password = storage.secret_value(ctx.kube, ns, chk.password)
     except storage.MissingInput as e:
-        finish(ctx, obj, spec.lease_key, spec.workload, False, "SQLCheckFailed", str(e))
+        finish(ctx, obj, run_key(obj, spec), spec.workload, False, "SQLCheckFailed", str(e))
         return
     try:
         conn = pymysql.connect(host=chk.host, port=chk.port, user=chk.user, password=password,
@@ -898,9 +919,9 @@ def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
         waited = (status.now() - started).total_seconds() if started else 0
         if waited < chk.timeout_seconds:
             return  # not up yet: the next pass tries again
-        finish(ctx, obj, spec.lease_key, spec.workload, False, "SQLCheckFailed",
+        finish(ctx, obj, run_key(obj, spec), spec.workload, False, "SQLCheckFailed",
                f"{chk.host}:{chk.port} did not answer within {chk.timeout_seconds}s: {e.args[-1]}")
         return
     result = f"version {version}; databases: {', '.join(dbs)}"
-    finish(ctx, obj, spec.lease_key, spec.workload, True, "RestoreCompleted",
+    finish(ctx, obj, run_key(obj, spec), spec.workload, True, "RestoreCompleted",
            f"restored backup {obj['status'].get('backupID')}; SQL check ok", sqlCheck=result[:1000])
