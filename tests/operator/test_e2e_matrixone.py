@@ -17,6 +17,7 @@ from typing import Any
 
 import pymysql
 import pytest
+from mo_cluster_e2e import stop_mo as stop_statefulset
 from mo_e2e import Env
 
 from mo_server import (
@@ -97,18 +98,6 @@ def real_mo(env: Env, mo_install: Callable[[str], Path]) -> Iterator[Callable[..
         stop_statefulset(env, *started)
     finally:
         lock.release()
-
-
-def stop_statefulset(env: Env, *names: str) -> None:
-    """Scales the StatefulSets to 0 and waits until their pods are gone and MatrixOne's ports free."""
-    for name in names:
-        env.api.merge_patch(f"/apis/apps/v1/namespaces/{env.ns}/statefulsets/{name}", {"spec": {"replicas": 0}})
-    deadline = time.monotonic() + 90
-    for name in names:
-        while env.api.get(f"/api/v1/namespaces/{env.ns}/pods", labelSelector=f"app={name}")["items"]:
-            assert time.monotonic() < deadline, f"the pods of {name} did not stop"
-            time.sleep(0.5)
-    wait_ports_free(90)
 
 
 def sql_ref() -> dict[str, Any]:

@@ -12,6 +12,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -203,8 +204,6 @@ def _backup_result(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _shard_index(shards: int) -> int:
     """This pod's shard: its completion index in an Indexed Job."""
-    import os
-
     text = os.environ.get("JOB_COMPLETION_INDEX", "")
     if not text.isdigit() or not 0 <= int(text) < shards:
         raise MobackupError(f"JOB_COMPLETION_INDEX {text!r} is not a shard index 0..{shards - 1} "
@@ -231,8 +230,7 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
                                       local_fs_dir=args.local_fs_dir, reset_local_fs=args.reset_local_fs,
                                       hk_data_s3=hk_s3, step=step, shard=shard, progress=reporter).to_dict()
         summary = repo.load_summary(res["backup_id"]).to_dict()
-        res.update({"backup_ts": summary.get("backup_ts"), "type": summary.get("type"),
-                    "restored_bytes": res["size_bytes"]})
+        res.update({"backup_ts": summary.get("backup_ts"), "type": summary.get("type")})
         return {"ok": True, "action": "restore", "result": res}
     staging = _place(args, "staging", "MOBACKUP_STAGING_")
     if args.action == "commit":

@@ -25,6 +25,7 @@ from .models import (
     SqlEndpoint,
     parse_shared_s3,
 )
+from .storage import MissingInput, secret_value
 
 
 class ClusterError(Exception):
@@ -84,16 +85,11 @@ def cluster_source(kube: Kube, ns: str, name: str, sql: SqlEndpoint | None) -> C
         st = cluster.get("status") or {}
         credential = (st.get("credentialRef") or {}).get("name")
         if st.get("host") and credential:
-            user = _secret_text(kube, ns, credential, "username") or "dump"
+            try:
+                user = secret_value(kube, ns, SecretKey(credential, "username"))
+            except MissingInput as e:
+                if e.reason != "SecretKeyNotFound":
+                    raise ClusterError(e.reason, f"the cluster's credential: {e}") from None
+                user = "dump"  # the user the MatrixOne operator creates
             sql = SqlEndpoint(str(st["host"]), int(st.get("port") or 6001), user, SecretKey(credential, "password"))
     return ClusterSource(shared, sql, running_sets(cluster))
-
-
-def _secret_text(kube: Kube, ns: str, name: str, key: str) -> str | None:
-    import base64
-
-    try:
-        data = (kube.get_secret(ns, name).get("data") or {}).get(key)
-    except NotFound:
-        raise ClusterError("SecretNotFound", f"Secret {ns}/{name} (the cluster's credential) not found") from None
-    return base64.b64decode(data).decode() if data else None
