@@ -736,7 +736,8 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
             if hk_path.exists() and not overwrite:
                 raise TargetNotEmptyError(f"{hk_path} exists: refusing to replace the log service state without "
                                           "--overwrite")
-        if hk_data_s3 is not None and step != "shard" and not overwrite and _object_exists(hk_data_s3):
+        hk_object = _object_of(hk_data_s3) if hk_data_s3 is not None and step != "shard" else None
+        if hk_object is not None and not overwrite and hk_object[0].exists(hk_object[1]):
             raise TargetNotEmptyError(f"{hk_data_s3.url} exists: refusing to replace it without --overwrite")
         records = _file_records(repo, summary)
         objects = [r for r in records if r["path"].startswith("shared/")]
@@ -762,8 +763,8 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
         removed = backend.delete(foreign) if foreign and step != "shard" else 0
         if step != "shard":
             data = b"".join(repo.get_blob(d) for d in hk["chunks"])
-            if hk_data_s3 is not None:
-                _object_backend(hk_data_s3).write(hk_data_s3.prefix.rsplit("/", 1)[-1], disk_unframe(data))
+            if hk_object is not None:
+                hk_object[0].write(hk_object[1], disk_unframe(data))
             if hk_path is not None:
                 if reset_local_fs:
                     _empty_directory(Path(local_fs_dir or hk_path.parent))
@@ -833,13 +834,10 @@ def _write_durably(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _object_backend(place: S3Place) -> Any:
-    """The backend of the "folder" of the object `place` names."""
-    return dataclasses.replace(place, prefix=place.prefix.rpartition("/")[0]).backend()
-
-
-def _object_exists(place: S3Place) -> bool:
-    return bool(_object_backend(place).exists(place.prefix.rsplit("/", 1)[-1]))
+def _object_of(place: S3Place) -> tuple[Any, str]:
+    """(the backend of the "folder" of the object `place` names, the object's name there)."""
+    folder, _, name = place.prefix.rpartition("/")
+    return dataclasses.replace(place, prefix=folder).backend(), name
 
 
 def _has_entries(directory: Path) -> bool:
