@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from online import du, fill  # noqa: E402
 
-from mo_server import MatrixOne, ServerLock, install, wait_ports_free  # noqa: E402
+from mo_server import DEFAULT_VERSION, MatrixOne, ServerLock, install, wait_ports_free  # noqa: E402
 
 MOBACKUP = REPO_ROOT / ".venv" / "bin" / "mobackup"
 
@@ -46,10 +46,10 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=4_000_000)
     p.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = p.parse_args()
-    home = install("v2.2.2")
+    home = install(DEFAULT_VERSION)
     with tempfile.TemporaryDirectory(prefix="mobackup-drill-bench-") as tmp:
         work = Path(tmp)
-        mo = MatrixOne(home, work / "mo", "v2.2.2")
+        mo = MatrixOne(home, work / "mo", DEFAULT_VERSION)
         mo.start()
         try:
             mo.sql("create database big", "create table big.t (id bigint primary key, v varchar(400))")

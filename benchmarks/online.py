@@ -31,7 +31,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from mo_server import MatrixOne, Writer, install  # noqa: E402
+from mo_server import DEFAULT_VERSION, MatrixOne, Writer, install  # noqa: E402
 
 MOBACKUP = REPO_ROOT / ".venv" / "bin" / "mobackup"
 
@@ -71,7 +71,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="mobackup-online-bench-"))
     (work / "mo").mkdir()
-    mo = MatrixOne(install("v2.2.2"), work / "mo", "v2.2.2")
+    mo = MatrixOne(install(DEFAULT_VERSION), work / "mo", DEFAULT_VERSION)
     results: dict[str, Any] = {"rows": args.rows, "reps": args.reps, "runs": []}
     try:
         results["start_seconds"] = mo.start()

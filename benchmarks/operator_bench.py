@@ -1,4 +1,4 @@
-"""Operator benchmarks (issue 4) on the real test control plane (tests/cluster) and MinIO.
+"""Operator benchmarks (issue 4) on the real test control plane (tests/cluster) and its S3 server.
 
 1. Reaction time (median of N): MOBackup created -> its Job exists; Job complete -> status Completed.
    Measured client side from watch-event arrival times (API timestamps have 1 s resolution).

@@ -147,7 +147,7 @@ def render(results: dict[str, Any]) -> str:
     if any(r["section"] == "local" for r in summary):
         parts += ["### Local directory", local_table(summary)]
     if any(r["section"] == "s3" for r in summary):
-        parts += ["### S3 (MinIO on loopback)", s3_table(summary)]
+        parts += ["### S3 (SeaweedFS on loopback)", s3_table(summary)]
     if any(r["tool"] == "mobackup" for r in summary):
         parts += ["### mobackup --parallelism", parallelism_table(summary)]
     if any(r["tool"] == "mobackup-variant" for r in summary):

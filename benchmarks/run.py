@@ -15,11 +15,9 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -184,44 +182,21 @@ class Bench:
     def restic_options(self, section: str) -> list[str]:
         return ["-o", "s3.bucket-lookup=path"] if section == "s3" else []
 
-    # ----- S3 (MinIO on loopback) ----------------------------------------------------------------
+    # ----- S3 (SeaweedFS on loopback, the test suite's S3 server) ------------------------------
 
-    def start_minio(self) -> subprocess.Popen[bytes]:
-        binary = Path(self.args.minio)
-        if not binary.is_file():
-            raise SystemExit(f"MinIO not found at {binary}: run tests/cluster/build minio")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        data = self.work / "minio-data"
+    def start_s3(self) -> Any:
+        sys.path.insert(0, str(ROOT / "tests"))
+        from cluster.s3 import start_s3
+
+        data = self.work / "s3-server"
         if data.exists():
             shutil.rmtree(data)
-        data.mkdir(parents=True)
-        user, password = "bench" + secrets.token_hex(4), secrets.token_urlsafe(24)
-        env = self.env | {"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password, "MINIO_BROWSER": "off",
-                          "MINIO_UPDATE": "off", "MINIO_REGION": "us-east-1"}
-        log = open(self.logs / "minio.log", "ab")  # noqa: SIM115 - lives as long as the server
-        server = subprocess.Popen([str(binary), "server", str(data), "--address", f"127.0.0.1:{port}", "--quiet"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT)
-        endpoint = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{endpoint}/minio/health/ready", timeout=1).status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"MinIO did not start; see {self.logs / 'minio.log'}")
-            time.sleep(0.3)
-        self.s3_env = {
-            "AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": user,
-            "AWS_SECRET_ACCESS_KEY": password, "MOBACKUP_S3_PATH_STYLE": "1",
-            "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "Minio", "RCLONE_CONFIG_S3_ENDPOINT": endpoint,
-            "RCLONE_CONFIG_S3_ACCESS_KEY_ID": user, "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": password,
-            "RCLONE_CONFIG_S3_REGION": "us-east-1",
+        server = start_s3(data, bucket=BUCKET)
+        self.s3_env = server.env() | {
+            "RCLONE_CONFIG_S3_TYPE": "s3", "RCLONE_CONFIG_S3_PROVIDER": "SeaweedFS",
+            "RCLONE_CONFIG_S3_ENDPOINT": server.endpoint, "RCLONE_CONFIG_S3_ACCESS_KEY_ID": server.access_key,
+            "RCLONE_CONFIG_S3_SECRET_ACCESS_KEY": server.secret_key, "RCLONE_CONFIG_S3_REGION": server.region,
         }
-        self.quiet([self.rclone, "mkdir", f"s3:{BUCKET}"], self.env | self.s3_env)
         return server
 
     def purge(self, prefix: str) -> None:
@@ -300,14 +275,14 @@ class Bench:
     # ----- the run -------------------------------------------------------------------------------
 
     def versions(self) -> dict[str, str]:
-        minio = measure.output_of([self.args.minio, "--version"])
+        weed = measure.output_of([str(Path(self.args.weed)), "version"])
         return {
             "mobackup": measure.output_of([self.mobackup, "--version"]),
             "cp": measure.output_of(["cp", "--version"]),
             "rsync": measure.output_of(["rsync", "--version"]),
             "rclone": measure.output_of([self.rclone, "version"]),
             "restic": measure.output_of(["restic", "version"]),
-            "minio": minio,
+            "seaweedfs": weed,
             "python": sys.version.split()[0],
             # The engine measured: the commit, and whether operator/ had uncommitted changes then.
             "mobackup_commit": measure.output_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
@@ -343,7 +318,7 @@ class Bench:
             self.ds = dataset.build(self.work / f"data-{self.args.size}", self.args.size, self.args.seed)
             results["dataset"] = self.ds.to_dict() | {"build_s": round(time.monotonic() - clock, 1)}
             print(f"data set: {self.ds.state_a} -> {self.ds.state_b} ({results['dataset']['build_s']} s)")
-        server = self.start_minio() if "s3" in sections else None
+        server = self.start_s3() if "s3" in sections else None
         try:
             # Repetitions interleave the tools, so that load from other processes spreads evenly.
             for rep in range(self.args.reps):
@@ -354,8 +329,7 @@ class Bench:
                         self.save(results)
         finally:
             if server is not None:
-                server.terminate()
-                server.wait(30)
+                server.stop()
         if "memory" in sections:
             def progress(rows: list[dict[str, Any]]) -> None:
                 results["memory"] = rows
@@ -368,7 +342,7 @@ class Bench:
         print(report.render(results))
         if not self.args.keep:
             shutil.rmtree(self.work / "out", ignore_errors=True)
-            shutil.rmtree(self.work / "minio-data", ignore_errors=True)
+            shutil.rmtree(self.work / "s3-server", ignore_errors=True)
             shutil.rmtree(self.restic_cache, ignore_errors=True)
             if self.ds is not None:
                 shutil.rmtree(self.ds.root, ignore_errors=True)
@@ -415,7 +389,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--variant", help="a second mobackup command (e.g. a scratch build) measured beside "
                         "the first, as tool `mobackup-variant`")
     parser.add_argument("--rclone", default=str(DEFAULT_WORK / "venv" / "bin" / "rclone"))
-    parser.add_argument("--minio", default=str(cache / "minio"))
+    parser.add_argument("--weed", default=str(cache / "weed"))
     return parser.parse_args(argv)
 
 

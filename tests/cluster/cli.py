@@ -1,6 +1,6 @@
 """`tests/cluster/up` and `tests/cluster/down`: the test cluster by hand, for developers and reviewers.
 
-up:   builds what is missing, starts MinIO (with a bucket), etcd, kube-apiserver,
+up:   builds what is missing, starts the S3 server (SeaweedFS, with a bucket), etcd, kube-apiserver,
       kube-controller-manager and the local node on loopback, applies the chart's operator RBAC
       (marked as release mo-backup-operator's in mobackup-system, so that `helm install
       mo-backup-operator charts/mo-backup-operator -n mobackup-system` adopts it instead of failing

@@ -25,7 +25,7 @@ import pytest
 
 from cluster import paths
 from cluster.kube_cluster import KubeCluster, start_cluster
-from cluster.s3 import S3Server, start_minio
+from cluster.s3 import S3Server, start_s3
 
 T = TypeVar("T")
 
@@ -83,12 +83,12 @@ def _keep_state() -> bool:
     return os.environ.get("MOBACKUP_TEST_KEEP_STATE", "") not in ("", "0")
 
 
-_s3 = _Shared[S3Server]("s3", lambda d: start_minio(d), lambda s: s.stop())
+_s3 = _Shared[S3Server]("s3", lambda d: start_s3(d), lambda s: s.stop())
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    """A real MinIO on 127.0.0.1 with random root credentials and an empty bucket.
+    """A real S3 server (SeaweedFS) on 127.0.0.1 with random credentials and an empty bucket.
 
     Attributes: endpoint ("http://127.0.0.1:PORT"), access_key, secret_key, bucket, region,
     data_dir; methods client() (boto3 S3 client) and env() (AWS_* variables for a subprocess).
@@ -101,7 +101,7 @@ def s3_server() -> Iterator[S3Server]:
 
 
 def _start_kube(state_dir: Path) -> KubeCluster:
-    # One MinIO per session: the cluster reuses the s3_server singleton (and holds a reference).
+    # One S3 server per session: the cluster reuses the s3_server singleton (and holds a reference).
     s3 = _s3.acquire()
     try:
         return start_cluster(state_dir, with_s3=False, s3=s3)
@@ -111,7 +111,7 @@ def _start_kube(state_dir: Path) -> KubeCluster:
 
 
 def _stop_kube(cluster: KubeCluster) -> None:
-    cluster.s3 = None          # MinIO belongs to the s3 singleton
+    cluster.s3 = None          # the S3 server belongs to the s3 singleton
     cluster.stop()
     _s3.release()
 
@@ -122,7 +122,7 @@ _kube = _Shared[KubeCluster]("kube", _start_kube, _stop_kube)
 @pytest.fixture(scope="session")
 def kube_cluster() -> Iterator[KubeCluster]:
     """A real Kubernetes control plane (etcd, kube-apiserver with RBAC + service-account tokens,
-    kube-controller-manager) with the local node (kubelet/runtime test double) and MinIO.
+    kube-controller-manager) with the local node (kubelet/runtime test double) and the S3 server.
 
     Attributes: kubeconfig (admin Path), operator_kubeconfig (chart-RBAC ServiceAccount Path),
     api_url, ca_file, pv_root, s3 (the S3Server), operator (.namespace, .service_account,

@@ -1,4 +1,4 @@
-"""The whole test cluster: control plane + local node + MinIO + the operator's identity.
+"""The whole test cluster: control plane + local node + the S3 server (SeaweedFS) + the operator's identity.
 
 Shared by the pytest fixtures (cluster.fixtures) and by tests/cluster/up and down.
 """
@@ -20,12 +20,12 @@ from cluster import paths, procs
 from cluster.control_plane import ControlPlane, start_control_plane, wait_for
 from cluster.kube_api import ApiError, KubeApi, object_path
 from cluster.rbac import OperatorIdentity, ensure_namespace, install_operator_identity
-from cluster.s3 import S3Server, start_minio
+from cluster.s3 import S3Server, start_s3
 
 # Order matters for `down`: dependents first.
-PID_FILES = ["local-node.pid", "kube-controller-manager.pid", "kube-apiserver.pid", "etcd.pid", "minio.pid"]
+PID_FILES = ["local-node.pid", "kube-controller-manager.pid", "kube-apiserver.pid", "etcd.pid", "seaweedfs.pid"]
 PID_BINARIES = {"local-node.pid": "python", "kube-controller-manager.pid": "kube-controller-manager",
-                "kube-apiserver.pid": "kube-apiserver", "etcd.pid": "etcd", "minio.pid": "minio"}
+                "kube-apiserver.pid": "kube-apiserver", "etcd.pid": "etcd", "seaweedfs.pid": "weed"}
 
 
 @dataclass
@@ -171,12 +171,12 @@ class KubeCluster:
 
 def start_cluster(state_dir: Path, with_s3: bool = True, s3: S3Server | None = None) -> KubeCluster:
     """Start everything (or raise paths.MissingComponent / RuntimeError with the failing log)."""
-    paths.ensure_built("etcd", "kube", "helm", "minio")
+    paths.ensure_built("etcd", "kube", "helm", "seaweedfs")
     state_dir.mkdir(parents=True, exist_ok=True)
     pv_root = state_dir / "pv"
     pv_root.mkdir(exist_ok=True)
     if with_s3 and s3 is None:
-        s3 = start_minio(state_dir)
+        s3 = start_s3(state_dir)
     cp: ControlPlane | None = None
     try:
         cp = start_control_plane(state_dir)

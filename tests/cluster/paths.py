@@ -17,7 +17,7 @@ BIN_DIR = CACHE_DIR / "bin"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 
 COMPONENT_BINARIES = {
-    "minio": ["minio"],
+    "seaweedfs": ["weed"],
     "etcd": ["etcd"],
     "kube": ["kube-apiserver", "kube-controller-manager"],
     "kubectl": ["kubectl"],

@@ -1,4 +1,4 @@
-"""S3 over TLS with a private CA (`--s3-ca-bundle`), against a real MinIO serving HTTPS."""
+"""S3 over TLS with a private CA (`--s3-ca-bundle`), against a real S3 server (SeaweedFS) serving HTTPS."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import datetime
 import ipaddress
 import json
 import os
-import secrets
-import ssl
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,14 +17,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cluster import paths, procs
+from cluster.s3 import start_s3
 from mobackup.sample import generate_mo_data, snapshot_tree
 
 MOBACKUP = str(Path(sys.executable).with_name("mobackup"))
 
 
 def _write_ca_and_server_cert(certs: Path) -> Path:
-    """A private CA, and a server certificate for 127.0.0.1 signed by it (as MinIO expects them)."""
+    """A private CA, and a server certificate for 127.0.0.1 signed by it ."""
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mobackup test CA")])
@@ -55,37 +52,23 @@ def _write_ca_and_server_cert(certs: Path) -> Path:
 
 
 @pytest.fixture
-def tls_minio(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
-    paths.ensure_built("minio")
+def tls_s3(tmp_path: Path) -> Iterator[tuple[str, Path, dict[str, str]]]:
     ca_file = _write_ca_and_server_cert(tmp_path / "certs")
-    port = paths.free_port()
-    user, password = "tls" + secrets.token_hex(4), secrets.token_urlsafe(20)
-    server = procs.start_server(
-        "minio-tls", [str(paths.binary("minio")), "server", str(tmp_path / "data"), "--address",
-                      f"127.0.0.1:{port}", "--certs-dir", str(tmp_path / "certs"), "--quiet"],
-        tmp_path / "minio.log", env={"MINIO_ROOT_USER": user, "MINIO_ROOT_PASSWORD": password,
-                                     "MINIO_BROWSER": "off", "MINIO_UPDATE": "off"},
-        pid_file=tmp_path / "minio.pid")
-    endpoint = f"https://127.0.0.1:{port}"
-    context = ssl.create_default_context(cafile=str(ca_file))
+    server = start_s3(tmp_path / "s3", bucket="tls",
+                      tls=(tmp_path / "certs" / "public.crt", tmp_path / "certs" / "private.key", ca_file))
     try:
-        procs.wait_until(lambda: urllib.request.urlopen(f"{endpoint}/minio/health/ready", timeout=1,
-                                                        context=context).status == 200, 60, "MinIO (TLS)", server)
-        yield endpoint, ca_file, {"AWS_ACCESS_KEY_ID": user, "AWS_SECRET_ACCESS_KEY": password,
-                                  "AWS_REGION": "us-east-1", "MOBACKUP_S3_PATH_STYLE": "true"}
+        assert server.endpoint.startswith("https://")
+        yield server.endpoint, ca_file, {"AWS_ACCESS_KEY_ID": server.access_key,
+                                         "AWS_SECRET_ACCESS_KEY": server.secret_key,
+                                         "AWS_REGION": "us-east-1", "MOBACKUP_S3_PATH_STYLE": "true"}
     finally:
         server.stop()
 
 
-def test_backup_and_restore_over_tls_with_a_private_ca(tls_minio: tuple[str, Path, dict[str, str]],
+def test_backup_and_restore_over_tls_with_a_private_ca(tls_s3: tuple[str, Path, dict[str, str]],
                                                        tmp_path: Path) -> None:
-    endpoint, ca_file, credentials = tls_minio
+    endpoint, ca_file, credentials = tls_s3
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | credentials
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, verify=str(ca_file), aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-                 aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-                 region_name="us-east-1").create_bucket(Bucket="tls")
     data = generate_mo_data(tmp_path / "mo-data", seed=2, objects=10)
     repo = ["--repo", "s3://tls/mo", "--s3-endpoint", endpoint]
 

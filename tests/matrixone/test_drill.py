@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mo_server import REPO, MatrixOne, ServerLock, Writer, create_db, wait_ports_free
+from mo_server import DEFAULT_VERSION, REPO, MatrixOne, ServerLock, Writer, create_db, wait_ports_free
 from mobackup.sample import generate_mo_data
 
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
@@ -56,7 +56,7 @@ def test_drills_of_a_cold_and_an_online_backup_pass_and_a_wrong_expectation_fail
     data is bound to it, so the drill must run its scratch server under that name. The online backup
     is taken under a writer: its catalog counts rows at BACKUPTS, and the restored data must match."""
     repo, scratch = tmp_path / "repo", tmp_path / "scratch"
-    mo = matrixone_factory("v2.2.2", hostname="mo-src")
+    mo = matrixone_factory(DEFAULT_VERSION, hostname="mo-src")
     mo.start()
     create_db(mo, "db1", 2000)
     create_db(mo, "db2", 3000)
@@ -127,7 +127,7 @@ def test_a_damaged_blob_fails_the_drill_with_the_reason_and_cleans_up(
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
-    rc, result, err = drill(repo, backup_id, mo_install("v2.2.2") / "mo-service", tmp_path / "scratch")
+    rc, result, err = drill(repo, backup_id, mo_install(DEFAULT_VERSION) / "mo-service", tmp_path / "scratch")
     assert rc == 1 and not result["ok"]
     assert result["checks"][-1]["name"] == "restore" and result["start_seconds"] is None
     assert victim.name in result["reason"] and victim.name in err, result["reason"]
@@ -167,7 +167,7 @@ def test_a_drill_refuses_while_a_matrixone_holds_the_ports(mo_install: Callable[
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # earlier connections in TIME_WAIT
             squatter.bind(("127.0.0.1", 6001))
             squatter.listen()
-            proc = run("drill", backup_id, "--repo", repo, "--mo-service", mo_install("v2.2.2") / "mo-service",
+            proc = run("drill", backup_id, "--repo", repo, "--mo-service", mo_install(DEFAULT_VERSION) / "mo-service",
                        "--scratch-dir", tmp_path)
     finally:
         lock.release()

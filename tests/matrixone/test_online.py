@@ -17,7 +17,18 @@ from typing import Any
 import pymysql
 import pytest
 
-from mo_server import REPO, TXN_ROWS, MatrixOne, Writer, checksums, connect, create_db, insert_rows, writer_rows
+from mo_server import (
+    DEFAULT_VERSION,
+    REPO,
+    TXN_ROWS,
+    MatrixOne,
+    Writer,
+    checksums,
+    connect,
+    create_db,
+    insert_rows,
+    writer_rows,
+)
 from mobackup.engine.errors import MobackupError
 from mobackup.engine.online import STAGING_PREFIX, parse_staged, verify_staged
 
@@ -45,7 +56,7 @@ def test_online_backup_under_a_writer_restores_an_exact_prefix_on_another_host(
     restored data starts under another host name (an online backup holds no WAL), takes writes and
     survives restarts."""
     repo = tmp_path / "repo"
-    mo = matrixone_factory("v2.2.2", hostname="mo-0")
+    mo = matrixone_factory(DEFAULT_VERSION, hostname="mo-0")
     mo.start()
     create_db(mo, "db1", 300_000)
     mo.checkpoint()
@@ -77,7 +88,7 @@ def test_online_backup_under_a_writer_restores_an_exact_prefix_on_another_host(
           f"{incremental['duration_seconds']} s; writer's longest pause {writer.longest_pause:.3f} s")
 
     for backup, requested_after in ((full, before_full), (incremental, before_incremental)):
-        other = matrixone_factory("v2.2.2", hostname="another-host")
+        other = matrixone_factory(DEFAULT_VERSION, hostname="another-host")
         subprocess.run([str(MOBACKUP), "restore", backup["id"], "--repo", str(repo), "--target", str(other.data_dir),
                         "--hostname", "another-host", "--quiet"], check=True, capture_output=True, timeout=300)
         assert sorted(p.name for p in other.data_dir.iterdir()) == ["local", "shared"]
@@ -205,7 +216,7 @@ def test_online_backup_holds_while_disk_gc_deletes_objects(
     own BACKUP sometimes writes a copy it cannot start on, which is reported as an expected failure
     (xfail) with the reason, not hidden."""
     repo = tmp_path / "repo"
-    mo = matrixone_factory("v2.2.2")
+    mo = matrixone_factory(DEFAULT_VERSION)
     tn = mo.workdir / "etc" / "launch" / "tn.toml"
     tn.write_text(tn.read_text() + AGGRESSIVE_GC)
     mo.start()
@@ -246,7 +257,7 @@ def test_online_backup_holds_while_disk_gc_deletes_objects(
     assert writer.errors == [] and churn_errors == []
     assert seen - objects_after, "the disk cleaner deleted no object during the test"
 
-    other = matrixone_factory("v2.2.2")
+    other = matrixone_factory(DEFAULT_VERSION)
     subprocess.run([str(MOBACKUP), "restore", summaries[-1]["id"], "--repo", str(repo), "--target",
                     str(other.data_dir), "--quiet"], check=True, capture_output=True, timeout=300)
     try:

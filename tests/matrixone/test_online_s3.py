@@ -18,7 +18,19 @@ from typing import Any
 import pytest
 
 from mo_s3 import configure_s3
-from mo_server import REPO, TXN_ROWS, MatrixOne, Writer, checksums, create_db, insert_rows, user_databases, writer_rows
+from mo_server import (
+    DEFAULT_VERSION,
+    REPO,
+    TXN_ROWS,
+    VERSIONS,
+    MatrixOne,
+    Writer,
+    checksums,
+    create_db,
+    insert_rows,
+    user_databases,
+    writer_rows,
+)
 from mobackup.engine.online_s3 import STAGING_NAME, crc32c, disk_frame
 
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
@@ -47,7 +59,7 @@ def keys(s3: Any, prefix: str) -> dict[str, bytes]:
 
 
 def s3_matrixone(factory: Callable[..., MatrixOne], s3: Any, prefix: str, workdir: Path | None = None,
-                 version: str = "v2.2.2") -> MatrixOne:
+                 version: str = DEFAULT_VERSION) -> MatrixOne:
     mo = factory(version, workdir=workdir)
     configure_s3(mo, s3.endpoint, s3.access_key, s3.secret_key, s3.bucket, prefix)
     return mo
@@ -68,7 +80,7 @@ def test_disk_framing_matches_matrixone() -> None:
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("version", ["v2.2.2", "v4.1.4"])
+@pytest.mark.parametrize("version", VERSIONS)
 def test_s3_resident_online_backup_under_a_writer_restores_into_new_and_same_prefix(
         matrixone_factory: Callable[..., MatrixOne], s3_server: Any, tmp_path: Path, version: str) -> None:
     """The seed's example on a cluster whose data is in S3: full + incremental online under a

@@ -20,7 +20,17 @@ from typing import Any
 
 import pytest
 
-from mo_server import REPO, VERSIONS, Checksums, MatrixOne, checksums, create_db, insert_rows, user_databases
+from mo_server import (
+    DEFAULT_VERSION,
+    REPO,
+    VERSIONS,
+    Checksums,
+    MatrixOne,
+    checksums,
+    create_db,
+    insert_rows,
+    user_databases,
+)
 
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
 
@@ -136,7 +146,7 @@ def test_restore_under_another_hostname_is_refused_because_matrixone_cannot_star
     under the same host name they are all there; under another one MatrixOne does not start at all
     (dragonboat: "shard not bootstrapped"). So `restore --hostname` refuses the mismatch up front."""
     repo = tmp_path / "repo"
-    mo = matrixone_factory("v2.2.2", hostname="mo-0")
+    mo = matrixone_factory(DEFAULT_VERSION, hostname="mo-0")
     mo.start()
     create_db(mo, "db1", 1000)
     mo.checkpoint()
@@ -156,7 +166,7 @@ def test_restore_under_another_hostname_is_refused_because_matrixone_cannot_star
     mo.stop()
 
     # The same data under another host name (what the guard refuses): the server never answers.
-    other = matrixone_factory("v2.2.2", workdir=tmp_path / "other", hostname="mo-1")
+    other = matrixone_factory(DEFAULT_VERSION, workdir=tmp_path / "other", hostname="mo-1")
     mobackup("restore", taken["id"], "--repo", repo, "--target", other.data_dir)
     with pytest.raises(RuntimeError, match="exited before SQL answered"):
         other.start(timeout=90)

@@ -32,6 +32,7 @@ from mo_e2e import Env
 from cluster.kube_api import KubeApi, object_path
 from mo_s3 import configure_s3
 from mo_server import (
+    DEFAULT_VERSION,
     FAILED_KEY,
     PASSWORD,
     REPO,
@@ -48,7 +49,7 @@ MO_CRD_FILE = REPO.parent / "shared" / "matrixone" / "matrixone-operator-crds" /
     "core.matrixorigin.io_matrixoneclusters.yaml"
 MO_GROUP = "core.matrixorigin.io"
 MO_API = f"/apis/{MO_GROUP}/v1alpha1"
-MO_VERSION = "v2.2.2"
+MO_VERSION = DEFAULT_VERSION
 
 
 # ---- the CRD

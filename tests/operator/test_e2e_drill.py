@@ -23,13 +23,13 @@ import pytest
 from mo_e2e import Env, OperatorProcess, free_port
 from test_e2e_matrixone import STS, real_mo, sql_ref, stop_statefulset  # noqa: F401 - real_mo is a fixture
 
-from mo_server import PASSWORD, SqlClient, create_db, wait_ports_free
+from mo_server import DEFAULT_VERSION, PASSWORD, SqlClient, create_db, wait_ports_free
 
 pytestmark = pytest.mark.cluster
 
 
 def drill_operator(env: Env, mo_install: Callable[[str], Path], tmp_path: Path) -> OperatorProcess:
-    home = mo_install("v2.2.2")
+    home = mo_install(DEFAULT_VERSION)
     workdir = tmp_path / "mo-scratch-home"
     if not workdir.exists():
         shutil.copytree(home / "etc", workdir / "etc")

@@ -21,6 +21,7 @@ from mo_cluster_e2e import stop_mo as stop_statefulset
 from mo_e2e import Env
 
 from mo_server import (
+    DEFAULT_VERSION,
     PASSWORD,
     TXN_ROWS,
     USER,
@@ -81,7 +82,7 @@ def real_mo(env: Env, mo_install: Callable[[str], Path]) -> Iterator[Callable[..
     started: list[str] = []
 
     def start(name: str = "mo", claim: str = "mo-data") -> SqlClient:
-        home = mo_install("v2.2.2")
+        home = mo_install(DEFAULT_VERSION)
         lock.acquire()
         wait_ports_free()
         host = env.cluster.pv_root / env.ns / claim

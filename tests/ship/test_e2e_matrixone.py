@@ -21,6 +21,7 @@ import yaml
 
 from cluster import paths
 from mo_server import (
+    DEFAULT_VERSION,
     PASSWORD,
     ServerLock,
     SqlClient,
@@ -76,7 +77,7 @@ def wait_phase(api: Any, path: str, timeout: float = 400) -> dict[str, Any]:
 @pytest.fixture
 def chart_and_matrixone(kube_cluster: Any, tmp_path: Any) -> Iterator[tuple[str, SqlClient]]:
     helm = tools.built_tool("helm")
-    home = install("v2.2.2")
+    home = install(DEFAULT_VERSION)
     lock = ServerLock()
     lock.acquire()
     op_ns = kube_cluster.create_namespace("chart-mo-op")

@@ -23,7 +23,7 @@ def by_hand_lines() -> list[str]:
 
 
 def test_up_helm_install_down_as_documented(tmp_path: Path) -> None:
-    paths.ensure_built("etcd", "kube", "helm", "minio")
+    paths.ensure_built("etcd", "kube", "helm", "seaweedfs")
     up, install, down = by_hand_lines()
     assert up == 'eval "$(tests/cluster/up)"' and down == "tests/cluster/down"
     assert install.startswith("helm install mo-backup-operator charts/mo-backup-operator -n mobackup-system")
