@@ -183,9 +183,12 @@ class MatrixOne(SqlClient):
             if self.hostname:
                 argv = ["bwrap", "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
                         "--hostname", self.hostname, "--chdir", str(self.workdir), "--", *argv]
+            # MatrixOne reads its S3 keys from its own configuration. An inherited AWS_CA_BUNDLE (set
+            # on this kind of machine) makes the S3 client of MatrixOne 1.3 panic at start.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
             self.proc = subprocess.Popen(argv,
                                          cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                                          preexec_fn=_terminate_with_parent)
         try:
             seconds = wait_sql(timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)

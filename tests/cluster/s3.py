@@ -77,7 +77,7 @@ class S3Server:
         _wait_ready(self)
 
     def stop(self) -> None:
-        self.server.stop(timeout=20)
+        self.server.stop(timeout=10)
 
 
 def _free_ports(count: int) -> list[int]:
@@ -115,6 +115,7 @@ def start_s3(state_dir: Path, bucket: str = "mobackup-test", access_key: str | N
         # Small volumes, created on demand: every bucket is a collection with volumes of its own.
         "-master.volumeSizeLimitMB=256", "-volume.max=1000",
         f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
+        "-volume.preStopSeconds=0",  # a test server has no clients to drain: stop at once
         "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
         "-s3.port.iceberg=0", "-s3.port.lance=0",

@@ -9,6 +9,12 @@ Row counts are exact for an online backup: they are read at the backup's own tim
 MatrixOne's snapshot read (`{MO_TS = <physical>}`), so writes after BACKUP do not change them. For a
 cold copy they are read when the backup talks to the server (before the copy), so writes between
 that moment and the copy (or the stop) can make them differ: `rows_exact` says which.
+
+A snapshot read is trusted only once it sees the server's own catalog (`mo_catalog.mo_database` is
+never empty). MatrixOne's 1.3 line answers a read at exactly the BACKUPTS of the checkpoint that
+BACKUP forced with no rows at all, in every table, and one nanosecond later with all of them: the
+read then moves to that nanosecond (`rows_at` says so; no transaction commits between the two). When
+no such read sees the catalog, the counts are left out rather than recorded wrong.
 """
 
 from __future__ import annotations
@@ -50,17 +56,15 @@ def read_catalog(connection: Any, at_ts: str | None = None, *,
     except pymysql.MySQLError as error:
         return {"error": str(error.args[-1]), "taken_at": taken_at}
     truncated = len(rows) > max_tables
-    snapshot = ""
+    snapshot, rows_at, snapshot_error = "", at_ts, None
     if at_ts is not None:
-        physical = at_ts.partition("-")[0]
-        if physical.isdigit():
-            snapshot = f" {{MO_TS = {int(physical)}}}"
+        snapshot, rows_at, snapshot_error = _snapshot_clause(connection, at_ts)
     deadline = time.monotonic() + count_budget
     counted = 0
     for schema, table, kind in rows[:max_tables]:
         entry: dict[str, Any] = {"type": TABLE_TYPES.get(str(kind), str(kind).lower()), "rows": None}
         databases[str(schema)][str(table)] = entry
-        if entry["type"] != "table" or time.monotonic() > deadline:
+        if entry["type"] != "table" or snapshot_error or time.monotonic() > deadline:
             continue
         try:
             with connection.cursor() as cursor:
@@ -69,8 +73,29 @@ def read_catalog(connection: Any, at_ts: str | None = None, *,
                 counted += 1
         except pymysql.MySQLError as error:
             entry["error"] = str(error.args[-1])[:200]
-    return {"taken_at": taken_at, "rows_at": at_ts, "rows_exact": bool(snapshot), "truncated": truncated,
-            "counted_tables": counted, "databases": databases}
+    result = {"taken_at": taken_at, "rows_at": rows_at, "rows_exact": bool(snapshot), "truncated": truncated,
+              "counted_tables": counted, "databases": databases}
+    if snapshot_error:
+        result["rows_error"] = snapshot_error
+    return result
+
+
+def _snapshot_clause(connection: Any, at_ts: str) -> tuple[str, str | None, str | None]:
+    """(clause, rows_at, error): the snapshot read at `at_ts` ("physical-logical") that sees the
+    catalog, trying the physical time and then one nanosecond later (see the module's docstring)."""
+    physical = at_ts.partition("-")[0]
+    if not physical.isdigit():
+        return "", None, f"BACKUPTS {at_ts!r} is not a MatrixOne timestamp"
+    for at in (int(physical), int(physical) + 1):
+        clause = f" {{MO_TS = {at}}}"
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"select count(*) from mo_catalog.mo_database{clause}")
+                if int(cursor.fetchone()[0]) > 0:
+                    return clause, at_ts if at == int(physical) else f"{at}-0", None
+        except pymysql.MySQLError as error:
+            return "", None, f"snapshot read refused: {str(error.args[-1])[:200]}"
+    return "", None, "the server's snapshot read at BACKUPTS sees no catalog: row counts not recorded"
 
 
 def read_catalog_from(endpoint: Any, at_ts: str | None = None) -> dict[str, Any]:
