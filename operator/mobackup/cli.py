@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     delete = commands.add_parser("delete", help="delete a backup and the data only it used")
     _repo_args(delete)
     delete.add_argument("id")
-    delete.add_argument("--force", action="store_true", help="delete even when other backups name it as base")
+    delete.add_argument("--force", action="store_true",
+                        help="delete even a backup whose summary is damaged (what it referenced is unknown)")
 
     prune = commands.add_parser("prune", help="apply retention and remove unreferenced data")
     _repo_args(prune)
@@ -340,8 +341,11 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     repo = open_repository(repository_options(args))
     result = delete_backup(repo, args.id, force=args.force)
-    _emit(args, result.to_dict(), f"deleted backup {result.deleted[0]}; removed {result.blobs_removed} blobs "
-          f"({decimal_size(result.bytes_freed)})")
+    text = (f"deleted backup {result.deleted[0]}; removed {result.blobs_removed} blobs "
+            f"({decimal_size(result.bytes_freed)})")
+    if result.dependents:  # named it as base; each still restores from its own complete file list
+        text += f"\nbackups based on it, still restorable: {', '.join(result.dependents)}"
+    _emit(args, result.to_dict(), text)
     return 0
 
 

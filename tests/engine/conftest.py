@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from mobackup.engine.backup import run_backup
 from mobackup.engine.repository import Repository, RepositoryOptions, open_repository
 from mobackup.sample import generate_mo_data
 
@@ -49,3 +50,19 @@ def make_repo(repo_url: str) -> RepoFactory:
 @pytest.fixture
 def mo_data(tmp_path: Path) -> Path:
     return generate_mo_data(tmp_path / "mo-data", seed=int(os.environ.get("MOBACKUP_TEST_SEED", "11")))
+
+
+def small_backup(tmp_path: Path, **options: object) -> tuple[Repository, str]:
+    """A directory repository holding one backup of a three-entry tree (`d/`, `d/f`, `top`)."""
+    data = tmp_path / "mo-data"
+    (data / "d").mkdir(parents=True)
+    (data / "d" / "f").write_bytes(b"f" * 5000)
+    (data / "top").write_bytes(os.urandom(3000))
+    repo = open_repository(RepositoryOptions.from_env(str(tmp_path / "repo"), **options), create=True)
+    return repo, run_backup(repo, data, source="db").id
+
+
+@pytest.fixture
+def plain(tmp_path: Path) -> tuple[Repository, str]:
+    """small_backup in a plain repository, whose file lists anyone with write access can rewrite."""
+    return small_backup(tmp_path)

@@ -61,13 +61,17 @@ def test_cli_full_incremental_list_show_restore_verify(tmp_path: Path) -> None:
     refused = mobackup("restore", inc["id"], "--repo", repo, "--target", str(target), check=False)
     assert refused.returncode == 1 and "not empty" in refused.stderr and len(refused.stderr.splitlines()) == 1
 
-    dependents = mobackup("delete", full["id"], "--repo", repo, check=False)
-    assert dependents.returncode == 1 and f"is the base of {inc['id']}" in dependents.stderr
-    pruned = json.loads(mobackup("prune", "--repo", repo, "--keep-last", "1", "--json").stdout)
-    assert pruned["deleted"] == []  # the full backup is the base of the newest one
+    dry = json.loads(mobackup("prune", "--repo", repo, "--keep-last", "1", "--dry-run", "--json").stdout)
+    assert dry["deleted"] == [full["id"]]  # the base of the newest: not needed, its list is complete
+    deleted = mobackup("delete", full["id"], "--repo", repo)  # the same for an explicit delete
+    assert f"backups based on it, still restorable: {inc['id']}" in deleted.stdout
+    assert [b["id"] for b in json.loads(mobackup("list", "--repo", repo, "--json").stdout)] == [inc["id"]]
+    target.rename(tmp_path / "restored-before")
+    mobackup("restore", inc["id"], "--repo", repo, "--target", str(target))
+    assert snapshot_tree(target) == expected
     deleted = json.loads(mobackup("delete", inc["id"], "--repo", repo, "--json").stdout)
-    assert deleted["deleted"] == [inc["id"]]
-    assert [b["id"] for b in json.loads(mobackup("list", "--repo", repo, "--json").stdout)] == [full["id"]]
+    assert deleted["deleted"] == [inc["id"]] and deleted["dependents"] == []
+    assert json.loads(mobackup("list", "--repo", repo, "--json").stdout) == []
 
 
 @pytest.mark.parametrize(

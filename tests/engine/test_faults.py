@@ -24,7 +24,14 @@ from mobackup.engine.errors import (
     SourceChangedError,
 )
 from mobackup.engine.prune import RetentionPolicy, prune
-from mobackup.engine.repository import CONFIG_KEY, Repository, RepositoryOptions, blob_key, open_repository
+from mobackup.engine.repository import (
+    CONFIG_KEY,
+    Repository,
+    RepositoryOptions,
+    blob_key,
+    open_repository,
+    process_identity,
+)
 from mobackup.engine.restore import STAGING_PREFIX, run_restore
 from mobackup.engine.verify import verify_backup
 from mobackup.sample import generate_mo_data, snapshot_tree
@@ -207,11 +214,14 @@ def test_prune_waits_for_a_live_backup_lock_and_breaks_a_dead_one(make_repo: Rep
     with (repo.lock(exclusive=False, purpose="backup of db"), pytest.raises(LockedError, match="locked by backup"),
           other.lock(exclusive=True, purpose="prune")):
         pass
-    # a lock left by a process that no longer exists is stale at once on the same host
+    # a lock left by a process that no longer exists is stale at once in the same boot and PID namespace
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    own = process_identity()
+    if own["pid_ns"] is None:
+        pytest.skip("no /proc of this PID namespace")
     record = {"exclusive": False, "purpose": "backup of db", "host": os.uname().nodename,
-              "pid": int(dead.stdout), "pid_start": "1", "created_at": "2026-01-01T00:00:00Z",
-              "refreshed_at": "2099-01-01T00:00:00Z"}
+              "pid": int(dead.stdout), "pid_start": "1", "boot_id": own["boot_id"], "pid_ns": own["pid_ns"],
+              "created_at": "2026-01-01T00:00:00Z", "refreshed_at": "2099-01-01T00:00:00Z"}
     repo.backend.write("locks/deadbeef.json", json.dumps(record).encode())
     prune(repo, RetentionPolicy())
     assert not repo.backend.exists("locks/deadbeef.json")

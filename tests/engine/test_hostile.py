@@ -5,6 +5,7 @@ must call such a backup damaged."""
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,6 @@ from mobackup.engine.restore import run_restore
 from mobackup.engine.verify import verify_backup
 
 Entries = list[dict[str, Any]]
-
-
-@pytest.fixture
-def plain(tmp_path: Path) -> tuple[Repository, str]:
-    data = tmp_path / "mo-data"
-    (data / "d").mkdir(parents=True)
-    (data / "d" / "f").write_bytes(b"f" * 5000)
-    (data / "top").write_bytes(os.urandom(3000))
-    repo = open_repository(RepositoryOptions.from_env(str(tmp_path / "repo")), create=True)
-    return repo, run_backup(repo, data, source="db").id
 
 
 @pytest.fixture
@@ -192,3 +183,38 @@ def test_cli_refuses_a_tampered_list_in_one_line(plain: tuple[Repository, str], 
         result = subprocess.run([mobackup, *command, "--repo", repo.location], capture_output=True, text=True)
         assert result.returncode == 1 and "'../outside/escape' is invalid" in result.stderr, result.stderr
     assert not (outside / "escape").exists() and [p.name for p in target.iterdir()] == ["keep"]
+
+
+def _modes(root: Path, paths: list[str]) -> dict[str, int]:
+    return {p: stat.S_IMODE(os.lstat(root / p).st_mode) for p in paths}
+
+
+def test_restore_never_sets_setuid_setgid_or_sticky(tmp_path: Path) -> None:
+    """A data owner's setuid file must not come back setuid (and root-owned: restores run as root).
+    The backup still records the bits; the restore keeps only the permission bits."""
+    data = tmp_path / "mo-data"
+    (data / "bin").mkdir(parents=True)
+    (data / "shared").mkdir()
+    (data / "bin" / "tool").write_bytes(b"#!/bin/sh\n")
+    (data / "shared" / "obj").write_bytes(b"o" * 100)
+    os.chmod(data / "bin" / "tool", 0o6755)
+    os.chmod(data / "shared" / "obj", 0o2640)
+    os.chmod(data / "shared", 0o3775)
+    os.chmod(data / "bin", 0o1750)
+    repo = open_repository(RepositoryOptions.from_env(str(tmp_path / "repo")), create=True)
+    summary = run_backup(repo, data, source="db")
+    paths = ["bin", "bin/tool", "shared", "shared/obj"]
+    assert {e["path"]: e["mode"] for e in repo.entries(summary)} == _modes(data, paths)  # recorded as they are
+    run_restore(repo, summary.id, tmp_path / "target")
+    assert _modes(tmp_path / "target", paths) == {"bin": 0o750, "bin/tool": 0o755, "shared": 0o775,
+                                                  "shared/obj": 0o640}
+
+
+def test_tampered_modes_never_set_setuid_setgid_or_sticky(plain: tuple[Repository, str], tmp_path: Path) -> None:
+    """Whoever can edit a file list sets any mode 0..0o7777 (a valid list): only 0o777 is applied."""
+    repo, backup_id = plain
+    modes = {"top": 0o4777, "d": 0o3777, "d/f": 0o6644}
+    tamper(Path(repo.location), backup_id, lambda e: [{**r, "mode": modes[r["path"]]} for r in e])
+    assert verify_backup(repo, backup_id).ok
+    run_restore(repo, backup_id, tmp_path / "target")
+    assert _modes(tmp_path / "target", list(modes)) == {"top": 0o777, "d": 0o777, "d/f": 0o644}

@@ -107,8 +107,9 @@ class Codec:
         nonce = os.urandom(NONCE_SIZE)
         return nonce + AESGCM(self.keys.encryption).encrypt(nonce, framed, name.encode())
 
-    def decode(self, stored: bytes, name: str, framed: bool | None = None) -> bytes:
-        """Plaintext of a stored object; raises CorruptDataError when it was altered."""
+    def decode(self, stored: bytes, name: str, limit: int, framed: bool | None = None) -> bytes:
+        """Plaintext of a stored object; raises CorruptDataError when it was altered, or when its
+        compressed payload would exceed `limit` bytes (what the caller expects at most)."""
         if framed is None:
             framed = not self.plain
         if not framed:
@@ -128,8 +129,24 @@ class Codec:
         if kind == RAW:
             return body
         if kind == ZSTD:
-            try:
-                return zstandard.ZstdDecompressor().decompress(body)
-            except zstandard.ZstdError as error:
-                raise CorruptDataError(f"{name}: cannot decompress ({error})") from None
+            return decompress(body, name, limit)
         raise CorruptDataError(f"{name}: unknown frame type {kind}")
+
+
+def decompress(body: bytes, name: str, limit: int) -> bytes:
+    """One zstd frame, never inflated beyond `limit` bytes: a frame of a few kilobytes can declare
+    (or produce) gigabytes, and a repository is untrusted input."""
+    try:
+        declared = zstandard.frame_content_size(body)  # -1 when the frame does not say
+        if declared > limit:
+            raise CorruptDataError(f"{name}: declares {declared} bytes uncompressed, more than the {limit} "
+                                   "expected (corrupt or altered)")
+        # A declared size is allocated as is (checked above); otherwise the output buffer is `limit`
+        # bytes and a frame that produces more fails. One frame only, nothing after it.
+        plain = zstandard.ZstdDecompressor().decompress(body, max_output_size=max(limit, 1),
+                                                        allow_extra_data=False)
+    except zstandard.ZstdError as error:
+        raise CorruptDataError(f"{name}: cannot decompress within the {limit} bytes expected ({error})") from None
+    if len(plain) > limit:
+        raise CorruptDataError(f"{name}: {len(plain)} bytes uncompressed, more than the {limit} expected")
+    return plain

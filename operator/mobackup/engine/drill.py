@@ -34,6 +34,7 @@ from .errors import MobackupError
 from .layout import log_hostnames
 from .progress import Progress
 from .repository import Repository
+from .walk import remove_tree
 
 MO_PORTS = (6001, 32000, 32001, 32002)
 STOP_GRACE_SECONDS = 5.0  # the scratch data is thrown away: no need to wait for a clean shutdown
@@ -112,6 +113,12 @@ def disk_usage(path: Path) -> int:
     return total
 
 
+def scratch_env() -> dict[str, str]:
+    """The caller's environment without its cloud and mobackup secrets: the scratch MatrixOne needs
+    none of them. (AWS_CA_BUNDLE alone also makes MatrixOne 1.3's S3 client panic at start.)"""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))}
+
+
 class ScratchServer:
     """mo-service in `workdir` with the launch configuration found next to the binary."""
 
@@ -131,7 +138,7 @@ class ScratchServer:
                     "--hostname", self.hostname, "--chdir", str(self.workdir), "--", *argv]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True, env=scratch_env())
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -377,7 +384,7 @@ def run_drill(
         if server is not None:
             server.stop()
         result.scratch_bytes = disk_usage(scratch)
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_tree(scratch, ignore_errors=True)  # a restored tree: no recursion over its depth
         result.total_seconds = round(time.monotonic() - clock, 3)
 
 

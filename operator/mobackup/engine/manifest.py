@@ -16,16 +16,22 @@ from .errors import CorruptDataError
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _BATCH = 20_000
+# Most components a path may have. MatrixOne's trees are a few levels deep; a list that nests
+# thousands of directories would cost quadratic time to restore and leave a tree that recursive
+# tools (shutil.rmtree among them) cannot remove.
+MAX_PATH_DEPTH = 256
 
 
 def path_problem(path: object) -> str | None:
     """Why `path` cannot be a file-list path (relative, `/`-separated, no `..`, `.`, empty
-    component or NUL), or None."""
+    component or NUL, at most MAX_PATH_DEPTH components), or None."""
     if (type(path) is str and path and "//" not in path and "\x00" not in path and path[0] not in "./"
-            and path[-1] not in "./" and "/." not in path):
+            and path[-1] not in "./" and "/." not in path and path.count("/") < MAX_PATH_DEPTH):
         return None  # the usual case, decided by substring tests alone (a restore checks millions)
     if not isinstance(path, str) or not path:
         return "an empty or non-text path"
+    if path.count("/") >= MAX_PATH_DEPTH:
+        return f"more than {MAX_PATH_DEPTH} path components"
     if "\x00" in path:
         return "a NUL byte in the path"
     if path.startswith("/"):

@@ -34,7 +34,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import socket
 import tempfile
 import threading
@@ -51,6 +50,7 @@ from .model import BackupSummary, iso, parse_iso, utc_now
 from .online import StagedBackup, StagedFile, choose_online_base, parse_staged_text
 from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository
+from .walk import remove_tree
 from .workers import BoundedWorkers
 
 STAGING_NAME = "mobackup-staging-"
@@ -59,6 +59,11 @@ LEASE_REFRESH = max(1.0, LEASE_SECONDS / 5)
 HK_DATA = "local/hk_data"
 DISK_BLOCK, DISK_CRC = 2048, 4
 SINGLE_PUT_MAX = 64 << 20  # larger restored objects are uploaded in parts, streamed blob by blob
+# A part record holds a shard's file records (a 10 TB database's can pass 64 MiB); a reader inflates
+# no more than this, whatever a tampered record's zstd frame declares.
+MAX_RUN_RECORD_SIZE = 1 << 30
+# hk_data (HAKeeper's state, a few MB) is restored from memory: a file list may claim any size.
+MAX_HK_DATA_SIZE = 1 << 30
 
 
 # ---- where: a bucket prefix and how to reach it ---------------------------------------------------
@@ -554,13 +559,17 @@ def _run_key(run_id: str, name: str) -> str:
 
 
 def _write_meta(repo: Repository, key: str, data: dict[str, Any]) -> None:
-    repo.backend.write(key, repo._encode_meta(json.dumps(data).encode(), key))
+    plain = json.dumps(data).encode()
+    if len(plain) > MAX_RUN_RECORD_SIZE:  # _read_meta would refuse it
+        raise MobackupError(f"{key} would take {len(plain)} bytes, more than {MAX_RUN_RECORD_SIZE}: "
+                            "run more shards")
+    repo.backend.write(key, repo._encode_meta(plain, key))
 
 
 def _read_meta(repo: Repository, key: str) -> dict[str, Any]:
     try:
-        data = json.loads(repo._decode_meta(repo.backend.read(key), key))
-    except ValueError:
+        data = json.loads(repo._decode_meta(repo.backend.read(key), key, MAX_RUN_RECORD_SIZE))
+    except (ValueError, RecursionError):
         raise CorruptDataError(f"{repo.location}/{key} is unreadable") from None
     if not isinstance(data, dict):
         raise CorruptDataError(f"{repo.location}/{key} is malformed")
@@ -668,16 +677,17 @@ class S3RestoreResult:
 class _ChunkReader(io.RawIOBase):
     """A file's content, read blob by blob (each checked against its name), for a streaming upload."""
 
-    def __init__(self, repo: Repository, chunks: list[str]) -> None:
+    def __init__(self, repo: Repository, chunks: list[str], size: int) -> None:
         super().__init__()
-        self.repo, self.chunks, self.buffer, self.index = repo, chunks, b"", 0
+        self.repo, self.chunks, self.size, self.buffer, self.index = repo, chunks, size, b"", 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, out: Any) -> int:
         while not self.buffer and self.index < len(self.chunks):
-            self.buffer = self.repo.get_blob(self.chunks[self.index])
+            size = self.repo.chunk_plain_size(self.size, self.index)
+            self.buffer = self.repo.get_blob(self.chunks[self.index], size)
             self.index += 1
         n = min(len(out), len(self.buffer))
         out[:n] = self.buffer[:n]
@@ -745,6 +755,9 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
         hk = next((r for r in records if r["path"] == HK_DATA), None)
         if hk is None:
             raise MobackupError(f"backup {summary.id} has no {HK_DATA}")
+        if hk["size"] > MAX_HK_DATA_SIZE:
+            raise CorruptDataError(f"backup {summary.id}: {HK_DATA} is listed with {hk['size']} bytes, more than "
+                                   f"the {MAX_HK_DATA_SIZE} a HAKeeper state can take (altered file list?)")
         foreign = sorted(set(existing) - set(wanted))
         if step != "all" and foreign and not overwrite:
             raise TargetNotEmptyError(f"{target.url} holds {len(foreign)} objects that are not backup {summary.id}'s "
@@ -762,7 +775,7 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
         _upload_objects(repo, summary.id, backend, target, uploads, progress)
         removed = backend.delete(foreign) if foreign and step != "shard" else 0
         if step != "shard":
-            data = b"".join(repo.get_blob(d) for d in hk["chunks"])
+            data = _file_content(repo, hk)
             if hk_object is not None:
                 hk_object[0].write(hk_object[1], disk_unframe(data))
             if hk_path is not None:
@@ -774,6 +787,12 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
                            sum(r["size"] for r in (uploads if step == "shard" else objects)), removed,
                            str(hk_path) if hk_path else None, round(time.monotonic() - clock, 3),
                            hk_data_s3.url if hk_data_s3 else None)
+
+
+def _file_content(repo: Repository, record: dict[str, Any]) -> bytes:
+    """A (small) file's whole content, each blob inflated no further than its listed size."""
+    return b"".join(repo.get_blob(digest, repo.chunk_plain_size(record["size"], index))
+                    for index, digest in enumerate(record["chunks"]))
 
 
 def _file_records(repo: Repository, summary: BackupSummary) -> list[dict[str, Any]]:
@@ -799,7 +818,7 @@ def _upload_objects(repo: Repository, backup_id: str, backend: Any, target: S3Pl
     def upload(record: dict[str, Any]) -> None:
         key = record["path"][len("shared/"):]
         if record["size"] < SINGLE_PUT_MAX:
-            data = b"".join(repo.get_blob(d) for d in record["chunks"])
+            data = _file_content(repo, record)
             if len(data) != record["size"]:
                 raise CorruptDataError(f"backup {backup_id}: {record['path']} has {len(data)} bytes, "
                                        f"listed {record['size']}")
@@ -808,7 +827,7 @@ def _upload_objects(repo: Repository, backup_id: str, backend: Any, target: S3Pl
             from boto3.s3.transfer import TransferConfig
 
             # Buffered: boto3 takes a short read as a whole part, and parts under 5 MiB are refused.
-            reader = io.BufferedReader(_ChunkReader(repo, record["chunks"]), buffer_size=1 << 20)
+            reader = io.BufferedReader(_ChunkReader(repo, record["chunks"], record["size"]), buffer_size=1 << 20)
             backend._call(key, backend.client.upload_fileobj, Fileobj=reader,
                           Bucket=backend.bucket, Key=backend._key(key),
                           Config=TransferConfig(multipart_threshold=min(SINGLE_PUT_MAX, 16 << 20),
@@ -854,6 +873,6 @@ def _empty_directory(directory: Path) -> None:
         return
     for entry in directory.iterdir():
         if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
+            remove_tree(entry)
         else:
             entry.unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -10,17 +11,35 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import CorruptDataError, DependentsError
+from .errors import CorruptDataError
 from .index import DigestSet
 from .model import BackupSummary, utc_now
-from .repository import Repository, files_key, summary_key
-from .storage import LocalBackend
+from .repository import CONFIG_KEY, Repository, files_key, summary_key
+from .storage import CHUNK_TEMPORARY, LocalBackend, temporary_names
+
+# Where the directory backend leaves temporaries of this repository's objects, and their exact
+# names (storage.py): the configuration's beside it, blobs' (and chunk copies) in blobs/, summaries'
+# and file lists' in backups/, locks' in locks/, run records' in runs/<run>/. Nothing else under the
+# root is ours: the repository may sit above a MatrixOne data directory with its own `.tmp.*` files.
+TEMPORARY_PLACES = (
+    ("", temporary_names(re.escape(CONFIG_KEY))),
+    ("blobs", CHUNK_TEMPORARY),
+    ("blobs/*", temporary_names("[0-9a-f]{64}")),
+    ("backups", temporary_names(r"[^/]+\.(?:json|files)")),
+    ("locks", temporary_names(r"[0-9a-f]{32}\.json")),
+    ("runs/*", temporary_names(r"[^/]+\.json")),
+)
+# A temporary lives from its creation to its rename, well under a second to minutes (a large file
+# list). Lock records and the configuration are written without the exclusive lock, so age alone
+# tells a leftover from a write in flight; an hour leaves a wide margin, and a leftover only wastes space.
+TEMPORARY_MIN_AGE = 3600.0
 
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """Which backups of a source to keep (restic/K8up semantics). The newest completed backup, and
-    every base that a kept backup names, are always kept."""
+    """Which backups of a source to keep (restic/K8up semantics). The newest completed backup is
+    always kept. Bases are not kept for their dependents: every file list is complete, so a backup
+    restores from its own list and the blobs it references, which garbage collection keeps."""
 
     keep_last: int | None = None
     keep_daily: int | None = None
@@ -38,8 +57,6 @@ class RetentionItem(Protocol):
     def id(self) -> str: ...
     @property
     def completed(self) -> datetime: ...
-    @property
-    def base_id(self) -> str | None: ...
 
 
 def select_kept(items: Sequence[RetentionItem], policy: RetentionPolicy,
@@ -75,13 +92,6 @@ def select_kept(items: Sequence[RetentionItem], policy: RetentionPolicy,
                 if len(seen) > count:
                     break
                 kept.setdefault(item.id, reason)
-    by_id = {item.id: item for item in items}
-    pending = list(kept)
-    while pending:  # chain-aware: keep the bases of what is kept
-        base = by_id.get(pending.pop())
-        if base is not None and base.base_id and base.base_id not in kept and base.base_id in by_id:
-            kept[base.base_id] = f"base of a kept backup ({base.id})"
-            pending.append(base.base_id)
     return kept
 
 
@@ -105,6 +115,7 @@ class PruneResult(GarbageResult):
 @dataclass
 class DeleteResult(GarbageResult):
     deleted: list[str] = field(default_factory=list)
+    dependents: list[str] = field(default_factory=list)  # backups that name it as base: still restorable
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,7 +166,7 @@ def collect_garbage(repo: Repository) -> GarbageResult:
         finally:
             referenced.close()
     if isinstance(repo.backend, LocalBackend):
-        for stale in repo.backend.list_temporary("", older_than=time.time()):
+        for stale in repo.backend.list_temporary(TEMPORARY_PLACES, older_than=time.time() - TEMPORARY_MIN_AGE):
             stale.unlink(missing_ok=True)
     return result
 
@@ -170,12 +181,12 @@ def delete_backup(repo: Repository, backup_id: str, *, force: bool = False) -> D
             # deleted, but only on purpose (what it referenced is unknown; GC then decides).
             if not force:
                 raise CorruptDataError(f"{error}; delete it with --force") from None
+        # Its dependents are no reason to refuse: each restores from its own complete file list,
+        # and garbage collection keeps every blob they reference.
         dependents = sorted(s.id for s in repo.list_backups() if s.base_id == backup_id)
-        if dependents and not force:
-            raise DependentsError(backup_id, dependents)
         _unpublish(repo, [backup_id])
         garbage = collect_garbage(repo)
-    return DeleteResult(deleted=[backup_id], **asdict(garbage))
+    return DeleteResult(deleted=[backup_id], dependents=dependents, **asdict(garbage))
 
 
 def prune(repo: Repository, policy: RetentionPolicy, *, source: str | None = None,

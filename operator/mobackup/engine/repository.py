@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,6 +43,7 @@ from .errors import (
     RepositoryFormatError,
     RepositoryNotFound,
 )
+from .manifest import MAX_PATH_DEPTH
 from .model import BackupSummary, iso, parse_iso, utc_now
 from .storage import Backend, LocalBackend, ObjectNotFound, RateLimiter
 
@@ -52,7 +54,12 @@ DEFAULT_CHUNK_SIZE = 8 << 20
 MAX_CHUNK_SIZE = 1 << 30
 MAX_PARALLELISM = 256
 FRAME_TARGET = 1 << 20  # plaintext bytes of file-list lines per frame
+# Largest plaintext of a file-list frame, a summary or a run record: a reader inflates no more (a
+# small zstd frame can declare gigabytes). Writers stay far below: frames are about FRAME_TARGET.
+MAX_META_SIZE = 64 << 20
+FRAME_OVERHEAD = 1 + NONCE_SIZE + TAG_SIZE  # frame type byte, nonce and tag (section 4)
 LOCK_REFRESH_SECONDS = 60.0
+LOCK_CLOCK_SKEW_SECONDS = 120.0  # how far ahead of ours another clock may be and still be believed
 
 
 def lock_stale_seconds() -> float:
@@ -173,9 +180,65 @@ def _process_start_time(pid: int) -> str | None:
     """Start time of a process (clock ticks since boot), to tell a reused PID from the original."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_identity() -> dict[str, Any]:
+    """What tells this process from every other that could write a lock: its PID and start time
+    are only meaningful within one boot (`boot_id`) and one PID namespace (`pid_ns`, the inode of
+    /proc/self/ns/pid). Host names do not tell: containers share them. The fields this process
+    cannot know are None, and then nobody may judge it by its PID."""
+    pid = os.getpid()
+    identity: dict[str, Any] = {"pid": pid, "pid_start": None, "boot_id": None, "pid_ns": None}
+    try:
+        # A /proc mounted from another PID namespace (unshare without --mount-proc, the host's /proc
+        # in a container) shows other processes under our PIDs: then no PID here can be checked.
+        if os.readlink("/proc/self") != str(pid):
+            return identity
+        pid_ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return identity
+    identity.update(pid_start=_process_start_time(pid), boot_id=_boot_id(), pid_ns=pid_ns)
+    return identity
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def lock_holder_is_gone(record: dict[str, Any]) -> bool:
+    """Whether a lock's holder is known to be dead: only a holder of this boot and this PID
+    namespace can be looked up by PID; any other (another container with the same host name, an
+    older record without these fields) is judged by its refresh time alone."""
+    own = process_identity()
+    if own["boot_id"] is None or own["pid_ns"] is None:
+        return False
+    pid, start = record.get("pid"), record.get("pid_start")
+    if record.get("boot_id") != own["boot_id"] or record.get("pid_ns") != own["pid_ns"]:
+        return False
+    if not _is_int(pid) or pid <= 0 or not isinstance(start, str):
+        return False
+    current = _process_start_time(pid)
+    if current is None:
+        # No /proc entry: gone, unless /proc hides other users' processes (hidepid), which a
+        # signal-0 probe still sees.
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, OverflowError):  # alive but not ours to signal; or no possible PID
+            return False
+        return False
+    return current != start  # a different start time: the PID now belongs to another process
 
 
 class Repository:
@@ -189,6 +252,7 @@ class Repository:
         # Measured (benchmarks/): S3 round trips want more requests in flight than local disks.
         self.parallelism = options.parallelism or (4 if isinstance(backend, LocalBackend) else 8)
         self.limiter = RateLimiter(options.bandwidth_limit) if options.bandwidth_limit else None
+        self._locks_seen: dict[str, tuple[bytes, float]] = {}  # lock key -> (content, first seen), see lock_is_stale
 
     # ----- opening -------------------------------------------------------------------------------
 
@@ -233,7 +297,7 @@ class Repository:
             raise RepositoryNotFound(f"{backend.location}: no repository here (no {CONFIG_KEY})") from None
         try:
             config = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested a million levels deep
             raise RepositoryFormatError(f"{backend.location}/{CONFIG_KEY}: not valid JSON") from None
         if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
             raise RepositoryFormatError(f"{backend.location}: not a mobackup repository")
@@ -278,7 +342,7 @@ class Repository:
         forever because its name exists."""
         if read:
             try:
-                return len(self.get_blob(digest)) == plain_size
+                return len(self.get_blob(digest, plain_size)) == plain_size
             except MobackupError:  # missing, truncated, altered
                 return False
         size = self.backend.size(blob_key(digest))
@@ -320,13 +384,18 @@ class Repository:
         for info in self.backend.list("blobs/"):
             yield info.key.rsplit("/", 1)[-1]
 
-    def get_blob(self, digest: str) -> bytes:
-        """The blob's plaintext, checked against its name."""
+    def chunk_plain_size(self, file_size: int, index: int) -> int:
+        """The plaintext size of chunk `index` of a file of `file_size` bytes (the last one is short)."""
+        return min(self.chunk_size, file_size - index * self.chunk_size)
+
+    def get_blob(self, digest: str, plain_size: int | None = None) -> bytes:
+        """The blob's plaintext, checked against its name. It is never inflated beyond `plain_size`
+        (the size the file list gives this chunk), or the chunk size when the caller cannot know."""
         key = blob_key(digest)
         stored = self.backend.read(key)
         if self.limiter:
             self.limiter.consume(len(stored))
-        plain = self.codec.decode(stored, key)
+        plain = self.codec.decode(stored, key, self.chunk_size if plain_size is None else plain_size)
         if self.codec.digest(plain) != digest:
             raise CorruptDataError(f"{self.location}/{key}: content does not match its digest")
         return plain
@@ -336,8 +405,8 @@ class Repository:
     def _encode_meta(self, data: bytes, key: str) -> bytes:
         return data if self.codec.plain else self.codec.encode(data, key, compress=True)
 
-    def _decode_meta(self, stored: bytes, key: str) -> bytes:
-        return stored if self.codec.plain else self.codec.decode(stored, key, framed=True)
+    def _decode_meta(self, stored: bytes, key: str, limit: int = MAX_META_SIZE) -> bytes:
+        return stored if self.codec.plain else self.codec.decode(stored, key, limit, framed=True)
 
     def load_summary(self, backup_id: str) -> BackupSummary:
         key = summary_key(backup_id)
@@ -347,7 +416,7 @@ class Repository:
             raise BackupNotFound(f"no completed backup {backup_id} in {self.location}") from None
         try:
             summary = BackupSummary.from_dict(json.loads(self._decode_meta(raw, key)))
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, RecursionError) as error:
             raise CorruptDataError(f"{self.location}/{key}: unreadable summary ({error})") from None
         if summary.id != backup_id:  # a summary copied under another name points at another list
             raise CorruptDataError(f"{self.location}/{key}: the summary names backup {summary.id!r}")
@@ -414,14 +483,18 @@ class Repository:
                 if not header:
                     break
                 (length,) = struct.unpack(">I", header)
-                payload = self.codec.decode(_read_exact(stream, length, key), f"{key}#{frames}", framed=True)
+                if length > MAX_META_SIZE + FRAME_OVERHEAD:  # checked before it is allocated and read
+                    raise CorruptDataError(f"{self.location}/{key}: frame {frames} of {length} bytes is larger "
+                                           f"than any writer makes ({MAX_META_SIZE} bytes of entries at most)")
+                payload = self.codec.decode(_read_exact(stream, length, key), f"{key}#{frames}", MAX_META_SIZE,
+                                            framed=True)
                 frames += 1
                 hasher.update(payload)
                 for line in payload.splitlines():
                     count += 1
                     try:
                         yield json.loads(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise CorruptDataError(f"{self.location}/{key}: unreadable entry {count}") from None
         intact = hasher.hexdigest() == summary.files_digest
         if count != summary.entry_count or frames != summary.files_frames or not intact:
@@ -442,9 +515,11 @@ class Repository:
         deadline = time.monotonic() + wait_seconds
         lock_id = uuid.uuid4().hex
         key = f"locks/{lock_id}.json"
+        identity = process_identity()
         record = {
-            "exclusive": exclusive, "purpose": purpose, "host": socket.gethostname(), "pid": os.getpid(),
-            "pid_start": _process_start_time(os.getpid()), "created_at": iso(utc_now()),
+            "exclusive": exclusive, "purpose": purpose, "host": socket.gethostname(), "pid": identity["pid"],
+            "pid_start": identity["pid_start"], "boot_id": identity["boot_id"], "pid_ns": identity["pid_ns"],
+            "created_at": iso(utc_now()),
         }
         while True:
             record["refreshed_at"] = iso(utc_now())
@@ -454,10 +529,7 @@ class Repository:
                 break
             self.backend.delete([key])
             if time.monotonic() >= deadline:
-                raise LockedError(
-                    f"{self.location} is locked by {conflict.get('purpose')} on {conflict.get('host')} "
-                    f"(pid {conflict.get('pid')}, since {conflict.get('created_at')}); try again later"
-                )
+                raise LockedError(f"{self.location} is locked by {conflict}; try again later")
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
         stop = threading.Event()
 
@@ -484,40 +556,90 @@ class Repository:
         refresher.join()
         self.backend.delete([key])
 
-    def _read_locks(self) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _read_locks(self) -> Iterator[tuple[str, dict[str, Any] | None, float, bytes]]:
+        """(key, record, storage modification time, raw bytes) of each lock object. The record is
+        None when the object is not a JSON object: writes are atomic, so that is not a half-written
+        lock but a foreign or damaged one, judged as live until its object is stale."""
         for info in self.backend.list("locks/"):
             try:
-                yield info.key, json.loads(self.backend.read(info.key))
-            except (ObjectNotFound, ValueError):
-                continue  # withdrawn meanwhile, or half-written by a killed process
+                raw = self.backend.read(info.key)
+            except ObjectNotFound:
+                continue  # withdrawn meanwhile
+            try:
+                record = json.loads(raw)
+            except (ValueError, RecursionError):
+                record = None
+            yield info.key, record if isinstance(record, dict) else None, info.modified, raw
 
-    def _conflicting_lock(self, own_id: str, exclusive: bool) -> dict[str, Any] | None:
-        for key, other in self._read_locks():
+    def _conflicting_lock(self, own_id: str, exclusive: bool) -> str | None:
+        """A description of a live lock that conflicts with ours, or None."""
+        for key, other, modified, raw in self._read_locks():
             if key == f"locks/{own_id}.json":
                 continue
-            if not (exclusive or other.get("exclusive")):
+            # Anything but a recorded `false` may be exclusive: an unreadable lock is assumed to be.
+            if not (exclusive or (other or {}).get("exclusive") is not False):
                 continue
-            if self.lock_is_stale(other):
+            if self.lock_is_stale(other, modified, first_seen=self._first_seen(key, raw)):
                 if exclusive:
                     self.backend.delete([key])  # breaking a dead lock is safe for the exclusive locker
                 continue
-            return other
+            return _describe_lock(key, other, modified)
         return None
 
+    def _first_seen(self, key: str, raw: bytes) -> float:
+        """When this process first saw this lock object with exactly this content (time.time())."""
+        seen = self._locks_seen.get(key)
+        if seen is None or seen[0] != raw:  # new, or rewritten (refreshed) since
+            seen = self._locks_seen[key] = (raw, time.time())
+        return seen[1]
+
     @staticmethod
-    def lock_is_stale(record: dict[str, Any]) -> bool:
-        if record.get("host") == socket.gethostname():
-            pid = int(record.get("pid", -1))
-            if _process_start_time(pid) != record.get("pid_start"):
-                return True  # the process is gone (or its PID was reused)
-        try:
-            refreshed = parse_iso(record["refreshed_at"])
-        except (KeyError, ValueError):
+    def lock_is_stale(record: dict[str, Any] | None, modified: float | None = None,
+                      first_seen: float | None = None) -> bool:
+        """Whether a lock (its record, None when unreadable; its object's modification time as the
+        storage reports it) is dead: its holder is known gone (lock_holder_is_gone), or no sign of
+        life is younger than lock_stale_seconds()."""
+        if record is not None and lock_holder_is_gone(record):
             return True
-        return (utc_now() - refreshed).total_seconds() > lock_stale_seconds()
+        now = time.time()
+        refreshed = None
+        if record is not None and isinstance(record.get("refreshed_at"), str):
+            with suppress(ValueError, OverflowError):
+                refreshed = parse_iso(record["refreshed_at"]).timestamp()
+        # Signs of life: the refresh time the holder recorded, and the time the storage says the
+        # object was last written (which also advances with each refresh, and by the storage's
+        # clock on S3). The latest counts, so a holder whose clock lags is not broken while it
+        # refreshes. A time further ahead than LOCK_CLOCK_SKEW_SECONDS says nothing (a wrong clock
+        # or a forged record): trusted, it would hold the lock until that date, blocking prune for
+        # good. If no time is plausible, the lock is judged by how long this process has seen it
+        # unchanged: a live holder rewrites it every LOCK_REFRESH_SECONDS.
+        plausible = [t for t in (refreshed, modified) if t is not None and t <= now + LOCK_CLOCK_SKEW_SECONDS]
+        if plausible:
+            last = max(plausible)
+        elif first_seen is not None:
+            last = first_seen
+        else:
+            return False
+        return now - last > lock_stale_seconds()
 
     def check_access(self) -> None:
         self.backend.check_access()
+
+
+def _describe_lock(key: str, record: dict[str, Any] | None, modified: float) -> str:
+    """The holder of a lock, for a message; every field is untrusted input of any type."""
+    try:
+        written = iso(datetime.fromtimestamp(modified, UTC))
+    except (OverflowError, OSError, ValueError):
+        written = "at an impossible time"
+    if record is None:
+        return f"an unreadable lock object {key} (last written {written})"
+
+    def text(name: str) -> str:
+        return str(record.get(name))[:200]
+
+    return (f"{text('purpose')} on {text('host')} (pid {text('pid')}, since {text('created_at')}, "
+            f"refreshed {text('refreshed_at')}, written {written})")
 
 
 def _read_exact(stream: BinaryIO, size: int, key: str, allow_eof: bool = False) -> bytes:
@@ -553,7 +675,17 @@ class FileListWriter:
         self.frames = 0
 
     def add(self, entry: dict[str, Any]) -> None:
+        # Readers refuse what is beyond these limits: fail the backup now rather than write one that
+        # can never be restored.
+        if entry["path"].count("/") >= MAX_PATH_DEPTH:
+            raise MobackupError(f"{entry['path']}: more than {MAX_PATH_DEPTH} path components, which a "
+                                "restore refuses")
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
+        if len(line) > MAX_META_SIZE:
+            raise MobackupError(f"{entry['path']}: its file-list entry takes {len(line)} bytes, more than the "
+                                f"{MAX_META_SIZE} a reader accepts in one frame")
+        if self.pending_size + len(line) > MAX_META_SIZE:
+            self._flush_frame()
         self.pending.append(line)
         self.pending_size += len(line)
         self.count += 1

@@ -7,7 +7,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import shutil
 import stat
 import tempfile
 import threading
@@ -21,15 +20,22 @@ from typing import Any
 from .errors import CorruptDataError, LockedError, MobackupError, TargetNotEmptyError
 from .layout import log_hostnames
 from .manifest import ManifestChecker
-from .progress import NullProgress, Progress
+from .progress import NullProgress, Progress, human_bytes
 from .repository import Repository, blob_key
 from .storage import KERNEL_COPY_MIN, LocalBackend, ObjectNotFound, _syncfs, kernel_copy
+from .walk import remove_tree
 from .workers import BoundedWorkers
 
 STAGING_PREFIX = ".mobackup-staging-"
 OLD_PREFIX = ".mobackup-old-"
 RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths atomically
 AT_FDCWD = -100
+# The permission bits a restore applies. Never setuid, setgid or sticky: a restore runs as root, so
+# a data owner's setuid file would come back root-owned and setuid, and anyone who can edit a file
+# list could plant one. The file list still records them (`st_mode & 0o7777`); they are not applied.
+RESTORED_MODE_BITS = 0o777
+# Space a restore leaves free beyond its estimate: a hundredth of it, and at least this much.
+FREE_SPACE_MARGIN = 64 << 20
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -92,7 +98,7 @@ def _remove_leftovers(directory: Path, prefix: str) -> None:
             rest = entry.name[len(prefix):]
             if prefix and not (len(rest) == 12 and all(c in "0123456789abcdef" for c in rest)):
                 continue
-            shutil.rmtree(entry.path, ignore_errors=True)
+            remove_tree(Path(entry.path), ignore_errors=True)
 
 
 def _swap_in(staging: Path, target: Path, beside: bool) -> None:
@@ -101,7 +107,7 @@ def _swap_in(staging: Path, target: Path, beside: bool) -> None:
     aside (renames), then the staged ones moved in; a kill in between leaves both, hidden."""
     if beside:
         st = os.stat(target)
-        os.chmod(staging, stat.S_IMODE(st.st_mode))
+        os.chmod(staging, stat.S_IMODE(st.st_mode))  # the target keeps its own mode (not the list's)
         with contextlib.suppress(PermissionError):
             os.chown(staging, st.st_uid, st.st_gid)
         if not _existing_entries(target):
@@ -110,7 +116,7 @@ def _swap_in(staging: Path, target: Path, beside: bool) -> None:
             return
         if _exchange(staging, target):
             _fsync_dir(target.parent)
-            shutil.rmtree(staging)  # now the previous tree
+            remove_tree(staging)  # now the previous tree
             return
         # No renameat2: fall through to moving entries, from a staging directory outside the target.
     aside = target / f"{OLD_PREFIX}{uuid.uuid4().hex[:12]}"
@@ -140,7 +146,7 @@ def _swap_in(staging: Path, target: Path, beside: bool) -> None:
         raise
     staging.rmdir()
     _fsync_dir(target)
-    shutil.rmtree(aside)
+    remove_tree(aside)
 
 
 @dataclass
@@ -246,7 +252,7 @@ class _RestoreRun:
         rel = record["path"]
         written = 0
         backend = self.repo.local_plain if record["size"] >= KERNEL_COPY_MIN else None
-        for digest in record["chunks"]:
+        for index, digest in enumerate(record["chunks"]):
             try:
                 if digest == self.zero_chunk:
                     os.lseek(out, self.repo.chunk_size, os.SEEK_CUR)
@@ -254,7 +260,7 @@ class _RestoreRun:
                 elif backend is not None:
                     n = self._copy_blob_in_kernel(backend, digest, out)
                 else:
-                    data = self.repo.get_blob(digest)
+                    data = self.repo.get_blob(digest, self.repo.chunk_plain_size(record["size"], index))
                     _write_all(out, data)
                     n = len(data)
             except ObjectNotFound:
@@ -283,7 +289,7 @@ class _RestoreRun:
                 os.close(parent)
         try:
             written = self._fill(record, out)
-            os.fchmod(out, record["mode"])
+            os.fchmod(out, record["mode"] & RESTORED_MODE_BITS)
             os.utime(out, ns=(record["mtime_ns"], record["mtime_ns"]))
         finally:
             os.close(out)
@@ -347,7 +353,9 @@ class _RestoreRun:
                 if owned:
                     os.close(parent)
             try:
-                os.fchmod(fd, mode)
+                # A setgid bit the directory inherited from the target's file system (mkdir in a
+                # setgid directory, as Kubernetes' fsGroup volumes are) stays: it is not the list's.
+                os.fchmod(fd, mode & RESTORED_MODE_BITS | os.fstat(fd).st_mode & stat.S_ISGID)
                 os.utime(fd, ns=(mtime_ns, mtime_ns))
             finally:
                 os.close(fd)
@@ -396,19 +404,55 @@ def _target_lock(target: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _check_file_list(repo: Repository, summary: Any, files: Path, scratch: Path) -> set[str]:
-    """Check every entry and the list's digest; returns the log service hostnames it records."""
+@dataclass
+class _ListFacts:
+    hosts: set[str]  # log service hostnames the list records
+    space: int  # bytes the restored tree takes on a file system of the given block size
+    entries: int
+
+
+def _check_file_list(repo: Repository, summary: Any, files: Path, scratch: Path, block: int) -> _ListFacts:
+    """Check every entry and the list's digest; count what the restored tree will take."""
     checker = ManifestChecker(scratch, repo.chunk_size, f"backup {summary.id}")
-    hosts: set[str] = set()
+    facts = _ListFacts(hosts=set(), space=0, entries=0)
+    zero_chunk = repo.codec.digest(bytes(repo.chunk_size))
     try:
         for record in repo.entries(summary, files):
             checker.check(record)
+            facts.entries += 1
             if record["path"].startswith("logservice-data/"):
-                hosts |= log_hostnames((record["path"],))
+                facts.hosts |= log_hostnames((record["path"],))
+            if record["type"] != "file":
+                facts.space += block  # a directory's block; a symbolic link takes at most one
+            elif record.get("hardlink_of") is None:  # a hard link takes no data block
+                # Whole chunks of zeros are holes (see _RestoreRun._fill): they take no space.
+                data = record["size"] - record["chunks"].count(zero_chunk) * repo.chunk_size
+                facts.space += -(-max(data, 0) // block) * block
         checker.finish()
     finally:
         checker.close()
-    return hosts
+    return facts
+
+
+def _check_free_space(target: Path, facts: _ListFacts) -> None:
+    """Refuse a restore that cannot fit before anything is written: a file list of a few kilobytes
+    can describe terabytes (one blob, listed again and again), and a restore that fills the file
+    system fails late and leaves the file system full for everyone else on it. The old tree (with
+    --force) stays until the new one is complete, so the new one must fit beside it."""
+    st = os.statvfs(target)
+    if st.f_blocks == 0:
+        return  # the file system does not report its size (some FUSE and network ones)
+    free = st.f_bavail * st.f_frsize
+    needed = facts.space + max(FREE_SPACE_MARGIN, facts.space // 100)
+    if needed > free:
+        raise MobackupError(
+            f"{target}: the restore needs {human_bytes(needed)} ({human_bytes(facts.space)} of files and "
+            f"directories, and a margin) but its file system has {human_bytes(free)} free; free some space "
+            "or restore elsewhere"
+        )
+    if st.f_files and facts.entries > st.f_favail:
+        raise MobackupError(f"{target}: the restore creates {facts.entries} files and directories but its file "
+                            f"system has {st.f_favail} free inodes; free some or restore elsewhere")
 
 
 def run_restore(
@@ -450,7 +494,8 @@ def run_restore(
         # the first write; the second pass reads the same local copy.
         files = Path(scratch) / "files"
         repo.download_file_list(summary, files)
-        recorded = _check_file_list(repo, summary, files, Path(scratch))
+        facts = _check_file_list(repo, summary, files, Path(scratch), os.statvfs(target).f_frsize or 4096)
+        recorded = facts.hosts
         if hostname and recorded and hostname not in recorded:
             raise MobackupError(
                 f"backup {backup_id} holds log service data of host(s) {', '.join(sorted(recorded))}, not "
@@ -461,6 +506,7 @@ def run_restore(
         _remove_leftovers(target, "")  # hidden remains of a killed restore
         if beside:
             _remove_leftovers(target.parent, f"{STAGING_PREFIX}{target.name}-")
+        _check_free_space(target, facts)  # once the leftovers' space is free again
         staging = (target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:12]}" if beside
                    else target / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
         progress.start(summary.size_bytes, summary.file_count)
@@ -478,7 +524,7 @@ def run_restore(
             _syncfs(staging)
             _swap_in(staging, target, beside)  # with existing entries only when forced (checked above)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging, ignore_errors=True)
             raise
     progress.finish()
     return RestoreResult(

@@ -9,7 +9,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import shutil
+import stat
 import threading
 import time
 import uuid
@@ -21,6 +23,9 @@ from typing import BinaryIO, Protocol
 from .errors import MobackupError
 
 TMP_PREFIX = ".tmp."
+# The names LocalBackend gives its temporaries: `_tmp_path` names `.tmp.<final name>.<12 hex>`
+# beside the final object, `copy_range_to_temporary` names `.tmp.chunk.<32 hex>`.
+CHUNK_TEMPORARY = re.compile(r"\.tmp\.chunk\.[0-9a-f]{32}")
 # Below this size a kernel copy's fixed cost (a temporary file, a second open, mmap) exceeds copying the
 # bytes through Python (benchmarks/: 1,000,000 tiny files backed up 25% and restored 3x slower).
 KERNEL_COPY_MIN = 256 << 10
@@ -42,6 +47,12 @@ def kernel_copy(source: int, target: int, offset: int, length: int) -> int:
             break
         done += n
     return done
+
+
+def temporary_names(final: str) -> re.Pattern[str]:
+    """The names `LocalBackend._tmp_path` gives the temporaries of final names that match `final`
+    (a regular expression)."""
+    return re.compile(rf"\.tmp\.(?:{final})\.[0-9a-f]{{12}}")
 
 
 class ObjectNotFound(MobackupError):
@@ -195,17 +206,44 @@ class LocalBackend:
                         key = Path(entry.path).relative_to(self.root).as_posix()
                         yield ObjectInfo(key, st.st_size, st.st_mtime)
 
-    def list_temporary(self, prefix: str, older_than: float) -> Iterator[Path]:
-        """Leftovers of interrupted writes (for prune)."""
-        base = self._path(prefix)
-        if not base.is_dir():
-            return
-        for path in base.rglob(f"{TMP_PREFIX}*"):
-            try:
-                if path.stat().st_mtime < older_than:
-                    yield path
-            except FileNotFoundError:
-                continue
+    def list_temporary(self, places: Iterable[tuple[str, re.Pattern[str]]], older_than: float) -> Iterator[Path]:
+        """Leftovers of interrupted writes (for prune): in each place (a directory relative to the
+        root, where a `*` component stands for any subdirectory; not below it), the regular files
+        whose whole name matches the place's pattern (see `temporary_names`) and that were last
+        modified before `older_than`. Nothing else is touched: a repository directory may hold,
+        or sit above, files of others (MatrixOne names its own in-flight files `.tmp.*` too)."""
+        for directory, names in places:
+            for base in self._directories(directory):
+                try:
+                    with os.scandir(base) as scan:
+                        entries = list(scan)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                for entry in entries:
+                    if not names.fullmatch(entry.name):
+                        continue
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISREG(st.st_mode) and st.st_mtime < older_than:
+                        yield Path(entry.path)
+
+    def _directories(self, pattern: str) -> list[Path]:
+        """The directories below the root that `pattern` names (`*`: any one), never reached
+        through a symbolic link, which could lead out of the repository."""
+        found = [self.root]
+        for part in (p for p in pattern.split("/") if p):
+            step: list[Path] = []
+            for parent in found:
+                try:
+                    with os.scandir(parent) as entries:
+                        step.extend(Path(e.path) for e in entries
+                                    if (part == "*" or e.name == part) and e.is_dir(follow_symlinks=False))
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+            found = step
+        return found
 
     def delete(self, keys: Iterable[str]) -> int:
         count = 0

@@ -125,7 +125,7 @@ def _verify(repo: Repository, backup_id: str, quick: bool, progress: Progress) -
                 elif repo.codec.keys is not None and size < NONCE_SIZE + TAG_SIZE + 1:
                     problem(f"{rel}: blob {digest} is truncated ({size} bytes)", digest, rel)
             else:
-                data = repo.get_blob(digest)
+                data = repo.get_blob(digest, expected)
                 if len(data) != expected:
                     problem(f"{rel}: blob {digest} has {len(data)} bytes, expected {expected}", digest, rel)
         except MobackupError as error:
@@ -148,7 +148,7 @@ def _verify(repo: Repository, backup_id: str, quick: bool, progress: Progress) -
                     result.file_count += 1
                     size, chunks = record["size"], record["chunks"]
                     for index, digest in enumerate(chunks):
-                        expected = min(repo.chunk_size, size - index * repo.chunk_size)
+                        expected = repo.chunk_plain_size(size, index)
                         if seen.add_new(digest):
                             workers.submit(check, digest, expected, record["path"])
                     progress.advance(0, 1)

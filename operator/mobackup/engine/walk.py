@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -81,3 +82,67 @@ def tree_totals(root: Path, rules: PathRules) -> tuple[int, int]:
 
 def path_of(root: Path, rel: str) -> Path:
     return Path(os.path.join(root, rel))
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def remove_tree(path: Path, ignore_errors: bool = False) -> None:
+    """`shutil.rmtree` without recursion: Python 3.11's recurses once per level and fails with
+    RecursionError on a tree a thousand levels deep, which would then stay behind. Like it, this
+    never follows a symbolic link; one directory descriptor is open at a time, whatever the depth
+    (a parent is reached again through "..", checked to be the directory left)."""
+    try:
+        _remove_tree(path)
+    except OSError:
+        if not ignore_errors:
+            raise
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(path)  # a file or a symbolic link: removed, never followed
+        return
+    above: list[tuple[str, tuple[int, int]]] = []  # per level: (name, (st_dev, st_ino) of its parent)
+    try:
+        while True:
+            with os.scandir(fd) as scan:
+                entries = list(scan)
+            child = None
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    child = child or entry.name
+                else:
+                    os.unlink(entry.name, dir_fd=fd)
+            if child is not None:
+                st = os.fstat(fd)
+                try:
+                    sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                except OSError as error:
+                    if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    os.unlink(child, dir_fd=fd)  # replaced by a link or a file meanwhile
+                    continue
+                above.append((child, (st.st_dev, st.st_ino)))
+                os.close(fd)
+                fd = sub
+                continue
+            if not above:
+                break
+            name, parent_id = above.pop()
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != parent_id:
+                raise OSError(errno.ESTALE, "a directory was moved while its tree was being removed", str(path))
+            os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)

@@ -159,12 +159,15 @@ def reconcile_schedule(ctx: Ctx, sched: dict[str, Any]) -> None:
     items = [retention.Item(b["metadata"]["name"], str(b["status"].get("backupID")), b["status"].get("baseBackupID"),
                             _completion(b)) for b in completed if (b.get("status") or {}).get("backupID")]
     decision = retention.select(items, spec.retention, now, history_limit=spec.successful_limit)
-    # Delete in waves, dependents first: a backup that is still the base of an existing MOBackup
-    # (kept, or being deleted right now) waits for the next pass, so the chain-aware delete of its
-    # data is never refused.
-    bases_in_use = {(b.get("status") or {}).get("baseBackupID") for b in backups} - {None}
+    # Being the base of a kept backup is no reason to stay: every file list is complete, so each
+    # backup restores on its own and the repository's garbage collection keeps the blobs it uses.
+    # Only a run still in progress reads its base's file list: that base waits for the next pass.
+    running = [b for b in backups if b["metadata"]["name"] in active]
+    base_ids = {(b.get(part) or {}).get("baseBackupID") for b in running for part in ("status", "spec")} - {None}
+    base_names = {(b.get("spec") or {}).get("baseBackupName") for b in running} - {None}
     by_name = {b["metadata"]["name"]: b for b in completed}
-    doomed = [n for n in decision.delete if (by_name[n].get("status") or {}).get("backupID") not in bases_in_use]
+    doomed = [n for n in decision.delete
+              if n not in base_names and (by_name[n].get("status") or {}).get("backupID") not in base_ids]
     doomed += retention.history_overflow([b["metadata"]["name"] for b in failed], spec.failed_limit)
     for victim in doomed:
         ctx.kube.delete_cr("MOBackup", ns, victim)
