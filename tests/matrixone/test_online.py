@@ -244,7 +244,12 @@ def test_online_backup_holds_while_disk_gc_deletes_objects(
     thread = threading.Thread(target=churn, daemon=True)
     writer = Writer().start()
     thread.start()
-    time.sleep(GC_TTL_SECONDS + 5)  # older checkpoints exist now: the cleaner deletes during the backups
+    # The backups start once the cleaner has deleted an object: it is at work during them (v2.2.2 began
+    # after about GC_TTL_SECONDS, the 1.3 line after a minute or more).
+    deadline = time.monotonic() + GC_TTL_SECONDS + 180
+    while not seen - {p.name for p in (mo.data_dir / "shared").iterdir() if p.is_file()}:
+        assert time.monotonic() < deadline and thread.is_alive(), f"the disk cleaner deleted nothing: {churn_errors}"
+        time.sleep(1)
     try:
         summaries = [online_backup(mo, repo, "--type", "full")[1] for _ in range(3)]
         before_last = writer.committed

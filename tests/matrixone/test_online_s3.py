@@ -189,11 +189,15 @@ def test_sharded_ingest_gives_identical_restores_and_a_killed_shard_lists_nothin
         (repos[n] / "runs" / run_id).mkdir(parents=True)
         (repos[n] / "runs" / run_id / "run.json").write_bytes((repos[1] / "runs" / run_id / "run.json").read_bytes())
 
-    # N = 2, shard 1 killed mid-way (slowed down so that it is mid-way).
+    # N = 2, shard 1 killed mid-way: slowed down, and killed once its first blob is stored.
+    blobs_before = set((repos[2] / "blobs").rglob("*"))
     killed = subprocess.Popen([str(MOBACKUP), "backup", "--online", "--repo", str(repos[2]), "--staging", staging,
-                               "--run", run_id, "--shard", "1/2", "--bandwidth-limit", "300K", "--parallelism", "1",
+                               "--run", run_id, "--shard", "1/2", "--bandwidth-limit", "100K", "--parallelism", "1",
                                "--quiet"], env=_env(s3), start_new_session=True)
-    time.sleep(4)
+    deadline = time.monotonic() + 60
+    while not [p for p in set((repos[2] / "blobs").rglob("*")) - blobs_before if p.is_file()]:
+        assert killed.poll() is None and time.monotonic() < deadline, "shard 1 stored nothing before it ended"
+        time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     mobackup(s3, "backup", "--online", "--repo", str(repos[2]), "--staging", staging, "--run", run_id, "--shard", "0/2")
@@ -250,10 +254,10 @@ def test_staging_is_removed_after_failure_kill_and_two_racing_runs_both_restore(
     argv = [str(MOBACKUP), "backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--repo",
             str(repo), "--staging", f"s3://{s3.bucket}/{staging_root}", "--quiet", "--json"]
     killed = subprocess.Popen(argv, env=_env(s3), start_new_session=True)
+    # Killed while MatrixOne stages: once an object beside the lease exists.
     deadline = time.monotonic() + 60
-    while not any(k.endswith(".lease") for k in keys(s3, staging_root)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(3)
+    while not any(not k.endswith(".lease") for k in keys(s3, staging_root)) and time.monotonic() < deadline:
+        time.sleep(0.05)
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     left = {k.split("/", 1)[0] for k in keys(s3, staging_root)}
