@@ -1,5 +1,5 @@
 """Test suite root: makes `tests/` importable (shared helpers such as `cluster.fixtures`) and
-registers the fixtures of the real test infrastructure (MinIO, the Kubernetes control plane) for
+registers the fixtures of the real test infrastructure (SeaweedFS for S3, the Kubernetes control plane) for
 every test below."""
 
 import sys

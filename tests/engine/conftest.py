@@ -1,4 +1,4 @@
-"""Fixtures of the engine tests: repositories on both backends (a directory, and the real MinIO
+"""Fixtures of the engine tests: repositories on both backends (a directory, and the real S3 server (SeaweedFS)
 server that `cluster.fixtures.s3_server` builds and starts), and sample MatrixOne data."""
 
 from __future__ import annotations

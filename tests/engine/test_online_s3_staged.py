@@ -1,5 +1,5 @@
 """S3-resident online backups from a staged prefix laid out as MatrixOne's BACKUP ... S3OPTION writes
-it (plain objects, tae_list with SHA-256s, tae_sum, hakeeper/hk_data) on the real MinIO: the ingest
+it (plain objects, tae_list with SHA-256s, tae_sum, hakeeper/hk_data) on the real S3 server (SeaweedFS): the ingest
 checks, sharded commits, incrementals' inherited files, restore-to-S3 refusals, on a directory and
 an S3 repository, plain and zstd + encrypted. (The real MatrixOne's side is in
 tests/matrixone/test_online_s3.py.)"""

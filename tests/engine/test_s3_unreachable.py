@@ -21,7 +21,7 @@ from mobackup.sample import generate_mo_data, snapshot_tree
 
 
 def test_restore_with_s3_gone_says_unreachable_and_leaves_the_target(tmp_path: Path) -> None:
-    server = start_s3(tmp_path / "minio", bucket="gone")
+    server = start_s3(tmp_path / "s3", bucket="gone")
     try:
         options = RepositoryOptions(url=f"s3://{server.bucket}/r", s3_endpoint=server.endpoint,
                                     s3_region=server.region, s3_path_style=True,

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the real control plane (cluster helper's kube_cluster), real MinIO, the CRDs of
+"""End-to-end fixtures: the real control plane (cluster helper's kube_cluster), real S3 server (SeaweedFS), the CRDs of
 crds/, and the operator run as a subprocess (`mobackup operator`) with the chart's RBAC (the
 restricted operator kubeconfig, never admin). Helpers live in mo_e2e.py."""
 

@@ -1,4 +1,4 @@
-"""End-to-end helpers for a MatrixOne whose table data lives in S3 (the suite's MinIO), described by a
+"""End-to-end helpers for a MatrixOne whose table data lives in S3 (the suite's S3 server), described by a
 `MatrixOneCluster` object (the MatrixOne operator's CRD, core.matrixorigin.io/v1alpha1, from
 ../shared/matrixone/matrixone-operator-crds). The MatrixOne operator does not run here: the real
 mo-service runs as StatefulSet `mo` on PVC `mo-data` (configured so SHARED and ETL are MINIO under
@@ -128,9 +128,10 @@ def stop_mo(env: Env, *names: str, timeout: float = 90) -> None:
 def s3_mo(request: pytest.FixtureRequest, env: Env, mo_install: Callable[[str], Path]
           ) -> Iterator[Callable[..., S3MatrixOne]]:
     """`start(name="mo", claim="mo-data", bucket=None, folder=None) -> S3MatrixOne`: the real mo-service
-    v2.2.2 as a StatefulSet of 1 replica on PVC `claim` (kept if it exists), its SHARED file service
-    MINIO at `<bucket>/<folder>/data` and ETL at `<bucket>/<folder>/etl` on the suite's MinIO (bucket
-    default `mo-<namespace>`, created if missing; folder default `name`). MinIO's keys reach the
+    (the suite's DEFAULT_VERSION) as a StatefulSet of 1 replica on PVC `claim` (kept if it exists), its
+    SHARED file service MINIO (path-style S3) at `<bucket>/<folder>/data` and ETL at
+    `<bucket>/<folder>/etl` on the suite's S3 server (bucket default `mo-<namespace>`, created if
+    missing; folder default `name`). The S3 server's keys reach the
     server only through its config files in `etc/launch/` on the PVC. Returns when SQL answers; holds
     the suite's MatrixOne lock until teardown, which stops the StatefulSets."""
     lock = ServerLock()
@@ -218,9 +219,9 @@ def _status(obj: dict[str, Any], ready: bool) -> dict[str, Any]:
 
 def matrixone_cluster(env: Env, name: str, bucket: str, folder: str, secret_name: str,
                       replicas: int = 1) -> dict[str, Any]:
-    """Creates Secret `secret_name` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: MinIO's keys), Secret
+    """Creates Secret `secret_name` (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: the S3 server's keys), Secret
     `<name>-credential` (username / password: the suite's MatrixOne user) and the MatrixOneCluster `name`
-    with its data at sharedStorage.s3.path `bucket/folder` on the suite's MinIO; then sets its status
+    with its data at sharedStorage.s3.path `bucket/folder` on the suite's S3 server; then sets its status
     (status subresource) as the MatrixOne operator does once the cluster is Ready: host 127.0.0.1,
     port 6001, credentialRef, phase Ready, conditions Ready/Synced True. Returns the object."""
     if not env.exists_secret(secret_name):

@@ -1,5 +1,5 @@
 """The seed's two examples, end to end on the real control plane: MOBackup/MORestore driving Jobs
-(run by the local node) that copy a MatrixOne stand-in's mo-data to a real MinIO and back."""
+(run by the local node) that copy a MatrixOne stand-in's mo-data to a real S3 server (SeaweedFS) and back."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """A MatrixOne whose table data lives in S3, described by a `MatrixOneCluster`, through the operator.
 
-The real mo-service v2.2.2 runs as StatefulSet `mo` with its SHARED file service on the suite's
-MinIO (`mo_cluster_e2e.s3_mo`); a MatrixOneCluster object (the MatrixOne operator's CRD, which
-does not run here) describes it as the MatrixOne operator would once Ready. The operator reads the
+The real mo-service (MatrixOne's 1.3 line) runs as StatefulSet `mo` with its SHARED file service on
+the suite's S3 server, SeaweedFS (`mo_cluster_e2e.s3_mo`); a MatrixOneCluster object (the MatrixOne
+operator's CRD, which does not run here) describes it as the MatrixOne operator would once Ready. The operator reads the
 S3 location, the SQL endpoint and the credentials from that object alone.
 
 - The seed's examples via `source.cluster`: a full backup scaled out over 3 pods (an Indexed Job)

@@ -1,4 +1,4 @@
-"""Fixtures of the ship tests: the real test cluster and MinIO (cluster helper's fixtures) and
+"""Fixtures of the ship tests: the real test cluster and its S3 server (cluster helper's fixtures) and
 kubeconform schemas generated offline from real sources."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 run by the cluster's local node (the kubelet test double: it runs the pod's command,
 `mobackup operator --standalone --namespace=NS`, as a local process with the pod's env and the
 projected token of the chart's ServiceAccount, so the operator has exactly the chart's RBAC).
-Then the deploy/examples (pointed at the test MinIO) are applied: storage, full backup,
+Then the deploy/examples (pointed at the test S3 server) are applied: storage, full backup,
 incremental backup, in-place restore of the full backup over the changed data, compared file by
 file with the backed-up state; the schedule example, fired with `mobackup.io/run-now`.
 `helm upgrade` with changed values (log level, ServiceMonitor + PrometheusRule, after installing
@@ -119,7 +119,7 @@ def env(kube_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     from mobackup.sample import generate_mo_data
 
     if kube_cluster.s3 is None:
-        pytest.fail("the kube_cluster fixture has no MinIO (s3)", pytrace=False)
+        pytest.fail("the kube_cluster fixture has no S3 server (s3)", pytrace=False)
     tmp = tmp_path_factory.mktemp("ship-e2e")
     ns = kube_cluster.create_namespace("ship")
     op_ns = kube_cluster.create_namespace("ship-op")

@@ -1,10 +1,10 @@
 """The chart-installed operator (`helm install`) with the real MatrixOne: the seed's example 1 from
-the user's side. MatrixOne (mo-service v2.2.2) runs as the StatefulSet `mo` on PVC `mo-data-mo-0`;
+the user's side. MatrixOne (mo-service (MatrixOne's 1.3 line)) runs as the StatefulSet `mo` on PVC `mo-data-mo-0`;
 `deploy/examples/backup-online.yaml` backs it up online while it runs, db1 is dropped and db3
 created, `deploy/examples/restore.yaml` (with `sqlCheck`) restores in place, and `show databases`
 and the row checksums are read back from the pod's MatrixOne. The examples are applied as a user
 would after editing them: the SQL host is 127.0.0.1 here (the local node's pods share the host
-network), the storage points at the test MinIO."""
+network), the storage points at the test S3 server."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ installed and a MatrixOne stand-in (StatefulSet `mo` on PVC `mo-data-mo-0`, name
 
 Every command of the README's block runs through bash, exactly as printed, except that
 `deploy/examples/storage-s3.yaml` is the copy a user edits first (endpoint, bucket, Secrets: here
-the test MinIO's). `-w` commands are read until the object they watch is done, then stopped. Each
+the test S3 server's). `-w` commands are read until the object they watch is done, then stopped. Each
 command's output is checked for what a user is promised (the printer columns, one row for
 `get mobackup NAME`, no `<invalid>` times, the backup count), and the restore for its data.
 """
@@ -147,7 +147,7 @@ def tour(kube_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                     "--set", f"watchNamespaces={{{NS}}}", "--set", f"health.port={paths.free_port()}",
                     "--set", f"metrics.port={paths.free_port()}", "--wait", "--timeout", "180s"],
                    env=env, check=True, capture_output=True, timeout=300)
-    # The user's edit of storage-s3.yaml: the endpoint, bucket and Secrets of their S3 (the test MinIO).
+    # The user's edit of storage-s3.yaml: the endpoint, bucket and Secrets of their S3 (the test S3 server).
     docs = [d for d in yaml.safe_load_all((tools.DEPLOY / "examples" / "storage-s3.yaml").read_text()) if d]
     for doc in docs:
         if doc["kind"] == "Secret" and "AWS_ACCESS_KEY_ID" in doc["stringData"]:

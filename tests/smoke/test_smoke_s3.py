@@ -1,4 +1,4 @@
-"""Smoke test of the real S3 server the suite runs (MinIO, started by the s3_server fixture)."""
+"""Smoke test of the real S3 server the suite runs (SeaweedFS, started by the s3_server fixture)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 pytestmark = pytest.mark.s3
 
 
-def test_minio_put_get_list_delete(s3_server) -> None:
+def test_s3_put_get_list_delete(s3_server) -> None:
     client = s3_server.client()
     body = os.urandom(3 * 1024 * 1024 + 17)
     client.put_object(Bucket=s3_server.bucket, Key="smoke/a.bin", Body=body)
@@ -23,7 +23,7 @@ def test_minio_put_get_list_delete(s3_server) -> None:
     assert client.list_objects_v2(Bucket=s3_server.bucket, Prefix="smoke/")["KeyCount"] == 0
 
 
-def test_minio_rejects_wrong_credentials(s3_server) -> None:
+def test_s3_rejects_wrong_credentials(s3_server) -> None:
     import boto3
     from botocore.exceptions import ClientError
 
