@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/online.py [--rows 4000000] [--reps 3] [--out benchmarks/results]
 
-Starts the real mo-service v2.2.2 (installed by tests/matrixone/install) in a scratch directory,
+Starts the real mo-service (DEFAULT_VERSION, built by tests/matrixone/build) in a scratch directory,
 writes a table of `--rows` rows of incompressible text (about 360 bytes a row on disk), then, with a
 writer committing 100-row transactions the whole time:
 - `BACKUP ... FILESYSTEM` into a directory alone (what mo_br does), wall time;
