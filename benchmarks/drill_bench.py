@@ -6,7 +6,8 @@ takes (restore, start, checks) and how much scratch space it needs.
 Starts mo-service (the suite's DEFAULT_VERSION, built by tests/matrixone/build) in a scratch
 directory, writes `--rows` rows of incompressible text (about 360 bytes a row on disk, as
 benchmarks/online.py), takes an online backup (its catalog counts every table at BACKUPTS) and a
-cold one (MatrixOne stopped), then drills both into scratch directories with a user check. Holds the machine's MatrixOne lock throughout.
+cold one (MatrixOne stopped), then drills both into scratch directories with a user check. Holds the
+machine's MatrixOne lock throughout.
 """
 
 from __future__ import annotations
