@@ -44,11 +44,18 @@ def test_backup_incremental_restore_delete(tmp_path: Path) -> None:
                     str(target), "--overwrite")
     assert code == 0 and snapshot_tree(target) == snapshot_tree(data)
 
-    # Chain-aware delete: the full is the incremental's base.
+    # The full is the incremental's base: deleted all the same (reported as its dependent), and the
+    # incremental still restores on its own from its complete file list.
     code, res = run(tmp_path, "delete", "--repo", repo, "--backup-id", full["result"]["id"])
-    assert code == 1 and res["reason"] == "DependentsError" and res["dependents"] == [incr["result"]["id"]]
+    assert code == 0 and res["ok"], res
+    assert res["result"]["deleted"] == [full["result"]["id"]] and res["result"]["dependents"] == [incr["result"]["id"]]
+    assert res["result"]["blobs_removed"] > 0  # what only the full referenced
+    again = tmp_path / "restore-after-delete"
+    code, res = run(tmp_path, "restore", "--repo", repo, "--backup-id", incr["result"]["id"], "--target", str(again))
+    assert code == 0 and snapshot_tree(again) == snapshot_tree(data)
     code, res = run(tmp_path, "delete", "--repo", repo, "--backup-id", incr["result"]["id"])
-    assert code == 0 and res["ok"]
+    assert code == 0 and res["ok"] and res["result"]["dependents"] == []
+    assert not [p for p in (Path(repo) / "blobs").rglob("*") if p.is_file()]  # and every blob with it
 
 
 def test_failure_is_a_readable_result(tmp_path: Path) -> None:

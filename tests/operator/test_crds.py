@@ -81,7 +81,7 @@ def test_status_fields_the_operator_writes_are_in_the_schema() -> None:
     progress = yaml.safe_load((CRDS / "mobackups.yaml").read_text())["spec"]["versions"][0]["schema"][
         "openAPIV3Schema"]["properties"]["status"]["properties"]["progress"]["properties"]
     assert set(status.progress_fields(1, 2, 1, 2)) <= set(progress)
-    extra = {"jobName", "attempts", "location", "scaledWorkload", "storage", "source", "deleteBlockedBy",
-             "moVersion", "checkpoint", "snapshot", "progress"}
+    extra = {"jobName", "attempts", "location", "scaledWorkload", "storage", "source", "moVersion",
+             "checkpoint", "snapshot", "progress"}
     assert extra <= backup
     assert {"jobName", "attempts", "target", "storage", "sqlCheck", "sqlCheckSince", "scaledWorkload"} <= restore

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from mo_e2e import Env
+
+from mobackup.engine.restore import run_restore
+from mobackup.engine.verify import verify_backup
+from mobackup.sample import snapshot_tree
 
 pytestmark = pytest.mark.cluster
 
@@ -51,25 +56,19 @@ def test_schedule_with_retention_over_several_runs(env: Env) -> None:
         assert time.monotonic() < deadline, f"no run-now Full in {sorted(seen)}\n{env.op.log_tail()}"
         observe()
         time.sleep(0.3)
-    wait_completed(len(seen) + 1)
+    # Two incrementals after it: the older of the two kept is based on a backup that retention deletes.
+    wait_completed(len(seen) + 2)
     env.api.merge_patch(env.path("MOBackupSchedule", "nightly"), {"spec": {"suspend": True}})
 
-    # Settle: nothing active, retention applied (in waves, dependents first).
-    newest = sorted(seen.items(), key=lambda kv: kv[1]["completionTime"] + kv[0])
+    # Settle: nothing active, retention applied: the two newest stay, and no base of theirs (every
+    # file list is complete).
     deadline = time.monotonic() + 120
     while True:
         items = observe()
         sched = env.get("MOBackupSchedule", "nightly")["status"]
         completed = {b["metadata"]["name"] for b in items if (b.get("status") or {}).get("phase") == "Completed"}
-        by_id = {s["backupID"]: n for n, s in seen.items()}
         newest = sorted(seen.items(), key=lambda kv: (kv[1]["completionTime"], kv[0]), reverse=True)
         expected = {n for n, _ in newest[:2]}
-        frontier = list(expected)
-        while frontier:  # the bases a kept backup needs
-            base = seen[frontier.pop()].get("baseBackupID")
-            if base in by_id and by_id[base] not in expected:
-                expected.add(by_id[base])
-                frontier.append(by_id[base])
         if not sched.get("active") and completed == expected and len(items) == len(expected):
             break
         assert time.monotonic() < deadline, (f"retention did not settle: completed={sorted(completed)} "
@@ -78,7 +77,15 @@ def test_schedule_with_retention_over_several_runs(env: Env) -> None:
         time.sleep(0.5)
     assert len(seen) >= 5 and len(expected) < len(seen)
     # The data of deleted backups left the repository (template deletionPolicy defaults to Delete).
-    assert {s.id for s in env.repository().list_backups()} == {seen[n]["backupID"] for n in expected}
+    repo = env.repository()
+    assert {s.id for s in repo.list_backups()} == {seen[n]["backupID"] for n in expected}
+    # Kept incrementals whose bases were deleted restore on their own.
+    by_id = {s["backupID"]: n for n, s in seen.items()}
+    orphans = [n for n in expected if seen[n].get("baseBackupID") in by_id and by_id[seen[n]["baseBackupID"]]
+               not in expected]
+    assert orphans, f"no kept backup lost its base: {sorted(expected)}"
+    for name in orphans:
+        assert verify_backup(repo, seen[name]["backupID"]).ok
     assert sched["lastSuccessfulBackup"] == newest[0][0] and sched["nextScheduleTime"]
     types = {n: s["type"] for n, s in seen.items()}
     assert "Incremental" in types.values() and sum(t == "Full" for t in types.values()) >= 2
@@ -108,7 +115,7 @@ def test_deletion_policy_retain_keeps_data(env: Env) -> None:
     assert [s.id for s in env.repository().list_backups()] == [st["backupID"]]
 
 
-def test_deletion_policy_delete_is_chain_aware(env: Env) -> None:
+def test_deletion_policy_delete_of_a_base_leaves_its_dependent_restorable(env: Env, tmp_path: Path) -> None:
     data = env.stand_in(objects=10)
     env.s3_storage()
     env.create("MOBackup", "full", backup_spec(deletionPolicy="Delete"))
@@ -117,22 +124,23 @@ def test_deletion_policy_delete_is_chain_aware(env: Env) -> None:
     env.create("MOBackup", "incr", backup_spec(deletionPolicy="Delete", type="Incremental", baseBackupName="full"))
     incr = env.wait_phase("MOBackup", "incr", "Completed", "Failed")["status"]
     assert incr["phase"] == full["phase"] == "Completed" and incr["baseBackupID"] == full["backupID"]
+    at_incr = snapshot_tree(data)
 
-    env.api.delete(env.path("MOBackup", "full"))  # refused while "incr" depends on it
-    refused = env.wait("MOBackup", "full", lambda o: (o.get("status") or {}).get("reason") == "DeletionRefused",
-                       60, "DeletionRefused")["status"]
-    assert refused["deleteBlockedBy"] == [incr["backupID"]] and "is the base of" in refused["message"]
-    deadline = time.monotonic() + 10  # posted right after the status patch
-    while not any(e["reason"] == "DeletionRefused" for e in env.events("full")):
-        assert time.monotonic() < deadline, "no DeletionRefused Event"
-        time.sleep(0.2)
-    assert {s.id for s in env.repository().list_backups()} == {full["backupID"], incr["backupID"]}
+    # The base goes at once, although "incr" names it: the incremental's file list is complete.
+    env.api.delete(env.path("MOBackup", "full"))
+    env.wait_gone("MOBackup", "full", timeout=60)
+    repo = env.repository()
+    assert [s.id for s in repo.list_backups()] == [incr["backupID"]]
+    deleted = [e for e in env.events("full") if e["reason"] == "DataDeleted"]
+    assert deleted and incr["backupID"] in deleted[-1]["message"], deleted  # named as still restorable
+    assert verify_backup(repo, incr["backupID"]).ok
+    run_restore(repo, incr["backupID"], tmp_path / "restored")
+    assert snapshot_tree(tmp_path / "restored") == at_incr
 
     env.api.delete(env.path("MOBackup", "incr"))
     env.wait_gone("MOBackup", "incr", timeout=60)
-    env.wait_gone("MOBackup", "full", timeout=60)  # retried once its dependent is gone
     assert env.repository().list_backups() == []
-    # And the blobs went with them (chain-aware garbage collection).
+    # And the blobs went with them (garbage collection once nothing references them).
     keys = [o["Key"] for o in env.s3.client().list_objects_v2(Bucket=env.s3.bucket,
                                                                Prefix=f"{env.ns}/s3/blobs/").get("Contents", [])]
     assert keys == []

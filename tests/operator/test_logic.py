@@ -204,22 +204,28 @@ def test_merge_conditions_keeps_transition_time() -> None:
 
 # ------------------------------------------------------------------------------------------ retention
 
-def test_retention_keeps_newest_and_bases() -> None:
+def test_retention_keeps_newest_and_no_bases() -> None:
+    """Two chains (full-1 <- incr-1 <- incr-2, full-2 <- incr-3): a kept incremental does not keep
+    its base, its file list is complete (the schedule's own sparing of a running backup's base is
+    tests/engine/test_schedule_retention.py)."""
     now = t("2026-01-10T12:00:00")
     items = [
-        retention.Item("full-1", "F1", None, t("2026-01-01T00:00:00")),
-        retention.Item("incr-1", "I1", "F1", t("2026-01-02T00:00:00")),
-        retention.Item("incr-2", "I2", "I1", t("2026-01-03T00:00:00")),
-        retention.Item("full-2", "F2", None, t("2026-01-04T00:00:00")),
-        retention.Item("incr-3", "I3", "F2", t("2026-01-05T00:00:00")),
+        retention.Item("full-1", "F1", t("2026-01-01T00:00:00")),
+        retention.Item("incr-1", "I1", t("2026-01-02T00:00:00")),
+        retention.Item("incr-2", "I2", t("2026-01-03T00:00:00")),
+        retention.Item("full-2", "F2", t("2026-01-04T00:00:00")),
+        retention.Item("incr-3", "I3", t("2026-01-05T00:00:00")),
     ]
     d = retention.select(items, RetentionPolicy(keep_last=1), now)
-    assert d.keep == ["incr-3", "full-2"] and d.delete == ["incr-2", "incr-1", "full-1"]
+    assert d.keep == ["incr-3"] and d.delete == ["full-2", "incr-2", "incr-1", "full-1"]
+    assert d.reasons == {"incr-3": "newest completed backup"}
     d = retention.select(items, RetentionPolicy(keep_last=3), now)
-    assert set(d.keep) == {"incr-3", "full-2", "incr-2", "incr-1", "full-1"}  # incr-2 needs its chain
+    assert d.keep == ["incr-3", "full-2", "incr-2"] and d.delete == ["incr-1", "full-1"]  # incr-2 without its chain
     d = retention.select(items, RetentionPolicy(keep_last=0), now)
-    assert d.keep == ["incr-3", "full-2"]  # never the newest completed backup (nor its base)
+    assert d.keep == ["incr-3"]  # never the newest completed backup
     d = retention.select(items, RetentionPolicy(), now, history_limit=2)
+    assert d.keep == ["incr-3", "full-2"] and d.delete == ["incr-2", "incr-1", "full-1"]
+    d = retention.select(items, RetentionPolicy(keep_daily=2), now)  # the newest of the two last days
     assert d.keep == ["incr-3", "full-2"]
     assert retention.history_overflow(["a", "b", "c"], 1) == ["b", "c"]
 

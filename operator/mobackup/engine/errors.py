@@ -41,18 +41,6 @@ class LockedError(MobackupError):
     """Another process holds a conflicting lock on the repository."""
 
 
-class DependentsError(MobackupError):
-    """A backup cannot be deleted because other backups name it as their base."""
-
-    def __init__(self, backup_id: str, dependents: list[str]) -> None:
-        self.backup_id = backup_id
-        self.dependents = dependents
-        super().__init__(
-            f"backup {backup_id} is the base of {', '.join(dependents)}; delete those first "
-            "(or use --force: they stay restorable, every manifest is complete)"
-        )
-
-
 class TargetNotEmptyError(MobackupError):
     """A restore target holds files and overwriting was not asked for."""
 

@@ -20,7 +20,9 @@ the commit step writes the file list and the summary once, after every part is t
 it names exists. A missing part lists nothing; running a shard again reuses the blobs stored before.
 
 Staging: a run holds a lease object beside its staging prefix, refreshed while it runs; a later run
-removes staging prefixes whose lease expired, is missing, or names a dead process on this host.
+removes staging prefixes whose lease expired, is missing, or names a process known to be dead (of
+this boot and PID namespace, as for repository locks). A lease it cannot read protects its prefix
+until it is older than any lease a writer sets.
 
 Credentials for MatrixOne's s3option must go into the statement text: that statement is never
 logged, and every error message has the secret masked.
@@ -45,17 +47,22 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
-from .manifest import ManifestChecker
+from .manifest import UNPUBLISHED, ManifestChecker
 from .model import BackupSummary, iso, parse_iso, utc_now
 from .online import StagedBackup, StagedFile, choose_online_base, parse_staged_text
 from .progress import NullProgress, Progress
-from .repository import FileListWriter, Repository
+from .repository import FileListWriter, Repository, lock_holder_is_gone, process_identity
+from .safefs import write_atomically
+from .storage import ObjectNotFound
 from .walk import remove_tree
 from .workers import BoundedWorkers
 
 STAGING_NAME = "mobackup-staging-"
 LEASE_SECONDS = float(os.environ.get("MOBACKUP_STAGING_LEASE_SECONDS", "300"))
 LEASE_REFRESH = max(1.0, LEASE_SECONDS / 5)
+# The longest lease any writer sets: a sharded run's staging outlives its first step (stage_run).
+STAGED_RUN_LEASE_SECONDS = 86400.0
+LEASE_CLOCK_SKEW_SECONDS = 120.0  # how far ahead of ours another clock may be and still be believed
 HK_DATA = "local/hk_data"
 DISK_BLOCK, DISK_CRC = 2048, 4
 SINGLE_PUT_MAX = 64 << 20  # larger restored objects are uploaded in parts, streamed blob by blob
@@ -213,34 +220,50 @@ def disk_frame(content: bytes) -> bytes:
 
 # ---- staging prefixes: leased, removed always ---------------------------------------------------------
 
-def _pid_alive(pid: int) -> bool:
+def lease_is_live(raw: bytes, written: float, now: float) -> bool:
+    """Whether a staging lease (its bytes, and when the storage last saw it written) still protects
+    its prefix. A holder known dead (lock_holder_is_gone: this boot and PID namespace only; host
+    names say nothing, containers share them) frees it at once; otherwise its expiry decides. A
+    lease that cannot be read, or whose expiry is implausibly far ahead (a wrong clock, a forged
+    record), says nothing: it protects until it is older than the longest lease a writer sets."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        lease = json.loads(raw)
+    except (ValueError, RecursionError):
+        lease = None
+    if isinstance(lease, dict):
+        if lock_holder_is_gone(lease):
+            return False
+        expires = lease.get("expires")
+        if isinstance(expires, (int, float)) and not isinstance(expires, bool) and \
+                expires <= now + STAGED_RUN_LEASE_SECONDS + LEASE_CLOCK_SKEW_SECONDS:  # NaN fails too
+            return expires > now
+    return now - written < STAGED_RUN_LEASE_SECONDS
 
 
 def remove_stale_staging(root: S3Place) -> list[str]:
-    """Removes `mobackup-staging-*` prefixes under `root` whose run is gone: its lease expired, is
-    missing or unreadable, or names a process of this host that no longer runs."""
+    """Removes `mobackup-staging-*` prefixes under `root` whose run is gone: its lease is missing
+    (a run writes it before anything else and deletes it last) or no longer live (lease_is_live).
+    A lease that cannot be read now (storage error) leaves its prefix to a later run."""
     backend = root.backend()
     names: set[str] = set()
+    written: dict[str, float] = {}  # staging name -> its lease's modification time, by the storage's clock
     for info in backend.list(STAGING_NAME):
         top = info.key.split("/", 1)[0]
-        names.add(top[:-len(".lease")] if top.endswith(".lease") else top)
+        if top == info.key and top.endswith(".lease"):
+            top = top[:-len(".lease")]
+            written[top] = info.modified
+        names.add(top)
     removed: list[str] = []
     now = time.time()
     for name in sorted(names):
         try:
-            lease = json.loads(backend.read(f"{name}.lease"))
-            alive = float(lease["expires"]) > now and not (
-                lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", 0))))
-        except (MobackupError, ValueError, KeyError, TypeError):
-            alive = False
-        if alive:
+            raw = backend.read(f"{name}.lease")
+        except ObjectNotFound:
+            raw = None
+        except MobackupError:
+            continue  # unreachable or refused: no reason to think its run is gone
+        # A lease read but not listed was written after the listing: as fresh as can be.
+        if raw is not None and lease_is_live(raw, written.get(name, now), now):
             continue
         backend.delete([i.key for i in backend.list(f"{name}/")])
         backend.delete([f"{name}.lease"])
@@ -257,9 +280,12 @@ def staging_prefix(root: S3Place, keep: bool = False) -> Iterator[S3Place]:
     backend = root.backend()
     stop = threading.Event()
 
+    # Who holds it, as repository locks record it: a later run may judge it by PID only within the
+    # same boot and PID namespace.
+    holder = {"host": socket.gethostname(), **process_identity()}
+
     def write_lease() -> None:
-        backend.write(f"{name}.lease", json.dumps({
-            "host": socket.gethostname(), "pid": os.getpid(), "expires": time.time() + LEASE_SECONDS}).encode())
+        backend.write(f"{name}.lease", json.dumps({**holder, "expires": time.time() + LEASE_SECONDS}).encode())
 
     write_lease()
 
@@ -415,7 +441,7 @@ def _file_list(repo: Repository, backup_id: str, scratch: Path, records: list[di
     """Directories first where needed, then files, all sorted by path: the same list whatever the
     shard count, checked as a restore will check it."""
     writer = FileListWriter(repo.codec, backup_id, scratch)
-    checker = ManifestChecker(scratch, repo.chunk_size, f"backup {backup_id}")
+    checker = ManifestChecker(scratch, repo.chunk_size, f"backup {backup_id}", UNPUBLISHED)
     listed: set[str] = set()
     try:
         for record in sorted([*records, *inherited], key=lambda r: r["path"]):
@@ -586,11 +612,11 @@ def stage_run(repo: Repository, session: Any, staging_root: S3Place, *, source: 
         with staged_run(repo, session, staging_root, source=source, backup_type=backup_type, base_id=base_id,
                         server_endpoint=server_endpoint, keep=True) as (staging, run, _):
             _write_meta(repo, _run_key(run.run_id, "run.json"), run.to_dict())
-        # The lease must outlive this process: the shards run elsewhere. It is extended to a day;
-        # commit (or a later run after that) removes the prefix.
+        # The lease must outlive this process: the shards run elsewhere. It is extended to a day and
+        # names no process; commit (or a later run after that) removes the prefix.
         name = staging.prefix.rsplit("/", 1)[-1]
         staging_root.backend().write(f"{name}.lease", json.dumps(
-            {"host": "", "pid": 0, "expires": time.time() + 86400, "run": run.run_id}).encode())
+            {"host": "", "pid": 0, "expires": time.time() + STAGED_RUN_LEASE_SECONDS, "run": run.run_id}).encode())
     return run
 
 
@@ -845,12 +871,15 @@ def _upload_objects(repo: Repository, backup_id: str, backend: Any, target: S3Pl
 
 
 def _write_durably(path: Path, data: bytes) -> None:
+    """`path` holds `data`, fsync'd, replaced at once. Its directory is the log service's, writable by
+    whoever runs it: the temporary is a new random name, created exclusively and never through a
+    link (a predictable name would let a link planted there aim this root process's write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.mobackup-tmp")
-    tmp.write_bytes(data)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_atomically(directory, path.name, data, durable=True)
+    finally:
+        os.close(directory)
 
 
 def _object_of(place: S3Place) -> tuple[Any, str]:

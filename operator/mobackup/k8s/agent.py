@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from mobackup.engine.errors import DependentsError, MobackupError
+from mobackup.engine.errors import MobackupError
 
 from .status import progress_fields
 
@@ -309,10 +309,6 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         result = run(args, reporter)
-    except DependentsError as e:
-        result = {"ok": False, "action": args.action, "reason": "DependentsError", "error": str(e),
-                  "dependents": list(e.dependents)}
-        code = 1
     except MobackupError as e:
         result = {"ok": False, "action": args.action, "reason": type(e).__name__, "error": str(e)}
         code = 1

@@ -762,20 +762,21 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     ctx.kube.delete_job(ns, jname)
     if result and result.get("ok"):
         ctx.metrics.inc("mobackup_successes_total", kind="Delete", namespace=ns)
-        events.emit(ctx.kube, obj, "Normal", "DataDeleted", f"backup {backup_id} deleted from {stg.location}")
+        message = f"backup {backup_id} deleted from {stg.location}"
+        # Backups based on it are no reason to refuse: each restores from its own complete file list.
+        outcome = result.get("result")
+        dependents = outcome.get("dependents") if isinstance(outcome, dict) else None
+        if isinstance(dependents, list) and dependents:
+            message += f"; based on it, still restorable: {', '.join(map(str, dependents))}"
+        events.emit(ctx.kube, obj, "Normal", "DataDeleted", message)
         return True, "deleted"
     ctx.metrics.inc("mobackup_failures_total", kind="Delete", namespace=ns)
     if result and result.get("reason") == "BackupNotFound":
         return True, "already absent"
-    reason = str((result or {}).get("reason") or "DeleteFailed")
-    message = str((result or {}).get("error") or fallback)
-    fields: dict[str, Any] = {"reason": "DeletionRefused" if reason == "DependentsError" else "DeleteFailed",
-                              "message": f"deletion of backup {backup_id}: {message}"}
-    if result and result.get("dependents"):
-        fields["deleteBlockedBy"] = list(result["dependents"])
-    patch_fields(ctx, obj, **fields)
-    events.emit(ctx.kube, obj, "Warning", fields["reason"], fields["message"])
-    return False, fields["message"]
+    message = f"deletion of backup {backup_id}: {(result or {}).get('error') or fallback}"
+    patch_fields(ctx, obj, reason="DeleteFailed", message=message)
+    events.emit(ctx.kube, obj, "Warning", "DeleteFailed", message)
+    return False, message
 
 
 # ----------------------------------------------------------------------------------------- MORestore

@@ -387,7 +387,8 @@ def backup_spec(in_template: bool = False) -> Schema:
         "bandwidthLimit": s("Upper bound of the transfer rate, bytes per second as a quantity (50Mi, 100M); "
                             "empty means unlimited.", pattern=QUANTITY),
         "deletionPolicy": s("What deleting this resource does to the backup's data: Retain keeps it, Delete "
-                            "removes it from the repository (refused while other backups use it as base).",
+                            "removes it from the repository. Backups based on it stay restorable: every "
+                            "backup's file list is complete, and the blobs they use are kept.",
                             enum=["Retain", "Delete"], default="Delete" if in_template else "Retain"),
         "job": job_overrides(),
     }
@@ -433,8 +434,6 @@ def backup_crd() -> Schema:
         "fileCount": s("Files in the backup.", "integer"),
         "source": s("Name of the source in the repository."),
         "storage": s("Name of the MOBackupStorage."),
-        "deleteBlockedBy": {"type": "array", "items": {"type": "string"},
-                            "description": "Backup IDs that use this backup as base and block its deletion."},
         "mobackupVersion": s("Version of mobackup that wrote the backup."),
         "copyDurationSeconds": s("Duration of the copy alone, as measured by the agent.", "number"),
         "moVersion": s("MatrixOne version reported by the SQL endpoint."),
@@ -577,8 +576,9 @@ def schedule_crd() -> Schema:
                                      "integer", minimum=1, default=3600),
         "template": template,
         "retention": obj("Which Completed backups of this schedule to keep (the rest are deleted, "
-                         "data following their deletionPolicy). The newest Completed backup and every base "
-                         "a kept backup needs are always kept.", {
+                         "data following their deletionPolicy). The newest Completed backup is always kept. "
+                         "Being the base of other backups keeps none (each restores on its own: its file list is "
+                         "complete); only a backup still running keeps its base until it ends.", {
                              "keepLast": s("Keep the N newest.", "integer", minimum=0),
                              "keepDaily": s("Keep the newest of each of the last N days with a backup.",
                                             "integer", minimum=0),

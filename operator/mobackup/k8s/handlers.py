@@ -138,7 +138,9 @@ def _run_event(kind: str, type: str | None, body: Any) -> None:
         sched = (obj["metadata"].get("labels") or {}).get(schedule.L_SCHEDULE)
         with STATE.lock:
             STATE.active.pop((kind, ns, name), None)
-            if sched:  # retention deletes in waves: the next wave may go now
+            # Its schedule's status lists it (active, last successful), and a run deleted before it
+            # finished no longer keeps its base from retention.
+            if sched:
                 STATE.dirty_schedules.add((ns, sched))
         ctx = _ctx()
         with ctx.locked(uid):
@@ -189,8 +191,7 @@ def mobackup_delete(body: kopf.Body, **_: Any) -> None:
     if done and message == "deleted":
         recount_storage(obj["metadata"]["namespace"], _storage_of(obj))
     if not done:
-        refused = "is the base of" in message or "DeletionRefused" in message
-        raise kopf.TemporaryError(message, delay=10 if refused else 2)
+        raise kopf.TemporaryError(message, delay=2)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={jobs.MANAGED_BY: jobs.MANAGER})

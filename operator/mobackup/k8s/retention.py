@@ -1,8 +1,10 @@
 """Which Completed MOBackups of a schedule to keep.
 
 The rules are the engine's (`mobackup.engine.prune.select_kept`: restic/K8up GFS semantics, the
-newest completed backup always kept, and every base a kept backup names kept too), applied to the
-schedule's MOBackup objects so that the CLI's `prune` and the operator's retention agree.
+newest completed backup always kept), applied to the schedule's MOBackup objects so that the CLI's
+`prune` and the operator's retention agree. A base is not kept for the backups that name it: every
+file list is complete, so each backup restores on its own. Only the base of a run in progress waits
+(the schedule spares it: that run still reads its file list).
 """
 
 from __future__ import annotations
@@ -16,11 +18,10 @@ from mobackup.engine.prune import RetentionPolicy, select_kept
 
 @dataclass(frozen=True)
 class Item:
-    """A Completed MOBackup: resource name, backup id, base id, completion time."""
+    """A Completed MOBackup: resource name, backup id, completion time."""
 
     name: str
     backup_id: str
-    base_id: str | None
     time: datetime
 
     # The engine's RetentionItem protocol.
@@ -41,7 +42,7 @@ class Decision:
 
 
 def select(items: Iterable[Item], policy: RetentionPolicy, now: datetime, history_limit: int | None = None) -> Decision:
-    """Apply the policy; with an empty policy keep the `history_limit` newest (and their bases)."""
+    """Apply the policy; with an empty policy keep the `history_limit` newest."""
     ordered = sorted(items, key=lambda i: (i.time, i.backup_id), reverse=True)
     if policy.empty:
         policy = RetentionPolicy(keep_last=history_limit) if history_limit else policy

@@ -156,8 +156,8 @@ def reconcile_schedule(ctx: Ctx, sched: dict[str, Any]) -> None:
                 pass
             patch["lastScheduleTime"] = status.iso(now)
     # Retention over Completed backups, history limit over Failed ones.
-    items = [retention.Item(b["metadata"]["name"], str(b["status"].get("backupID")), b["status"].get("baseBackupID"),
-                            _completion(b)) for b in completed if (b.get("status") or {}).get("backupID")]
+    items = [retention.Item(b["metadata"]["name"], str(b["status"].get("backupID")), _completion(b))
+             for b in completed if (b.get("status") or {}).get("backupID")]
     decision = retention.select(items, spec.retention, now, history_limit=spec.successful_limit)
     # Being the base of a kept backup is no reason to stay: every file list is complete, so each
     # backup restores on its own and the repository's garbage collection keeps the blobs it uses.
