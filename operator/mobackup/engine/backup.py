@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .. import __version__
-from .errors import MobackupError, SourceChangedError
+from .errors import CorruptDataError, MobackupError, SourceChangedError
 from .index import DigestSet, FileIndex
 from .layout import PathRules, detect_layout, newest_checkpoint_ts
+from .manifest import UNPUBLISHED
 from .model import MAX_SKIPPED, BackupSummary, iso, utc_now
 from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository, blob_key
+from .restore import check_file_list
+from .safefs import DirectoryFds, Ident, NotFollowed
 from .storage import KERNEL_COPY_MIN, LocalBackend
-from .walk import SourceEntry, path_of, tree_totals, walk
+from .walk import SourceEntry, open_root, tree_totals, walk
 from .workers import BoundedWorkers
 
 
@@ -62,9 +65,10 @@ class _BackupRun:
     """One backup in progress: the walk feeds a bounded pool of copy workers."""
 
     def __init__(self, repo: Repository, data_dir: Path, rules: PathRules, progress: Progress,
-                 base_index: FileIndex | None, writer: FileListWriter) -> None:
+                 base_index: FileIndex | None, writer: FileListWriter, dirs: DirectoryFds) -> None:
         self.repo = repo
         self.data_dir = data_dir
+        self.dirs = dirs  # the data directory's directories, as the walk entered them
         self.rules = rules
         self.progress = progress
         self.base_index = base_index
@@ -134,20 +138,15 @@ class _BackupRun:
         size = self.repo.chunk_size
         while True:
             tmp, n = backend.copy_range_to_temporary("blobs", source.fileno(), done, size)
-            if n == 0:
-                tmp.unlink()
-                break
             try:
-                with open(tmp, "rb") as copy:
-                    digest = self.repo.codec.digest_fd(copy.fileno())
-                if self._has_blob(digest, n):
-                    tmp.unlink()
-                else:
+                if n == 0:
+                    break
+                digest = self.repo.codec.digest_fd(tmp.fd)
+                if not self._has_blob(digest, n):
                     backend.adopt(tmp, blob_key(digest), replace=True)
                     self._stored(n, n)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            finally:
+                tmp.discard()  # removed unless adopted
             if self.repo.limiter:
                 self.repo.limiter.consume(n)
             chunks.append(digest)
@@ -175,11 +174,14 @@ class _BackupRun:
                 self.totals.read_files += int(read)
 
     def copy_file(self, entry: SourceEntry) -> dict[str, Any] | None:
-        """Read, hash and store one file; None when a volatile file vanished."""
-        path = path_of(self.data_dir, entry.rel)
+        """Read, hash and store one file; None when a volatile file vanished or was replaced.
+
+        The file is opened relative to its directory's descriptor without following a link, and
+        must be the very file the walk saw (st_dev, st_ino): a link, or any other file, swapped in
+        since then by whoever owns the data is never read."""
         volatile = self.rules.is_volatile(entry.rel)
         try:
-            source = open(path, "rb", buffering=0)  # noqa: SIM115 - closed below
+            fd = self.dirs.open_file(entry.rel, entry.ident)
         except FileNotFoundError:
             if volatile:
                 return None
@@ -187,7 +189,14 @@ class _BackupRun:
                 f"{entry.rel} vanished during the backup: MatrixOne is running; stop it or use a "
                 "volume snapshot for a consistent backup"
             ) from None
-        with source:
+        except NotFollowed as error:
+            if volatile:
+                return None
+            raise SourceChangedError(
+                f"{entry.rel} was replaced while being backed up ({error}): its content was not read; stop "
+                "MatrixOne or use a volume snapshot for a consistent backup"
+            ) from None
+        with open(fd, "rb", buffering=0) as source:
             before = os.fstat(source.fileno())
             backend = self.repo.local_plain
             if backend is not None and entry.size >= KERNEL_COPY_MIN:
@@ -242,7 +251,7 @@ class _BackupRun:
 
     def run(self) -> None:
         with BoundedWorkers(self.repo.parallelism, "mobackup-copy") as workers:
-            for entry in walk(self.data_dir, self.rules, self.skipped):
+            for entry in walk(self.data_dir, self.rules, self.skipped, dirs=self.dirs):
                 if workers.failed:
                     break
                 if entry.kind != "file":
@@ -327,6 +336,7 @@ def run_backup(
     began: tuple[Any, float] | None = None,
     check_existing: bool = False,
     before_publish: Callable[[], object] | None = None,
+    root_ident: Ident | None = None,
 ) -> BackupSummary:
     """Back up `data_dir`. With neither type nor base, the first backup of a source is full and later
     ones are incremental on the latest completed backup of the same source.
@@ -337,14 +347,19 @@ def run_backup(
     time.monotonic()) of a run that started before this call (an online backup's BACKUP).
     `check_existing` reads back every blob a read file would reuse and stores a damaged one again
     (by default only its size is checked). `before_publish` runs just before the backup is
-    published and may refuse it by raising."""
+    published and may refuse it by raising. `root_ident`: the (st_dev, st_ino) `data_dir` must be
+    (a tree this process arranged where others can write); a link there is then refused.
+
+    Nothing is published that a restore would refuse: the file list gets restore's own checks first
+    (a path listed twice, chunks that do not fit the repository's chunk size...)."""
     data_dir = Path(data_dir).absolute()
     if not data_dir.is_dir():
         raise MobackupError(f"{data_dir}: not a directory")
     source = source or default_source(data_dir)
     rules = _without_repository(rules or PathRules(), repo, data_dir)
     progress = progress or NullProgress()
-    with repo.lock(exclusive=False, purpose=f"backup of {source}", wait_seconds=60):
+    with (DirectoryFds(open_root(data_dir, root_ident), str(data_dir)) as dirs,
+          repo.lock(exclusive=False, purpose=f"backup of {source}", wait_seconds=60)):
         base = choose_base(repo, source, backup_type, base_id)
         started, clock = began or (utc_now(), time.monotonic())
         checkpoint_ts = newest_checkpoint_ts(data_dir)
@@ -352,14 +367,14 @@ def run_backup(
             backup_ts = checkpoint_ts or f"{time.time_ns()}-0"
         backup_id = str(uuid.uuid4())
         if not isinstance(progress, NullProgress):  # a second walk, only for a progress display
-            progress.start(*tree_totals(data_dir, rules))
+            progress.start(*tree_totals(data_dir, rules, dirs))
         with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
             base_index = None
             if base is not None:
                 base_index = FileIndex(Path(scratch) / "base.sqlite")
                 base_index.load(repo.entries(base))
             writer = FileListWriter(repo.codec, backup_id, Path(scratch))
-            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer)
+            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer, dirs)
             run.check_existing = check_existing
             inherited: set[str] = set()
             if inherit:
@@ -417,6 +432,10 @@ def run_backup(
                 skipped_count=len(run.skipped),
                 skipped=[{"path": path, "type": kind} for path, kind in run.skipped[:MAX_SKIPPED]],
             )
+            try:
+                check_file_list(repo, summary, writer.path, Path(scratch), verdict=UNPUBLISHED)
+            except CorruptDataError as error:
+                raise MobackupError(str(error)) from None  # this run's own list: not damaged storage
             if before_publish is not None:
                 before_publish()
             repo.publish(summary, writer.path)

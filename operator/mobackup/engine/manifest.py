@@ -20,6 +20,11 @@ _BATCH = 20_000
 # thousands of directories would cost quadratic time to restore and leave a tree that recursive
 # tools (shutil.rmtree among them) cannot remove.
 MAX_PATH_DEPTH = 256
+# What a failed check means: of a stored list; of the list a backup is about to publish (a repository
+# whose chunk size was changed under an incremental's base, a path both staged and taken from a base).
+DAMAGED = "the list is damaged or was altered, refusing to use it"
+UNPUBLISHED = ("a restore would refuse this list, so the backup is not published (was the repository's chunk size "
+               "changed, or a file both staged and taken from the base?)")
 
 
 def path_problem(path: object) -> str | None:
@@ -53,9 +58,10 @@ class ManifestChecker:
     "listed twice" is a 1e-8 chance at a million paths and cannot be forced. Memory stays flat;
     directory paths, which are few, are kept in memory."""
 
-    def __init__(self, scratch: Path, chunk_size: int, where: str) -> None:
+    def __init__(self, scratch: Path, chunk_size: int, where: str, verdict: str = DAMAGED) -> None:
         self.chunk_size = chunk_size
         self.where = where  # "backup <id>", for messages
+        self.verdict = verdict  # what a failed check means, for messages
         self.db = sqlite3.connect(scratch / "paths.sqlite", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=OFF")
         self.db.execute("PRAGMA synchronous=OFF")
@@ -69,8 +75,7 @@ class ManifestChecker:
     def _fail(self, reason: str, record: Any) -> CorruptDataError:
         path = record.get("path") if isinstance(record, dict) else None
         shown = f"entry {path!r}" if isinstance(path, str) else f"entry {self.count}" if record else "list"
-        return CorruptDataError(f"{self.where}: file {shown} is invalid: {reason}; "
-                                "the list is damaged or was altered, refusing to use it")
+        return CorruptDataError(f"{self.where}: file {shown} is invalid: {reason}; {self.verdict}")
 
     def check(self, record: Any) -> None:
         self.count += 1

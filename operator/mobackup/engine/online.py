@@ -7,7 +7,9 @@ names is there with the SHA-256 it lists), lays it out as the mo-data MatrixOne 
 (`tae/*` -> `shared/`, `hakeeper/hk_data` -> `local/hk_data`, nothing else), and hands that tree to
 the ordinary backup run: the same content-addressed repository, manifest and catalogue, so a
 restore is the ordinary one-pass restore. The staging directory is always removed; a staging
-directory left by a killed run is removed by the next run (its flock is free).
+directory left by a killed run is removed by the next run (its flock is free: the kernel drops it
+with its holder, in whatever PID namespace, so no PID is ever judged). One without a lock file is
+removed only once it has not changed for an hour; one whose lock file cannot be opened is left.
 
 Incremental: `BACKUP ... TYPE 'incremental' TIMESTAMP '<base BACKUPTS>'` stages only files new since
 the base; `tae_list` still names every file (needCopy false for those not staged), and those are
@@ -25,23 +27,29 @@ import fcntl
 import hashlib
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import MobackupError
 from .layout import PathRules
 from .model import BackupSummary, utc_now
 from .progress import Progress
 from .repository import Repository
+from .safefs import DirectoryFds, Ident, NotFollowed, identity, make_private_dir, open_dir_at, open_file_at
 
 DISK_BLOCK = 2048
 DISK_CRC = 4
 STAGING_PREFIX = ".mobackup-staging-online-"
+# A staging directory without its lock file is no run's of ours (a run creates the lock file first
+# and removes it last), but the missing file is no proof either (removed by hand or by a tool
+# sweeping `*.lock`): such a directory goes once nothing in it changed for this long.
+ORPHAN_STAGING_SECONDS = 3600.0
 # Staged files that describe the backup itself and are not part of the restored tree.
 META_NAMES = ("tae_list", "tae_sum")
 
@@ -67,25 +75,118 @@ def disk_framed_size(content_size: int) -> int:
     return content_size + DISK_CRC * blocks
 
 
-def disk_content(path: Path) -> Iterator[bytes]:
-    """The content of a DISK-framed file, 1 MiB of frames at a time (the CRCs stripped). Large
+def disk_content(framed: BinaryIO) -> Iterator[bytes]:
+    """The content of an open DISK-framed file, 1 MiB of frames at a time (the CRCs stripped). Large
     pieces let hashlib release the GIL, so several files hash in parallel."""
-    with open(path, "rb") as framed:
-        while block := framed.read(DISK_BLOCK * 512):
-            view = memoryview(block)
-            yield b"".join([view[start + DISK_CRC:start + DISK_BLOCK] for start in range(0, len(block), DISK_BLOCK)])
+    while block := framed.read(DISK_BLOCK * 512):
+        view = memoryview(block)
+        yield b"".join([view[start + DISK_CRC:start + DISK_BLOCK] for start in range(0, len(block), DISK_BLOCK)])
 
 
-def read_disk_text(path: Path) -> str:
+def read_disk_text(tae: DirectoryFds, name: str) -> str:
     try:
-        return b"".join(disk_content(path)).decode()
+        with open(tae.open_file(name), "rb") as framed:
+            return b"".join(disk_content(framed)).decode()
     except (OSError, UnicodeDecodeError) as error:
-        raise MobackupError(f"MatrixOne's backup has no readable {path.name}: {error}") from None
+        raise MobackupError(f"MatrixOne's backup has no readable {name}: {error}") from None
+
+
+NO_HK_DATA = "MatrixOne's backup has no hakeeper/hk_data (the ID allocator state)"
+
+
+class StagedCopy:
+    """MatrixOne's staged copy, entered without following a symbolic link. The staging directory is
+    the server's, writable by whoever runs it: a link there for the directory itself, `tae`,
+    `hakeeper`, `hk_data` or `tree` would make this run (often root) move, remove or back up files
+    anywhere. So every step acts on descriptors, or on names relative to them (safefs)."""
+
+    def __init__(self, staging: Path) -> None:
+        self.path = staging
+        self.fd = open_dir_at(None, str(staging), f"MatrixOne's backup staging {staging}")
+        self.hk_data: Ident | None = None  # hakeeper/hk_data as check_present saw it
+        try:
+            self.tae = DirectoryFds(self._enter("tae", "MatrixOne's backup has no tae directory"), f"{staging}/tae")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _enter(self, name: str, missing: str) -> int:
+        try:
+            return open_dir_at(self.fd, name, f"{self.path}/{name}")
+        except FileNotFoundError:
+            raise MobackupError(missing) from None
+
+    def parse(self) -> StagedBackup:
+        """The staged copy's own description, from its DISK-framed tae_sum and tae_list."""
+        return parse_staged_text(read_disk_text(self.tae, "tae_sum"), read_disk_text(self.tae, "tae_list"))
+
+    def check_present(self, staged: StagedBackup) -> int:
+        """check_present, and hk_data (a regular file). Returns the staged bytes."""
+        total = check_present(self.tae, staged)
+        hakeeper = self._enter("hakeeper", NO_HK_DATA)
+        try:
+            fd = open_file_at(hakeeper, "hk_data", f"{self.path}/hakeeper/hk_data")
+        except FileNotFoundError:
+            raise MobackupError(NO_HK_DATA) from None
+        finally:
+            os.close(hakeeper)
+        st = os.fstat(fd)
+        os.close(fd)
+        self.hk_data = identity(st)
+        return total + st.st_size
+
+    def arrange(self, staged: StagedBackup) -> tuple[Path, Ident]:
+        """Moves the staged files (renames, same file system) into the mo-data layout MatrixOne
+        restores from: `tree/shared/<tae path>`, `tree/local/hk_data`, where `tree` is made here.
+        Returns the tree and its (st_dev, st_ino); `self.tae` is then `tree/shared`. Each name moved
+        is checked to be what was checked before (a link swapped in meanwhile is refused)."""
+        tree_path = self.path / "tree"
+        tree = make_private_dir(self.fd, "tree", str(tree_path))  # refused if the name is taken (planted)
+        try:
+            local = open_dir_at(tree, "local", f"{tree_path}/local", create=True)
+            try:
+                os.rename("tae", "shared", src_dir_fd=self.fd, dst_dir_fd=tree)
+                shared = open_dir_at(tree, "shared", f"{tree_path}/shared")
+                moved = identity(os.fstat(shared))
+                os.close(shared)
+                if moved != identity(os.fstat(self.tae.root_fd)):
+                    raise NotFollowed(f"{self.path}/tae was replaced while being arranged: refusing")
+                self.tae.shown = f"{tree_path}/shared"
+                for name in os.listdir(self.tae.root_fd):
+                    if name.startswith(META_NAMES):
+                        os.unlink(name, dir_fd=self.tae.root_fd)
+                hakeeper = self._enter("hakeeper", NO_HK_DATA)
+                try:
+                    os.rename("hk_data", "hk_data", src_dir_fd=hakeeper, dst_dir_fd=local)
+                finally:
+                    os.close(hakeeper)
+                os.close(open_file_at(local, "hk_data", f"{tree_path}/local/hk_data", self.hk_data))
+            finally:
+                os.close(local)
+            for item in staged.files:  # the parents of files taken from the base must be directories of the tree
+                if not item.need_copy and "/" in item.path:
+                    fd, owned = self.tae.open_dir(item.path.rpartition("/")[0], create=True)
+                    if owned:
+                        os.close(fd)
+            return tree_path, identity(os.fstat(tree))
+        finally:
+            os.close(tree)
+
+    def close(self) -> None:
+        self.tae.close()
+        os.close(self.fd)
+
+    def __enter__(self) -> StagedCopy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def parse_staged(staging: Path) -> StagedBackup:
     """The staged copy's own description, from its DISK-framed tae_sum and tae_list."""
-    return parse_staged_text(read_disk_text(staging / "tae" / "tae_sum"), read_disk_text(staging / "tae" / "tae_list"))
+    with StagedCopy(staging) as copy:
+        return copy.parse()
 
 
 def parse_staged_text(summary_text: str, list_text: str) -> StagedBackup:
@@ -126,63 +227,50 @@ def _safe_rel(path: str) -> str:
 def verify_staged(staging: Path, staged: StagedBackup, workers: int = 4) -> int:
     """Every staged file tae_list names is present with its size and SHA-256. Returns the staged
     bytes."""
-    staged_bytes = check_present(staging / "tae", staging / "hakeeper" / "hk_data", staged)
-    check_digests(staging / "tae", staged, workers)
+    with StagedCopy(staging) as copy:
+        staged_bytes = copy.check_present(staged)
+        check_digests(copy.tae, staged, workers)
     return staged_bytes
 
 
-def check_present(tae_dir: Path, hk_data: Path, staged: StagedBackup) -> int:
-    """Every staged file tae_list names is there (of its framed size where it has no SHA-256), and
-    hk_data too. Returns the staged bytes. Cheap: a stat per file."""
+def check_present(tae: DirectoryFds, staged: StagedBackup) -> int:
+    """Every staged file tae_list names is there, a regular file (of its framed size where it has no
+    SHA-256). Returns their bytes. Cheap: a stat per file."""
     total = 0
     for item in staged.files:
         if not item.need_copy:
             continue
         try:
-            framed = (tae_dir / item.path).stat().st_size
+            st = tae.lstat(item.path)
         except FileNotFoundError:
             raise MobackupError(f"MatrixOne's backup is incomplete: {item.path} is listed but was not written "
                                 "(an object that vanished during BACKUP); the backup was not stored") from None
+        if not stat.S_ISREG(st.st_mode):
+            what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+            raise NotFollowed(f"MatrixOne's backup file {tae.shown}/{item.path} is {what}: refusing")
+        framed = st.st_size
         if not item.sha256 and framed != disk_framed_size(item.size):
             raise MobackupError(f"MatrixOne's backup file {item.path} has {framed} bytes, "
                                 f"expected {disk_framed_size(item.size)} for {item.size} content bytes")
         total += framed
-    if not hk_data.is_file():
-        raise MobackupError("MatrixOne's backup has no hakeeper/hk_data (the ID allocator state)")
-    return total + hk_data.stat().st_size
+    return total
 
 
-def check_digests(tae_dir: Path, staged: StagedBackup, workers: int = 4) -> None:
+def check_digests(tae: DirectoryFds, staged: StagedBackup, workers: int = 4) -> None:
     """The content of every staged file has the SHA-256 tae_list gives (`workers` files at a time).
     The SHA-256 decides, not the size: for some objects (seen with tombstones under frequent
     checkpoints) tae_list's size is smaller than the file's content, while its SHA-256 is of it all."""
 
     def check(item: StagedFile) -> None:
         digest = hashlib.sha256()
-        for part in disk_content(tae_dir / item.path):
-            digest.update(part)
+        with open(tae.open_file(item.path), "rb") as framed:
+            for part in disk_content(framed):
+                digest.update(part)
         if digest.hexdigest() != item.sha256:
             raise MobackupError(f"MatrixOne's backup file {item.path} does not match its SHA-256 in tae_list")
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="mobackup-verify") as pool:
         list(pool.map(check, [item for item in staged.files if item.need_copy and item.sha256]))
-
-
-def arrange_tree(staging: Path, staged: StagedBackup) -> Path:
-    """Moves the staged files (renames, same file system) into the mo-data layout MatrixOne restores
-    from: `tree/shared/<tae path>`, `tree/local/hk_data`. Returns the tree."""
-    tree = staging / "tree"
-    shared = tree / "shared"
-    (tree / "local").mkdir(parents=True)
-    os.rename(staging / "tae", shared)
-    for name in os.listdir(shared):
-        if name.startswith(META_NAMES):
-            os.unlink(shared / name)
-    os.rename(staging / "hakeeper" / "hk_data", tree / "local" / "hk_data")
-    for item in staged.files:  # the parents of files taken from the base must be directories of the tree
-        if not item.need_copy:
-            (shared / item.path).parent.mkdir(parents=True, exist_ok=True)
-    return tree
 
 
 # ---- the staging directory's life: created per run, locked while in use, removed always
@@ -197,7 +285,7 @@ def staging_area(data_dir: Path) -> Iterator[Path]:
     lock_path = data_dir / f"{name}.lock"
     # Locked before it gets its name, so another run never sees this lock file unlocked.
     locking = data_dir / f"{name}.locking"
-    fd = os.open(locking, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(locking, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.rename(locking, lock_path)
@@ -205,36 +293,61 @@ def staging_area(data_dir: Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         locking.unlink(missing_ok=True)
-        lock_path.unlink(missing_ok=True)
+        if not os.path.lexists(staging):  # else its free lock lets the next run try again at once
+            lock_path.unlink(missing_ok=True)
         os.close(fd)
 
 
+def _last_change(directory: Path) -> float:
+    """The newest modification time of a directory and of its entries (MatrixOne adds its files to
+    `tae/`, `ckp/` ... as it stages, which changes those directories' times)."""
+    newest = directory.lstat().st_mtime
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+    return newest
+
+
 def remove_stale_staging(data_dir: Path) -> list[str]:
-    """Removes staging directories whose run is gone (its lock file is not locked)."""
+    """Removes staging directories whose run is gone: its lock file is not locked, or there is none
+    and the directory is older than ORPHAN_STAGING_SECONDS. A lock file that cannot be opened or
+    locked (another user's, a file system without flock) says nothing: the directory stays."""
     removed: list[str] = []
+    now = time.time()
     for entry in os.scandir(data_dir):
         if not entry.name.startswith(STAGING_PREFIX) or not entry.is_dir(follow_symlinks=False):
             continue
         lock_path = data_dir / f"{entry.name}.lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR)
+            fd = os.open(lock_path, os.O_RDONLY)  # flock needs no write access
         except FileNotFoundError:
-            fd = -1  # no lock file at all: nobody can own it
+            try:
+                if now - _last_change(Path(entry.path)) < ORPHAN_STAGING_SECONDS:
+                    continue
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            fd = -1
+        except OSError:
+            continue
         try:
             if fd >= 0:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:  # BlockingIOError: a live run
             os.close(fd)
-            continue  # a live run
-        shutil.rmtree(entry.path, ignore_errors=True)
-        if fd >= 0:
-            lock_path.unlink(missing_ok=True)
-            os.close(fd)
-        removed.append(entry.name)
+            continue
+        try:
+            shutil.rmtree(entry.path, ignore_errors=True)
+            if not os.path.lexists(entry.path):
+                removed.append(entry.name)
+                if fd >= 0:  # kept while the directory is there, for the next run to retry
+                    lock_path.unlink(missing_ok=True)
+        finally:
+            if fd >= 0:
+                os.close(fd)
     for lock in data_dir.glob(f"{STAGING_PREFIX}*.lock"):  # orphaned lock files
         if not (data_dir / lock.name[:-5]).exists():
             with contextlib.suppress(OSError):
-                fd = os.open(lock, os.O_RDWR)
+                fd = os.open(lock, os.O_RDONLY)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     lock.unlink()
@@ -296,33 +409,46 @@ def run_online_backup(
         server_staging = f"{server_dir}/{staging.name}"
         session.backup_to_directory(server_staging, repo.parallelism, base.backup_ts if base else None)
         backup_seconds = time.monotonic() - clock
-        if not staging.is_dir():
-            raise MobackupError(f"MatrixOne wrote its backup to {server_staging}, but {staging} does not exist: "
-                                "is --data-dir the volume MatrixOne runs on, and --server-data-dir its path there?")
-        staged = parse_staged(staging)
-        staged_bytes = check_present(staging / "tae", staging / "hakeeper" / "hk_data", staged)
-        catalog = _catalog(session, staged.backup_ts)
-        tree = arrange_tree(staging, staged)
-        # The SHA-256 checks run beside the ingest (both read the same, cached, files); the backup is
-        # published only after they all passed.
-        inherit = frozenset(f"shared/{f.path}" for f in staged.files if not f.need_copy)
-        if inherit and base is None:
-            raise MobackupError("MatrixOne staged an incremental backup without a base")
-        verifier = ThreadPoolExecutor(1, thread_name_prefix="mobackup-verify")
-        digests = verifier.submit(check_digests, tree / "shared", staged, repo.parallelism)
         try:
-            return run_backup(
-                repo, tree, source=source, backup_type="incremental" if base else "full",
-                base_id=base.id if base else None, progress=progress, rules=PathRules(excludes=(), volatile=()),
-                mo_version=session.version, backup_ts=staged.backup_ts, backup_ts_source="matrixone-backup",
-                inherit=inherit, data_dir_label=str(data_dir), began=(started, clock),
-                extra={"kind": "online", "staged_bytes": staged_bytes,
-                       "staged_files": sum(f.need_copy for f in staged.files),
-                       "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
-                before_publish=digests.result,
-            )
-        finally:
-            verifier.shutdown(wait=False, cancel_futures=True)
+            copy = StagedCopy(staging)
+        except FileNotFoundError:
+            raise MobackupError(f"MatrixOne wrote its backup to {server_staging}, but {staging} does not exist: "
+                                "is --data-dir the volume MatrixOne runs on, and --server-data-dir its path there?"
+                                ) from None
+        with copy:
+            staged = copy.parse()
+            staged_bytes = copy.check_present(staged)
+            catalog = _catalog(session, staged.backup_ts)
+            tree, tree_ident = copy.arrange(staged)
+            # The SHA-256 checks run beside the ingest (both read the same, cached, files); the backup
+            # is published only after they all passed.
+            inherit = frozenset(f"shared/{f.path}" for f in staged.files if not f.need_copy)
+            if inherit and base is None:
+                raise MobackupError("MatrixOne staged an incremental backup without a base")
+            # The checks' own descriptors: they may outlive this run's when it fails first.
+            shared = DirectoryFds(os.dup(copy.tae.root_fd), copy.tae.shown)
+
+            def check_shared() -> None:
+                with shared:
+                    check_digests(shared, staged, repo.parallelism)
+
+            verifier = ThreadPoolExecutor(1, thread_name_prefix="mobackup-verify")
+            digests = verifier.submit(check_shared)
+            try:
+                return run_backup(
+                    repo, tree, source=source, backup_type="incremental" if base else "full",
+                    base_id=base.id if base else None, progress=progress, rules=PathRules(excludes=(), volatile=()),
+                    mo_version=session.version, backup_ts=staged.backup_ts, backup_ts_source="matrixone-backup",
+                    inherit=inherit, data_dir_label=str(data_dir), began=(started, clock),
+                    extra={"kind": "online", "staged_bytes": staged_bytes,
+                           "staged_files": sum(f.need_copy for f in staged.files),
+                           "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
+                    before_publish=digests.result, root_ident=tree_ident,
+                )
+            finally:
+                verifier.shutdown(wait=False, cancel_futures=True)
+                if digests.cancelled():
+                    shared.close()
 
 
 def _catalog(session: Any, backup_ts: str) -> dict[str, Any]:

@@ -166,8 +166,10 @@ def collect_garbage(repo: Repository) -> GarbageResult:
         finally:
             referenced.close()
     if isinstance(repo.backend, LocalBackend):
-        for stale in repo.backend.list_temporary(TEMPORARY_PLACES, older_than=time.time() - TEMPORARY_MIN_AGE):
-            stale.unlink(missing_ok=True)
+        root = repo.backend.root
+        stale = repo.backend.list_temporary(TEMPORARY_PLACES, older_than=time.time() - TEMPORARY_MIN_AGE)
+        # By key, through descriptors: a directory swapped for a link since the listing is refused.
+        repo.backend.delete([path.relative_to(root).as_posix() for path in stale])
     return result
 
 

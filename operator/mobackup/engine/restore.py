@@ -19,9 +19,10 @@ from typing import Any
 
 from .errors import CorruptDataError, LockedError, MobackupError, TargetNotEmptyError
 from .layout import log_hostnames
-from .manifest import ManifestChecker
+from .manifest import DAMAGED, ManifestChecker
 from .progress import NullProgress, Progress, human_bytes
 from .repository import Repository, blob_key
+from .safefs import DIR_FLAGS, DirectoryFds, NotFollowed, create_file, identity, make_private_dir, open_dir_at
 from .storage import KERNEL_COPY_MIN, LocalBackend, ObjectNotFound, _syncfs, kernel_copy
 from .walk import remove_tree
 from .workers import BoundedWorkers
@@ -29,7 +30,6 @@ from .workers import BoundedWorkers
 STAGING_PREFIX = ".mobackup-staging-"
 OLD_PREFIX = ".mobackup-old-"
 RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths atomically
-AT_FDCWD = -100
 # The permission bits a restore applies. Never setuid, setgid or sticky: a restore runs as root, so
 # a data owner's setuid file would come back root-owned and setuid, and anyone who can edit a file
 # list could plant one. The file list still records them (`st_mode & 0o7777`); they are not applied.
@@ -38,19 +38,19 @@ RESTORED_MODE_BITS = 0o777
 FREE_SPACE_MARGIN = 64 << 20
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two directories (Linux renameat2). False where unsupported."""
+def _exchange(dir_fd: int, a: str, b: str) -> bool:
+    """Atomically swap two directories of `dir_fd` (Linux renameat2). False where unsupported."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         renameat2 = libc.renameat2
     except (OSError, AttributeError):
         return False
-    if renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0:
+    if renameat2(dir_fd, os.fsencode(a), dir_fd, os.fsencode(b), RENAME_EXCHANGE) == 0:
         return True
     error = ctypes.get_errno()
     if error in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBUSY, errno.EXDEV):
         return False  # unsupported here, or `b` is a mount point after all
-    raise OSError(error, os.strerror(error), str(a))
+    raise OSError(error, os.strerror(error), a)
 
 
 def _is_mount_point(path: Path) -> bool:
@@ -79,14 +79,6 @@ def _stage_beside(target: Path) -> bool:
     return same_fs and not _is_mount_point(target) and os.access(parent, os.W_OK | os.X_OK)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _remove_leftovers(directory: Path, prefix: str) -> None:
     """Staging or set-aside directories of an earlier restore that was killed. With a `prefix`
     (staging beside the target), exactly `<prefix><12 hex digits>`: the staging directory of a live
@@ -101,52 +93,70 @@ def _remove_leftovers(directory: Path, prefix: str) -> None:
             remove_tree(Path(entry.path), ignore_errors=True)
 
 
-def _swap_in(staging: Path, target: Path, beside: bool) -> None:
+def _check_still_there(parent_fd: int, name: str, fd: int, shown: Path) -> None:
+    """`name` in `parent_fd` is still the directory of `fd`: where others can write, a link (or
+    another directory) may have been swapped in for it."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        st = None
+    if st is None or identity(st) != identity(os.fstat(fd)):
+        raise NotFollowed(f"{shown} was replaced during the restore: refusing to swap it in")
+
+
+def _swap_in(staging: Path, staging_fd: int, parent_fd: int, target: Path, target_fd: int, beside: bool) -> None:
     """Make the staged tree the target's content. Beside the target this is atomic: at every instant
     the target is the old tree or the new one. Inside a mount point, the old entries are first set
-    aside (renames), then the staged ones moved in; a kill in between leaves both, hidden."""
+    aside (renames), then the staged ones moved in; a kill in between leaves both, hidden.
+
+    `parent_fd` is the staging directory's parent. Everything acts on descriptors, or on names
+    relative to them: the staging directory beside the target lies where others may write, and a
+    link swapped in for it must never be chmod'ed, chown'ed or moved through."""
+    _check_still_there(parent_fd, staging.name, staging_fd, staging)
     if beside:
-        st = os.stat(target)
-        os.chmod(staging, stat.S_IMODE(st.st_mode))  # the target keeps its own mode (not the list's)
+        st = os.fstat(target_fd)
+        os.fchmod(staging_fd, stat.S_IMODE(st.st_mode))  # the target keeps its own mode (not the list's)
         with contextlib.suppress(PermissionError):
-            os.chown(staging, st.st_uid, st.st_gid)
+            os.fchown(staging_fd, st.st_uid, st.st_gid)
         if not _existing_entries(target):
-            os.rename(staging, target)  # replaces the empty directory atomically
-            _fsync_dir(target.parent)
+            # replaces the empty directory atomically
+            os.rename(staging.name, target.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            os.fsync(parent_fd)
             return
-        if _exchange(staging, target):
-            _fsync_dir(target.parent)
+        if _exchange(parent_fd, staging.name, target.name):
+            os.fsync(parent_fd)
             remove_tree(staging)  # now the previous tree
             return
         # No renameat2: fall through to moving entries, from a staging directory outside the target.
-    aside = target / f"{OLD_PREFIX}{uuid.uuid4().hex[:12]}"
+    aside_name = f"{OLD_PREFIX}{uuid.uuid4().hex[:12]}"
     old = sorted(_existing_entries(target))  # sorted: a failure is reproducible
-    aside.mkdir()
+    aside = make_private_dir(target_fd, aside_name, str(target / aside_name))
     moved: list[str] = []
     try:
-        for name in old:
-            os.rename(target / name, aside / name)  # EBUSY for a mount point in the target
-            moved.append(name)
-        with os.scandir(staging) as entries:
-            staged = sorted(entry.name for entry in entries)
-        placed: list[str] = []
         try:
-            for name in staged:
-                os.rename(staging / name, target / name)
-                placed.append(name)
+            for name in old:
+                os.rename(name, name, src_dir_fd=target_fd, dst_dir_fd=aside)  # EBUSY for a mount point
+                moved.append(name)
+            placed: list[str] = []
+            try:
+                for name in sorted(os.listdir(staging_fd)):
+                    os.rename(name, name, src_dir_fd=staging_fd, dst_dir_fd=target_fd)
+                    placed.append(name)
+            except BaseException:
+                for name in reversed(placed):
+                    os.rename(name, name, src_dir_fd=target_fd, dst_dir_fd=staging_fd)
+                raise
         except BaseException:
-            for name in reversed(placed):
-                os.rename(target / name, staging / name)
+            # Half-way: put the old tree back as it was (the caller removes the staging directory).
+            for name in reversed(moved):
+                os.rename(name, name, src_dir_fd=aside, dst_dir_fd=target_fd)
+            os.rmdir(aside_name, dir_fd=target_fd)
             raise
-    except BaseException:
-        # Half-way: put the old tree back as it was (the caller removes the staging directory).
-        for name in reversed(moved):
-            os.rename(aside / name, target / name)
-        aside.rmdir()
-        raise
-    staging.rmdir()
-    _fsync_dir(target)
-    remove_tree(aside)
+    finally:
+        os.close(aside)
+    os.rmdir(staging.name, dir_fd=parent_fd)
+    os.fsync(target_fd)
+    remove_tree(target / aside_name)
 
 
 @dataclass
@@ -167,11 +177,6 @@ def _existing_entries(target: Path) -> list[str]:
         return [e.name for e in entries if not e.name.startswith((STAGING_PREFIX, OLD_PREFIX))]
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_CACHED_DIRS = 512
-
-
 def _write_all(fd: int, data: bytes | memoryview) -> None:
     view = memoryview(data)
     while view:
@@ -184,7 +189,8 @@ class _RestoreRun:
     following symbolic links (openat with O_NOFOLLOW), and files with O_EXCL: nothing is ever written
     through a link, whatever the list says."""
 
-    def __init__(self, repo: Repository, backup_id: str, staging: Path, progress: Progress) -> None:
+    def __init__(self, repo: Repository, backup_id: str, staging: Path, progress: Progress,
+                 root_fd: int | None = None) -> None:
         self.repo = repo
         self.backup_id = backup_id
         self.staging = staging
@@ -192,50 +198,21 @@ class _RestoreRun:
         self.lock = threading.Lock()
         self.files = 0
         self.size = 0
-        self.root_fd = os.open(staging, _DIR_FLAGS)
-        self.dir_fds: dict[str, int] = {"": self.root_fd}
+        # The staging directory's descriptor (`root_fd`, owned from now on, or opened here).
+        self.dirs = DirectoryFds(open_dir_at(None, str(staging), str(staging)) if root_fd is None else root_fd,
+                                 str(staging))
+        self._parent = self.dirs.parent
         # A full chunk of zeros is a hole of a sparse file: it is skipped (seek), not written.
         self.zero_chunk = repo.codec.digest(bytes(repo.chunk_size))
 
     def close(self) -> None:
-        for fd in self.dir_fds.values():
-            os.close(fd)
-        self.dir_fds.clear()
-
-    def _open_dir(self, rel: str) -> tuple[int, bool]:
-        """A descriptor of the staged directory `rel` and whether the caller must close it."""
-        with self.lock:
-            fd = self.dir_fds.get(rel)
-        if fd is not None:
-            return fd, False
-        fd = os.dup(self.root_fd)
-        try:
-            for part in rel.split("/"):
-                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                os.close(fd)
-                fd = child
-        except BaseException:
-            os.close(fd)
-            raise
-        with self.lock:
-            if len(self.dir_fds) < _MAX_CACHED_DIRS and rel not in self.dir_fds:
-                self.dir_fds[rel] = fd  # closed at the end of the run, never before
-                return fd, False
-        return fd, True
-
-    def _parent(self, rel: str) -> tuple[int, bool, str]:
-        parent, _, name = rel.rpartition("/")
-        fd, owned = self._open_dir(parent)
-        return fd, owned, name
+        self.dirs.close()
 
     def _copy_blob_in_kernel(self, backend: LocalBackend, digest: str, out: int) -> int:
         """Plain directory repository: check the blob's digest through mmap, then let the kernel copy
         it (blobs are immutable, so what was checked is what is copied)."""
         key = blob_key(digest)
-        try:
-            fd = os.open(backend.root / key, os.O_RDONLY)
-        except FileNotFoundError:
-            raise ObjectNotFound(key) from None
+        fd = backend.open_fd(key)
         try:
             if self.repo.codec.digest_fd(fd) != digest:
                 raise CorruptDataError(f"{self.repo.location}/{key}: content does not match its digest")
@@ -283,7 +260,7 @@ class _RestoreRun:
     def restore_file(self, record: dict[str, Any]) -> None:
         parent, owned, name = self._parent(record["path"])
         try:
-            out = os.open(name, _NEW_FILE_FLAGS, 0o600, dir_fd=parent)
+            out = create_file(parent, name, 0o600)
         finally:
             if owned:
                 os.close(parent)
@@ -348,7 +325,7 @@ class _RestoreRun:
         for rel, mode, mtime_ns in sorted(directories, key=lambda d: d[0].count("/"), reverse=True):
             parent, owned, name = self._parent(rel)
             try:
-                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                fd = os.open(name, DIR_FLAGS, dir_fd=parent)
             finally:
                 if owned:
                     os.close(parent)
@@ -370,25 +347,21 @@ SYSTEM_DIRS = frozenset({
 
 def _checked_target(target: Path, repo: Repository) -> Path:
     """The real path of a restore target (a symbolic link is resolved up front, so that the swap acts
-    on the directory itself), refused when it is a system directory or overlaps the repository."""
-    real = Path(os.path.realpath(target))
-    if str(real) in SYSTEM_DIRS:
-        raise MobackupError(f"{target}: refusing to restore into the system directory {real}")
-    if isinstance(repo.backend, LocalBackend):
-        root = Path(os.path.realpath(repo.backend.root))
-        if real == root or real in root.parents or root in real.parents:
-            raise MobackupError(f"{target}: refusing to restore into, inside or above the repository {root}: "
-                                "the restore would destroy it")
-    return real
+    on the directory itself), refused when it is a system directory or overlaps a repository (by
+    device and inode too: one volume mounted twice has two paths)."""
+    from .guards import checked_local_dir
+
+    return checked_local_dir(target, repo, "restore into")
 
 
 @contextlib.contextmanager
-def _target_lock(target: Path) -> Iterator[None]:
-    """Hold an exclusive flock on the target directory: a second restore into it fails at once
-    instead of deleting the first one's staging directory. The target's inode changes when a
-    restore swaps it, so the lock is retaken until it is held on the directory now at the path."""
+def _target_lock(target: Path) -> Iterator[int]:
+    """Hold an exclusive flock on the target directory (its real path: a link there now was swapped
+    in, and is refused), and yield its descriptor: a second restore into it fails at once instead of
+    deleting the first one's staging directory. The target's inode changes when a restore swaps it,
+    so the lock is retaken until it is held on the directory now at the path."""
     while True:
-        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = open_dir_at(None, str(target), str(target))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -399,7 +372,7 @@ def _target_lock(target: Path) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        yield
+        yield fd
     finally:
         os.close(fd)
 
@@ -411,9 +384,11 @@ class _ListFacts:
     entries: int
 
 
-def _check_file_list(repo: Repository, summary: Any, files: Path, scratch: Path, block: int) -> _ListFacts:
-    """Check every entry and the list's digest; count what the restored tree will take."""
-    checker = ManifestChecker(scratch, repo.chunk_size, f"backup {summary.id}")
+def check_file_list(repo: Repository, summary: Any, files: Path, scratch: Path, block: int = 4096,
+                    verdict: str = DAMAGED) -> _ListFacts:
+    """Check every entry and the list's digest; count what the restored tree will take (with files
+    of `block` bytes). A backup runs the same checks on its own list before publishing it."""
+    checker = ManifestChecker(scratch, repo.chunk_size, f"backup {summary.id}", verdict)
     facts = _ListFacts(hosts=set(), space=0, entries=0)
     zero_chunk = repo.codec.digest(bytes(repo.chunk_size))
     try:
@@ -481,7 +456,7 @@ def run_restore(
         raise MobackupError(f"{target}: exists and is not a directory")
     target.mkdir(parents=True, exist_ok=True)
     clock = time.monotonic()
-    with (_target_lock(target),
+    with (_target_lock(target) as target_fd,
           repo.lock(exclusive=False, purpose=f"restore of {backup_id}", wait_seconds=60),
           tempfile.TemporaryDirectory(prefix="mobackup-restore-") as scratch):
         existing = _existing_entries(target)
@@ -494,7 +469,7 @@ def run_restore(
         # the first write; the second pass reads the same local copy.
         files = Path(scratch) / "files"
         repo.download_file_list(summary, files)
-        facts = _check_file_list(repo, summary, files, Path(scratch), os.statvfs(target).f_frsize or 4096)
+        facts = check_file_list(repo, summary, files, Path(scratch), os.statvfs(target).f_frsize or 4096)
         recorded = facts.hosts
         if hostname and recorded and hostname not in recorded:
             raise MobackupError(
@@ -510,22 +485,31 @@ def run_restore(
         staging = (target.parent / f"{STAGING_PREFIX}{target.name}-{uuid.uuid4().hex[:12]}" if beside
                    else target / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}")
         progress.start(summary.size_bytes, summary.file_count)
-        staging.mkdir()
+        # The staging directory is made and then only used through descriptors: beside the target it
+        # lies where others may write (a volume's root, writable by the database's user).
+        parent_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if beside else os.dup(target_fd)
         try:
-            run = _RestoreRun(repo, backup_id, staging, progress)
+            staging_fd = make_private_dir(parent_fd, staging.name, str(staging))
             try:
-                run.run(repo.entries(summary, files))
+                run = _RestoreRun(repo, backup_id, staging, progress, os.dup(staging_fd))
+                try:
+                    run.run(repo.entries(summary, files))
+                finally:
+                    run.close()
+                if run.files != summary.file_count:
+                    raise CorruptDataError(
+                        f"backup {backup_id}: restored {run.files} files, the summary says {summary.file_count}"
+                    )
+                _syncfs(staging)
+                # with existing entries only when forced (checked above)
+                _swap_in(staging, staging_fd, parent_fd, target, target_fd, beside)
+            except BaseException:
+                remove_tree(staging, ignore_errors=True)  # never follows a link swapped in
+                raise
             finally:
-                run.close()
-            if run.files != summary.file_count:
-                raise CorruptDataError(
-                    f"backup {backup_id}: restored {run.files} files, the summary says {summary.file_count}"
-                )
-            _syncfs(staging)
-            _swap_in(staging, target, beside)  # with existing entries only when forced (checked above)
-        except BaseException:
-            remove_tree(staging, ignore_errors=True)
-            raise
+                os.close(staging_fd)
+        finally:
+            os.close(parent_fd)
     progress.finish()
     return RestoreResult(
         backup_id=backup_id, target=str(target), file_count=run.files, size_bytes=run.size,

@@ -10,21 +10,21 @@ import ctypes
 import errno
 import os
 import re
-import shutil
 import stat
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from .errors import MobackupError
+from .safefs import TMP_PREFIX, create_file, open_dirs, open_file_at, write_atomically
 
-TMP_PREFIX = ".tmp."
-# The names LocalBackend gives its temporaries: `_tmp_path` names `.tmp.<final name>.<12 hex>`
-# beside the final object, `copy_range_to_temporary` names `.tmp.chunk.<32 hex>`.
+# The names LocalBackend gives its temporaries: `write` names `.tmp.<final name>.<12 hex>`
+# beside the final object (safefs.write_atomically), `copy_range_to_temporary` names `.tmp.chunk.<32 hex>`.
 CHUNK_TEMPORARY = re.compile(r"\.tmp\.chunk\.[0-9a-f]{32}")
 # Below this size a kernel copy's fixed cost (a temporary file, a second open, mmap) exceeds copying the
 # bytes through Python (benchmarks/: 1,000,000 tiny files backed up 25% and restored 3x slower).
@@ -50,7 +50,7 @@ def kernel_copy(source: int, target: int, offset: int, length: int) -> int:
 
 
 def temporary_names(final: str) -> re.Pattern[str]:
-    """The names `LocalBackend._tmp_path` gives the temporaries of final names that match `final`
+    """The names `LocalBackend.write` gives the temporaries of final names that match `final`
     (a regular expression)."""
     return re.compile(rf"\.tmp\.(?:{final})\.[0-9a-f]{{12}}")
 
@@ -82,6 +82,13 @@ class Backend(Protocol):
     def check_access(self) -> None: ...
 
 
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
 def _syncfs(path: Path) -> None:
     """Make everything written to the file system of `path` durable, in one call."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -95,116 +102,164 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
+@dataclass
+class Temporary:
+    """A new object of a directory repository that has no name yet: its directory's descriptor, its
+    temporary name there (None once adopted) and its own descriptor (read-write)."""
+
+    dir_fd: int
+    name: str | None
+    fd: int
+
+    def discard(self) -> None:
+        """Removes it unless it was adopted, and closes its descriptors; again, nothing."""
+        if self.name is not None:
+            with suppress(FileNotFoundError):
+                os.unlink(self.name, dir_fd=self.dir_fd)
+            self.name = None
+        for fd in (self.fd, self.dir_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.dir_fd = -1
+
+
 class LocalBackend:
-    """A directory on a local or mounted file system (a PVC, NFS...)."""
+    """A directory on a local or mounted file system (a PVC, NFS...).
+
+    Whoever else can write below the root could plant a symbolic link for `blobs/`, `blobs/ab` or
+    `locks/`, and a writer running as root would then write anywhere (a blob into a cron directory).
+    So no name below the root is ever followed: each directory is entered relative to its parent's
+    descriptor with O_NOFOLLOW, objects are opened with O_NOFOLLOW and created with O_EXCL, and a
+    link is refused with an error that names it. The root itself is the configured path (which may
+    be a link: the operator's choice)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.location = str(root)
+        self.shown = f"repository path {root}"
 
-    def _path(self, key: str) -> Path:
-        return self.root / key
+    def _open_dir(self, parts: list[str], create: bool = False) -> int:
+        root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return open_dirs(root, parts, self.shown, create)
+        finally:
+            os.close(root)
+
+    def _parent(self, key: str, create: bool = False) -> tuple[int, str]:
+        """A descriptor of the directory that holds `key`, and the key's last name."""
+        *parts, name = key.split("/")
+        if name in ("", ".", ".."):
+            raise MobackupError(f"{self.shown}/{key}: not an object key")
+        return self._open_dir(parts, create), name
+
+    def open_fd(self, key: str) -> int:
+        """A read-only descriptor of the object (a regular file, never reached through a link)."""
+        try:
+            parent, name = self._parent(key)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.location}/{key}: missing") from None
+        try:
+            return open_file_at(parent, name, f"{self.shown}/{key}")
+        except FileNotFoundError:
+            raise ObjectNotFound(f"{self.location}/{key}: missing") from None
+        finally:
+            os.close(parent)
 
     def read(self, key: str) -> bytes:
-        try:
-            return self._path(key).read_bytes()
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{self.location}/{key}: missing") from None
+        with self.open_read(key) as stream:
+            return stream.read()
 
     def open_read(self, key: str) -> BinaryIO:
-        try:
-            return open(self._path(key), "rb")
-        except FileNotFoundError:
-            raise ObjectNotFound(f"{self.location}/{key}: missing") from None
+        return open(self.open_fd(key), "rb")
 
-    def _tmp_path(self, final: Path) -> Path:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        return final.parent / f"{TMP_PREFIX}{final.name}.{uuid.uuid4().hex[:12]}"
+    def _write(self, key: str, data: bytes | memoryview | BinaryIO, replace: bool = True) -> bool:
+        parent, name = self._parent(key, create=True)
+        try:
+            return write_atomically(parent, name, data, replace=replace)
+        finally:
+            os.close(parent)
 
     def write(self, key: str, data: bytes | memoryview) -> None:
-        final = self._path(key)
-        tmp = self._tmp_path(final)
-        try:
-            with open(tmp, "wb") as out:
-                out.write(data)
-            os.rename(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        self._write(key, data)
 
     def write_new(self, key: str, data: bytes) -> bool:
         """Create the object only if it does not exist; False when it did."""
-        final = self._path(key)
-        tmp = self._tmp_path(final)
-        try:
-            tmp.write_bytes(data)
-            os.link(tmp, final)  # atomic, and fails when `final` exists
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            tmp.unlink(missing_ok=True)
+        return self._write(key, data, replace=False)
 
-    def copy_range_to_temporary(self, prefix: str, source: int, offset: int, length: int) -> tuple[Path, int]:
+    def copy_range_to_temporary(self, prefix: str, source: int, offset: int, length: int) -> tuple[Temporary, int]:
         """A new temporary object under `prefix` holding up to `length` bytes of `source` at `offset`,
-        copied inside the kernel; returns its path and size (give it a name with `adopt`)."""
-        directory = self._path(prefix)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f"{TMP_PREFIX}chunk.{uuid.uuid4().hex}"
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        copied inside the kernel; returns it and its size (name it with `adopt`, or discard it)."""
+        directory = self._open_dir(prefix.split("/"), create=True)
+        name = f"{TMP_PREFIX}chunk.{uuid.uuid4().hex}"
         try:
-            return tmp, kernel_copy(source, out, offset, length)
+            tmp = Temporary(directory, name, create_file(directory, name, 0o644))
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            os.close(directory)
             raise
-        finally:
-            os.close(out)
+        try:
+            return tmp, kernel_copy(source, tmp.fd, offset, length)
+        except BaseException:
+            tmp.discard()
+            raise
 
-    def adopt(self, tmp: Path, key: str, replace: bool = False) -> bool:
+    def adopt(self, tmp: Temporary, key: str, replace: bool = False) -> bool:
         """Name a temporary object; False (and the temporary removed) when the key exists already,
-        unless `replace` (a damaged object is being stored again)."""
-        final = self._path(key)
-        if not replace and final.exists():
-            tmp.unlink()
-            return False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp, final)
-        return True
+        unless `replace` (a damaged object is being stored again). The temporary is closed."""
+        try:
+            parent, name = self._parent(key, create=True)
+            try:
+                if not replace and _lstat_at(parent, name) is not None:
+                    return False
+                os.rename(tmp.name or "", name, src_dir_fd=tmp.dir_fd, dst_dir_fd=parent)
+                tmp.name = None
+                return True
+            finally:
+                os.close(parent)
+        finally:
+            tmp.discard()
 
     def write_file(self, key: str, path: Path) -> None:
-        final = self._path(key)
-        tmp = self._tmp_path(final)
-        try:
-            shutil.copyfile(path, tmp)
-            os.rename(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        with open(path, "rb") as source:
+            self._write(key, source)
 
     def exists(self, key: str) -> bool:
-        return self._path(key).exists()
+        return self.size(key) is not None
 
     def size(self, key: str) -> int | None:
+        """The size of the object; None when there is none (or something else than a file)."""
         try:
-            return self._path(key).stat().st_size
+            parent, name = self._parent(key)
         except FileNotFoundError:
             return None
+        try:
+            st = _lstat_at(parent, name)
+        finally:
+            os.close(parent)
+        return st.st_size if st is not None and stat.S_ISREG(st.st_mode) else None
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        base = self._path(prefix)
-        if not base.is_dir():
+        top = [p for p in prefix.split("/") if p]
+        try:
+            os.close(self._open_dir(top))
+        except FileNotFoundError:
             return
-        stack = [base]
+        stack = [top]
         while stack:
-            directory = stack.pop()
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
-                    elif not entry.name.startswith(TMP_PREFIX):
-                        st = entry.stat(follow_symlinks=False)
-                        key = Path(entry.path).relative_to(self.root).as_posix()
-                        yield ObjectInfo(key, st.st_size, st.st_mtime)
+            parts = stack.pop()
+            try:
+                fd = self._open_dir(parts)
+            except FileNotFoundError:
+                continue  # removed since it was listed
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append([*parts, entry.name])
+                        elif not entry.name.startswith(TMP_PREFIX):
+                            st = entry.stat(follow_symlinks=False)
+                            yield ObjectInfo("/".join([*parts, entry.name]), st.st_size, st.st_mtime)
+            finally:
+                os.close(fd)
 
     def list_temporary(self, places: Iterable[tuple[str, re.Pattern[str]]], older_than: float) -> Iterator[Path]:
         """Leftovers of interrupted writes (for prune): in each place (a directory relative to the
@@ -249,10 +304,16 @@ class LocalBackend:
         count = 0
         for key in keys:
             try:
-                self._path(key).unlink()
+                parent, name = self._parent(key)
+            except FileNotFoundError:
+                continue
+            try:
+                os.unlink(name, dir_fd=parent)
                 count += 1
             except FileNotFoundError:
                 pass
+            finally:
+                os.close(parent)
         return count
 
     def flush(self) -> None:

@@ -16,7 +16,8 @@ from .layout import PathRules
 from .manifest import ManifestChecker
 from .progress import NullProgress, Progress
 from .repository import Repository, blob_key
-from .walk import path_of, walk
+from .safefs import DirectoryFds
+from .walk import open_root, walk
 from .workers import BoundedWorkers
 
 MAX_PROBLEMS = 100
@@ -68,12 +69,12 @@ def repair_blobs(repo: Repository, damaged: dict[str, str], data_dir: Path) -> i
     wanted = dict(damaged)
     repaired = 0
 
-    def scan(path: Path) -> None:
+    def scan(dirs: DirectoryFds, rel: str, expect: tuple[int, int] | None = None) -> None:
         nonlocal repaired
-        try:
-            source = open(path, "rb")  # noqa: SIM115 - closed below
+        try:  # never through a link the data's owner planted (walk.walk)
+            source = open(dirs.open_file(rel, expect), "rb")  # noqa: SIM115 - closed below
         except OSError:
-            return  # gone or unreadable: another file may hold the chunk
+            return  # gone, unreadable, or a link: another file may hold the chunk
         with source:
             while wanted:
                 data = source.read(repo.chunk_size)
@@ -87,15 +88,16 @@ def repair_blobs(repo: Repository, damaged: dict[str, str], data_dir: Path) -> i
                 if len(data) < repo.chunk_size:
                     break
 
-    for rel in sorted(set(wanted.values())):
+    with DirectoryFds(open_root(data_dir), str(data_dir)) as dirs:
+        for rel in sorted(set(wanted.values())):
+            if wanted:
+                scan(dirs, rel)
         if wanted:
-            scan(data_dir / rel)
-    if wanted:
-        for entry in walk(data_dir, PathRules()):
-            if not wanted:
-                break
-            if entry.kind == "file":
-                scan(path_of(data_dir, entry.rel))
+            for entry in walk(data_dir, PathRules(), dirs=dirs):
+                if not wanted:
+                    break
+                if entry.kind == "file":
+                    scan(dirs, entry.rel, entry.ident)
     return repaired
 
 

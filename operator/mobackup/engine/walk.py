@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import SourceChangedError
 from .layout import PathRules
+from .safefs import DIR_FLAGS, DirectoryFds, Ident, NotFollowed, identity, open_dir_at
 
 
 @dataclass(frozen=True)
@@ -20,7 +22,8 @@ class SourceEntry:
     mode: int
     mtime_ns: int
     target: str | None = None  # symlinks only
-    inode: tuple[int, int] | None = None  # (st_dev, st_ino) of a regular file with more than one link
+    inode: Ident | None = None  # (st_dev, st_ino) of a regular file with more than one link
+    ident: Ident | None = None  # (st_dev, st_ino) as the walk saw it (files and directories)
 
 
 def special_kind(mode: int) -> str:
@@ -32,59 +35,103 @@ def special_kind(mode: int) -> str:
     return "special file"
 
 
-def walk(root: Path, rules: PathRules, skipped: list[tuple[str, str]] | None = None) -> Iterator[SourceEntry]:
+def open_root(root: Path, expect: Ident | None = None) -> int:
+    """A descriptor of a tree's root directory. The path is the caller's, so a link there is followed,
+    unless `expect` (the (st_dev, st_ino) of a directory made for this run) says which directory it
+    must be: then a link is refused, and any other directory too."""
+    if expect is None:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = open_dir_at(None, str(root), str(root))
+    if identity(os.fstat(fd)) != expect:
+        os.close(fd)
+        raise NotFollowed(f"{root} was replaced by another directory: refusing")
+    return fd
+
+
+def walk(root: Path, rules: PathRules, skipped: list[tuple[str, str]] | None = None,
+         dirs: DirectoryFds | None = None) -> Iterator[SourceEntry]:
     """Every entry below `root` (directories before their contents), excluded ones left out.
     FIFOs, sockets and devices are not data: they are left out and, with `skipped`, reported there
     as (path, kind).
 
+    Whoever owns the data can swap a symbolic link in for any name at any time, so each directory is
+    entered relative to its parent's descriptor without following a link (`dirs`, rooted at `root`;
+    opened here when not given), checked to be the directory its parent listed, and every entry
+    carries the (st_dev, st_ino) seen here for a later open to check. A directory replaced meanwhile
+    fails the walk (SourceChangedError), or is left out in a volatile area.
+
     Directory listings are streamed from `os.scandir`, not sorted: MatrixOne keeps millions of
     objects in one flat directory, and sorting would hold all their names in memory.
     """
-    stack: list[tuple[str, str]] = [(str(root), "")]
-    while stack:
-        directory, prefix = stack.pop()
-        try:
-            iterator = os.scandir(directory)
-        except FileNotFoundError:
-            continue  # removed since its parent was listed; files in it are reported as vanished
-        with iterator as entries:
-            for entry in entries:
-                rel = prefix + entry.name
-                if rules.excluded(rel):
+    own = dirs is None
+    if dirs is None:
+        dirs = DirectoryFds(open_root(root), str(root))
+    try:
+        stack: list[tuple[str, Ident | None]] = [("", None)]
+        while stack:
+            directory, seen = stack.pop()
+            try:
+                fd, owned = dirs.open_dir(directory)
+            except FileNotFoundError:
+                continue  # removed since its parent was listed; files in it are reported as vanished
+            except NotFollowed as error:
+                _replaced(directory, rules, error)
+                continue
+            try:
+                if seen is not None and identity(os.fstat(fd)) != seen:
+                    _replaced(directory, rules, f"{root}/{directory} is another directory than the one listed")
                     continue
+                yield from _list(fd, f"{directory}/" if directory else "", rules, skipped, stack)
+            finally:
+                if owned:
+                    os.close(fd)
+    finally:
+        if own:
+            dirs.close()
+
+
+def _replaced(rel: str, rules: PathRules, reason: object) -> None:
+    if not rules.is_volatile(rel):
+        raise SourceChangedError(f"{rel} was replaced while being backed up ({reason}): its content was not "
+                                 "read; stop MatrixOne or use a volume snapshot for a consistent backup")
+
+
+def _list(fd: int, prefix: str, rules: PathRules, skipped: list[tuple[str, str]] | None,
+          stack: list[tuple[str, Ident | None]]) -> Iterator[SourceEntry]:
+    with os.scandir(fd) as entries:  # names, and lstat relative to the directory's descriptor
+        for entry in entries:
+            rel = prefix + entry.name
+            if rules.excluded(rel):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                yield SourceEntry(rel, "dir", 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns, ident=identity(st))
+                stack.append((rel, identity(st)))
+            elif stat.S_ISREG(st.st_mode):
+                inode = identity(st) if st.st_nlink > 1 else None
+                yield SourceEntry(rel, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, inode=inode,
+                                  ident=identity(st))
+            elif stat.S_ISLNK(st.st_mode):
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    target = os.readlink(entry.name, dir_fd=fd)
                 except FileNotFoundError:
                     continue
-                if stat.S_ISDIR(st.st_mode):
-                    yield SourceEntry(rel, "dir", 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns)
-                    stack.append((entry.path, rel + "/"))
-                elif stat.S_ISREG(st.st_mode):
-                    inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
-                    yield SourceEntry(rel, "file", st.st_size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, inode=inode)
-                elif stat.S_ISLNK(st.st_mode):
-                    yield SourceEntry(
-                        rel, "symlink", 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns, os.readlink(entry.path)
-                    )
-                elif skipped is not None:
-                    skipped.append((rel, special_kind(st.st_mode)))
+                yield SourceEntry(rel, "symlink", 0, stat.S_IMODE(st.st_mode), st.st_mtime_ns, target)
+            elif skipped is not None:
+                skipped.append((rel, special_kind(st.st_mode)))
 
 
-def tree_totals(root: Path, rules: PathRules) -> tuple[int, int]:
+def tree_totals(root: Path, rules: PathRules, dirs: DirectoryFds | None = None) -> tuple[int, int]:
     """(bytes, files) of the regular files a backup would read, for progress and ETA."""
     total_bytes = total_files = 0
-    for entry in walk(root, rules):
+    for entry in walk(root, rules, dirs=dirs):
         if entry.kind == "file":
             total_bytes += entry.size
             total_files += 1
     return total_bytes, total_files
-
-
-def path_of(root: Path, rel: str) -> Path:
-    return Path(os.path.join(root, rel))
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def remove_tree(path: Path, ignore_errors: bool = False) -> None:
@@ -101,7 +148,7 @@ def remove_tree(path: Path, ignore_errors: bool = False) -> None:
 
 def _remove_tree(path: Path) -> None:
     try:
-        fd = os.open(path, _DIR_FLAGS)
+        fd = os.open(path, DIR_FLAGS)
     except FileNotFoundError:
         return
     except OSError as error:
@@ -123,7 +170,7 @@ def _remove_tree(path: Path) -> None:
             if child is not None:
                 st = os.fstat(fd)
                 try:
-                    sub = os.open(child, _DIR_FLAGS, dir_fd=fd)
+                    sub = os.open(child, DIR_FLAGS, dir_fd=fd)
                 except OSError as error:
                     if error.errno not in (errno.ENOTDIR, errno.ELOOP):
                         raise
@@ -136,7 +183,7 @@ def _remove_tree(path: Path) -> None:
             if not above:
                 break
             name, parent_id = above.pop()
-            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            parent = os.open("..", DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = parent
             st = os.fstat(fd)
