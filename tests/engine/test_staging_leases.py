@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -219,7 +218,7 @@ def test_a_directory_that_cannot_be_removed_keeps_its_lock_file_for_the_next_run
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Files MatrixOne wrote that the agent may not remove: neither the run nor a later clean-up may
     leave the directory without its (free) lock file, or the next run would have to wait an hour."""
-    monkeypatch.setattr(shutil, "rmtree", lambda *args, **kwargs: None)
+    monkeypatch.setattr(online, "remove_tree", lambda *args, **kwargs: None)
     with online.staging_area(tmp_path) as staging:
         (staging / "tae").mkdir(parents=True)
     lock = tmp_path / f"{staging.name}.lock"

@@ -26,7 +26,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 import stat
 import time
 import uuid
@@ -42,6 +41,7 @@ from .model import BackupSummary, utc_now
 from .progress import Progress
 from .repository import Repository
 from .safefs import DirectoryFds, Ident, NotFollowed, identity, make_private_dir, open_dir_at, open_file_at
+from .walk import remove_tree
 
 DISK_BLOCK = 2048
 DISK_CRC = 4
@@ -291,7 +291,7 @@ def staging_area(data_dir: Path) -> Iterator[Path]:
         os.rename(locking, lock_path)
         yield staging
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging, ignore_errors=True)
         locking.unlink(missing_ok=True)
         if not os.path.lexists(staging):  # else its free lock lets the next run try again at once
             lock_path.unlink(missing_ok=True)
@@ -308,6 +308,9 @@ def _last_change(directory: Path) -> float:
     return newest
 
 
+LOCK_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 def remove_stale_staging(data_dir: Path) -> list[str]:
     """Removes staging directories whose run is gone: its lock file is not locked, or there is none
     and the directory is older than ORPHAN_STAGING_SECONDS. A lock file that cannot be opened or
@@ -319,7 +322,8 @@ def remove_stale_staging(data_dir: Path) -> list[str]:
             continue
         lock_path = data_dir / f"{entry.name}.lock"
         try:
-            fd = os.open(lock_path, os.O_RDONLY)  # flock needs no write access
+            # flock needs no write access; a planted link or FIFO must neither redirect nor block it.
+            fd = os.open(lock_path, LOCK_OPEN_FLAGS)
         except FileNotFoundError:
             try:
                 if now - _last_change(Path(entry.path)) < ORPHAN_STAGING_SECONDS:
@@ -336,7 +340,7 @@ def remove_stale_staging(data_dir: Path) -> list[str]:
             os.close(fd)
             continue
         try:
-            shutil.rmtree(entry.path, ignore_errors=True)
+            remove_tree(Path(entry.path), ignore_errors=True)
             if not os.path.lexists(entry.path):
                 removed.append(entry.name)
                 if fd >= 0:  # kept while the directory is there, for the next run to retry
@@ -347,7 +351,7 @@ def remove_stale_staging(data_dir: Path) -> list[str]:
     for lock in data_dir.glob(f"{STAGING_PREFIX}*.lock"):  # orphaned lock files
         if not (data_dir / lock.name[:-5]).exists():
             with contextlib.suppress(OSError):
-                fd = os.open(lock, os.O_RDONLY)
+                fd = os.open(lock, LOCK_OPEN_FLAGS)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     lock.unlink()
