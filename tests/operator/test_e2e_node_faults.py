@@ -1,4 +1,4 @@
-"""Faults of the node, end to end (issue 11): the restore target's volume fills up (a 12 MiB tmpfs
+"""Faults of the node, end to end (issue 11): the restore target's volume is too small (a 12 MiB tmpfs
 under the PV): Failed with reason VolumeFull, the target is left as it was, nothing staged is left
 behind, MatrixOne is started again.
 
@@ -72,7 +72,8 @@ def test_restore_target_volume_fills_up(env: Env) -> None:
         st = env.wait_phase("MORestore", "r", "Completed", "Failed", timeout=180)["status"]
         print("volume full:", st["reason"], st["message"][:300])
         assert st["phase"] == "Failed" and st["reason"] == "VolumeFull", st
-        assert "no space left on device" in st["message"], st
+        # Refused before anything is written: the message says what the restore needs and what is free.
+        assert "the restore needs" in st["message"] and "free" in st["message"], st
         env.wait_replicas_running()
         assert snapshot_tree(host / "mo-data", include_transient=True) == before  # left as it was
         assert [p.name for p in host.iterdir() if p.name.startswith(".mobackup-")] == []  # nothing staged left

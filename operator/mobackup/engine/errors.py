@@ -47,3 +47,7 @@ class TargetNotEmptyError(MobackupError):
 
 class ClusterRunningError(MobackupError):
     """A restore into a cluster's storage while MatrixOne still answers there."""
+
+
+class VolumeFull(MobackupError):
+    """The target's file system cannot hold what a run must write (the operator's reason too)."""

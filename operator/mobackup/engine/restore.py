@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import CorruptDataError, LockedError, MobackupError, TargetNotEmptyError
+from .errors import CorruptDataError, LockedError, MobackupError, TargetNotEmptyError, VolumeFull
 from .layout import log_hostnames
 from .manifest import DAMAGED, ManifestChecker
 from .progress import NullProgress, Progress, human_bytes
@@ -420,13 +420,13 @@ def _check_free_space(target: Path, facts: _ListFacts) -> None:
     free = st.f_bavail * st.f_frsize
     needed = facts.space + max(FREE_SPACE_MARGIN, facts.space // 100)
     if needed > free:
-        raise MobackupError(
+        raise VolumeFull(
             f"{target}: the restore needs {human_bytes(needed)} ({human_bytes(facts.space)} of files and "
             f"directories, and a margin) but its file system has {human_bytes(free)} free; free some space "
             "or restore elsewhere"
         )
     if st.f_files and facts.entries > st.f_favail:
-        raise MobackupError(f"{target}: the restore creates {facts.entries} files and directories but its file "
+        raise VolumeFull(f"{target}: the restore creates {facts.entries} files and directories but its file "
                             f"system has {st.f_favail} free inodes; free some or restore elsewhere")
 
 
