@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from .engine.backup import run_backup
+from .engine.errors import MobackupError
 from .engine.progress import for_terminal
 from .engine.repository import RepositoryOptions, open_repository
 from .engine.restore import run_restore
 from .engine.verify import verify_backup
+from .engine.walk import remove_tree
 from .sample import generate_mo_data, mutate_mo_data, snapshot_tree
 from .table import backup_table
 
+# Marks a directory the demo made: only such a directory, an empty one or none is used (and its
+# earlier tour removed); anything else may be someone's data.
+MARKER = ".mobackup-demo"
+OWN_ENTRIES = ("mo-data", "repo", "restored")
+
+
+def prepare_workdir(workdir: Path) -> None:
+    """An empty working directory, or one of an earlier tour, whose own entries are removed first;
+    a non-empty directory without the demo's marker is refused untouched."""
+    if workdir.exists() and not workdir.is_dir():
+        raise MobackupError(f"{workdir}: not a directory (give --dir a new or empty directory)")
+    if workdir.exists() and any(workdir.iterdir()) and not (workdir / MARKER).is_file():
+        raise MobackupError(f"{workdir} is not empty and was not made by `mobackup demo`: refusing to remove "
+                            "what it holds; give --dir a new or empty directory")
+    for name in OWN_ENTRIES:
+        remove_tree(workdir / name)  # never follows a link
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by `mobackup demo`: its entries are replaced by the next tour\n")
+
 
 def run_demo(workdir: Path, as_json: bool = False) -> int:
-    if workdir.exists():
-        shutil.rmtree(workdir)
+    prepare_workdir(workdir)
     data_dir, repo_dir, restored = workdir / "mo-data", workdir / "repo", workdir / "restored"
     say = (lambda *_: None) if as_json else print
     generate_mo_data(data_dir, seed=7, objects=120, max_size=2 << 20)

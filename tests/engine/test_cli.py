@@ -124,6 +124,25 @@ def test_demo_runs_the_tour(tmp_path: Path) -> None:
     assert report["incremental"]["new_bytes"] < report["full"]["new_bytes"] / 10
 
 
+def test_demo_never_removes_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    """--dir of someone's data is refused untouched; a directory of an earlier tour (its marker) loses
+    only the tour's own entries."""
+    mine = tmp_path / "mine"
+    (mine / "repo").mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me")
+    before = snapshot_tree(mine)
+    result = mobackup("demo", "--dir", str(mine), check=False)
+    assert result.returncode == 1 and "not made by `mobackup demo`" in result.stderr, result.stderr
+    assert snapshot_tree(mine) == before
+    from mobackup.demo import MARKER, prepare_workdir
+
+    (mine / MARKER).write_text("")  # as a tour leaves it
+    prepare_workdir(mine)
+    assert sorted(p.name for p in mine.iterdir()) == [MARKER, "notes.txt"]
+    prepare_workdir(tmp_path / "new")
+    assert [p.name for p in (tmp_path / "new").iterdir()] == [MARKER]
+
+
 def test_progress_is_drawn_on_a_terminal_and_silent_otherwise(tmp_path: Path) -> None:
     import pty
 

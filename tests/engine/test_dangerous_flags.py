@@ -174,3 +174,94 @@ def test_restore_leaves_a_siblings_staging_alone(backed_up: tuple[Path, Path, st
     assert result.returncode == 0, result.stderr
     assert not leftover.exists() and sibling.exists()
     assert snapshot_tree(tmp_path / "t") == snapshot_tree(data)
+
+
+def in_mount_namespace(script: str) -> subprocess.CompletedProcess[str]:
+    """`script` (sh) in a private mount namespace: its bind mounts vanish with it, whatever happens."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MOBACKUP_")}
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-ec", script],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("where", ["volume", "repository", "inside", "subpath"])
+def test_restore_onto_the_repository_through_another_mount_is_refused(tmp_path: Path, where: str) -> None:
+    """One volume mounted twice (an MORestore whose target PVC is the storage's: /data and /repo in
+    the Job's pod) names the repository by two paths that no string comparison relates; the
+    restore compares devices and inodes, and the mount table for a subdirectory mounted on its own."""
+    volume = tmp_path / "volume"
+    data = generate_mo_data(tmp_path / "mo-data", seed=14, objects=4)
+    repo = volume / "repo"
+    result = mobackup("backup", "--data-dir", str(data), "--repo", str(repo), "--json")
+    assert result.returncode == 0, result.stderr
+    backup_id = json.loads(result.stdout)["id"]
+    before = snapshot_tree(volume)
+    data_mount, repo_mount = tmp_path / "data-mount", tmp_path / "repo-mount"
+    data_mount.mkdir()
+    repo_mount.mkdir()
+    mounts = f"mount --bind {volume} {data_mount}"
+    repo_arg, target = str(repo), {"volume": data_mount, "repository": data_mount / "repo",
+                                   "inside": data_mount / "repo" / "blobs", "subpath": data_mount}[where]
+    if where == "subpath":  # the repository's directory mounted on its own, as a subPath mount is
+        mounts += f" && mount --bind {repo} {repo_mount}"
+        repo_arg = str(repo_mount)
+    result = in_mount_namespace(f"{mounts} && exec {MOBACKUP} restore {backup_id} --repo {repo_arg} "
+                                f"--target {target} --force")
+    assert result.returncode == 1 and "repository" in result.stderr and "refusing" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot_tree(volume) == before
+    assert mobackup("verify", backup_id, "--repo", str(repo)).returncode == 0
+
+
+@pytest.mark.parametrize("case", ["root", "etc", "repository", "other-repository", "holds-repository",
+                                  "mount-root", "whole-bucket", "hk-no-object"])
+def test_s3_restore_flags_never_reach_the_repository_or_the_system(backed_up: tuple[Path, Path, str],
+                                                                  tmp_path: Path, case: str) -> None:
+    """--local-fs-dir (emptied with --reset-local-fs), --target-s3 and --hk-data-s3 are refused before
+    anything is read or removed. (No --overwrite: even a build without the checks removes nothing.)"""
+    _, repo, _ = backed_up
+    other = tmp_path / "elsewhere" / "other-repo"
+    assert mobackup("init", "--repo", str(other)).returncode == 0
+    holder = tmp_path / "log-volume"
+    (holder / "deep" / "er").mkdir(parents=True)
+    assert mobackup("init", "--repo", str(holder / "deep" / "er" / "repo")).returncode == 0
+    local = {"root": "/", "etc": "/etc", "repository": str(repo.parent), "other-repository": str(other),
+             "holds-repository": str(holder), "mount-root": str(tmp_path / "mounted")}.get(case)
+    target = "s3://bucket" if case == "whole-bucket" else "s3://bucket/cluster/data"
+    args = ["restore", "x", "--repo", str(repo), "--target-s3", target]
+    if local:
+        args += ["--local-fs-dir", local, "--reset-local-fs"]
+    if case == "hk-no-object":
+        args += ["--hk-data-s3", "s3://bucket"]
+    before = snapshot_tree(tmp_path)
+    if case == "mount-root":  # a volume's (or a whole file system's) root
+        (tmp_path / "mounted").mkdir()
+        result = in_mount_namespace(f"mount --bind {local} {local} && exec {MOBACKUP} {' '.join(args)}")
+    else:
+        result = mobackup(*args)
+    expected = {"root": "system directory /", "etc": "system directory /etc", "repository": "the repository",
+                "other-repository": "holds a mobackup repository", "holds-repository": "holds a mobackup repository",
+                "mount-root": "root of a mounted file system", "whole-bucket": "is a whole bucket",
+                "hk-no-object": "names no object"}[case]
+    assert result.returncode == 1 and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {k: v for k, v in snapshot_tree(tmp_path).items() if not k.startswith("mounted")} == before
+
+
+def test_a_drill_never_makes_its_scratch_directory_in_the_repository(backed_up: tuple[Path, Path, str],
+                                                                     tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`drill --scratch-dir` inside the repository: refused before anything is restored or started."""
+    from mobackup.engine import drill
+
+    _, repo, backup_id = backed_up
+    fake = tmp_path / "bin" / "mo-service"
+    (fake.parent / "etc" / "launch").mkdir(parents=True)
+    (fake.parent / "etc" / "launch" / "launch.toml").write_text("# never read\n")
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(drill, "busy_ports", lambda *_: [])  # whatever else runs on this machine
+    before = snapshot_tree(repo)
+    with pytest.raises(MobackupError, match=r"scratch directory .*repository"):
+        drill.run_drill(open_repository(RepositoryOptions.from_env(str(repo))), backup_id, fake,
+                        scratch_parent=repo / "blobs")
+    assert snapshot_tree(repo) == before

@@ -19,6 +19,7 @@ from mobackup.engine.online_s3 import (
     HK_DATA,
     RunInfo,
     S3Place,
+    _read_meta,
     _run_key,
     _write_meta,
     commit_run,
@@ -346,3 +347,61 @@ def test_a_drill_refuses_a_backup_of_table_data_in_s3(make_repo: Any, root: S3Pl
     with pytest.raises(MobackupError, match="table data lives in S3"):
         run_drill(repo, run_id, fake, scratch_parent=scratch)
     assert list(scratch.iterdir()) == [], "nothing restored"
+
+
+def committed(repo: Repository, root: S3Place, seed: int) -> str:
+    """A backup of table data in S3 in `repo` (staged, ingested, committed)."""
+    run_id = Staged(root, objects(2, seed)).run(repo)
+    ingest_shard(repo, run_id, root, 0, 1)
+    return commit_run(repo, run_id, root, 1).id
+
+
+@pytest.mark.parametrize("where", ["repository", "parent", "inside", "hk-onto-config"])
+def test_restore_to_s3_never_over_the_repository(root: S3Place, where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--target-s3 on the repository's prefix, above it or inside it, and --hk-data-s3 onto one of its
+    objects: with --overwrite each would replace the repository. Refused before anything is written."""
+    from mobackup.cli import main
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+    from mobackup.engine.verify import verify_backup
+
+    folder = root.url.rsplit("/", 1)[0]
+    repo = open_repository(RepositoryOptions.from_env(f"{folder}/repo"), create=True)
+    backup_id = committed(repo, root, 13)
+    before = listing(S3Place.from_env(repo.location, "MOBACKUP_TARGET_"))
+    target = {"repository": repo.location, "parent": folder, "inside": f"{repo.location}/blobs",
+              "hk-onto-config": f"{folder}/data"}[where]
+    argv = ["restore", backup_id, "--repo", repo.location, "--target-s3", target, "--overwrite", "--quiet"]
+    if where == "hk-onto-config":
+        argv += ["--hk-data-s3", f"{repo.location}/mobackup.json"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "repository" in err and "refusing" in err and len(err.strip().splitlines()) == 1, err
+    assert listing(S3Place.from_env(repo.location, "MOBACKUP_TARGET_")) == before
+    assert verify_backup(repo, backup_id).ok
+
+
+def test_commit_removes_only_a_staging_prefix_it_derives(make_repo: Any, root: S3Place) -> None:
+    """The run record lives in the repository, which whoever can write the bucket can edit: a record
+    naming another prefix (a cluster's data) is refused; nothing is listed, nothing removed."""
+    repo = make_repo()
+    staged = Staged(root, objects(2, 17))
+    run_id = staged.run(repo)
+    ingest_shard(repo, run_id, root, 0, 1)
+    victim = root.under("cluster-data")
+    victim.backend().write("tae/precious", b"a cluster's table data")
+    record = _read_meta(repo, _run_key(run_id, "run.json"))
+    _write_meta(repo, _run_key(run_id, "run.json"), {**record, "staging_url": victim.url})
+    with pytest.raises(MobackupError, match="refusing to read or remove it"):
+        commit_run(repo, run_id, root, 1)
+    assert listing(victim) == {"tae/precious": b"a cluster's table data"}
+    assert repo.list_backups() == [] and listing(staged.place)
+
+
+def test_a_staging_root_above_the_repository_is_refused(root: S3Place) -> None:
+    """Stale `mobackup-staging-*` prefixes under a staging root are removed: one that contains the
+    repository is refused."""
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+
+    repo = open_repository(RepositoryOptions.from_env(f"{root.url}/repo"), create=True)
+    with pytest.raises(MobackupError, match="contains the repository"):
+        commit_run(repo, "some-run", root, 1)

@@ -39,13 +39,13 @@ def crds(kube_cluster: Any) -> None:
 
 
 def _job_rbac(cluster: Any, ns: str) -> None:
-    """The chart's ServiceAccount + Role for Job pods (progress patches), rendered for this namespace."""
+    """The chart's ServiceAccount for Job pods (no Role: Jobs have no API rights), rendered for this namespace."""
     from cluster.rbac import render_chart
 
     docs = render_chart({"jobServiceAccount.namespaces": [ns]})
     objs = [d for d in docs if d.get("kind") in ("ServiceAccount", "Role", "RoleBinding")
             and d["metadata"].get("namespace") == ns]
-    assert objs, "the chart renders no Job ServiceAccount/Role for the namespace"
+    assert objs, "the chart renders no Job ServiceAccount for the namespace"
     cluster.apply(objs)
 
 

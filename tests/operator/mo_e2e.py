@@ -108,6 +108,18 @@ class OperatorProcess:
             return "(no log)"
 
 
+def wait_for_blobs(options: Any, timeout: float = 60) -> None:
+    """Wait until the repository holds a stored blob: the agent's copy is under way. (Jobs have no API
+    access, so the status shows no progress before the run ends.)"""
+    from mobackup.engine.repository import make_backend
+
+    backend = make_backend(options)
+    deadline = time.monotonic() + timeout
+    while next(iter(backend.list("blobs/")), None) is None:
+        assert time.monotonic() < deadline, f"no blob stored in {backend.location} within {timeout} s"
+        time.sleep(0.2)
+
+
 @dataclass
 class Env:
     """One test's namespace with the operator running on it, and helpers."""
@@ -205,13 +217,18 @@ class Env:
         except ApiError:
             return False
 
-    def repository(self, name: str = "s3", encryption: bool = False) -> Any:
-        from mobackup.engine.repository import RepositoryOptions, open_repository
+    def repository_options(self, name: str = "s3", encryption: bool = False) -> Any:
+        from mobackup.engine.repository import RepositoryOptions
 
-        return open_repository(RepositoryOptions(
+        return RepositoryOptions(
             url=f"s3://{self.s3.bucket}/{self.ns}/{name}", s3_endpoint=self.s3.endpoint, s3_region=self.s3.region,
             s3_path_style=True, s3_access_key_id=self.s3.access_key, s3_secret_access_key=self.s3.secret_key,
-            encryption_key="correct horse battery staple" if encryption else None))
+            encryption_key="correct horse battery staple" if encryption else None)
+
+    def repository(self, name: str = "s3", encryption: bool = False) -> Any:
+        from mobackup.engine.repository import open_repository
+
+        return open_repository(self.repository_options(name, encryption))
 
     def stand_in(self, name: str = "mo", claim: str = "mo-data", seed: int = 1, objects: int = 40) -> Path:
         """A PVC and the MatrixOne stand-in StatefulSet on it; returns the host dir of mo-data."""

@@ -58,7 +58,42 @@ def test_backup_incremental_restore_delete(tmp_path: Path) -> None:
     assert not [p for p in (Path(repo) / "blobs").rglob("*") if p.is_file()]  # and every blob with it
 
 
+def test_delete_checks_the_backup_in_the_repository(tmp_path: Path) -> None:
+    """Issue 18: the operator's delete Job names the run's source and creation time; a backup ID that
+    is another source's, older than the run, or only a prefix is refused (DeleteRefused), kept."""
+    data = generate_mo_data(tmp_path / "mo-data", seed=3, objects=5)
+    repo = str(tmp_path / "repo")
+    code, full = run(tmp_path, "backup", "--repo", repo, "--data-dir", str(data), "--source", "ns/mo")
+    assert code == 0
+    backup_id, started = full["result"]["id"], full["result"]["started_at"]
+    for extra, why in ((["--source", "ns/other"], "of source 'ns/mo', not 'ns/other'"),
+                       (["--not-before", "2099-01-01T00:00:00Z"], "before the MOBackup existed")):
+        code, res = run(tmp_path, "delete", "--repo", repo, "--backup-id", backup_id, *extra)
+        assert code == 1 and res["reason"] == "DeleteRefused" and why in res["error"], res
+    code, res = run(tmp_path, "delete", "--repo", repo, "--backup-id", backup_id[:8], "--source", "ns/mo")
+    assert code == 0 and res["result"]["deleted"] == [], res  # a prefix is no backup of this run
+    assert (Path(repo) / "backups" / f"{backup_id}.json").exists()
+    code, res = run(tmp_path, "delete", "--repo", repo, "--backup-id", backup_id, "--source", "ns/mo",
+                    "--not-before", started)
+    assert code == 0 and res["result"]["deleted"] == [backup_id], res
+
+
 def test_failure_is_a_readable_result(tmp_path: Path) -> None:
     code, res = run(tmp_path, "backup", "--repo", str(tmp_path / "repo"), "--data-dir", str(tmp_path / "missing"),
                     "--source", "s")
     assert code == 1 and res["ok"] is False and "not a directory" in res["error"]
+
+
+def test_restore_never_empties_the_repository_or_a_system_directory(tmp_path: Path) -> None:
+    """The Job's restore flags go through the engine's guards: a log volume that holds the repository
+    (one PVC mounted twice), or `/`, is refused before anything is read or removed."""
+    data = generate_mo_data(tmp_path / "mo-data", seed=9, objects=4)
+    repo = tmp_path / "volume" / "repo"
+    code, full = run(tmp_path, "backup", "--repo", str(repo), "--data-dir", str(data), "--source", "ns/mo")
+    assert code == 0
+    before = snapshot_tree(repo)
+    for local, why in ((repo.parent, "the repository"), (Path("/"), "system directory /")):
+        code, res = run(tmp_path, "restore", "--repo", str(repo), "--backup-id", full["result"]["id"],
+                        "--target-s3", "s3://bucket/cluster/data", "--local-fs-dir", str(local), "--reset-local-fs")
+        assert code == 1 and res["reason"] == "MobackupError" and why in res["error"], res
+    assert snapshot_tree(repo) == before

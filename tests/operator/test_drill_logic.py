@@ -69,6 +69,43 @@ def test_drill_job_restores_into_the_scratch_claim_then_runs_matrixone_and_the_c
     assert pvc["metadata"]["ownerReferences"][0]["uid"] == "uid-7"
 
 
+def test_drill_pod_has_no_token_and_the_checker_only_reads() -> None:
+    """Issue 18: no container mounts an API token (the scratch MatrixOne included); the checker, which
+    parses the restored server's answers, has no scratch volume, a read-only PVC repository, and the
+    drill's read-only S3 keys when given (the restore keeps the storage's: it takes a lock)."""
+    spec = drill.parse_drill({"backupName": "b", "readOnlyCredentialsSecretRef": {
+        "name": "s3-read", "secretAccessKeyKey": "secret"}})
+    assert spec.read_only_credentials == models.SecretKey("s3-read", "AWS_ACCESS_KEY_ID")
+    job = drill.drill_job(OWNER, spec, STORAGE, "backup-1", None, DEFAULTS, drill.MatrixOneSettings())
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (restore,) = pod["initContainers"]
+    matrixone, checker = pod["containers"]
+    assert not any("serviceaccount" in m["mountPath"] for c in (restore, matrixone, checker)
+                   for m in c.get("volumeMounts") or [])
+
+    def keys(c: dict) -> dict[str, tuple[str, str]]:
+        return {e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+                for e in c["env"] if e["name"].startswith("AWS_") and "valueFrom" in e}
+
+    assert keys(checker) == {"AWS_ACCESS_KEY_ID": ("s3-read", "AWS_ACCESS_KEY_ID"),
+                             "AWS_SECRET_ACCESS_KEY": ("s3-read", "secret")}
+    assert keys(restore) == {"AWS_ACCESS_KEY_ID": ("creds", "AWS_ACCESS_KEY_ID"),
+                             "AWS_SECRET_ACCESS_KEY": ("creds", "AWS_SECRET_ACCESS_KEY")}
+    assert "data" not in {m["name"] for m in checker["volumeMounts"]}
+    # A PVC repository: read-only for the checker, writable for the restore (its lock).
+    pvc = models.parse_storage({"pvc": {"claimName": "backups"}})
+    pod = drill.drill_job(OWNER, drill.parse_drill({"backupName": "b"}), pvc, "backup-1", None, DEFAULTS,
+                          drill.MatrixOneSettings())["spec"]["template"]["spec"]
+    mounts = {c["name"]: {m["name"]: m.get("readOnly", False) for m in c["volumeMounts"]}
+              for c in (*pod["initContainers"], *pod["containers"]) if "volumeMounts" in c}
+    assert mounts["checker"]["repository"] is True and mounts["restore"]["repository"] is False
+    # Without the read-only Secret the checker has the storage's keys (documented: give it one).
+    pod = drill.drill_job(OWNER, drill.parse_drill({"backupName": "b"}), STORAGE, "backup-1", None, DEFAULTS,
+                          drill.MatrixOneSettings())["spec"]["template"]["spec"]
+    assert keys(pod["containers"][1])["AWS_ACCESS_KEY_ID"] == ("creds", "AWS_ACCESS_KEY_ID")
+
+
 def test_source_hostname_only_for_cold_backups_of_a_statefulset() -> None:
     source = {"pvc": {"claimName": "mo-data"}, "workload": {"kind": "StatefulSet", "name": "mo"}}
     sql = {"host": "mo", "passwordSecretRef": {"name": "s"}}

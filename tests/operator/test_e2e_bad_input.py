@@ -166,3 +166,24 @@ def test_wrong_encryption_key_makes_the_storage_unavailable(env: Env) -> None:
     st = env.wait_phase("MOBackupStorage", "s3-wrong", "Available", "Unavailable")["status"]
     assert st["phase"] == "Unavailable" and st["reason"] == "EncryptionKeyError", st
     assert "not the passphrase" not in str(st)
+
+
+def test_runs_on_the_storage_pvc_are_refused(env: Env) -> None:
+    """The storage's own PVC as a restore's target or a backup's source: one volume mounted twice in
+    the Job's pod, whose restore with overwrite would replace the repository. Failed before any Job,
+    with the reason and a Warning Event; the volume is untouched."""
+    host = env.cluster.make_pvc(env.ns, "repo")
+    (host / "mobackup").mkdir()
+    (host / "mobackup" / "keep").write_text("the repository")
+    env.create("MOBackupStorage", "vol", {"pvc": {"claimName": "repo"}})
+    env.wait_phase("MOBackupStorage", "vol", "Available")
+    env.create("MORestore", "r", {"backupID": "x", "storageRef": {"name": "vol"}, "overwrite": True,
+                                  "target": {"pvc": {"claimName": "repo", "path": "mobackup"}}})
+    env.create("MOBackup", "b", {"source": {"pvc": {"claimName": "repo"}}, "storageRef": {"name": "vol"},
+                                 "consistency": "None"})
+    for kind, name, field in (("MORestore", "r", "spec.target.pvc.claimName"),
+                              ("MOBackup", "b", "spec.source.pvc.claimName")):
+        st = failed(env, kind, name)
+        assert st["reason"] == "StorageOverlap" and not st.get("jobName"), st
+        assert f"{field} repo is the PVC of MOBackupStorage vol" in st["message"], st
+    assert sorted(str(p.relative_to(host)) for p in host.rglob("*")) == ["mobackup", "mobackup/keep"]

@@ -61,7 +61,7 @@ def test_full_backup_change_restore(env: Env) -> None:
     # The workload is back, with the remembered replica count and no leftover annotation.
     env.wait_replicas_running()
     assert not any(k.startswith("mobackup.io/") for k in env.replicas()[1])
-    # The agent reported progress through the API (its own ServiceAccount).
+    # The Job has no API access: the operator wrote the progress from its result.
     assert st["progress"]["bytesDone"] == st["progress"]["bytesTotal"] > 0, st.get("progress")
     reasons = {e["reason"] for e in env.events("full-1")}
     assert {"Accepted", "ScaledDown", "JobCreated", "ScaledUp", "BackupCompleted"} <= reasons, reasons
@@ -156,7 +156,7 @@ def test_namespaced_mode_with_its_own_rbac(env: Env) -> None:
     env.create("MOBackup", "b", backup_spec())
     st = env.wait_phase("MOBackup", "b", "Completed", "Failed")["status"]
     assert st["phase"] == "Completed", st
-    assert st["progress"]["bytesDone"] == st["progress"]["bytesTotal"]  # the Job's own Role allowed it
+    assert st["progress"]["bytesDone"] == st["progress"]["bytesTotal"]  # written by the operator
     backed_up = snapshot_tree(data)
     env.change(data, seed=4)
     env.create("MORestore", "r", restore_spec(backupName="b", overwrite=True))

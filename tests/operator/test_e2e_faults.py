@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from mo_e2e import Env
+from mo_e2e import Env, wait_for_blobs
 
 from mobackup.engine.verify import verify_backup
 
@@ -27,9 +27,9 @@ def job_pods(env: Env, job: str) -> list[dict[str, Any]]:
 
 
 def copying(env: Env, name: str) -> dict[str, Any]:
-    """Wait until the agent has reported some progress (the copy is under way)."""
-    return env.wait("MOBackup", name, lambda o: ((o.get("status") or {}).get("progress") or {}).get("bytesDone", 0) > 0,
-                    60, "progress reported")
+    """Wait until the agent has stored some blobs (the copy is under way)."""
+    wait_for_blobs(env.repository_options())
+    return env.wait_phase("MOBackup", name, "Running")
 
 
 def assert_repository_clean(env: Env) -> list[str]:

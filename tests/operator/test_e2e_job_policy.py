@@ -2,7 +2,9 @@
 allow-lists do not name fails the run with a reason and a Warning Event before anything starts;
 an allow-listed one runs; a pod security context with runAsUser 1000 is merged onto the hardened
 defaults, so the Job's pod is admitted by the real API server's PodSecurity admission in a namespace
-that enforces `restricted` (the real Job controller creates the pod; the pre-fix shape is not)."""
+that enforces `restricted` (the real Job controller creates the pod; the pre-fix shape is not).
+Issue 18: sandbox annotations, system priority classes and SELinux spc_t fail the run the same way;
+the Job pods mount no API token and their ServiceAccount may not patch any status."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import time
 from typing import Any
 
 import pytest
-from mo_e2e import Env, OperatorProcess
+from mo_e2e import JOB_SA, Env, OperatorProcess
 
+from cluster.kube_api import ApiError, KubeApi
 from mobackup.sample import generate_mo_data
 
 pytestmark = pytest.mark.cluster
@@ -52,6 +55,18 @@ def test_overrides_refused_without_allow_list(env: Env) -> None:
     env.create("MOBackup", "root", backup_spec(job={"securityContext": {"runAsUser": 0}}))
     st = failed_with_event(env, "MOBackup", "root")
     assert st["reason"] == "JobOverrideNotAllowed" and "runAsUser: 0" in st["message"]
+    # Issue 18: what would take the pod out of the restricted standard, whatever the spec says.
+    for name, job, field in (
+            ("apparmor", {"annotations": {"container.apparmor.security.beta.kubernetes.io/agent": "unconfined"}},
+             "spec.job.annotations['container.apparmor.security.beta.kubernetes.io/agent']"),
+            ("multus", {"annotations": {"k8s.v1.cni.cncf.io/networks": "host-net"}},
+             "spec.job.annotations['k8s.v1.cni.cncf.io/networks']"),
+            ("priority", {"priorityClassName": "system-node-critical"}, "spec.job.priorityClassName"),
+            ("selinux", {"securityContext": {"seLinuxOptions": {"type": "spc_t"}}},
+             "spec.job.securityContext.seLinuxOptions")):
+        env.create("MOBackup", name, backup_spec(job=job))
+        st = failed_with_event(env, "MOBackup", name)
+        assert st["reason"] == "JobOverrideNotAllowed" and field in st["message"], st
     # Refused before anything started: no Job, MatrixOne never stopped.
     assert jobs_of(env) == []
     assert env.replicas()[0] == 1
@@ -128,6 +143,22 @@ def test_run_as_user_1000_is_admitted_in_a_restricted_namespace(env: Env) -> Non
     assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
     csc = pods[0]["spec"]["containers"][0]["securityContext"]
     assert csc["allowPrivilegeEscalation"] is False and csc["capabilities"]["drop"] == ["ALL"]
+    # Issue 18: no API token in the pod (the ServiceAccount admission adds no kube-api-access volume),
+    # and the Job's ServiceAccount itself may not patch a status (it could steer the operator).
+    assert pods[0]["spec"]["automountServiceAccountToken"] is False
+    assert not [v for v in pods[0]["spec"].get("volumes") or [] if v["name"].startswith("kube-api-access")]
+    assert st["progress"]["bytesDone"] == st["progress"]["bytesTotal"] > 0  # written by the operator
+    token = env.api.create(f"/api/v1/namespaces/{env.ns}/serviceaccounts/{JOB_SA}/token",
+                           {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}})
+    as_job = KubeApi(env.cluster.api_url, token["status"]["token"], str(env.cluster.ca_file))
+    forged = {"status": {"scaledWorkload": {"kind": "StatefulSet", "name": "victim", "replicas": 0,
+                                            "scaledDownAt": "2026-01-01T00:00:00Z"}}}
+    with pytest.raises(ApiError) as denied:
+        as_job.merge_patch(env.path("MOBackup", "b") + "/status", forged)
+    assert denied.value.status == 403
+    with pytest.raises(ApiError) as denied:
+        as_job.get(env.path("MOBackup", "b"))
+    assert denied.value.status == 403
 
 
 def test_operator_identity_scales_only_through_the_scale_subresource(env: Env) -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mo_e2e import Env
+from mo_e2e import Env, wait_for_blobs
 
 from cluster import procs
 from cluster.s3 import S3Server, start_s3
+from mobackup.engine.repository import RepositoryOptions
 from mobackup.sample import snapshot_tree
 
 pytestmark = pytest.mark.cluster
@@ -67,8 +68,9 @@ def test_s3_server_killed_mid_upload_then_retry(env: Env, own_s3: S3Server) -> N
     spec = {"source": {"pvc": {"claimName": "mo-data"}, "workload": STS}, "storageRef": {"name": "s3"},
             "bandwidthLimit": "512Ki", "job": {"backoffLimit": 0}}
     env.create("MOBackup", "b1", spec)
-    env.wait("MOBackup", "b1", lambda o: ((o.get("status") or {}).get("progress") or {}).get("bytesDone", 0) > 0,
-             60, "upload under way")
+    wait_for_blobs(RepositoryOptions(  # the upload is under way
+        url=f"s3://{own_s3.bucket}/{env.ns}", s3_endpoint=own_s3.endpoint, s3_region=own_s3.region,
+        s3_path_style=True, s3_access_key_id=own_s3.access_key, s3_secret_access_key=own_s3.secret_key))
     own_s3.kill()
     st = failed_on_s3(env, "MOBackup", "b1", own_s3)
     print("mid-upload failure:", st["reason"], st["message"][:300])

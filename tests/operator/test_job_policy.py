@@ -88,12 +88,107 @@ def test_security_contexts_merge_onto_the_hardened_defaults() -> None:
     ({"containerSecurityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}}, "capabilities.add"),
     ({"securityContext": {"seccompProfile": {"type": "Unconfined"}}}, "seccompProfile.type 'Unconfined'"),
     ({"containerSecurityContext": {"procMount": "Unmasked"}}, "procMount"),
+    # issue 18: what the restricted standard forbids beyond the above, and the defaults it does not demand
+    ({"securityContext": {"runAsGroup": 0}}, r"securityContext.runAsGroup: 0 \(the root group\)"),
+    ({"containerSecurityContext": {"runAsGroup": 0}}, r"containerSecurityContext.runAsGroup: 0"),
+    ({"securityContext": {"fsGroup": 0}}, r"securityContext.fsGroup: 0"),
+    ({"securityContext": {"supplementalGroups": [1000, 0]}}, r"securityContext.supplementalGroups: 0"),
+    ({"containerSecurityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem: false"),
+    ({"securityContext": {"seLinuxOptions": {"type": "spc_t"}}}, r"securityContext.seLinuxOptions"),
+    ({"containerSecurityContext": {"seLinuxOptions": {"user": "system_u"}}},
+     r"containerSecurityContext.seLinuxOptions"),
+    ({"securityContext": {"appArmorProfile": {"type": "Unconfined"}}}, "appArmorProfile.type 'Unconfined'"),
+    ({"containerSecurityContext": {"appArmorProfile": {"type": "Unconfined"}}},
+     r"containerSecurityContext.appArmorProfile"),
+    ({"securityContext": {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "1"}]}}, r"securityContext.sysctls"),
 ])
 def test_security_contexts_never_weaken(job: dict[str, Any], message: str) -> None:
     with pytest.raises(jobs.JobPolicyError, match=message):
         build(job)
     with pytest.raises(jobs.JobPolicyError, match=message):
         jobs.check_overrides(models.JobOverrides(job), DEFAULTS)
+
+
+def test_restricted_values_that_stay_allowed() -> None:
+    pod = pod_of(build({"securityContext": {"runAsGroup": 1000, "supplementalGroups": [2000],
+                                            "seLinuxOptions": {"type": "container_t", "level": "s0:c1,c2"},
+                                            "appArmorProfile": {"type": "RuntimeDefault"}},
+                        "containerSecurityContext": {"appArmorProfile": {"type": "Localhost",
+                                                                         "localhostProfile": "mobackup"}}}))
+    assert pod["securityContext"]["seLinuxOptions"]["type"] == "container_t"
+    assert pod["containers"][0]["securityContext"]["appArmorProfile"]["type"] == "Localhost"
+
+
+# ------------------------------------------------------------------------------- priority classes
+
+@pytest.mark.parametrize("priority", ["system-node-critical", "system-cluster-critical", "high"])
+def test_priority_class_refused_by_default(priority: str) -> None:
+    with pytest.raises(jobs.JobPolicyError, match=f"spec.job.priorityClassName '{priority}' is not allowed: "
+                                                  "the operator allows no priority class override"):
+        build({"priorityClassName": priority})
+    with pytest.raises(jobs.JobPolicyError, match=r"jobOverrides\.allowedPriorityClasses"):
+        jobs.check_overrides(models.JobOverrides({"priorityClassName": priority}), DEFAULTS)
+
+
+def test_priority_class_from_the_chart_or_its_allow_list() -> None:
+    d = jobs.OperatorDefaults.from_env({"MOBACKUP_JOB_DEFAULTS": '{"priorityClassName": "backup"}',
+                                        "MOBACKUP_JOB_ALLOWED_PRIORITY_CLASSES": '["batch-*"]'})
+    assert d.allowed_priority_classes == ("batch-*",)
+    assert pod_of(build({}, d))["priorityClassName"] == "backup"  # the chart's default
+    assert pod_of(build({"priorityClassName": "backup"}, d))["priorityClassName"] == "backup"
+    assert pod_of(build({"priorityClassName": "batch-low"}, d))["priorityClassName"] == "batch-low"
+    with pytest.raises(jobs.JobPolicyError, match=r"only priority classes matching batch-\*"):
+        build({"priorityClassName": "system-node-critical"}, d)
+
+
+# ------------------------------------------------------------------------------- annotations
+
+@pytest.mark.parametrize("key", ["container.apparmor.security.beta.kubernetes.io/agent",
+                                 "seccomp.security.alpha.kubernetes.io/pod",
+                                 "container.seccomp.security.alpha.kubernetes.io/agent",
+                                 "security.alpha.kubernetes.io/unsafe-sysctls", "k8s.v1.cni.cncf.io/networks",
+                                 "v1.multus-cni.io/default-network", "io.kubernetes.cri-o.Devices",
+                                 "io.kubernetes.cri-o.userns-mode", "io.containerd.runc.v2"])
+def test_sandbox_annotations_never_reach_the_pod(key: str) -> None:
+    """Refused even when the chart allows every key: they change the pod's sandbox."""
+    anything = jobs.OperatorDefaults(image="reg/agent:1", service_account="job-sa", allowed_annotations=("*",))
+    escaped = key.replace(".", r"\.")
+    with pytest.raises(jobs.JobPolicyError, match=rf"spec.job.annotations\['{escaped}'\] is not allowed"):
+        build({"annotations": {key: "unconfined"}}, anything)
+    with pytest.raises(jobs.JobPolicyError, match="sandbox"):
+        jobs.check_overrides(models.JobOverrides({"annotations": {key: "x"}}), anything)
+
+
+def test_only_plain_annotation_keys_unless_allow_listed() -> None:
+    job = build({"annotations": {"team": "dba", "ticket_id": "42"}})
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"team": "dba", "ticket_id": "42"}
+    for key in ("cluster-autoscaler.kubernetes.io/safe-to-evict", "example.com/x", "kubernetes.io/egress-bandwidth"):
+        with pytest.raises(jobs.JobPolicyError, match=r"allows plain keys .* only .*jobOverrides\.allowedAnnotations"):
+            build({"annotations": {key: "1"}})
+    d = jobs.OperatorDefaults.from_env({"MOBACKUP_JOB_ALLOWED_ANNOTATIONS": '["cluster-autoscaler.kubernetes.io/*"]'})
+    assert d.allowed_annotations == ("cluster-autoscaler.kubernetes.io/*",)
+    evict = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+    assert build({"annotations": {evict: "false"}}, d)["spec"]["template"]["metadata"]["annotations"][evict] == "false"
+    with pytest.raises(jobs.JobPolicyError, match="keys matching cluster-autoscaler"):
+        build({"annotations": {"example.com/x": "1"}}, d)
+    # The chart's podAnnotations are the administrator's: not limited.
+    d = jobs.OperatorDefaults(job_defaults={"podAnnotations": {"sidecar.istio.io/inject": "false"}})
+    assert build({}, d)["spec"]["template"]["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+
+
+# ------------------------------------------------------------------------------- no API access
+
+def test_job_pods_get_no_api_token_and_patch_nothing() -> None:
+    """Issue 18: the pod reports through its termination message only (no token, no --kind/--name
+    for the agent's status patches), whatever the overrides."""
+    for job in (build({}), jobs.delete_job(OWNER, STORAGE, "id-1", models.JobOverrides(), DEFAULTS, source="s"),
+                jobs.restore_job(OWNER, models.parse_restore({"backupID": "x", "storageRef": {"name": "s3"},
+                                                                "target": {"pvc": {"claimName": "d"}}}),
+                                 STORAGE, "x", DEFAULTS)):
+        pod = pod_of(job)
+        assert pod["automountServiceAccountToken"] is False
+        args = pod["containers"][0]["args"]
+        assert not {"--kind", "--name", "--namespace"} & set(args)
 
 
 # ------------------------------------------------------------------------------- labels

@@ -264,16 +264,24 @@ def test_schedule_backup_body_protects_from_argo() -> None:
 # ------------------------------------------------------------------------------------------ workload, lease
 
 def test_workload_record_lives_on_the_run() -> None:
-    run = {"metadata": {"name": "b", "namespace": "ns", "uid": "u"}, "status": {"phase": "Running", "scaledWorkload": {
-        "kind": "StatefulSet", "name": "mo", "replicas": 3, "scaledDownAt": "2026-01-01T00:00:00Z"}}}
+    """The record is the run's metadata (annotation + finalizer); the workload is its spec's."""
+    run = {"kind": "MOBackup", "spec": BACKUP,
+           "metadata": {"name": "b", "namespace": "ns", "uid": "u", "finalizers": [workload.FINALIZER],
+                        "annotations": {workload.A_REPLICAS: "3"}}, "status": {"phase": "Running"}}
     assert workload.holds(run) and workload.holds(run, models.Workload("StatefulSet", "mo"))
     assert not workload.holds(run, models.Workload("Deployment", "mo"))
+    assert workload.held_replicas(run) == 3
     assert workload.run_active(run)
     run["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
     assert not workload.run_active(run)  # being deleted: the sweeper scales back
-    run["status"]["scaledWorkload"]["scaledUpAt"] = "2026-01-01T00:02:00Z"
+    del run["metadata"]["annotations"]
     assert not workload.holds(run)
     assert not workload.holds({"metadata": {}, "status": {"phase": "Running"}})
+    # A status record alone (what a status patch can write) holds nothing.
+    forged = {"kind": "MOBackup", "spec": BACKUP, "metadata": {"name": "b", "namespace": "ns", "uid": "u"},
+              "status": {"scaledWorkload": {"kind": "StatefulSet", "name": "mo", "replicas": 3,
+                                            "scaledDownAt": "2026-01-01T00:00:00Z"}}}
+    assert not workload.holds(forged)
 
 
 def test_lease_decide_and_name() -> None:
@@ -447,3 +455,23 @@ def test_s3_restore_targets_and_steps() -> None:
                          ({"target": {"cluster": {"name": "mo"}, "hostname": "mo-0"}}, "applies to a data volume")]:
         with pytest.raises(models.SpecError, match=message):
             models.parse_restore({"backupName": "b", **bad})
+
+
+# ------------------------------------------------------------------------- a run against its storage
+
+def test_storage_overlap_claims_prefixes_and_staging() -> None:
+    """A run may not mount the storage's PVC as its data, nor write over (or stage above) its prefix."""
+    pvc = models.parse_storage({"pvc": {"claimName": "repo"}})
+    message = models.storage_overlap(pvc, "st", claims={"spec.target.pvc.claimName": "repo"})
+    assert message and message.startswith("spec.target.pvc.claimName repo is the PVC of MOBackupStorage st")
+    assert models.storage_overlap(pvc, "st", claims={"spec.target.pvc.claimName": "mo-data", "log": None}) is None
+    s3 = models.parse_storage({"s3": {"bucket": "bk", "prefix": "/team/repo/"}})
+    for bucket, prefix, overlaps in [("bk", "team/repo", True), ("bk", "team", True), ("bk", "", True),
+                                     ("bk", "team/repo/blobs", True), ("bk", "team/repo2", False),
+                                     ("bk", "team/re", False), ("other", "team/repo", False)]:
+        found = models.storage_overlap(s3, "st", writes={"the target's data prefix": (bucket, prefix)})
+        assert bool(found) == overlaps, (bucket, prefix, found)
+    assert "would overwrite it" in str(models.storage_overlap(s3, "st", writes={"hk_data": ("bk", "team/repo/x")}))
+    assert "contains the repository" in str(models.storage_overlap(s3, "st", staging=("bk", "team")))
+    assert models.storage_overlap(s3, "st", staging=("bk", "team/repo/mobackup-staging")) is None  # inside: kept apart
+    assert models.storage_overlap(s3, "st", claims={"spec.source.pvc.claimName": "repo"}) is None

@@ -148,14 +148,12 @@ def test_namespaced_rbac_grants_nothing_cluster_wide_but_discovery() -> None:
         assert flatten(role["rules"]) == OPERATOR_RULES
     args = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args == ["operator", "--standalone", "--namespace=team-a", "--namespace=team-b"]
-    # Job pods' ServiceAccount + Role in each watched namespace, and only status rights.
-    job_roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "mo-backup-operator-job"]
-    assert sorted(r["metadata"]["namespace"] for r in job_roles) == ["team-a", "team-b"]
-    assert flatten(job_roles[0]["rules"]) == {
-        ("mobackup.io", "mobackups"): {"get"}, ("mobackup.io", "morestores"): {"get"},
-        ("mobackup.io", "mobackups/status"): {"get", "patch"}, ("mobackup.io", "morestores/status"): {"get", "patch"}}
+    # Job pods' ServiceAccount in each watched namespace, with no rights at all (issue 18: a Job that
+    # could patch statuses could steer the operator; the pods mount no token either).
     job_sas = [s for s in by_kind(docs, "ServiceAccount") if s["metadata"]["name"] == "mo-backup-operator-job"]
     assert sorted(s["metadata"]["namespace"] for s in job_sas) == ["team-a", "team-b"]
+    assert not [d for d in docs if d["kind"] in ("Role", "RoleBinding", "ClusterRoleBinding")
+                and "mo-backup-operator-job" in json.dumps(d)]
 
 
 def test_deployment_runs_the_operator_hardened() -> None:
@@ -196,6 +194,13 @@ def test_job_defaults_reach_the_operator_as_it_parses_them() -> None:
     assert d.job_defaults["nodeSelector"] == {"pool": "backup"}
     assert d.job_defaults["resources"]["limits"]["memory"] == "1Gi"
     assert d.job_defaults["activeDeadlineSeconds"] == 21600
+    assert (d.allowed_priority_classes, d.allowed_annotations) == ((), ())
+    docs = render("--set", "jobOverrides.allowedPriorityClasses={backup-*}",
+                  "--set", "jobOverrides.allowedAnnotations={cluster-autoscaler.kubernetes.io/*}")
+    d = OperatorDefaults.from_env({e["name"]: e["value"] for e in by_kind(docs, "Deployment")[0]["spec"]["template"]
+                                   ["spec"]["containers"][0]["env"] if "value" in e})
+    assert d.allowed_priority_classes == ("backup-*",)
+    assert d.allowed_annotations == ("cluster-autoscaler.kubernetes.io/*",)
 
 
 def test_monitoring_objects() -> None:

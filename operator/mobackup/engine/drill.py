@@ -31,6 +31,7 @@ from typing import Any
 import pymysql
 
 from .errors import MobackupError
+from .guards import checked_local_dir
 from .layout import log_hostnames
 from .progress import Progress
 from .repository import Repository
@@ -343,6 +344,8 @@ def run_drill(
     scratch = Path(tempfile.mkdtemp(prefix="mobackup-drill-", dir=scratch_parent))
     server: ScratchServer | None = None
     try:
+        # A fresh directory, but where the caller said: never inside (or the root of) the repository.
+        checked_local_dir(scratch, repo, "use as the drill's scratch directory")
         shutil.copytree(etc, scratch / "etc")
         started = time.monotonic()
         try:

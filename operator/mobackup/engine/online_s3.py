@@ -36,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import socket
 import tempfile
 import threading
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
+from .guards import check_s3_restore, check_staging_root, checked_local_dir
 from .manifest import UNPUBLISHED, ManifestChecker
 from .model import BackupSummary, iso, parse_iso, utc_now
 from .online import StagedBackup, StagedFile, choose_online_base, parse_staged_text
@@ -58,6 +60,7 @@ from .walk import remove_tree
 from .workers import BoundedWorkers
 
 STAGING_NAME = "mobackup-staging-"
+STAGING_RUN = re.compile(rf"{STAGING_NAME}[0-9a-f]{{16}}")  # the name staging_prefix gives a run's prefix
 LEASE_SECONDS = float(os.environ.get("MOBACKUP_STAGING_LEASE_SECONDS", "300"))
 LEASE_REFRESH = max(1.0, LEASE_SECONDS / 5)
 # The longest lease any writer sets: a sharded run's staging outlives its first step (stage_run).
@@ -538,6 +541,7 @@ def _staged_bytes(staged: StagedBackup) -> int:
 def staged_run(repo: Repository, session: Any, staging_root: S3Place, *, source: str, backup_type: str | None,
                base_id: str | None, server_endpoint: str | None = None,
                keep: bool = False) -> Iterator[tuple[S3Place, RunInfo, StagedBackup]]:
+    check_staging_root(repo, (staging_root.bucket, staging_root.prefix))
     base = choose_online_base(repo, source, backup_type, base_id)
     if base is not None and base.extra.get("resident") != "s3":
         raise MobackupError(f"backup {base.id} is of a data directory, not of an S3-resident cluster: an "
@@ -629,9 +633,15 @@ def _load_run(repo: Repository, run_id: str) -> RunInfo:
 
 
 def _staging_of(run: RunInfo, staging_root: S3Place) -> S3Place:
-    if not run.staging_url.startswith(staging_root.url + "/"):
-        raise MobackupError(f"run {run.run_id} staged into {run.staging_url}, not under {staging_root.url}")
-    return staging_root.under(run.staging_url[len(staging_root.url) + 1:])
+    """The run's staging prefix: the caller's staging root, and in it a name as staging_prefix gives.
+    The run record comes from the repository, which whoever can write the bucket can edit: any other
+    place it names (a cluster's data prefix) is never read, and never removed by the commit."""
+    url = run.staging_url
+    name = url[len(staging_root.url) + 1:] if url.startswith(staging_root.url + "/") else ""
+    if not STAGING_RUN.fullmatch(name):
+        raise MobackupError(f"run {run.run_id} names staging {url!r}, not a {STAGING_NAME}<16 hex digits> prefix "
+                            f"directly under {staging_root.url}: refusing to read or remove it")
+    return staging_root.under(name)
 
 
 def ingest_shard(repo: Repository, run_id: str, staging_root: S3Place, shard: int, shards: int,
@@ -653,8 +663,10 @@ def ingest_shard(repo: Repository, run_id: str, staging_root: S3Place, shard: in
 def commit_run(repo: Repository, run_id: str, staging_root: S3Place, shards: int) -> BackupSummary:
     """Step 3: after every shard's part is there and every blob they name exists, write the backup
     once (file list, then summary: the commit point); then remove the run record and the staging."""
+    check_staging_root(repo, (staging_root.bucket, staging_root.prefix))
     with repo.lock(exclusive=False, purpose=f"online backup run {run_id} commit", wait_seconds=60):
         run = _load_run(repo, run_id)
+        staging = _staging_of(run, staging_root)  # checked before anything is written or removed
         records: list[dict[str, Any]] = []
         totals = PartTotals()
         for shard in range(shards):
@@ -678,7 +690,6 @@ def commit_run(repo: Repository, run_id: str, staging_root: S3Place, shards: int
                                 "run the shards again, then commit")
         summary = commit_backup(repo, run, records, totals, shards=shards)
     repo.backend.delete([i.key for i in repo.backend.list(f"runs/{run_id}/")])
-    staging = _staging_of(run, staging_root)
     remove_staging(staging_root, staging.prefix.rsplit("/", 1)[-1])
     return summary
 
@@ -750,6 +761,12 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
     index, count = shard
     if not 0 <= index < count:
         raise MobackupError(f"shard {index} of {count}: the index must be 0..{count - 1}")
+    # Before anything is written or removed: never over the repository, a whole bucket or a system directory.
+    check_s3_restore(repo, (target.bucket, target.prefix),
+                     (hk_data_s3.bucket, hk_data_s3.prefix) if hk_data_s3 is not None and step != "shard" else None)
+    if local_fs_dir is not None and step != "shard":
+        local_fs_dir = checked_local_dir(Path(local_fs_dir), repo, "empty" if reset_local_fs else "write hk_data into",
+                                         emptied=reset_local_fs)
     progress = progress or NullProgress()
     clock = time.monotonic()
     with repo.lock(exclusive=False, purpose=f"restore of {backup_id} to {target.url}", wait_seconds=60):

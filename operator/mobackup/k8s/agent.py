@@ -1,8 +1,9 @@
 """`mobackup agent backup|restore|delete`: what a Job pod runs.
 
 Settings come from the args (nothing secret) and the environment (S3 keys, encryption key: env from
-Secrets). Progress is patched into the owning resource's `.status.progress` every few seconds; the
-result JSON goes to the termination message file (read back by the operator) and to stdout.
+Secrets). The result JSON goes to the termination message file (read back by the operator) and to
+stdout. The operator's Jobs have no API token and pass no --kind/--name: they patch nothing. Given
+those (by hand), progress is patched into that resource's `.status.progress` every few seconds.
 Exit codes: 0 ok, 1 expected failure (reason in the result), 2 unexpected error.
 """
 
@@ -172,6 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete")
     common(d)
     d.add_argument("--backup-id", required=True)
+    d.add_argument("--source", help="refuse unless the backup is of this source (the operator's delete Job)")
+    d.add_argument("--not-before", metavar="TIME", help="refuse unless the backup started after this ISO time")
     return p
 
 
@@ -296,9 +299,36 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
     from mobackup.engine.errors import BackupNotFound
     from mobackup.engine.prune import delete_backup
     try:
+        check_deletable(repo, args.backup_id, args.source, args.not_before)
         return {"ok": True, "action": "delete", "result": delete_backup(repo, args.backup_id).to_dict()}
     except BackupNotFound as e:  # deleted earlier (e.g. by `mobackup delete`): the goal is reached
         return {"ok": True, "action": "delete", "result": {"deleted": [], "note": str(e)}}
+
+
+class DeleteRefused(MobackupError):
+    """The backup to delete is not the run's (another source, or older than the run)."""
+
+
+# A pod's clock may lag the API server's, which stamped the MOBackup's creation.
+CLOCK_SKEW_SECONDS = 300
+
+
+def check_deletable(repo: Any, backup_id: str, source: str | None, not_before: str | None) -> None:
+    """The backup ID came from a Job's report (and a status): before deleting, the repository must
+    say it is exactly this ID (no prefix), of `source`, and started after `not_before`."""
+    if source is None and not_before is None:
+        return
+    from datetime import timedelta
+
+    from .status import parse_iso
+
+    summary = repo.load_summary(backup_id)  # exact: BackupNotFound when absent
+    if source is not None and summary.source != source:
+        raise DeleteRefused(f"backup {backup_id} is of source {summary.source!r}, not {source!r}")
+    earliest, started = parse_iso(not_before), parse_iso(summary.started_at)
+    if earliest and started and started < earliest - timedelta(seconds=CLOCK_SKEW_SECONDS):
+        raise DeleteRefused(f"backup {backup_id} started at {summary.started_at}, before the MOBackup "
+                            f"existed ({not_before})")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -141,6 +141,20 @@ def require_storage_ready(ctx: Ctx, ns: str, name: str) -> tuple[dict[str, Any],
     return obj, st
 
 
+def refuse_storage_overlap(storage_spec: models.StorageSpec, storage_name: str, **places: Any) -> None:
+    """Fail (StorageOverlap) a run whose data or target is its own repository (models.storage_overlap),
+    before any Job: the engine refuses too, but only once the Job runs, and not a PVC mounted twice."""
+    problem = models.storage_overlap(storage_spec, storage_name, **places)
+    if problem:
+        raise Fail("StorageOverlap", problem)
+
+
+def s3_place(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of an s3:// URL the operator built."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    return bucket, prefix.strip("/")
+
+
 def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
     ns, name, _ = meta(obj)
     old = obj.get("status") or {}
@@ -208,17 +222,17 @@ def job_outcome(ctx: Ctx, ns: str, job: dict[str, Any]) -> tuple[jobs.JobState, 
 
 
 def scale_back(ctx: Ctx, obj: dict[str, Any], w: models.Workload | None = None) -> None:
-    """Restore what this run's status.scaledWorkload recorded (no-op when it holds nothing)."""
+    """Restore what this run recorded in its metadata, on the workload its spec names (no-op when it
+    holds nothing; see workload.py)."""
+    held = workload.spec_workload(obj)
     n = workload.scale_back(ctx.kube, obj)
-    if n is not None:
-        sw = workload.record(obj)
-        events.emit(ctx.kube, obj, "Normal", "ScaledUp", f"{sw.get('kind')} {sw.get('name')} scaled back to "
-                                                         f"{n} replicas")
+    if n is not None and held is not None:
+        events.emit(ctx.kube, obj, "Normal", "ScaledUp", f"{held.kind} {held.name} scaled back to {n} replicas")
 
 
 def stop_workload(ctx: Ctx, obj: dict[str, Any], w: models.Workload) -> None:
-    """Scale to 0 through /scale and wait until its pods are gone. The replicas are recorded in
-    this run's status (and a finalizer set) BEFORE the scale-down, so they are never lost."""
+    """Scale to 0 through /scale and wait until its pods are gone. The replicas are recorded on
+    this run (annotation + finalizer, see workload.py) BEFORE the scale-down, so they are never lost."""
     ns, _, uid = meta(obj)
     if not workload.holds(obj, w):
         try:
@@ -232,7 +246,7 @@ def stop_workload(ctx: Ctx, obj: dict[str, Any], w: models.Workload) -> None:
                 raise Fail("WorkloadError", f"{w.kind} {ns}/{w.name} is already scaled down by {who}")
             raise Wait("WaitingForWorkload", f"{w.kind} {w.name} is still held down by the finished {who}; "
                                              "it is scaled back first")
-        workload.add_finalizer(ctx.kube, obj)
+        workload.hold(ctx.kube, obj, prev)
         patch_fields(ctx, obj, scaledWorkload={"kind": w.kind, "name": w.name, "replicas": prev,
                                                "scaledDownAt": status.iso()})
         events.emit(ctx.kube, obj, "Normal", "ScaledDown", f"{w.kind} {w.name} scaled from {prev} to 0")
@@ -271,6 +285,14 @@ def lease_s3_source(ctx: Ctx, obj: dict[str, Any], source: S3Source) -> None:
     """Record the resolved prefix (run_key reads it back on every later pass), then take its Lease."""
     patch_fields(ctx, obj, sharedStorage=source.shared.data_url)
     take_lease(ctx, obj, source.shared.data_url)
+
+
+def run_job_name(obj: dict[str, Any], action: str) -> str:
+    """The Job a run follows: status.jobName only when it is one of the run's own (derived) names, so
+    a patched status cannot point the operator at another Job's result."""
+    owner = owner_of(obj)
+    name = (obj.get("status") or {}).get("jobName")
+    return str(name) if name in jobs.run_job_names(owner) else jobs.job_name(owner, action)
 
 
 def create_job(ctx: Ctx, obj: dict[str, Any], body: dict[str, Any]) -> str:
@@ -394,6 +416,9 @@ def start_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None
     if spec.volume is None:
         start_s3_backup(ctx, obj, spec, st)
         return
+    refuse_storage_overlap(st, spec.storage, claims={
+        "spec.source.pvc.claimName": spec.volume.claim,
+        "the snapshot's clone PVC": snapshot.names(owner_of(obj))[1] if spec.consistency == "Snapshot" else None})
     storage.require_pvc(ctx.kube, ns, spec.volume.claim, "source")
     base_id = resolve_base(ctx, obj, spec)
     if spec.sql:
@@ -478,6 +503,7 @@ def start_s3_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec, st: 
     ns, _, _ = meta(obj)
     base_id = resolve_base(ctx, obj, spec)
     source = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql)
+    refuse_storage_overlap(st, spec.storage, staging=s3_place(jobs.staging_url(spec, source.shared)))
     if source.sql is None:
         raise Wait("WaitingForCluster", f"MatrixOneCluster {spec.cluster} reports no SQL endpoint yet (status.host "
                                         "and status.credentialRef are set once it is Ready); or give source.sql")
@@ -537,6 +563,11 @@ def start_s3_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec, st
         raise Fail("ClusterRunning", f"MatrixOneCluster {spec.cluster} still asks for pods ({sets}): set every "
                                      "set's replicas to 0 (and spec.logService.pvcRetentionPolicy Retain if its "
                                      "volumes must stay), then create the MORestore again")
+    shared = source.shared
+    refuse_storage_overlap(
+        st, storage_name, claims={"spec.target.logVolume.claimName": spec.log_volume and spec.log_volume.claim},
+        writes={"the target's data prefix": (shared.bucket, shared.key_prefix),
+                "the ID allocator state (hk_data)": (shared.bucket, shared.key("hk_data"))})
     if spec.log_volume is not None:
         storage.require_pvc(ctx.kube, ns, spec.log_volume.claim, "target.logVolume")
     lease_s3_source(ctx, obj, source)
@@ -558,10 +589,11 @@ def s3_restore_finalize(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec)
     """Every shard uploaded its objects: the Job that checks them all, removes the others (overwrite)
     and writes the ID allocator state."""
     ns, _, _ = meta(obj)
-    st = obj.get("status") or {}
-    _, storage_spec = get_storage(ctx, ns, str(st.get("storage")))
+    # Resolved again from the (immutable) spec, not read back from the status.
+    backup_id, storage_name, _ = resolve_restore_backup(ctx, ns, spec)
+    _, storage_spec = get_storage(ctx, ns, storage_name)
     source = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql_check)
-    body = jobs.s3_restore_job(owner_of(obj), spec, storage_spec, str(st.get("backupID")), source.shared,
+    body = jobs.s3_restore_job(owner_of(obj), spec, storage_spec, backup_id, source.shared,
                                source.sql_endpoints, ctx.defaults, "finalize")
     job_name = create_job(ctx, obj, body)
     message = f"all {spec.parallel_pods} shards uploaded; Job {job_name} completes the restore"
@@ -616,7 +648,7 @@ def sql_checkpoint(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> st
 def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None:
     ns, _, _ = meta(obj)
     st = obj.get("status") or {}
-    job_name = st.get("jobName") or jobs.job_name(owner_of(obj), "backup")
+    job_name = run_job_name(obj, "backup")
     w = spec.workload if spec.consistency == "Stop" else None
     key = run_key(obj, spec)
     try:
@@ -639,6 +671,7 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
         result = summary_from_repository(ctx, obj, spec)
     if result and result.get("ok"):
         fields = status.backup_result_fields(result.get("result") or {})
+        record_backup_id(ctx, obj, fields.get("backupID"))
         finish(ctx, obj, key, w, True, "BackupCompleted",
                f"backup {fields.get('backupID')} completed: {fields.get('size')} in {fields.get('fileCount')} "
                f"files, {fields.get('newBytes')} new bytes", attempts=state.attempts, **fields)
@@ -698,14 +731,45 @@ def record_success_metrics(ctx: Ctx, obj: dict[str, Any]) -> None:
                         source=source)
 
 
+A_BACKUP_ID = "mobackup.io/backup-id"
+
+
+def record_backup_id(ctx: Ctx, obj: dict[str, Any], backup_id: Any) -> None:
+    """Write the backup ID into the MOBackup's metadata too: what deletion, restores and drills act on
+    must be what the operator recorded, and neither a Job nor a status patch can write metadata."""
+    if not backup_id:
+        return
+    ns, name, _ = meta(obj)
+    try:
+        updated = ctx.kube.patch_cr(obj["kind"], ns, name, {"metadata": {"annotations": {A_BACKUP_ID: str(backup_id)}}})
+    except NotFound:
+        return
+    obj["metadata"] = updated.get("metadata") or obj["metadata"]  # with the new resourceVersion
+
+
+def recorded_backup_id(obj: dict[str, Any]) -> str | None:
+    """The ID of a Completed MOBackup's backup; None without one. Raises Fail when status.backupID is
+    not the ID the operator recorded in metadata (the status was patched by someone else). A MOBackup
+    completed before that record existed has only its status: the Jobs then check the backup in the
+    repository (delete: --source, --not-before)."""
+    st = obj.get("status") or {}
+    if st.get("phase") != "Completed" or not st.get("backupID"):
+        return None
+    recorded = (obj["metadata"].get("annotations") or {}).get(A_BACKUP_ID)
+    if recorded is not None and recorded != st["backupID"]:
+        raise Fail("BackupIDMismatch", f"MOBackup {obj['metadata']['name']}: status.backupID {st['backupID']!r} "
+                                       f"is not the backup the operator recorded ({recorded!r})")
+    return str(st["backupID"])
+
+
 def cleanup_run(ctx: Ctx, obj: dict[str, Any]) -> None:
     """The resource is being deleted (or is gone): stop the Job if still active, scale back what it
     holds down (which also drops its finalizer), release its Lease."""
     ns, _, _ = meta(obj)
     st = obj.get("status") or {}
     active = st.get("phase") in ("Pending", "Running")
-    if active and st.get("jobName"):
-        ctx.kube.delete_job(ns, st["jobName"])
+    if active or workload.holds(obj):
+        workload.delete_jobs(ctx.kube, obj)  # its own Jobs by name, whatever the status says
     try:
         scale_back(ctx, obj)
     except Exception as e:
@@ -725,9 +789,12 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     """deletionPolicy Delete: run (or follow) the delete Job. (done, message)."""
     ns, _name, _ = meta(obj)
     cleanup_run(ctx, obj)
-    st = obj.get("status") or {}
-    backup_id = st.get("backupID")
-    if not backup_id or st.get("phase") != "Completed":
+    try:
+        backup_id = recorded_backup_id(obj)
+    except Fail as e:  # deleting what a patched status names could remove another backup: keep the data
+        events.emit(ctx.kube, obj, "Warning", e.reason, f"{e}; nothing deleted")
+        return True, f"not deleted: {e}"
+    if not backup_id:
         return True, "no backup data to delete"
     spec = models.parse_backup(obj.get("spec") or {}, ns)
     try:
@@ -736,7 +803,8 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
         return False, f"cannot delete backup {backup_id}: {e}"
     owner = owner_of(obj)
     try:
-        body = jobs.delete_job(owner, stg, backup_id, spec.job, ctx.defaults)
+        body = jobs.delete_job(owner, stg, backup_id, spec.job, ctx.defaults, source=spec.source_name,
+                               not_before=obj["metadata"].get("creationTimestamp"))
     except jobs.JobPolicyError as e:
         message = f"cannot delete backup {backup_id}: {e}"
         if (obj.get("status") or {}).get("message") != message:
@@ -773,6 +841,10 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     ctx.metrics.inc("mobackup_failures_total", kind="Delete", namespace=ns)
     if result and result.get("reason") == "BackupNotFound":
         return True, "already absent"
+    if result and result.get("reason") == "DeleteRefused":  # not this MOBackup's backup: keep it
+        message = f"backup {backup_id} not deleted: {result.get('error')}"
+        events.emit(ctx.kube, obj, "Warning", "DeleteRefused", message)
+        return True, message
     message = f"deletion of backup {backup_id}: {(result or {}).get('error') or fallback}"
     patch_fields(ctx, obj, reason="DeleteFailed", message=message)
     events.emit(ctx.kube, obj, "Warning", "DeleteFailed", message)
@@ -800,7 +872,7 @@ def completed_backup(ctx: Ctx, ns: str, name: str, reasons: tuple[str, str, str]
     st = backup.setdefault("status", {}) or {}
     if st.get("phase") in RUN_ACTIVE:
         raise Wait(running, f"{label} {name} is {st.get('phase') or 'Pending'}")
-    if st.get("phase") != "Completed" or not st.get("backupID"):
+    if not recorded_backup_id(backup):
         raise Fail(unfinished, f"{label} {name} is {st.get('phase')}, not Completed")
     return backup
 
@@ -832,6 +904,7 @@ def start_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> No
     if spec.volume is None:
         start_s3_restore(ctx, obj, spec, st, backup_id, storage_name, backup_ts)
         return
+    refuse_storage_overlap(st, storage_name, claims={"spec.target.pvc.claimName": spec.volume.claim})
     storage.require_pvc(ctx.kube, ns, spec.volume.claim, "target")
     take_lease(ctx, obj, spec.volume.claim)
     if spec.workload:
@@ -850,7 +923,7 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
     if st.get("reason") == "CheckingSQL":
         sql_check_pass(ctx, obj, spec)
         return
-    job_name = st.get("jobName") or jobs.job_name(owner_of(obj), "restore")
+    job_name = run_job_name(obj, "restore")
     try:
         job = ctx.kube.get_job(ns, job_name)
     except NotFound:

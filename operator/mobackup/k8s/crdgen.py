@@ -94,6 +94,14 @@ def sql_endpoint(description: str) -> Schema:
     }, ["host", "passwordSecretRef"])
 
 
+def s3_keys_ref(description: str) -> Schema:
+    return obj(description, {
+        "name": s("Name of the Secret, in the same namespace.", pattern=DNS_SUBDOMAIN),
+        "accessKeyIDKey": s("Key of the access key ID.", default="AWS_ACCESS_KEY_ID", pattern=SECRET_KEY),
+        "secretAccessKeyKey": s("Key of the secret access key.", default="AWS_SECRET_ACCESS_KEY", pattern=SECRET_KEY),
+    }, ["name"])
+
+
 def job_overrides() -> Schema:
     return obj("Overrides of the pod of the Job that does the copy (the agent).", {
         "image": s("Image of the agent (default: the operator's agent image). Refused (Failed, reason "
@@ -111,19 +119,23 @@ def job_overrides() -> Schema:
         "affinity": free_object("Affinity of the agent pod (core/v1 Affinity)."),
         "securityContext": free_object("Pod security context (core/v1 PodSecurityContext), merged onto the "
                                        "defaults (runAsNonRoot, uid/gid 65532, seccomp RuntimeDefault). "
-                                       "runAsUser 0, runAsNonRoot false or an Unconfined seccomp profile "
-                                       "fail the run (JobOverrideNotAllowed)."),
+                                       "runAsUser 0, runAsNonRoot false, group 0 (runAsGroup, fsGroup, "
+                                       "supplementalGroups), an Unconfined seccomp or AppArmor profile, SELinux "
+                                       "options beyond a container_* type, or sysctls fail the run "
+                                       "(JobOverrideNotAllowed): the pod stays within Pod Security restricted."),
         "containerSecurityContext": free_object("Container security context (core/v1 SecurityContext), merged "
                                                 "onto the defaults (non-root, read-only root file system, "
                                                 "allowPrivilegeEscalation false, capabilities drop ALL, seccomp "
-                                                "RuntimeDefault); weakening any of them fails the run "
-                                                "(JobOverrideNotAllowed)."),
-        "serviceAccountName": s("ServiceAccount of the agent pod; it needs get/patch on the status of "
-                                "mobackups and morestores in this namespace (progress reports). Refused "
-                                "(JobOverrideNotAllowed) unless the operator's allow-list (chart value "
-                                "jobOverrides.allowedServiceAccounts) matches it.",
+                                                "RuntimeDefault); weakening any of them, group 0, an Unconfined "
+                                                "AppArmor profile or SELinux options beyond a container_* type fail "
+                                                "the run (JobOverrideNotAllowed)."),
+        "serviceAccountName": s("ServiceAccount of the agent pod; it needs no rights (the pod mounts no API "
+                                "token). Refused (JobOverrideNotAllowed) unless the operator's allow-list (chart "
+                                "value jobOverrides.allowedServiceAccounts) matches it.",
                                 pattern=DNS_SUBDOMAIN),
-        "priorityClassName": s("Priority class of the agent pod."),
+        "priorityClassName": s("Priority class of the agent pod. Refused (JobOverrideNotAllowed) unless it is the "
+                               "chart's jobDefaults.priorityClassName or the operator's allow-list (chart value "
+                               "jobOverrides.allowedPriorityClasses) matches it."),
         "activeDeadlineSeconds": s("Deadline of the Job; when it passes the backup or restore fails.",
                                    "integer", minimum=1),
         "backoffLimit": s("Retries of the agent pod before the Job fails (default: the operator's "
@@ -134,7 +146,11 @@ def job_overrides() -> Schema:
                    "operator (mobackup.io/*, app.kubernetes.io/*) and of the Job controller (job-name, "
                    "batch.kubernetes.io/*) are ignored: the operator's labels win.",
                    "additionalProperties": {"type": "string"}},
-        "annotations": {"type": "object", "description": "Extra annotations of the Job and its pod.",
+        "annotations": {"type": "object", "description": "Extra annotations of the Job and its pod. Plain keys "
+                        "(no '.' or '/') only, unless the operator's allow-list (chart value "
+                        "jobOverrides.allowedAnnotations) matches the key; sandbox annotations (AppArmor, seccomp, "
+                        "sysctls, Multus networks, container runtime keys) are always refused "
+                        "(JobOverrideNotAllowed).",
                         "additionalProperties": {"type": "string"}},
     })
 
@@ -153,13 +169,14 @@ def conditions() -> Schema:
 
 
 def progress() -> Schema:
-    return obj("Progress of the running copy, updated every few seconds by the agent.", {
+    return obj("Progress of the copy, written by the operator from the Job's result (Jobs have no API "
+               "access).", {
         "bytesDone": s("Bytes processed so far.", "integer"),
         "bytesTotal": s("Bytes to process in total.", "integer"),
         "filesDone": s("Files processed so far.", "integer"),
         "filesTotal": s("Files to process in total.", "integer"),
         "percent": s("Percent of bytes processed (0-100).", "integer"),
-        "updatedAt": s("When the agent last reported.", format="date-time"),
+        "updatedAt": s("When it was written.", format="date-time"),
     })
 
 
@@ -252,12 +269,7 @@ def storage_crd() -> Schema:
                         }, **{"x-kubernetes-validations": [{
                             "rule": "has(self.configMapRef) != has(self.secretRef)",
                             "message": "caBundle needs exactly one of configMapRef or secretRef"}]}),
-        "credentialsSecretRef": obj("Secret with the access keys (passed to Jobs as env from the Secret).", {
-            "name": s("Name of the Secret, in the same namespace.", pattern=DNS_SUBDOMAIN),
-            "accessKeyIDKey": s("Key of the access key ID.", default="AWS_ACCESS_KEY_ID", pattern=SECRET_KEY),
-            "secretAccessKeyKey": s("Key of the secret access key.", default="AWS_SECRET_ACCESS_KEY",
-                                    pattern=SECRET_KEY),
-        }, ["name"]),
+        "credentialsSecretRef": s3_keys_ref("Secret with the access keys (passed to Jobs as env from the Secret)."),
     }, ["bucket"])
     pvc = obj("A PersistentVolumeClaim holding the repository (mounted by every Job that uses it).", {
         "claimName": s("Name of the PersistentVolumeClaim, in the same namespace.", pattern=DNS_SUBDOMAIN),
@@ -667,6 +679,10 @@ def drill_crd() -> Schema:
             "passwordSecretRef": secret_key_ref("Secret holding the password (default: MatrixOne's initial "
                                                 "root password 111).", "password"),
         }),
+        "readOnlyCredentialsSecretRef": s3_keys_ref(
+            "S3 keys of the checker container, which runs beside the restored MatrixOne and only reads the "
+            "backup's catalog from the repository: give a key that can only read the repository (default: the "
+            "storage's keys). The restore container keeps the storage's keys (it takes a lock in the repository)."),
     }, [], **{"x-kubernetes-validations": [
         {"rule": "(has(self.backupName) ? 1 : 0) + (has(self.backupID) ? 1 : 0) + (has(self.source) ? 1 : 0) == 1",
          "message": "set exactly one of backupName, backupID or source"},

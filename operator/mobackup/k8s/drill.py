@@ -8,7 +8,10 @@ One pass (controller-style, state in status) does:
     `drill.matrixOne` values; hostname = the source pod's for a cold backup, since the log service
     is bound to it),
   * runs the checker beside it (mobackup.k8s.drillcheck: waits for SQL on 127.0.0.1, checks the
-    recorded catalog and the user's queries, writes the outcome as its termination message);
+    recorded catalog and the user's queries, writes the outcome as its termination message). It
+    parses what the restored server answers, so it gets the least: no scratch volume, a PVC
+    repository read-only, and spec.readOnlyCredentialsSecretRef's S3 keys when given;
+  * no container gets an API token (the pod reports through termination messages only);
 - Running: reads the restore and checker containers' outcome from the pod; the Job's
   activeDeadlineSeconds (timeoutSeconds) bounds a server that never answers;
 - Completed/Failed: records every check, durations, the MatrixOne version, Events and metrics,
@@ -30,6 +33,7 @@ from typing import Any
 from . import controller, jobs, models, status
 from .controller import Ctx, Fail, Wait, meta, owner_of, transition
 from .kube import Conflict, NotFound
+from .storage import pvc_made_for
 
 log = logging.getLogger("mobackup.drill")
 
@@ -90,6 +94,9 @@ class DrillSpec:
     password: models.SecretKey | None
     sql_port: int = 6001
     job: models.JobOverrides = field(default_factory=models.JobOverrides)
+    # S3 keys of the checker (a read-only key); None: the storage's.
+    read_only_credentials: models.SecretKey | None = None
+    read_only_secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
 
 
 def parse_drill(spec: dict[str, Any]) -> DrillSpec:
@@ -113,6 +120,7 @@ def parse_drill(spec: dict[str, Any]) -> DrillSpec:
         raise models.SpecError("spec.timeoutSeconds must be at least 30")
     sql = spec.get("sql") or {}
     password = sql.get("passwordSecretRef")
+    ro = spec.get("readOnlyCredentialsSecretRef") or {}
     return DrillSpec(
         backup_name=models._name(name, "spec.backupName") if name else None, backup_id=bid,
         storage=models._name(storage, "spec.storageRef.name") if storage else None, source=source or None,
@@ -120,6 +128,10 @@ def parse_drill(spec: dict[str, Any]) -> DrillSpec:
         hostname=spec.get("hostname") or None, sql_user=str(sql.get("user") or "root"),
         password=models._secret_key(password, "spec.sql.passwordSecretRef", "password") if password else None,
         sql_port=int(sql.get("port") or 6001),
+        read_only_credentials=models.SecretKey(
+            models._name(ro["name"], "spec.readOnlyCredentialsSecretRef.name"),
+            str(ro.get("accessKeyIDKey") or "AWS_ACCESS_KEY_ID")) if ro.get("name") else None,
+        read_only_secret_key_key=str(ro.get("secretAccessKeyKey") or "AWS_SECRET_ACCESS_KEY"),
     )
 
 
@@ -161,10 +173,9 @@ def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, b
     pod = job["spec"]["template"]["spec"]
     restore = pod["containers"][0]
     restore["name"] = RESTORE
-    # The Job ServiceAccount may not patch drills: no progress reports from the restore.
+    # No API token in the pod: no progress reports from the restore (it reports in its termination message).
     restore["args"] = [*restore["args"], "--progress-interval", "0"]
-    checker = {k: v for k, v in restore.items() if k not in ("args", "command")}
-    checker["name"] = CHECKER
+    checker = _checker_container(restore, spec, storage)
     checker["command"] = ["python", "-m", "mobackup.k8s.drillcheck"]
     repo = restore["args"][restore["args"].index("--repo") + 1]
     checker["args"] = ["--repo", repo, "--backup-id", backup_id, "--sql-user", spec.sql_user,
@@ -172,8 +183,8 @@ def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, b
                        "--timeout", str(spec.timeout), "--checks", json.dumps(list(spec.checks)),
                        "--termination-log", jobs.TERMINATION_LOG]
     if spec.password:
-        checker["env"] = [*checker["env"], {"name": "MOBACKUP_SQL_PASSWORD", "valueFrom": {
-            "secretKeyRef": {"name": spec.password.name, "key": spec.password.key}}}]
+        checker["env"] = [*checker["env"], jobs.secret_env("MOBACKUP_SQL_PASSWORD", spec.password.name,
+                                                           spec.password.key)]
     matrixone: dict[str, Any] = {
         "name": MATRIXONE, "image": mo.image, "command": list(mo.command), "args": list(mo.args),
         "workingDir": mo.working_dir,
@@ -190,6 +201,22 @@ def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, b
     return job
 
 
+def _checker_container(restore: dict[str, Any], spec: DrillSpec, storage: models.StorageSpec) -> dict[str, Any]:
+    """The restore container's settings minus what the checker, which parses the restored server's
+    answers, does not need: the scratch volume (it talks SQL) and write access to the repository (a
+    PVC repository mounted read-only; for S3, spec.readOnlyCredentialsSecretRef's keys when given)."""
+    checker = {k: v for k, v in restore.items() if k not in ("args", "command")}
+    checker["name"] = CHECKER
+    checker["volumeMounts"] = [{**m, "readOnly": True} if m["name"] == "repository" else m
+                               for m in restore["volumeMounts"] if m["name"] != "data"]
+    ro = spec.read_only_credentials
+    if ro is not None and storage.s3:
+        keys = {"AWS_ACCESS_KEY_ID": ro.key, "AWS_SECRET_ACCESS_KEY": spec.read_only_secret_key_key}
+        checker["env"] = [*(e for e in restore["env"] if e["name"] not in keys),
+                          *(jobs.secret_env(name, ro.name, key) for name, key in keys.items())]
+    return checker
+
+
 # ------------------------------------------------------------------------------------------ passes
 
 def resolve_backup(ctx: Ctx, ns: str, spec: DrillSpec) -> tuple[str, str, str | None, dict[str, Any] | None]:
@@ -201,8 +228,7 @@ def resolve_backup(ctx: Ctx, ns: str, spec: DrillSpec) -> tuple[str, str, str | 
         backup = controller.completed_backup(ctx, ns, spec.backup_name, controller.RESTORE_REASONS, "MOBackup")
     else:
         done = [b for b in ctx.kube.list_cr("MOBackup", ns)
-                if (b.get("status") or {}).get("phase") == "Completed"
-                and (b.get("status") or {}).get("source") == spec.source and (b.get("status") or {}).get("backupID")]
+                if (b.get("status") or {}).get("source") == spec.source and _recorded(b)]
         if spec.storage:
             done = [b for b in done if ((b.get("spec") or {}).get("storageRef") or {}).get("name") == spec.storage]
         if not done:
@@ -211,6 +237,14 @@ def resolve_backup(ctx: Ctx, ns: str, spec: DrillSpec) -> tuple[str, str, str | 
     bst = backup["status"]
     storage_name = ((backup.get("spec") or {}).get("storageRef") or {}).get("name") or bst.get("storage")
     return str(bst["backupID"]), str(storage_name), backup["metadata"]["name"], backup
+
+
+def _recorded(backup: dict[str, Any]) -> bool:
+    """A Completed MOBackup whose backup ID is the one the operator recorded."""
+    try:
+        return controller.recorded_backup_id(backup) is not None
+    except Fail:
+        return False
 
 
 def source_hostname(backup: dict[str, Any] | None, ns: str) -> str | None:
@@ -264,8 +298,14 @@ def start(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec, mo: MatrixOneSettings)
     _, storage_spec = controller.require_storage_ready(ctx, ns, storage_name)
     hostname = spec.hostname or source_hostname(backup, ns)
     owner = owner_of(obj)
-    with contextlib.suppress(Conflict):  # made by an earlier pass
+    claim = scratch_claim_name(owner)
+    controller.refuse_storage_overlap(storage_spec, storage_name, claims={"the drill's scratch PVC": claim})
+    try:
         ctx.kube.create_pvc(ns, scratch_pvc(owner, spec))
+    except Conflict:  # made by an earlier pass; never someone else's of that name
+        if pvc_made_for(ctx.kube, ns, claim, owner.uid) is False:
+            raise Fail("ScratchClaimTaken", f"PVC {claim} exists and was not made for this drill: refusing to "
+                                            "restore into it (or to delete it afterwards)") from None
     body = drill_job(owner, spec, storage_spec, backup_id, hostname, ctx.defaults, mo)
     job_name = controller.create_job(ctx, obj, body)
     ctx.metrics.inc("mobackup_runs_total", kind=KIND, namespace=ns)
@@ -293,7 +333,7 @@ def _seconds(term: dict[str, Any]) -> float | None:
 def follow(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec) -> None:
     ns, _, _ = meta(obj)
     st = obj.get("status") or {}
-    job_name = str(st.get("jobName"))
+    job_name = jobs.job_name(owner_of(obj), "drill")  # derived: never a Job a patched status names
     try:
         job = ctx.kube.get_job(ns, job_name)
     except NotFound:
@@ -391,7 +431,8 @@ def cleanup(ctx: Ctx, obj: dict[str, Any], record: bool = True) -> bool:
         log.warning("drill %s/%s: deleting the Job failed: %s", ns, owner.name, e)
         gone = False
     try:
-        ctx.kube.delete_pvc(ns, scratch_claim_name(owner))
+        if pvc_made_for(ctx.kube, ns, scratch_claim_name(owner), owner.uid):  # never another's of that name
+            ctx.kube.delete_pvc(ns, scratch_claim_name(owner))
     except NotFound:
         pass
     except Exception as e:

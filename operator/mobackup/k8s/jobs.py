@@ -5,9 +5,15 @@ args carry nothing secret. The data volume is mounted at a fixed path; the pod r
 read-only root file system and an emptyDir /tmp (the engine's scratch space).
 
 `spec.job` is input from whoever may create an MOBackup/MORestore, and the pod it shapes mounts the
-data volume: it may not pick another image or ServiceAccount unless the operator's allow-lists
-(chart value `jobOverrides`) name it, its security contexts are merged onto the hardened defaults
-and may not weaken them, and its labels never replace the operator's (`JobPolicyError` otherwise).
+data volume: it may not pick another image, ServiceAccount or priority class unless the operator's
+allow-lists (chart value `jobOverrides`) name it, its security contexts are merged onto the hardened
+defaults and may not leave the `restricted` Pod Security Standard (nor drop the read-only root file
+system, nor use group 0), its annotations are limited (SANDBOX_ANNOTATIONS never, keys other than
+plain names only when allow-listed), and its labels never replace the operator's (`JobPolicyError` otherwise).
+
+The pods get no API token (automountServiceAccountToken: false): a Job reports only through its
+termination message, which the operator parses, so nothing a Job runs can write the status the
+operator acts on (the Job ServiceAccount has no rights at all).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import fnmatch
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +76,10 @@ class OperatorDefaults:
     # (MOBACKUP_JOB_ALLOWED_IMAGES / _SERVICE_ACCOUNTS, JSON lists). Empty: no override at all.
     allowed_images: tuple[str, ...] = ()
     allowed_service_accounts: tuple[str, ...] = ()
+    # spec.job.priorityClassName values (besides the chart's jobDefaults one) and prefixed
+    # spec.job.annotations keys that runs may set (MOBACKUP_JOB_ALLOWED_PRIORITY_CLASSES / _ANNOTATIONS).
+    allowed_priority_classes: tuple[str, ...] = ()
+    allowed_annotations: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorDefaults:
@@ -84,7 +95,9 @@ class OperatorDefaults:
                    service_account=env.get("MOBACKUP_JOB_SERVICE_ACCOUNT") or None,
                    job_defaults=defaults, command=command or ("mobackup",),
                    allowed_images=_string_list(env.get("MOBACKUP_JOB_ALLOWED_IMAGES")),
-                   allowed_service_accounts=_string_list(env.get("MOBACKUP_JOB_ALLOWED_SERVICE_ACCOUNTS")))
+                   allowed_service_accounts=_string_list(env.get("MOBACKUP_JOB_ALLOWED_SERVICE_ACCOUNTS")),
+                   allowed_priority_classes=_string_list(env.get("MOBACKUP_JOB_ALLOWED_PRIORITY_CLASSES")),
+                   allowed_annotations=_string_list(env.get("MOBACKUP_JOB_ALLOWED_ANNOTATIONS")))
 
 
 def _string_list(text: str | None) -> tuple[str, ...]:
@@ -121,6 +134,13 @@ def job_name(owner: Owner, action: str) -> str:
     return f"{prefix}-{action}-{digest}"
 
 
+def run_job_names(owner: Owner) -> tuple[str, ...]:
+    """Every name the Jobs of a run can have (job_name is deterministic): the only Jobs the operator
+    follows or deletes for it, whatever its status names. Not the delete Job (data deletion)."""
+    actions = {"MOBackup": S3_STEPS, "MORestore": S3_RESTORE_STEPS, "MORestoreDrill": ("drill",)}
+    return tuple(job_name(owner, a) for a in actions.get(owner.kind, ()))
+
+
 def repo_url(storage: StorageSpec) -> str:
     if storage.s3:
         prefix = storage.s3.prefix.strip("/")
@@ -129,7 +149,7 @@ def repo_url(storage: StorageSpec) -> str:
     return f"{REPO_MOUNT}/{storage.pvc.path}".rstrip("/.") if storage.pvc.path != "." else REPO_MOUNT
 
 
-def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
@@ -147,8 +167,8 @@ def storage_env_and_volumes(storage: StorageSpec) -> tuple[list[dict[str, Any]],
         if s3.path_style:
             env.append({"name": "MOBACKUP_S3_PATH_STYLE", "value": "1"})
         if s3.credentials_secret:
-            env.append(_secret_env("AWS_ACCESS_KEY_ID", s3.credentials_secret, s3.access_key_key))
-            env.append(_secret_env("AWS_SECRET_ACCESS_KEY", s3.credentials_secret, s3.secret_key_key))
+            env.append(secret_env("AWS_ACCESS_KEY_ID", s3.credentials_secret, s3.access_key_key))
+            env.append(secret_env("AWS_SECRET_ACCESS_KEY", s3.credentials_secret, s3.secret_key_key))
         ca = s3.ca_configmap or s3.ca_secret
         if ca:
             src: dict[str, Any]
@@ -164,7 +184,7 @@ def storage_env_and_volumes(storage: StorageSpec) -> tuple[list[dict[str, Any]],
         volumes.append({"name": "repository", "persistentVolumeClaim": {"claimName": storage.pvc.claim}})
         mounts.append({"name": "repository", "mountPath": REPO_MOUNT})
     if storage.encryption_key:
-        env.append(_secret_env("MOBACKUP_ENCRYPTION_KEY", storage.encryption_key.name,
+        env.append(secret_env("MOBACKUP_ENCRYPTION_KEY", storage.encryption_key.name,
                                storage.encryption_key.key))
     return env, volumes, mounts
 
@@ -193,28 +213,80 @@ def _allowed(value: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(value, p) for p in patterns)
 
 
+def _refuse_unlisted(field: str, value: Any, default: Any, patterns: tuple[str, ...], what: str, key: str) -> None:
+    """`value` of spec.job.<field> must be the operator's default or match its allow-list (chart value
+    jobOverrides.<key>)."""
+    if value and value != default and not _allowed(str(value), patterns):
+        plural = f"{what}es" if what.endswith("s") else f"{what}s"
+        raise JobPolicyError(f"spec.job.{field} {value!r} is not allowed: the operator allows "
+                             + (f"only {plural} matching {', '.join(patterns)}" if patterns else f"no {what} override")
+                             + f" (chart value jobOverrides.{key})")
+
+
 def _check_allow_list(overrides: JobOverrides, defaults: OperatorDefaults) -> None:
-    image, sa = overrides.get("image"), overrides.get("serviceAccountName")
-    if image and image != defaults.image and not _allowed(str(image), defaults.allowed_images):
-        raise JobPolicyError(
-            f"spec.job.image {image!r} is not allowed: the operator allows "
-            + (f"only images matching {', '.join(defaults.allowed_images)}" if defaults.allowed_images
-               else "no image override")
-            + " (chart value jobOverrides.allowedImages)")
-    if sa and sa != defaults.service_account and not _allowed(str(sa), defaults.allowed_service_accounts):
-        raise JobPolicyError(
-            f"spec.job.serviceAccountName {sa!r} is not allowed: the operator allows "
-            + (f"only ServiceAccounts matching {', '.join(defaults.allowed_service_accounts)}"
-               if defaults.allowed_service_accounts else "no ServiceAccount override")
-            + " (chart value jobOverrides.allowedServiceAccounts)")
+    _refuse_unlisted("image", overrides.get("image"), defaults.image, defaults.allowed_images, "image",
+                     "allowedImages")
+    _refuse_unlisted("serviceAccountName", overrides.get("serviceAccountName"), defaults.service_account,
+                     defaults.allowed_service_accounts, "ServiceAccount", "allowedServiceAccounts")
+    # A priority class can preempt other pods (system-node-critical evicts workloads for a backup).
+    _refuse_unlisted("priorityClassName", overrides.get("priorityClassName"),
+                     defaults.job_defaults.get("priorityClassName"), defaults.allowed_priority_classes,
+                     "priority class", "allowedPriorityClasses")
+    _check_annotations(overrides.get("annotations"), defaults)
+
+
+# Pod annotations that change the sandbox (AppArmor, seccomp, sysctls, extra networks through Multus,
+# the container runtime's own knobs): never from a run's spec, whatever the allow-list says.
+SANDBOX_ANNOTATIONS = ("container.apparmor.security.beta.kubernetes.io/", "seccomp.security.alpha.kubernetes.io/",
+                       "container.seccomp.security.alpha.kubernetes.io/", "security.alpha.kubernetes.io/",
+                       "k8s.v1.cni.cncf.io/", "v1.multus-cni.io/", "io.kubernetes.cri-o.", "io.kubernetes.cri.",
+                       "io.containerd.", "io.katacontainers.")
+PLAIN_KEY = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_]*[A-Za-z0-9])?$")
+
+
+def _check_annotations(annotations: Any, defaults: OperatorDefaults) -> None:
+    """spec.job.annotations reach the pod. A plain key (`note`, `team`: no '.', no '/') is inert:
+    Kubernetes, runtimes and CNIs only read dotted or prefixed keys. Any other key needs the chart's
+    allow-list (jobOverrides.allowedAnnotations); SANDBOX_ANNOTATIONS are refused even then."""
+    for key in map(str, annotations or {}):
+        if key.startswith(SANDBOX_ANNOTATIONS):
+            raise JobPolicyError(f"spec.job.annotations[{key!r}] is not allowed: annotations of that prefix "
+                                 "change the pod's sandbox")
+        if not PLAIN_KEY.match(key) and not _allowed(key, defaults.allowed_annotations):
+            raise JobPolicyError(
+                f"spec.job.annotations[{key!r}] is not allowed: the operator allows plain keys (no '.' or '/') "
+                + (f"and keys matching {', '.join(defaults.allowed_annotations)}" if defaults.allowed_annotations
+                   else "only")
+                + " (chart value jobOverrides.allowedAnnotations)")
+
+
+# SELinux types the restricted (and baseline) Pod Security Standard allows; spc_t escapes confinement.
+SELINUX_TYPES = ("", "container_t", "container_init_t", "container_kvm_t", "container_engine_t")
 
 
 def _refuse_weakening(sc: dict[str, Any], where: str) -> None:
-    """The restricted Pod Security Standard's rules that a merge could still break."""
+    """The restricted Pod Security Standard's rules that a merge could still break, plus the
+    hardened defaults it does not demand (read-only root file system, no group 0)."""
     if sc.get("runAsNonRoot") is False:
         raise JobPolicyError(f"{where}.runAsNonRoot: false is not allowed (the agent runs as non-root)")
     if sc.get("runAsUser") == 0:
         raise JobPolicyError(f"{where}.runAsUser: 0 (root) is not allowed")
+    for key in ("runAsGroup", "fsGroup"):
+        if sc.get(key) == 0:
+            raise JobPolicyError(f"{where}.{key}: 0 (the root group) is not allowed")
+    if 0 in (sc.get("supplementalGroups") or []):
+        raise JobPolicyError(f"{where}.supplementalGroups: 0 (the root group) is not allowed")
+    if sc.get("readOnlyRootFilesystem") is False:
+        raise JobPolicyError(f"{where}.readOnlyRootFilesystem: false is not allowed (the agent writes only /tmp)")
+    selinux = sc.get("seLinuxOptions") or {}
+    if selinux.get("type") not in (None, *SELINUX_TYPES) or selinux.get("user") or selinux.get("role"):
+        raise JobPolicyError(f"{where}.seLinuxOptions is not allowed beyond type "
+                             f"{'/'.join(t for t in SELINUX_TYPES if t)} (no user, no role)")
+    apparmor = (sc.get("appArmorProfile") or {}).get("type")
+    if apparmor not in (None, "RuntimeDefault", "Localhost"):
+        raise JobPolicyError(f"{where}.appArmorProfile.type {apparmor!r} is not allowed (RuntimeDefault or Localhost)")
+    if sc.get("sysctls"):
+        raise JobPolicyError(f"{where}.sysctls is not allowed (the agent needs none)")
     if sc.get("allowPrivilegeEscalation") is True:
         raise JobPolicyError(f"{where}.allowPrivilegeEscalation: true is not allowed")
     if sc.get("privileged") is True:
@@ -290,8 +362,8 @@ def build_job(*, owner: Owner, action: str, args: list[str], env: list[dict[str,
     annotations = {str(k): str(v) for k, v in (o.get("annotations") or {}).items()}
     pod_labels = {**_user_labels(o.get("podLabels")), **labels}
     pod_annotations = {**{str(k): str(v) for k, v in (o.get("podAnnotations") or {}).items()}, **annotations}
-    common_args = ["--kind", owner.kind, "--name", owner.name, "--namespace", owner.namespace,
-                   "--termination-log", TERMINATION_LOG]
+    # No --kind/--name: the agent patches nothing (no API token); its result is the termination message.
+    common_args = ["--termination-log", TERMINATION_LOG]
     own_env = [{"name": "HOME", "value": TMP_MOUNT}, {"name": "TMPDIR", "value": TMP_MOUNT},
                {"name": "MOBACKUP_JOB_NAME", "value": name}, *env]
     taken = {e["name"] for e in own_env}
@@ -320,7 +392,8 @@ def build_job(*, owner: Owner, action: str, args: list[str], env: list[dict[str,
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": str(o.get("tmpSizeLimit") or DEFAULT_TMP_SIZE_LIMIT)}},
                     *volumes],
         "securityContext": pod_sc,
-        "automountServiceAccountToken": True,  # progress patches need the API
+        # Nothing in a Job talks to the API: a token would let it forge the status the operator acts on.
+        "automountServiceAccountToken": False,
     }
     sa = o.get("serviceAccountName") or defaults.service_account
     if sa:
@@ -359,7 +432,7 @@ def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id:
     if online is not None and spec.sql is not None:
         args += ["--online", "--sql-host", spec.sql.host, "--sql-port", str(spec.sql.port),
                  "--sql-user", spec.sql.user, "--server-data-dir", online.server_data_dir]
-        env.append(_secret_env("MOBACKUP_SQL_PASSWORD", spec.sql.password.name, spec.sql.password.key))
+        env.append(secret_env("MOBACKUP_SQL_PASSWORD", spec.sql.password.name, spec.sql.password.key))
     if spec.parallelism:
         args += ["--parallelism", str(spec.parallelism)]
     if base_id:
@@ -405,8 +478,8 @@ def _shared_s3_args(flag: str, shared: SharedS3) -> list[str]:
 
 
 def _shared_env(prefix: str, shared: SharedS3) -> list[dict[str, Any]]:
-    return [_secret_env(f"{prefix}ACCESS_KEY_ID", shared.secret, SHARED_KEY_ID),
-            _secret_env(f"{prefix}SECRET_ACCESS_KEY", shared.secret, SHARED_SECRET_KEY)]
+    return [secret_env(f"{prefix}ACCESS_KEY_ID", shared.secret, SHARED_KEY_ID),
+            secret_env(f"{prefix}SECRET_ACCESS_KEY", shared.secret, SHARED_SECRET_KEY)]
 
 
 S3_STEPS = ("backup", "stage", "ingest", "commit")
@@ -429,7 +502,7 @@ def s3_backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, shared: 
         assert sql is not None
         args += ["--source", spec.source_name, "--type", spec.type.lower(), "--compression", storage.compression,
                  "--sql-host", sql.host, "--sql-port", str(sql.port), "--sql-user", sql.user]
-        env.append(_secret_env("MOBACKUP_SQL_PASSWORD", sql.password.name, sql.password.key))
+        env.append(secret_env("MOBACKUP_SQL_PASSWORD", sql.password.name, sql.password.key))
         if base_id:
             args += ["--base", base_id]
         if step == "stage":
@@ -519,9 +592,17 @@ def restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup_id
 
 
 def delete_job(owner: Owner, storage: StorageSpec, backup_id: str, overrides: JobOverrides,
-               defaults: OperatorDefaults) -> dict[str, Any]:
+               defaults: OperatorDefaults, *, source: str | None = None,
+               not_before: str | None = None) -> dict[str, Any]:
+    """`source`/`not_before`: the agent deletes the backup only if the repository says it is of
+    this source and started after this time (the MOBackup's creation): a backup ID is data a Job
+    reported, checked against the repository before anything is deleted."""
     env, volumes, mounts = storage_env_and_volumes(storage)
     args = ["--repo", repo_url(storage), "--backup-id", backup_id]
+    if source:
+        args += ["--source", source]
+    if not_before:
+        args += ["--not-before", not_before]
     return build_job(owner=owner, action="delete", args=args, env=env, volumes=volumes, mounts=mounts,
                      overrides=overrides, defaults=defaults)
 

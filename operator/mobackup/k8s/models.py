@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from mobackup.engine.guards import s3_contains, s3_overlap
 from mobackup.engine.prune import RetentionPolicy
 
 from . import cron
@@ -245,8 +246,12 @@ class SharedS3:
     def data_url(self) -> str:
         return f"s3://{self.bucket}/{self.key_prefix}"
 
+    def key(self, name: str) -> str:
+        """The key of `name` in the cluster's folder (hk_data: where a new cluster reads it)."""
+        return "/".join(p for p in (self.folder, name) if p)
+
     def url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{'/'.join(p for p in (self.folder, key) if p)}"
+        return f"s3://{self.bucket}/{self.key(key)}"
 
 
 def parse_shared_s3(d: Any, where: str, *, region_default: str = "us-west-2") -> SharedS3:
@@ -266,6 +271,35 @@ def parse_shared_s3(d: Any, where: str, *, region_default: str = "us-west-2") ->
                         "AWS_SECRET_ACCESS_KEY: MatrixOne's BACKUP needs the keys)")
     return SharedS3(bucket, folder, str(key_prefix).strip("/"), _endpoint(d.get("endpoint"), f"{where}.endpoint"),
                     str(d.get("region") or region_default), kind == "minio", _name(secret, f"{where}.secretRef.name"))
+
+
+# ----------------------------------------------------------------------- a run against its storage
+
+def storage_overlap(storage: StorageSpec, storage_name: str, *, claims: dict[str, str | None] | None = None,
+                    writes: dict[str, tuple[str, str]] | None = None,
+                    staging: tuple[str, str] | None = None) -> str | None:
+    """Why a run would destroy its own repository, or None. `claims`: what it mounts as data (field ->
+    PVC): the storage's PVC there is one volume mounted twice, and the engine's restore or reset
+    then replaces the repository. `writes`: S3 places it writes and empties (what -> (bucket,
+    prefix)), which may not share keys with the repository. `staging`: the root under which stale
+    staging prefixes are removed, which may not contain it."""
+    label = f"MOBackupStorage {storage_name}"
+    for field_, claim in (claims or {}).items():
+        if storage.pvc is not None and claim == storage.pvc.claim:
+            return (f"{field_} {claim} is the PVC of {label} (its repository): one volume would be both the run's "
+                    "data and the repository, which it would overwrite; use another PVC")
+    if storage.s3 is None:
+        return None
+    repo = (storage.s3.bucket, storage.s3.prefix)
+    for what, (bucket, prefix) in (writes or {}).items():
+        if s3_overlap(bucket, prefix, *repo):
+            return (f"{what} s3://{bucket}/{prefix} is, contains or lies inside the repository of {label} "
+                    f"({storage.location}): the restore would overwrite it; use another prefix")
+    if staging is not None and staging[0] == repo[0] and s3_contains(staging[1], repo[1]):
+        return (f"the staging root s3://{staging[0]}/{staging[1]} contains the repository of {label} "
+                f"({storage.location}): stale staging prefixes under it are removed; stage elsewhere "
+                "(spec.source.staging.path)")
+    return None
 
 
 # ------------------------------------------------------------------------------------------- backup

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from . import cron, events, models, retention, status
-from .controller import Ctx, meta
+from . import cron, events, jobs, models, retention, status
+from .controller import Ctx, Fail, get_storage, meta, refuse_storage_overlap, s3_place
 from .kube import Conflict, NotFound
 
 log = logging.getLogger("mobackup.schedule")
@@ -82,6 +82,21 @@ def backup_body(sched: dict[str, Any], spec: models.ScheduleSpec, kind: str, whe
     }
 
 
+def storage_overlap(ctx: Ctx, ns: str, spec: models.ScheduleSpec) -> str | None:
+    """Why every backup of the template would be refused for overlapping its storage (checked when
+    one is due, so that a schedule does not make a Failed MOBackup at each tick); other problems
+    (a storage not found...) are each run's to report. A cluster source is checked by each run."""
+    bspec = models.parse_backup(spec.template_spec, ns, template=True)
+    try:
+        _, st = get_storage(ctx, ns, bspec.storage)
+        refuse_storage_overlap(st, bspec.storage, claims={"spec.template.spec.source.pvc.claimName":
+                                                          bspec.volume.claim if bspec.volume else None},
+                               staging=s3_place(jobs.staging_url(bspec, bspec.shared)) if bspec.shared else None)
+    except Fail as e:
+        return str(e) if e.reason == "StorageOverlap" else None
+    return None
+
+
 def _completion(b: dict[str, Any]) -> datetime:
     st = b.get("status") or {}
     return (status.parse_iso(st.get("completionTime")) or status.parse_iso(b["metadata"]["creationTimestamp"])
@@ -136,6 +151,9 @@ def reconcile_schedule(ctx: Ctx, sched: dict[str, Any]) -> None:
         elif active and spec.concurrency == "Forbid":
             reason, message, event_type = "SkippedConcurrent", (f"{run_kind} run of {status.iso(when)} skipped: "
                                                                 f"{', '.join(active)} still active"), "Normal"
+        elif (overlap := storage_overlap(ctx, ns, spec)) is not None:
+            reason, event_type = "StorageOverlap", "Warning"
+            message = f"{run_kind} run of {status.iso(when)} not started: {overlap}"
         else:
             base_name = None
             if run_kind == "Incremental":
@@ -183,7 +201,7 @@ def reconcile_schedule(ctx: Ctx, sched: dict[str, Any]) -> None:
         patch["lastSuccessfulTime"] = status.iso(_completion(completed[0]))
     patch["active"] = active
     patch["reason"], patch["message"] = reason, message
-    ok = reason not in ("InvalidSpec",)
+    ok = reason not in ("InvalidSpec", "StorageOverlap")
     patch["conditions"] = status.merge_conditions(old.get("conditions"), [
         status.condition("Ready", ok, reason, message or "scheduling", sched["metadata"].get("generation"))])
     _patch(ctx, sched, patch, event=event_type)

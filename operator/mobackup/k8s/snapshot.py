@@ -8,11 +8,11 @@ test cluster has no CSI driver); the manifests are unit-tested.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from . import jobs
 from .kube import Conflict, Kube, NotFound
+from .storage import pvc_made_for
 
 GROUP, VERSION, PLURAL = "snapshot.storage.k8s.io", "v1", "volumesnapshots"
 
@@ -75,16 +75,21 @@ def ensure_clone(kube: Kube, owner: jobs.Owner, claim: str, class_name: str | No
         raise SnapshotError(f"VolumeSnapshot {snap}: {st['error']['message']}")
     if not st.get("readyToUse"):
         raise SnapshotWait(f"VolumeSnapshot {snap} of PVC {claim} is not ready yet")
-    try:
-        kube.get_pvc(ns, clone)
-    except NotFound:
+    made = pvc_made_for(kube, ns, clone, owner.uid)
+    if made is False:
+        raise SnapshotError(f"PVC {clone} exists and is not this backup's clone: refusing to copy it (or to delete "
+                            "it afterwards)")
+    if made is None:
         source = kube.get_pvc(ns, claim)
-        with contextlib.suppress(Conflict):
+        try:
             kube.create_pvc(ns, clone_body(owner, source, st.get("restoreSize")))
+        except Conflict:  # made meanwhile: whose it is, the next pass checks
+            raise SnapshotWait(f"PVC {clone} appeared meanwhile; checking it next") from None
     return snap, clone
 
 
 def cleanup(kube: Kube, owner: jobs.Owner) -> None:
     snap, clone = names(owner)
-    kube.delete_pvc(owner.namespace, clone)
+    if pvc_made_for(kube, owner.namespace, clone, owner.uid):  # never another's of that name
+        kube.delete_pvc(owner.namespace, clone)
     kube.delete_obj(GROUP, VERSION, owner.namespace, PLURAL, snap)

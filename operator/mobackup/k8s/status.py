@@ -106,6 +106,9 @@ def backup_result_fields(summary: dict[str, Any]) -> dict[str, Any]:
     }
     if summary.get("location"):
         out["location"] = summary["location"]
+    # Jobs have no API access (they report through their termination message): the progress is
+    # written by the operator, once the result is in.
+    out["progress"] = progress_fields(size, size, out["fileCount"], out["fileCount"])
     secs = summary.get("duration_seconds")
     if secs is not None:
         # The copy's own duration; the run's duration (with scale-down/up) is set by phase_patch.
@@ -115,12 +118,14 @@ def backup_result_fields(summary: dict[str, Any]) -> dict[str, Any]:
 
 def restore_result_fields(result: dict[str, Any]) -> dict[str, Any]:
     size = int(result.get("restored_bytes") or result.get("size_bytes") or result.get("bytes") or 0)
+    files = int(result.get("file_count") or result.get("files") or 0)
     out = {
         "backupID": result.get("backup_id") or result.get("id"),
         "restoredBytes": size,
         "size": human_bytes(size),
-        "fileCount": int(result.get("file_count") or result.get("files") or 0),
+        "fileCount": files,
         "backupTS": result.get("backup_ts"),
+        "progress": progress_fields(size, size, files, files),  # written by the operator, see above
     }
     return {k: v for k, v in out.items() if v is not None}
 

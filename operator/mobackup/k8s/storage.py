@@ -13,6 +13,7 @@ from typing import Any
 
 from mobackup.engine.errors import MobackupError
 
+from .jobs import L_UID
 from .kube import Kube, NotFound
 from .models import SecretKey, StorageSpec
 
@@ -47,6 +48,17 @@ def configmap_value(kube: Kube, ns: str, ref: SecretKey) -> str:
     if ref.key not in data:
         raise MissingInput("ConfigMapKeyNotFound", f"ConfigMap {ns}/{ref.name} has no key {ref.key!r}")
     return str(data[ref.key])
+
+
+def pvc_made_for(kube: Kube, ns: str, claim: str, uid: str) -> bool | None:
+    """Whether PVC `claim` is one the operator made for the object `uid` (labelled with it: a drill's
+    scratch volume, a snapshot's clone); None when there is none. Those names are derived, and a PVC
+    someone else gave that name is never restored into, copied or deleted in their stead."""
+    try:
+        pvc = kube.get_pvc(ns, claim)
+    except NotFound:
+        return None
+    return ((pvc.get("metadata") or {}).get("labels") or {}).get(L_UID) == uid
 
 
 def require_pvc(kube: Kube, ns: str, claim: str, what: str) -> dict[str, Any]:
