@@ -338,13 +338,6 @@ class _RestoreRun:
                 os.close(fd)
 
 
-# Never a restore target: a forced restore replaces the whole content of its target.
-SYSTEM_DIRS = frozenset({
-    "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32", "/media", "/mnt",
-    "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
-})
-
-
 def _checked_target(target: Path, repo: Repository) -> Path:
     """The real path of a restore target (a symbolic link is resolved up front, so that the swap acts
     on the directory itself), refused when it is a system directory or overlaps a repository (by

@@ -564,10 +564,10 @@ def start_s3_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec, st
                                      "set's replicas to 0 (and spec.logService.pvcRetentionPolicy Retain if its "
                                      "volumes must stay), then create the MORestore again")
     shared = source.shared
-    refuse_storage_overlap(
-        st, storage_name, claims={"spec.target.logVolume.claimName": spec.log_volume and spec.log_volume.claim},
-        writes={"the target's data prefix": (shared.bucket, shared.key_prefix),
-                "the ID allocator state (hk_data)": (shared.bucket, shared.key("hk_data"))})
+    log_claim = spec.log_volume.claim if spec.log_volume else None
+    refuse_storage_overlap(st, storage_name, claims={"spec.target.logVolume.claimName": log_claim},
+                           writes={"the target's data prefix": (shared.bucket, shared.key_prefix),
+                                   "the ID allocator state (hk_data)": (shared.bucket, shared.key("hk_data"))})
     if spec.log_volume is not None:
         storage.require_pvc(ctx.kube, ns, spec.log_volume.claim, "target.logVolume")
     lease_s3_source(ctx, obj, source)
