@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import time
 import uuid
@@ -200,7 +201,7 @@ def parse_staged_text(summary_text: str, list_text: str) -> StagedBackup:
         if not line.strip():
             continue
         fields = line.split(",")
-        if len(fields) < 4 or not fields[1].isdigit() or fields[3] not in ("true", "false"):
+        if len(fields) < 4 or not _COUNT.fullmatch(fields[1]) or fields[3] not in ("true", "false"):
             raise MobackupError(f"MatrixOne's backup list tae_list line {number} is malformed: {line[:200]!r}")
         files.append(StagedFile(_safe_rel(fields[0]), int(fields[1]), fields[2].lower(), fields[3] == "true"))
     if not files:
@@ -211,16 +212,21 @@ def parse_staged_text(summary_text: str, list_text: str) -> StagedBackup:
                         tuple(sorted(files, key=lambda f: f.path)))
 
 
+# ASCII digits only, and few of them: str.isdigit() takes "²" (which int() refuses) and int() refuses
+# more than 4300 digits; no true size or timestamp part is longer than 20.
+_COUNT = re.compile(r"[0-9]{1,20}")
+
+
 def _is_ts(value: str) -> bool:
     physical, _, logical = value.partition("-")
-    return physical.isdigit() and logical.isdigit()
+    return bool(_COUNT.fullmatch(physical) and _COUNT.fullmatch(logical))
 
 
 def _safe_rel(path: str) -> str:
     """A tae_list path is input from the server's staging area: relative, no `..`."""
     parts = path.split("/")
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in path:
-        raise MobackupError(f"MatrixOne's backup list names an unsafe path {path!r}")
+        raise MobackupError(f"MatrixOne's backup list tae_list names an unsafe path {path!r}")
     return path
 
 

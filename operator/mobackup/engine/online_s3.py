@@ -624,12 +624,58 @@ def stage_run(repo: Repository, session: Any, staging_root: S3Place, *, source: 
     return run
 
 
+_NONE = type(None)
+# Each field of a run record and the JSON types it may take (a repository is untrusted input).
+_RUN_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "source": (str,), "staging_url": (str,), "backup_ts": (str,), "base_id": (str, _NONE),
+    "started_at": (str,), "mo_version": (str, _NONE), "matrixone_backup_seconds": (int, float),
+    "staged_files": (int,), "staged_bytes": (int,), "inherit": (list,), "staged_paths": (list,),
+}
+_RECORD_TYPES: dict[str, tuple[type, ...]] = {
+    "path": (str,), "type": (str,), "mode": (int,), "mtime_ns": (int,), "size": (int,), "chunks": (list,),
+}
+
+
+def _check_fields(data: dict[str, Any], types: dict[str, tuple[type, ...]], what: str) -> None:
+    """Every field there with its JSON type (a bool is no number); CorruptDataError naming `what`."""
+    for name, allowed in types.items():
+        value = data.get(name, _NONE)
+        if value is _NONE or not isinstance(value, allowed) or isinstance(value, bool):
+            raise CorruptDataError(f"{what} is malformed: field {name!r} is {str(value)[:100]!r}")
+
+
 def _load_run(repo: Repository, run_id: str) -> RunInfo:
-    data = _read_meta(repo, _run_key(run_id, "run.json"))
+    key = _run_key(run_id, "run.json")
+    data = _read_meta(repo, key)
+    what = f"{repo.location}/{key}"
+    _check_fields(data, _RUN_TYPES, what)
+    if not all(isinstance(p, str) for p in [*data["inherit"], *data["staged_paths"]]):
+        raise CorruptDataError(f"{what} is malformed: a listed path is not text")
     try:
-        return RunInfo(**data)
-    except TypeError:
-        raise CorruptDataError(f"run record of {run_id} is malformed") from None
+        parse_iso(data["started_at"])
+        return RunInfo(**{k: data[k] for k in _RUN_TYPES})
+    except (TypeError, ValueError):
+        raise CorruptDataError(f"{what} is malformed") from None
+
+
+def _load_part(repo: Repository, key: str, shard: int, shards: int) -> tuple[list[dict[str, Any]], PartTotals]:
+    """A shard's part record, its records and totals checked (a repository is untrusted input)."""
+    part = _read_meta(repo, key)
+    what = f"{repo.location}/{key}"
+    if part.get("shard") != shard or part.get("shards") != shards:
+        raise CorruptDataError(f"{what} is malformed: it is not the part of shard {shard} of {shards}")
+    records, totals = part.get("records"), part.get("totals")
+    if not isinstance(records, list) or not isinstance(totals, dict):
+        raise CorruptDataError(f"{what} is malformed: no records or totals")
+    for record in records:
+        if not isinstance(record, dict):
+            raise CorruptDataError(f"{what} is malformed: a record is {str(record)[:100]!r}")
+        _check_fields(record, _RECORD_TYPES, what)
+        if not all(isinstance(c, str) for c in record["chunks"]):
+            raise CorruptDataError(f"{what} is malformed: a chunk of {record['path'][:200]!r} is not a digest")
+    names = set(PartTotals.__dataclass_fields__)
+    _check_fields(totals, dict.fromkeys(names, (int,)), what)
+    return records, PartTotals(**{k: totals[k] for k in names})
 
 
 def _staging_of(run: RunInfo, staging_root: S3Place) -> S3Place:
@@ -672,12 +718,12 @@ def commit_run(repo: Repository, run_id: str, staging_root: S3Place, shards: int
         for shard in range(shards):
             key = _run_key(run_id, f"part-{shard}-of-{shards}.json")
             try:
-                part = _read_meta(repo, key)
+                part_records, part_totals = _load_part(repo, key, shard, shards)
             except MobackupError as error:
                 raise MobackupError(f"run {run_id}: shard {shard} of {shards} has not completed ({error}); "
                                     "nothing was listed: run that shard (again), then commit") from None
-            records += part["records"]
-            totals.add(PartTotals(**part["totals"]))
+            records += part_records
+            totals.add(part_totals)
         expected = set(run.staged_paths)
         got = [r["path"] for r in records]
         if len(got) != len(set(got)) or set(got) != expected:
