@@ -1,5 +1,18 @@
 """Errors the engine raises for expected failures. `str(error)` is a one-line reason for a user."""
 
+from __future__ import annotations
+
+import base64
+import json
+import re
+from urllib.parse import quote, quote_plus
+
+# `key=value` / `"key": "value"` pairs naming a credential, whatever the value: a server may echo an
+# option list whose secret is in a form (or a key) the caller did not know.
+_CREDENTIAL_PAIR = re.compile(
+    r"""((?:secret[_-]?access[_-]?key|access[_-]?key[_-]?id|secret[_-]?key|session[_-]?token|password)"""
+    r"""['"]?\s*[=:]\s*['"]?)[^'"\s,;&}]+""", re.IGNORECASE)
+
 
 class MobackupError(Exception):
     """Base of every expected failure (bad input, unreachable storage, corrupt data...)."""
@@ -51,3 +64,20 @@ class ClusterRunningError(MobackupError):
 
 class VolumeFull(MobackupError):
     """The target's file system cannot hold what a run must write (the operator's reason too)."""
+
+
+def mask_secret(text: str, secret: str | None) -> str:
+    """`text` (a server's error message) without `secret` in any form the server may echo it:
+    as given, URL-encoded, quoted or escaped (SQL, JSON, repr), base64; and without the value of any
+    credential `key=value` pair."""
+    if secret:
+        raw = secret.encode()
+        forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1],
+                 repr(secret)[1:-1], secret.replace("'", "''"), secret.replace("'", "\\'"),
+                 secret.replace("\\", "\\\\")}
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            encoded = encode(raw).decode()
+            forms |= {encoded, encoded.rstrip("=")}
+        for form in sorted(forms, key=len, reverse=True):  # longest first: no form leaves part of another
+            text = text.replace(form, "***")
+    return _CREDENTIAL_PAIR.sub(r"\1***", text)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pymysql
 
-from .errors import MobackupError
+from .errors import MobackupError, mask_secret
 
 
 @dataclass(frozen=True)
@@ -116,9 +116,7 @@ class MatrixOneSession:
             with self.connection.cursor() as cursor:
                 cursor.execute(statement)
         except pymysql.MySQLError as error:
-            reason = str(error.args[-1])
-            if secret:
-                reason = reason.replace(secret, "***")
+            reason = mask_secret(str(error.args[-1]), secret)
             if error.args and error.args[0] == 1064:  # syntax error: a server without BACKUP
                 reason = f"this server ({self.version}) does not support the BACKUP statement: {reason}"
             raise MobackupError(f"MatrixOne at {self.where} refused BACKUP into {where_to}: {reason}") from None
