@@ -17,6 +17,7 @@ from . import __version__, cli_s3
 from .engine.errors import MobackupError
 from .engine.progress import for_terminal
 from .engine.repository import MAX_PARALLELISM, Repository, RepositoryOptions, open_repository
+from .engine.text import printable, printable_lines
 from .table import backup_table, decimal_size
 
 DURATION_PART = re.compile(r"(\d+)([smhdw])")
@@ -196,7 +197,13 @@ def repository_options(args: argparse.Namespace, **extra: Any) -> RepositoryOpti
 
 
 def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.json else text)
+    """The result: JSON (which escapes control characters itself) or text made printable (values
+    from a repository or a data directory are escaped where they are put into several-line text)."""
+    print(json.dumps(data, indent=2) if args.json else printable_lines(text))
+
+
+def _warn(text: str) -> None:
+    print(printable(f"mobackup: {text}"), file=sys.stderr)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -233,8 +240,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     if summary.skipped_count:  # never silent: FIFOs, sockets and devices are not copied
         shown = ", ".join(f"{s['path']} ({s['type']})" for s in summary.skipped[:5])
         more = f" and {summary.skipped_count - 5} more" if summary.skipped_count > 5 else ""
-        print(f"mobackup: warning: skipped {summary.skipped_count} special file(s), not data: {shown}{more}",
-              file=sys.stderr)
+        _warn(f"warning: skipped {summary.skipped_count} special file(s), not data: {shown}{more}")
     _emit(args, summary.to_dict(),
           f"Backup ID {summary.id} ({summary.type}, {decimal_size(summary.size_bytes)} in {summary.file_count} "
           f"files, {decimal_size(summary.new_bytes)} new, BACKUPTS {summary.backup_ts}, "
@@ -273,11 +279,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     damaged: dict[str, str] = {}
     summaries = [s for s in repo.list_backups(damaged=damaged) if not args.source or s.source == args.source]
     for problem in damaged.values():
-        print(f"mobackup: warning: {problem}", file=sys.stderr)
+        _warn(f"warning: {problem}")
     # A damaged backup is listed as such (its source is unknown, so whatever --source says), after
     # the good ones, which it never hides.
     rows = [{"id": backup_id, "damaged": True, "problem": problem} for backup_id, problem in sorted(damaged.items())]
-    text = "\n".join([backup_table(summaries), *(f"{r['id']} | DAMAGED: {r['problem']}" for r in rows)])
+    text = "\n".join([backup_table(summaries), *(printable(f"{r['id']} | DAMAGED: {r['problem']}") for r in rows)])
     _emit(args, [*(s.to_dict() for s in summaries), *rows], text)
     return 0
 
@@ -288,7 +294,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     data = summary.to_dict()
     dependents = [s.id for s in repo.list_backups() if s.base_id == summary.id]
     data["dependents"] = dependents
-    text = "\n".join(f"{k:<18} {v}" for k, v in data.items() if k != "extra")
+    text = "\n".join(printable(f"{k:<18} {v}") for k, v in data.items() if k != "extra")
     _emit(args, data, text)
     return 0
 
@@ -322,17 +328,18 @@ def cmd_verify(args: argparse.Namespace) -> int:
     result = verify_backup(repo, args.id, quick=args.quick, progress=for_terminal("verify", args.quiet or args.json),
                            repair_from=Path(args.data_dir) if args.repair else None)
     if result.repaired_blobs and not args.json:
-        print(f"repaired {result.repaired_blobs} blob(s) from {args.data_dir}", file=sys.stderr)
+        print(printable(f"repaired {result.repaired_blobs} blob(s) from {args.data_dir}"), file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     if not result.ok:
         for problem in result.problems if not args.json else []:
-            print(f"  {problem}", file=sys.stderr)
+            print(printable(f"  {problem}"), file=sys.stderr)
         raise MobackupError(f"backup {result.backup_id} is damaged: {result.problem_count} problem(s), "
                             f"first: {result.problems[0]}")
     if not args.json:
         mode = "quick check" if args.quick else "every digest checked"
-        print(f"backup {result.backup_id} is intact: {result.file_count} files, {result.blob_count} blobs ({mode})")
+        print(printable(f"backup {result.backup_id} is intact: {result.file_count} files, {result.blob_count} blobs "
+                        f"({mode})"))
     return 0
 
 
@@ -344,7 +351,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     text = (f"deleted backup {result.deleted[0]}; removed {result.blobs_removed} blobs "
             f"({decimal_size(result.bytes_freed)})")
     if result.dependents:  # named it as base; each still restores from its own complete file list
-        text += f"\nbackups based on it, still restorable: {', '.join(result.dependents)}"
+        text += f"\nbackups based on it, still restorable: {printable(', '.join(result.dependents))}"
     _emit(args, result.to_dict(), text)
     return 0
 
@@ -357,7 +364,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                              keep_monthly=args.keep_monthly, keep_within=args.keep_within)
     result = prune(repo, policy, source=args.source, dry_run=args.dry_run)
     verb = "would delete" if result.dry_run else "deleted"
-    lines = [f"{verb} {len(result.deleted)} backup(s): {', '.join(result.deleted) or '-'}"]
+    lines = [printable(f"{verb} {len(result.deleted)} backup(s): {', '.join(result.deleted) or '-'}")]
     if not result.dry_run:
         lines.append(f"removed {result.blobs_removed} blobs ({decimal_size(result.bytes_freed)}), "
                      f"{result.partial_backups_removed} partial backup(s)")
@@ -375,7 +382,8 @@ def cmd_drill(args: argparse.Namespace) -> int:
                        checks=[UserCheck(q, e) for q, e in zip(args.check_sql, args.expect, strict=True)],
                        timeout=args.timeout, scratch_parent=Path(args.scratch_dir) if args.scratch_dir else None,
                        sql_user=args.sql_user, progress=for_terminal("restore", args.quiet or args.json))
-    lines = [f"{'ok  ' if c.ok else 'FAIL'} {c.name}{': ' + c.detail if c.detail else ''}" for c in result.checks]
+    lines = [printable(f"{'ok  ' if c.ok else 'FAIL'} {c.name}{': ' + c.detail if c.detail else ''}")
+             for c in result.checks]
     lines.append(f"drill of backup {result.backup_id}: {'passed' if result.ok else 'FAILED'} (restore "
                  f"{result.restore_seconds}s, start {result.start_seconds}s, checks {result.check_seconds}s, "
                  f"total {result.total_seconds}s, scratch {decimal_size(result.scratch_bytes)}, "
@@ -413,11 +421,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except MobackupError as error:
-        print(f"mobackup: error: {error}", file=sys.stderr)
+        _warn(f"error: {error}")
         return 1
     except OSError as error:  # a file system refusal: say which file and why, in one line
         where = f": {error.filename}" if error.filename else ""
-        print(f"mobackup: error: {error.strerror or error}{where}", file=sys.stderr)
+        _warn(f"error: {error.strerror or error}{where}")
         return 1
     except KeyboardInterrupt:
         print("mobackup: interrupted", file=sys.stderr)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .engine.model import BackupSummary, parse_iso
+from .engine.text import printable
 
 HEADERS = ("ID", "SIZE", "PATH", "AT TIME", "DURATION", "COMPLETE TIME", "BACKUPTS", "BACKUPTYPE", "BASE",
            "NEW BYTES")
@@ -25,6 +26,11 @@ def local_time(text: str) -> str:
 
 
 def rows(summaries: Sequence[BackupSummary]) -> list[list[str]]:
+    """The cells, printable: every one comes from a repository (engine/text.py)."""
+    return [[printable(cell) for cell in row] for row in _cells(summaries)]
+
+
+def _cells(summaries: Sequence[BackupSummary]) -> list[list[str]]:
     return [[s.id, decimal_size(s.size_bytes), s.location, local_time(s.started_at), f"{s.duration_seconds:.3f}s",
              local_time(s.completed_at), s.backup_ts, s.type, s.base_id or "-", decimal_size(s.new_bytes)]
             for s in summaries]
