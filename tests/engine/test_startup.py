@@ -29,3 +29,32 @@ def test_demo_does_not_import_the_cli() -> None:
     tree = ast.parse(Path(mobackup.demo.__file__).read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "cli" not in imported and "mobackup.cli" not in imported
+
+
+def test_cli_modules_import_one_way() -> None:
+    """The CLI package has no import circle (no module imports one that imports it back), and the Job
+    agent takes its checks from the engine, never from the CLI."""
+    import ast
+    from pathlib import Path
+
+    import mobackup.cli
+    import mobackup.k8s.agent
+
+    package = Path(mobackup.cli.__file__).parent
+    imports: dict[str, set[str]] = {}
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names |= {node.module} if node.module else {a.name for a in node.names}
+        imports[path.stem] = names
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(m == goal or (m not in seen and reaches(m, goal, seen | {m})) for m in imports.get(start, ()))
+
+    assert {"__init__", "parser", "commands", "common", "s3"} <= set(imports)
+    assert not [m for m in imports if reaches(m, m, set())], imports
+    agent = ast.parse(Path(mobackup.k8s.agent.__file__).read_text())
+    modules = {node.module for node in ast.walk(agent) if isinstance(node, ast.ImportFrom)}
+    assert not [m for m in modules if m and (m == "mobackup.cli" or m.startswith(("mobackup.cli.", "mobackup.cli_")))]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import MobackupError
+from .errors import ClusterRunningError, MobackupError
 from .storage import LocalBackend
 
 if TYPE_CHECKING:
@@ -216,3 +216,21 @@ def check_staging_root(repo: Repository, staging: tuple[str, str], flag: str = "
     if where is not None and where[0] == staging[0] and s3_contains(staging[1], where[1]):
         raise MobackupError(f"{flag} {_url(*staging)} contains the repository {_url(*where)}: refusing to stage "
                             "there (stale staging prefixes under it are removed); stage beside the repository")
+
+
+def refuse_if_listening(where: str) -> None:
+    """A restore into a running cluster's prefix would mix objects under a live TN: refuse while its
+    SQL port accepts connections (no credentials needed for that). The CLI's and the Job agent's
+    `--check-stopped`."""
+    import socket
+
+    host, _, port = where.rpartition(":") if where.count(":") == 1 else (where, "", "6001")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except ValueError:
+        raise MobackupError(f"--check-stopped {where!r}: not HOST[:PORT]") from None
+    except OSError:
+        return  # nothing answers: stopped (or unreachable from here)
+    raise ClusterRunningError(f"MatrixOne answers at {host}:{port}: stop the cluster (every CN, TN and log "
+                              "service) before restoring into its bucket prefix")

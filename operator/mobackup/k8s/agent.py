@@ -220,7 +220,7 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
     from mobackup.engine.repository import open_repository
 
     if args.action == "restore":
-        from mobackup.cli_s3 import refuse_if_listening
+        from mobackup.engine.guards import refuse_if_listening
 
         for where in args.check_stopped:
             refuse_if_listening(where)

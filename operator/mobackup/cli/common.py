@@ -1,0 +1,33 @@
+"""What every command of the CLI shares: the repository options, and printing a result or a line
+(made printable: engine/text.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..engine.errors import MobackupError
+from ..engine.repository import RepositoryOptions
+from ..engine.text import printable, printable_lines
+
+
+def repository_options(args: argparse.Namespace, **extra: Any) -> RepositoryOptions:
+    if not args.repo:
+        raise MobackupError("no repository: give --repo or set MOBACKUP_REPO")
+    return RepositoryOptions.from_env(
+        args.repo, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region, s3_path_style=args.s3_path_style,
+        s3_ca_bundle=args.s3_ca_bundle, encryption_key_file=args.encryption_key_file,
+        parallelism=args.parallelism, bandwidth_limit=args.bandwidth_limit, **extra,
+    )
+
+
+def emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    """The result: JSON (which escapes control characters itself) or text made printable (values
+    from a repository or a data directory are escaped where they are put into several-line text)."""
+    print(json.dumps(data, indent=2) if args.json else printable_lines(text))
+
+
+def warn(text: str) -> None:
+    print(printable(f"mobackup: {text}"), file=sys.stderr)
