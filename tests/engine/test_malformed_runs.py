@@ -38,6 +38,7 @@ RUN_GARBAGE = {
     "path-not-text": {**good_run(), "inherit": [None]},
     "bool-count": {**good_run(), "staged_files": True},
     "bad-time": {**good_run(), "started_at": "yesterday"},
+    "other-run": {**good_run(), "run_id": "0b5c2a9e-0000-4000-8000-000000000000"},
 }
 
 

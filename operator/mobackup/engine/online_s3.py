@@ -651,6 +651,8 @@ def _load_run(repo: Repository, run_id: str) -> RunInfo:
     _check_fields(data, _RUN_TYPES, what)
     if not all(isinstance(p, str) for p in [*data["inherit"], *data["staged_paths"]]):
         raise CorruptDataError(f"{what} is malformed: a listed path is not text")
+    if data["run_id"] != run_id:  # the commit publishes under this ID: a copied record names another
+        raise CorruptDataError(f"{what} is malformed: it names run {data['run_id'][:100]!r}")
     try:
         parse_iso(data["started_at"])
         return RunInfo(**{k: data[k] for k in _RUN_TYPES})
