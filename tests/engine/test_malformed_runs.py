@@ -1,6 +1,6 @@
 """Malformed run records (`runs/<run>/*.json` of a sharded S3 ingest) and a malformed tae_sum/tae_list:
 the engine's one-line error naming the file, never an uncaught exception. No S3 server is needed: the
-records are refused before the staging prefix is touched."""
+records are refused before the staging prefix is touched. And restore_to_s3's options that go together."""
 
 from __future__ import annotations
 
@@ -97,3 +97,18 @@ STAGED_GARBAGE = {
 def test_malformed_staged_text(summary: str, listing: str) -> None:
     with pytest.raises(MobackupError, match="tae_"):
         parse_staged_text(summary, listing)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"step": "shard", "shard": (0, 2), "local_fs_dir": Path("/nonexistent")}, "go with --finalize"),
+    ({"step": "shard", "shard": (0, 2), "hk_data_s3": ROOT.under("hk")}, "go with --finalize"),
+    ({"reset_local_fs": True}, "needs --local-fs-dir"),
+    ({"step": "upload"}, "not one of"),
+])
+def test_restore_options_are_the_engines_checks(repo: Any, options: dict[str, Any], message: str) -> None:
+    """What the CLI refuses, the engine refuses for any other caller (the Job agent) too, before
+    the repository or the bucket is touched."""
+    from mobackup.engine.online_s3 import restore_to_s3
+
+    with pytest.raises(MobackupError, match=message):
+        restore_to_s3(repo, "0b5c2a9e-0000-4000-8000-000000000000", ROOT.under("data"), **options)

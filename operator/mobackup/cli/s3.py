@@ -94,7 +94,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
 def restore_s3(args: argparse.Namespace) -> int:
     from ..engine.guards import refuse_if_listening
-    from ..engine.online_s3 import S3Place, restore_to_s3
+    from ..engine.online_s3 import S3Place, check_restore_options, restore_to_s3
     from ..engine.progress import for_terminal
     from ..engine.repository import open_repository
     from ..table import decimal_size
@@ -108,10 +108,9 @@ def restore_s3(args: argparse.Namespace) -> int:
                               region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
     if args.shard and args.finalize:
         raise MobackupError("--shard uploads one part; --finalize completes the restore after all of them: not both")
-    if args.shard and (args.local_fs_dir or args.hk_data_s3):
-        raise MobackupError("--local-fs-dir and --hk-data-s3 go with --finalize (or a restore without --shard)")
-    if args.reset_local_fs and not args.local_fs_dir:
-        raise MobackupError("--reset-local-fs needs --local-fs-dir (the log service's data directory)")
+    step = "shard" if args.shard else "finalize" if args.finalize else "all"
+    check_restore_options(step, local_fs_dir=args.local_fs_dir, reset_local_fs=args.reset_local_fs,
+                          hk_data_s3=args.hk_data_s3)
     hk_data_s3 = None
     if args.hk_data_s3:
         hk_data_s3 = S3Place.from_env(args.hk_data_s3, "MOBACKUP_TARGET_", endpoint=target.endpoint,
@@ -120,8 +119,8 @@ def restore_s3(args: argparse.Namespace) -> int:
     result = restore_to_s3(repo, args.id, target, overwrite=args.overwrite,
                            local_fs_dir=Path(args.local_fs_dir) if args.local_fs_dir else None,
                            reset_local_fs=args.reset_local_fs, hk_data_s3=hk_data_s3,
-                           step="shard" if args.shard else "finalize" if args.finalize else "all",
-                           shard=args.shard or (0, 1), progress=for_terminal("restore", args.quiet or args.json))
+                           step=step, shard=args.shard or (0, 1),
+                           progress=for_terminal("restore", args.quiet or args.json))
     if args.shard:
         emit(args, result.to_dict(), f"restored shard {args.shard[0]}/{args.shard[1]} of backup {result.backup_id} "
               f"into {result.target}: {result.file_count} objects, {decimal_size(result.size_bytes)}, "

@@ -783,6 +783,17 @@ class _ChunkReader(io.RawIOBase):
 RESTORE_STEPS = ("all", "shard", "finalize")
 
 
+def check_restore_options(step: str, *, local_fs_dir: object, reset_local_fs: bool, hk_data_s3: object) -> None:
+    """Options of restore_to_s3 that go together. The CLI checks them before it opens anything;
+    restore_to_s3 checks them again for every other caller (the Job agent)."""
+    if step not in RESTORE_STEPS:
+        raise MobackupError(f"restore step {step!r} is not one of {', '.join(RESTORE_STEPS)}")
+    if step == "shard" and (local_fs_dir or hk_data_s3):  # a shard writes objects only, never hk_data
+        raise MobackupError("--local-fs-dir and --hk-data-s3 go with --finalize (or a restore without --shard)")
+    if reset_local_fs and not local_fs_dir:
+        raise MobackupError("--reset-local-fs needs --local-fs-dir (the log service's data directory)")
+
+
 def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrite: bool = False,
                   local_fs_dir: Path | None = None, reset_local_fs: bool = False, hk_data_s3: S3Place | None = None,
                   step: str = "all", shard: tuple[int, int] = (0, 1),
@@ -804,8 +815,7 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
     there with its size, removes the others (with `overwrite`) and writes hk_data. Both refuse a
     prefix holding objects that are not the backup's unless `overwrite` (the shards' own uploads are
     the backup's, so a shard can run again)."""
-    if step not in RESTORE_STEPS:
-        raise MobackupError(f"restore step {step!r} is not one of {', '.join(RESTORE_STEPS)}")
+    check_restore_options(step, local_fs_dir=local_fs_dir, reset_local_fs=reset_local_fs, hk_data_s3=hk_data_s3)
     index, count = shard
     if not 0 <= index < count:
         raise MobackupError(f"shard {index} of {count}: the index must be 0..{count - 1}")
