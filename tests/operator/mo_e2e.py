@@ -190,6 +190,17 @@ class Env:
         items = self.api.get(f"/api/v1/namespaces/{self.ns}/events")["items"]
         return [e for e in items if e["involvedObject"].get("name") == name]
 
+    def event_reasons(self, name: str, expected: set[str], timeout: float = 30) -> set[str]:
+        """The reasons of `name`'s Events once they include `expected` (an Event is posted just after
+        the status patch it reports, so a reader of the status can be a moment early), or as they
+        are at the timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reasons = {e["reason"] for e in self.events(name)}
+            if expected <= reasons or time.monotonic() > deadline:
+                return reasons
+            time.sleep(0.2)
+
     # ---- fixtures of the data side
     def secret(self, name: str, data: dict[str, str]) -> None:
         self.api.create(f"/api/v1/namespaces/{self.ns}/secrets", {

@@ -63,8 +63,9 @@ def test_full_backup_change_restore(env: Env) -> None:
     assert not any(k.startswith("mobackup.io/") for k in env.replicas()[1])
     # The Job has no API access: the operator wrote the progress from its result.
     assert st["progress"]["bytesDone"] == st["progress"]["bytesTotal"] > 0, st.get("progress")
-    reasons = {e["reason"] for e in env.events("full-1")}
-    assert {"Accepted", "ScaledDown", "JobCreated", "ScaledUp", "BackupCompleted"} <= reasons, reasons
+    expected = {"Accepted", "ScaledDown", "JobCreated", "ScaledUp", "BackupCompleted"}
+    reasons = env.event_reasons("full-1", expected)
+    assert expected <= reasons, reasons
     # The Job: owned by the MOBackup, no secret anywhere in its spec (env from Secrets only).
     job = env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs/{st['jobName']}")
     assert job["metadata"]["ownerReferences"][0]["uid"] == b["metadata"]["uid"]
