@@ -33,6 +33,8 @@ from typing import Any
 import pymysql
 import pytest
 
+from mobackup.engine.drill import scratch_env
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("MOBACKUP_TEST_CACHE", Path.home() / ".cache" / "mobackup-test"))
 # The servers the suite runs, named as tests/matrixone/build names them. v1.3.0-dev is MatrixOne's
@@ -183,9 +185,9 @@ class MatrixOne(SqlClient):
             if self.hostname:
                 argv = ["bwrap", "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
                         "--hostname", self.hostname, "--chdir", str(self.workdir), "--", *argv]
-            # MatrixOne reads its S3 keys from its own configuration. An inherited AWS_CA_BUNDLE (set
-            # on this kind of machine) makes the S3 client of MatrixOne 1.3 panic at start.
-            env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+            # As the drill's scratch server: no AWS_* variables (MatrixOne reads its S3 keys from its
+            # own configuration, and an inherited AWS_CA_BUNDLE makes 1.3's S3 client panic).
+            env = scratch_env()
             self.proc = subprocess.Popen(argv,
                                          cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True, env=env,

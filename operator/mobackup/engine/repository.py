@@ -380,10 +380,6 @@ class Repository:
             return self.backend
         return None
 
-    def blob_digests(self) -> Iterator[str]:
-        for info in self.backend.list("blobs/"):
-            yield info.key.rsplit("/", 1)[-1]
-
     def chunk_plain_size(self, file_size: int, index: int) -> int:
         """The plaintext size of chunk `index` of a file of `file_size` bytes (the last one is short)."""
         return min(self.chunk_size, file_size - index * self.chunk_size)

@@ -342,10 +342,6 @@ class BackupSpec:
     parallel_pods: int = 1
 
     @property
-    def s3_resident(self) -> bool:
-        return self.volume is None
-
-    @property
     def lease_key(self) -> str:
         """One backup or restore at a time per source: its PVC, MatrixOneCluster or S3 data prefix."""
         return lease_key(self.volume, self.cluster, self.shared)
