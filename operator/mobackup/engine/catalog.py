@@ -24,6 +24,7 @@ from typing import Any
 
 import pymysql
 
+from . import sqlconn
 from .model import iso, utc_now
 
 SYSTEM_DATABASES = frozenset({
@@ -101,8 +102,8 @@ def _snapshot_clause(connection: Any, at_ts: str) -> tuple[str, str | None, str 
 def read_catalog_from(endpoint: Any, at_ts: str | None = None) -> dict[str, Any]:
     """read_catalog over a connection of its own to `endpoint` (a mosql.SqlEndpoint)."""
     try:
-        connection = pymysql.connect(
-            host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
+        connection = sqlconn.connect(
+            endpoint.host, endpoint.port, endpoint.user, endpoint.password,
             connect_timeout=endpoint.timeout, read_timeout=max(endpoint.timeout, 120), autocommit=True)
     except pymysql.MySQLError as error:
         return {"error": f"cannot connect: {error.args[-1]}", "taken_at": iso(utc_now())}

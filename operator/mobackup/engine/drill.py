@@ -30,6 +30,7 @@ from typing import Any
 
 import pymysql
 
+from . import sqlconn
 from .errors import MobackupError
 from .guards import checked_local_dir
 from .layout import log_hostnames
@@ -168,7 +169,7 @@ class ScratchServer:
 
 
 def _connect(host: str, port: int, user: str, password: str, timeout: float) -> Any:
-    return pymysql.connect(host=host, port=port, user=user, password=password, autocommit=True,
+    return sqlconn.connect(host, port, user, password, autocommit=True,
                            connect_timeout=min(5.0, max(timeout, 0.5)), read_timeout=max(timeout, 1.0))
 
 

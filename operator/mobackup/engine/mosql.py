@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import pymysql
 
+from . import sqlconn
 from .errors import MobackupError, mask_secret
 
 
@@ -41,9 +42,9 @@ def prepare_backup(endpoint: SqlEndpoint) -> str:
     """Force a checkpoint (so the newest `ckp/meta_*` covers all committed data) and return the server
     version. Raises MobackupError with the server's reason when it refuses."""
     try:
-        connection = pymysql.connect(
-            host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
-            database=endpoint.database, connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout,
+        connection = sqlconn.connect(
+            endpoint.host, endpoint.port, endpoint.user, endpoint.password, database=endpoint.database,
+            connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout,
             autocommit=True,  # control calls, not a transaction to hold open
         )
     except pymysql.MySQLError as error:
@@ -71,8 +72,8 @@ class MatrixOneSession:
         self.endpoint = endpoint
         self.where = f"{endpoint.host}:{endpoint.port}"
         try:
-            self.connection = pymysql.connect(
-                host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
+            self.connection = sqlconn.connect(
+                endpoint.host, endpoint.port, endpoint.user, endpoint.password,
                 connect_timeout=endpoint.timeout, read_timeout=None, autocommit=True)
         except pymysql.MySQLError as error:
             raise MobackupError(f"cannot connect to MatrixOne at {self.where}: {error.args[-1]}") from None

@@ -969,6 +969,8 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
 def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> None:
     import pymysql
 
+    from mobackup.engine import sqlconn
+
     ns, _, _ = meta(obj)
     chk = spec.sql_check
     assert chk
@@ -979,7 +981,7 @@ def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
         finish(ctx, obj, run_key(obj, spec), spec.workload, False, "SQLCheckFailed", str(e))
         return
     try:
-        conn = pymysql.connect(host=chk.host, port=chk.port, user=chk.user, password=password,
+        conn = sqlconn.connect(chk.host, chk.port, chk.user, password,
                                connect_timeout=3, read_timeout=10)
         try:
             with conn.cursor() as cur:

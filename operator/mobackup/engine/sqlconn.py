@@ -1,0 +1,87 @@
+"""One way to open a MySQL-protocol connection: pymysql, minus every path that hands the password over.
+
+The host of a connection is often chosen by whoever wrote a custom resource or a flag, so the server
+at the other end may be hostile. Over a connection without TLS it can ask, by an auth switch or
+"extra auth data", for:
+
+- `mysql_clear_password` and `dialog`: the password itself;
+- `sha256_password`, and `caching_sha2_password` full authentication: the password encrypted with a
+  public key that the server itself supplies, i.e. the password again.
+
+pymysql answers all of these. The handlers below refuse them unless the connection is TLS, and keep
+the challenge-response methods (`mysql_native_password`, the `caching_sha2_password` fast path),
+which never put the password on the wire. MatrixOne authenticates with `mysql_native_password`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymysql
+from pymysql import _auth  # the reference implementations, called when TLS makes them safe
+
+FAST_AUTH_OK = 3  # caching_sha2_password: "fast auth succeeded" (4 asks for the full password)
+
+
+def _refusal(plugin: str) -> pymysql.err.OperationalError:
+    return pymysql.err.OperationalError(
+        2059, f"the server asked for the password by {plugin!r} over a connection without TLS: refusing "
+              "to send it (mobackup only answers challenge-response authentication without TLS)")
+
+
+class _Guard:
+    plugin = ""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+
+
+class _ClearText(_Guard):
+    plugin = "mysql_clear_password"
+
+    def authenticate(self, packet: Any) -> Any:
+        if not self.connection._secure:
+            raise _refusal(self.plugin)
+        return _auth._roundtrip(self.connection, self.connection.password + b"\0")
+
+
+class _Dialog(_Guard):
+    plugin = "dialog"
+
+    def authenticate(self, packet: Any) -> Any:
+        raise _refusal(self.plugin)  # PAM prompts; nothing of ours answers them
+
+
+class _Sha256(_Guard):
+    plugin = "sha256_password"
+
+    def authenticate(self, packet: Any) -> Any:
+        if not self.connection._secure:
+            raise _refusal(self.plugin)
+        return _auth.sha256_password_auth(self.connection, packet)
+
+
+class _CachingSha2(_Guard):
+    plugin = "caching_sha2_password"
+
+    def authenticate(self, packet: Any) -> Any:
+        conn = self.connection
+        if conn._secure or not conn.password:
+            return _auth.caching_sha2_password_auth(conn, packet)
+        if packet.is_auth_switch_request():  # the fast path's scramble, as pymysql sends it
+            conn.salt = packet.read_all().removesuffix(b"\0")
+            packet = _auth._roundtrip(conn, _auth.scramble_caching_sha2(conn.password, conn.salt))
+        if packet.is_extra_auth_data() and packet.get_bytes(1) == bytes([FAST_AUTH_OK]):
+            ok = conn._read_packet()
+            ok.check_error()
+            return ok
+        raise _refusal("caching_sha2_password full authentication")
+
+
+AUTH_PLUGINS: dict[str, type] = {g.plugin: g for g in (_ClearText, _Dialog, _Sha256, _CachingSha2)}
+
+
+def connect(host: str, port: int, user: str, password: str, **options: Any) -> Any:
+    """pymysql.connect with the guarded authentication (module docstring); `options` as pymysql's."""
+    return pymysql.connect(host=host, port=port, user=user, password=password, auth_plugin_map=AUTH_PLUGINS,
+                           **options)
