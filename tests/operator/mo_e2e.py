@@ -204,7 +204,8 @@ class Env:
     # ---- fixtures of the data side
     def secret(self, name: str, data: dict[str, str]) -> None:
         self.api.create(f"/api/v1/namespaces/{self.ns}/secrets", {
-            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": name, "labels": {"mobackup.io/credentials": "true"}},
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}})
 
     def s3_storage(self, name: str = "s3", prefix: str | None = None, endpoint: str | None = None,

@@ -187,3 +187,27 @@ def test_runs_on_the_storage_pvc_are_refused(env: Env) -> None:
         assert st["reason"] == "StorageOverlap" and not st.get("jobName"), st
         assert f"{field} repo is the PVC of MOBackupStorage vol" in st["message"], st
     assert sorted(str(p.relative_to(host)) for p in host.rglob("*")) == ["mobackup", "mobackup/keep"]
+
+
+def test_secrets_need_their_owners_consent(env: Env) -> None:
+    """A Secret without the label mobackup.io/credentials=true is never used (its keys would go to
+    the storage's endpoint), nor is the operator's own identity for a storage without keys."""
+    env.cluster.make_pvc(env.ns, "mo-data")
+    env.api.create(f"/api/v1/namespaces/{env.ns}/secrets", {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "theirs"},
+        "stringData": {"AWS_ACCESS_KEY_ID": env.s3.access_key, "AWS_SECRET_ACCESS_KEY": env.s3.secret_key}})
+    env.s3_storage(secret="theirs", wait="Unavailable")
+    st = env.get("MOBackupStorage", "s3")["status"]
+    assert st["reason"] == "SecretNotOptedIn" and "label secret theirs mobackup.io/credentials=true" in st["message"]
+    env.create("MOBackup", "b", backup_spec(consistency="None"))
+    st = failed(env, "MOBackup", "b")
+    assert st["reason"] == "SecretNotOptedIn" and not st.get("jobName"), st
+    env.create("MOBackupStorage", "keyless", {"s3": {"endpoint": env.s3.endpoint, "bucket": env.s3.bucket,
+                                                     "prefix": f"{env.ns}/keyless", "pathStyle": True}})
+    st = env.wait_phase("MOBackupStorage", "keyless", "Available", "Unavailable")["status"]
+    assert st["phase"] == "Unavailable" and st["reason"] == "AmbientCredentialsNotAllowed", st
+    # The owner consents: the same storage becomes Available at its next check.
+    env.api.merge_patch(f"/api/v1/namespaces/{env.ns}/secrets/theirs",
+                        {"metadata": {"labels": {"mobackup.io/credentials": "true"}}})
+    env.api.merge_patch(env.path("MOBackupStorage", "s3"), {"spec": {"checkIntervalSeconds": 61}})
+    env.wait_phase("MOBackupStorage", "s3", "Available", timeout=60)

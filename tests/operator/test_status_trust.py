@@ -100,6 +100,12 @@ class FakeKube:
         self.scaled.append((name, replicas))
         return {}
 
+    def get_secret(self, ns: str, name: str) -> dict[str, Any]:
+        if name != "creds":
+            raise NotFound(name)
+        return {"metadata": {"name": name, "labels": {"mobackup.io/credentials": "true"}},
+                "data": {"AWS_ACCESS_KEY_ID": "aWQ=", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0"}}
+
     # jobs, pods, events, leases
     def get_job(self, ns: str, name: str) -> dict[str, Any]:
         if name not in self.jobs:

@@ -66,6 +66,9 @@ def obj(kind: str, name: str, spec: dict[str, Any], **status_: Any) -> dict[str,
 
 
 def storage(spec: dict[str, Any]) -> dict[str, Any]:
+    """An Available storage; an S3 one with SECRET's keys (without keys it would be refused first)."""
+    if "s3" in spec:
+        spec = {**spec, "s3": {"credentialsSecretRef": {"name": "k"}, **spec["s3"]}}
     return obj("MOBackupStorage", "st", spec, phase="Available")
 
 
@@ -73,7 +76,7 @@ def pvc(name: str) -> dict[str, Any]:
     return {"kind": "PersistentVolumeClaim", "metadata": {"name": name}, "status": {"phase": "Bound"}}
 
 
-SECRET = {"kind": "Secret", "metadata": {"name": "k"},
+SECRET = {"kind": "Secret", "metadata": {"name": "k", "labels": {"mobackup.io/credentials": "true"}},
           "data": {"AWS_ACCESS_KEY_ID": "aWQ=", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0", "password": "cA=="}}
 SHARED = {"s3": {"path": "bkt/team", "type": "minio", "endpoint": "http://minio:9000", "secretRef": {"name": "k"}}}
 PVC_STORAGE = storage({"pvc": {"claimName": "repo"}})
@@ -139,7 +142,7 @@ def test_drill_never_adopts_a_scratch_pvc_it_did_not_make() -> None:
 
     run = obj("MORestoreDrill", "d", {"backupID": "x", "storageRef": {"name": "st"}})
     claim = drill.scratch_claim_name(controller.owner_of(run))
-    kube = FakeKube(storage({"s3": {"bucket": "bkt"}}), pvc(claim))
+    kube = FakeKube(storage({"s3": {"bucket": "bkt"}}), pvc(claim), SECRET)
 
     def taken(*_: Any) -> None:
         raise Conflict(claim)

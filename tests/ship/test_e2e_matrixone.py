@@ -124,7 +124,8 @@ def test_chart_operator_backs_up_matrixone_online_and_restores_the_seed_example(
     api = kube_cluster.api()
     kube_cluster.apply(example("storage-s3.yaml", ns, kube_cluster.s3), namespace=ns)
     api.create(f"/api/v1/namespaces/{ns}/secrets", {"apiVersion": "v1", "kind": "Secret",
-                                                    "metadata": {"name": "mo-credentials"},
+                                                    "metadata": {"name": "mo-credentials", "labels": {
+                                                        "mobackup.io/credentials": "true"}},
                                                     "stringData": {"password": PASSWORD}})
     create_db(mo, "db1", 3000)
     create_db(mo, "db2", 2000)

@@ -130,7 +130,7 @@ def get_storage(ctx: Ctx, ns: str, name: str) -> tuple[dict[str, Any], models.St
 def require_storage_ready(ctx: Ctx, ns: str, name: str) -> tuple[dict[str, Any], models.StorageSpec]:
     obj, st = get_storage(ctx, ns, name)
     try:
-        storage.read_credentials(ctx.kube, ns, st)
+        storage.read_credentials(ctx.kube, ns, st, ctx.defaults.ambient_credential_buckets)
     except storage.MissingInput as e:
         raise Fail(e.reason, f"MOBackupStorage {name}: {e}") from None
     sst = obj.get("status") or {}
@@ -160,7 +160,7 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
     old = obj.get("status") or {}
     try:
         st = models.parse_storage(obj.get("spec") or {})
-        result = storage.check(ctx.kube, ns, st)
+        result = storage.check(ctx.kube, ns, st, ctx.defaults.ambient_credential_buckets)
         location = st.location
     except models.SpecError as e:
         result, location = storage.CheckResult(False, "InvalidSpec", str(e)), None
@@ -298,10 +298,20 @@ def run_job_name(obj: dict[str, Any], action: str) -> str:
 def create_job(ctx: Ctx, obj: dict[str, Any], body: dict[str, Any]) -> str:
     ns = obj["metadata"]["namespace"]
     name = body["metadata"]["name"]
+    require_job_secrets(ctx, ns, body)
     # Conflict: created by an earlier pass (e.g. before an operator restart): adopt it.
     with contextlib.suppress(Conflict):
         ctx.kube.create_job(ns, body)
     return name
+
+
+def require_job_secrets(ctx: Ctx, ns: str, body: dict[str, Any]) -> None:
+    """Every Secret a Job would read must be one its owner opted in (storage module docstring): the
+    one check that covers each run kind and each way a spec names a Secret."""
+    try:
+        storage.check_job_secrets(ctx.kube, ns, body)
+    except storage.MissingInput as e:
+        raise Fail(e.reason, f"Job {body['metadata']['name']}: {e}") from None
 
 
 def finish(ctx: Ctx, obj: dict[str, Any], claim: str, w: models.Workload | None, ok: bool, reason: str,
@@ -701,7 +711,7 @@ def summary_from_repository(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSp
     started = status.parse_iso((obj.get("status") or {}).get("startTime"))
     try:
         _, st = get_storage(ctx, ns, spec.storage)
-        repo = storage.open_repo(ctx.kube, ns, st)
+        repo = storage.open_repo(ctx.kube, ns, st, ctx.defaults.ambient_credential_buckets)
         if repo is None or started is None:
             return None
         mine = [s for s in repo.list_backups() if s.source == spec.source_name
@@ -820,6 +830,10 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     try:
         job = ctx.kube.get_job(ns, jname)
     except NotFound:
+        try:
+            require_job_secrets(ctx, ns, body)
+        except Fail as e:
+            return False, f"cannot delete backup {backup_id}: {e}"
         ctx.kube.create_job(ns, body)
         ctx.metrics.inc("mobackup_runs_total", kind="Delete", namespace=ns)
         events.emit(ctx.kube, obj, "Normal", "DeletingData", f"Job {jname} deletes backup {backup_id}")

@@ -59,9 +59,14 @@ def name_ref(description: str) -> Schema:
                                        maxLength=253)}, ["name"])
 
 
+OPTED_IN = ("; the Secret must carry the label mobackup.io/credentials=true (its owner's consent to its use "
+            "by mobackup), else the run fails, or the storage is Unavailable, with reason SecretNotOptedIn")
+
+
 def secret_key_ref(description: str, default_key: str, kind: str = "Secret") -> Schema:
     return obj(description, {
-        "name": s(f"Name of the {kind}, in the same namespace.", pattern=DNS_SUBDOMAIN, maxLength=253),
+        "name": s(f"Name of the {kind}, in the same namespace{OPTED_IN if kind == 'Secret' else ''}.",
+                  pattern=DNS_SUBDOMAIN, maxLength=253),
         "key": s(f"Key inside the {kind}.", pattern=SECRET_KEY, default=default_key),
     }, ["name"])
 
@@ -96,7 +101,7 @@ def sql_endpoint(description: str) -> Schema:
 
 def s3_keys_ref(description: str) -> Schema:
     return obj(description, {
-        "name": s("Name of the Secret, in the same namespace.", pattern=DNS_SUBDOMAIN),
+        "name": s(f"Name of the Secret, in the same namespace{OPTED_IN}.", pattern=DNS_SUBDOMAIN),
         "accessKeyIDKey": s("Key of the access key ID.", default="AWS_ACCESS_KEY_ID", pattern=SECRET_KEY),
         "secretAccessKeyKey": s("Key of the secret access key.", default="AWS_SECRET_ACCESS_KEY", pattern=SECRET_KEY),
     }, ["name"])
@@ -269,7 +274,11 @@ def storage_crd() -> Schema:
                         }, **{"x-kubernetes-validations": [{
                             "rule": "has(self.configMapRef) != has(self.secretRef)",
                             "message": "caBundle needs exactly one of configMapRef or secretRef"}]}),
-        "credentialsSecretRef": s3_keys_ref("Secret with the access keys (passed to Jobs as env from the Secret)."),
+        "credentialsSecretRef": s3_keys_ref(
+            "Secret with the access keys (passed to Jobs as env from the Secret). Without it, the operator and "
+            "its Jobs reach the bucket as the pod's own identity, and only if the bucket is in the operator's "
+            "allow-list (chart value ambientCredentials.buckets); else the storage is Unavailable "
+            "(AmbientCredentialsNotAllowed)."),
     }, ["bucket"])
     pvc = obj("A PersistentVolumeClaim holding the repository (mounted by every Job that uses it).", {
         "claimName": s("Name of the PersistentVolumeClaim, in the same namespace.", pattern=DNS_SUBDOMAIN),
@@ -323,7 +332,8 @@ def shared_storage(what: str) -> Schema:
             "region": s("Region of the bucket.", default="us-west-2", maxLength=64),
             "secretRef": obj("Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (MatrixOne's BACKUP needs "
                              "the keys; they reach it inside the statement, never in logs).", {
-                "name": s("Name of the Secret, in the same namespace.", pattern=DNS_SUBDOMAIN, maxLength=253)},
+                "name": s(f"Name of the Secret, in the same namespace{OPTED_IN}.", pattern=DNS_SUBDOMAIN,
+                          maxLength=253)},
                 ["name"]),
         }, ["path", "secretRef"]),
     }, ["s3"])

@@ -300,13 +300,14 @@ def start(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec, mo: MatrixOneSettings)
     owner = owner_of(obj)
     claim = scratch_claim_name(owner)
     controller.refuse_storage_overlap(storage_spec, storage_name, claims={"the drill's scratch PVC": claim})
+    body = drill_job(owner, spec, storage_spec, backup_id, hostname, ctx.defaults, mo)
+    controller.require_job_secrets(ctx, ns, body)  # before the scratch PVC: nothing made for a refused drill
     try:
         ctx.kube.create_pvc(ns, scratch_pvc(owner, spec))
     except Conflict:  # made by an earlier pass; never someone else's of that name
         if pvc_made_for(ctx.kube, ns, claim, owner.uid) is False:
             raise Fail("ScratchClaimTaken", f"PVC {claim} exists and was not made for this drill: refusing to "
                                             "restore into it (or to delete it afterwards)") from None
-    body = drill_job(owner, spec, storage_spec, backup_id, hostname, ctx.defaults, mo)
     job_name = controller.create_job(ctx, obj, body)
     ctx.metrics.inc("mobackup_runs_total", kind=KIND, namespace=ns)
     source = ((backup or {}).get("status") or {}).get("source") or spec.source

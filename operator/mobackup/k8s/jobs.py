@@ -80,6 +80,9 @@ class OperatorDefaults:
     # spec.job.annotations keys that runs may set (MOBACKUP_JOB_ALLOWED_PRIORITY_CLASSES / _ANNOTATIONS).
     allowed_priority_classes: tuple[str, ...] = ()
     allowed_annotations: tuple[str, ...] = ()
+    # Buckets (shell patterns) that storages without keys may reach as the pod's own identity
+    # (MOBACKUP_AMBIENT_CREDENTIAL_BUCKETS). Empty: every S3 storage must name its keys.
+    ambient_credential_buckets: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorDefaults:
@@ -97,7 +100,8 @@ class OperatorDefaults:
                    allowed_images=_string_list(env.get("MOBACKUP_JOB_ALLOWED_IMAGES")),
                    allowed_service_accounts=_string_list(env.get("MOBACKUP_JOB_ALLOWED_SERVICE_ACCOUNTS")),
                    allowed_priority_classes=_string_list(env.get("MOBACKUP_JOB_ALLOWED_PRIORITY_CLASSES")),
-                   allowed_annotations=_string_list(env.get("MOBACKUP_JOB_ALLOWED_ANNOTATIONS")))
+                   allowed_annotations=_string_list(env.get("MOBACKUP_JOB_ALLOWED_ANNOTATIONS")),
+                   ambient_credential_buckets=_string_list(env.get("MOBACKUP_AMBIENT_CREDENTIAL_BUCKETS")))
 
 
 def _string_list(text: str | None) -> tuple[str, ...]:

@@ -1,11 +1,20 @@
 """MOBackupStorage: reference checks (Secrets, ConfigMaps, PVC) and the reachability check.
 
 Credentials are read from the Secret into memory only for the check and never logged or written.
+
+Whoever may create a mobackup resource in a namespace may not read its Secrets, yet each Secret a
+resource names is sent somewhere it chooses (an S3 key to its endpoint, a password to its SQL host).
+So the operator uses a Secret, itself or in a Job, only when the Secret's owner opted in with the
+label `mobackup.io/credentials: "true"` (L_CREDENTIALS): labelling needs the right to update the
+Secret, which reading-and-leaking it does not give. A SubjectAccessReview of the creator would need an
+admission webhook (the object does not say who created it), a served certificate and a webhook that
+blocks every create when it is down; the label needs nothing running.
 """
 
 from __future__ import annotations
 
 import base64
+import fnmatch
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,6 +26,8 @@ from .jobs import L_UID
 from .kube import Kube, NotFound
 from .models import SecretKey, StorageSpec
 
+L_CREDENTIALS = "mobackup.io/credentials"
+
 
 class MissingInput(Exception):
     """A referenced Secret/ConfigMap/PVC/key is missing; `reason` is a CamelCase reason."""
@@ -26,17 +37,53 @@ class MissingInput(Exception):
         self.reason = reason
 
 
-def secret_value(kube: Kube, ns: str, ref: SecretKey) -> str:
+def usable_secret(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    """The Secret `name`, if its owner let mobackup use it (module docstring)."""
     try:
-        sec = kube.get_secret(ns, ref.name)
+        sec = kube.get_secret(ns, name)
     except NotFound:
-        raise MissingInput("SecretNotFound", f"Secret {ns}/{ref.name} not found") from None
+        raise MissingInput("SecretNotFound", f"Secret {ns}/{name} not found") from None
+    if ((sec.get("metadata") or {}).get("labels") or {}).get(L_CREDENTIALS) != "true":
+        raise MissingInput("SecretNotOptedIn",
+                           f"Secret {ns}/{name} is not labelled {L_CREDENTIALS}=true; mobackup uses only the "
+                           f"Secrets their owner opts in: kubectl -n {ns} label secret {name} {L_CREDENTIALS}=true")
+    return sec
+
+
+def secret_value(kube: Kube, ns: str, ref: SecretKey) -> str:
+    sec = usable_secret(kube, ns, ref.name)
     data = sec.get("data") or {}
     if ref.key in data:
         return base64.b64decode(data[ref.key]).decode()
     if ref.key in (sec.get("stringData") or {}):
         return str(sec["stringData"][ref.key])
     raise MissingInput("SecretKeyNotFound", f"Secret {ns}/{ref.name} has no key {ref.key!r}")
+
+
+def pod_secrets(pod_spec: dict[str, Any]) -> set[str]:
+    """Every Secret a pod spec takes values from: env, envFrom, secret and projected volumes."""
+    names: set[str] = set()
+    for c in [*(pod_spec.get("initContainers") or []), *(pod_spec.get("containers") or [])]:
+        for env in c.get("env") or []:
+            ref = ((env.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
+            names.update([ref] if ref else [])
+        for env_from in c.get("envFrom") or []:
+            ref = (env_from.get("secretRef") or {}).get("name")
+            names.update([ref] if ref else [])
+    for volume in pod_spec.get("volumes") or []:
+        ref = (volume.get("secret") or {}).get("secretName")
+        names.update([ref] if ref else [])
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            ref = (source.get("secret") or {}).get("name")
+            names.update([ref] if ref else [])
+    return names
+
+
+def check_job_secrets(kube: Kube, ns: str, job: dict[str, Any]) -> None:
+    """Raise MissingInput unless every Secret the Job's pod reads is usable (imagePullSecrets aside:
+    the kubelet sends those only to the registry of the operator's own image)."""
+    for name in sorted(pod_secrets(job["spec"]["template"]["spec"])):
+        usable_secret(kube, ns, name)
 
 
 def configmap_value(kube: Kube, ns: str, ref: SecretKey) -> str:
@@ -79,9 +126,17 @@ class Credentials:
         return "Credentials(<redacted>)"
 
 
-def read_credentials(kube: Kube, ns: str, st: StorageSpec) -> Credentials:
-    """Every Secret/ConfigMap the storage references must exist, with its keys (checked before a Job)."""
+def read_credentials(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> Credentials:
+    """Every Secret/ConfigMap the storage references must exist, with its keys (checked before a Job).
+    An S3 storage without keys would reach its bucket as whoever the pod is (the node's instance
+    role, a workload identity): only for buckets the operator's installer allows (`ambient_buckets`,
+    shell patterns; chart value ambientCredentials.buckets)."""
     access = secret = ca = None
+    if st.s3 and not st.s3.credentials_secret and not any(fnmatch.fnmatchcase(st.s3.bucket, p)
+                                                          for p in ambient_buckets):
+        raise MissingInput("AmbientCredentialsNotAllowed",
+                           f"spec.s3 names no credentialsSecretRef, and bucket {st.s3.bucket!r} is not in the "
+                           "operator's allow-list for its own identity (chart value ambientCredentials.buckets)")
     if st.s3 and st.s3.credentials_secret:
         access = secret_value(kube, ns, SecretKey(st.s3.credentials_secret, st.s3.access_key_key))
         secret = secret_value(kube, ns, SecretKey(st.s3.credentials_secret, st.s3.secret_key_key))
@@ -114,23 +169,23 @@ def _s3_options(st: StorageSpec, creds: Credentials, ca_path: str | None) -> Any
                              encryption_key=creds.encryption_key)
 
 
-def open_repo(kube: Kube, ns: str, st: StorageSpec) -> Any:
+def open_repo(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> Any:
     """The repository of an S3 storage, opened by the operator itself (credentials from the Secret,
     in memory only); None for a PVC repository (only Jobs mount it) or a custom CA bundle."""
     if not st.s3 or st.s3.ca_configmap or st.s3.ca_secret:
         return None
     from mobackup.engine.repository import open_repository
 
-    return open_repository(_s3_options(st, read_credentials(kube, ns, st), None))
+    return open_repository(_s3_options(st, read_credentials(kube, ns, st, ambient_buckets), None))
 
 
-def check(kube: Kube, ns: str, st: StorageSpec) -> CheckResult:
+def check(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> CheckResult:
     """Reachable, credentials accepted, the encryption key right, and how many backups it lists."""
     from mobackup.engine.errors import EncryptionKeyError, RepositoryFormatError, RepositoryNotFound
     from mobackup.engine.repository import make_backend, open_repository
 
     try:
-        creds = read_credentials(kube, ns, st)
+        creds = read_credentials(kube, ns, st, ambient_buckets)
     except MissingInput as e:
         return CheckResult(False, e.reason, str(e))
     if st.pvc:
