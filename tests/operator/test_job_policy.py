@@ -210,6 +210,34 @@ def test_user_labels_never_replace_the_operators() -> None:
 
 # ------------------------------------------------------------------------------- chart jobDefaults
 
+@pytest.mark.parametrize("job", [
+    {"tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}]},
+    {"tolerations": [{"key": "node-role.kubernetes.io/master", "operator": "Exists"}]},
+    {"tolerations": [{"operator": "Exists"}]},  # every taint
+    {"nodeSelector": {"node-role.kubernetes.io/control-plane": ""}},
+    {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]}]}}}},
+    {"affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "preference": {
+        "matchExpressions": [{"key": "node-role.kubernetes.io/master", "operator": "In", "values": [""]}]}}]}}},
+])
+def test_a_run_cannot_place_its_job_on_control_plane_nodes(job: dict[str, Any]) -> None:
+    with pytest.raises(jobs.JobPolicyError, match="control-plane"):
+        build(job)
+
+
+def test_placement_away_from_the_control_plane_stays_allowed() -> None:
+    away = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "node-role.kubernetes.io/control-plane", "operator": "DoesNotExist"}]}]}}}
+    pod = pod_of(build({"affinity": away, "nodeSelector": {"disk": "ssd"},
+                        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "backup"}]}))
+    assert pod["affinity"] == away and pod["nodeSelector"] == {"disk": "ssd"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "backup"}]
+    # The installer may: the chart's jobDefaults are not a run's choice.
+    d = jobs.OperatorDefaults(image="reg/agent:1", service_account="job-sa", job_defaults={
+        "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]})
+    assert pod_of(build({}, d))["tolerations"][0]["key"] == "node-role.kubernetes.io/control-plane"
+
+
 def test_chart_job_defaults_reach_the_pod() -> None:
     d = jobs.OperatorDefaults(image="reg/agent:1", service_account="job-sa", job_defaults={
         "imagePullSecrets": [{"name": "regcred"}],

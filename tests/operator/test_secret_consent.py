@@ -117,3 +117,15 @@ def test_a_backup_on_a_storage_without_keys_fails_before_any_job() -> None:
     st = run["status"]
     assert (st["phase"], st["reason"]) == ("Failed", "AmbientCredentialsNotAllowed"), st
     assert kube.made() == []
+
+
+def test_secrets_the_installer_gives_every_job_need_no_label() -> None:
+    """The chart's jobDefaults env/envFrom are the installer's choice, not a run's: not checked."""
+    from test_storage_overlap import pvc
+
+    kube = FakeKube(S3_STORAGE, SECRET, pvc("mo-data"))
+    defaults = jobs.OperatorDefaults(job_defaults={"envFrom": [{"secretRef": {"name": "proxy-credentials"}}]})
+    run = obj("MOBackup", "b", {"source": {"pvc": {"claimName": "mo-data"}}, "consistency": "None",
+                                "storageRef": {"name": "st"}})
+    controller.reconcile_backup(controller.Ctx(kube, defaults), run)
+    assert run["status"]["phase"] == "Running" and "create_job" in kube.made(), run["status"]

@@ -308,8 +308,10 @@ def create_job(ctx: Ctx, obj: dict[str, Any], body: dict[str, Any]) -> str:
 def require_job_secrets(ctx: Ctx, ns: str, body: dict[str, Any]) -> None:
     """Every Secret a Job would read must be one its owner opted in (storage module docstring): the
     one check that covers each run kind and each way a spec names a Secret."""
+    chart = ctx.defaults.job_defaults
+    installer_chose = storage.pod_secrets({"containers": [{"env": chart.get("env"), "envFrom": chart.get("envFrom")}]})
     try:
-        storage.check_job_secrets(ctx.kube, ns, body)
+        storage.check_job_secrets(ctx.kube, ns, body, installer_chose)
     except storage.MissingInput as e:
         raise Fail(e.reason, f"Job {body['metadata']['name']}: {e}") from None
 

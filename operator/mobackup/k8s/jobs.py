@@ -237,6 +237,33 @@ def _check_allow_list(overrides: JobOverrides, defaults: OperatorDefaults) -> No
                      defaults.job_defaults.get("priorityClassName"), defaults.allowed_priority_classes,
                      "priority class", "allowedPriorityClasses")
     _check_annotations(overrides.get("annotations"), defaults)
+    _check_placement(overrides)
+
+
+# Node labels and taints of control-plane nodes: where the API server's keys and etcd live.
+CONTROL_PLANE_KEYS = ("node-role.kubernetes.io/control-plane", "node-role.kubernetes.io/master")
+
+
+def _check_placement(overrides: JobOverrides) -> None:
+    """A run's spec.job may steer its pod to nodes, but not onto control-plane nodes: no toleration of
+    their taints (nor a blanket one, which tolerates every taint), no node selector or affinity term
+    on their role labels. The chart's jobDefaults may (the installer's choice)."""
+    for i, toleration in enumerate(overrides.get("tolerations") or []):
+        key = str((toleration or {}).get("key") or "")
+        if key in CONTROL_PLANE_KEYS or (not key and (toleration or {}).get("operator") == "Exists"):
+            raise JobPolicyError(f"spec.job.tolerations[{i}] is not allowed: it tolerates the control-plane "
+                                 f"taint{'' if key else ' (an empty key with Exists tolerates every taint)'}")
+    node_affinity = (overrides.get("affinity") or {}).get("nodeAffinity") or {}
+    required = (node_affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms")
+    terms = [*(required or []), *(p.get("preference") or {} for p in
+                                  node_affinity.get("preferredDuringSchedulingIgnoredDuringExecution") or [])]
+    chosen = {str(k) for k in (overrides.get("nodeSelector") or {})} | {
+        str(e.get("key")) for t in terms for e in (t or {}).get("matchExpressions") or []
+        if e.get("operator") in ("In", "Exists")}  # NotIn/DoesNotExist keep pods away: fine
+    for key in CONTROL_PLANE_KEYS:
+        if key in chosen:
+            raise JobPolicyError(f"spec.job.nodeSelector/affinity on {key} is not allowed: a run never places its "
+                                 "Job on control-plane nodes")
 
 
 # Pod annotations that change the sandbox (AppArmor, seccomp, sysctls, extra networks through Multus,

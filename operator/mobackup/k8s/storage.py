@@ -79,10 +79,11 @@ def pod_secrets(pod_spec: dict[str, Any]) -> set[str]:
     return names
 
 
-def check_job_secrets(kube: Kube, ns: str, job: dict[str, Any]) -> None:
-    """Raise MissingInput unless every Secret the Job's pod reads is usable (imagePullSecrets aside:
-    the kubelet sends those only to the registry of the operator's own image)."""
-    for name in sorted(pod_secrets(job["spec"]["template"]["spec"])):
+def check_job_secrets(kube: Kube, ns: str, job: dict[str, Any], installer_chose: set[str]) -> None:
+    """Raise MissingInput unless every Secret the Job's pod reads is usable, apart from those the
+    installer gives every Job (`installer_chose`: the chart's jobDefaults) and imagePullSecrets (the
+    kubelet sends those only to the registry of the operator's own image)."""
+    for name in sorted(pod_secrets(job["spec"]["template"]["spec"]) - installer_chose):
         usable_secret(kube, ns, name)
 
 
