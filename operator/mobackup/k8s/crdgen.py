@@ -117,11 +117,15 @@ def job_overrides() -> Schema:
                              "items": name_ref("A pull Secret.")},
         "resources": free_object("Resource requests and limits of the agent container "
                                  "(core/v1 ResourceRequirements)."),
-        "nodeSelector": {"type": "object", "description": "Node selector of the agent pod.",
+        "nodeSelector": {"type": "object", "description": "Node selector of the agent pod. Control-plane role labels "
+                         "(node-role.kubernetes.io/control-plane, /master) are refused (JobOverrideNotAllowed).",
                          "additionalProperties": {"type": "string"}},
-        "tolerations": {"type": "array", "description": "Tolerations of the agent pod (core/v1 Toleration).",
+        "tolerations": {"type": "array", "description": "Tolerations of the agent pod (core/v1 Toleration). A "
+                        "toleration of the control-plane taints, or of every taint (no key, operator Exists), is "
+                        "refused (JobOverrideNotAllowed).",
                         "items": free_object("A toleration.")},
-        "affinity": free_object("Affinity of the agent pod (core/v1 Affinity)."),
+        "affinity": free_object("Affinity of the agent pod (core/v1 Affinity). Node affinity terms that "
+                                "select control-plane nodes (In/Exists on their role labels) are refused."),
         "securityContext": free_object("Pod security context (core/v1 PodSecurityContext), merged onto the "
                                        "defaults (runAsNonRoot, uid/gid 65532, seccomp RuntimeDefault). "
                                        "runAsUser 0, runAsNonRoot false, group 0 (runAsGroup, fsGroup, "
