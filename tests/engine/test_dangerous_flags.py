@@ -46,6 +46,19 @@ def test_forced_restore_onto_the_repository_is_refused(backed_up: tuple[Path, Pa
     assert mobackup("verify", backup_id, "--repo", str(repo)).returncode == 0
 
 
+def test_forced_restore_over_a_tree_holding_another_repository_is_refused(backed_up: tuple[Path, Path, str],
+                                                                         tmp_path: Path) -> None:
+    """--force replaces all a target holds: never when a repository lies anywhere below it."""
+    data, repo, backup_id = backed_up
+    target = tmp_path / "target"
+    deep = target / "old" / "keep" / "repo2"
+    assert mobackup("backup", "--data-dir", str(data), "--repo", str(deep)).returncode == 0
+    before = snapshot_tree(target)
+    result = mobackup("restore", backup_id, "--repo", str(repo), "--target", str(target), "--force")
+    assert result.returncode == 1 and f"{deep} holds a mobackup repository" in result.stderr, result.stderr
+    assert snapshot_tree(target) == before
+
+
 def test_system_directories_are_never_targets(backed_up: tuple[Path, Path, str], tmp_path: Path) -> None:
     _, repo, backup_id = backed_up
     repository = open_repository(RepositoryOptions.from_env(str(repo)))

@@ -136,6 +136,14 @@ def _holds_repository(real: Path) -> Path | None:
     return None
 
 
+def refuse_repository_below(real: Path, shown: Path, action: str) -> None:
+    """Refuse to `action` (and so replace all of) `real` when a repository lies anywhere below it."""
+    other = _holds_repository(real)
+    if other is not None:
+        raise MobackupError(f"{shown}: refusing to {action} {real}: {other} holds a mobackup repository, "
+                            "which it would destroy")
+
+
 def checked_local_dir(path: Path, repo: Repository, action: str, *, emptied: bool = False) -> Path:
     """The real path of `path`, a directory that `action` (e.g. "restore into") writes into or
     replaces; a symbolic link is resolved up front, so that what is checked is what is used.
@@ -151,11 +159,11 @@ def checked_local_dir(path: Path, repo: Repository, action: str, *, emptied: boo
         raise MobackupError(f"{path}: refusing to {action} a directory that is, contains or lies inside the "
                             f"repository {root}: it would destroy the repository")
     other = next((p for p in (real, *real.parents) if _marked(p)), None)
-    if other is None and emptied:
-        other = _holds_repository(real)
     if other is not None:
         raise MobackupError(f"{path}: refusing to {action} {real}: {other} holds a mobackup repository, "
                             "which it would destroy")
+    if emptied:
+        refuse_repository_below(real, path, action)
     if emptied and real.exists() and _is_mount_root(real, _mounts()):
         raise MobackupError(f"{path}: refusing to {action} {real}, the root of a mounted file system: all of it "
                             "would be removed; name the log service's own directory inside it")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CorruptDataError, LockedError, MobackupError, TargetNotEmptyError, VolumeFull
+from .guards import checked_local_dir, refuse_repository_below
 from .layout import log_hostnames
 from .manifest import DAMAGED, ManifestChecker
 from .progress import NullProgress, Progress, human_bytes
@@ -342,8 +343,6 @@ def _checked_target(target: Path, repo: Repository) -> Path:
     """The real path of a restore target (a symbolic link is resolved up front, so that the swap acts
     on the directory itself), refused when it is a system directory or overlaps a repository (by
     device and inode too: one volume mounted twice has two paths)."""
-    from .guards import checked_local_dir
-
     return checked_local_dir(target, repo, "restore into")
 
 
@@ -458,6 +457,8 @@ def run_restore(
                 f"{target} is not empty ({len(existing)} entries, e.g. {sorted(existing)[0]!r}); restore into "
                 "an empty directory, or pass --force to replace its contents"
             )
+        if existing:  # --force replaces everything below: never a repository kept somewhere in there
+            refuse_repository_below(target, target, "replace the contents of")
         # The whole list is copied, then checked (every entry, and the digest at its end) before
         # the first write; the second pass reads the same local copy.
         files = Path(scratch) / "files"
