@@ -19,7 +19,7 @@ from fake_matrixone import FakeMatrixOne
 
 from mobackup.engine import backup, online_s3, restore
 from mobackup.engine.backup import run_backup
-from mobackup.engine.errors import MobackupError, SourceChangedError
+from mobackup.engine.errors import MobackupError, PlantedLinkError, SourceChangedError
 from mobackup.engine.online import run_online_backup
 from mobackup.engine.online_s3 import disk_frame
 from mobackup.engine.prune import collect_garbage
@@ -313,3 +313,52 @@ def test_hk_data_is_never_written_through_a_planted_link(tmp_path: Path, monkeyp
         link.unlink()
     online_s3._write_durably(local / "hk_data", b"state")
     assert (local / "hk_data").read_bytes() == b"state" and stat.S_ISREG((local / "hk_data").lstat().st_mode)
+
+
+# ---- hard links planted to another user's file ----------------------------------------------------------
+# A hard link is no link to refuse by O_NOFOLLOW: it is the other file. With fs.protected_hardlinks
+# off, a data owner can make one to a file they cannot read; root's backup must not read it for them.
+
+DATA_OWNER = 4321
+
+
+def test_a_hard_link_planted_in_the_data_directory_is_not_read(tmp_path: Path, secret: Path,
+                                                              repo: Repository) -> None:
+    data = tmp_path / "mo-data"
+    (data / "shared").mkdir(parents=True)
+    (data / "shared" / "own").write_bytes(b"the owner's own object")
+    os.link(secret, data / "shared" / "object")  # what the owner could do with protected_hardlinks off
+    for path in (data, data / "shared", data / "shared" / "own"):
+        os.chown(path, DATA_OWNER, DATA_OWNER)
+    with pytest.raises(PlantedLinkError, match="shared/object has 2 names and belongs to uid 0"):
+        run_backup(repo, data, source="db")
+    assert repo.list_backups() == [] and not _stored(repo, SECRET)
+    # The owner's own hard links are data like any other: backed up and restored as links.
+    (data / "shared" / "object").unlink()
+    os.link(data / "shared" / "own", data / "shared" / "own-too")
+    summary = run_backup(repo, data, source="db")
+    run_restore(repo, summary.id, tmp_path / "restored")
+    assert os.stat(tmp_path / "restored" / "shared" / "own-too").st_ino == os.stat(
+        tmp_path / "restored" / "shared" / "own").st_ino
+
+
+@pytest.mark.parametrize("planted", ["object", "hk_data"])
+def test_a_hard_link_planted_in_the_staged_copy_is_not_read(tmp_path: Path, secret: Path, repo: Repository,
+                                                           planted: str) -> None:
+    data = tmp_path / "mo-data"
+    data.mkdir()
+    framed = secret.with_name("framed")
+    framed.write_bytes(disk_frame(SECRET))
+    framed.chmod(0o600)
+
+    def plant(staging: Path) -> None:
+        for path in (staging, staging / "tae", staging / "hakeeper"):
+            os.chown(path, DATA_OWNER, DATA_OWNER)  # MatrixOne's user wrote the staged copy
+        name = staging / ("tae/obj" if planted == "object" else "hakeeper/hk_data")
+        name.unlink()
+        os.link(framed if planted == "object" else secret, name)
+
+    matrixone = FakeMatrixOne({"obj": SECRET if planted == "object" else b"object"}, after=plant)
+    refused = _refusal(lambda: run_online_backup(repo, data, matrixone, source="mo"))
+    assert "has 2 names and belongs to uid 0" in refused, refused
+    assert repo.list_backups() == [] and not _stored(repo, SECRET)

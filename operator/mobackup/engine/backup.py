@@ -358,7 +358,7 @@ def run_backup(
     source = source or default_source(data_dir)
     rules = _without_repository(rules or PathRules(), repo, data_dir)
     progress = progress or NullProgress()
-    with (DirectoryFds(open_root(data_dir, root_ident), str(data_dir)) as dirs,
+    with (DirectoryFds(open_root(data_dir, root_ident), str(data_dir), owned_links_only=True) as dirs,
           repo.lock(exclusive=False, purpose=f"backup of {source}", wait_seconds=60)):
         base = choose_base(repo, source, backup_type, base_id)
         started, clock = began or (utc_now(), time.monotonic())

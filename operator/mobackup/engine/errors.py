@@ -46,6 +46,10 @@ class SourceChangedError(MobackupError):
     """A file changed or vanished while it was being copied."""
 
 
+class PlantedLinkError(MobackupError):
+    """The data directory holds a hard link to a file of another owner."""
+
+
 class StorageUnreachableError(MobackupError):
     """The storage endpoint cannot be reached (connection refused or reset, timeout)."""
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import MobackupError
+from .errors import MobackupError, PlantedLinkError
 from .layout import PathRules
 from .model import BackupSummary, utc_now
 from .progress import Progress
@@ -106,7 +106,8 @@ class StagedCopy:
         self.fd = open_dir_at(None, str(staging), f"MatrixOne's backup staging {staging}")
         self.hk_data: Ident | None = None  # hakeeper/hk_data as check_present saw it
         try:
-            self.tae = DirectoryFds(self._enter("tae", "MatrixOne's backup has no tae directory"), f"{staging}/tae")
+            self.tae = DirectoryFds(self._enter("tae", "MatrixOne's backup has no tae directory"), f"{staging}/tae",
+                                    owned_links_only=True)
         except BaseException:
             os.close(self.fd)
             raise
@@ -127,12 +128,17 @@ class StagedCopy:
         hakeeper = self._enter("hakeeper", NO_HK_DATA)
         try:
             fd = open_file_at(hakeeper, "hk_data", f"{self.path}/hakeeper/hk_data")
+            writer = os.fstat(hakeeper).st_uid
         except FileNotFoundError:
             raise MobackupError(NO_HK_DATA) from None
         finally:
             os.close(hakeeper)
         st = os.fstat(fd)
         os.close(fd)
+        if st.st_nlink > 1 and st.st_uid != writer:  # as DirectoryFds(owned_links_only) refuses it
+            raise PlantedLinkError(f"{self.path}/hakeeper/hk_data has {st.st_nlink} names and belongs to uid "
+                                   f"{st.st_uid}, not to the writer of its directory (uid {writer}): refusing a "
+                                   "hard link planted to another user's file")
         self.hk_data = identity(st)
         return total + st.st_size
 
@@ -436,7 +442,7 @@ def run_online_backup(
             if inherit and base is None:
                 raise MobackupError("MatrixOne staged an incremental backup without a base")
             # The checks' own descriptors: they may outlive this run's when it fails first.
-            shared = DirectoryFds(os.dup(copy.tae.root_fd), copy.tae.shown)
+            shared = DirectoryFds(os.dup(copy.tae.root_fd), copy.tae.shown, owned_links_only=True)
 
             def check_shared() -> None:
                 with shared:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import BinaryIO
 
-from .errors import MobackupError
+from .errors import MobackupError, PlantedLinkError
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO put in a file's place must fail the type check, not hang the open.
@@ -156,13 +156,19 @@ def write_atomically(dir_fd: int, name: str, data: bytes | memoryview | BinaryIO
 class DirectoryFds:
     """Descriptors of the directories below one open directory (`root_fd`, closed by close()), each
     entered component by component with open_dir_at. The first MAX_CACHED_DIRS stay open until
-    close(): a directory is then the one first entered, whatever is renamed meanwhile. Thread-safe."""
+    close(): a directory is then the one first entered, whatever is renamed meanwhile. Thread-safe.
 
-    def __init__(self, root_fd: int, shown: str) -> None:
+    With `owned_links_only` (a tree that its owner writes and root may read), a file with several
+    names must belong to the owner of the root directory: else it is a hard link planted to another
+    user's file (the kernel allows one when fs.protected_hardlinks is off), which root would read for
+    them, and open_file refuses it (PlantedLinkError)."""
+
+    def __init__(self, root_fd: int, shown: str, owned_links_only: bool = False) -> None:
         self.root_fd = root_fd
         self.shown = shown
         self.lock = threading.Lock()
         self.fds: dict[str, int] = {"": root_fd}
+        self.link_owner = os.fstat(root_fd).st_uid if owned_links_only else None
 
     def open_dir(self, rel: str, create: bool = False) -> tuple[int, bool]:
         """A descriptor of the directory `rel` and whether the caller must close it."""
@@ -187,10 +193,17 @@ class DirectoryFds:
         """The regular file `rel` opened for reading (open_file_at)."""
         parent, owned, name = self.parent(rel)
         try:
-            return open_file_at(parent, name, f"{self.shown}/{rel}", expect)
+            fd = open_file_at(parent, name, f"{self.shown}/{rel}", expect)
         finally:
             if owned:
                 os.close(parent)
+        st = os.fstat(fd)
+        if self.link_owner is not None and st.st_nlink > 1 and st.st_uid != self.link_owner:
+            os.close(fd)
+            raise PlantedLinkError(f"{self.shown}/{rel} has {st.st_nlink} names and belongs to uid {st.st_uid}, not "
+                                   f"to the owner of {self.shown} (uid {self.link_owner}): refusing to read a hard "
+                                   "link planted to another user's file")
+        return fd
 
     def lstat(self, rel: str) -> os.stat_result:
         parent, owned, name = self.parent(rel)
