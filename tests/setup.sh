@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# gcc, make and binutils build MatrixOne's cgo library (tests/matrixone/build).
-debs=(rsync restic etcd-server bubblewrap mariadb-server mariadb-client util-linux gcc make binutils)
+# gcc, make and binutils build MatrixOne's cgo library (tests/matrixone/build); prometheus (with
+# promtool) tests the chart's alert rules and dashboard.
+debs=(rsync restic etcd-server bubblewrap mariadb-server mariadb-client util-linux gcc make binutils prometheus)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -16,7 +17,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # Debian starts these services on install; the tests run their own instances on other ports.
-for svc in etcd mariadb; do
+for svc in etcd mariadb prometheus; do
   if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
 done
 
