@@ -23,7 +23,9 @@ import pytest
 from mo_e2e import Env, OperatorProcess, free_port
 from test_e2e_matrixone import STS, real_mo, sql_ref, stop_statefulset  # noqa: F401 - real_mo is a fixture
 
+from cluster.prometheus import Prometheus
 from mo_server import DEFAULT_VERSION, PASSWORD, SqlClient, create_db, wait_ports_free
+from ship.test_alerts import rendered_rules
 
 pytestmark = pytest.mark.cluster
 
@@ -80,8 +82,12 @@ def run_drill(env: Env, name: str, spec: dict[str, Any], timeout: float = 400) -
 
 def test_restore_drills_on_the_cluster_with_the_real_matrixone(
         env: Env, real_mo: Callable[..., SqlClient],  # noqa: F811 - the fixture imported above
-        mo_install: Callable[[str], Path], tmp_path: Path) -> None:
+        mo_install: Callable[[str], Path], tmp_path: Path, request: pytest.FixtureRequest) -> None:
     swap_operator(env, drill_operator(env, mo_install, tmp_path))
+    # A real Prometheus scrapes the operator all along, with the chart's alert rules (checked at the end).
+    prom = Prometheus(tmp_path / "prometheus", rendered_rules(), namespace=env.ns)
+    request.addfinalizer(prom.stop)
+    prom.scrape([f"127.0.0.1:{env.op.metrics_port}"])
     mo = real_mo()
     env.s3_storage()
     env.secret("mo-sql", {"password": PASSWORD})
@@ -113,6 +119,7 @@ def test_restore_drills_on_the_cluster_with_the_real_matrixone(
     time.sleep(3)
     env.op = drill_operator(env, mo_install, tmp_path)
     env.op.start()
+    prom.scrape([f"127.0.0.1:{env.op.metrics_port}"])
     env.wait_phase("MORestoreDrill", "drill-stop", "Completed", "Failed", timeout=400)
     drill = run_drill_wait_only(env, "drill-stop")
     st = drill["status"]
@@ -163,9 +170,32 @@ def test_restore_drills_on_the_cluster_with_the_real_matrixone(
 
     metrics = env.op.metrics()
     assert f'mobackup_drill_failures_total{{namespace="{env.ns}"' in metrics
+    check_alerts_and_dashboard(env, prom)
     # Drills never touched the source's volume (the StatefulSet stays as the test left it).
     assert sorted(str(p.relative_to(source_pv)) for p in source_pv.rglob("*")) == source_before
     assert env.replicas("mo")[0] == 0
+
+
+def check_alerts_and_dashboard(env: Env, prom: Prometheus) -> None:
+    """What the real Prometheus made of this test's runs: the alerts their failures cause are active,
+    and every query of the chart's Grafana dashboard returns series."""
+    env.create("MOBackup", "no-storage", {"source": {"pvc": {"claimName": "mo-data"}}, "consistency": "None",
+                                          "storageRef": {"name": "absent"}})
+    env.wait_phase("MOBackup", "no-storage", "Failed")
+    env.create("MOBackupStorage", "unreachable", {"s3": {"endpoint": "http://127.0.0.1:9", "bucket": "b",
+                                                         "credentialsSecretRef": {"name": "s3-creds"}}})
+    env.wait_phase("MOBackupStorage", "unreachable", "Unavailable")
+    for name, state in (("MORestoreDrillFailed", "firing"), ("MOBackupFailed", "firing"),
+                        ("MOBackupStorageUnavailable", "pending")):  # pending: its `for` is 15 minutes
+        (alert,) = prom.wait_for(f'ALERTS{{alertname="{name}", alertstate="{state}"}}', 30)
+        assert alert["metric"]["namespace"] == env.ns, alert
+    assert not prom.query('ALERTS{alertname="MOBackupOperatorDown"}')
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "charts" / "mo-backup-operator" / "dashboards"
+                            / "mobackup.json").read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(queries) >= 12
+    for expr in queries:  # the namespace variable set to All
+        assert prom.query(expr.replace("$namespace", ".*")), f"no series for the dashboard's {expr}"
 
 
 def run_drill_wait_only(env: Env, name: str, mo_ports: bool = True) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ VALUE_SETS: dict[str, list[str]] = {
     "defaults": [],
     "namespaced": ["--set", "watchNamespaces={team-a,team-b}"],
     "monitoring": ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
-                   "--set", "metrics.prometheusRule.staleBackupHours=48"],
+                   "--set", "metrics.prometheusRule.staleBackupHours=48",
+                   "--set", "metrics.grafanaDashboard.enabled=true"],
     "peering-cluster": ["--set", "replicaCount=2"],
     "peering-namespaced": ["--set", "replicaCount=3", "--set", "watchNamespaces={team-a}"],
     "overrides": ["--set", "image.digest=sha256:" + "a" * 64, "--set", "agentImage.repository=registry.local/agent",
@@ -201,6 +203,23 @@ def test_job_defaults_reach_the_operator_as_it_parses_them() -> None:
                                    ["spec"]["containers"][0]["env"] if "value" in e})
     assert d.allowed_priority_classes == ("backup-*",)
     assert d.allowed_annotations == ("cluster-autoscaler.kubernetes.io/*",)
+
+
+def test_grafana_dashboard_configmap() -> None:
+    """Off by default; when on, the dashboard JSON under the sidecar's label, every query on the
+    operator's own metrics (each is also run against a real Prometheus: test_e2e_drill.py)."""
+    from mobackup.k8s.metrics import HELP
+
+    assert not [d for d in by_kind(render(), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    docs = render("--set", "metrics.grafanaDashboard.enabled=true",
+                  "--set", "metrics.grafanaDashboard.namespace=grafana")
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["namespace"] == "grafana" and cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(cm["data"]["mo-backup-operator.json"])
+    assert dashboard == json.loads((tools.CHART / "dashboards" / "mobackup.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(mobackup_[a-z_]+?)(?:_bucket)?\b", e)}
+    assert used == set(HELP), f"not on the dashboard: {set(HELP) - used}, unknown: {used - set(HELP)}"
 
 
 def test_monitoring_objects() -> None:
