@@ -28,6 +28,8 @@ def _free_port() -> int:
 class Prometheus:
     def __init__(self, state_dir: Path, rules: dict[str, Any] | None = None,
                  namespace: str = "mobackup-system") -> None:
+        """`namespace`: the operator's, as its Service's targets are labelled (the chart's rules ask
+        for `up` there)."""
         if shutil.which("prometheus") is None:
             raise RuntimeError("prometheus is not installed: run tests/setup.sh")
         self.dir = state_dir
@@ -38,8 +40,9 @@ class Prometheus:
         self.scrape([])
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": JOB, "file_sd_configs": [{"files": [str(self.targets)],
-                                                                       "refresh_interval": "1s"}]}],
+            # honor_labels as the chart's ServiceMonitor sets it: a metric's `namespace` is its run's.
+            "scrape_configs": [{"job_name": JOB, "honor_labels": True,
+                                "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}]}],
         }
         if rules:
             (self.dir / "rules.yaml").write_text(yaml.safe_dump(rules))

@@ -229,6 +229,7 @@ def test_monitoring_objects() -> None:
     sm = by_kind(docs, "ServiceMonitor")[0]
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
+    assert sm["spec"]["endpoints"][0]["honorLabels"] is True  # the runs' namespace, not the operator's
     rules = {r["alert"]: r for g in by_kind(docs, "PrometheusRule")[0]["spec"]["groups"] for r in g["rules"]}
     assert "mobackup_last_success_timestamp_seconds" in rules["MOBackupStale"]["expr"]
     assert "> 172800" in rules["MOBackupStale"]["expr"]
