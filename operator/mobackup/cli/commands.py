@@ -13,7 +13,7 @@ from ..engine.progress import for_terminal
 from ..engine.repository import Repository, open_repository
 from ..engine.text import printable
 from ..table import backup_table, decimal_size
-from . import s3
+from . import repos, s3
 from .common import emit, repository_options, warn
 
 
@@ -214,5 +214,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init": cmd_init, "backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
     "verify": cmd_verify, "delete": cmd_delete, "prune": cmd_prune, "demo": cmd_demo,
-    "drill": cmd_drill, "commit": s3.cmd_commit,
+    "drill": cmd_drill, "commit": s3.cmd_commit, "copy": repos.cmd_copy,
 }

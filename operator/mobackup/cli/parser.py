@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
 
     add_commit_command(commands)
+    add_copy_stats_commands(commands)
 
     demo = commands.add_parser("demo", help="a tour on sample data: full, incremental, list, restore, verify")
     demo.add_argument("--dir", default="mobackup-demo", help="working directory (default ./mobackup-demo)")
@@ -241,3 +242,32 @@ def add_commit_command(commands: Any) -> None:
     commit.add_argument("run", metavar="RUN_ID")
     commit.add_argument("--shards", type=int, required=True, metavar="N")
     _staging_args(commit)
+
+
+# ----- Several repositories, and what a repository costs (cli/repos.py) -------------------------------
+
+def add_copy_stats_commands(commands: Any) -> None:
+    copy = commands.add_parser("copy", help="copy backups into another repository (only the data it lacks)")
+    _repo_args(copy)
+    copy.add_argument("--from", dest="repo", default=argparse.SUPPRESS, metavar="REPO",
+                      help="the repository to copy from (same as --repo)")
+    copy.add_argument("ids", nargs="*", metavar="ID", help="backups to copy (ID or unambiguous prefix)")
+    copy.add_argument("--all", action="store_true", help="copy every completed backup")
+    group = copy.add_argument_group("target repository (its secrets in MOBACKUP_TO_* variables, never here)")
+    group.add_argument("--to", required=True, metavar="REPO",
+                       help="PATH, file://PATH or s3://BUCKET/PREFIX; created when absent")
+    group.add_argument("--to-s3-endpoint", help="its S3 endpoint (env MOBACKUP_TO_ENDPOINT, else AWS_ENDPOINT_URL)")
+    group.add_argument("--to-s3-region", help="its S3 region (env MOBACKUP_TO_REGION, else AWS_REGION)")
+    group.add_argument("--to-s3-path-style", action="store_true", default=None,
+                       help="path-style addressing (env MOBACKUP_TO_PATH_STYLE, else MOBACKUP_S3_PATH_STYLE)")
+    group.add_argument("--to-s3-ca-bundle", help="PEM file of CAs for its endpoint (default: --s3-ca-bundle)")
+    group.add_argument("--to-encryption-key-file", help="file holding its encryption key (or env "
+                       "MOBACKUP_TO_ENCRYPTION_KEY / MOBACKUP_TO_ENCRYPTION_KEY_FILE)")
+    group.add_argument("--to-compression", choices=("none", "zstd"), default="none",
+                       help="compression of a target repository this copy creates")
+
+    stats = commands.add_parser("stats", help="what each backup and the repository take, and cost")
+    _repo_args(stats)
+    stats.add_argument("--source", help="only backups of this source (the repository totals stay whole)")
+    stats.add_argument("--price", type=float, metavar="PER_GB_MONTH",
+                       help="price of a GB (10^9 bytes) stored for a month: adds monthly costs")

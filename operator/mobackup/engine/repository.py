@@ -84,16 +84,18 @@ class RepositoryOptions:
     bandwidth_limit: int | None = None  # bytes per second, all transfers together
 
     @classmethod
-    def from_env(cls, url: str, **overrides: Any) -> RepositoryOptions:
+    def from_env(cls, url: str, key_env: str = "MOBACKUP_ENCRYPTION_KEY", **overrides: Any) -> RepositoryOptions:
+        """`key_env`: the variable of the key (and `<key_env>_FILE` of its file); a second repository
+        (the target of a copy) has its own."""
         env = os.environ
         # An explicit key file (--encryption-key-file) wins over the environment's key, which wins
         # over the environment's key file. A key that is empty or only white space is refused: taken
         # as "no key", it would silently create (or read) a plaintext repository.
         explicit_file = overrides.pop("encryption_key_file", None)
-        key = None if explicit_file else env.get("MOBACKUP_ENCRYPTION_KEY") or None
+        key = None if explicit_file else env.get(key_env) or None
         if key is not None and not key.strip():
-            raise EncryptionKeyError("MOBACKUP_ENCRYPTION_KEY is only white space: give a real key or unset it")
-        key_file = explicit_file or (None if key else env.get("MOBACKUP_ENCRYPTION_KEY_FILE") or None)
+            raise EncryptionKeyError(f"{key_env} is only white space: give a real key or unset it")
+        key_file = explicit_file or (None if key else env.get(f"{key_env}_FILE") or None)
         if key_file:
             try:
                 key = Path(key_file).read_text().strip()
