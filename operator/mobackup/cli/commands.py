@@ -214,5 +214,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init": cmd_init, "backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
     "verify": cmd_verify, "delete": cmd_delete, "prune": cmd_prune, "demo": cmd_demo,
-    "drill": cmd_drill, "commit": s3.cmd_commit, "copy": repos.cmd_copy,
+    "drill": cmd_drill, "commit": s3.cmd_commit, "copy": repos.cmd_copy, "stats": repos.cmd_stats,
 }

@@ -61,3 +61,35 @@ def cmd_copy(args: argparse.Namespace) -> int:
         lines.append(f"already in the target: {', '.join(result.present)}")
     emit(args, result.to_dict(), "\n".join(lines))
     return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from ..engine.stats import repository_stats
+    from ..table import decimal_size
+
+    if args.price is not None and not 0 <= args.price < 1e6:
+        raise MobackupError("--price is a price per GB-month: 0 or more")
+    repo = open_repository(repository_options(args))
+    stats = repository_stats(repo, price=args.price, source=args.source)
+    lines = [f"{'ID':<36}  {'SOURCE':<20}  {'LOGICAL':>9}  {'ADDED':>9}  {'ONLY IT':>9}  {'SHARE':>9}"
+             + ("  COST/MONTH" if args.price is not None else "")]
+    for b in stats.backups:
+        cost = f"  {b.monthly_cost:>10.4g}" if b.monthly_cost is not None else ""
+        lines.append(f"{b.id:<36}  {b.source[:20]:<20}  {decimal_size(b.logical_bytes):>9}  "
+                     f"{decimal_size(b.added_bytes):>9}  {decimal_size(b.unique_bytes):>9}  "
+                     f"{decimal_size(round(b.shared_bytes)):>9}{cost}")
+    ratio = lambda r: "-" if r is None else f"{r:.2f}x"  # noqa: E731
+    growth = "-" if stats.growth_bytes_per_day is None else f"{decimal_size(round(stats.growth_bytes_per_day))}/day"
+    lines += [
+        f"repository {stats.location}: {decimal_size(stats.stored_bytes)} stored ({stats.blob_count} blobs, "
+        f"{decimal_size(stats.unreferenced_blob_bytes)} unreferenced), {decimal_size(stats.logical_bytes)} logical",
+        f"deduplication {ratio(stats.dedup_ratio)}, compression {ratio(stats.compression_ratio)}, growth {growth}",
+    ]
+    if stats.monthly_cost is not None:
+        by_source = ", ".join(f"{name} {cost:.4g}" for name, cost in sorted(stats.monthly_cost_by_source.items()))
+        lines.append(f"monthly cost at {args.price}/GB: {stats.monthly_cost:.4g} (by source: {by_source or '-'})")
+    if stats.missing_blobs:
+        lines.append(f"warning: {stats.missing_blobs} referenced blob(s) missing (run verify)")
+    lines += [f"damaged, not counted: {d}" for d in stats.damaged]
+    emit(args, stats.to_dict(), "\n".join(lines))
+    return 0

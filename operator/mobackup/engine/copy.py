@@ -154,9 +154,11 @@ class _Copier:
 
     def copy(self, summary: BackupSummary) -> bool:
         """Copy one backup; False when the target has it already."""
-        existing = self._existing(summary)
-        if existing:
+        if self._existing(summary):
             return False
+        if self.source.chunk_size != self.target.chunk_size:
+            raise MobackupError(f"{self.target.location} has chunk size {self.target.chunk_size}, "
+                                f"{self.source.location} {self.source.chunk_size}: chunks cannot be copied as they are")
         scratch = Path(tempfile.mkdtemp(prefix=f"copy-{summary.id}-", dir=self.scratch))
         files = scratch / "source.files"
         try:
@@ -168,9 +170,6 @@ class _Copier:
             raise
         except MobackupError as error:
             raise CorruptDataError(f"backup {summary.id} in {self.source.location}: {error}") from None
-        if self.source.chunk_size != self.target.chunk_size:
-            raise MobackupError(f"{self.target.location} has chunk size {self.target.chunk_size}, "
-                                f"{self.source.location} {self.source.chunk_size}: chunks cannot be copied as they are")
         counts = [0, 0, 0, 0]  # blobs copied, plaintext bytes, stored bytes, referenced blobs
 
         def done(outcome: tuple[int, int, int]) -> None:
