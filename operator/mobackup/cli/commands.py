@@ -18,7 +18,8 @@ from .common import emit, repository_options, warn
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    repo = Repository.create(repository_options(args, compression=args.compression))
+    repo = Repository.create(repository_options(args, compression=args.compression, lock_days=args.lock_days,
+                                                 lock_mode=args.lock_mode))
     emit(args, {"location": repo.location, **repo.config}, f"created repository {repo.location}")
     return 0
 

@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _repo_args(init)
     init.add_argument("--compression", choices=("none", "zstd"), default="none",
                       help="compress blobs (MatrixOne objects are already compressed; default none)")
+    add_lock_arguments(init)
 
     backup = commands.add_parser("backup", help="back up a MatrixOne data directory")
     _repo_args(backup)
@@ -271,3 +272,11 @@ def add_copy_stats_commands(commands: Any) -> None:
     stats.add_argument("--source", help="only backups of this source (the repository totals stay whole)")
     stats.add_argument("--price", type=float, metavar="PER_GB_MONTH",
                        help="price of a GB (10^9 bytes) stored for a month: adds monthly costs")
+
+
+def add_lock_arguments(init: argparse.ArgumentParser) -> None:
+    init.add_argument("--lock-days", type=float, metavar="N",
+                      help="S3 Object Lock: keep every blob, file list and summary for N days after its backup "
+                      "(the bucket must have Object Lock enabled); recorded in mobackup.json for every later run")
+    init.add_argument("--lock-mode", choices=("compliance", "governance"), default="compliance",
+                      help="compliance: nobody can delete early; governance: only with the bypass permission")

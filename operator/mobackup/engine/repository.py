@@ -43,9 +43,13 @@ from .errors import (
     RepositoryFormatError,
     RepositoryNotFound,
 )
+from .index import DigestSet
 from .manifest import MAX_PATH_DEPTH
 from .model import BackupSummary, iso, parse_iso, utc_now
+from .objectlock import ObjectLock
+from .objectlock import config_problem as object_lock_problem
 from .storage import Backend, LocalBackend, ObjectNotFound, RateLimiter
+from .workers import BoundedWorkers
 
 FORMAT_NAME = "mobackup-repository"
 FORMAT_VERSION = 1
@@ -80,6 +84,8 @@ class RepositoryOptions:
     s3_secret_access_key: str | None = field(default=None, repr=False)
     encryption_key: str | None = field(default=None, repr=False)
     compression: str = "none"
+    lock_days: float | None = None  # S3 Object Lock retention of a repository this creates (objectlock.py)
+    lock_mode: str = "COMPLIANCE"
     parallelism: int | None = None  # concurrent transfers; default 4 on a directory, 8 on S3
     bandwidth_limit: int | None = None  # bytes per second, all transfers together
 
@@ -152,6 +158,10 @@ def _config_problem(config: dict[str, Any]) -> str | None:
         return f"unknown hash {config.get('hash')!r}"
     if config.get("compression", "none") not in ("none", "zstd"):
         return f"unknown compression {config.get('compression')!r}"
+    if config.get("object_lock") is not None:
+        problem = object_lock_problem(config["object_lock"])
+        if problem:
+            return problem
     encryption = config.get("encryption")
     if encryption is not None:
         if not isinstance(encryption, dict) or encryption.get("cipher") != "aes-256-gcm":
@@ -255,6 +265,12 @@ class Repository:
         self.parallelism = options.parallelism or (4 if isinstance(backend, LocalBackend) else 8)
         self.limiter = RateLimiter(options.bandwidth_limit) if options.bandwidth_limit else None
         self._locks_seen: dict[str, tuple[bytes, float]] = {}  # lock key -> (content, first seen), see lock_is_stale
+        self.object_lock = ObjectLock.from_config(config.get("object_lock"))
+        if self.object_lock is not None:
+            if not hasattr(backend, "retain"):
+                raise RepositoryFormatError(f"{self.location}: the configuration asks for S3 Object Lock, which only "
+                                            "an S3 repository has")
+            backend.versioned = True  # type: ignore[attr-defined]
 
     # ----- opening -------------------------------------------------------------------------------
 
@@ -275,6 +291,12 @@ class Repository:
             "compression": options.compression,
             "encryption": None,
         }
+        if options.lock_days is not None:
+            lock = ObjectLock.from_config({"mode": options.lock_mode.upper(), "days": options.lock_days})
+            if not getattr(backend, "object_lock_enabled", lambda: False)():
+                raise MobackupError(f"{backend.location}: --lock-days needs an S3 bucket created with Object Lock "
+                                    "enabled (ObjectLockEnabledForBucket)")
+            config["object_lock"] = lock.to_config() if lock else None
         keys = None
         if options.encryption_key:
             salt = os.urandom(16)
@@ -371,7 +393,10 @@ class Repository:
         stored = self.codec.encode(data, key)
         if self.limiter:
             self.limiter.consume(len(stored))
-        self.backend.write(key, stored)
+        if self.object_lock is not None:
+            self.backend.write(key, stored, retain=(self.object_lock.mode, self.object_lock.until()))  # type: ignore[call-arg]
+        else:
+            self.backend.write(key, stored)
         return len(stored)
 
     @property
@@ -456,12 +481,41 @@ class Repository:
         raise MobackupError(f"backup ID prefix {prefix} is ambiguous: {', '.join(sorted(matches))}")
 
     def publish(self, summary: BackupSummary, files_path: Path) -> None:
-        """Upload the file list, make all blobs durable, then write the summary (the commit point)."""
-        self.backend.write_file(files_key(summary.id), files_path)
-        self.backend.flush()
+        """Upload the file list, make all blobs durable, then write the summary (the commit point).
+        Under Object Lock every blob the backup uses is first retained until the backup's own date,
+        which its summary records (`extra.locked_until`)."""
         key = summary_key(summary.id)
-        self.backend.write(key, self._encode_meta(json.dumps(summary.to_dict(), indent=1).encode(), key))
-        self.backend.flush()
+        if self.object_lock is None:
+            self.backend.write_file(files_key(summary.id), files_path)
+            self.backend.flush()
+            self.backend.write(key, self._encode_meta(json.dumps(summary.to_dict(), indent=1).encode(), key))
+            self.backend.flush()
+            return
+        retain = (self.object_lock.mode, self.object_lock.until())
+        self._retain_blobs(summary, files_path, retain)
+        summary.extra.update(locked_until=iso(retain[1]), lock_mode=retain[0])
+        backend: Any = self.backend
+        backend.write_file(files_key(summary.id), files_path, retain=retain)
+        backend.flush()
+        backend.write(key, self._encode_meta(json.dumps(summary.to_dict(), indent=1).encode(), key), retain=retain)
+        backend.flush()
+
+    def _retain_blobs(self, summary: BackupSummary, files_path: Path, retain: tuple[str, datetime]) -> None:
+        """Extend the retention of each distinct blob of a file list (a blob stays locked as long as
+        the newest backup that uses it)."""
+        backend: Any = self.backend
+        with tempfile.TemporaryDirectory(prefix="mobackup-retain-") as scratch:
+            seen = DigestSet(Path(scratch) / "seen.sqlite")
+            try:
+                with BoundedWorkers(self.parallelism, "mobackup-retain") as workers:
+                    for record in self.entries(summary, files_path):
+                        for digest in record.get("chunks", ()) if record.get("type") == "file" else ():
+                            if workers.failed:
+                                break
+                            if seen.add_new(digest):
+                                workers.submit(backend.retain, blob_key(digest), *retain)
+            finally:
+                seen.close()
 
     def download_file_list(self, summary: BackupSummary, path: Path) -> None:
         """A local copy of a backup's file list: what is checked is then what is used, whatever
