@@ -180,6 +180,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not result.dry_run:
         lines.append(f"removed {result.blobs_removed} blobs ({decimal_size(result.bytes_freed)}), "
                      f"{result.partial_backups_removed} partial backup(s)")
+    if result.objects_held:  # S3 Object Lock: removed by a prune after that date
+        lines.append(f"{result.objects_held} unreferenced object(s) held by Object Lock until {result.held_until}")
     emit(args, result.to_dict(), "\n".join(lines))
     return 0
 

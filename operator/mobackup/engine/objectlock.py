@@ -1,5 +1,5 @@
 """S3 Object Lock (WORM): what a repository's `object_lock` setting means for writes, deletes and
-verification (docs/repository-format.md, section 15).
+verification (docs/repository-format.md, section 14).
 
 Every blob, file list and summary is written with a retention date (`days` after the write), and
 publishing a backup extends the retention of every blob it uses to its own date: a blob stays
