@@ -52,15 +52,20 @@ def int_range(low: int, high: int | None = None) -> Any:
     return parse
 
 
+def _s3_args(group: Any, flag: str, env: tuple[str, str, str, str]) -> None:
+    """--<flag>s3-endpoint, -region, -path-style, -ca-bundle; `env`: the variables each falls back to."""
+    group.add_argument(f"--{flag}s3-endpoint", help=f"S3 endpoint URL, e.g. http://minio:9000 (env {env[0]})")
+    group.add_argument(f"--{flag}s3-region", help=f"S3 region (env {env[1]})")
+    group.add_argument(f"--{flag}s3-path-style", action="store_true", default=None,
+                       help=f"path-style bucket addressing, as MinIO needs (env {env[2]}=true)")
+    group.add_argument(f"--{flag}s3-ca-bundle", help=f"PEM file of CAs to trust for the endpoint (env {env[3]})")
+
+
 def _repo_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("repository")
     group.add_argument("--repo", default=os.environ.get("MOBACKUP_REPO"),
                        help="PATH, file://PATH or s3://BUCKET/PREFIX (env MOBACKUP_REPO)")
-    group.add_argument("--s3-endpoint", help="S3 endpoint URL, e.g. http://minio:9000 (env AWS_ENDPOINT_URL)")
-    group.add_argument("--s3-region", help="S3 region (env AWS_REGION)")
-    group.add_argument("--s3-path-style", action="store_true", default=None,
-                       help="path-style bucket addressing, as MinIO needs (env MOBACKUP_S3_PATH_STYLE=true)")
-    group.add_argument("--s3-ca-bundle", help="PEM file of CAs to trust for the endpoint (env AWS_CA_BUNDLE)")
+    _s3_args(group, "", ("AWS_ENDPOINT_URL", "AWS_REGION", "MOBACKUP_S3_PATH_STYLE", "AWS_CA_BUNDLE"))
     group.add_argument("--encryption-key-file", help="file holding the encryption key "
                        "(or env MOBACKUP_ENCRYPTION_KEY; keys are never accepted on the command line)")
     group.add_argument("--parallelism", type=int_range(1, MAX_PARALLELISM),
@@ -257,11 +262,8 @@ def add_copy_stats_commands(commands: Any) -> None:
     group = copy.add_argument_group("target repository (its secrets in MOBACKUP_TO_* variables, never here)")
     group.add_argument("--to", required=True, metavar="REPO",
                        help="PATH, file://PATH or s3://BUCKET/PREFIX; created when absent")
-    group.add_argument("--to-s3-endpoint", help="its S3 endpoint (env MOBACKUP_TO_ENDPOINT, else AWS_ENDPOINT_URL)")
-    group.add_argument("--to-s3-region", help="its S3 region (env MOBACKUP_TO_REGION, else AWS_REGION)")
-    group.add_argument("--to-s3-path-style", action="store_true", default=None,
-                       help="path-style addressing (env MOBACKUP_TO_PATH_STYLE, else MOBACKUP_S3_PATH_STYLE)")
-    group.add_argument("--to-s3-ca-bundle", help="PEM file of CAs for its endpoint (default: --s3-ca-bundle)")
+    _s3_args(group, "to-", ("MOBACKUP_TO_ENDPOINT, else AWS_ENDPOINT_URL", "MOBACKUP_TO_REGION, else AWS_REGION",
+                            "MOBACKUP_TO_PATH_STYLE", "AWS_CA_BUNDLE; default --s3-ca-bundle"))
     group.add_argument("--to-encryption-key-file", help="file holding its encryption key (or env "
                        "MOBACKUP_TO_ENCRYPTION_KEY / MOBACKUP_TO_ENCRYPTION_KEY_FILE)")
     group.add_argument("--to-compression", choices=("none", "zstd"), default="none",
