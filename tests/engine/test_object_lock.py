@@ -5,6 +5,10 @@ real once the date passed, and verify reports objects deleted early or replaced.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import timedelta
@@ -15,11 +19,19 @@ import botocore.exceptions
 import pytest
 
 from mobackup.engine.backup import run_backup
+from mobackup.engine.copy import copy_backups
 from mobackup.engine.errors import MobackupError
 from mobackup.engine.model import parse_iso, utc_now
 from mobackup.engine.objectlock import RetentionError
 from mobackup.engine.prune import RetentionPolicy, delete_backup, prune
-from mobackup.engine.repository import Repository, RepositoryOptions, blob_key, files_key, summary_key
+from mobackup.engine.repository import (
+    Repository,
+    RepositoryOptions,
+    blob_key,
+    files_key,
+    open_repository,
+    summary_key,
+)
 from mobackup.engine.restore import run_restore
 from mobackup.engine.verify import verify_backup
 from mobackup.sample import snapshot_tree
@@ -161,3 +173,25 @@ def test_object_lock_in_compliance_and_governance_modes(env: Any, locked_bucket:
         assert not left.get("Versions") and not left.get("DeleteMarkers")
         run_restore(repo, seconds[mode].id, tmp_path / mode / "restored")
         assert snapshot_tree(tmp_path / mode / "restored") == snapshot_tree(tmp_path / mode / "2")
+
+
+def test_cli_init_with_lock_and_a_copy_into_it_is_retained(env: Any, locked_bucket: str, tmp_path: Path) -> None:
+    url = f"s3://{locked_bucket}/copies-{uuid.uuid4().hex[:6]}"
+    mobackup = str(Path(sys.executable).with_name("mobackup"))
+    created = json.loads(subprocess.run([mobackup, "init", "--repo", url, "--lock-days", "1", "--lock-mode",
+                                         "governance", "--json"], env={**os.environ, **env.env()},
+                                        capture_output=True, text=True, check=True).stdout)
+    assert created["object_lock"] == {"mode": "GOVERNANCE", "days": 1.0}
+    source = open_repository(RepositoryOptions.from_env(str(tmp_path / "src")), create=True)
+    backup = run_backup(source, write_tree(tmp_path / "data", {"a": b"a" * 5000, "b": b"b" * 100}), source="db")
+    target = Repository.open(RepositoryOptions.from_env(url))
+    assert copy_backups(source, target).copied == [backup.id]
+    copied = target.load_summary(backup.id)
+    until = parse_iso(copied.extra["locked_until"])
+    assert timedelta(hours=23) < until - utc_now() <= timedelta(days=1)
+    for key in [summary_key(backup.id), files_key(backup.id), *(blob_key(d) for d, _ in target.blob_sizes())]:
+        mode, retained = target.backend.retention(key)  # type: ignore[attr-defined]
+        assert mode == "GOVERNANCE" and abs(retained - until) < timedelta(seconds=2)
+    with pytest.raises(RetentionError, match="until"):
+        delete_backup(target, backup.id)
+    assert verify_backup(target, backup.id).ok
