@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tamper import tamper
 
 from mobackup.engine.backup import run_backup
 from mobackup.engine.copy import copy_backups
@@ -197,3 +198,15 @@ def test_copy_and_prune_on_both_sides_keep_every_retained_backup_restorable(tmp_
             assert snapshot_tree(target) == snapshots[summary.id]
     assert copy_backups(a, b).copied == []  # what b kept is there; what it pruned is not sent again
     assert [s.id for s in b.list_backups()] == list(snapshots)[1:]
+
+
+def test_a_rewritten_file_list_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Whoever can write to a plain repository can rewrite a list and its digest: copy checks the
+    whole list as a restore does, before it writes a blob to the target."""
+    source = repo_at(str(tmp_path / "src"))
+    ids, _ = two_backups(tmp_path, source)
+    tamper(Path(source.location), ids[0], lambda entries: [*entries, {**entries[-1], "path": "../escape"}])
+    target = repo_at(str(tmp_path / "dst"))
+    with pytest.raises(CorruptDataError, match=f"backup {ids[0]} in .*'../escape'"):
+        copy_backups(source, target, [ids[0]])
+    assert target.list_backups() == [] and list(target.blob_sizes()) == []

@@ -99,3 +99,14 @@ def test_cli_stats_json_and_text(tmp_path: Path) -> None:
     text = subprocess.run([MOBACKUP, "stats", "--repo", str(tmp_path / "repo"), "--source", "other"],
                           capture_output=True, text=True, check=True).stdout
     assert ids[2] in text and ids[0] not in text and "deduplication 1.93x" in text
+
+
+def test_a_damaged_file_list_is_reported_and_not_counted(tmp_path: Path) -> None:
+    repo, ids = known_repository(tmp_path)
+    listing = tmp_path / "repo" / "backups" / f"{ids[2]}.files"
+    listing.write_bytes(listing.read_bytes()[:-3])  # truncated
+    stats = repository_stats(repo)
+    assert [b.id for b in stats.backups] == ids[:2] and len(stats.damaged) == 1 and ids[2] in stats.damaged[0]
+    # its blobs count as unreferenced, and backup 2 now holds c alone
+    assert stats.referenced_blob_bytes == 7000 and stats.unreferenced_blob_bytes == 500
+    assert {b.id: b.unique_bytes for b in stats.backups}[ids[1]] == 4000
