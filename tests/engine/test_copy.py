@@ -168,7 +168,7 @@ def test_killed_copy_resumes_and_never_lists_a_partial_backup(tmp_path: Path) ->
     held = sum(1 for _ in target.blob_sizes())
     assert held > 0
     source = Repository.open(RepositoryOptions(str(src), encryption_key="s"))
-    result = copy_backups(source, target, [backup_id])  # the dead copy's lock is broken as stale
+    result = copy_backups(source, target, [backup_id])  # the dead copy left a shared lock: no obstacle
     total = sum(1 for _ in target.blob_sizes())
     assert result.copied == [backup_id] and result.blobs_copied == total - held and result.blobs_present >= held
     run_restore(target, backup_id, tmp_path / "restored")

@@ -191,6 +191,7 @@ def _recorded_lock(summary: BackupSummary) -> datetime | None:
     """The retention date a backup's summary recorded (untrusted: None when absent or not a date)."""
     text = summary.extra.get("locked_until")
     try:
-        return parse_iso(text) if isinstance(text, str) else None
+        recorded = parse_iso(text) if isinstance(text, str) else None
     except (ValueError, OverflowError):
         return None
+    return recorded if recorded is not None and recorded.tzinfo is not None else None  # naive: not ours
