@@ -195,3 +195,15 @@ def test_cli_init_with_lock_and_a_copy_into_it_is_retained(env: Any, locked_buck
     with pytest.raises(RetentionError, match="until"):
         delete_backup(target, backup.id)
     assert verify_backup(target, backup.id).ok
+
+    # `copy --to-lock-days` creates a locked target; an existing target's setting is not changed.
+    url2 = f"s3://{locked_bucket}/copies-{uuid.uuid4().hex[:6]}"
+    copy = [mobackup, "copy", "--all", "--from", str(tmp_path / "src"), "--to", url2, "--to-lock-days", "2", "--json"]
+    done = json.loads(subprocess.run(copy, env={**os.environ, **env.env()}, capture_output=True, text=True,
+                                     check=True).stdout)
+    assert done["copied"] == [backup.id]
+    assert Repository.open(RepositoryOptions.from_env(url2)).config["object_lock"] == {"mode": "COMPLIANCE",
+                                                                                       "days": 2.0}
+    copy[copy.index("2")] = "3"
+    refused = subprocess.run(copy, env={**os.environ, **env.env()}, capture_output=True, text=True)
+    assert refused.returncode == 1 and "another Object Lock setting" in refused.stderr

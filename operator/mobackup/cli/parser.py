@@ -268,6 +268,9 @@ def add_copy_stats_commands(commands: Any) -> None:
                        "MOBACKUP_TO_ENCRYPTION_KEY / MOBACKUP_TO_ENCRYPTION_KEY_FILE)")
     group.add_argument("--to-compression", choices=("none", "zstd"), default="none",
                        help="compression of a target repository this copy creates")
+    group.add_argument("--to-lock-days", type=float, metavar="N",
+                       help="S3 Object Lock of a target repository this copy creates (as init --lock-days)")
+    group.add_argument("--to-lock-mode", choices=("compliance", "governance"), default="compliance")
 
     stats = commands.add_parser("stats", help="what each backup and the repository take, and cost")
     _repo_args(stats)

@@ -29,6 +29,7 @@ def target_options(args: argparse.Namespace) -> RepositoryOptions:
         s3_access_key_id=env.get("MOBACKUP_TO_ACCESS_KEY_ID"),
         s3_secret_access_key=env.get("MOBACKUP_TO_SECRET_ACCESS_KEY"),
         parallelism=args.parallelism, bandwidth_limit=args.bandwidth_limit, compression=args.to_compression,
+        lock_days=args.to_lock_days, lock_mode=args.to_lock_mode,
     )
     if options.s3_access_key_id is None and env.get("MOBACKUP_TO_SECRET_ACCESS_KEY") is None:
         return options
@@ -51,6 +52,11 @@ def cmd_copy(args: argparse.Namespace) -> int:
         raise MobackupError(f"{source.location} is encrypted: give the target's key in {TARGET_KEY_ENV} (or "
                             "--to-encryption-key-file); it may be the same key")
     target = open_repository(options, create=True)
+    lock = target.object_lock
+    if options.lock_days is not None and (lock is None or (lock.mode, lock.days)
+                                          != (options.lock_mode.upper(), options.lock_days)):
+        raise MobackupError(f"{target.location} exists with another Object Lock setting than --to-lock-days asks "
+                            "(it is set when a repository is created)")
     result = copy_backups(source, target, None if args.all else args.ids,
                           progress=for_terminal("copy", args.quiet or args.json))
     lines = [f"copied {len(result.copied)} backup(s) to {result.target}: {', '.join(result.copied) or '-'}",
