@@ -7,6 +7,7 @@ leaves no summary in the target, and a new run transfers only the blobs the targ
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import tempfile
 import threading
@@ -159,7 +160,14 @@ class _Copier:
         if self.source.chunk_size != self.target.chunk_size:
             raise MobackupError(f"{self.target.location} has chunk size {self.target.chunk_size}, "
                                 f"{self.source.location} {self.source.chunk_size}: chunks cannot be copied as they are")
-        scratch = Path(tempfile.mkdtemp(prefix=f"copy-{summary.id}-", dir=self.scratch))
+        scratch = Path(tempfile.mkdtemp(prefix="copy-", dir=self.scratch))
+        try:
+            self._copy(summary, scratch)
+        finally:  # its local list copies go now: with --all, scratch space stays that of one backup
+            shutil.rmtree(scratch, ignore_errors=True)
+        return True
+
+    def _copy(self, summary: BackupSummary, scratch: Path) -> None:
         files = scratch / "source.files"
         try:
             self.source.download_file_list(summary, files)
@@ -221,7 +229,6 @@ class _Copier:
         self.result.bytes_copied += counts[1]
         self.result.stored_bytes += counts[2]
         self.result.blobs_present += counts[3] - counts[0]
-        return True
 
     def _existing(self, summary: BackupSummary) -> bool:
         """Whether the target has this backup already: the same ID describing the same backup. A
