@@ -207,3 +207,22 @@ def test_cli_init_with_lock_and_a_copy_into_it_is_retained(env: Any, locked_buck
     copy[copy.index("2")] = "3"
     refused = subprocess.run(copy, env={**os.environ, **env.env()}, capture_output=True, text=True)
     assert refused.returncode == 1 and "another Object Lock setting" in refused.stderr
+
+
+def test_a_backup_never_publishes_over_a_blob_deleted_early(env: Any, locked_bucket: str, tmp_path: Path) -> None:
+    """An incremental reuses its base's chunk lists without reading the blobs; under Object Lock,
+    extending their retention finds one hidden by a delete marker, and the backup is not published."""
+    client = env.client()
+    repo = Repository.create(RepositoryOptions.from_env(f"s3://{locked_bucket}/early-{uuid.uuid4().hex[:6]}",
+                                                        lock_days=1))
+    data = write_tree(tmp_path / "data", {"a": b"a" * 4000, "b": b"b" * 4000})
+    first = run_backup(repo, data, source="db")
+    digest = next(r["chunks"][0] for r in repo.entries(first) if r["path"] == "a")
+    full = f"{repo.backend.prefix}/{blob_key(digest)}"  # type: ignore[attr-defined]
+    marker = client.delete_object(Bucket=locked_bucket, Key=full)["VersionId"]
+    with pytest.raises(MobackupError, match=blob_key(digest)):
+        run_backup(repo, data, source="db")
+    assert [s.id for s in repo.list_backups()] == [first.id]
+    client.delete_object(Bucket=locked_bucket, Key=full, VersionId=marker)  # the locked version is back
+    second = run_backup(repo, data, source="db")
+    assert second.type == "incremental" and verify_backup(repo, second.id).ok

@@ -502,20 +502,30 @@ class Repository:
 
     def _retain_blobs(self, summary: BackupSummary, files_path: Path, retain: tuple[str, datetime]) -> None:
         """Extend the retention of each distinct blob of a file list (a blob stays locked as long as
-        the newest backup that uses it)."""
+        the newest backup that uses it), after checking that the listing holds every one: an
+        incremental reuses its base's blobs unread, and a delete marker (which anyone with delete
+        permission may add under a lock) hides one while a retention request may still succeed."""
         backend: Any = self.backend
         with tempfile.TemporaryDirectory(prefix="mobackup-retain-") as scratch:
+            listed = DigestSet(Path(scratch) / "listed.sqlite")
             seen = DigestSet(Path(scratch) / "seen.sqlite")
             try:
+                for digest, _ in self.blob_sizes():
+                    listed.add(digest)
                 with BoundedWorkers(self.parallelism, "mobackup-retain") as workers:
                     for record in self.entries(summary, files_path):
                         for digest in record.get("chunks", ()) if record.get("type") == "file" else ():
                             if workers.failed:
                                 break
                             if seen.add_new(digest):
+                                if digest not in listed:
+                                    raise CorruptDataError(
+                                        f"{self.location}/{blob_key(digest)}: missing (deleted early? a delete "
+                                        f"marker may hide it): backup {summary.id} is not published")
                                 workers.submit(backend.retain, blob_key(digest), *retain)
             finally:
                 seen.close()
+                listed.close()
 
     def download_file_list(self, summary: BackupSummary, path: Path) -> None:
         """A local copy of a backup's file list: what is checked is then what is used, whatever
