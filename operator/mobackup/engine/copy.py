@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackupNotFound, CorruptDataError, MobackupError
-from .index import DigestSet
+from .index import BATCH, DigestSet
 from .manifest import UNPUBLISHED
 from .model import BackupSummary, iso, utc_now
 from .progress import NullProgress, Progress
@@ -50,7 +50,8 @@ class CopyResult:
 class _Translation:
     """Source digest -> target digest, on disk. Blob names are keyed per repository (an encrypted
     repository digests with its identity key), so a chunk has another name in a target with other
-    keys; with the same identity the name stays and nothing is stored here."""
+    keys; with the same identity the name stays and nothing is stored here. Names are written in
+    batches; `flush` makes them visible (after each backup's transfers)."""
 
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -58,12 +59,27 @@ class _Translation:
         self.db.execute("PRAGMA synchronous=OFF")
         self.db.execute("CREATE TABLE names (source TEXT PRIMARY KEY, target TEXT) WITHOUT ROWID")
         self.lock = threading.Lock()
+        self.pending: list[tuple[str, str]] = []
 
     def put(self, source: str, target: str) -> None:
         with self.lock:
-            self.db.execute("INSERT OR REPLACE INTO names VALUES (?, ?)", (source, target))
+            self.pending.append((source, target))
+            if len(self.pending) >= BATCH:
+                self._flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO names VALUES (?, ?)", self.pending)
+            self.db.execute("COMMIT")
+            self.pending.clear()
 
     def lookup(self, source: str) -> str | None:
+        """The name, once flushed (a miss only costs reading the blob again)."""
         with self.lock:
             row = self.db.execute("SELECT target FROM names WHERE source = ?", (source,)).fetchone()
         return None if row is None else str(row[0])
@@ -205,6 +221,8 @@ class _Copier:
                     self.progress.advance(0, 1)
         finally:
             seen.close()
+        if self.translation is not None:
+            self.translation.flush()
         # Every blob is in the target: now its file list, then (the commit point) its summary.
         writer = FileListWriter(self.target.codec, summary.id, scratch)
         try:
