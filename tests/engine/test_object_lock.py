@@ -24,14 +24,7 @@ from mobackup.engine.errors import MobackupError
 from mobackup.engine.model import parse_iso, utc_now
 from mobackup.engine.objectlock import RetentionError
 from mobackup.engine.prune import RetentionPolicy, delete_backup, prune
-from mobackup.engine.repository import (
-    Repository,
-    RepositoryOptions,
-    blob_key,
-    files_key,
-    open_repository,
-    summary_key,
-)
+from mobackup.engine.repository import Repository, RepositoryOptions, blob_key, files_key, summary_key
 from mobackup.engine.restore import run_restore
 from mobackup.engine.verify import verify_backup
 from mobackup.sample import snapshot_tree
@@ -182,7 +175,7 @@ def test_cli_init_with_lock_and_a_copy_into_it_is_retained(env: Any, locked_buck
                                          "governance", "--json"], env={**os.environ, **env.env()},
                                         capture_output=True, text=True, check=True).stdout)
     assert created["object_lock"] == {"mode": "GOVERNANCE", "days": 1.0}
-    source = open_repository(RepositoryOptions.from_env(str(tmp_path / "src")), create=True)
+    source = Repository.create(RepositoryOptions.from_env(str(tmp_path / "src")))
     backup = run_backup(source, write_tree(tmp_path / "data", {"a": b"a" * 5000, "b": b"b" * 100}), source="db")
     target = Repository.open(RepositoryOptions.from_env(url))
     assert copy_backups(source, target).copied == [backup.id]

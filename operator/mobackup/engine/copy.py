@@ -8,7 +8,6 @@ leaves no summary in the target, and a new run transfers only the blobs the targ
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import tempfile
 import threading
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackupNotFound, CorruptDataError, MobackupError
-from .index import BATCH, DigestSet
+from .index import DigestMap, DigestSet
 from .manifest import UNPUBLISHED
 from .model import BackupSummary, iso, utc_now
 from .progress import NullProgress, Progress
@@ -48,41 +47,26 @@ class CopyResult:
 
 
 class _Translation:
-    """Source digest -> target digest, on disk. Blob names are keyed per repository (an encrypted
-    repository digests with its identity key), so a chunk has another name in a target with other
-    keys; with the same identity the name stays and nothing is stored here. Names are written in
-    batches; `flush` makes them visible (after each backup's transfers)."""
+    """Source digest -> target digest (index.DigestMap), for several threads. Blob names are keyed
+    per repository (an encrypted repository digests with its identity key), so a chunk has another
+    name in a target with other keys; with the same identity the name stays and nothing is stored."""
 
     def __init__(self, path: Path) -> None:
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("CREATE TABLE names (source TEXT PRIMARY KEY, target TEXT) WITHOUT ROWID")
+        self.names = DigestMap(path, shared=True)
         self.lock = threading.Lock()
-        self.pending: list[tuple[str, str]] = []
 
     def put(self, source: str, target: str) -> None:
         with self.lock:
-            self.pending.append((source, target))
-            if len(self.pending) >= BATCH:
-                self._flush()
+            self.names.put(source, target)
 
     def flush(self) -> None:
         with self.lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.pending:
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR REPLACE INTO names VALUES (?, ?)", self.pending)
-            self.db.execute("COMMIT")
-            self.pending.clear()
+            self.names.flush()
 
     def lookup(self, source: str) -> str | None:
         """The name, once flushed (a miss only costs reading the blob again)."""
         with self.lock:
-            row = self.db.execute("SELECT target FROM names WHERE source = ?", (source,)).fetchone()
-        return None if row is None else str(row[0])
+            return self.names.get(source)
 
     def get(self, source: str) -> str:
         name = self.lookup(source)
@@ -91,7 +75,7 @@ class _Translation:
         return name
 
     def close(self) -> None:
-        self.db.close()
+        self.names.close()
 
 
 def same_identity(source: Repository, target: Repository) -> bool:

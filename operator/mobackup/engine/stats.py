@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CorruptDataError, MobackupError
+from .index import connect
 from .manifest import DIGEST
 from .model import BackupSummary
 from .repository import Repository, files_key, summary_key
@@ -63,10 +64,7 @@ class RepositoryStats:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode=OFF")
-    db.execute("PRAGMA synchronous=OFF")
-    db.execute("PRAGMA cache_size=-16000")
+    db = connect(path)
     # blobs: what is stored. usage: per referenced digest, its plaintext size, the first backup (by
     # position) referencing it, the last one seen (to count each backup once) and how many do.
     db.execute("CREATE TABLE blobs (digest TEXT PRIMARY KEY, size INTEGER) WITHOUT ROWID")
