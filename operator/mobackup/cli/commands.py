@@ -13,12 +13,13 @@ from ..engine.progress import for_terminal
 from ..engine.repository import Repository, open_repository
 from ..engine.text import printable
 from ..table import backup_table, decimal_size
-from . import s3
+from . import repos, s3
 from .common import emit, repository_options, warn
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    repo = Repository.create(repository_options(args, compression=args.compression))
+    repo = Repository.create(repository_options(args, compression=args.compression, lock_days=args.lock_days,
+                                                 lock_mode=args.lock_mode))
     emit(args, {"location": repo.location, **repo.config}, f"created repository {repo.location}")
     return 0
 
@@ -179,6 +180,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not result.dry_run:
         lines.append(f"removed {result.blobs_removed} blobs ({decimal_size(result.bytes_freed)}), "
                      f"{result.partial_backups_removed} partial backup(s)")
+    if result.objects_held:  # S3 Object Lock: removed by a prune after that date
+        lines.append(f"{result.objects_held} unreferenced object(s) held by Object Lock until {result.held_until}")
     emit(args, result.to_dict(), "\n".join(lines))
     return 0
 
@@ -214,5 +217,5 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "init": cmd_init, "backup": cmd_backup, "list": cmd_list, "show": cmd_show, "restore": cmd_restore,
     "verify": cmd_verify, "delete": cmd_delete, "prune": cmd_prune, "demo": cmd_demo,
-    "drill": cmd_drill, "commit": s3.cmd_commit,
+    "drill": cmd_drill, "commit": s3.cmd_commit, "copy": repos.cmd_copy, "stats": repos.cmd_stats,
 }

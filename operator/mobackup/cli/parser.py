@@ -52,15 +52,20 @@ def int_range(low: int, high: int | None = None) -> Any:
     return parse
 
 
+def _s3_args(group: Any, flag: str, env: tuple[str, str, str, str]) -> None:
+    """--<flag>s3-endpoint, -region, -path-style, -ca-bundle; `env`: the variables each falls back to."""
+    group.add_argument(f"--{flag}s3-endpoint", help=f"S3 endpoint URL, e.g. http://minio:9000 (env {env[0]})")
+    group.add_argument(f"--{flag}s3-region", help=f"S3 region (env {env[1]})")
+    group.add_argument(f"--{flag}s3-path-style", action="store_true", default=None,
+                       help=f"path-style bucket addressing, as MinIO needs (env {env[2]}=true)")
+    group.add_argument(f"--{flag}s3-ca-bundle", help=f"PEM file of CAs to trust for the endpoint (env {env[3]})")
+
+
 def _repo_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("repository")
     group.add_argument("--repo", default=os.environ.get("MOBACKUP_REPO"),
                        help="PATH, file://PATH or s3://BUCKET/PREFIX (env MOBACKUP_REPO)")
-    group.add_argument("--s3-endpoint", help="S3 endpoint URL, e.g. http://minio:9000 (env AWS_ENDPOINT_URL)")
-    group.add_argument("--s3-region", help="S3 region (env AWS_REGION)")
-    group.add_argument("--s3-path-style", action="store_true", default=None,
-                       help="path-style bucket addressing, as MinIO needs (env MOBACKUP_S3_PATH_STYLE=true)")
-    group.add_argument("--s3-ca-bundle", help="PEM file of CAs to trust for the endpoint (env AWS_CA_BUNDLE)")
+    _s3_args(group, "", ("AWS_ENDPOINT_URL", "AWS_REGION", "MOBACKUP_S3_PATH_STYLE", "AWS_CA_BUNDLE"))
     group.add_argument("--encryption-key-file", help="file holding the encryption key "
                        "(or env MOBACKUP_ENCRYPTION_KEY; keys are never accepted on the command line)")
     group.add_argument("--parallelism", type=int_range(1, MAX_PARALLELISM),
@@ -80,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _repo_args(init)
     init.add_argument("--compression", choices=("none", "zstd"), default="none",
                       help="compress blobs (MatrixOne objects are already compressed; default none)")
+    add_lock_arguments(init)
 
     backup = commands.add_parser("backup", help="back up a MatrixOne data directory")
     _repo_args(backup)
@@ -162,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
 
     add_commit_command(commands)
+    add_copy_stats_commands(commands)
 
     demo = commands.add_parser("demo", help="a tour on sample data: full, incremental, list, restore, verify")
     demo.add_argument("--dir", default="mobackup-demo", help="working directory (default ./mobackup-demo)")
@@ -241,3 +248,40 @@ def add_commit_command(commands: Any) -> None:
     commit.add_argument("run", metavar="RUN_ID")
     commit.add_argument("--shards", type=int, required=True, metavar="N")
     _staging_args(commit)
+
+
+# ----- Several repositories, and what a repository costs (cli/repos.py) -------------------------------
+
+def add_copy_stats_commands(commands: Any) -> None:
+    copy = commands.add_parser("copy", help="copy backups into another repository (only the data it lacks)")
+    _repo_args(copy)
+    copy.add_argument("--from", dest="repo", default=argparse.SUPPRESS, metavar="REPO",
+                      help="the repository to copy from (same as --repo)")
+    copy.add_argument("ids", nargs="*", metavar="ID", help="backups to copy (ID or unambiguous prefix)")
+    copy.add_argument("--all", action="store_true", help="copy every completed backup")
+    group = copy.add_argument_group("target repository (its secrets in MOBACKUP_TO_* variables, never here)")
+    group.add_argument("--to", required=True, metavar="REPO",
+                       help="PATH, file://PATH or s3://BUCKET/PREFIX; created when absent")
+    _s3_args(group, "to-", ("MOBACKUP_TO_ENDPOINT, else AWS_ENDPOINT_URL", "MOBACKUP_TO_REGION, else AWS_REGION",
+                            "MOBACKUP_TO_PATH_STYLE", "AWS_CA_BUNDLE; default --s3-ca-bundle"))
+    group.add_argument("--to-encryption-key-file", help="file holding its encryption key (or env "
+                       "MOBACKUP_TO_ENCRYPTION_KEY / MOBACKUP_TO_ENCRYPTION_KEY_FILE)")
+    group.add_argument("--to-compression", choices=("none", "zstd"), default="none",
+                       help="compression of a target repository this copy creates")
+    group.add_argument("--to-lock-days", type=float, metavar="N",
+                       help="S3 Object Lock of a target repository this copy creates (as init --lock-days)")
+    group.add_argument("--to-lock-mode", choices=("compliance", "governance"), default="compliance")
+
+    stats = commands.add_parser("stats", help="what each backup and the repository take, and cost")
+    _repo_args(stats)
+    stats.add_argument("--source", help="only backups of this source (the repository totals stay whole)")
+    stats.add_argument("--price", type=float, metavar="PER_GB_MONTH",
+                       help="price of a GB (10^9 bytes) stored for a month: adds monthly costs")
+
+
+def add_lock_arguments(init: argparse.ArgumentParser) -> None:
+    init.add_argument("--lock-days", type=float, metavar="N",
+                      help="S3 Object Lock: keep every blob, file list and summary for N days after its backup "
+                      "(the bucket must have Object Lock enabled); recorded in mobackup.json for every later run")
+    init.add_argument("--lock-mode", choices=("compliance", "governance"), default="compliance",
+                      help="compliance: nobody can delete early; governance: only with the bypass permission")

@@ -14,7 +14,7 @@ from .errors import CorruptDataError
 BATCH = 20_000
 
 
-def _connect(path: Path, shared: bool = False) -> sqlite3.Connection:
+def connect(path: Path, shared: bool = False) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=not shared)
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
@@ -22,11 +22,20 @@ def _connect(path: Path, shared: bool = False) -> sqlite3.Connection:
     return db
 
 
+def _insert(db: sqlite3.Connection, statement: str, rows: list[Any]) -> None:
+    """Insert pending rows in one transaction, and forget them."""
+    if rows:
+        db.execute("BEGIN")
+        db.executemany(statement, rows)
+        db.execute("COMMIT")
+        rows.clear()
+
+
 class FileIndex:
     """path -> (size, mtime_ns, chunks) of a backup's regular files."""
 
     def __init__(self, path: Path) -> None:
-        self.db = _connect(path)
+        self.db = connect(path)
         self.db.execute(
             "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, chunks TEXT) WITHOUT ROWID"
         )
@@ -68,7 +77,7 @@ class DigestSet:
 
     def __init__(self, path: Path, shared: bool = False) -> None:
         """`shared`: used from several threads, each access under the caller's lock."""
-        self.db = _connect(path, shared)
+        self.db = connect(path, shared)
         self.db.execute("CREATE TABLE digests (digest TEXT PRIMARY KEY) WITHOUT ROWID")
         self.pending: list[tuple[str]] = []
 
@@ -78,11 +87,7 @@ class DigestSet:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR IGNORE INTO digests VALUES (?)", self.pending)
-            self.db.execute("COMMIT")
-            self.pending.clear()
+        _insert(self.db, "INSERT OR IGNORE INTO digests VALUES (?)", self.pending)
 
     def add_new(self, digest: str) -> bool:
         """Add; True when it was not there yet (flushes first, so the answer is exact)."""
@@ -97,6 +102,31 @@ class DigestSet:
     def __len__(self) -> int:
         self.flush()
         return int(self.db.execute("SELECT COUNT(*) FROM digests").fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class DigestMap:
+    """digest -> digest, on disk (a copy's blob names in a target keyed otherwise). Rows are written
+    in batches: `get` sees them once flushed."""
+
+    def __init__(self, path: Path, shared: bool = False) -> None:
+        self.db = connect(path, shared)
+        self.db.execute("CREATE TABLE names (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
+        self.pending: list[tuple[str, str]] = []
+
+    def put(self, key: str, value: str) -> None:
+        self.pending.append((key, value))
+        if len(self.pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        _insert(self.db, "INSERT OR REPLACE INTO names VALUES (?, ?)", self.pending)
+
+    def get(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM names WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def close(self) -> None:
         self.db.close()

@@ -13,7 +13,8 @@ from typing import Any, Protocol
 
 from .errors import CorruptDataError
 from .index import DigestSet
-from .model import BackupSummary, utc_now
+from .model import BackupSummary, iso, utc_now
+from .objectlock import RetentionError, describe, split_deletable
 from .repository import CONFIG_KEY, Repository, files_key, summary_key
 from .storage import CHUNK_TEMPORARY, LocalBackend, temporary_names
 
@@ -100,6 +101,22 @@ class GarbageResult:
     blobs_removed: int = 0
     bytes_freed: int = 0
     partial_backups_removed: int = 0
+    # Unreferenced objects S3 Object Lock keeps until a date (objectlock.py): removed by a later prune.
+    objects_held: int = 0
+    held_until: str | None = None
+
+    def _held(self, held: dict[str, datetime]) -> None:
+        if held:
+            self.objects_held += len(held)
+            self.held_until = max(self.held_until or "", iso(max(held.values())))
+
+    def _deletable(self, repo: Repository, keys: list[str]) -> list[str]:
+        """The keys the bucket lets us delete now; the others are counted, never attempted."""
+        if repo.object_lock is None:
+            return keys
+        free, held = split_deletable(repo.backend, keys)
+        self._held(held)
+        return free
 
 
 @dataclass
@@ -153,16 +170,21 @@ def collect_garbage(repo: Repository) -> GarbageResult:
                 info.key for info in repo.backend.list("backups/")
                 if info.key.endswith(".files") and info.key[len("backups/"):-len(".files")] not in published
             ]
-            result.partial_backups_removed = repo.backend.delete(leftovers)
-            garbage: list[str] = []
+            result.partial_backups_removed = repo.backend.delete(result._deletable(repo, leftovers))
+            garbage: dict[str, int] = {}  # key -> size
+
+            def remove() -> None:
+                free = result._deletable(repo, list(garbage))
+                result.bytes_freed += sum(garbage[key] for key in free)
+                result.blobs_removed += repo.backend.delete(free)
+                garbage.clear()
+
             for info in repo.backend.list("blobs/"):
                 if info.key.rsplit("/", 1)[-1] not in referenced:
-                    garbage.append(info.key)
-                    result.bytes_freed += info.size
+                    garbage[info.key] = info.size
                     if len(garbage) >= 1000:
-                        result.blobs_removed += repo.backend.delete(garbage)
-                        garbage.clear()
-            result.blobs_removed += repo.backend.delete(garbage)
+                        remove()
+            remove()
         finally:
             referenced.close()
     if isinstance(repo.backend, LocalBackend):
@@ -183,6 +205,11 @@ def delete_backup(repo: Repository, backup_id: str, *, force: bool = False) -> D
             # deleted, but only on purpose (what it referenced is unknown; GC then decides).
             if not force:
                 raise CorruptDataError(f"{error}; delete it with --force") from None
+        if repo.object_lock is not None:
+            _, held = split_deletable(repo.backend, [summary_key(backup_id), files_key(backup_id)])
+            if held:
+                raise RetentionError(f"backup {backup_id} is under S3 Object Lock ({repo.object_lock.mode}) until "
+                                     f"{describe(held)}: it can be deleted from then on")
         # Its dependents are no reason to refuse: each restores from its own complete file list,
         # and garbage collection keeps every blob they reference.
         dependents = sorted(s.id for s in repo.list_backups() if s.base_id == backup_id)
@@ -205,6 +232,12 @@ def prune(repo: Repository, policy: RetentionPolicy, *, source: str | None = Non
             keep = select_kept(items, policy, now)
             kept.update(keep)
             doomed.extend(s.id for s in items if s.id not in keep)
+        if repo.object_lock is not None:  # what the lock holds stays, and says until when
+            for backup_id in list(doomed):
+                _, held = split_deletable(repo.backend, [summary_key(backup_id), files_key(backup_id)])
+                if held:
+                    doomed.remove(backup_id)
+                    kept[backup_id] = f"object lock until {describe(held)}"
         if dry_run:
             return PruneResult(deleted=doomed, kept=kept, dry_run=True)
         _unpublish(repo, doomed)

@@ -43,9 +43,13 @@ from .errors import (
     RepositoryFormatError,
     RepositoryNotFound,
 )
+from .index import DigestSet
 from .manifest import MAX_PATH_DEPTH
 from .model import BackupSummary, iso, parse_iso, utc_now
+from .objectlock import ObjectLock
+from .objectlock import config_problem as object_lock_problem
 from .storage import Backend, LocalBackend, ObjectNotFound, RateLimiter
+from .workers import BoundedWorkers
 
 FORMAT_NAME = "mobackup-repository"
 FORMAT_VERSION = 1
@@ -80,20 +84,24 @@ class RepositoryOptions:
     s3_secret_access_key: str | None = field(default=None, repr=False)
     encryption_key: str | None = field(default=None, repr=False)
     compression: str = "none"
+    lock_days: float | None = None  # S3 Object Lock retention of a repository this creates (objectlock.py)
+    lock_mode: str = "COMPLIANCE"
     parallelism: int | None = None  # concurrent transfers; default 4 on a directory, 8 on S3
     bandwidth_limit: int | None = None  # bytes per second, all transfers together
 
     @classmethod
-    def from_env(cls, url: str, **overrides: Any) -> RepositoryOptions:
+    def from_env(cls, url: str, key_env: str = "MOBACKUP_ENCRYPTION_KEY", **overrides: Any) -> RepositoryOptions:
+        """`key_env`: the variable of the key (and `<key_env>_FILE` of its file); a second repository
+        (the target of a copy) has its own."""
         env = os.environ
         # An explicit key file (--encryption-key-file) wins over the environment's key, which wins
         # over the environment's key file. A key that is empty or only white space is refused: taken
         # as "no key", it would silently create (or read) a plaintext repository.
         explicit_file = overrides.pop("encryption_key_file", None)
-        key = None if explicit_file else env.get("MOBACKUP_ENCRYPTION_KEY") or None
+        key = None if explicit_file else env.get(key_env) or None
         if key is not None and not key.strip():
-            raise EncryptionKeyError("MOBACKUP_ENCRYPTION_KEY is only white space: give a real key or unset it")
-        key_file = explicit_file or (None if key else env.get("MOBACKUP_ENCRYPTION_KEY_FILE") or None)
+            raise EncryptionKeyError(f"{key_env} is only white space: give a real key or unset it")
+        key_file = explicit_file or (None if key else env.get(f"{key_env}_FILE") or None)
         if key_file:
             try:
                 key = Path(key_file).read_text().strip()
@@ -150,6 +158,10 @@ def _config_problem(config: dict[str, Any]) -> str | None:
         return f"unknown hash {config.get('hash')!r}"
     if config.get("compression", "none") not in ("none", "zstd"):
         return f"unknown compression {config.get('compression')!r}"
+    if config.get("object_lock") is not None:
+        problem = object_lock_problem(config["object_lock"])
+        if problem:
+            return problem
     encryption = config.get("encryption")
     if encryption is not None:
         if not isinstance(encryption, dict) or encryption.get("cipher") != "aes-256-gcm":
@@ -253,6 +265,12 @@ class Repository:
         self.parallelism = options.parallelism or (4 if isinstance(backend, LocalBackend) else 8)
         self.limiter = RateLimiter(options.bandwidth_limit) if options.bandwidth_limit else None
         self._locks_seen: dict[str, tuple[bytes, float]] = {}  # lock key -> (content, first seen), see lock_is_stale
+        self.object_lock = ObjectLock.from_config(config.get("object_lock"))
+        if self.object_lock is not None:
+            if not hasattr(backend, "retain"):
+                raise RepositoryFormatError(f"{self.location}: the configuration asks for S3 Object Lock, which only "
+                                            "an S3 repository has")
+            backend.versioned = True  # type: ignore[attr-defined]
 
     # ----- opening -------------------------------------------------------------------------------
 
@@ -273,6 +291,12 @@ class Repository:
             "compression": options.compression,
             "encryption": None,
         }
+        if options.lock_days is not None:
+            lock = ObjectLock.from_config({"mode": options.lock_mode.upper(), "days": options.lock_days})
+            if not getattr(backend, "object_lock_enabled", lambda: False)():
+                raise MobackupError(f"{backend.location}: --lock-days needs an S3 bucket created with Object Lock "
+                                    "enabled (ObjectLockEnabledForBucket)")
+            config["object_lock"] = lock.to_config() if lock else None
         keys = None
         if options.encryption_key:
             salt = os.urandom(16)
@@ -369,7 +393,10 @@ class Repository:
         stored = self.codec.encode(data, key)
         if self.limiter:
             self.limiter.consume(len(stored))
-        self.backend.write(key, stored)
+        if self.object_lock is not None:
+            self.backend.write(key, stored, retain=(self.object_lock.mode, self.object_lock.until()))  # type: ignore[call-arg]
+        else:
+            self.backend.write(key, stored)
         return len(stored)
 
     @property
@@ -454,12 +481,51 @@ class Repository:
         raise MobackupError(f"backup ID prefix {prefix} is ambiguous: {', '.join(sorted(matches))}")
 
     def publish(self, summary: BackupSummary, files_path: Path) -> None:
-        """Upload the file list, make all blobs durable, then write the summary (the commit point)."""
-        self.backend.write_file(files_key(summary.id), files_path)
-        self.backend.flush()
+        """Upload the file list, make all blobs durable, then write the summary (the commit point).
+        Under Object Lock every blob the backup uses is first retained until the backup's own date,
+        which its summary records (`extra.locked_until`)."""
         key = summary_key(summary.id)
-        self.backend.write(key, self._encode_meta(json.dumps(summary.to_dict(), indent=1).encode(), key))
-        self.backend.flush()
+        if self.object_lock is None:
+            self.backend.write_file(files_key(summary.id), files_path)
+            self.backend.flush()
+            self.backend.write(key, self._encode_meta(json.dumps(summary.to_dict(), indent=1).encode(), key))
+            self.backend.flush()
+            return
+        retain = (self.object_lock.mode, self.object_lock.until())
+        self._retain_blobs(summary, files_path, retain)
+        summary.extra.update(locked_until=iso(retain[1]), lock_mode=retain[0])
+        backend: Any = self.backend
+        backend.write_file(files_key(summary.id), files_path, retain=retain)
+        backend.flush()
+        backend.write(key, self._encode_meta(json.dumps(summary.to_dict(), indent=1).encode(), key), retain=retain)
+        backend.flush()
+
+    def _retain_blobs(self, summary: BackupSummary, files_path: Path, retain: tuple[str, datetime]) -> None:
+        """Extend the retention of each distinct blob of a file list (a blob stays locked as long as
+        the newest backup that uses it), after checking that the listing holds every one: an
+        incremental reuses its base's blobs unread, and a delete marker (which anyone with delete
+        permission may add under a lock) hides one while a retention request may still succeed."""
+        backend: Any = self.backend
+        with tempfile.TemporaryDirectory(prefix="mobackup-retain-") as scratch:
+            listed = DigestSet(Path(scratch) / "listed.sqlite")
+            seen = DigestSet(Path(scratch) / "seen.sqlite")
+            try:
+                for digest, _ in self.blob_sizes():
+                    listed.add(digest)
+                with BoundedWorkers(self.parallelism, "mobackup-retain") as workers:
+                    for record in self.entries(summary, files_path):
+                        for digest in record.get("chunks", ()) if record.get("type") == "file" else ():
+                            if workers.failed:
+                                break
+                            if seen.add_new(digest):
+                                if digest not in listed:
+                                    raise CorruptDataError(
+                                        f"{self.location}/{blob_key(digest)}: missing (deleted early? a delete "
+                                        f"marker may hide it): backup {summary.id} is not published")
+                                workers.submit(backend.retain, blob_key(digest), *retain)
+            finally:
+                seen.close()
+                listed.close()
 
     def download_file_list(self, summary: BackupSummary, path: Path) -> None:
         """A local copy of a backup's file list: what is checked is then what is used, whatever

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -63,6 +64,13 @@ def _is_not_found(error: botocore.exceptions.ClientError) -> bool:
     return code in ("404", "NoSuchKey", "NotFound")
 
 
+def _lock_args(retain: tuple[str, datetime] | None) -> dict[str, object]:
+    """A write under Object Lock: the retention, and a checksum (AWS requires one with it)."""
+    if retain is None:
+        return {}
+    return {"ObjectLockMode": retain[0], "ObjectLockRetainUntilDate": retain[1], "ChecksumAlgorithm": "CRC32"}
+
+
 def _reason(error: Exception) -> str:
     if isinstance(error, botocore.exceptions.ClientError):
         info = error.response.get("Error", {})
@@ -106,6 +114,7 @@ class S3Backend:
         self.client = session.client(
             "s3", endpoint_url=endpoint, config=config, verify=ca_bundle if ca_bundle else None
         )
+        self.versioned = False  # delete every version of a key (a repository with Object Lock)
         self.transfer = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=4
         )
@@ -133,16 +142,18 @@ class S3Backend:
         response = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         return response["Body"]  # type: ignore[no-any-return]
 
-    def write(self, key: str, data: bytes | memoryview) -> None:
+    def write(self, key: str, data: bytes | memoryview, retain: tuple[str, datetime] | None = None) -> None:
+        """`retain`: (Object Lock mode, date) the bucket keeps this version until (objectlock.py)."""
         body = _ViewReader(memoryview(data))
+        extra = _lock_args(retain)
         if len(body) >= MULTIPART_THRESHOLD:
             self._call(
                 key, self.client.upload_fileobj, Fileobj=body, Bucket=self.bucket, Key=self._key(key),
-                Config=self.transfer,
+                Config=self.transfer, ExtraArgs=extra or None,
             )
         else:
             self._call(key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=body,
-                       ContentLength=len(body))
+                       ContentLength=len(body), **extra)
 
     def write_new(self, key: str, data: bytes) -> bool:
         """Conditional create (If-None-Match: *), supported by AWS S3 and MinIO."""
@@ -154,9 +165,10 @@ class S3Backend:
                 return False
             raise MobackupError(f"{self.location}/{key}: {_reason(error)}") from None
 
-    def write_file(self, key: str, path: Path) -> None:
+    def write_file(self, key: str, path: Path, retain: tuple[str, datetime] | None = None) -> None:
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer,
+                                    ExtraArgs=_lock_args(retain) or None)
         except (botocore.exceptions.ClientError, boto3.exceptions.S3UploadFailedError) as error:
             raise MobackupError(f"{self.location}/{key}: {_reason(error)}") from None
 
@@ -183,6 +195,53 @@ class S3Backend:
         except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
             raise MobackupError(f"{self.location}: cannot list {prefix}: {_reason(error)}") from None
 
+    # ----- Object Lock (a versioned bucket; objectlock.py) --------------------------------------------
+
+    def retention(self, key: str) -> tuple[str, datetime] | None:
+        """(mode, retain-until date) of the object's current version, None without retention."""
+        head = self._call(key, self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        mode, until = head.get("ObjectLockMode"), head.get("ObjectLockRetainUntilDate")
+        if not mode or not isinstance(until, datetime):
+            return None
+        return str(mode), until
+
+    def retain(self, key: str, mode: str, until: datetime) -> None:
+        """Extend the current version's retention to `until`. A bucket refuses to shorten one: a
+        version retained longer already is left as it is."""
+        try:
+            self.client.put_object_retention(Bucket=self.bucket, Key=self._key(key),
+                                             Retention={"Mode": mode, "RetainUntilDate": until},
+                                             ChecksumAlgorithm="CRC32")
+        except botocore.exceptions.ClientError as error:
+            if _is_not_found(error):
+                raise ObjectNotFound(f"{self.location}/{key}: missing") from None
+            current = self.retention(key)
+            if current is None or current[1] < until:
+                raise MobackupError(f"{self.location}/{key}: cannot set its retention: {_reason(error)}") from None
+        except UNREACHABLE as error:
+            raise StorageUnreachableError(f"{self.location}: {_reason(error)}") from None
+
+    def has_noncurrent_versions(self, key: str) -> bool:
+        full = self._key(key)
+        response = self._call(key, self.client.list_object_versions, Bucket=self.bucket, Prefix=full)
+        return any(v.get("Key") == full and not v.get("IsLatest") for v in response.get("Versions", []))
+
+    def _versions(self, keys: list[str]) -> list[dict[str, str]]:
+        """Every version and delete marker of these keys: in a versioned bucket a delete without a
+        version only adds a marker, and the data stays (and is billed) for good."""
+        found: list[dict[str, str]] = []
+        paginator = self.client.get_paginator("list_object_versions")
+        for key in keys:
+            full = self._key(key)
+            try:
+                for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                    for item in [*page.get("Versions", []), *page.get("DeleteMarkers", [])]:
+                        if item.get("Key") == full:
+                            found.append({"Key": full, "VersionId": item["VersionId"]})
+            except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+                raise MobackupError(f"{self.location}: cannot list the versions of {key}: {_reason(error)}") from None
+        return found
+
     def delete(self, keys: Iterable[str]) -> int:
         count = 0
         batch: list[str] = []
@@ -191,9 +250,13 @@ class S3Backend:
             nonlocal count
             if not batch:
                 return
+            objects = self._versions(batch) if self.versioned else [{"Key": self._key(k)} for k in batch]
+            if not objects:
+                batch.clear()
+                return
             response = self._call(
                 "delete", self.client.delete_objects, Bucket=self.bucket,
-                Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True},
+                Delete={"Objects": objects, "Quiet": True},
             )
             errors = response.get("Errors", [])
             if errors:
@@ -211,6 +274,13 @@ class S3Backend:
 
     def flush(self) -> None:
         """S3 writes are durable when they return."""
+
+    def object_lock_enabled(self) -> bool:
+        try:
+            response = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except botocore.exceptions.ClientError:
+            return False  # ObjectLockConfigurationNotFoundError: the bucket was created without it
+        return response.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
 
     def check_access(self) -> None:
         self._call("", self.client.head_bucket, Bucket=self.bucket)

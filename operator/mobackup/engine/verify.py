@@ -6,6 +6,7 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ from .errors import MobackupError
 from .index import DigestSet
 from .layout import PathRules
 from .manifest import ManifestChecker
+from .model import BackupSummary, parse_iso
+from .objectlock import missing_hint, retention_problem
 from .progress import NullProgress, Progress
-from .repository import Repository, blob_key
+from .repository import Repository, blob_key, files_key, summary_key
 from .safefs import DirectoryFds
+from .storage import ObjectNotFound
 from .walk import open_root, walk
 from .workers import BoundedWorkers
 
@@ -116,7 +120,20 @@ def _verify(repo: Repository, backup_id: str, quick: bool, progress: Progress) -
             if digest is not None:
                 result.damaged_blobs[digest] = rel
 
+    locked_until = _recorded_lock(summary) if repo.object_lock is not None else None
+
+    def retention(key: str, digest: str | None = None, rel: str = "") -> None:
+        """Under Object Lock: the object's current version must be retained as its backup says."""
+        try:
+            found = retention_problem(repo.backend, key, locked_until)
+        except ObjectNotFound:
+            found = f"{key} is missing{missing_hint(repo.backend, key)}"
+        if found:
+            problem(f"{rel + ': ' if rel else ''}{found}", digest, rel)
+
     def check(digest: str, expected: int, rel: str) -> None:
+        if repo.object_lock is not None:
+            retention(blob_key(digest), digest, rel)
         try:
             if quick:
                 size = repo.backend.size(blob_key(digest))
@@ -137,6 +154,9 @@ def _verify(repo: Repository, backup_id: str, quick: bool, progress: Progress) -
             result.checked_bytes += expected
         progress.advance(expected, 0)
 
+    if repo.object_lock is not None:
+        for key in (summary_key(backup_id), files_key(backup_id)):
+            retention(key)
     progress.start(summary.size_bytes, summary.file_count)
     with tempfile.TemporaryDirectory(prefix="mobackup-verify-") as scratch:
         seen = DigestSet(Path(scratch) / "seen.sqlite")
@@ -165,3 +185,13 @@ def _verify(repo: Repository, backup_id: str, quick: bool, progress: Progress) -
     result.duration_seconds = round(time.monotonic() - clock, 3)
     progress.finish()
     return result
+
+
+def _recorded_lock(summary: BackupSummary) -> datetime | None:
+    """The retention date a backup's summary recorded (untrusted: None when absent or not a date)."""
+    text = summary.extra.get("locked_until")
+    try:
+        recorded = parse_iso(text) if isinstance(text, str) else None
+    except (ValueError, OverflowError):
+        return None
+    return recorded if recorded is not None and recorded.tzinfo is not None else None  # naive: not ours
