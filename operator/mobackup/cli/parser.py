@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = commands.add_parser("restore", help="restore a backup into a directory")
     _repo_args(restore)
-    restore.add_argument("id")
+    restore.add_argument("id", nargs="?", help="the backup (with --to-time: optional, chosen by its interval)")
     restore.add_argument("--target", help="directory to restore into (empty, or --force)")
     restore.add_argument("--force", action="store_true", help="replace the contents of a non-empty target")
     restore.add_argument("--hostname", help="hostname of the MatrixOne that will use the data: refuse a backup "
@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
 
     add_commit_command(commands)
+    add_pitr_arguments(backup, restore)
 
     demo = commands.add_parser("demo", help="a tour on sample data: full, incremental, list, restore, verify")
     demo.add_argument("--dir", default="mobackup-demo", help="working directory (default ./mobackup-demo)")
@@ -241,3 +242,23 @@ def add_commit_command(commands: Any) -> None:
     commit.add_argument("run", metavar="RUN_ID")
     commit.add_argument("--shards", type=int, required=True, metavar="N")
     _staging_args(commit)
+
+
+# ----- point-in-time recovery (engine/pitr.py, engine/pitr_restore.py) ----------------------------------
+
+def add_pitr_arguments(backup: argparse.ArgumentParser, restore: argparse.ArgumentParser) -> None:
+    backup.add_argument("--pitr-window", type=parse_duration, metavar="DURATION",
+                        help="with --sql-host: first make sure a cluster PITR keeps at least this much history "
+                        "(e.g. 7d; created, or an existing one lengthened, never shortened)")
+    restore.add_argument("--to-time", metavar="RFC3339",
+                         help="restore the backup whose recoverable interval holds this instant, start MatrixOne on "
+                         "--target and bring it to the instant with its PITR (e.g. 2026-12-01T10:00:00Z)")
+    restore.add_argument("--mo-service", help="with --to-time: the mo-service binary (its etc/launch next to it)")
+    restore.add_argument("--check-sql", action="append", default=[], metavar="QUERY",
+                         help="with --to-time: a query whose first value must equal the next --expect (repeatable)")
+    restore.add_argument("--expect", action="append", default=[], metavar="VALUE")
+    restore.add_argument("--timeout", type=int_range(1), default=600, metavar="SECONDS",
+                         help="with --to-time: time for MatrixOne to answer SQL (default 600)")
+    restore.add_argument("--sql-user", default="root",
+                         help="with --to-time: SQL user of the restored data, a sys-account one (password in env "
+                         "MOBACKUP_SQL_PASSWORD, default 111)")
