@@ -153,7 +153,14 @@ class ScratchServer:
             return True
         clean = False
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            if self.hostname:
+                # bwrap dies at once on SIGTERM and its child with it (SIGKILL): only mo-service gets
+                # it, and bwrap exits when mo-service has shut down.
+                for pid in _group_members(self.proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+            else:
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(grace)
                 clean = True
@@ -172,6 +179,22 @@ class ScratchServer:
         except OSError:
             return ""
         return " | ".join(line[:300] for line in lines)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of group `pgid` other than its leader (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if len(fields) > 2 and fields[2] == str(pgid):
+            members.append(int(entry.name))
+    return members
 
 
 def _connect(host: str, port: int, user: str, password: str, timeout: float) -> Any:

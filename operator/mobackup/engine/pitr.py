@@ -78,6 +78,8 @@ def hlc_time(backup_ts: str) -> datetime:
 
 def range_clause(seconds: float) -> tuple[int, str]:
     """The smallest `RANGE value 'unit'` at least `seconds` long (MatrixOne allows 1-100 of a unit)."""
+    if seconds % 86400 == 0 and 0 < seconds <= MAX_VALUE * 86400:
+        return int(seconds // 86400), "d"  # whole days as days: SHOW PITR then says what was asked
     for unit in ("h", "d", "mo", "y"):
         value = max(1, math.ceil(seconds / UNIT_SECONDS[unit]))
         if value <= MAX_VALUE:

@@ -27,7 +27,7 @@ import pymysql
 
 from .errors import MobackupError
 from .model import BackupSummary, iso, parse_iso, utc_now
-from .pitr import PitrWindow, holds_history, interval, range_clause, read_windows, windows_of
+from .pitr import PitrWindow, hlc_time, holds_history, interval, range_clause, read_windows, windows_of
 from .progress import Progress
 from .repository import Repository
 
@@ -89,9 +89,11 @@ def choose_backup(summaries: Sequence[BackupSummary], t: datetime, now: datetime
             raise MobackupError(f"backup {summary.id}: its MatrixOne had no cluster PITR at backup time; "
                                 f"recoverable intervals: {covered}")
         span = interval(summary)
-        if span is None:
-            raise MobackupError(f"backup {summary.id} recorded no PITR windows (backed up without SQL), so its "
-                                f"interval is unknown; recoverable intervals: {covered}")
+        if span is None:  # a cold copy made without SQL: the restored server's own PITRs decide
+            end = hlc_time(summary.backup_ts)
+            if t > end:
+                raise MobackupError(f"{iso(t)} is later than backup {summary.id}'s BACKUPTS {iso(end)}")
+            return summary, (t, end)
         if not span[0] <= t <= span[1]:
             raise MobackupError(f"{iso(t)} is outside backup {_span(summary, span)}; recoverable intervals: "
                                 f"{covered}")
