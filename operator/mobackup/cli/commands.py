@@ -36,13 +36,12 @@ def cmd_backup(args: argparse.Namespace) -> int:
     mo_version, extra = None, {}
     if args.sql_host:
         from ..engine.catalog import read_catalog_from
-        from ..engine.mosql import MatrixOneSession, SqlEndpoint, prepare_backup
+        from ..engine.mosql import SqlEndpoint, prepare_backup
 
         endpoint = SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database)
         mo_version = prepare_backup(endpoint)
         extra["catalog"] = read_catalog_from(endpoint)  # what a restore drill checks
-        with MatrixOneSession(endpoint) as mo:  # a copy of the whole directory holds the PITR history
-            extra["pitr"] = pitr.backup_record(args, mo.connection, history=True)
+        extra["pitr"] = pitr.cold_record(args, endpoint)  # a copy of the whole directory holds the history
     if not Path(args.data_dir).is_dir():  # before the repository is created
         raise MobackupError(f"{args.data_dir}: not a directory (nothing was created)")
     repo = open_repository(repository_options(args, compression=args.compression), create=True)

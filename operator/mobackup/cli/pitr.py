@@ -26,6 +26,21 @@ def backup_record(args: argparse.Namespace, connection: Any, *, history: bool) -
     return record(connection, history=history, ensured=ensured)
 
 
+def cold_record(args: argparse.Namespace, endpoint: Any) -> dict[str, Any]:
+    """backup_record over a session of its own; a server without PITR (or SHOW PITR) is recorded as
+    such and fails the backup only when --pitr-window asked for a window."""
+    from ..engine.mosql import connect
+    from ..engine.pitr import record
+
+    connection = connect(endpoint)
+    try:
+        if args.pitr_window is not None:
+            return backup_record(args, connection, history=True)
+        return record(connection, history=True)
+    finally:
+        connection.close()
+
+
 def check_backup_flags(args: argparse.Namespace) -> None:
     if args.pitr_window is None:
         return

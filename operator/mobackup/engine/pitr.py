@@ -167,8 +167,8 @@ def record(connection: Any, *, history: bool, ensured: str | None = None) -> dic
 def windows_of(summary: BackupSummary) -> list[PitrWindow] | None:
     """The recorded windows; None when the backup recorded none (no SQL at backup time, or unusable)."""
     rec = summary.extra.get("pitr")
-    if not isinstance(rec, dict) or not isinstance(rec.get("windows"), list):
-        return None
+    if not isinstance(rec, dict) or not isinstance(rec.get("windows"), list) or "error" in rec:
+        return None  # unknown: not recorded, or the server would not list them
     try:
         return [PitrWindow.from_dict(w) for w in rec["windows"]]
     except ValueError:

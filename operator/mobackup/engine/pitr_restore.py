@@ -84,6 +84,10 @@ def choose_backup(summaries: Sequence[BackupSummary], t: datetime, now: datetime
             raise MobackupError(f"backup {summary.id} holds no PITR history (MatrixOne's BACKUP output, or table "
                                 f"data in S3): only a cold copy of the whole data directory does; recoverable "
                                 f"intervals: {covered}")
+        rec = summary.extra.get("pitr")
+        if isinstance(rec, dict) and rec.get("error"):
+            raise MobackupError(f"backup {summary.id}: its MatrixOne did not list PITRs at backup time (a MatrixOne "
+                                f"without PITR?): {rec['error']}; recoverable intervals: {covered}")
         windows = windows_of(summary)
         if windows is not None and not windows:
             raise MobackupError(f"backup {summary.id}: its MatrixOne had no cluster PITR at backup time; "
