@@ -64,11 +64,11 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     mo.start()
     # An online backup with --pitr-window creates the cluster PITR; it records the window but no history.
     online = run("backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--data-dir", mo.data_dir,
-                 "--repo", repo, "--source", "mo", "--pitr-window", "1d", "--json", "--quiet")
+                 "--repo", repo, "--source", "mo", "--pitr-window", "12h", "--json", "--quiet")
     assert online.returncode == 0, online.stderr
     online_summary = json.loads(online.stdout)
     assert online_summary["extra"]["pitr"]["history"] is False
-    assert online_summary["extra"]["pitr"]["ensured"] == "created mobackup_mo (1 d)"
+    assert online_summary["extra"]["pitr"]["ensured"] == "created mobackup_mo (12 h)"
     assert [w["name"] for w in online_summary["extra"]["pitr"]["windows"]] == ["mobackup_mo"]
     assert mo.sql("show pitr")[0][0] == "mobackup_mo"
 
@@ -105,11 +105,18 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     mo.start()
     cold = run("backup", "--data-dir", snap, "--sql-host", "127.0.0.1", "--sql-user", "root", "--repo", repo,
                "--source", "mo", "--type", "full", "--pitr-window", "1d", "--json", "--quiet")
+    # A shorter window asked for later never shortens the PITR.
+    again = run("backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--data-dir", mo.data_dir,
+                "--repo", repo, "--source", "mo-online", "--pitr-window", "2h", "--json", "--quiet")
+    pitrs = mo.sql("show pitr")
     mo.stop()
     assert cold.returncode == 0, cold.stderr
     cold_summary = json.loads(cold.stdout)
     assert cold_summary["extra"]["pitr"]["history"] is True
-    assert cold_summary["extra"]["pitr"]["ensured"] == "kept mobackup_mo (1 d)"  # never shortened nor recreated
+    assert cold_summary["extra"]["pitr"]["ensured"] == "lengthened mobackup_mo (1 d)"
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["extra"]["pitr"]["ensured"] == "kept mobackup_mo (1 d)"
+    assert [(p[0], p[7], p[8]) for p in pitrs] == [("mobackup_mo", 1, "d")]
     start, end = (datetime.fromisoformat(cold_summary[k].replace("Z", "+00:00"))
                   for k in ("recoverable_from", "recoverable_to"))
     assert start < t - timedelta(seconds=1) < end
