@@ -41,7 +41,7 @@ class PitrRestoreResult:
     target: str
     to_time: str  # T, UTC
     backup_ts: str
-    recoverable_from: str
+    recoverable_from: str | None
     recoverable_to: str
     pitr: str = ""
     pitr_lengthened: bool = False
@@ -177,7 +177,9 @@ def run_restore_to_time(
     summary, span = choose_backup(repo.list_backups(), t, utc_now(),
                                   repo.resolve_id(backup_id) if backup_id else None)
     etc = _check_server_binary(mo_service)
-    result = PitrRestoreResult(summary.id, str(target), iso(t), summary.backup_ts, iso(span[0]), iso(span[1]))
+    known = interval(summary)  # None for a cold copy made without SQL: its restored server decides
+    result = PitrRestoreResult(summary.id, str(target), iso(t), summary.backup_ts,
+                               iso(known[0]) if known else None, iso(span[1]))
     password = sql_password if sql_password is not None else os.environ.get("MOBACKUP_SQL_PASSWORD", DEFAULT_PASSWORD)
     started = time.monotonic()
     restored = run_restore(repo, summary.id, target, force=force, progress=progress)
@@ -230,11 +232,12 @@ def run_restore_to_time(
 
 def _bring_to_time(connection: Any, t: datetime, result: PitrRestoreResult) -> None:
     with connection.cursor() as cursor:
-        cursor.execute("select version(), @@system_time_zone")
-        version, zone = cursor.fetchone()
+        cursor.execute("select version(), current_timestamp(), utc_timestamp()")
+        version, local, utc = cursor.fetchone()
         result.mo_version = str(version)
-        if str(zone).upper() not in ("UTC", "ETC/UTC"):  # T below is in UTC
-            raise MobackupError(f"the restored MatrixOne runs in time zone {zone!r}, not UTC")
+        # T below is given in UTC: the server's local time (TZ=UTC) must be UTC.
+        if not isinstance(local, datetime) or not isinstance(utc, datetime) or abs(local - utc).total_seconds() > 60:
+            raise MobackupError(f"the restored MatrixOne's local time {local} is not UTC ({utc})")
         windows = read_windows(connection)
         if not windows:
             raise MobackupError("the restored MatrixOne has no cluster PITR")
