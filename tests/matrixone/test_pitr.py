@@ -17,7 +17,17 @@ from pathlib import Path
 
 from test_drill import run
 
-from mo_server import DEFAULT_VERSION, TXN_ROWS, MatrixOne, checksums, connect, create_db, writer_rows
+from mo_server import (
+    DEFAULT_VERSION,
+    TXN_ROWS,
+    MatrixOne,
+    ServerLock,
+    checksums,
+    connect,
+    create_db,
+    wait_ports_free,
+    writer_rows,
+)
 
 
 class TimedWriter:
@@ -156,11 +166,17 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     assert plain.returncode == 0, plain.stderr
 
     restore_at = t - timedelta(seconds=1)
-    clock = time.monotonic()
-    proc = run("restore", "--repo", repo, "--target", target, "--mo-service", mo_service, "--to-time",
-               rfc3339(restore_at), "--check-sql", "select count(*) from db2.t", "--expect", "3000", "--json",
-               "--quiet")
-    pitr_seconds = time.monotonic() - clock
+    lock = ServerLock()  # the restore starts a MatrixOne on the fixed ports: hold the machine's lock
+    lock.acquire()
+    try:
+        wait_ports_free()
+        clock = time.monotonic()
+        proc = run("restore", "--repo", repo, "--target", target, "--mo-service", mo_service, "--to-time",
+                   rfc3339(restore_at), "--check-sql", "select count(*) from db2.t", "--expect", "3000", "--json",
+                   "--quiet")
+        pitr_seconds = time.monotonic() - clock
+    finally:
+        lock.release()
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["backup_id"] == cold_summary["id"] and result["pitr"] == "mobackup_mo"

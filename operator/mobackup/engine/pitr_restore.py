@@ -187,11 +187,11 @@ def run_restore_to_time(
     # The server's working directory: its configuration and a link to the target as ./mo-data.
     workdir = Path(tempfile.mkdtemp(prefix=".mobackup-pitr-", dir=target.parent))
     server: ScratchServer | None = None
-    at_backup_ts = f"the target holds backup {summary.id} as of its BACKUPTS, not the state at {iso(t)}"
     try:
         shutil.copytree(etc, workdir / "etc")
         (workdir / "mo-data").symlink_to(target, target_is_directory=True)
         result.hostname = foreign_hostname(target)
+        _check_server_binary(mo_service)  # again: the restore took a while, and SQL must reach OUR server
         server = ScratchServer(mo_service, workdir, result.hostname, env={"TZ": "UTC"})
         started = time.monotonic()
         server.start()
@@ -220,8 +220,11 @@ def run_restore_to_time(
                                 f"killed; the target holds the state at {iso(t)} if it starts, check it")
     except (MobackupError, OSError, pymysql.MySQLError) as error:
         reason = error.args[-1] if isinstance(error, pymysql.MySQLError) else error
-        raise MobackupError(f"restore to {iso(t)} failed: {reason}; {at_backup_ts} "
-                            f"({restored.file_count} files)") from None
+        if result.server_time is None:
+            state = f"the target holds backup {summary.id} as of its BACKUPTS, not the state at {iso(t)}"
+        else:
+            state = f"MatrixOne restored the target to {iso(t)} before this"
+        raise MobackupError(f"restore to {iso(t)} failed: {reason}; {state} ({restored.file_count} files)") from None
     finally:
         if server is not None:
             server.stop()
@@ -250,7 +253,14 @@ def _bring_to_time(connection: Any, t: datetime, result: PitrRestoreResult) -> N
             cursor.execute(f"alter pitr `{window.name}` range {value} '{unit}'")
             result.pitr_lengthened = True
         started = time.monotonic()
-        cursor.execute(f"restore cluster from pitr `{window.name}` '{_pitr_time(t)}'")
+        try:
+            cursor.execute(f"restore cluster from pitr `{window.name}` '{_pitr_time(t)}'")
+        except pymysql.MySQLError as error:
+            reason = str(error.args[-1])
+            if "does not exist" in reason:  # MatrixOne 1.3, seen for an instant just after the PITR was made
+                reason += (f" (PITR {window.name} was created {window.created}: MatrixOne 1.3 refused instants in "
+                           "the first seconds of a PITR, before a checkpoint)")
+            raise MobackupError(f"MatrixOne refused RESTORE CLUSTER FROM PITR: {reason}") from None
         result.pitr_seconds = round(time.monotonic() - started, 3)
         cursor.execute("select current_timestamp(6)")
         now = cursor.fetchone()[0]
