@@ -27,21 +27,9 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from mo_server import DEFAULT_VERSION, MatrixOne, install  # noqa: E402
+from mo_server import AGGRESSIVE_GC, DEFAULT_VERSION, MatrixOne, install  # noqa: E402
 
 MOBACKUP = REPO_ROOT / ".venv" / "bin" / "mobackup"
-AGGRESSIVE_GC = '''
-[tn.Ckp]
-incremental-interval = "2s"
-global-min-count = 2
-min-count = 1
-
-[tn.GCCfg]
-gc-ttl = "20s"
-scan-gc-interval = "2s"
-'''
-
-
 def mobackup(*args: str | Path) -> tuple[float, dict[str, Any]]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))},
            "MOBACKUP_SQL_PASSWORD": "111"}

@@ -21,15 +21,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
-from mo_server import DEFAULT_VERSION, MatrixOne, checksums, connect, create_db, install, writer_rows  # noqa: E402
+from mo_server import DEFAULT_VERSION, Incident, MatrixOne, checksums, install, writer_rows  # noqa: E402
 
 MOBACKUP = str(REPO_ROOT / ".venv" / "bin" / "mobackup")
 ENV = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))},
@@ -43,44 +41,9 @@ def main() -> int:
     home = install(DEFAULT_VERSION)
     source = MatrixOne(home, base / "source", DEFAULT_VERSION)
     source.start()
-    log: list[tuple[int, datetime, datetime]] = []
-    stop = threading.Event()
-
-    def writer() -> None:
-        with connect() as conn, conn.cursor() as cur:
-            n = 0
-            while not stop.is_set():
-                began = datetime.now(UTC)
-                cur.execute(f"insert into w.t select result, {n} from generate_series({n * 100}, {n * 100 + 99}) g")
-                log.append((n, began, datetime.now(UTC)))
-                n += 1
-                time.sleep(0.05)
-
     try:
         source.sql("create pitr pc for cluster range 1 'd'")
-        create_db(source, "db1", 5000)
-        create_db(source, "db2", 3000)
-        source.sql("create database w", "create table w.t (id bigint primary key, txn int)")
-        before = checksums(source, ["db1", "db2"])
-        source.checkpoint()
-        time.sleep(3)
-        thread = threading.Thread(target=writer)
-        thread.start()
-        time.sleep(2)
-        t = datetime.now(UTC)
-        time.sleep(1.2)
-        source.sql("update db1.t set v = 'accident' where id % 3 = 0", "delete from db1.t where id % 5 = 0",
-                   "drop table db2.t")
-        for i in range(3):
-            source.sql(f"delete from db1.t where id % 7 = {i}",
-                       f"insert into db1.t select result, 'churn', 1 from generate_series({10**6 + i * 2000}, "
-                       f"{10**6 + i * 2000 + 1999}) g")
-            source.checkpoint()
-            time.sleep(1)
-        source.sql("select mo_ctl('dn','globalcheckpoint','')")
-        time.sleep(1)
-        stop.set()
-        thread.join()
+        incident = Incident(source)
         out = subprocess.run([MOBACKUP, "backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root",
                               "--data-dir", str(source.data_dir), "--repo", str(base / "repo"), "--json", "--quiet"],
                              env=ENV, capture_output=True, text=True, check=True)
@@ -88,10 +51,9 @@ def main() -> int:
         live = base / "live-shared"  # while the server runs, as an online backup would read it
         shutil.copytree(source.data_dir / "shared", live, dirs_exist_ok=True)
     finally:
-        stop.set()
         source.stop()
-    instant = (t - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S.%f")
-    committed = sum(1 for _, _, ended in log if ended < t - timedelta(seconds=1))
+    at = incident.t - timedelta(seconds=1)
+    instant, committed = at.strftime("%Y-%m-%d %H:%M:%S.%f"), incident.committed_before(at)
     for variant in ("online", "online+live-objects"):
         server = MatrixOne(home, base / variant, DEFAULT_VERSION)
         subprocess.run([MOBACKUP, "restore", backup_id, "--repo", str(base / "repo"), "--target",
@@ -107,9 +69,9 @@ def main() -> int:
         try:
             server.start()
             server.sql(f"restore cluster from pitr pc '{instant}'")
-            print(f"{variant} (+{added} files): PITR restore done; checksums as before the accident: "
-                  f"{checksums(server, ['db1', 'db2']) == before}; writer {writer_rows(server)}, committed before "
-                  f"the instant: {committed}")
+            exact = checksums(server, ["db1", "db2"]) == incident.before
+            print(f"{variant} (+{added} files): PITR restore done; checksums as before the accident: {exact}; "
+                  f"writer {writer_rows(server)}, committed before the instant: {committed}")
         except Exception as error:
             print(f"{variant} (+{added} files): {str(error)[:300]}")
         finally:

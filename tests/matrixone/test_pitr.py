@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -20,47 +19,13 @@ from test_drill import run
 from mo_server import (
     DEFAULT_VERSION,
     TXN_ROWS,
+    Incident,
     MatrixOne,
     ServerLock,
     checksums,
-    connect,
-    create_db,
     wait_ports_free,
     writer_rows,
 )
-
-
-class TimedWriter:
-    """Numbered 100-row transactions into w.t, each with the UTC instants it began and returned."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[int, datetime, datetime]] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        with connect() as conn, conn.cursor() as cur:
-            n = 0
-            while not self._stop.is_set():
-                began = datetime.now(UTC)
-                try:
-                    cur.execute(f"insert into w.t select result, {n} from "
-                                f"generate_series({n * TXN_ROWS}, {n * TXN_ROWS + TXN_ROWS - 1}) g")
-                except Exception as error:
-                    self.errors.append(str(error))
-                    return
-                self.log.append((n, began, datetime.now(UTC)))
-                n += 1
-                time.sleep(0.05)  # a steady trickle: MatrixOne 1.3's PITR restore panics on very large tables
-
-    def start(self) -> TimedWriter:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 def rfc3339(t: datetime) -> str:
@@ -82,31 +47,8 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     assert [w["name"] for w in online_summary["extra"]["pitr"]["windows"]] == ["mobackup_mo"]
     assert mo.sql("show pitr")[0][0] == "mobackup_mo"
 
-    create_db(mo, "db1", 5000)
-    create_db(mo, "db2", 3000)
-    mo.sql("create database w", "create table w.t (id bigint primary key, txn int)")
-    before = checksums(mo, ["db1", "db2"])
-    # Seen on MatrixOne 1.3: an instant a few seconds after the PITR's creation, before any checkpoint,
-    # is refused ("account sys does not exist at timestamp"); one after a checkpoint is not.
-    mo.checkpoint()
-    time.sleep(3)
-    writer = TimedWriter().start()
-    try:
-        time.sleep(2)
-        t = datetime.now(UTC)
-        time.sleep(1.2)
-        mo.sql("update db1.t set v = 'accident' where id % 3 = 0", "delete from db1.t where id % 5 = 0",
-               "drop table db2.t")
-        for i in range(3):  # churn: deletes, inserts, checkpoints, then a global checkpoint
-            mo.sql(f"delete from db1.t where id % 7 = {i}",
-                   f"insert into db1.t select result, 'churn', 1 from generate_series({10**6 + i * 2000}, "
-                   f"{10**6 + i * 2000 + 1999}) g")
-            mo.checkpoint()
-            time.sleep(1)
-        assert '"OK"' in mo.sql("select mo_ctl('dn','globalcheckpoint','')")[0][0]
-        time.sleep(1)
-    finally:
-        writer.stop()
+    incident = Incident(mo)
+    t, before, writer = incident.t, incident.before, incident.writer
     assert writer.errors == [] and len(writer.log) > 20
     # The cold copy: MatrixOne stopped and its directory copied (a volume snapshot), then backed up with
     # SQL reachable again so that the backup records the window (as the operator's Snapshot mode does).
@@ -189,8 +131,6 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     assert checksums(restored, ["db1", "db2"]) == before  # the accident and the churn undone, db2 back
     count, max_id, txns = writer_rows(restored)
     assert count == max_id + 1 == txns * TXN_ROWS, (count, max_id, txns)
-    committed_before = [n for n, _, ended in writer.log if ended < restore_at]
-    begun_after = [n for n, began, _ in writer.log if began > restore_at]
-    assert txns >= len(committed_before) and (not begun_after or txns <= begun_after[0]), \
-        (txns, len(committed_before), begun_after[:1])
+    committed, begun_after = incident.committed_before(restore_at), incident.first_begun_after(restore_at)
+    assert txns >= committed and (begun_after is None or txns <= begun_after), (txns, committed, begun_after)
     restored.sql("insert into w.t values (-1, -1)")  # the restored server takes writes
