@@ -8,9 +8,9 @@ T - 1 s is tried on each: as restored, and with the live objects that BACKUP's l
 
     .venv/bin/python benchmarks/pitr_online_probe.py WORKDIR
 
-Seen on 2026-12-02 (one run): as restored, `table "mo_account" does not exist`; with the 11 live
+Seen on 2026-12-02 (two runs): as restored, `table "mo_account" does not exist`; with the 11 (10) live
 files added (BACKUP's output already held every checkpoint meta), the restore was exact (checksums
-as before the accident, the writer's 15 transactions committed before the instant). Not yet what
+as before the accident, the writer's 15 (12) transactions committed before the instant). Not yet what
 `mobackup backup --online` does: see benchmarks/README.md.
 """
 
