@@ -16,11 +16,12 @@ from .common import emit, repository_options
 def backup_record(args: argparse.Namespace, connection: Any, *, history: bool) -> dict[str, Any]:
     """`extra["pitr"]` of a backup that talks to MatrixOne: with --pitr-window, first a cluster PITR
     of at least that range (engine/pitr.py ensure_window); then the windows present."""
+    from ..engine.backup import default_source
     from ..engine.pitr import ensure_window, pitr_name_for, record
 
     ensured = None
     if args.pitr_window is not None:
-        source = args.source or str(Path(args.data_dir).absolute())
+        source = args.source or default_source(Path(args.data_dir))
         action, window = ensure_window(connection, pitr_name_for(source), args.pitr_window.total_seconds())
         ensured = f"{action} {window.name} ({window.value} {window.unit})"
     return record(connection, history=history, ensured=ensured)

@@ -452,10 +452,9 @@ def run_online_backup(
                     base_id=base.id if base else None, progress=progress, rules=PathRules(excludes=(), volatile=()),
                     mo_version=session.version, backup_ts=staged.backup_ts, backup_ts_source="matrixone-backup",
                     inherit=inherit, data_dir_label=str(data_dir), began=(started, clock),
-                    extra={"kind": "online", "staged_bytes": staged_bytes,
+                    extra={**(extra or {}), "kind": "online", "staged_bytes": staged_bytes,
                            "staged_files": sum(f.need_copy for f in staged.files),
-                           "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog,
-                           **(extra or {})},
+                           "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
                     before_publish=digests.result, root_ident=tree_ident,
                 )
             finally:
