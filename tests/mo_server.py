@@ -27,6 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -288,12 +289,16 @@ def writer_rows(mo: SqlClient) -> tuple[int, int, int]:
 
 
 class Writer:
-    """Commits numbered 100-row transactions without pause into w.t (ids 0, 1, 2, ...)."""
+    """Commits numbered 100-row transactions into w.t (ids 0, 1, 2, ...), without pause unless `pause`
+    seconds are asked for. `log` holds each transaction's number with the UTC instants it began and
+    returned (a point-in-time restore then knows which must be back)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pause: float = 0.0) -> None:
         self.committed = 0  # transactions
         self.errors: list[str] = []
-        self.longest_pause = 0.0
+        self.longest_pause = 0.0  # not counting `pause`
+        self.pause = pause
+        self.log: list[tuple[int, datetime, datetime]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -302,16 +307,20 @@ class Writer:
             last = time.monotonic()
             while not self._stop.is_set():
                 first = self.committed * TXN_ROWS
+                began = datetime.now(UTC)
                 try:
                     cur.execute(f"insert into w.t select result, {self.committed} from "
                                 f"generate_series({first}, {first + TXN_ROWS - 1}) g")
                 except pymysql.MySQLError as error:
                     self.errors.append(str(error))
                     return
+                self.log.append((self.committed, began, datetime.now(UTC)))
                 now = time.monotonic()
                 self.longest_pause = max(self.longest_pause, now - last)
-                last = now
                 self.committed += 1
+                if self.pause:
+                    time.sleep(self.pause)
+                last = time.monotonic()
 
     def start(self) -> Writer:
         self._thread.start()
@@ -324,6 +333,62 @@ class Writer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
+
+
+# Checkpoints every 2 s; the disk cleaner runs every 2 s and may consume checkpoints older than 20 s
+# (defaults: 30 min and 1 h), merging checkpoint files as it goes. Appended to etc/launch/tn.toml.
+AGGRESSIVE_GC = '''
+[tn.Ckp]
+incremental-interval = "2s"
+global-min-count = 2
+min-count = 1
+
+[tn.GCCfg]
+gc-ttl = "20s"
+scan-gc-interval = "2s"
+'''
+
+
+class Incident:
+    """Issue 19's incident on a server with a cluster PITR: db1 (5,000 rows) and db2 (3,000), a
+    checkpoint and a pause (MatrixOne 1.3 refused PITR instants in the first seconds of a PITR); a
+    Writer with pauses; at `t` + 1.2 s an UPDATE and a DELETE of db1 and DROP TABLE db2.t; three rounds
+    of churn (deletes, inserts, a checkpoint), then a global checkpoint. `before`: the checksums of
+    db1 and db2 before the accident; `writer`: stopped, with its log."""
+
+    def __init__(self, mo: SqlClient) -> None:
+        create_db(mo, "db1", 5000)
+        create_db(mo, "db2", 3000)
+        mo.sql("create database w", "create table w.t (id bigint primary key, txn int)")
+        self.before = checksums(mo, ["db1", "db2"])
+        mo.checkpoint()
+        time.sleep(3)
+        # A trickle: MatrixOne 1.3's PITR restore panicked on about 10^5 rows written just before T.
+        self.writer = Writer(pause=0.05).start()
+        try:
+            time.sleep(2)
+            self.t = datetime.now(UTC)
+            time.sleep(1.2)
+            mo.sql("update db1.t set v = 'accident' where id % 3 = 0", "delete from db1.t where id % 5 = 0",
+                   "drop table db2.t")
+            for i in range(3):
+                mo.sql(f"delete from db1.t where id % 7 = {i}",
+                       f"insert into db1.t select result, 'churn', 1 from generate_series({10**6 + i * 2000}, "
+                       f"{10**6 + i * 2000 + 1999}) g")
+                mo.checkpoint()
+                time.sleep(1)
+            assert '"OK"' in mo.sql("select mo_ctl('dn','globalcheckpoint','')")[0][0]
+            time.sleep(1)
+        finally:
+            self.writer.stop()
+
+    def committed_before(self, instant: datetime) -> int:
+        """Transactions that had returned before `instant` (all must be back)."""
+        return sum(1 for _, _, ended in self.writer.log if ended < instant)
+
+    def first_begun_after(self, instant: datetime) -> int | None:
+        """The first transaction begun after `instant` (it and later ones must not be back)."""
+        return next((n for n, began, _ in self.writer.log if began > instant), None)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import pymysql
 import pytest
 
 from mo_server import (
+    AGGRESSIVE_GC,
     DEFAULT_VERSION,
     REPO,
     TXN_ROWS,
@@ -192,18 +193,6 @@ def test_online_backup_faults_give_a_reason_and_store_nothing(
     assert not list(matrixone.data_dir.glob(f"{STAGING_PREFIX}*"))
 
 
-# Checkpoints every 2 s; the disk cleaner runs every 2 s and may consume checkpoints older than 20 s
-# (defaults: 30 min and 1 h), merging checkpoint files as it goes.
-AGGRESSIVE_GC = '''
-[tn.Ckp]
-incremental-interval = "2s"
-global-min-count = 2
-min-count = 1
-
-[tn.GCCfg]
-gc-ttl = "20s"
-scan-gc-interval = "2s"
-'''
 GC_TTL_SECONDS = 20
 
 

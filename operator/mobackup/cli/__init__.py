@@ -1,8 +1,8 @@
 """`mobackup`: the command line (backup, list, show, restore, verify, delete, prune, demo), and the
 entry points of the Kubernetes operator and of its Job agent.
 
-Its modules import one way: this one uses parser.py and commands.py; commands.py uses s3.py and repos.py; all
-use common.py; none imports back."""
+Its modules import one way: this one uses parser.py and commands.py; commands.py uses s3.py, repos.py
+and pitr.py; all use common.py; none imports back."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from ..engine.progress import for_terminal
 from ..engine.repository import Repository, open_repository
 from ..engine.text import printable
 from ..table import backup_table, decimal_size
-from . import repos, s3
+from . import pitr, repos, s3
 from .common import emit, repository_options, warn
 
 
@@ -29,6 +29,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
     from ..engine.layout import PathRules
 
     s3.check_backup_flags(args)
+    pitr.check_backup_flags(args)
     if args.online:
         return _online_backup(args)
     if args.server_data_dir:
@@ -41,6 +42,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         endpoint = SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database)
         mo_version = prepare_backup(endpoint)
         extra["catalog"] = read_catalog_from(endpoint)  # what a restore drill checks
+        extra["pitr"] = pitr.cold_record(args, endpoint)  # a copy of the whole directory holds the history
     if not Path(args.data_dir).is_dir():  # before the repository is created
         raise MobackupError(f"{args.data_dir}: not a directory (nothing was created)")
     repo = open_repository(repository_options(args, compression=args.compression), create=True)
@@ -53,7 +55,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{s['path']} ({s['type']})" for s in summary.skipped[:5])
         more = f" and {summary.skipped_count - 5} more" if summary.skipped_count > 5 else ""
         warn(f"warning: skipped {summary.skipped_count} special file(s), not data: {shown}{more}")
-    emit(args, summary.to_dict(),
+    emit(args, pitr.with_interval(summary),
           f"Backup ID {summary.id} ({summary.type}, {decimal_size(summary.size_bytes)} in {summary.file_count} "
           f"files, {decimal_size(summary.new_bytes)} new, BACKUPTS {summary.backup_ts}, "
           f"{summary.duration_seconds:.3f}s)")
@@ -74,10 +76,11 @@ def _online_backup(args: argparse.Namespace) -> int:
     if not data_dir.is_dir():
         raise MobackupError(f"{data_dir}: not a directory (the data volume MatrixOne runs on)")
     with MatrixOneSession(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, args.sql_database)) as mo:
+        extra = {"pitr": pitr.backup_record(args, mo.connection, history=False)}
         repo = open_repository(repository_options(args, compression=args.compression), create=True)
         summary = run_online_backup(
             repo, data_dir, mo, server_data_dir=args.server_data_dir, source=args.source, backup_type=args.type,
-            base_id=args.base, progress=for_terminal("backup", args.quiet or args.json))
+            base_id=args.base, progress=for_terminal("backup", args.quiet or args.json), extra=extra)
     emit(args, summary.to_dict(),
           f"Backup ID {summary.id} (online {summary.type}, {decimal_size(summary.size_bytes)} in "
           f"{summary.file_count} files, {decimal_size(summary.new_bytes)} new, "
@@ -95,15 +98,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     # A damaged backup is listed as such (its source is unknown, so whatever --source says), after
     # the good ones, which it never hides.
     rows = [{"id": backup_id, "damaged": True, "problem": problem} for backup_id, problem in sorted(damaged.items())]
-    text = "\n".join([backup_table(summaries), *(printable(f"{r['id']} | DAMAGED: {r['problem']}") for r in rows)])
-    emit(args, [*(s.to_dict() for s in summaries), *rows], text)
+    text = "\n".join([backup_table(summaries), *(printable(f"{r['id']} | DAMAGED: {r['problem']}") for r in rows),
+                      *pitr.interval_lines(summaries)])
+    emit(args, [*(pitr.with_interval(s) for s in summaries), *rows], text)
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     repo = open_repository(repository_options(args))
     summary = repo.load_summary(repo.resolve_id(args.id))
-    data = summary.to_dict()
+    data = pitr.with_interval(summary)
     dependents = [s.id for s in repo.list_backups() if s.base_id == summary.id]
     data["dependents"] = dependents
     text = "\n".join(printable(f"{k:<18} {v}") for k, v in data.items() if k != "extra")
@@ -114,6 +118,12 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from ..engine.restore import run_restore
 
+    if args.to_time:
+        return pitr.restore_to_time(args)
+    if args.mo_service or args.check_sql or args.expect:
+        raise MobackupError("--mo-service, --check-sql and --expect go with --to-time")
+    if not args.id:
+        raise MobackupError("restore needs a backup ID (or --to-time T)")
     if args.target_s3:
         return s3.restore_s3(args)
     if not args.target:

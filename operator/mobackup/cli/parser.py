@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     restore = commands.add_parser("restore", help="restore a backup into a directory")
     _repo_args(restore)
-    restore.add_argument("id")
+    restore.add_argument("id", nargs="?", help="the backup (with --to-time: optional, chosen by its interval)")
     restore.add_argument("--target", help="directory to restore into (empty, or --force)")
     restore.add_argument("--force", action="store_true", help="replace the contents of a non-empty target")
     restore.add_argument("--hostname", help="hostname of the MatrixOne that will use the data: refuse a backup "
@@ -157,18 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     drill = commands.add_parser("drill", help="restore a backup into a scratch MatrixOne and check what it serves")
     _repo_args(drill)
     drill.add_argument("id")
-    drill.add_argument("--mo-service", required=True, help="the mo-service binary (its etc/launch next to it)")
-    drill.add_argument("--check-sql", action="append", default=[], metavar="QUERY",
-                       help="a query whose first value must equal the next --expect (repeatable)")
-    drill.add_argument("--expect", action="append", default=[], metavar="VALUE")
-    drill.add_argument("--timeout", type=int_range(1), default=600, metavar="SECONDS",
-                       help="time for the scratch MatrixOne to answer SQL and the checks to run (default 600)")
+    server_check_args(drill, "", required=True)
     drill.add_argument("--scratch-dir", help="where the scratch directory is made (default: the temp directory)")
-    drill.add_argument("--sql-user", default="root",
-                       help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
 
     add_commit_command(commands)
     add_copy_stats_commands(commands)
+    add_pitr_arguments(backup, restore)
 
     demo = commands.add_parser("demo", help="a tour on sample data: full, incremental, list, restore, verify")
     demo.add_argument("--dir", default="mobackup-demo", help="working directory (default ./mobackup-demo)")
@@ -285,3 +279,27 @@ def add_lock_arguments(init: argparse.ArgumentParser) -> None:
                       "(the bucket must have Object Lock enabled); recorded in mobackup.json for every later run")
     init.add_argument("--lock-mode", choices=("compliance", "governance"), default="compliance",
                       help="compliance: nobody can delete early; governance: only with the bypass permission")
+# ----- point-in-time recovery (engine/pitr.py, engine/pitr_restore.py) ----------------------------------
+
+def add_pitr_arguments(backup: argparse.ArgumentParser, restore: argparse.ArgumentParser) -> None:
+    window_help = ("with --sql-host: first make sure a cluster PITR keeps at least this much history (e.g. 7d; "
+                   "created, or an existing one lengthened, never shortened)")
+    backup.add_argument("--pitr-window", type=parse_duration, metavar="DURATION", help=window_help)
+    to_time_help = ("restore the backup whose recoverable interval holds this instant, start MatrixOne on --target "
+                    "and bring it to the instant with its PITR (e.g. 2026-12-01T10:00:00Z)")
+    restore.add_argument("--to-time", metavar="RFC3339", help=to_time_help)
+    server_check_args(restore, "with --to-time: ", required=False)
+
+
+def server_check_args(parser: argparse.ArgumentParser, when: str, *, required: bool) -> None:
+    """The flags of a command that starts MatrixOne on restored data and checks it (drill, restore
+    --to-time); `when` starts each help text."""
+    parser.add_argument("--mo-service", required=required,
+                        help=f"{when}the mo-service binary (its etc/launch next to it)")
+    parser.add_argument("--check-sql", action="append", default=[], metavar="QUERY",
+                        help=f"{when}a query whose first value must equal the next --expect (repeatable)")
+    parser.add_argument("--expect", action="append", default=[], metavar="VALUE")
+    parser.add_argument("--timeout", type=int_range(1), default=600, metavar="SECONDS",
+                        help=f"{when}time for MatrixOne to answer SQL and the checks to run (default 600)")
+    parser.add_argument("--sql-user", default="root", help=f"{when}SQL user of the restored data (password in env "
+                        "MOBACKUP_SQL_PASSWORD, default 111)")

@@ -124,8 +124,10 @@ def scratch_env() -> dict[str, str]:
 class ScratchServer:
     """mo-service in `workdir` with the launch configuration found next to the binary."""
 
-    def __init__(self, mo_service: Path, workdir: Path, hostname: str | None) -> None:
+    def __init__(self, mo_service: Path, workdir: Path, hostname: str | None,
+                 env: dict[str, str] | None = None) -> None:
         self.mo_service, self.workdir, self.hostname = mo_service, workdir, hostname
+        self.env = env or {}  # on top of scratch_env()
         self.log_path = workdir / "mo-service.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -140,18 +142,29 @@ class ScratchServer:
                     "--hostname", self.hostname, "--chdir", str(self.workdir), "--", *argv]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, env=scratch_env())
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         env={**scratch_env(), **self.env})
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> None:
+    def stop(self, grace: float = STOP_GRACE_SECONDS) -> bool:
+        """SIGTERM, SIGKILL after `grace` seconds; True when it exited on SIGTERM (a clean stop)."""
         if self.proc is None:
-            return
+            return True
+        clean = False
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            if self.hostname:
+                # bwrap dies at once on SIGTERM and its child with it (SIGKILL): only mo-service gets
+                # it, and bwrap exits when mo-service has shut down.
+                for pid in _group_members(self.proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+            else:
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(STOP_GRACE_SECONDS)
+                self.proc.wait(grace)
+                clean = True
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
@@ -159,6 +172,7 @@ class ScratchServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
+        return clean
 
     def log_tail(self) -> str:
         try:
@@ -166,6 +180,22 @@ class ScratchServer:
         except OSError:
             return ""
         return " | ".join(line[:300] for line in lines)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of group `pgid` other than its leader (from /proc)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == pgid:
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if len(fields) > 2 and fields[2] == str(pgid):
+            members.append(int(entry.name))
+    return members
 
 
 def _connect(host: str, port: int, user: str, password: str, timeout: float) -> Any:
@@ -299,7 +329,7 @@ def run_checks(connection: Any, catalog: Any, checks: Sequence[UserCheck], resul
     result.ok = not result.reason
 
 
-def _launch_config(mo_service: Path) -> Path:
+def launch_config(mo_service: Path) -> Path:
     etc = mo_service.parent / "etc"
     if not (etc / "launch" / "launch.toml").is_file():
         raise MobackupError(f"no MatrixOne launch configuration {etc}/launch/launch.toml next to {mo_service}")
@@ -329,7 +359,7 @@ def run_drill(
     mo_service = Path(mo_service).absolute()
     if not os.access(mo_service, os.X_OK):
         raise MobackupError(f"{mo_service}: not an executable mo-service")
-    etc = _launch_config(mo_service)
+    etc = launch_config(mo_service)
     summary = repo.load_summary(repo.resolve_id(backup_id))
     if summary.extra.get("resident") == "s3":
         raise MobackupError(f"backup {summary.id} is of a MatrixOne whose table data lives in S3: a drill starts "
@@ -358,14 +388,11 @@ def run_drill(
             result.restore_seconds = round(time.monotonic() - started, 3)
         result.restored_bytes = restored.size_bytes
         result.checks.append(CheckResult("restore", True, f"{restored.file_count} files, {restored.size_bytes} bytes"))
-        hosts = sorted(log_hostnames(
-            f"logservice-data/{u.name}/{h.name}" for u in _dirs(scratch / "mo-data" / "logservice-data")
-            for h in _dirs(u)))
-        if len(hosts) > 1:
-            result.fail("hostname", f"the backup holds log service data of several hosts: {', '.join(hosts)}")
+        try:
+            result.hostname = foreign_hostname(scratch / "mo-data")
+        except MobackupError as error:
+            result.fail("hostname", str(error))
             return result
-        if hosts and hosts[0] != socket.gethostname():
-            result.hostname = hosts[0]
         busy = busy_ports()  # again: the restore took a while, and SQL must reach OUR server
         if busy:
             result.fail("start", f"port(s) {', '.join(map(str, busy))} became busy during the restore: another "
@@ -390,6 +417,16 @@ def run_drill(
         result.scratch_bytes = disk_usage(scratch)
         remove_tree(scratch, ignore_errors=True)  # a restored tree: no recursion over its depth
         result.total_seconds = round(time.monotonic() - clock, 3)
+
+
+def foreign_hostname(mo_data: Path) -> str | None:
+    """The host name a server on restored `mo_data` must run under (its log service data's), when
+    that is not this machine's; MobackupError when the data holds several hosts' logs."""
+    hosts = sorted(log_hostnames(
+        f"logservice-data/{u.name}/{h.name}" for u in _dirs(mo_data / "logservice-data") for h in _dirs(u)))
+    if len(hosts) > 1:
+        raise MobackupError(f"the backup holds log service data of several hosts: {', '.join(hosts)}")
+    return hosts[0] if hosts and hosts[0] != socket.gethostname() else None
 
 
 def _dirs(path: Path) -> list[Path]:

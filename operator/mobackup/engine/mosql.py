@@ -38,6 +38,16 @@ def _mo_ctl_ok(raw: object) -> bool:
         return False
 
 
+def connect(endpoint: SqlEndpoint) -> pymysql.connections.Connection:
+    """An autocommit session; MobackupError with the server's reason when it cannot be had."""
+    try:
+        return pymysql.connect(host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
+                               connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout, autocommit=True)
+    except pymysql.MySQLError as error:
+        raise MobackupError(f"cannot connect to MatrixOne at {endpoint.host}:{endpoint.port}: "
+                            f"{error.args[-1]}") from None
+
+
 def prepare_backup(endpoint: SqlEndpoint) -> str:
     """Force a checkpoint (so the newest `ckp/meta_*` covers all committed data) and return the server
     version. Raises MobackupError with the server's reason when it refuses."""

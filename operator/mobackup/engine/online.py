@@ -407,9 +407,11 @@ def run_online_backup(
     backup_type: str | None = None,
     base_id: str | None = None,
     progress: Progress | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> BackupSummary:
     """Back up a running MatrixOne: BACKUP into a staging directory on its data volume `data_dir`
-    (at `server_data_dir` as the server sees it; default the same path), check, ingest, remove."""
+    (at `server_data_dir` as the server sees it; default the same path), check, ingest, remove.
+    `extra`: more to record in the summary (the PITR windows, engine/pitr.py)."""
     from .backup import default_source, run_backup
 
     data_dir = Path(data_dir).absolute()
@@ -456,7 +458,7 @@ def run_online_backup(
                     base_id=base.id if base else None, progress=progress, rules=PathRules(excludes=(), volatile=()),
                     mo_version=session.version, backup_ts=staged.backup_ts, backup_ts_source="matrixone-backup",
                     inherit=inherit, data_dir_label=str(data_dir), began=(started, clock),
-                    extra={"kind": "online", "staged_bytes": staged_bytes,
+                    extra={**(extra or {}), "kind": "online", "staged_bytes": staged_bytes,
                            "staged_files": sum(f.need_copy for f in staged.files),
                            "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
                     before_publish=digests.result, root_ident=tree_ident,

@@ -1,0 +1,101 @@
+"""Point-in-time recovery in the CLI: `backup --pitr-window` (and the PITR windows every backup with
+SQL records), the recoverable intervals `list`/`show` print, and `restore --to-time`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..engine.errors import MobackupError
+from ..engine.model import BackupSummary
+from ..engine.text import printable
+from .common import emit, repository_options
+
+
+def backup_record(args: argparse.Namespace, connection: Any, *, history: bool) -> dict[str, Any]:
+    """`extra["pitr"]` of a backup that talks to MatrixOne: with --pitr-window, first a cluster PITR
+    of at least that range (engine/pitr.py ensure_window); then the windows present."""
+    from ..engine.backup import default_source
+    from ..engine.pitr import ensure_window, pitr_name_for, record
+
+    ensured = None
+    if args.pitr_window is not None:
+        source = args.source or default_source(Path(args.data_dir))
+        action, window = ensure_window(connection, pitr_name_for(source), args.pitr_window.total_seconds())
+        ensured = f"{action} {window.name} ({window.value} {window.unit})"
+    return record(connection, history=history, ensured=ensured)
+
+
+def cold_record(args: argparse.Namespace, endpoint: Any) -> dict[str, Any]:
+    """backup_record over a session of its own; a server without PITR (or SHOW PITR) is recorded as
+    such and fails the backup only when --pitr-window asked for a window."""
+    from ..engine.mosql import connect
+    from ..engine.pitr import record
+
+    connection = connect(endpoint)
+    try:
+        if args.pitr_window is not None:
+            return backup_record(args, connection, history=True)
+        return record(connection, history=True)
+    finally:
+        connection.close()
+
+
+def check_backup_flags(args: argparse.Namespace) -> None:
+    if args.pitr_window is None:
+        return
+    if args.pitr_window.total_seconds() <= 0:
+        raise MobackupError("--pitr-window must be positive")
+    if args.staging:
+        raise MobackupError("--pitr-window is not supported with --staging (table data in S3): MatrixOne's "
+                            "BACKUP output carries no PITR history")
+    if not args.sql_host:
+        raise MobackupError("--pitr-window needs --sql-host (the PITR is made over SQL before the backup)")
+
+
+def with_interval(summary: BackupSummary) -> dict[str, Any]:
+    from ..engine.pitr import interval_fields
+
+    return {**summary.to_dict(), **interval_fields(summary)}
+
+
+def interval_lines(summaries: list[BackupSummary]) -> list[str]:
+    """Below the list table (its columns stay mo_br's): each backup's recoverable interval."""
+    from ..engine.pitr import interval
+
+    lines = []
+    for summary in summaries:
+        span = interval(summary)
+        if span is not None:
+            lines.append(printable(f"{summary.id}: recoverable to any instant of [{span[0].isoformat()}, "
+                                   f"{span[1].isoformat()}]"))
+    return lines
+
+
+def restore_to_time(args: argparse.Namespace) -> int:
+    from ..engine.drill import UserCheck
+    from ..engine.pitr_restore import parse_time, run_restore_to_time
+    from ..engine.progress import for_terminal
+    from ..engine.repository import open_repository
+
+    if not args.target or not args.mo_service:
+        raise MobackupError("restore --to-time needs --target DIR and --mo-service PATH (MatrixOne is started on "
+                            "the restored data to run the PITR restore)")
+    if args.target_s3 or args.hostname:
+        raise MobackupError("--to-time restores into --target DIR (a local data directory), without --hostname "
+                            "(the server runs under the backup's own host name)")
+    if len(args.check_sql) != len(args.expect):
+        raise MobackupError("each --check-sql needs one --expect (the value its first column must have)")
+    t = parse_time(args.to_time)  # before the repository is opened
+    repo = open_repository(repository_options(args))
+    result = run_restore_to_time(
+        repo, t, Path(args.target), Path(args.mo_service), backup_id=args.id, force=args.force,
+        checks=[UserCheck(q, e) for q, e in zip(args.check_sql, args.expect, strict=True)], timeout=args.timeout,
+        sql_user=args.sql_user, progress=for_terminal("restore", args.quiet or args.json))
+    emit(args, result.to_dict(),
+         f"restored backup {result.backup_id} into {result.target} and brought it to {result.to_time} with PITR "
+         f"{result.pitr} (server time after: {result.server_time}; restore {result.restore_seconds}s, start "
+         f"{result.start_seconds}s, PITR {result.pitr_seconds}s, total {result.total_seconds}s)")
+    return 0
+

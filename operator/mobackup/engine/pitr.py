@@ -1,0 +1,205 @@
+"""Point-in-time recovery from backups: the cluster PITRs MatrixOne keeps history for, as a backup
+records them, and the interval of instants a backup can be brought back to.
+
+MatrixOne keeps the history of a PITR's range from garbage collection (`CREATE PITR p FOR CLUSTER
+RANGE 1 'd'`; one cluster-level PITR per account). A cold copy of the whole data directory carries
+that history, so a server started on it can run `RESTORE CLUSTER FROM PITR p '<ts>'` for any instant
+of [max(PITR created, BACKUPTS - range), BACKUPTS]. MatrixOne's BACKUP output (online backups) does
+not carry it (`table "mo_account" does not exist`): online backups record the windows but no
+interval. The record is `extra["pitr"]` (docs/repository-format.md, section 5.3).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pymysql
+
+from .errors import MobackupError
+from .model import BackupSummary, iso, parse_iso, utc_now
+
+# The shortest each unit can be (MatrixOne subtracts calendar months and years): an interval
+# computed with these never claims an instant MatrixOne has let go of.
+UNIT_SECONDS = {"h": 3600, "d": 86400, "mo": 28 * 86400, "y": 365 * 86400}
+MAX_VALUE = 100  # MatrixOne refuses a range above 100 of any unit
+NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+WHAT_HOLDS_HISTORY = "a cold copy of the whole data directory (MatrixOne stopped, or a volume snapshot)"
+
+
+@dataclass(frozen=True)
+class PitrWindow:
+    """One cluster-level PITR as `SHOW PITR` lists it (times in UTC)."""
+
+    name: str
+    created: str  # ISO 8601, UTC
+    modified: str
+    value: int
+    unit: str  # h, d, mo, y
+
+    @property
+    def range_seconds(self) -> int:
+        return self.value * UNIT_SECONDS[self.unit]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> PitrWindow:
+        """A recorded window; ValueError when malformed (a repository is untrusted input)."""
+        if not isinstance(data, dict):
+            raise ValueError("a PITR window is an object")
+        name, value, unit = data.get("name"), data.get("value"), data.get("unit")
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ValueError(f"PITR name {name!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_VALUE:
+            raise ValueError(f"PITR range value {value!r}")
+        if unit not in UNIT_SECONDS:
+            raise ValueError(f"PITR range unit {unit!r}")
+        created, modified = data.get("created"), data.get("modified")
+        for text in (created, modified):
+            if not isinstance(text, str):
+                raise ValueError(f"PITR time {text!r}")
+            parse_iso(text)
+        return cls(name, str(created), str(modified), value, unit)
+
+
+def hlc_time(backup_ts: str) -> datetime:
+    """BACKUPTS (MatrixOne's HLC, "<physical ns>-<logical>") as a UTC instant."""
+    physical, _, logical = backup_ts.partition("-")
+    if not (physical.isdigit() and logical.isdigit()):
+        raise ValueError(f"BACKUPTS {backup_ts!r} is not physical-logical")
+    nanoseconds = int(physical)
+    return datetime.fromtimestamp(nanoseconds // 10**9, UTC) + timedelta(microseconds=nanoseconds % 10**9 // 1000)
+
+
+def range_clause(seconds: float) -> tuple[int, str]:
+    """The smallest `RANGE value 'unit'` at least `seconds` long (MatrixOne allows 1-100 of a unit)."""
+    if seconds % 86400 == 0 and 0 < seconds <= MAX_VALUE * 86400:
+        return int(seconds // 86400), "d"  # whole days as days: SHOW PITR then says what was asked
+    for unit in ("h", "d", "mo", "y"):
+        value = max(1, math.ceil(seconds / UNIT_SECONDS[unit]))
+        if value <= MAX_VALUE:
+            return value, unit
+    raise MobackupError(f"a PITR window of {seconds / 86400:.0f} days is longer than MatrixOne's 100 years")
+
+
+def _utc(value: Any) -> str:
+    if not isinstance(value, datetime):
+        raise MobackupError(f"SHOW PITR answered a time {value!r}")
+    return iso(value.replace(tzinfo=UTC))  # MatrixOne stores PITR times in UTC
+
+
+def read_windows(connection: Any) -> list[PitrWindow]:
+    """The cluster-level PITRs of the server (SHOW PITR, checked: the answer is untrusted input).
+    MobackupError when the server refuses (one without PITR, or a non-sys user)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("show pitr")
+            rows = cursor.fetchall()
+    except pymysql.MySQLError as error:
+        raise MobackupError(f"SHOW PITR failed: {error.args[-1]}") from None
+    windows = []
+    for row in rows:
+        if len(row) < 9:
+            raise MobackupError(f"SHOW PITR answered a row of {len(row)} columns, expected 9")
+        name, created, modified, level, _account, _database, _table, value, unit = row[:9]
+        if str(level) != "cluster":
+            continue  # account, database and table PITRs cannot restore the whole cluster
+        try:
+            windows.append(PitrWindow.from_dict({"name": name, "created": _utc(created), "modified": _utc(modified),
+                                                 "value": value, "unit": str(unit).lower()}))
+        except ValueError as error:
+            raise MobackupError(f"SHOW PITR answered an unusable cluster PITR: {error}") from None
+    return windows
+
+
+def ensure_window(connection: Any, name: str, seconds: float) -> tuple[str, PitrWindow]:
+    """A cluster PITR of at least `seconds`: the existing one (MatrixOne allows one per account,
+    whoever made it) lengthened when shorter, never shortened nor dropped; else `name`, created.
+    Returns (what was done, the window)."""
+    if not NAME.match(name):
+        raise MobackupError(f"invalid PITR name {name!r} (letters, digits and _, at most 64)")
+    value, unit = range_clause(seconds)
+    existing = read_windows(connection)
+    if existing:
+        widest = max(existing, key=lambda w: w.range_seconds)
+        if widest.range_seconds >= seconds:
+            return "kept", widest
+        statement, action, name = f"alter pitr `{widest.name}` range {value} '{unit}'", "lengthened", widest.name
+    else:
+        statement, action = f"create pitr `{name}` for cluster range {value} '{unit}'", "created"
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    except pymysql.MySQLError as error:
+        raise MobackupError(f"MatrixOne refused to {action[:-1] if action.endswith('ed') else action} PITR "
+                            f"{name!r}: {error.args[-1]}") from None
+    found = [w for w in read_windows(connection) if w.name == name]
+    if not found or found[0].range_seconds < seconds:
+        raise MobackupError(f"PITR {name!r} does not cover {seconds:.0f} s after it was {action}")
+    return action, found[0]
+
+
+def pitr_name_for(source: str) -> str:
+    """The PITR a backup creates for `source`: mobackup_ and the source's letters and digits."""
+    return ("mobackup_" + re.sub(r"[^A-Za-z0-9_]+", "_", source).strip("_"))[:64]
+
+
+def record(connection: Any, *, history: bool, ensured: str | None = None) -> dict[str, Any]:
+    """`extra["pitr"]`: the windows present now (before the backup's copy) and whether the backup
+    holds the history; a refusal to list them is recorded, never fails the backup."""
+    out: dict[str, Any] = {"history": history, "read_at": iso(utc_now())}
+    if not history:
+        out["reason"] = f"MatrixOne's BACKUP output holds no PITR history; only {WHAT_HOLDS_HISTORY} does"
+    if ensured:
+        out["ensured"] = ensured
+    try:
+        out["windows"] = [w.to_dict() for w in read_windows(connection)]
+    except MobackupError as error:
+        out["windows"], out["error"] = [], str(error)
+    return out
+
+
+def windows_of(summary: BackupSummary) -> list[PitrWindow] | None:
+    """The recorded windows; None when the backup recorded none (no SQL at backup time, or unusable)."""
+    rec = summary.extra.get("pitr")
+    if not isinstance(rec, dict) or not isinstance(rec.get("windows"), list) or "error" in rec:
+        return None  # unknown: not recorded, or the server would not list them
+    try:
+        return [PitrWindow.from_dict(w) for w in rec["windows"]]
+    except ValueError:
+        return None
+
+
+def holds_history(summary: BackupSummary) -> bool:
+    """Cold copies of the whole directory do; MatrixOne's BACKUP output and S3-resident backups do not."""
+    rec = summary.extra.get("pitr")
+    if isinstance(rec, dict) and "history" in rec:
+        return rec["history"] is True
+    return summary.extra.get("kind", "cold") == "cold" and summary.extra.get("resident") != "s3"
+
+
+def interval(summary: BackupSummary) -> tuple[datetime, datetime] | None:
+    """[max(PITR created, BACKUPTS - range), BACKUPTS], the widest of the recorded windows; None for
+    a backup without history or without recorded windows."""
+    windows = windows_of(summary)
+    if not windows or not holds_history(summary):
+        return None
+    try:
+        end = hlc_time(summary.backup_ts)
+    except ValueError:
+        return None
+    # MatrixOne records the creation to the second, truncated: the next second is the first sure one.
+    start = min(max(parse_iso(w.created) + timedelta(seconds=1), end - timedelta(seconds=w.range_seconds))
+                for w in windows)
+    return (start, end) if start <= end else None
+
+
+def interval_fields(summary: BackupSummary) -> dict[str, str | None]:
+    """What `list`, `show` and `--json` add to a backup."""
+    span = interval(summary)
+    return {"recoverable_from": iso(span[0]) if span else None, "recoverable_to": iso(span[1]) if span else None}

@@ -1,0 +1,193 @@
+"""Point-in-time recovery's decisions that need no server (engine/pitr.py, engine/pitr_restore.py):
+the recorded windows checked as untrusted input, the recoverable interval, the range MatrixOne is
+asked for, and every refusal of `restore --to-time` with the intervals it names (the same refusals
+through the CLI against the real MatrixOne: tests/matrixone/test_pitr.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mobackup.engine.errors import MobackupError
+from mobackup.engine.model import BackupSummary, iso
+from mobackup.engine.pitr import PitrWindow, hlc_time, interval, range_clause
+from mobackup.engine.pitr_restore import choose_backup, parse_time
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+MOBACKUP = str(Path(sys.executable).with_name("mobackup"))
+
+
+def hlc(t: datetime) -> str:
+    return f"{int(t.timestamp()) * 10**9 + t.microsecond * 1000}-1"
+
+
+def window(created: datetime, value: int = 1, unit: str = "d", name: str = "pc") -> dict[str, Any]:
+    return {"name": name, "created": iso(created), "modified": iso(created), "value": value, "unit": unit}
+
+
+def summary(backup_id: str, backup_ts: datetime, pitr: dict[str, Any] | None = None,
+            kind: str = "cold") -> BackupSummary:
+    extra: dict[str, Any] = {"kind": kind}
+    if pitr is not None:
+        extra["pitr"] = pitr
+    return BackupSummary(
+        id=backup_id, type="full", base_id=None, source="mo", backup_ts=hlc(backup_ts), backup_ts_source="checkpoint",
+        started_at=iso(backup_ts), completed_at=iso(backup_ts), duration_seconds=1.0, size_bytes=1, new_bytes=1,
+        stored_bytes=1, file_count=1, read_file_count=1, chunk_count=1, new_blob_count=1, data_dir="/d", host="h",
+        layout="disk", location="/d", files_digest="x", files_frames=1, entry_count=1, extra=extra)
+
+
+def cold(backup_id: str, at: datetime, *windows: dict[str, Any]) -> BackupSummary:
+    return summary(backup_id, at, {"history": True, "windows": list(windows)})
+
+
+def test_hlc_and_interval() -> None:
+    at = datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    assert hlc_time(hlc(at)) == at
+    # created 2 h before the backup, range 1 d: from creation (plus the second MatrixOne truncates)
+    created = datetime(2026, 12, 1, 8, 0, 0, tzinfo=UTC)  # MatrixOne records whole seconds
+    young = cold("a", at, window(created))
+    assert interval(young) == (created + timedelta(seconds=1), at)
+    # created 3 days before, range 1 d: BACKUPTS - 1 d
+    old = cold("b", at, window(at - timedelta(days=3)))
+    assert interval(old) == (at - timedelta(days=1), at)
+    # a month is counted as its shortest (28 days), a year as 365
+    assert interval(cold("c", at, window(at - timedelta(days=400), 1, "mo")))[0] == at - timedelta(days=28)
+    # no history (online), no windows recorded, a server that would not list them: no interval
+    assert interval(summary("d", at, {"history": False, "windows": [window(at - timedelta(days=3))]}, "online")) is None
+    assert interval(summary("e", at)) is None
+    assert interval(summary("f", at, {"history": True, "windows": [], "error": "SHOW PITR failed"})) is None
+
+
+@pytest.mark.parametrize("bad", [
+    {"name": "pc; drop", "value": 1, "unit": "d"}, {"name": "pc", "value": 101, "unit": "d"},
+    {"name": "pc", "value": True, "unit": "d"}, {"name": "pc", "value": 1, "unit": "w"},
+    {"name": "pc", "value": 1, "unit": "d", "created": "yesterday"}, "pc",
+])
+def test_a_malformed_recorded_window_is_refused_not_trusted(bad: Any) -> None:
+    if isinstance(bad, dict):
+        bad = {"created": iso(NOW), "modified": iso(NOW), **bad}
+    with pytest.raises(ValueError):
+        PitrWindow.from_dict(bad)
+    # and a backup recording it has no interval (never a crash of list or show)
+    assert interval(cold("a", NOW, bad)) is None
+
+
+def test_range_clause_is_never_shorter_than_asked() -> None:
+    assert range_clause(86400) == (1, "d")
+    assert range_clause(7 * 86400) == (7, "d")
+    assert range_clause(3600 * 12) == (12, "h")
+    assert range_clause(3600 * 12 + 1) == (13, "h")
+    assert range_clause(101 * 3600) == (5, "d")
+    assert range_clause(150 * 86400) == (6, "mo")
+    for seconds in (1, 5000, 99 * 3600, 100 * 86400 + 1, 3 * 365 * 86400):
+        value, unit = range_clause(seconds)
+        assert 1 <= value <= 100
+        assert value * {"h": 3600, "d": 86400, "mo": 28 * 86400, "y": 365 * 86400}[unit] >= seconds
+
+
+def test_the_backup_whose_interval_holds_t_is_chosen() -> None:
+    created = NOW - timedelta(days=10)
+    first, second = cold("first", NOW - timedelta(hours=5), window(created)), cold("second", NOW - timedelta(hours=1),
+                                                                                   window(created))
+    online = summary("online", NOW - timedelta(minutes=10), {"history": False, "windows": [window(created)]}, "online")
+    backups = [second, online, first]
+    assert choose_backup(backups, NOW - timedelta(hours=6), NOW)[0].id == "first"  # the earliest that covers
+    assert choose_backup(backups, NOW - timedelta(hours=2), NOW)[0].id == "second"
+    assert choose_backup(backups, NOW - timedelta(hours=6), NOW, "second")[0].id == "second"
+
+
+def refusal(backups: list[BackupSummary], t: datetime, backup_id: str | None = None) -> str:
+    with pytest.raises(MobackupError) as caught:
+        choose_backup(backups, t, NOW, backup_id)
+    return str(caught.value)
+
+
+def test_each_refusal_names_the_covered_intervals() -> None:
+    created = NOW - timedelta(days=10)
+    b1, b2 = cold("b1", NOW - timedelta(days=3), window(created)), cold("b2", NOW - timedelta(hours=1), window(created))
+    online = summary("on", NOW - timedelta(minutes=5), {"history": False, "windows": [window(created)]}, "online")
+    nopitr = cold("nopitr", NOW - timedelta(minutes=30))
+    nopitr.extra["pitr"]["windows"] = []
+    noshow = summary("noshow", NOW - timedelta(minutes=20),
+                     {"history": True, "windows": [], "error": "SHOW PITR failed"})
+    backups = [b1, b2, online, nopitr, noshow]
+    covered = (f"b1 [{iso(NOW - timedelta(days=4))}, {iso(NOW - timedelta(days=3))}]; "
+               f"b2 [{iso(NOW - timedelta(days=1, hours=1))}, {iso(NOW - timedelta(hours=1))}]")
+    message = refusal(backups, NOW + timedelta(seconds=5))
+    assert "is in the future" in message and covered in message
+    message = refusal(backups, NOW - timedelta(minutes=10))
+    assert f"the newest recoverable point is {iso(NOW - timedelta(hours=1))} (backup b2)" in message
+    assert covered in message
+    message = refusal(backups, NOW - timedelta(days=5))
+    assert "earlier than every window" in message and covered in message
+    message = refusal(backups, NOW - timedelta(days=2))  # between b1's and b2's intervals
+    assert "in no backup's interval" in message and covered in message
+    message = refusal(backups, NOW - timedelta(minutes=10), "on")
+    assert "holds no PITR history" in message and covered in message
+    message = refusal(backups, NOW - timedelta(hours=2), "nopitr")
+    assert "had no cluster PITR at backup time" in message
+    message = refusal(backups, NOW - timedelta(hours=2), "noshow")
+    assert "without PITR" in message and "SHOW PITR failed" in message
+    message = refusal(backups, NOW - timedelta(days=5), "b1")
+    assert "is outside backup b1" in message and covered in message
+    assert "no backup can be restored" in refusal([online], NOW - timedelta(minutes=10))
+    with pytest.raises(MobackupError, match="no zone"):
+        choose_backup(backups, datetime(2026, 12, 1, 11, 0), NOW)
+
+
+def test_a_cold_backup_made_without_sql_is_left_to_its_restored_server() -> None:
+    plain = summary("plain", NOW - timedelta(hours=1))  # recorded no windows: the restored server decides
+    assert choose_backup([plain], NOW - timedelta(hours=2), NOW, "plain")[0].id == "plain"
+    assert "later than backup plain's BACKUPTS" in refusal([plain], NOW - timedelta(minutes=5), "plain")
+    assert "no PITR windows recorded" in refusal([plain], NOW - timedelta(hours=2))
+
+
+def test_parse_time_wants_rfc3339_with_a_zone() -> None:
+    assert parse_time("2026-12-01T10:00:00Z") == datetime(2026, 12, 1, 10, tzinfo=UTC)
+    assert parse_time("2026-12-01T12:00:00.5+02:00") == datetime(2026, 12, 1, 10, 0, 0, 500000, tzinfo=UTC)
+    for bad in ("2026-12-01T10:00:00", "yesterday", "2026-13-01T10:00:00Z"):
+        with pytest.raises(MobackupError):
+            parse_time(bad)
+
+
+def test_cli_refusals_touch_nothing(tmp_path: Path) -> None:
+    """Through the CLI on a repository holding an online backup's summary only (written as the engine
+    writes it): each refusal exits 1 with its reason and the target is never created."""
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+
+    repo = open_repository(RepositoryOptions.from_env(str(tmp_path / "repo")), create=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))}
+    target = tmp_path / "target"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([MOBACKUP, "restore", "--repo", str(tmp_path / "repo"), *args], capture_output=True,
+                              text=True, env=env, timeout=60)
+
+    assert repo.list_backups() == []
+    cases = [
+        (["--to-time", "2026-12-01T10:00:00Z", "--target", str(target), "--mo-service", "/bin/true"],
+         "no backup can be restored"),
+        (["--to-time", "2099-12-01T10:00:00Z", "--target", str(target), "--mo-service", "/bin/true"],
+         "is in the future"),
+        (["--to-time", "2026-12-01T10:00:00", "--target", str(target), "--mo-service", "/bin/true"], "no zone"),
+        (["--to-time", "2026-12-01T10:00:00Z", "--target", str(target)], "--mo-service"),
+        (["--to-time", "2026-12-01T10:00:00Z", "--target-s3", "s3://b/p", "--target", str(target), "--mo-service",
+          "/bin/true"], "--target DIR"),
+        (["--target", str(target), "--mo-service", "/bin/true"], "go with --to-time"),
+        (["--target", str(target)], "needs a backup ID"),
+    ]
+    for args, expect in cases:
+        proc = run(*args)
+        assert proc.returncode == 1 and expect in proc.stderr, (args, proc.stderr)
+        assert not target.exists()
+    listed = subprocess.run([MOBACKUP, "list", "--repo", str(tmp_path / "repo"), "--json"], capture_output=True,
+                            text=True, env=env, check=True)
+    assert json.loads(listed.stdout) == []
