@@ -19,9 +19,11 @@ from mobackup.sample import generate_mo_data
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
 
 
-def run(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run(*args: str | Path, timeout: float = 900, path: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))},
            "MOBACKUP_SQL_PASSWORD": "111"}
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run([str(MOBACKUP), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -160,7 +162,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_a_drill_refuses_while_a_matrixone_holds_the_ports(mo_install: Callable[[str], Path], tmp_path: Path) -> None:
+def test_a_drill_refuses_while_a_matrixone_holds_the_ports_without_a_network_namespace(
+        mo_install: Callable[[str], Path], tmp_path: Path) -> None:
+    """Without bubblewrap (here: not on the PATH) the scratch server would share the host's ports: it
+    refuses up front. With it, it runs beside the live server (test_scoped_restore.py)."""
     repo, backup_id = _tiny_backup(tmp_path)
     lock = ServerLock()
     lock.acquire()
@@ -171,8 +176,9 @@ def test_a_drill_refuses_while_a_matrixone_holds_the_ports(mo_install: Callable[
             squatter.bind(("127.0.0.1", 6001))
             squatter.listen()
             proc = run("drill", backup_id, "--repo", repo, "--mo-service", mo_install(DEFAULT_VERSION) / "mo-service",
-                       "--scratch-dir", tmp_path)
+                       "--scratch-dir", tmp_path, path=str(MOBACKUP.parent))
     finally:
         lock.release()
     assert proc.returncode == 1 and "port(s) 6001 in use" in proc.stderr, proc.stderr
+    assert "network namespace of its own" in proc.stderr
     assert not list(tmp_path.glob("mobackup-drill-*"))
