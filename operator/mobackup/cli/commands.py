@@ -150,8 +150,9 @@ def cmd_scoped_restore(args: argparse.Namespace) -> int:
                                 scratch_parent=Path(args.scratch_dir) if args.scratch_dir else None,
                                 scratch_user=args.scratch_sql_user, timeout=args.timeout,
                                 progress=for_terminal("restore", args.quiet or args.json))
-    lines = [f"{t.source} -> {t.target}: {t.rows} rows, {decimal_size(t.bytes_sent)} in {t.seconds}s "
-             f"({t.rows_per_second:.0f} rows/s, {t.mb_per_second} MB/s), checksum {t.checksum[:16]} matches"
+    lines = [f"{t.source} -> {t.target}: {t.rows} rows, {decimal_size(t.bytes_sent)} in {t.rows_seconds}s "
+             f"({t.rows_per_second:.0f} rows/s, {t.mb_per_second} MB/s), count and checksum {t.checksum[:16]} match "
+             f"({t.check_seconds}s), {t.seconds}s in all"
              + (f"; the old table is kept as {t.replaced}" if t.replaced else "") for t in result.tables]
     lines.append(f"restored {len(result.tables)} table(s) of backup {result.backup_id} into {args.into_sql_host}: "
                  f"scratch restore {result.restore_seconds}s, start {result.start_seconds}s, copy "

@@ -31,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import re
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -93,16 +95,18 @@ class TableCopy:
     rows: int = 0
     bytes_sent: int = 0  # of the INSERT statements: what went over the wire to the live server
     checksum: str = ""
-    seconds: float = 0.0
+    seconds: float = 0.0  # all of it: create, rows, check, swap
+    rows_seconds: float = 0.0  # the rows' copy alone (what rows_per_second and mb_per_second divide by)
+    check_seconds: float = 0.0  # the live copy's count and checksum
     replaced: str | None = None  # with replace: the name the old table is kept under
 
     @property
     def rows_per_second(self) -> float:
-        return round(self.rows / self.seconds, 1) if self.seconds else 0.0
+        return round(self.rows / self.rows_seconds, 1) if self.rows_seconds else 0.0
 
     @property
     def mb_per_second(self) -> float:
-        return round(self.bytes_sent / 1e6 / self.seconds, 2) if self.seconds else 0.0
+        return round(self.bytes_sent / 1e6 / self.rows_seconds, 2) if self.rows_seconds else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rows_per_second": self.rows_per_second, "mb_per_second": self.mb_per_second}
@@ -202,35 +206,62 @@ def table_checksum(connection: Any, database: str, table: str) -> tuple[int, str
 def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, str], copy: TableCopy,
               batch_bytes: int = BATCH_BYTES) -> None:
     """Stream `src`'s rows from the scratch server into `dst` on the live one in multi-row INSERTs
-    (values escaped by pymysql, one statement and transaction a batch), summing the checksum."""
-    total = 0
-    with source.cursor(pymysql.cursors.SSCursor) as reader, target.cursor() as writer:
-        reader.execute(f"select * from {quote(src[0])}.{quote(src[1])}")
-        columns = ", ".join(quote(str(d[0])) for d in reader.description)
-        prefix = f"insert into {quote(dst[0])}.{quote(dst[1])} ({columns}) values "
-        batch: list[str] = []
-        size = 0
+    (values escaped by pymysql, one statement and transaction a batch), summing the checksum. A
+    thread reads, sums and builds the next statements while this one waits for the live server."""
+    statements: queue.Queue[tuple[str, int] | BaseException | None] = queue.Queue(maxsize=4)
+    stop = threading.Event()
+    checksum: list[int] = []
 
-        def flush() -> None:
-            nonlocal size
-            statement = prefix + ",".join(batch)
-            writer.execute(statement)
-            copy.bytes_sent += len(statement.encode("utf-8", "surrogateescape"))
-            batch.clear()
-            size = 0
+    def put(item: tuple[str, int] | BaseException | None) -> bool:
+        while not stop.is_set():
+            try:
+                statements.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
 
-        while chunk := reader.fetchmany(FETCH_ROWS):
-            for row in chunk:
-                total = (total + _digest(row)) % MODULUS
-                values = "(" + ",".join(target.escape(v) for v in row) + ")"
-                batch.append(values)
-                size += len(values)
-                if size >= batch_bytes:
-                    flush()
-            copy.rows += len(chunk)
-        if batch:
-            flush()
-    copy.checksum = f"{total:064x}"
+    def read() -> None:
+        total = 0
+        try:
+            with source.cursor(pymysql.cursors.SSCursor) as reader:
+                reader.execute(f"select * from {quote(src[0])}.{quote(src[1])}")
+                columns = ", ".join(quote(str(d[0])) for d in reader.description)
+                prefix = f"insert into {quote(dst[0])}.{quote(dst[1])} ({columns}) values "
+                batch: list[str] = []
+                size = 0
+                while chunk := reader.fetchmany(FETCH_ROWS):
+                    for row in chunk:
+                        total = (total + _digest(row)) % MODULUS
+                        values = "(" + ",".join(target.escape(v) for v in row) + ")"
+                        batch.append(values)
+                        size += len(values)
+                        if size >= batch_bytes:
+                            if not put((prefix + ",".join(batch), len(batch))):
+                                return
+                            batch, size = [], 0
+                if batch and not put((prefix + ",".join(batch), len(batch))):
+                    return
+            checksum.append(total)
+            put(None)
+        except BaseException as error:  # handed to the writer, which raises it
+            put(error)
+
+    reader = threading.Thread(target=read, name="scoped-restore-reader", daemon=True)
+    reader.start()
+    try:
+        with target.cursor() as writer:
+            while (item := statements.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                statement, count = item
+                writer.execute(statement)
+                copy.rows += count
+                copy.bytes_sent += len(statement.encode("utf-8", "surrogateescape"))
+    finally:
+        stop.set()
+        reader.join()
+    copy.checksum = f"{checksum[0]:064x}"
 
 
 class _Live:
@@ -454,8 +485,12 @@ def _copy_one(source: Any, target: _Live, plan: _Plan, stamp: str) -> TableCopy:
     except pymysql.MySQLError as error:
         raise MobackupError(f"the live MatrixOne refused to create {into[0]}.{into[1]}: {error.args[-1]}") from None
     try:
+        clock = time.monotonic()
         copy_rows(source, conn, plan.source, into, copy)
+        copy.rows_seconds = round(time.monotonic() - clock, 3)
+        clock = time.monotonic()
         rows, checksum = table_checksum(conn, *into)
+        copy.check_seconds = round(time.monotonic() - clock, 3)
     except pymysql.MySQLError as error:
         _drop(conn, into)
         raise MobackupError(f"copying {copy.source} into {into[0]}.{into[1]} failed after {copy.rows} rows: "
