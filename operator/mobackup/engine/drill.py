@@ -235,9 +235,10 @@ class ScratchServer:
         return " | ".join(line[:300] for line in lines)
 
 
-def _connect(host: str, port: int, user: str, password: str, timeout: float, unix_socket: str | None = None) -> Any:
+def _connect(host: str, port: int, user: str, password: str, timeout: float, unix_socket: str | None = None,
+             **options: Any) -> Any:
     return sqlconn.connect(host, port, user, password, autocommit=True, unix_socket=unix_socket,
-                           connect_timeout=min(5.0, max(timeout, 0.5)), read_timeout=max(timeout, 1.0))
+                           connect_timeout=min(5.0, max(timeout, 0.5)), read_timeout=max(timeout, 1.0), **options)
 
 
 def _wait_sql(server: ScratchServer, port: int, user: str, password: str, deadline: float) -> Any:
@@ -449,10 +450,10 @@ class Scratch:
         self.port = port
         return _wait_sql(self.server, port, user, password, deadline)
 
-    def connect(self, user: str, password: str, timeout: float) -> Any:
-        """One more connection to the started server."""
+    def connect(self, user: str, password: str, timeout: float, **options: Any) -> Any:
+        """One more connection to the started server (`options` as pymysql's)."""
         return _connect("127.0.0.1", self.port, user, password, timeout,
-                        str(self.socket_path) if self.socket_path else None)
+                        str(self.socket_path) if self.socket_path else None, **options)
 
     def close(self) -> None:
         if self.server is not None:

@@ -8,9 +8,12 @@ under the new name, its rows in multi-row INSERTs of about a megabyte, each its 
 the live server keeps serving and never holds a long transaction of ours. Then the same row count
 and checksum must come back from both ends.
 
-The checksum is order-independent: the sum modulo 2**256 of the SHA-256 of each row's Python
-representation as pymysql decodes it (a multiset hash), so neither end needs an ORDER BY over the
-whole table; the scratch side is summed while the rows stream through the copy.
+Rows are read as the server's text (pymysql without its type conversions: no Decimal or datetime is
+built, which halves the client's work) and sent back as quoted literals the live server casts to
+the column's type. The checksum is order-independent: the sum modulo 2**256 of the SHA-256 of each
+row's values as that text (a multiset hash), so neither end needs an ORDER BY over the whole table;
+the scratch side is summed while the rows stream through the copy. Both ends must print the same
+value the same way: a difference in how two MatrixOne versions print a type fails the check.
 
 Everything the live server could refuse is checked before the first write to it: the names asked
 for exist in the backup (the catalog recorded at backup time first, then the scratch server), no
@@ -56,6 +59,7 @@ from .repository import Repository
 MAX_NAME = 64  # MatrixOne's (and MySQL's) longest identifier
 BATCH_BYTES = 1 << 20  # one INSERT statement: about a megabyte of rows
 FETCH_ROWS = 2000
+RAW: dict[Any, Any] = {}  # pymysql's `conv` for reading the server's text: no conversions
 SCRATCH_MARGIN = 512 << 20  # what the scratch MatrixOne writes beside the restored data at start
 HIDDEN_PREFIX = "__mo_"  # MatrixOne's hidden tables (secondary indexes): created with their table
 MODULUS = 1 << 256
@@ -192,7 +196,7 @@ def _digest(row: tuple[Any, ...]) -> int:
 
 
 def table_checksum(connection: Any, database: str, table: str) -> tuple[int, str]:
-    """(rows, checksum) of a table, streamed (module docstring)."""
+    """(rows, checksum) of a table, streamed over a connection made with conv=RAW (module docstring)."""
     total, rows = 0, 0
     with connection.cursor(pymysql.cursors.SSCursor) as cursor:
         cursor.execute(f"select * from {quote(database)}.{quote(table)}")
@@ -205,9 +209,10 @@ def table_checksum(connection: Any, database: str, table: str) -> tuple[int, str
 
 def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, str], copy: TableCopy,
               batch_bytes: int = BATCH_BYTES) -> None:
-    """Stream `src`'s rows from the scratch server into `dst` on the live one in multi-row INSERTs
-    (values escaped by pymysql, one statement and transaction a batch), summing the checksum. A
-    thread reads, sums and builds the next statements while this one waits for the live server."""
+    """Stream `src`'s rows from the scratch server (`source`: conv=RAW) into `dst` on the live one
+    (`target`: pymysql's default conv, whose escape() knows the server's quoting mode) in multi-row
+    INSERTs, one statement and transaction a batch, summing the checksum. A thread reads, sums and
+    builds the next statements while this one waits for the live server."""
     statements: queue.Queue[tuple[str, int] | BaseException | None] = queue.Queue(maxsize=4)
     stop = threading.Event()
     checksum: list[int] = []
@@ -273,6 +278,8 @@ class _Live:
         try:
             self.connection = sqlconn.connect(endpoint.host, endpoint.port, endpoint.user, endpoint.password,
                                               connect_timeout=endpoint.timeout, read_timeout=None, autocommit=True)
+            self.raw = sqlconn.connect(endpoint.host, endpoint.port, endpoint.user, endpoint.password, conv=RAW,
+                                       connect_timeout=endpoint.timeout, read_timeout=None, autocommit=True)
         except pymysql.MySQLError as error:
             raise MobackupError(f"cannot connect to the live MatrixOne at {self.where}: {error.args[-1]}") from None
         self.version = str(self.scalar("select version()"))
@@ -296,6 +303,8 @@ class _Live:
 
     def close(self) -> None:
         self.connection.close()
+        if getattr(self, "raw", None) is not None:
+            self.raw.close()
 
 
 def _stamp(now: datetime) -> str:
@@ -414,13 +423,13 @@ def run_scoped_restore(
                 source = scratch.start(scratch_user, password, time.monotonic() + timeout)
             finally:
                 result.start_seconds = round(time.monotonic() - started, 3)
-            with source:
+            with source, scratch.connect(scratch_user, password, timeout, conv=RAW) as raw:
                 plans = _plan(source, target, selections, target_sel, suffix, replace, stamp, summary.id)
                 started = time.monotonic()
                 for plan in plans:
-                    result.tables.append(_copy_one(source, target, plan, stamp))
+                    result.tables.append(_copy_one(raw, target, plan, stamp))
                 result.copy_seconds = round(time.monotonic() - started, 3)
-            result.scratch_bytes = scratch.bytes_used
+        result.scratch_bytes = scratch.bytes_used  # measured by close()
     finally:
         target.close()
         result.total_seconds = round(time.monotonic() - clock, 3)
@@ -489,7 +498,7 @@ def _copy_one(source: Any, target: _Live, plan: _Plan, stamp: str) -> TableCopy:
         copy_rows(source, conn, plan.source, into, copy)
         copy.rows_seconds = round(time.monotonic() - clock, 3)
         clock = time.monotonic()
-        rows, checksum = table_checksum(conn, *into)
+        rows, checksum = table_checksum(target.raw, *into)
         copy.check_seconds = round(time.monotonic() - clock, 3)
     except pymysql.MySQLError as error:
         _drop(conn, into)
