@@ -14,10 +14,13 @@ import os
 import re
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pymysql
 import pytest
 
 from mo_server import DEFAULT_VERSION, REPO, MatrixOne, Writer, port_is_free
@@ -75,7 +78,26 @@ def create_sql(mo: MatrixOne, table: str) -> str:
 
 
 def tables(mo: MatrixOne) -> set[tuple[str, str]]:
-    return {(str(d), str(t)) for d, t in mo.sql("select table_schema, table_name from information_schema.tables")}
+    """Every table but MatrixOne's hidden ones (a secondary index's, which come and go with their table)."""
+    return {(str(d), str(t)) for d, t in mo.sql("select table_schema, table_name from information_schema.tables")
+            if not str(t).startswith("__mo_")}
+
+
+def slip_a_row_into_the_copy(mo: MatrixOne, stop: threading.Event, slipped: list[str]) -> None:
+    """Insert one row into --replace's temporary copy as soon as it exists (before its check)."""
+    with mo.connect() as conn, conn.cursor() as cur:
+        while not stop.is_set():
+            cur.execute("select table_name from information_schema.tables where table_schema = 'shop' and "
+                        "table_name like 'b_mobackup_%'")
+            names = [str(r[0]) for r in cur.fetchall()]
+            if names:
+                try:
+                    cur.execute(f"insert into shop.`{names[0]}` (region, id) values ('zz', 1)")
+                except pymysql.MySQLError:
+                    continue  # created but not yet usable
+                slipped.append(names[0])
+                return
+            time.sleep(0.02)
 
 
 def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_replace(
@@ -160,6 +182,21 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
           f"{result['start_seconds']} s, copy {copy['seconds']} s ({copy['rows_per_second']} rows/s, "
           f"{copy['mb_per_second']} MB/s), total {result['total_seconds']} s, writer's longest pause "
           f"{writer.longest_pause:.2f} s")
+
+    # --replace whose check fails (a row slipped into the copy under way): the old B stays as it was.
+    slipped: list[str] = []
+    stop = threading.Event()
+    meddler = threading.Thread(target=slip_a_row_into_the_copy, args=(live, stop, slipped), daemon=True)
+    meddler.start()
+    try:
+        failed = run("restore", backup_id, "--only", "shop.b", "--as", "shop.b", "--replace", *common)
+    finally:
+        stop.set()
+        meddler.join()
+    assert slipped, "the copy's table never appeared"
+    assert failed.returncode == 1 and "does not match the backup" in failed.stderr, failed.stderr
+    assert "nothing was replaced" in failed.stderr
+    assert rows(live, "shop.b") == after_accident and tables(live) == before | {("shop", copy["target"][5:])}
 
     # --replace: the damaged B swapped for the backup's, the old one kept aside.
     replaced = run("restore", backup_id, "--only", "shop.b", "--as", "shop.b", "--replace", *common, "--json")

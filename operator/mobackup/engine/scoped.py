@@ -4,8 +4,8 @@ by default (`mobackup restore ID --only DB[.TABLE] --into-sql-host H ...`).
 The backup is restored into a scratch directory and a scratch MatrixOne is started on it (the
 drill's `Scratch`: own network namespace, removed whatever happens). Each selected table is then
 copied into the live server over SQL: its schema from the scratch server's `SHOW CREATE TABLE`
-under the new name, its rows in multi-row INSERTs of about a megabyte, each its own transaction, so
-the live server keeps serving and never holds a long transaction of ours. Then the same row count
+under the new name, its rows in multi-row INSERTs of about 8 MB, each its own transaction, so the
+live server keeps serving and never holds a long transaction of ours. Then the same row count
 and checksum must come back from both ends.
 
 Rows are read as the server's text (pymysql without its type conversions: no Decimal or datetime is
@@ -57,7 +57,12 @@ from .progress import Progress, human_bytes
 from .repository import Repository
 
 MAX_NAME = 64  # MatrixOne's (and MySQL's) longest identifier
-BATCH_BYTES = 1 << 20  # one INSERT statement: about a megabyte of rows
+# One INSERT statement (and transaction): about 8 MB of rows, at most half the live server's
+# max_allowed_packet. Each commit costs MatrixOne 1.3 about a quarter of a second here (it writes
+# the batch out as an object), so bigger batches copy faster: 200k rows took 14.7 s in 1 MB
+# statements, 9.7 s in 4 MB, 7.6 s in 8 MB, 6.2 s in 16 MB.
+BATCH_BYTES = 8 << 20
+MIN_BATCH_BYTES = 64 << 10
 FETCH_ROWS = 2000
 RAW: dict[Any, Any] = {}  # pymysql's `conv` for reading the server's text: no conversions
 SCRATCH_MARGIN = 512 << 20  # what the scratch MatrixOne writes beside the restored data at start
@@ -287,6 +292,11 @@ class _Live:
             self.close()
             raise MobackupError(f"the server at {self.where} is not MatrixOne (version {self.version!r}): a scoped "
                                 "restore copies MatrixOne tables only into MatrixOne")
+        try:
+            packet = int(self.scalar("select @@max_allowed_packet"))
+        except (MobackupError, TypeError, ValueError):
+            packet = 4 * MIN_BATCH_BYTES
+        self.batch_bytes = max(MIN_BATCH_BYTES, min(BATCH_BYTES, packet // 2))
 
     def scalar(self, statement: str, args: Sequence[Any] = ()) -> Any:
         try:
@@ -495,7 +505,7 @@ def _copy_one(source: Any, target: _Live, plan: _Plan, stamp: str) -> TableCopy:
         raise MobackupError(f"the live MatrixOne refused to create {into[0]}.{into[1]}: {error.args[-1]}") from None
     try:
         clock = time.monotonic()
-        copy_rows(source, conn, plan.source, into, copy)
+        copy_rows(source, conn, plan.source, into, copy, target.batch_bytes)
         copy.rows_seconds = round(time.monotonic() - clock, 3)
         clock = time.monotonic()
         rows, checksum = table_checksum(target.raw, *into)
