@@ -119,7 +119,8 @@ def main() -> None:
             mo.forwarder.close()
         subprocess.run(["rm", "-rf", str(work)], check=False)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scoped_restore.json").write_text(json.dumps(out, indent=2) + "\n")
+    (args.out / time.strftime("scoped-restore-%Y%m%d-%H%M%S.json", time.gmtime())).write_text(
+        json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
 
 

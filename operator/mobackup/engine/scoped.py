@@ -4,7 +4,7 @@ by default (`mobackup restore ID --only DB[.TABLE] --into-sql-host H ...`).
 The backup is restored into a scratch directory and a scratch MatrixOne is started on it (the
 drill's `Scratch`: own network namespace, removed whatever happens). Each selected table is then
 copied into the live server over SQL: its schema from the scratch server's `SHOW CREATE TABLE`
-under the new name, its rows in multi-row INSERTs of about 8 MB, each its own transaction, so the
+under the new name, its rows in multi-row INSERTs of about 1 MB, each its own transaction, so the
 live server keeps serving and never holds a long transaction of ours. Then the same row count
 and checksum must come back from both ends.
 
@@ -57,11 +57,12 @@ from .progress import Progress, human_bytes
 from .repository import Repository
 
 MAX_NAME = 64  # MatrixOne's (and MySQL's) longest identifier
-# One INSERT statement (and transaction): about 8 MB of rows, at most half the live server's
-# max_allowed_packet. Each commit costs MatrixOne 1.3 about a quarter of a second here (it writes
-# the batch out as an object), so bigger batches copy faster: 200k rows took 14.7 s in 1 MB
-# statements, 9.7 s in 4 MB, 7.6 s in 8 MB, 6.2 s in 16 MB.
-BATCH_BYTES = 8 << 20
+# One INSERT statement (and transaction): about 1 MB of rows, at most half the live server's
+# max_allowed_packet. MatrixOne's INSERT path bounds the copy: 200k rows took 10.4-13.7 s in
+# batches of 1, 2, 4 or 8 MB alike with a writer running beside (and 8 MB batches made the 1M-row
+# benchmark's writer pause up to 4.8 s); the smallest keeps the live server's own writers' pauses
+# shortest. A second writing connection copies faster but takes that capacity from them.
+BATCH_BYTES = 1 << 20
 MIN_BATCH_BYTES = 64 << 10
 FETCH_ROWS = 2000
 RAW: dict[Any, Any] = {}  # pymysql's `conv` for reading the server's text: no conversions
