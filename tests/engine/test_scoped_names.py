@@ -65,7 +65,7 @@ def test_bad_selections_are_refused(text: str, why: str) -> None:
 
 
 def test_targets() -> None:
-    stamp = "20260102T030405Z"
+    stamp = "20260102030405"
     table, db = Selection("shop", "b"), Selection("shop")
     assert target_for(("shop", "b"), table, None, None, False, stamp) == ("shop", f"b_restored_{stamp}")
     assert target_for(("shop", "b"), db, None, "_old", False, stamp) == ("shop", "b_old")

@@ -172,7 +172,7 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
     result = json.loads(restored.stdout)
     assert result["network"] == "own namespace"
     (copy,) = result["tables"]
-    assert copy["source"] == "shop.b" and re.fullmatch(r"shop\.b_restored_\d{8}T\d{6}Z", copy["target"]), copy
+    assert copy["source"] == "shop.b" and re.fullmatch(r"shop\.b_restored_\d{14}", copy["target"]), copy
     assert copy["rows"] == ROWS + 1 and copy["replaced"] is None
     assert rows(live, copy["target"]) == at_backup
     assert create_sql(live, copy["target"]) == ddl  # keys, index, defaults, comments
@@ -202,7 +202,7 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
     replaced = run("restore", backup_id, "--only", "shop.b", "--as", "shop.b", "--replace", *common, "--json")
     assert replaced.returncode == 0, replaced.stderr
     (swap,) = json.loads(replaced.stdout)["tables"]
-    assert swap["target"] == "shop.b" and re.fullmatch(r"shop\.b_replaced_\d{8}T\d{6}Z", swap["replaced"]), swap
+    assert swap["target"] == "shop.b" and re.fullmatch(r"shop\.b_replaced_\d{14}", swap["replaced"]), swap
     assert rows(live, "shop.b") == at_backup and create_sql(live, "shop.b") == ddl
     assert rows(live, swap["replaced"]) == after_accident
     assert not [t for d, t in tables(live) if d == "shop" and "_mobackup_" in t]

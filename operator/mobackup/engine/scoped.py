@@ -298,6 +298,10 @@ class _Live:
         except (MobackupError, TypeError, ValueError):
             packet = 4 * MIN_BATCH_BYTES
         self.batch_bytes = max(MIN_BATCH_BYTES, min(BATCH_BYTES, packet // 2))
+        try:  # the names the server will report for what we create (MatrixOne: 1, lower case)
+            self.folds_case = str(self.scalar("select @@lower_case_table_names")) == "1"
+        except MobackupError:
+            self.folds_case = False
 
     def scalar(self, statement: str, args: Sequence[Any] = ()) -> Any:
         try:
@@ -309,8 +313,10 @@ class _Live:
             raise MobackupError(f"the live MatrixOne at {self.where}: {error.args[-1]}") from None
 
     def exists(self, database: str, table: str) -> bool:
-        return bool(self.scalar("select count(*) from information_schema.tables where table_schema = %s and "
-                                "table_name = %s", (database, table)))
+        """Compared without case: MatrixOne folds names to lower case (lower_case_table_names = 1), so
+        `T` and `t` are one table there; where a server does not, refusing the other case is still safe."""
+        return bool(self.scalar("select count(*) from information_schema.tables where lower(table_schema) = "
+                                "lower(%s) and lower(table_name) = lower(%s)", (database, table)))
 
     def close(self) -> None:
         self.connection.close()
@@ -319,7 +325,8 @@ class _Live:
 
 
 def _stamp(now: datetime) -> str:
-    return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    """UTC, digits only: MatrixOne would fold a "T...Z" to lower case."""
+    return now.astimezone(UTC).strftime("%Y%m%d%H%M%S")
 
 
 def target_for(source: tuple[str, str], selection: Selection, as_name: Selection | None, suffix: str | None,
@@ -468,6 +475,8 @@ def _plan(source: Any, target: _Live, selections: Sequence[Selection], target_se
         names = [sel.table] if sel.table is not None else sorted(t for d, t in base if d == sel.database)
         for table in names:
             dst = target_for((sel.database, table), sel, target_sel, suffix, replace, stamp)
+            if target.folds_case:
+                dst = (dst[0].lower(), dst[1].lower())
             if dst in seen:
                 raise MobackupError(f"two selected tables would both go to {dst[0]}.{dst[1]}")
             seen.add(dst)
