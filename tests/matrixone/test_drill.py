@@ -141,7 +141,9 @@ def test_a_damaged_blob_fails_the_drill_with_the_reason_and_cleans_up(
 def test_a_server_that_never_answers_fails_at_the_time_limit_and_is_stopped(tmp_path: Path) -> None:
     fake = tmp_path / "fake"
     (fake / "etc" / "launch").mkdir(parents=True)
-    (fake / "etc" / "launch" / "launch.toml").write_text("# never read\n")
+    # Never read by the fake server; the drill points the CN's Unix socket into its scratch directory.
+    (fake / "etc" / "launch" / "launch.toml").write_text('cnservices = ["./etc/launch/cn.toml"]\n')
+    (fake / "etc" / "launch" / "cn.toml").write_text('service-type = "CN"\n')
     pid_file = tmp_path / "pid"
     (fake / "mo-service").write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
     (fake / "mo-service").chmod(0o755)

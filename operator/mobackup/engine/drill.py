@@ -407,21 +407,22 @@ class Scratch:
         self.hostname: str | None = None
         self.server: ScratchServer | None = None
         self.bytes_used = 0
+        self.socket_path: Path | None = None
+        self._socket_dir: Path | None = None
         self.dir = Path(tempfile.mkdtemp(prefix=f"mobackup-{purpose}-", dir=scratch_parent))
         try:
             # A fresh directory, but where the caller said: never inside (or the root of) the repository.
             checked_local_dir(self.dir, repo, f"use as the {purpose}'s scratch directory")
             shutil.copytree(self.etc, self.dir / "etc")
+            if self.isolated:
+                self.socket_path = self.dir / SOCKET_NAME
+                if len(str(self.socket_path)) > MAX_SOCKET_PATH:  # a deep --scratch-dir: a short private one
+                    self._socket_dir = Path(tempfile.mkdtemp(prefix="mobackup-sock-"))
+                    self.socket_path = self._socket_dir / SOCKET_NAME
+                set_unix_socket(self.dir, self.socket_path)
         except BaseException:
             self.close()
             raise
-        self.socket_path: Path | None = None
-        if self.isolated:
-            self.socket_path = self.dir / SOCKET_NAME
-            if len(str(self.socket_path)) > MAX_SOCKET_PATH:  # a deep --scratch-dir: a short private one
-                self._socket_dir = Path(tempfile.mkdtemp(prefix="mobackup-sock-"))
-                self.socket_path = self._socket_dir / SOCKET_NAME
-            set_unix_socket(self.dir, self.socket_path)
 
     def restore(self, progress: Progress | None = None) -> Any:
         """run_restore into `dir/mo-data`."""
@@ -461,7 +462,7 @@ class Scratch:
             self.server = None
         self.bytes_used = max(self.bytes_used, disk_usage(self.dir))
         remove_tree(self.dir, ignore_errors=True)  # a restored tree: no recursion over its depth
-        if getattr(self, "_socket_dir", None) is not None:
+        if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 
     def __enter__(self) -> Scratch:
