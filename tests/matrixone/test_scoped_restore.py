@@ -1,7 +1,7 @@
 """`mobackup restore ID --only DB.TABLE --into-sql-host ...` on the real MatrixOne: table B (composite
 primary key, secondary index, NULLs, decimals, JSON, blobs, comments) restored from an online backup
 into the RUNNING server while a writer commits into table A, and every refusal before anything is
-written to the live server.
+written to the live server; a drill of the same backup beside the live server.
 
 The live server runs in a network namespace of its own, reached on a free loopback port
 (`isolated=True`), and a socket holds port 6001 throughout (or another MatrixOne does): the scratch
@@ -121,6 +121,14 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
     # The accident on B after the backup.
     live.sql("delete from shop.b where id % 10 = 0", "update shop.b set note = 'damaged' where id % 3 = 0")
     after_accident = rows(live, "shop.b")
+
+    # A drill of the backup beside the live server (which, like port 6001, stays busy meanwhile).
+    drill = run("drill", backup_id, "--repo", repo, "--mo-service", mo_service, "--scratch-dir", scratch, "--json",
+                "--check-sql", "select count(*) from shop.b", "--expect", str(ROWS + 1))
+    assert drill.returncode == 0, drill.stderr
+    drilled = json.loads(drill.stdout)
+    assert drilled["ok"] and drilled["network"] == "own namespace", drilled
+    assert list(scratch.iterdir()) == []
 
     # Each refusal, before anything is written to the live server.
     before = tables(live)
