@@ -70,7 +70,7 @@ def test_targets() -> None:
     assert target_for(("shop", "b"), table, None, None, False, stamp) == ("shop", f"b_restored_{stamp}")
     assert target_for(("shop", "b"), db, None, "_old", False, stamp) == ("shop", "b_old")
     assert target_for(("shop", "b"), table, Selection("x", "y"), None, False, stamp) == ("x", "y")
-    assert target_for(("shop", "b"), db, Selection("x"), None, False, stamp) == ("x", f"b_restored_{stamp}")
+    assert target_for(("shop", "b"), db, Selection("x"), None, False, stamp) == ("x", "b")
     assert target_for(("shop", "b"), db, Selection("x"), None, True, stamp) == ("x", "b")
     assert target_for(("shop", "b"), table, None, None, True, stamp) == ("shop", "b")
     with pytest.raises(MobackupError, match="not a valid name"):

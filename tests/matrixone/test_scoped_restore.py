@@ -39,6 +39,14 @@ B_ROWS = f"""insert into shop.b select case result % 3 when 0 then 'eu' when 1 t
   case when result % 6 = 0 then null else cast(concat('blob-', result) as blob) end,
   result / 7.0, date_add('2024-01-01 00:00:00', interval result second)
   from generate_series(1, {ROWS}) g"""
+# Every type a row may hold, one row of extremes and one of NULLs (all copied exactly on v1.3).
+TYPES = {"b": ("bool", "true"), "ti": ("tinyint", "-128"), "bu": ("bigint unsigned", "18446744073709551615"),
+         "f": ("float", "3.4e38"), "d": ("double", "2.2250738585072014e-308"),
+         "dc": ("decimal(38,10)", "-1234567890123456789012345678.0123456789"), "dt": ("date", "1000-01-01"),
+         "tm": ("time(3)", "-838:59:59.999"), "ts": ("timestamp(6)", "2038-01-19 03:14:07.999999"),
+         "ch": ("char(5)", "ab  "), "vb": ("varbinary(20)", b"\x00\xff'\\"), "tx": ("text", "h\u00e9llo\n'\"\\%s"),
+         "e": ("enum('a','b')", "b"), "bt": ("bit(8)", 255), "u": ("uuid", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"),
+         "v": ("vecf32(3)", "[1.5, -2, 3e-5]"), "j": ("json", '{"a": [1, 2.50, "x"], "b": null}')}
 ODD_ROW = ("x", 1, "-0.0001", "it's `q` \\ %s", '{"k": "\\u00e9\\n"}', bytes(range(256)), 0.1 + 0.2,
            "2024-02-29 23:59:59.999999")
 
@@ -110,13 +118,19 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
     mo_service = live.home / "mo-service"
     live.sql("create database shop", B_DDL, B_ROWS, "create table shop.c (id int primary key)",
              "create database w", "create table w.t (id bigint primary key, txn int)")
+    live.sql("create table shop.types (id int primary key, " + ", ".join(f"`{c}` {t}" for c, (t, _) in TYPES.items())
+             + ")", "create view shop.v as select id from shop.types")
     with live.connect() as conn, conn.cursor() as cur:
         cur.execute("insert into shop.b values (%s, %s, %s, %s, %s, %s, %s, %s)", ODD_ROW)
+        cur.execute(f"insert into shop.types values (1, {', '.join(['%s'] * len(TYPES))})",
+                    [v for _, v in TYPES.values()])
+        cur.execute("insert into shop.types (id) values (2)")
     backup = run("backup", "--online", "--sql-host", "127.0.0.1", "--sql-port", str(live.port), "--sql-user", "root",
                   "--data-dir", live.data_dir, "--repo", repo, "--json", "--quiet")
     assert backup.returncode == 0, backup.stderr
     backup_id = json.loads(backup.stdout)["id"]
     at_backup, ddl = rows(live, "shop.b"), create_sql(live, "shop.b")
+    types_at_backup = live.sql("select * from shop.types order by id")
     assert len(at_backup) == ROWS + 1
     # The accident on B after the backup.
     live.sql("delete from shop.b where id % 10 = 0", "update shop.b set note = 'damaged' where id % 3 = 0")
@@ -136,7 +150,7 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
               "--mo-service", mo_service, "--scratch-dir", scratch)
     missing = run("restore", backup_id, "--only", "shop.nope", *common)
     assert missing.returncode == 1 and "no table shop.nope" in missing.stderr, missing.stderr
-    assert "shop.b, shop.c" in missing.stderr, missing.stderr  # it lists what the backup has
+    assert "shop.b, shop.c, shop.types, shop.v" in missing.stderr, missing.stderr  # it lists what the backup has
     nodb = run("restore", backup_id, "--only", "gone", *common)
     assert nodb.returncode == 1 and "no database 'gone'" in nodb.stderr and "shop" in nodb.stderr, nodb.stderr
     exists = run("restore", backup_id, "--only", "shop.b", "--as", "shop.c", *common)
@@ -191,6 +205,16 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
           f"{copy['mb_per_second']} MB/s), total {result['total_seconds']} s, writer's longest pause "
           f"{writer.longest_pause:.2f} s")
 
+    # A whole database into a new one: every table under its own name, the view left out.
+    whole = run("restore", backup_id, "--only", "shop", "--as", "shop_copy", *common, "--json")
+    assert whole.returncode == 0, whole.stderr
+    result = json.loads(whole.stdout)
+    assert [t["target"] for t in result["tables"]] == ["shop_copy.b", "shop_copy.c", "shop_copy.types"]
+    assert result["skipped"] == ["shop.v (view)"]
+    assert rows(live, "shop_copy.b") == at_backup and live.sql("select * from shop_copy.types order by id") == \
+        types_at_backup
+    assert create_sql(live, "shop_copy.types") == create_sql(live, "shop.types")
+
     # --replace whose check fails (a row slipped into the copy under way): the old B stays as it was.
     slipped: list[str] = []
     stop = threading.Event()
@@ -204,7 +228,8 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
     assert slipped, "the copy's table never appeared"
     assert failed.returncode == 1 and "does not match the backup" in failed.stderr, failed.stderr
     assert "nothing was replaced" in failed.stderr
-    assert rows(live, "shop.b") == after_accident and tables(live) == before | {("shop", copy["target"][5:])}
+    assert rows(live, "shop.b") == after_accident
+    assert tables(live) == before | {("shop", copy["target"][5:])} | {("shop_copy", t) for t in ("b", "c", "types")}
 
     # --replace: the damaged B swapped for the backup's, the old one kept aside.
     replaced = run("restore", backup_id, "--only", "shop.b", "--as", "shop.b", "--replace", *common, "--json")

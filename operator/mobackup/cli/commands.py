@@ -154,6 +154,8 @@ def cmd_scoped_restore(args: argparse.Namespace) -> int:
              f"({t.rows_per_second:.0f} rows/s, {t.mb_per_second} MB/s), count and checksum {t.checksum[:16]} match "
              f"({t.check_seconds}s), {t.seconds}s in all"
              + (f"; the old table is kept as {t.replaced}" if t.replaced else "") for t in result.tables]
+    if result.skipped:
+        lines.append(f"not restored (only tables are): {', '.join(result.skipped)}")
     lines.append(f"restored {len(result.tables)} table(s) of backup {result.backup_id} into {args.into_sql_host}: "
                  f"scratch restore {result.restore_seconds}s, start {result.start_seconds}s, copy "
                  f"{result.copy_seconds}s, total {result.total_seconds}s")

@@ -133,6 +133,7 @@ class ScopedResult:
     total_seconds: float = 0.0
     scratch_bytes: int = 0
     tables: list[TableCopy] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # views and other non-tables of a selected database
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -331,17 +332,13 @@ def _stamp(now: datetime) -> str:
 
 def target_for(source: tuple[str, str], selection: Selection, as_name: Selection | None, suffix: str | None,
                replace: bool, stamp: str) -> tuple[str, str]:
-    """Where one table goes: --as (a database, or database.table for a one-table selection), the
-    same name with --replace, else the table's name plus --suffix or `_restored_<stamp>`."""
+    """Where one table goes: --as (database.table for a one-table selection, or a database where the
+    tables keep their names), the same name with --replace, else the table's name plus --suffix or
+    `_restored_<stamp>` in its own database."""
     database, table = source
     if as_name is not None:
-        database = as_name.database
-        if as_name.table is not None:
-            table = as_name.table
-            return database, table
-        if replace:
-            return database, table
-    elif replace:
+        return as_name.database, as_name.table if as_name.table is not None else table
+    if replace:
         return database, table
     return database, check_name(table + (suffix if suffix is not None else f"_restored_{stamp}"), "target table")
 
@@ -442,7 +439,8 @@ def run_scoped_restore(
             finally:
                 result.start_seconds = round(time.monotonic() - started, 3)
             with source, scratch.connect(scratch_user, password, timeout, conv=RAW) as raw:
-                plans = _plan(source, target, selections, target_sel, suffix, replace, stamp, summary.id)
+                plans = _plan(source, target, selections, target_sel, suffix, replace, stamp, summary.id,
+                              result.skipped)
                 started = time.monotonic()
                 for plan in plans:
                     result.tables.append(_copy_one(raw, target, plan, stamp))
@@ -455,8 +453,9 @@ def run_scoped_restore(
 
 
 def _plan(source: Any, target: _Live, selections: Sequence[Selection], target_sel: Selection | None,
-          suffix: str | None, replace: bool, stamp: str, backup_id: str) -> list[_Plan]:
-    """Every table to copy, its checked DDL and target; every refusal before the first write."""
+          suffix: str | None, replace: bool, stamp: str, backup_id: str, skipped: list[str]) -> list[_Plan]:
+    """Every table to copy, its checked DDL and target; every refusal before the first write. The
+    views (and other non-tables) of a selected database go to `skipped`."""
     with source.cursor() as cursor:
         cursor.execute("select table_schema, table_name, table_type from information_schema.tables")
         listed = [(str(d), str(t), str(k)) for d, t, k in cursor.fetchall()
@@ -473,6 +472,9 @@ def _plan(source: Any, target: _Live, selections: Sequence[Selection], target_se
             raise MobackupError(f"{sel} is not a table in backup {backup_id} (a view or another kind): only tables "
                                 "are restored")
         names = [sel.table] if sel.table is not None else sorted(t for d, t in base if d == sel.database)
+        if sel.table is None:
+            skipped.extend(sorted(f"{d}.{t} ({k.lower()})" for d, t, k in listed
+                                  if d == sel.database and (d, t) not in base))
         for table in names:
             dst = target_for((sel.database, table), sel, target_sel, suffix, replace, stamp)
             if target.folds_case:
