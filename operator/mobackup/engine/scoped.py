@@ -443,7 +443,12 @@ def run_scoped_restore(
                               result.skipped)
                 started = time.monotonic()
                 for plan in plans:
-                    result.tables.append(_copy_one(raw, target, plan, stamp))
+                    try:
+                        result.tables.append(_copy_one(raw, target, plan, stamp))
+                    except MobackupError as error:
+                        done = ", ".join(t.target for t in result.tables)
+                        raise MobackupError(f"{error}" + (f"; restored and checked before it: {done}" if done
+                                                          else "")) from None
                 result.copy_seconds = round(time.monotonic() - started, 3)
         result.scratch_bytes = scratch.bytes_used  # measured by close()
     finally:
@@ -522,12 +527,14 @@ def _copy_one(source: Any, target: _Live, plan: _Plan, stamp: str) -> TableCopy:
         clock = time.monotonic()
         rows, checksum = table_checksum(target.raw, *into)
         copy.check_seconds = round(time.monotonic() - clock, 3)
-    except pymysql.MySQLError as error:
-        _drop(conn, into)
-        raise MobackupError(f"copying {copy.source} into {into[0]}.{into[1]} failed after {copy.rows} rows: "
-                            f"{error.args[-1]} (the partial copy is dropped)") from None
+    except BaseException as error:  # an interrupted copy too: no partial table stays behind
+        _drop(target, into)
+        if isinstance(error, pymysql.MySQLError):
+            raise MobackupError(f"copying {copy.source} into {into[0]}.{into[1]} failed after {copy.rows} rows: "
+                                f"{error.args[-1]} (the partial copy is dropped)") from None
+        raise
     if (rows, checksum) != (copy.rows, copy.checksum):
-        _drop(conn, into)
+        _drop(target, into)
         raise MobackupError(f"the copy of {copy.source} in {into[0]}.{into[1]} does not match the backup: {rows} rows "
                             f"checksum {checksum[:16]}..., the backup {copy.rows} rows checksum "
                             f"{copy.checksum[:16]}... (the copy is dropped; nothing was replaced)")
@@ -538,9 +545,16 @@ def _copy_one(source: Any, target: _Live, plan: _Plan, stamp: str) -> TableCopy:
     return copy
 
 
-def _drop(conn: Any, name: tuple[str, str]) -> None:
-    with contextlib.suppress(pymysql.MySQLError), conn.cursor() as cursor:  # the error that brought us here is
-        cursor.execute(f"drop table if exists {quote(name[0])}.{quote(name[1])}")  # the one to report
+def _drop(target: _Live, name: tuple[str, str]) -> None:
+    """Drop our own copy; over the second connection when the first broke off mid-statement. The
+    error that brought us here is the one to report."""
+    for conn in (target.connection, target.raw):
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(f"drop table if exists {quote(name[0])}.{quote(name[1])}")
+            return
+        except (pymysql.MySQLError, OSError):
+            continue
 
 
 def _swap(conn: Any, database: str, table: str, new: str, aside: str) -> None:
