@@ -12,11 +12,15 @@ Fixtures:
 - `mo_install(version=DEFAULT_VERSION) -> Path` (session): the installed server directory; FAILS (never skips)
   with the installer's message when it cannot be had.
 - `matrixone` (function): a `MatrixOne` of DEFAULT_VERSION in a temporary directory, stopped after the test.
-- `matrixone_factory` (function): `factory(version=DEFAULT_VERSION, workdir=None, hostname=None) -> MatrixOne`.
+- `matrixone_factory` (function): `factory(version=DEFAULT_VERSION, workdir=None, hostname=None,
+  isolated=False) -> MatrixOne`. `isolated=True`: the server runs in a network namespace of its own
+  (as the drill's scratch server) and answers SQL on a free loopback port (`.port`) that forwards to
+  its Unix socket: it takes no lock and runs beside any other MatrixOne on the machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -34,7 +38,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from mobackup.engine.drill import scratch_env
+from mobackup.engine.drill import scratch_env, set_unix_socket
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("MOBACKUP_TEST_CACHE", Path.home() / ".cache" / "mobackup-test"))
@@ -143,8 +147,10 @@ class ServerLock:
 class SqlClient:
     """SQL on the MatrixOne listening on 127.0.0.1:6001 (a fixture's process, or a pod's)."""
 
+    port = SQL_PORT
+
     def connect(self) -> pymysql.connections.Connection:
-        return connect()
+        return connect(port=self.port)
 
     def sql(self, *statements: str) -> list[tuple[Any, ...]]:
         """Runs the statements in one session; returns the rows of the last one."""
@@ -163,8 +169,11 @@ class SqlClient:
 class MatrixOne(SqlClient):
     """One standalone mo-service whose data is `workdir/mo-data`."""
 
-    def __init__(self, home: Path, workdir: Path, version: str, hostname: str | None = None) -> None:
+    def __init__(self, home: Path, workdir: Path, version: str, hostname: str | None = None,
+                 isolated: bool = False) -> None:
         self.home, self.workdir, self.version = home, workdir, version
+        self.isolated = isolated
+        self.forwarder: SocketForwarder | None = None
         # The log service keeps its WAL under the host name: `hostname` runs the server in a UTS
         # namespace of its own with that name (bubblewrap), as a StatefulSet pod would have.
         self.hostname = hostname
@@ -175,19 +184,26 @@ class MatrixOne(SqlClient):
         self.start_seconds: list[float] = []
         if not (workdir / "etc").exists():
             shutil.copytree(home / "etc", workdir / "etc")
+        if isolated:
+            set_unix_socket(workdir, workdir / "mysql.sock")
+            self.forwarder = SocketForwarder(workdir / "mysql.sock")
+            self.port = self.forwarder.port
 
     def start(self, timeout: float = START_TIMEOUT) -> float:
         """Starts the server and returns the seconds until SQL answered."""
         assert self.proc is None, "already running"
-        self.lock.acquire()
-        wait_ports_free()
+        if not self.isolated:
+            self.lock.acquire()
+            wait_ports_free()
         with open(self.log_path, "ab") as log:
             log.write(f"\n===== start {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
             argv = [str(self.home / "mo-service"), "-launch", "etc/launch/launch.toml"]
-            if self.hostname:
-                argv = ["bwrap", "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", "--unshare-uts",
-                        "--hostname", self.hostname, "--chdir", str(self.workdir), "--", *argv]
+            if self.hostname or self.isolated:
+                unshare = ["--unshare-uts", "--hostname", self.hostname] if self.hostname else []
+                unshare += ["--unshare-net"] if self.isolated else []
+                argv = ["bwrap", "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", *unshare,
+                        "--chdir", str(self.workdir), "--", *argv]
             # As the drill's scratch server: no AWS_* variables (MatrixOne reads its S3 keys from its
             # own configuration, and an inherited AWS_CA_BUNDLE makes 1.3's S3 client panic).
             env = scratch_env()
@@ -196,7 +212,8 @@ class MatrixOne(SqlClient):
                                          stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                                          preexec_fn=_terminate_with_parent)
         try:
-            seconds = wait_sql(timeout, alive=lambda: self.proc is not None and self.proc.poll() is None)
+            seconds = wait_sql(timeout, alive=lambda: self.proc is not None and self.proc.poll() is None,
+                               port=self.port)
         except Exception as exc:
             self.stop()
             raise RuntimeError(f"{exc}; last log lines:\n{self.log_tail()}") from exc
@@ -215,7 +232,10 @@ class MatrixOne(SqlClient):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait()
             self.proc = None
-            wait_ports_free()
+            if not self.isolated:
+                wait_ports_free()
+            with contextlib.suppress(FileNotFoundError):  # MatrixOne listens only where no file is
+                (self.workdir / "mysql.sock").unlink()
         self.lock.release()
         return time.monotonic() - start
 
@@ -228,6 +248,50 @@ class MatrixOne(SqlClient):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+class SocketForwarder:
+    """A loopback TCP port (free, chosen by the kernel) whose connections are piped to a Unix socket:
+    how the tests reach a MatrixOne in a network namespace of its own over TCP, as users reach theirs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX)
+            try:
+                server.connect(str(self.path))
+            except OSError:
+                client.close()
+                server.close()
+                continue
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(1 << 16):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
 
 
 def statefulset(name: str, claim: str, home: Path) -> dict[str, Any]:
@@ -293,7 +357,8 @@ class Writer:
     seconds are asked for. `log` holds each transaction's number with the UTC instants it began and
     returned (a point-in-time restore then knows which must be back)."""
 
-    def __init__(self, pause: float = 0.0) -> None:
+    def __init__(self, pause: float = 0.0, port: int = SQL_PORT) -> None:
+        self.port = port
         self.committed = 0  # transactions
         self.errors: list[str] = []
         self.longest_pause = 0.0  # not counting `pause`
@@ -303,7 +368,7 @@ class Writer:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with connect() as conn, conn.cursor() as cur:
+        with connect(port=self.port) as conn, conn.cursor() as cur:
             last = time.monotonic()
             while not self._stop.is_set():
                 first = self.committed * TXN_ROWS
@@ -419,15 +484,18 @@ def matrixone_factory(request: pytest.FixtureRequest, mo_install: Callable[[str]
                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., MatrixOne]]:
     servers: list[MatrixOne] = []
 
-    def make(version: str = DEFAULT_VERSION, workdir: Path | None = None, hostname: str | None = None) -> MatrixOne:
+    def make(version: str = DEFAULT_VERSION, workdir: Path | None = None, hostname: str | None = None,
+             isolated: bool = False) -> MatrixOne:
         workdir = workdir or tmp_path_factory.mktemp(f"mo-{version}")
-        server = MatrixOne(mo_install(version), workdir, version, hostname)
+        server = MatrixOne(mo_install(version), workdir, version, hostname, isolated)
         servers.append(server)
         return server
 
     yield make
     for server in servers:
         server.stop(TEARDOWN_STOP_TIMEOUT)
+        if server.forwarder is not None:
+            server.forwarder.close()
     if request.node.stash.get(FAILED_KEY, False):
         kept = Path("/tmp/mobackup-test-logs") / request.node.name
         kept.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,11 @@ from mobackup.sample import generate_mo_data
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
 
 
-def run(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run(*args: str | Path, timeout: float = 900, path: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))},
            "MOBACKUP_SQL_PASSWORD": "111"}
+    if path is not None:
+        env["PATH"] = path
     return subprocess.run([str(MOBACKUP), *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -139,7 +141,9 @@ def test_a_damaged_blob_fails_the_drill_with_the_reason_and_cleans_up(
 def test_a_server_that_never_answers_fails_at_the_time_limit_and_is_stopped(tmp_path: Path) -> None:
     fake = tmp_path / "fake"
     (fake / "etc" / "launch").mkdir(parents=True)
-    (fake / "etc" / "launch" / "launch.toml").write_text("# never read\n")
+    # Never read by the fake server; the drill points the CN's Unix socket into its scratch directory.
+    (fake / "etc" / "launch" / "launch.toml").write_text('cnservices = ["./etc/launch/cn.toml"]\n')
+    (fake / "etc" / "launch" / "cn.toml").write_text('service-type = "CN"\n')
     pid_file = tmp_path / "pid"
     (fake / "mo-service").write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 600\n")
     (fake / "mo-service").chmod(0o755)
@@ -160,7 +164,10 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_a_drill_refuses_while_a_matrixone_holds_the_ports(mo_install: Callable[[str], Path], tmp_path: Path) -> None:
+def test_a_drill_refuses_while_a_matrixone_holds_the_ports_without_a_network_namespace(
+        mo_install: Callable[[str], Path], tmp_path: Path) -> None:
+    """Without bubblewrap (here: not on the PATH) the scratch server would share the host's ports: it
+    refuses up front. With it, it runs beside the live server (test_scoped_restore.py)."""
     repo, backup_id = _tiny_backup(tmp_path)
     lock = ServerLock()
     lock.acquire()
@@ -171,8 +178,9 @@ def test_a_drill_refuses_while_a_matrixone_holds_the_ports(mo_install: Callable[
             squatter.bind(("127.0.0.1", 6001))
             squatter.listen()
             proc = run("drill", backup_id, "--repo", repo, "--mo-service", mo_install(DEFAULT_VERSION) / "mo-service",
-                       "--scratch-dir", tmp_path)
+                       "--scratch-dir", tmp_path, path=str(MOBACKUP.parent))
     finally:
         lock.release()
     assert proc.returncode == 1 and "port(s) 6001 in use" in proc.stderr, proc.stderr
+    assert "network namespace of its own" in proc.stderr
     assert not list(tmp_path.glob("mobackup-drill-*"))

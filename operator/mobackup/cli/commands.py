@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,10 +119,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from ..engine.restore import run_restore
 
+    if args.only or args.into_sql_host:
+        if args.to_time:
+            raise MobackupError("--only with --to-time is not supported yet: restore the whole cluster to the time "
+                                "(--to-time) into a scratch directory, or restore --only from a backup ID")
+        if not args.id:
+            raise MobackupError("restore --only needs a backup ID")
+        return cmd_scoped_restore(args)
     if args.to_time:
         return pitr.restore_to_time(args)
     if args.mo_service or args.check_sql or args.expect:
-        raise MobackupError("--mo-service, --check-sql and --expect go with --to-time")
+        raise MobackupError("--mo-service, --check-sql and --expect go with --to-time (or --only)")
     if not args.id:
         raise MobackupError("restore needs a backup ID (or --to-time T)")
     if args.target_s3:
@@ -138,6 +146,36 @@ def cmd_restore(args: argparse.Namespace) -> int:
     emit(args, result.to_dict(),
           f"restored backup {result.backup_id} into {result.target}: {result.file_count} files, "
           f"{decimal_size(result.size_bytes)}, {result.duration_seconds:.3f}s")
+    return 0
+
+
+def cmd_scoped_restore(args: argparse.Namespace) -> int:
+    from ..engine.mosql import SqlEndpoint
+    from ..engine.scoped import run_scoped_restore
+
+    if not (args.only and args.into_sql_host and args.mo_service):
+        raise MobackupError("a scoped restore needs --only DB[.TABLE], --into-sql-host and --mo-service")
+    if args.target or args.target_s3 or args.force or args.hostname:
+        raise MobackupError("--only copies tables into a running MatrixOne: --target, --target-s3, --force and "
+                            "--hostname do not apply")
+    repo = open_repository(repository_options(args))
+    live = SqlEndpoint(args.into_sql_host, args.into_sql_port, args.into_sql_user,
+                       os.environ.get("MOBACKUP_INTO_SQL_PASSWORD", ""))
+    result = run_scoped_restore(repo, args.id, args.only, live, Path(args.mo_service), as_name=args.as_name,
+                                suffix=args.suffix, replace=args.replace,
+                                scratch_parent=Path(args.scratch_dir) if args.scratch_dir else None,
+                                scratch_user=args.scratch_sql_user, timeout=args.timeout,
+                                progress=for_terminal("restore", args.quiet or args.json))
+    lines = [f"{t.source} -> {t.target}: {t.rows} rows, {decimal_size(t.bytes_sent)} in {t.rows_seconds}s "
+             f"({t.rows_per_second:.0f} rows/s, {t.mb_per_second} MB/s), count and checksum {t.checksum[:16]} match "
+             f"({t.check_seconds}s), {t.seconds}s in all"
+             + (f"; the old table is kept as {t.replaced}" if t.replaced else "") for t in result.tables]
+    if result.skipped:
+        lines.append(f"not restored (only tables are): {', '.join(result.skipped)}")
+    lines.append(f"restored {len(result.tables)} table(s) of backup {result.backup_id} into {args.into_sql_host}: "
+                 f"scratch restore {result.restore_seconds}s, start {result.start_seconds}s, copy "
+                 f"{result.copy_seconds}s, total {result.total_seconds}s")
+    emit(args, result.to_dict(), "\n".join(printable(line) for line in lines))
     return 0
 
 

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--hostname", help="hostname of the MatrixOne that will use the data: refuse a backup "
                          "whose log service data belongs to another host")
     add_restore_arguments(restore)
+    add_scoped_restore_arguments(restore)
 
     verify = commands.add_parser("verify", help="check that a backup is complete and intact")
     _repo_args(verify)
@@ -234,6 +235,31 @@ def add_restore_arguments(restore: argparse.ArgumentParser) -> None:
     restore.add_argument("--finalize", action="store_true",
                          help="with --target-s3, after every --shard: check every object is there, remove the others "
                          "(--overwrite) and write the ID allocator state")
+
+
+def add_scoped_restore_arguments(restore: argparse.ArgumentParser) -> None:
+    """Scoped restores (engine/scoped.py): tables of a backup into the running MatrixOne."""
+    scoped = restore.add_argument_group("scoped restore into a running MatrixOne (instead of --target)")
+    scoped.add_argument("--only", action="append", default=[], metavar="DB[.TABLE]",
+                        help="restore only this database or table (repeatable), copied into --into-sql-host")
+    scoped.add_argument("--into-sql-host", metavar="HOST", help="the running MatrixOne the tables go into")
+    scoped.add_argument("--into-sql-port", type=int_range(1, 65535), default=6001, metavar="PORT")
+    scoped.add_argument("--into-sql-user", default="root", metavar="USER",
+                        help="its user (password in env MOBACKUP_INTO_SQL_PASSWORD)")
+    scoped.add_argument("--as", dest="as_name", metavar="NEW_DB[.NEW_TABLE]",
+                        help="the target: a database for a database (tables keep their names), or DB.TABLE for "
+                        "one table (default: the same database, table name + _restored_<UTC time>)")
+    scoped.add_argument("--suffix", help="the target tables' names: the table's name plus this suffix")
+    scoped.add_argument("--replace", action="store_true",
+                        help="replace an existing target table once the copy is checked (the old one is kept as "
+                        "<table>_replaced_<UTC time>)")
+    scoped.add_argument("--mo-service", help="the mo-service binary for the scratch MatrixOne (its etc/launch next "
+                        "to it)")
+    scoped.add_argument("--scratch-dir", help="where the scratch directory is made (default: the temp directory)")
+    scoped.add_argument("--scratch-sql-user", default="root",
+                        help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
+    scoped.add_argument("--timeout", type=int_range(1), default=600, metavar="SECONDS",
+                        help="seconds the scratch MatrixOne has to answer SQL")
 
 
 def add_commit_command(commands: Any) -> None:
