@@ -220,6 +220,16 @@ def test_a_patched_backup_id_is_not_copied(kube: CopyKube) -> None:
     assert storage_status(kube)["copies"][0]["pending"] == 1
 
 
+def test_a_forged_status_copies_entry_does_not_stop_the_copy(kube: CopyKube) -> None:
+    """Whether a copy is owed is read from the operator's record in metadata, not from status.copies."""
+    kube.crs[("MOBackup", "b-old")]["status"]["copies"] = [{"storage": "far", "backupID": "id-old"}]
+    copy_pass(kube)
+    assert list(kube.jobs) == [copy_job_of("b-old")]
+    finished_job(kube, copy_job_of("b-old"), True, report("id-old"))
+    copy_pass(kube)
+    assert kube.crs[("MOBackup", "b-old")]["metadata"]["annotations"][copies.A_COPIED_TO] == "far"
+
+
 def test_the_agent_reads_the_target_only_from_its_own_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     """The source's endpoint, CA and keys never leak into the target's settings."""
     for name, value in {"AWS_ENDPOINT_URL": "http://source:9000", "AWS_CA_BUNDLE": "/ca", "AWS_ACCESS_KEY_ID": "src",

@@ -34,9 +34,25 @@ class Pending:
     completed: float  # unix seconds
 
 
+# The targets a backup was copied to, recorded by the operator in metadata (a status patch can
+# write status.copies, not this): what decides whether a copy is still owed.
+A_COPIED_TO = "mobackup.io/copied-to"
+
+
 def copied_to(backup: dict[str, Any], target: str) -> bool:
-    return any(isinstance(c, dict) and c.get("storage") == target
-               for c in (backup.get("status") or {}).get("copies") or [])
+    recorded = (backup["metadata"].get("annotations") or {}).get(A_COPIED_TO) or ""
+    return target in recorded.split(",")
+
+
+def record_copy(ctx: Ctx, backup: dict[str, Any], target: str) -> None:
+    ns, name, _ = meta(backup)
+    recorded = [t for t in ((backup["metadata"].get("annotations") or {}).get(A_COPIED_TO) or "").split(",") if t]
+    value = ",".join(sorted({*recorded, target}))
+    try:
+        updated = ctx.kube.patch_cr("MOBackup", ns, name, {"metadata": {"annotations": {A_COPIED_TO: value}}})
+    except NotFound:
+        return
+    backup["metadata"] = updated.get("metadata") or backup["metadata"]
 
 
 def completed_backups(ctx: Ctx, ns: str, storage_name: str) -> list[Pending]:
@@ -213,6 +229,7 @@ def follow(ctx: Ctx, p: Pending, target: str, tst: models.StorageSpec, job: dict
         copies = [c for c in bst.get("copies") or [] if isinstance(c, dict) and c.get("storage") != target]
         copies.append({"storage": target, "location": tst.location, "backupID": p.backup_id,
                        "completionTime": status.iso()})
+        record_copy(ctx, p.obj, target)
         patch_fields(ctx, p.obj, copies=copies, copyFailures=failures or None)
         ctx.metrics.inc("mobackup_successes_total", kind="Copy", namespace=ns)
         res = (result or {}).get("result") or {}
