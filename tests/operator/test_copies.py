@@ -220,6 +220,15 @@ def test_a_patched_backup_id_is_not_copied(kube: CopyKube) -> None:
     assert storage_status(kube)["copies"][0]["pending"] == 1
 
 
+def test_a_target_taken_out_of_copy_to_leaves_no_lag_behind(kube: CopyKube) -> None:
+    ctx = copy_pass(kube)
+    assert ctx.metrics.get("mobackup_copy_lag_seconds", namespace=NS, storage="main", target="far")
+    kube.crs[("MOBackupStorage", "main")]["spec"] = {k: v for k, v in SOURCE_SPEC.items() if k != "copyTo"}
+    copy_pass(kube, ctx)
+    assert ctx.metrics.get("mobackup_copy_lag_seconds", namespace=NS, storage="main", target="far") is None
+    assert "copies" not in storage_status(kube)
+
+
 def test_a_forged_status_copies_entry_does_not_stop_the_copy(kube: CopyKube) -> None:
     """Whether a copy is owed is read from the operator's record in metadata, not from status.copies."""
     kube.crs[("MOBackup", "b-old")]["status"]["copies"] = [{"storage": "far", "backupID": "id-old"}]

@@ -114,6 +114,10 @@ def reconcile_copies(ctx: Ctx, obj: dict[str, Any]) -> None:
         src = models.parse_storage(obj.get("spec") or {})
     except models.SpecError:
         return
+    for gone in {str(c.get("storage")) for c in (obj.get("status") or {}).get("copies") or []
+                 if isinstance(c, dict)} - set(src.copy_to):  # no longer a target: no lag to alert on
+        for metric in ("mobackup_copy_lag_seconds", "mobackup_copy_pending_backups"):
+            ctx.metrics.remove(metric, namespace=ns, storage=name, target=gone)
     if not src.copy_to:
         if (obj.get("status") or {}).get("copies"):
             patch_fields(ctx, obj, copies=None)

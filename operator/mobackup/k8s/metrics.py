@@ -7,6 +7,7 @@ declares every metric up front with fixed label names, so a scrape lists all of 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -69,6 +70,11 @@ class Registry:
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         self.metrics[name].labels(**labels).observe(value)
+
+    def remove(self, name: str, **labels: str) -> None:
+        """Drop one series (e.g. of a copy target no longer configured); absent is fine."""
+        with contextlib.suppress(KeyError):
+            self.metrics[name].remove(*(labels[k] for k in HELP[name][2]))
 
     def get(self, name: str, **labels: str) -> float | None:
         """The current value of a gauge or counter series; None when it has no sample yet."""
