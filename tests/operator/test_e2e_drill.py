@@ -185,6 +185,9 @@ def check_alerts_and_dashboard(env: Env, prom: Prometheus) -> None:
     env.create("MOBackupStorage", "unreachable", {"s3": {"endpoint": "http://127.0.0.1:9", "bucket": "bkt",
                                                          "credentialsSecretRef": {"name": "s3-creds"}}})
     env.wait_phase("MOBackupStorage", "unreachable", "Unavailable")
+    # The copy panels: the storage "s3" copies to the unreachable one (its backups wait: lag > 0).
+    env.api.merge_patch(env.path("MOBackupStorage", "s3"), {"spec": {"copyTo": [{"name": "unreachable"}]}})
+    env.wait("MOBackupStorage", "s3", lambda o: bool((o.get("status") or {}).get("copies")), 60, "status.copies")
     for name, state in (("MORestoreDrillFailed", "firing"), ("MOBackupFailed", "firing"),
                         ("MOBackupStorageUnavailable", "pending")):  # pending: its `for` is 15 minutes
         alerts = prom.wait_for(f'ALERTS{{alertname="{name}", alertstate="{state}"}}', 30)

@@ -98,6 +98,14 @@ CASES: dict[str, dict[str, Any]] = {
                             alert("MOBackupStorageUnavailable", "25m", {"namespace": NS, "storage": "s3"}),
                             alert("MOBackupStorageUnavailable", "45m")],
     },
+    "MOBackupCopyLagging": {  # a backup waits over 6 h for its copy, for 15 m; copied, it resolves
+        "interval": "1m",
+        "input_series": [series(f'mobackup_copy_lag_seconds{{namespace="{NS}",storage="a",target="b"}}',
+                                "0x10 21000x5 22000x30 0x30")],
+        "alert_rule_test": [alert("MOBackupCopyLagging", "14m"), alert("MOBackupCopyLagging", "25m"),
+                            alert("MOBackupCopyLagging", "35m", {"namespace": NS, "storage": "a", "target": "b"}),
+                            alert("MOBackupCopyLagging", "60m")],
+    },
     "MOBackupOperatorDown": {  # not scraped (up 0, or no series at all) for 10 m
         "interval": "1m",
         "input_series": [series('up{job="mo-backup-operator-metrics",namespace="mobackup-system"}',
@@ -118,7 +126,7 @@ def test_the_rendered_rules_are_valid(tmp_path: Path) -> None:
     rules = rendered_rules()
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
     checked = promtool("check", "rules", tmp_path / "rules.yaml")
-    assert checked.returncode == 0 and "SUCCESS: 7 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
     assert {r["alert"] for g in rules["groups"] for r in g["rules"]} == {name.split(",")[0] for name in CASES}
 
 

@@ -1,4 +1,4 @@
-"""`mobackup agent backup|restore|delete`: what a Job pod runs.
+"""`mobackup agent backup|restore|delete|copy`: what a Job pod runs.
 
 Settings come from the args (nothing secret) and the environment (S3 keys, encryption key: env from
 Secrets). The result JSON goes to the termination message file (read back by the operator) and to
@@ -175,7 +175,45 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--backup-id", required=True)
     d.add_argument("--source", help="refuse unless the backup is of this source (the operator's delete Job)")
     d.add_argument("--not-before", metavar="TIME", help="refuse unless the backup started after this ISO time")
+    cp = sub.add_parser("copy")
+    common(cp)
+    cp.add_argument("--to", required=True, help="the target repository (its settings in MOBACKUP_TO_*)")
+    cp.add_argument("--backup-id", required=True)
     return p
+
+
+def target_options(args: argparse.Namespace) -> Any:
+    """The copy target's settings: only MOBACKUP_TO_* (jobs.TARGET_ENV), never the source's AWS_* ones."""
+    from dataclasses import replace
+
+    from mobackup.engine.repository import RepositoryOptions
+
+    env = os.environ
+    opts = RepositoryOptions.from_env(args.to, key_env="MOBACKUP_TO_ENCRYPTION_KEY", compression=args.compression,
+                                      parallelism=args.parallelism, bandwidth_limit=args.bandwidth_limit)
+    return replace(opts, s3_endpoint=env.get("MOBACKUP_TO_ENDPOINT") or None,
+                   s3_region=env.get("MOBACKUP_TO_REGION") or None,
+                   s3_path_style=env.get("MOBACKUP_TO_PATH_STYLE", "").lower() in ("1", "true", "yes"),
+                   s3_ca_bundle=env.get("MOBACKUP_TO_CA_BUNDLE") or None,
+                   s3_access_key_id=env.get("MOBACKUP_TO_ACCESS_KEY_ID") or None,
+                   s3_secret_access_key=env.get("MOBACKUP_TO_SECRET_ACCESS_KEY") or None)
+
+
+def run_copy(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dict[str, Any]:
+    """Copy one backup; the result names it and says whether it was transferred or already there."""
+    from mobackup.engine.copy import copy_backups
+    from mobackup.engine.repository import open_repository
+
+    source = open_repository(opts, create=False)
+    target_opts = target_options(args)
+    if source.codec.keys is not None and not target_opts.encryption_key:
+        raise MobackupError(f"{source.location} is encrypted and the target has no encryption key")
+    target = open_repository(target_opts, create=True)
+    res = copy_backups(source, target, [args.backup_id], progress=reporter)
+    return {"ok": True, "action": "copy",
+            "result": {"backup_id": args.backup_id, "target": res.target, "copied": res.copied,
+                       "present": res.present, "bytes_copied": res.bytes_copied, "stored_bytes": res.stored_bytes,
+                       "duration_seconds": res.duration_seconds}}
 
 
 def _write_result(path: str, result: dict[str, Any]) -> None:
@@ -266,6 +304,8 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
 
     opts = RepositoryOptions.from_env(args.repo, compression=args.compression, parallelism=args.parallelism,
                                       bandwidth_limit=args.bandwidth_limit)
+    if args.action == "copy":
+        return run_copy(args, opts, reporter)
     if getattr(args, "staging", None) or getattr(args, "target_s3", None):
         return run_s3(args, opts, reporter)
     if args.action == "commit":

@@ -176,6 +176,16 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
         patch["location"] = location
     if result.backup_count is not None:
         patch["backupCount"] = result.backup_count
+    if result.available and location and storage.stats_due(old.get("stats"), result.backup_count,
+                                                           status.now().timestamp()):
+        try:
+            stats = storage.repo_stats(ctx.kube, ns, st, ctx.defaults.ambient_credential_buckets)
+        except Exception as e:  # the figures are extra: a failure never makes the storage unavailable
+            log.warning("stats of MOBackupStorage %s/%s: %s", ns, name, e)
+            stats = None
+        if stats is not None:
+            patch["stats"] = stats
+            ctx.metrics.set("mobackup_storage_stored_bytes", stats["storedBytes"], namespace=ns, storage=name)
     try:
         ctx.kube.patch_status("MOBackupStorage", ns, name, patch)
     except NotFound:

@@ -300,6 +300,15 @@ def storage_crd() -> Schema:
                          default="zstd"),
         "checkIntervalSeconds": s("How often the operator re-checks that the storage is reachable and the "
                                   "credentials work.", "integer", default=300, minimum=10),
+        "copyTo": s("Other MOBackupStorages (same namespace) that every Completed MOBackup of this storage is "
+                    "copied to, by a Job per backup and target (oldest first, one at a time per target). Each "
+                    "target keeps its copies under its own retention: the operator never deletes a copy (not "
+                    "when the MOBackup is deleted or pruned by a schedule); prune a target with `mobackup prune`.",
+                    "array", maxItems=8, **{"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                                            "items": obj("A target storage.", {
+                                                "name": s("Name of the target MOBackupStorage (not this one).",
+                                                          pattern=DNS_SUBDOMAIN),
+                                            }, ["name"])}),
     }, None, **{"x-kubernetes-validations": [
         {"rule": "has(self.s3) != has(self.pvc)", "message": "set exactly one of s3 or pvc"}]})
     status = obj("Observed state of the storage.", {
@@ -310,6 +319,27 @@ def storage_crd() -> Schema:
         "location": s("Location of the repository, e.g. s3://bucket/prefix (no credentials)."),
         "backupCount": s("Completed backups listed in the repository at the last check.", "integer"),
         "observedGeneration": s("Generation of the spec last checked.", "integer"),
+        "stats": obj("What the repository stores (S3 storages; refreshed at a check when its backups changed, "
+                     "else at most hourly; `mobackup stats` gives the per-backup figures).", {
+            "storedBytes": s("Bytes of every object in the repository.", "integer"),
+            "logicalBytes": s("Sum of the backups' logical sizes (what restoring each would write).", "integer"),
+            "dedupRatio": s("Logical bytes / distinct plaintext bytes referenced.", "number"),
+            "compressionRatio": s("Distinct plaintext bytes / their stored size.", "number"),
+            "growthBytesPerDay": s("Bytes added per day, from the first backup to the last.", "number"),
+            "unreferencedBytes": s("Blob bytes no backup references (what prune would remove).", "integer"),
+            "backups": s("Backups counted.", "integer"),
+            "computedAt": s("When these figures were computed.", format="date-time"),
+        }),
+        "copies": s("Per copyTo target: the copy state of this storage's Completed backups.", "array",
+                    items=obj("One target.", {
+                        "storage": s("Name of the target MOBackupStorage."),
+                        "copied": s("Completed backups of this storage already in the target.", "integer"),
+                        "pending": s("Completed backups not yet copied.", "integer"),
+                        "oldestPending": s("Completion time of the oldest backup not yet copied (metric "
+                                           "mobackup_copy_lag_seconds: its age).", format="date-time"),
+                        "reason": s("Why copies do not proceed (CamelCase), if they do not."),
+                        "message": s("What is wrong, if anything."),
+                    })),
         "conditions": conditions(),
     })
     cols = [column("Phase", ".status.phase"), column("Location", ".status.location"),
@@ -473,6 +503,22 @@ def backup_crd() -> Schema:
                          "online base for an Incremental).", "integer"),
         "storedBytes": s("Bytes this backup added to the repository (after compression and encryption).",
                          "integer"),
+        "copies": s("Where else this backup lives: one entry per copyTo target of its storage it was copied to "
+                    "(written by the operator once it found the backup in the target).", "array",
+                    items=obj("A copy.", {
+                        "storage": s("Name of the target MOBackupStorage."),
+                        "location": s("Repository location of the target (no credentials)."),
+                        "backupID": s("Backup ID in the target (a copy keeps the ID)."),
+                        "completionTime": s("When the copy completed.", format="date-time"),
+                    })),
+        "copyFailures": s("Copies that failed, by target (retried every 5 minutes).", "array",
+                          items=obj("A failed copy.", {
+                              "storage": s("Name of the target MOBackupStorage."),
+                              "reason": s("CamelCase reason."),
+                              "message": s("The agent's error (never a secret)."),
+                              "attempts": s("Failed attempts so far.", "integer"),
+                              "time": s("When the last attempt failed.", format="date-time"),
+                          })),
         "checkpoint": obj("The checkpoint forced through the SQL endpoint before the copy.", {
             "time": s("When it was asked for.", format="date-time"),
             "ok": s("Whether MatrixOne confirmed it.", "boolean"),

@@ -23,7 +23,7 @@ from typing import Any
 
 import kopf
 
-from . import controller, drill, jobs, schedule, status, workload
+from . import controller, copies, drill, jobs, schedule, status, workload
 from .controller import Ctx
 from .kube import NotFound
 from .models import GROUP, VERSION
@@ -44,6 +44,8 @@ class State:
     dirty_schedules: set[tuple[str, str]] = field(default_factory=set)
     fast: set[tuple[str, str, str]] = field(default_factory=set)  # runs polled every FAST_SECONDS
     storages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    copy_seconds: float = 30.0  # passes over each storage with copyTo (sooner when marked dirty)
+    dirty_copies: set[tuple[str, str]] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -100,6 +102,8 @@ def drive(kind: str, ns: str, name: str) -> None:
             STATE.fast.discard((kind, ns, name))
     if kind == "MOBackup" and phase == "Completed" and before != "Completed":
         recount_storage(ns, _storage_of(obj))
+        with STATE.lock:
+            STATE.dirty_copies.add((ns, str(_storage_of(obj))))
     if kind == "MOBackup":
         sched = (obj["metadata"].get("labels") or {}).get(schedule.L_SCHEDULE)
         if sched and phase in ("Completed", "Failed"):
@@ -199,6 +203,11 @@ def job_event(body: kopf.Body, **_: Any) -> None:
     labels = body.get("metadata", {}).get("labels") or {}
     kind = {"mobackup": "MOBackup", "morestore": "MORestore",
             "morestoredrill": drill.KIND}.get(labels.get(jobs.L_KIND, ""))
+    if labels.get(jobs.L_ACTION) == "copy":  # the source storage's copy pass follows it
+        if labels.get(copies.L_COPY_SOURCE):
+            with STATE.lock:
+                STATE.dirty_copies.add((body["metadata"]["namespace"], labels[copies.L_COPY_SOURCE]))
+        return
     if not kind or labels.get(jobs.L_ACTION) == "delete":
         return
     owner = next((r for r in body.get("metadata", {}).get("ownerReferences") or [] if r.get("kind") == kind), None)
@@ -287,6 +296,30 @@ def _check_storage(key: tuple[str, str], force: bool = False) -> None:
     _fresh_and_locked("MOBackupStorage", key, check)
 
 
+_copying: set[tuple[str, str]] = set()
+_last_copies: dict[tuple[str, str], float] = {}  # when each storage's copy pass last started
+
+
+def _copies_async(key: tuple[str, str]) -> None:
+    """A copy pass may open the target repository (network): in its own thread, one per storage."""
+    with STATE.lock:
+        if key in _copying:
+            STATE.dirty_copies.add(key)  # once more after the running pass
+            return
+        _copying.add(key)
+
+    def work() -> None:
+        try:
+            _fresh_and_locked("MOBackupStorage", key, copies.reconcile_copies)
+        except Exception:
+            log.exception("copies of %s/%s", *key)
+        finally:
+            with STATE.lock:
+                _copying.discard(key)
+
+    threading.Thread(target=work, name=f"copy-{key[1]}", daemon=True).start()
+
+
 # ------------------------------------------------------------------------------------------ schedules
 
 @kopf.on.event(GROUP, VERSION, "mobackupschedules")
@@ -336,6 +369,8 @@ def resync_once(last_sweep: float, last_schedules: dict[tuple[str, str], float])
         schedules = list(STATE.schedules.items())
         dirty = set(STATE.dirty_schedules)
         STATE.dirty_schedules.clear()
+        dirty_copies = set(STATE.dirty_copies) - _copying
+        STATE.dirty_copies.difference_update(dirty_copies)
     for kind in ("MOBackup", "MORestore", drill.KIND):
         ctx.metrics.set("mobackup_active_runs", sum(1 for r in runs if r[0] == kind), kind=kind)
     for kind, ns, name in runs:
@@ -346,6 +381,10 @@ def resync_once(last_sweep: float, last_schedules: dict[tuple[str, str], float])
     for key, obj in storages:
         if controller.storage_check_due(obj, now):
             _check_storage_async(key)
+        copying = (obj.get("spec") or {}).get("copyTo") or (obj.get("status") or {}).get("copies")
+        if copying and (key in dirty_copies or now - _last_copies.get(key, 0.0) >= STATE.copy_seconds):
+            _last_copies[key] = now
+            _copies_async(key)
     for key, obj in schedules:
         last = last_schedules.get(key, now)  # the watch event of a new schedule drove it already
         last_schedules.setdefault(key, now)

@@ -145,34 +145,48 @@ def run_job_names(owner: Owner) -> tuple[str, ...]:
     return tuple(job_name(owner, a) for a in actions.get(owner.kind, ()))
 
 
-def repo_url(storage: StorageSpec) -> str:
+def repo_url(storage: StorageSpec, mount: str = REPO_MOUNT) -> str:
     if storage.s3:
         prefix = storage.s3.prefix.strip("/")
         return f"s3://{storage.s3.bucket}/{prefix}" if prefix else f"s3://{storage.s3.bucket}"
     assert storage.pvc
-    return f"{REPO_MOUNT}/{storage.pvc.path}".rstrip("/.") if storage.pvc.path != "." else REPO_MOUNT
+    return f"{mount}/{storage.pvc.path}".rstrip("/.") if storage.pvc.path != "." else mount
 
 
 def secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def storage_env_and_volumes(storage: StorageSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                                             list[dict[str, Any]]]:
-    """(env, volumes, volumeMounts) that let the agent open the repository."""
+# Env names of a repository's settings: the source's (AWS_*, as every tool reads them) and a copy
+# target's (MOBACKUP_TO_*, as `mobackup copy` reads them: cli/repos.py).
+SOURCE_ENV = {"endpoint": "AWS_ENDPOINT_URL", "region": "AWS_REGION", "path_style": "MOBACKUP_S3_PATH_STYLE",
+              "key_id": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "ca": "AWS_CA_BUNDLE",
+              "encryption": "MOBACKUP_ENCRYPTION_KEY"}
+TARGET_ENV = {"endpoint": "MOBACKUP_TO_ENDPOINT", "region": "MOBACKUP_TO_REGION",
+              "path_style": "MOBACKUP_TO_PATH_STYLE", "key_id": "MOBACKUP_TO_ACCESS_KEY_ID",
+              "secret": "MOBACKUP_TO_SECRET_ACCESS_KEY", "ca": "MOBACKUP_TO_CA_BUNDLE",
+              "encryption": "MOBACKUP_TO_ENCRYPTION_KEY"}
+TARGET_REPO_MOUNT = "/repo-to"
+
+
+def storage_env_and_volumes(storage: StorageSpec, target: bool = False) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(env, volumes, volumeMounts) that let the agent open the repository; `target`: as the target of
+    a copy (TARGET_ENV names, its own volume names and mount paths)."""
+    names, suffix = (TARGET_ENV, "-to") if target else (SOURCE_ENV, "")
     env: list[dict[str, Any]] = []
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     if storage.s3:
         s3 = storage.s3
         if s3.endpoint:
-            env.append({"name": "AWS_ENDPOINT_URL", "value": s3.endpoint})
-        env.append({"name": "AWS_REGION", "value": s3.region})
+            env.append({"name": names["endpoint"], "value": s3.endpoint})
+        env.append({"name": names["region"], "value": s3.region})
         if s3.path_style:
-            env.append({"name": "MOBACKUP_S3_PATH_STYLE", "value": "1"})
+            env.append({"name": names["path_style"], "value": "1"})
         if s3.credentials_secret:
-            env.append(secret_env("AWS_ACCESS_KEY_ID", s3.credentials_secret, s3.access_key_key))
-            env.append(secret_env("AWS_SECRET_ACCESS_KEY", s3.credentials_secret, s3.secret_key_key))
+            env.append(secret_env(names["key_id"], s3.credentials_secret, s3.access_key_key))
+            env.append(secret_env(names["secret"], s3.credentials_secret, s3.secret_key_key))
         ca = s3.ca_configmap or s3.ca_secret
         if ca:
             src: dict[str, Any]
@@ -180,16 +194,15 @@ def storage_env_and_volumes(storage: StorageSpec) -> tuple[list[dict[str, Any]],
                 src = {"configMap": {"name": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]}}
             else:
                 src = {"secret": {"secretName": ca.name, "items": [{"key": ca.key, "path": "ca.crt"}]}}
-            volumes.append({"name": "ca-bundle", **src})
-            mounts.append({"name": "ca-bundle", "mountPath": CA_MOUNT, "readOnly": True})
-            env.append({"name": "AWS_CA_BUNDLE", "value": f"{CA_MOUNT}/ca.crt"})
+            volumes.append({"name": f"ca-bundle{suffix}", **src})
+            mounts.append({"name": f"ca-bundle{suffix}", "mountPath": CA_MOUNT + suffix, "readOnly": True})
+            env.append({"name": names["ca"], "value": f"{CA_MOUNT}{suffix}/ca.crt"})
     else:
         assert storage.pvc
-        volumes.append({"name": "repository", "persistentVolumeClaim": {"claimName": storage.pvc.claim}})
-        mounts.append({"name": "repository", "mountPath": REPO_MOUNT})
+        volumes.append({"name": f"repository{suffix}", "persistentVolumeClaim": {"claimName": storage.pvc.claim}})
+        mounts.append({"name": f"repository{suffix}", "mountPath": TARGET_REPO_MOUNT if target else REPO_MOUNT})
     if storage.encryption_key:
-        env.append(secret_env("MOBACKUP_ENCRYPTION_KEY", storage.encryption_key.name,
-                               storage.encryption_key.key))
+        env.append(secret_env(names["encryption"], storage.encryption_key.name, storage.encryption_key.key))
     return env, volumes, mounts
 
 
@@ -636,6 +649,31 @@ def delete_job(owner: Owner, storage: StorageSpec, backup_id: str, overrides: Jo
         args += ["--not-before", not_before]
     return build_job(owner=owner, action="delete", args=args, env=env, volumes=volumes, mounts=mounts,
                      overrides=overrides, defaults=defaults)
+
+
+def _copy_step(target: str) -> str:
+    return "copy-" + hashlib.sha256(target.encode()).hexdigest()[:8]
+
+
+def copy_job_name(owner: Owner, target: str) -> str:
+    """The copy Job of one backup to one target (derived: the only name the operator follows)."""
+    return job_name(owner, _copy_step(target))
+
+
+def copy_job(owner: Owner, source: StorageSpec, target: StorageSpec, target_name: str, backup_id: str,
+             overrides: JobOverrides, defaults: OperatorDefaults) -> dict[str, Any]:
+    """`mobackup agent copy`: the source repository's settings as for any Job, the target's under
+    TARGET_ENV names (both credentials only as env from their Secrets)."""
+    env, volumes, mounts = storage_env_and_volumes(source)
+    tenv, tvolumes, tmounts = storage_env_and_volumes(target, target=True)
+    args = ["--repo", repo_url(source), "--to", repo_url(target, TARGET_REPO_MOUNT), "--backup-id", backup_id,
+            "--compression", target.compression]
+    job = build_job(owner=owner, action="copy", args=args, env=env + tenv, volumes=volumes + tvolumes,
+                    mounts=mounts + tmounts, overrides=overrides, defaults=defaults,
+                    name_suffix=_copy_step(target_name))
+    job["metadata"]["labels"]["mobackup.io/copy-target"] = target_name[:63].rstrip("-.")
+    job["spec"]["template"]["metadata"]["labels"]["mobackup.io/copy-target"] = target_name[:63].rstrip("-.")
+    return job
 
 
 # ---------------------------------------------------------------------------------------- Job state

@@ -7,6 +7,7 @@ declares every metric up front with fixed label names, so a scrape lists all of 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -20,6 +21,7 @@ BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, float("inf"
 
 RUN = ("kind", "namespace")
 SOURCE = ("namespace", "source")
+COPY = ("namespace", "storage", "target")
 # name -> (type, help, label names)
 HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mobackup_runs_total": ("counter", "Backup/restore/delete runs started (Jobs created), by kind.", RUN),
@@ -37,6 +39,12 @@ HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "mobackup_last_drill_success_timestamp_seconds": ("gauge", "When the newest passing MORestoreDrill of a "
                                                                "source ended (unix seconds).", SOURCE),
     "mobackup_drill_failures_total": ("counter", "MORestoreDrills that failed, by source.", SOURCE),
+    "mobackup_copy_lag_seconds": ("gauge", "Age of the oldest Completed backup of a storage not yet copied to a "
+                                           "copyTo target (0 when none).", COPY),
+    "mobackup_copy_pending_backups": ("gauge", "Completed backups of a storage not yet copied to a copyTo target.",
+                                      COPY),
+    "mobackup_storage_stored_bytes": ("gauge", "Bytes stored in an S3 storage's repository (status.stats).",
+                                      ("namespace", "storage")),
 }
 
 
@@ -62,6 +70,11 @@ class Registry:
 
     def observe(self, name: str, value: float, **labels: str) -> None:
         self.metrics[name].labels(**labels).observe(value)
+
+    def remove(self, name: str, **labels: str) -> None:
+        """Drop one series (e.g. of a copy target no longer configured); absent is fine."""
+        with contextlib.suppress(KeyError):
+            self.metrics[name].remove(*(labels[k] for k in HELP[name][2]))
 
     def get(self, name: str, **labels: str) -> float | None:
         """The current value of a gauge or counter series; None when it has no sample yet."""

@@ -150,6 +150,7 @@ class StorageSpec:
     encryption_key: SecretKey | None
     compression: str
     check_interval: int
+    copy_to: tuple[str, ...] = ()  # names of target MOBackupStorages
 
     @property
     def location(self) -> str:
@@ -192,10 +193,15 @@ def parse_storage(spec: dict[str, Any]) -> StorageSpec:
     compression = spec.get("compression", "zstd")
     if compression not in ("none", "zstd"):
         raise SpecError(f"spec.compression must be none or zstd, got {compression!r}")
+    copy_to = spec.get("copyTo") or []
+    if not isinstance(copy_to, list):
+        raise SpecError("spec.copyTo must be a list of {name}")
+    targets = tuple(dict.fromkeys(_name(_need(t, "name", f"spec.copyTo[{i}]") if isinstance(t, dict) else None,
+                                        f"spec.copyTo[{i}].name") for i, t in enumerate(copy_to)))
     return StorageSpec(s3, pvc,
                        _secret_key(enc["keySecretRef"], "spec.encryption.keySecretRef", "key")
                        if enc.get("keySecretRef") else None,
-                       compression, int(spec.get("checkIntervalSeconds", 300)))
+                       compression, int(spec.get("checkIntervalSeconds", 300)), targets)
 
 
 # ------------------------------------------------------------------- MatrixOne with table data in S3

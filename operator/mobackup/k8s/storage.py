@@ -180,6 +180,44 @@ def open_repo(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, 
     return open_repository(_s3_options(st, read_credentials(kube, ns, st, ambient_buckets), None))
 
 
+STATS_MAX_AGE_SECONDS = 3600
+
+
+def stats_due(old: dict[str, Any] | None, backup_count: int | None, now_ts: float) -> bool:
+    """Recompute status.stats when the backups changed, else at most hourly (it reads every file list)."""
+    from .status import parse_iso
+
+    if backup_count is None:
+        return False
+    computed = parse_iso((old or {}).get("computedAt"))
+    return computed is None or (old or {}).get("backups") != backup_count or \
+        now_ts - computed.timestamp() >= STATS_MAX_AGE_SECONDS
+
+
+def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """status.stats of an S3 storage the operator can open (engine/stats.py); None otherwise."""
+    from mobackup.engine.errors import RepositoryNotFound
+    from mobackup.engine.stats import repository_stats
+
+    from .status import iso
+
+    try:
+        repo = open_repo(kube, ns, st, ambient_buckets)
+    except RepositoryNotFound:
+        return None
+    if repo is None:
+        return None
+    s = repository_stats(repo)
+    out: dict[str, Any] = {"storedBytes": s.stored_bytes, "logicalBytes": s.logical_bytes,
+                           "unreferencedBytes": s.unreferenced_blob_bytes, "backups": len(s.backups) + len(s.damaged),
+                           "computedAt": iso()}
+    for key, value in (("dedupRatio", s.dedup_ratio), ("compressionRatio", s.compression_ratio),
+                       ("growthBytesPerDay", s.growth_bytes_per_day)):
+        if value is not None:
+            out[key] = round(float(value), 3)
+    return out
+
+
 def check(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> CheckResult:
     """Reachable, credentials accepted, the encryption key right, and how many backups it lists."""
     from mobackup.engine.errors import EncryptionKeyError, RepositoryFormatError, RepositoryNotFound
