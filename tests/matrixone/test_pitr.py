@@ -37,6 +37,9 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     repo, snap = tmp_path / "repo", tmp_path / "snap"
     mo = matrixone_factory(DEFAULT_VERSION, hostname="mo-src")
     mo.start()
+    # Sessions in another zone than the server process's (UTC): SHOW PITR prints its times in the
+    # session's zone, and the restored data keeps this setting; neither may shift the interval or T.
+    mo.sql("set global time_zone = '+08:00'")
     # An online backup with --pitr-window creates the cluster PITR; it records the window but no history.
     online = run("backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--data-dir", mo.data_dir,
                  "--repo", repo, "--source", "mo", "--pitr-window", "12h", "--json", "--quiet")
@@ -46,6 +49,8 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     assert online_summary["extra"]["pitr"]["ensured"] == "created mobackup_mo (12 h)"
     assert [w["name"] for w in online_summary["extra"]["pitr"]["windows"]] == ["mobackup_mo"]
     assert mo.sql("show pitr")[0][0] == "mobackup_mo"
+    created = datetime.fromisoformat(online_summary["extra"]["pitr"]["windows"][0]["created"].replace("Z", "+00:00"))
+    assert abs((created - datetime.now(UTC)).total_seconds()) < 120, created
 
     incident = Incident(mo)
     t, before, writer = incident.t, incident.before, incident.writer

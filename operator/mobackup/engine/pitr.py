@@ -90,7 +90,7 @@ def range_clause(seconds: float) -> tuple[int, str]:
 def _utc(value: Any) -> str:
     if not isinstance(value, datetime):
         raise MobackupError(f"SHOW PITR answered a time {value!r}")
-    return iso(value.replace(tzinfo=UTC))  # MatrixOne stores PITR times in UTC
+    return iso(value.replace(tzinfo=UTC))  # read with the session in UTC
 
 
 def read_windows(connection: Any) -> list[PitrWindow]:
@@ -98,8 +98,15 @@ def read_windows(connection: Any) -> list[PitrWindow]:
     MobackupError when the server refuses (one without PITR, or a non-sys user)."""
     try:
         with connection.cursor() as cursor:
-            cursor.execute("show pitr")
-            rows = cursor.fetchall()
+            # SHOW PITR prints its times in the session's zone: read them in UTC, then put it back.
+            cursor.execute("select @@time_zone")
+            zone = cursor.fetchone()[0]
+            cursor.execute("set time_zone = '+00:00'")
+            try:
+                cursor.execute("show pitr")
+                rows = cursor.fetchall()
+            finally:
+                cursor.execute("set time_zone = %s", (str(zone),))
     except pymysql.MySQLError as error:
         raise MobackupError(f"SHOW PITR failed: {error.args[-1]}") from None
     windows = []

@@ -235,10 +235,12 @@ def run_restore_to_time(
 
 def _bring_to_time(connection: Any, t: datetime, result: PitrRestoreResult) -> None:
     with connection.cursor() as cursor:
+        # RESTORE ... FROM PITR reads T in the server process's local zone (not the session's, which
+        # the restored data may set otherwise): SYSTEM shows it, and it must be UTC (TZ=UTC).
+        cursor.execute("set time_zone = 'SYSTEM'")
         cursor.execute("select version(), current_timestamp(), utc_timestamp()")
         version, local, utc = cursor.fetchone()
         result.mo_version = str(version)
-        # T below is given in UTC: the server's local time (TZ=UTC) must be UTC.
         if not isinstance(local, datetime) or not isinstance(utc, datetime) or abs(local - utc).total_seconds() > 60:
             raise MobackupError(f"the restored MatrixOne's local time {local} is not UTC ({utc})")
         windows = read_windows(connection)
