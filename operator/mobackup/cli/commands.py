@@ -164,7 +164,7 @@ def cmd_scoped_restore(args: argparse.Namespace) -> int:
     result = run_scoped_restore(repo, args.id, args.only, live, Path(args.mo_service), as_name=args.as_name,
                                 suffix=args.suffix, replace=args.replace,
                                 scratch_parent=Path(args.scratch_dir) if args.scratch_dir else None,
-                                scratch_user=args.scratch_sql_user, timeout=args.timeout,
+                                scratch_user=args.sql_user, timeout=args.timeout,
                                 progress=for_terminal("restore", args.quiet or args.json))
     lines = [f"{t.source} -> {t.target}: {t.rows} rows, {decimal_size(t.bytes_sent)} in {t.rows_seconds}s "
              f"({t.rows_per_second:.0f} rows/s, {t.mb_per_second} MB/s), count and checksum {t.checksum[:16]} match "

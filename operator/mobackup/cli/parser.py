@@ -253,13 +253,9 @@ def add_scoped_restore_arguments(restore: argparse.ArgumentParser) -> None:
     scoped.add_argument("--replace", action="store_true",
                         help="replace an existing target table once the copy is checked (the old one is kept as "
                         "<table>_replaced_<UTC time>)")
-    scoped.add_argument("--mo-service", help="the mo-service binary for the scratch MatrixOne (its etc/launch next "
-                        "to it)")
     scoped.add_argument("--scratch-dir", help="where the scratch directory is made (default: the temp directory)")
-    scoped.add_argument("--scratch-sql-user", default="root",
-                        help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
-    scoped.add_argument("--timeout", type=int_range(1), default=600, metavar="SECONDS",
-                        help="seconds the scratch MatrixOne has to answer SQL")
+    # --mo-service, --timeout and --sql-user (of the restored data) are restore's, shared with
+    # --to-time (server_check_args)
 
 
 def add_commit_command(commands: Any) -> None:
@@ -314,7 +310,7 @@ def add_pitr_arguments(backup: argparse.ArgumentParser, restore: argparse.Argume
     to_time_help = ("restore the backup whose recoverable interval holds this instant, start MatrixOne on --target "
                     "and bring it to the instant with its PITR (e.g. 2026-12-01T10:00:00Z)")
     restore.add_argument("--to-time", metavar="RFC3339", help=to_time_help)
-    server_check_args(restore, "with --to-time: ", required=False)
+    server_check_args(restore, "with --to-time or --only: ", required=False)
 
 
 def server_check_args(parser: argparse.ArgumentParser, when: str, *, required: bool) -> None:
