@@ -348,15 +348,33 @@ def _listing(tables: Iterable[tuple[str, str]], database: str | None = None) -> 
     return ", ".join(names[:50]) + (f" (and {len(names) - 50} more)" if len(names) > 50 else "") or "none"
 
 
+def _spelled(name: str, names: Iterable[str]) -> str | None:
+    """`name` as the backup spells it: the same, else the one name equal but for case (MatrixOne
+    folds names to lower case, so `--only Shop.Orders` means shop.orders)."""
+    names = set(names)
+    if name in names:
+        return name
+    folded = [n for n in names if n.lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
 def _check_in_backup(selections: Sequence[Selection], tables: set[tuple[str, str]], databases: set[str],
-                     backup_id: str) -> None:
+                     backup_id: str) -> list[Selection]:
+    """The selections as the backup spells them; MobackupError naming what it has for one it lacks."""
+    spelled = []
     for sel in selections:
-        if sel.database not in databases:
+        database = _spelled(sel.database, databases)
+        if database is None:
             raise MobackupError(f"backup {backup_id} has no database {sel.database!r}; it has: "
                                 f"{', '.join(sorted(databases)) or 'none'}")
-        if sel.table is not None and (sel.database, sel.table) not in tables:
-            raise MobackupError(f"backup {backup_id} has no table {sel}; database {sel.database} has: "
-                                f"{_listing(tables, sel.database)}")
+        table = None
+        if sel.table is not None:
+            table = _spelled(sel.table, (t for d, t in tables if d == database))
+            if table is None:
+                raise MobackupError(f"backup {backup_id} has no table {sel}; database {database} has: "
+                                    f"{_listing(tables, database)}")
+        spelled.append(Selection(database, table))
+    return list(dict.fromkeys(spelled))
 
 
 def _check_space(parent: Path, summary: Any) -> None:
@@ -407,7 +425,7 @@ def run_scoped_restore(
     catalog = summary.extra.get("catalog")
     if isinstance(catalog, dict) and isinstance(catalog.get("databases"), dict) and not catalog.get("truncated"):
         recorded = {(str(d), str(t)) for d, ts in catalog["databases"].items() if isinstance(ts, dict) for t in ts}
-        _check_in_backup(selections, recorded, {str(d) for d in catalog["databases"]}, summary.id)
+        selections = _check_in_backup(selections, recorded, {str(d) for d in catalog["databases"]}, summary.id)
     parent = Path(scratch_parent) if scratch_parent else Path(tempfile.gettempdir())
     _check_space(parent, summary)
     target = _Live(live)
@@ -468,7 +486,7 @@ def _plan(source: Any, target: _Live, selections: Sequence[Selection], target_se
         cursor.execute("select schema_name from information_schema.schemata")
         databases = {str(r[0]) for r in cursor.fetchall()} - SYSTEM_DATABASES
     tables = {(d, t) for d, t, _ in listed}
-    _check_in_backup(selections, tables, databases, backup_id)
+    selections = _check_in_backup(selections, tables, databases, backup_id)
     base = {(d, t) for d, t, k in listed if k == "BASE TABLE"}
     plans: list[_Plan] = []
     seen: set[tuple[str, str]] = set()
