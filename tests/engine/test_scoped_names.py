@@ -45,6 +45,8 @@ def test_the_table_s_own_ddl_is_rewritten_under_the_target_name_quoted() -> None
     (DDL + " -- trailing", "a comment"),
     (DDL + " # trailing", "a comment"),
     (DDL.replace("KEY `by_note` (`note`)", "CONSTRAINT `f` FOREIGN KEY (`note`) REFERENCES `p` (`n`)"), "foreign key"),
+    (DDL.replace("DEFAULT NULL", "DEFAULT (mo_ctl('dn', 'checkpoint', ''))"), "side effects"),
+    (DDL.replace("DEFAULT NULL", "DEFAULT (SELECT 1)"), "a query"),
     (DDL + " COMMENT='never closed", "unterminated"),
     (DDL.replace("`we``ird`", "`we`ird`"), "unterminated"),
 ])
