@@ -206,7 +206,8 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
           f"{writer.longest_pause:.2f} s")
 
     # A whole database into a new one: every table under its own name, the view left out.
-    whole = run("restore", backup_id, "--only", "SHOP", "--as", "shop_copy", *common, "--json")
+    whole = run("restore", backup_id, "--only", "SHOP", "--as", "shop_copy", "--insert-connections", "3", *common,
+                "--json")
     assert whole.returncode == 0, whole.stderr
     result = json.loads(whole.stdout)
     assert [t["target"] for t in result["tables"]] == ["shop_copy.b", "shop_copy.c", "shop_copy.types"]

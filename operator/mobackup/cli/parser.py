@@ -259,6 +259,9 @@ def add_scoped_restore_arguments(restore: argparse.ArgumentParser) -> None:
                         help="SQL user of the restored data (password in env MOBACKUP_SQL_PASSWORD, default 111)")
     scoped.add_argument("--timeout", type=int_range(1), default=600, metavar="SECONDS",
                         help="seconds the scratch MatrixOne has to answer SQL")
+    scoped.add_argument("--insert-connections", type=int_range(1, 8), default=1, metavar="N",
+                        help="connections that INSERT into the live server at once (default 1): more copy faster "
+                        "where it has idle capacity, and take that capacity from its own users")
 
 
 def add_commit_command(commands: Any) -> None:
