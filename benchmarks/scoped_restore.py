@@ -65,12 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
+    parser.add_argument("--insert-connections", type=int, default=1)
     args = parser.parse_args()
     home = install(DEFAULT_VERSION)
     work = Path(tempfile.mkdtemp(prefix="mobackup-scoped-bench-"))
     (work / "mo").mkdir()
     mo = MatrixOne(home, work / "mo", DEFAULT_VERSION, isolated=True)
-    out: dict[str, Any] = {"rows": args.rows, "server": DEFAULT_VERSION}
+    out: dict[str, Any] = {"rows": args.rows, "server": DEFAULT_VERSION, "insert_connections": args.insert_connections}
     try:
         out["live_start_seconds"] = round(mo.start(), 2)
         mo.sql("create database shop", B_DDL, "create database w",
@@ -88,7 +89,8 @@ def main() -> None:
         try:
             result = mobackup("restore", backup["id"], "--repo", work / "repo", "--only", "shop.b",
                               "--into-sql-host", "127.0.0.1", "--into-sql-port", str(mo.port),
-                              "--mo-service", home / "mo-service", "--scratch-dir", work)
+                              "--mo-service", home / "mo-service", "--scratch-dir", work,
+                              "--insert-connections", str(args.insert_connections))
         finally:
             writer.stop()
         copy = result["tables"][0]

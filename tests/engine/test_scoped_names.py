@@ -15,7 +15,14 @@ import pytest
 
 from mobackup.engine.drill import set_unix_socket
 from mobackup.engine.errors import MobackupError
-from mobackup.engine.scoped import Selection, create_statement, ddl_body, parse_selection, target_for
+from mobackup.engine.scoped import (
+    Selection,
+    _check_in_backup,
+    create_statement,
+    ddl_body,
+    parse_selection,
+    target_for,
+)
 from mobackup.sample import generate_mo_data
 
 MOBACKUP = str(Path(sys.executable).with_name("mobackup"))
@@ -38,6 +45,8 @@ def test_the_table_s_own_ddl_is_rewritten_under_the_target_name_quoted() -> None
     (DDL + " -- trailing", "a comment"),
     (DDL + " # trailing", "a comment"),
     (DDL.replace("KEY `by_note` (`note`)", "CONSTRAINT `f` FOREIGN KEY (`note`) REFERENCES `p` (`n`)"), "foreign key"),
+    (DDL.replace("DEFAULT NULL", "DEFAULT (mo_ctl('dn', 'checkpoint', ''))"), "side effects"),
+    (DDL.replace("DEFAULT NULL", "DEFAULT (SELECT 1)"), "a query"),
     (DDL + " COMMENT='never closed", "unterminated"),
     (DDL.replace("`we``ird`", "`we`ird`"), "unterminated"),
 ])
@@ -115,3 +124,15 @@ def test_the_cli_asks_for_what_a_scoped_restore_needs(tmp_path: Path) -> None:
         proc = subprocess.run([MOBACKUP, "restore", backup_id, "--repo", str(repo), *args], capture_output=True,
                               text=True, env=env)
         assert proc.returncode == 1 and why in proc.stderr, (args, proc.stderr)
+
+
+def test_selections_are_matched_as_the_backup_spells_them() -> None:
+    tables = {("shop", "orders"), ("shop", "Mixed"), ("shop", "mixed"), ("crm", "t")}
+    databases = {"shop", "crm", "empty"}
+    got = _check_in_backup([Selection("SHOP", "Orders"), Selection("Crm"), Selection("shop", "Mixed")], tables,
+                           databases, "id")
+    assert got == [Selection("shop", "orders"), Selection("crm"), Selection("shop", "Mixed")]
+    with pytest.raises(MobackupError, match=r"no table shop.MIXED; database shop has: shop.Mixed, shop.mixed"):
+        _check_in_backup([Selection("shop", "MIXED")], tables, databases, "id")  # two candidates: none chosen
+    with pytest.raises(MobackupError, match="no database 'nope'; it has: crm, empty, shop"):
+        _check_in_backup([Selection("nope")], tables, databases, "id")

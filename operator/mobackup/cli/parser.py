@@ -254,6 +254,9 @@ def add_scoped_restore_arguments(restore: argparse.ArgumentParser) -> None:
                         help="replace an existing target table once the copy is checked (the old one is kept as "
                         "<table>_replaced_<UTC time>)")
     scoped.add_argument("--scratch-dir", help="where the scratch directory is made (default: the temp directory)")
+    scoped.add_argument("--insert-connections", type=int_range(1, 8), default=1, metavar="N",
+                        help="connections that INSERT into the live server at once (default 1): more copy faster "
+                        "where it has idle capacity, and take that capacity from its own users")
     # --mo-service, --timeout and --sql-user (of the restored data) are restore's, shared with
     # --to-time (server_check_args)
 

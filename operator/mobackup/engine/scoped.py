@@ -192,7 +192,10 @@ def ddl_body(ddl: str, table: str) -> str:
     except MobackupError as error:
         raise MobackupError(f"SHOW CREATE TABLE of {table!r}: {error}") from None
     for pattern, why in ((r";", "a statement separator"), (r"/\*|--|#", "a comment"),
-                         (r"(?i)\b(foreign\s+key|references)\b", "a foreign key (not supported by scoped restores)")):
+                         (r"(?i)\b(foreign\s+key|references)\b", "a foreign key (not supported by scoped restores)"),
+                         # A table's own DDL has no query, and no default that acts beyond the row.
+                         (r"(?i)\b(select|mo_ctl|load_file|sleep|benchmark|outfile)\b", "a query or a function with "
+                          "side effects")):
         if re.search(pattern, bare):
             raise MobackupError(f"SHOW CREATE TABLE of {table!r} holds {why}: refusing to run it on the live server")
     return ddl[len(head):]
@@ -215,14 +218,17 @@ def table_checksum(connection: Any, database: str, table: str) -> tuple[int, str
 
 
 def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, str], copy: TableCopy,
-              batch_bytes: int = BATCH_BYTES) -> None:
+              batch_bytes: int = BATCH_BYTES, more_targets: Sequence[Any] = ()) -> None:
     """Stream `src`'s rows from the scratch server (`source`: conv=RAW) into `dst` on the live one
     (`target`: pymysql's default conv, whose escape() knows the server's quoting mode) in multi-row
     INSERTs, one statement and transaction a batch, summing the checksum. A thread reads, sums and
-    builds the next statements while this one waits for the live server."""
-    statements: queue.Queue[tuple[str, int] | BaseException | None] = queue.Queue(maxsize=4)
+    builds the next statements while this one (and one thread for each of `more_targets`, further
+    connections to the live server) runs them."""
+    statements: queue.Queue[tuple[str, int] | BaseException | None] = queue.Queue(maxsize=4 + len(more_targets))
     stop = threading.Event()
     checksum: list[int] = []
+    errors: list[BaseException] = []
+    counting = threading.Lock()
 
     def put(item: tuple[str, int] | BaseException | None) -> bool:
         while not stop.is_set():
@@ -256,23 +262,45 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
                     return
             checksum.append(total)
             put(None)
-        except BaseException as error:  # handed to the writer, which raises it
+        except BaseException as error:  # handed to a writer, which raises it
             put(error)
 
-    reader = threading.Thread(target=read, name="scoped-restore-reader", daemon=True)
-    reader.start()
+    def drain(connection: Any) -> None:
+        try:
+            with connection.cursor() as writer:
+                while not stop.is_set():
+                    try:
+                        item = statements.get(timeout=0.5)
+                    except queue.Empty:
+                        continue
+                    if item is None:  # the end: left for the other writers too
+                        statements.put(None)
+                        return
+                    if isinstance(item, BaseException):
+                        raise item
+                    statement, count = item
+                    writer.execute(statement)
+                    with counting:
+                        copy.rows += count
+                        copy.bytes_sent += len(statement.encode("utf-8", "surrogateescape"))
+        except BaseException as error:
+            errors.append(error)
+            stop.set()
+
+    threads = [threading.Thread(target=read, name="scoped-restore-reader", daemon=True)]
+    threads += [threading.Thread(target=drain, args=(c,), name="scoped-restore-writer", daemon=True)
+                for c in more_targets]
+    for thread in threads:
+        thread.start()
     try:
-        with target.cursor() as writer:
-            while (item := statements.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                statement, count = item
-                writer.execute(statement)
-                copy.rows += count
-                copy.bytes_sent += len(statement.encode("utf-8", "surrogateescape"))
+        drain(target)
     finally:
+        for thread in threads[1:]:
+            thread.join()
         stop.set()
-        reader.join()
+        threads[0].join()
+    if errors:
+        raise errors[0]
     copy.checksum = f"{checksum[0]:064x}"
 
 
@@ -299,6 +327,7 @@ class _Live:
         except (MobackupError, TypeError, ValueError):
             packet = 4 * MIN_BATCH_BYTES
         self.batch_bytes = max(MIN_BATCH_BYTES, min(BATCH_BYTES, packet // 2))
+        self.more: list[Any] = []  # further connections that INSERT in parallel (parallel > 1)
         try:  # the names the server will report for what we create (MatrixOne: 1, lower case)
             self.folds_case = str(self.scalar("select @@lower_case_table_names")) == "1"
         except MobackupError:
@@ -319,10 +348,20 @@ class _Live:
         return bool(self.scalar("select count(*) from information_schema.tables where lower(table_schema) = "
                                 "lower(%s) and lower(table_name) = lower(%s)", (database, table)))
 
+    def open_more(self, count: int) -> None:
+        try:
+            for _ in range(count):
+                self.more.append(sqlconn.connect(self.endpoint.host, self.endpoint.port, self.endpoint.user,
+                                                 self.endpoint.password, connect_timeout=self.endpoint.timeout,
+                                                 read_timeout=None, autocommit=True))
+        except pymysql.MySQLError as error:
+            raise MobackupError(f"cannot connect to the live MatrixOne at {self.where}: {error.args[-1]}") from None
+
     def close(self) -> None:
         self.connection.close()
-        if getattr(self, "raw", None) is not None:
-            self.raw.close()
+        for connection in [getattr(self, "raw", None), *getattr(self, "more", [])]:
+            if connection is not None:
+                connection.close()
 
 
 def _stamp(now: datetime) -> str:
@@ -348,15 +387,33 @@ def _listing(tables: Iterable[tuple[str, str]], database: str | None = None) -> 
     return ", ".join(names[:50]) + (f" (and {len(names) - 50} more)" if len(names) > 50 else "") or "none"
 
 
+def _spelled(name: str, names: Iterable[str]) -> str | None:
+    """`name` as the backup spells it: the same, else the one name equal but for case (MatrixOne
+    folds names to lower case, so `--only Shop.Orders` means shop.orders)."""
+    names = set(names)
+    if name in names:
+        return name
+    folded = [n for n in names if n.lower() == name.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
 def _check_in_backup(selections: Sequence[Selection], tables: set[tuple[str, str]], databases: set[str],
-                     backup_id: str) -> None:
+                     backup_id: str) -> list[Selection]:
+    """The selections as the backup spells them; MobackupError naming what it has for one it lacks."""
+    spelled = []
     for sel in selections:
-        if sel.database not in databases:
+        database = _spelled(sel.database, databases)
+        if database is None:
             raise MobackupError(f"backup {backup_id} has no database {sel.database!r}; it has: "
                                 f"{', '.join(sorted(databases)) or 'none'}")
-        if sel.table is not None and (sel.database, sel.table) not in tables:
-            raise MobackupError(f"backup {backup_id} has no table {sel}; database {sel.database} has: "
-                                f"{_listing(tables, sel.database)}")
+        table = None
+        if sel.table is not None:
+            table = _spelled(sel.table, (t for d, t in tables if d == database))
+            if table is None:
+                raise MobackupError(f"backup {backup_id} has no table {sel}; database {database} has: "
+                                    f"{_listing(tables, database)}")
+        spelled.append(Selection(database, table))
+    return list(dict.fromkeys(spelled))
 
 
 def _check_space(parent: Path, summary: Any) -> None:
@@ -382,12 +439,14 @@ def run_scoped_restore(
     scratch_user: str = "root",
     scratch_password: str | None = None,
     timeout: float = 600.0,
+    parallel: int = 1,
     progress: Progress | None = None,
     now: datetime | None = None,
 ) -> ScopedResult:
     """Copy the selected tables of `backup_id` into the live MatrixOne (module docstring). Raises
     MobackupError for a refusal (before anything is written to the live server) or a failed copy
-    (the message says what was done)."""
+    (the message says what was done). `parallel`: connections that INSERT at once (the copy goes
+    faster where the live server has idle capacity, and takes it from its own users)."""
     clock = time.monotonic()
     selections = list(dict.fromkeys(parse_selection(text) for text in only))
     if not selections:
@@ -407,12 +466,13 @@ def run_scoped_restore(
     catalog = summary.extra.get("catalog")
     if isinstance(catalog, dict) and isinstance(catalog.get("databases"), dict) and not catalog.get("truncated"):
         recorded = {(str(d), str(t)) for d, ts in catalog["databases"].items() if isinstance(ts, dict) for t in ts}
-        _check_in_backup(selections, recorded, {str(d) for d in catalog["databases"]}, summary.id)
+        selections = _check_in_backup(selections, recorded, {str(d) for d in catalog["databases"]}, summary.id)
     parent = Path(scratch_parent) if scratch_parent else Path(tempfile.gettempdir())
     _check_space(parent, summary)
     target = _Live(live)
     result.live_version = target.version
     try:
+        target.open_more(max(0, parallel - 1))
         if isinstance(catalog, dict) and isinstance(catalog.get("databases"), dict):
             for sel in selections:  # early: the backup's catalog names the tables before the scratch starts
                 tables = ([sel.table] if sel.table is not None
@@ -468,7 +528,7 @@ def _plan(source: Any, target: _Live, selections: Sequence[Selection], target_se
         cursor.execute("select schema_name from information_schema.schemata")
         databases = {str(r[0]) for r in cursor.fetchall()} - SYSTEM_DATABASES
     tables = {(d, t) for d, t, _ in listed}
-    _check_in_backup(selections, tables, databases, backup_id)
+    selections = _check_in_backup(selections, tables, databases, backup_id)
     base = {(d, t) for d, t, k in listed if k == "BASE TABLE"}
     plans: list[_Plan] = []
     seen: set[tuple[str, str]] = set()
@@ -522,7 +582,7 @@ def _copy_one(source: Any, target: _Live, plan: _Plan, stamp: str) -> TableCopy:
         raise MobackupError(f"the live MatrixOne refused to create {into[0]}.{into[1]}: {error.args[-1]}") from None
     try:
         clock = time.monotonic()
-        copy_rows(source, conn, plan.source, into, copy, target.batch_bytes)
+        copy_rows(source, conn, plan.source, into, copy, target.batch_bytes, target.more)
         copy.rows_seconds = round(time.monotonic() - clock, 3)
         clock = time.monotonic()
         rows, checksum = table_checksum(target.raw, *into)
