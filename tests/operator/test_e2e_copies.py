@@ -89,3 +89,14 @@ def test_a_completed_backup_is_copied_to_a_second_storage_and_restores(env: Env,
     assert stats["storedBytes"] > 0 and stats["logicalBytes"] == st["sizeBytes"] and stats["computedAt"]
     assert f'mobackup_storage_stored_bytes{{namespace="{env.ns}",storage="s3"}} {float(stats["storedBytes"])}' \
         in env.op.metrics()
+
+    # A storage naming itself as a target is refused (StorageOverlap, with a Warning Event); no Job.
+    env.api.merge_patch(env.path("MOBackupStorage", "s3"), {"spec": {"copyTo": [{"name": "far"}, {"name": "s3"}]}})
+    src = env.wait("MOBackupStorage", "s3", lambda o: any(
+        c.get("reason") == "StorageOverlap" for c in (o.get("status") or {}).get("copies") or []), 30,
+        "StorageOverlap")["status"]
+    assert src["copies"][0] == {"storage": "far", "copied": 1, "pending": 0}
+    assert src["copies"][1]["storage"] == "s3" and src["copies"][1]["pending"] == 1
+    assert "StorageOverlap" in env.event_reasons("s3", {"StorageOverlap"})
+    assert env.api.get(f"/apis/batch/v1/namespaces/{env.ns}/jobs", labelSelector="mobackup.io/action=copy")[
+        "items"] == []
