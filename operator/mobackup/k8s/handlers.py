@@ -225,6 +225,7 @@ def storage_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
         with STATE.lock:
             STATE.storages.pop(key, None)
+        copies.forget_targets(_ctx(), obj)
         return
     with STATE.lock:
         old = STATE.storages.get(key)
