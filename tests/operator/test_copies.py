@@ -260,6 +260,20 @@ def test_stats_are_recomputed_when_the_backups_change_or_hourly() -> None:
     assert storage_mod.stats_due(None, 0, now) and not storage_mod.stats_due(None, None, now)
 
 
+def test_stats_of_a_repository_too_large_for_the_operators_scratch_space_are_left_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    blobs = [SimpleNamespace(key=f"blobs/{i:064x}", size=1000) for i in range(50)]
+    lists = [SimpleNamespace(key="backups/a.files", size=2000)]
+    repo = SimpleNamespace(backend=SimpleNamespace(list=lambda p: iter(blobs if p == "blobs/" else lists)),
+                           backup_ids=lambda: ["a"])
+    assert storage_mod.stats_scratch_estimate(repo) == 50 * storage_mod.BYTES_PER_BLOB + 4 * 2000
+    monkeypatch.setattr(storage_mod, "open_repo", lambda *a, **k: repo)
+    monkeypatch.setenv("MOBACKUP_STATS_SCRATCH_BYTES", "1000")
+    out = storage_mod.repo_stats(None, NS, None)  # type: ignore[arg-type]
+    assert out is not None and out["backups"] == 1 and "MOBACKUP_STATS_SCRATCH_BYTES" in out["message"]
+    assert out["storedBytes"] is None and out["dedupRatio"] is None  # null: earlier figures are removed
+
+
 def test_the_copy_job_is_checked_like_every_job(kube: CopyKube) -> None:
     """controller.create_job checks each Secret the pod reads (here the source's key, not opted in)."""
     kube.crs[("MOBackupStorage", "main")]["spec"] = {**SOURCE_SPEC, "encryption": {"keySecretRef": {"name": "nope"}}}

@@ -185,7 +185,10 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
             stats = None
         if stats is not None:
             patch["stats"] = stats
-            ctx.metrics.set("mobackup_storage_stored_bytes", stats["storedBytes"], namespace=ns, storage=name)
+            if stats.get("storedBytes") is not None:
+                ctx.metrics.set("mobackup_storage_stored_bytes", stats["storedBytes"], namespace=ns, storage=name)
+            else:
+                ctx.metrics.remove("mobackup_storage_stored_bytes", namespace=ns, storage=name)
     try:
         ctx.kube.patch_status("MOBackupStorage", ns, name, patch)
     except NotFound:

@@ -106,6 +106,16 @@ def target_problem(ctx: Ctx, ns: str, name: str, src: models.StorageSpec, target
     return None, tst
 
 
+def forget_targets(ctx: Ctx, obj: dict[str, Any], keep: tuple[str, ...] = ()) -> None:
+    """Drop the copy series of the targets in the storage's status.copies but not in `keep` (no longer
+    a target, or the storage deleted): no lag left to alert on."""
+    ns, name, _ = meta(obj)
+    for gone in {str(c.get("storage")) for c in (obj.get("status") or {}).get("copies") or []
+                 if isinstance(c, dict)} - set(keep):
+        for metric in ("mobackup_copy_lag_seconds", "mobackup_copy_pending_backups"):
+            ctx.metrics.remove(metric, namespace=ns, storage=name, target=gone)
+
+
 def reconcile_copies(ctx: Ctx, obj: dict[str, Any]) -> None:
     """One pass over a source storage (see the module docstring); records status.copies on it and
     the lag metric per target."""
@@ -114,10 +124,7 @@ def reconcile_copies(ctx: Ctx, obj: dict[str, Any]) -> None:
         src = models.parse_storage(obj.get("spec") or {})
     except models.SpecError:
         return
-    for gone in {str(c.get("storage")) for c in (obj.get("status") or {}).get("copies") or []
-                 if isinstance(c, dict)} - set(src.copy_to):  # no longer a target: no lag to alert on
-        for metric in ("mobackup_copy_lag_seconds", "mobackup_copy_pending_backups"):
-            ctx.metrics.remove(metric, namespace=ns, storage=name, target=gone)
+    forget_targets(ctx, obj, keep=src.copy_to)
     if not src.copy_to:
         if (obj.get("status") or {}).get("copies"):
             patch_fields(ctx, obj, copies=None)

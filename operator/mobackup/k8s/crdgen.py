@@ -329,6 +329,8 @@ def storage_crd() -> Schema:
             "unreferencedBytes": s("Blob bytes no backup references (what prune would remove).", "integer"),
             "backups": s("Backups counted.", "integer"),
             "computedAt": s("When these figures were computed.", format="date-time"),
+            "message": s("Why the figures were not computed (a repository too large for the operator's scratch "
+                         "space: run `mobackup stats`)."),
         }),
         "copies": s("Per copyTo target: the copy state of this storage's Completed backups.", "array",
                     items=obj("One target.", {

@@ -225,9 +225,13 @@ def storage_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
         with STATE.lock:
             STATE.storages.pop(key, None)
+        copies.forget_targets(_ctx(), obj)
         return
     with STATE.lock:
+        old = STATE.storages.get(key)
         STATE.storages[key] = obj
+        if old is not None and (old.get("spec") or {}).get("copyTo") != (obj.get("spec") or {}).get("copyTo"):
+            STATE.dirty_copies.add(key)  # a changed copyTo: a pass now, not within copy_seconds
     if controller.storage_check_due(obj, time.time()):
         _check_storage_async(key)
 

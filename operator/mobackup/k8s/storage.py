@@ -194,6 +194,20 @@ def stats_due(old: dict[str, Any] | None, backup_count: int | None, now_ts: floa
         now_ts - computed.timestamp() >= STATS_MAX_AGE_SECONDS
 
 
+STATS_SCRATCH_BYTES = 32 << 20
+STATS_FIGURES = ("storedBytes", "logicalBytes", "unreferencedBytes", "dedupRatio", "compressionRatio",
+                 "growthBytesPerDay")
+BYTES_PER_BLOB = 200  # a row and its index entries in the stats database (engine/stats.py)
+
+
+def stats_scratch_estimate(repo: Any) -> int:
+    """Scratch bytes repository_stats would need: a row per blob, and the file lists it downloads
+    (decompressed: about 4 times their stored size). Two LISTs."""
+    blobs = sum(1 for _ in repo.backend.list("blobs/"))
+    metadata = sum(info.size for info in repo.backend.list("backups/"))
+    return blobs * BYTES_PER_BLOB + 4 * metadata
+
+
 def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """status.stats of an S3 storage the operator can open (engine/stats.py); None otherwise."""
     from mobackup.engine.errors import RepositoryNotFound
@@ -207,15 +221,22 @@ def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str,
         return None
     if repo is None:
         return None
+    # The figures are counted in a scratch database and file lists under the operator's /tmp (an
+    # emptyDir of 64Mi in the chart): a repository too large for it is left to `mobackup stats`.
+    budget = int(os.environ.get("MOBACKUP_STATS_SCRATCH_BYTES") or STATS_SCRATCH_BYTES)
+    need = stats_scratch_estimate(repo)
+    if need > budget:
+        return {**dict.fromkeys(STATS_FIGURES), "backups": len(repo.backup_ids()), "computedAt": iso(),
+                "message": f"not computed: about {need} bytes of scratch space needed, more than the operator's "
+                           f"{budget} (MOBACKUP_STATS_SCRATCH_BYTES); run `mobackup stats` on the repository"}
     s = repository_stats(repo)
-    out: dict[str, Any] = {"storedBytes": s.stored_bytes, "logicalBytes": s.logical_bytes,
-                           "unreferencedBytes": s.unreferenced_blob_bytes, "backups": len(s.backups) + len(s.damaged),
-                           "computedAt": iso()}
-    for key, value in (("dedupRatio", s.dedup_ratio), ("compressionRatio", s.compression_ratio),
-                       ("growthBytesPerDay", s.growth_bytes_per_day)):
-        if value is not None:
-            out[key] = round(float(value), 3)
-    return out
+    ratios = {"dedupRatio": s.dedup_ratio, "compressionRatio": s.compression_ratio,
+              "growthBytesPerDay": s.growth_bytes_per_day}
+    # None (JSON null) removes a figure an earlier computation wrote: a status merge patch merges objects.
+    return {"storedBytes": s.stored_bytes, "logicalBytes": s.logical_bytes,
+            "unreferencedBytes": s.unreferenced_blob_bytes,
+            **{k: None if v is None else round(float(v), 3) for k, v in ratios.items()},
+            "backups": len(s.backups) + len(s.damaged), "computedAt": iso(), "message": None}
 
 
 def check(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> CheckResult:
