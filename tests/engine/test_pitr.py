@@ -1,7 +1,7 @@
 """Point-in-time recovery's decisions that need no server (engine/pitr.py, engine/pitr_restore.py):
 the recorded windows checked as untrusted input, the recoverable interval, the range MatrixOne is
 asked for, and every refusal of `restore --to-time` with the intervals it names (the same refusals
-through the CLI against the real MatrixOne: tests/matrixone/test_pitr.py)."""
+through the CLI against the real MatrixOne: tests/matrixone/test_pitr_incident.py)."""
 
 from __future__ import annotations
 
