@@ -197,8 +197,8 @@ def check_alerts_and_dashboard(env: Env, prom: Prometheus) -> None:
                             / "mobackup.json").read_text())
     queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     assert len(queries) >= 12
-    for expr in queries:  # the namespace variable set to All
-        assert prom.query(expr.replace("$namespace", ".*")), f"no series for the dashboard's {expr}"
+    for expr in queries:  # the namespace variable set to All; a just-set metric waits for its scrape
+        prom.wait_for(expr.replace("$namespace", ".*"), 20)
 
 
 def run_drill_wait_only(env: Env, name: str, mo_ports: bool = True) -> dict[str, Any]:

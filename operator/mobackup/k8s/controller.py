@@ -189,6 +189,9 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
                 ctx.metrics.set("mobackup_storage_stored_bytes", stats["storedBytes"], namespace=ns, storage=name)
             else:
                 ctx.metrics.remove("mobackup_storage_stored_bytes", namespace=ns, storage=name)
+    if "stats" not in patch and isinstance((old.get("stats") or {}).get("storedBytes"), int | float):
+        # Not recomputed (at most hourly): the figure stays exported, also by an operator just restarted.
+        ctx.metrics.set("mobackup_storage_stored_bytes", old["stats"]["storedBytes"], namespace=ns, storage=name)
     try:
         ctx.kube.patch_status("MOBackupStorage", ns, name, patch)
     except NotFound:
