@@ -120,6 +120,17 @@ def test_a_hostile_server_never_gets_the_password(case: str) -> None:
     assert b"\x02" not in server.packets
 
 
+def test_every_connection_of_the_engine_goes_through_the_guard() -> None:
+    """No module but sqlconn calls pymysql.connect: a new one would skip the guard."""
+    from pathlib import Path
+
+    import mobackup
+
+    root = Path(mobackup.__file__).parent
+    callers = sorted(str(p.relative_to(root)) for p in root.rglob("*.py") if "pymysql.connect(" in p.read_text())
+    assert callers == ["engine/sqlconn.py"], callers
+
+
 def test_pymysql_alone_would_send_it() -> None:
     """The hostile server works: without the guard, pymysql sends the clear-text password."""
     plugin, after = CASES["clear text by auth switch"]

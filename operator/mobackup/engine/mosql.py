@@ -41,7 +41,7 @@ def _mo_ctl_ok(raw: object) -> bool:
 def connect(endpoint: SqlEndpoint) -> pymysql.connections.Connection:
     """An autocommit session; MobackupError with the server's reason when it cannot be had."""
     try:
-        return pymysql.connect(host=endpoint.host, port=endpoint.port, user=endpoint.user, password=endpoint.password,
+        return sqlconn.connect(endpoint.host, endpoint.port, endpoint.user, endpoint.password,
                                connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout, autocommit=True)
     except pymysql.MySQLError as error:
         raise MobackupError(f"cannot connect to MatrixOne at {endpoint.host}:{endpoint.port}: "
