@@ -187,10 +187,13 @@ def test_a_copy_the_target_repository_does_not_show_is_not_recorded(kube: CopyKu
     ("inside", "StorageOverlap"),  # a prefix inside its repository
     ("missing", "TargetNotFound"),
     ("down", "TargetUnavailable"),
+    ("keyless", "InvalidTarget"),  # the source's keys, in the Job, would reach its endpoint
 ])
 def test_targets_that_cannot_take_a_copy(kube: CopyKube, target: str, reason: str) -> None:
     kube.add("MOBackupStorage", "inside", {"s3": {"bucket": "bk", "prefix": "main/sub",
                                                    "credentialsSecretRef": {"name": "creds"}}}, {"phase": "Available"})
+    kube.add("MOBackupStorage", "keyless", {"s3": {"bucket": "elsewhere", "endpoint": "http://other.example:9000"}},
+             {"phase": "Available"})
     kube.add("MOBackupStorage", "down", FAR_SPEC, {"phase": "Unavailable", "message": "PVC lost"})
     kube.crs[("MOBackupStorage", "main")]["spec"] = {**SOURCE_SPEC, "copyTo": [{"name": target}]}
     copy_pass(kube)

@@ -95,6 +95,10 @@ def target_problem(ctx: Ctx, ns: str, name: str, src: models.StorageSpec, target
     if same_s3 or same_pvc:
         return ("StorageOverlap", f"copyTo {target} ({tst.location}) is, contains or lies inside this storage's "
                                   f"repository ({src.location}): a copy must go to another repository"), None
+    if tst.s3 and not tst.s3.credentials_secret and src.s3 and src.s3.credentials_secret:
+        # The copy Job holds the source's keys as AWS_* env: boto3 would send them to the target's endpoint.
+        return ("InvalidTarget", f"copyTo {target} names no credentialsSecretRef: a copy target needs keys of its "
+                                 "own (the Job holds this storage's, which must never reach another endpoint)"), None
     tstatus = tobj.get("status") or {}
     if tstatus.get("phase") != "Available":
         return ("TargetUnavailable", f"copyTo {target} is {tstatus.get('phase') or 'not checked yet'}: "
