@@ -42,7 +42,8 @@ def connect(endpoint: SqlEndpoint) -> pymysql.connections.Connection:
     """An autocommit session; MobackupError with the server's reason when it cannot be had."""
     try:
         return sqlconn.connect(endpoint.host, endpoint.port, endpoint.user, endpoint.password,
-                               connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout, autocommit=True)
+                               database=endpoint.database, connect_timeout=endpoint.timeout,
+                               read_timeout=endpoint.timeout, autocommit=True)  # control calls, no transaction
     except pymysql.MySQLError as error:
         raise MobackupError(f"cannot connect to MatrixOne at {endpoint.host}:{endpoint.port}: "
                             f"{error.args[-1]}") from None
@@ -51,15 +52,7 @@ def connect(endpoint: SqlEndpoint) -> pymysql.connections.Connection:
 def prepare_backup(endpoint: SqlEndpoint) -> str:
     """Force a checkpoint (so the newest `ckp/meta_*` covers all committed data) and return the server
     version. Raises MobackupError with the server's reason when it refuses."""
-    try:
-        connection = sqlconn.connect(
-            endpoint.host, endpoint.port, endpoint.user, endpoint.password, database=endpoint.database,
-            connect_timeout=endpoint.timeout, read_timeout=endpoint.timeout,
-            autocommit=True,  # control calls, not a transaction to hold open
-        )
-    except pymysql.MySQLError as error:
-        where = f"{endpoint.host}:{endpoint.port}"
-        raise MobackupError(f"cannot connect to MatrixOne at {where}: {error.args[-1]}") from None
+    connection = connect(endpoint)
     try:
         with connection.cursor() as cursor:
             cursor.execute("select version()")
