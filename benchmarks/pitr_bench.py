@@ -6,7 +6,9 @@ Twice, from a fresh server whose disk cleaner runs every 2 s and may collect gar
 (rounds of deletes, inserts and checkpoints, a global checkpoint), wait for the cleaner, stop, and
 take a cold backup of the whole data directory. Once with a cluster PITR of one day created before
 the load, once without. For the run with the window, restore the backup plainly and to an instant
-between the load and the churn, timing both, and check the restored row count.
+between the load and the churn, timing both, and check the restored row count. With a window, two
+online backups of the same state are taken before the stop, of BACKUP's output alone and with the
+history it lacks (engine/pitr_history.py), and the one with history is restored to the instant too.
 
     .venv/bin/python benchmarks/pitr_bench.py [--rows 200000] [--rounds 5]
 """
@@ -76,6 +78,13 @@ def scenario(work: Path, rows: int, rounds: int, window: bool, aggressive_gc: bo
         time.sleep(gc_wait)  # the cleaner collects what no PITR keeps (the 1.3 line starts after a minute or more)
         mo.checkpoint()
         out["rows_at_end"] = int(mo.sql("select count(*) from big.t")[0][0])
+        if window:  # online, of the same state: BACKUP's output alone, then with the history it lacks
+            for name, flags in (("online_without_history", ["--without-pitr-history"]), ("online_with_history", [])):
+                seconds, summary = mobackup("backup", "--online", "--sql-host", "127.0.0.1", "--data-dir",
+                                            mo.data_dir, "--repo", work / name, "--source", "bench", *flags)
+                out[name] = {"seconds": round(seconds, 2), "bytes": summary["size_bytes"],
+                             "files": summary["file_count"], "id": summary["id"],
+                             "history_added": summary["extra"]["pitr"].get("history_added")}
     finally:
         mo.stop()
     out["data_dir_bytes"] = du(mo.data_dir)
@@ -88,6 +97,7 @@ def scenario(work: Path, rows: int, rounds: int, window: bool, aggressive_gc: bo
         out["plain_restore_seconds"] = round(seconds, 2)
         target = work / "pitr" / "mo-data"
         target.parent.mkdir()
+        (work / "pitr-online").mkdir()
         mo.lock.acquire()
         try:
             seconds, result = mobackup("restore", summary["id"], "--repo", repo, "--target", target, "--mo-service",
@@ -97,6 +107,17 @@ def scenario(work: Path, rows: int, rounds: int, window: bool, aggressive_gc: bo
             out["to_time_result"] = result
         except RuntimeError as error:  # recorded: seen with the forced cleaner (see benchmarks/README.md)
             out["to_time_error"] = str(error)[:400]
+        finally:
+            mo.lock.release()
+        mo.lock.acquire()
+        try:  # the online backup that took the history, to the same instant
+            seconds, result = mobackup("restore", out["online_with_history"]["id"], "--repo",
+                                       work / "online_with_history", "--target", work / "pitr-online" / "mo-data",
+                                       "--mo-service", home / "mo-service", "--to-time", out["instant"],
+                                       "--check-sql", "select count(*) from big.t", "--expect", str(rows))
+            out["online_to_time_restore_seconds"] = round(seconds, 2)
+        except RuntimeError as error:
+            out["online_to_time_error"] = str(error)[:400]
         finally:
             mo.lock.release()
     return out
@@ -125,6 +146,12 @@ def main() -> int:
     print(f"backup {none['backup_bytes']} B without a window, {day['backup_bytes']} B with 1 d "
           f"({ratio}x); restore {stock['plain_restore_seconds']} s plain, "
           f"{stock.get('to_time_restore_seconds')} s to a time; written to {path}")
+    for run in (day, stock):
+        plain, full = run["online_without_history"], run["online_with_history"]
+        print(f"online ({'forced' if run['aggressive_gc'] else 'stock'} cleaner): {plain['bytes']} B in "
+              f"{plain['seconds']} s without the history, {full['bytes']} B in {full['seconds']} s with it "
+              f"({full['bytes'] / plain['bytes']:.2f}x); to a time from it: "
+              f"{run.get('online_to_time_restore_seconds', run.get('online_to_time_error'))}")
     return 0
 
 

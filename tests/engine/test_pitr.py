@@ -191,3 +191,48 @@ def test_cli_refusals_touch_nothing(tmp_path: Path) -> None:
     listed = subprocess.run([MOBACKUP, "list", "--repo", str(tmp_path / "repo"), "--json"], capture_output=True,
                             text=True, env=env, check=True)
     assert json.loads(listed.stdout) == []
+
+
+def test_online_history_copies_what_backup_left_out_takes_unchanged_files_from_the_base(tmp_path: Path) -> None:
+    """engine/pitr_history.add_history on a live `shared/` laid out by hand: files in BACKUP's list are
+    not taken again, older files are copied with their mtime, the base's unchanged files are taken
+    from it, files written after BACKUP returned are left out, and a symbolic link is not followed."""
+    import time
+
+    from mobackup.engine.pitr_history import add_history
+    from mobackup.engine.safefs import DirectoryFds, open_dir_at
+
+    live = tmp_path / "mo-data" / "shared"
+    (live / "ckp").mkdir(parents=True)
+    old_ns = time.time_ns() - 10**10
+    for rel, data in {"staged": b"s", "old-object": b"o" * 1000, "ckp/meta_1": b"m", "in-base": b"b" * 7}.items():
+        (live / rel).write_bytes(data)
+        os.utime(live / rel, ns=(old_ns, old_ns))
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not MatrixOne's")
+    os.utime(secret, ns=(old_ns, old_ns))
+    (live / "planted").symlink_to(secret)
+    cutoff = time.time_ns()
+    (live / "newer").write_bytes(b"n")  # written after BACKUP returned
+    os.utime(live / "newer", ns=(cutoff + 10**9, cutoff + 10**9))
+    tree = tmp_path / "tree" / "shared"
+    tree.mkdir(parents=True)
+    base = [{"path": "shared/in-base", "type": "file", "size": 7, "mtime_ns": old_ns, "chunks": []}]
+    with DirectoryFds(open_dir_at(None, str(tree), str(tree)), str(tree)) as tree_fds:
+        history = add_history(tmp_path / "mo-data", tree_fds, ["staged"], cutoff, base)
+    assert sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file()) == ["ckp/meta_1", "old-object"]
+    assert (tree / "old-object").read_bytes() == b"o" * 1000 and (tree / "old-object").stat().st_mtime_ns == old_ns
+    assert history.inherited == frozenset({"shared/in-base"})
+    record = history.record()
+    assert (record["copied_files"], record["from_base_files"], record["bytes"]) == (2, 1, 1008)
+    assert not (tree / "planted").exists() and not (tree / "newer").exists()
+
+
+def test_an_online_backup_with_history_has_an_interval_counted_back_from_when_it_was_taken() -> None:
+    """The cleaner may let go of the window's oldest history between BACKUPTS and the copy of it."""
+    created, ts = NOW - timedelta(days=3), NOW - timedelta(hours=1)
+    rec = {"history": True, "windows": [window(created, 1, "d")],
+           "history_added": {"taken_at": iso(ts + timedelta(minutes=5))}}
+    start, end = interval(summary("b1", ts, rec, kind="online"))  # type: ignore[misc]
+    assert end == hlc_time(hlc(ts)) and start == ts + timedelta(minutes=5) - timedelta(days=1)
+    assert interval(summary("b2", ts, {**rec, "history": False}, kind="online")) is None

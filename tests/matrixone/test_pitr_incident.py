@@ -1,7 +1,8 @@
 """Point-in-time recovery through the CLI on the real MatrixOne: the incident of issue 19 (a writer's
 numbered transactions; at T an UPDATE, a DELETE and a dropped table; then churn with checkpoints and a
-global checkpoint), a cold backup that records the PITR window, and `restore --to-time` T minus one
-second: the writer's rows are an exact prefix holding every transaction committed before that instant
+global checkpoint), a cold backup that records the PITR window, an online backup that takes the live
+objects the history needs (engine/pitr_history.py), and `restore --to-time` T minus one second from
+each: the writer's rows are an exact prefix holding every transaction committed before that instant
 and none begun after it, the dropped table is back with its checksum, the accident is gone. The
 refusals are checked on the same repository before the restore, each touching nothing."""
 
@@ -40,9 +41,11 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     # Sessions in another zone than the server process's (UTC): SHOW PITR prints its times in the
     # session's zone, and the restored data keeps this setting; neither may shift the interval or T.
     mo.sql("set global time_zone = '+08:00'")
-    # An online backup with --pitr-window creates the cluster PITR; it records the window but no history.
+    # An online backup with --pitr-window creates the cluster PITR; without the history it records the
+    # window but no interval.
     online = run("backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--data-dir", mo.data_dir,
-                 "--repo", repo, "--source", "mo", "--pitr-window", "12h", "--json", "--quiet")
+                 "--repo", repo, "--source", "mo", "--pitr-window", "12h", "--without-pitr-history", "--json",
+                 "--quiet")
     assert online.returncode == 0, online.stderr
     online_summary = json.loads(online.stdout)
     assert online_summary["extra"]["pitr"]["history"] is False
@@ -62,7 +65,7 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     mo.start()
     cold = run("backup", "--data-dir", snap, "--sql-host", "127.0.0.1", "--sql-user", "root", "--repo", repo,
                "--source", "mo", "--type", "full", "--pitr-window", "1d", "--json", "--quiet")
-    # A shorter window asked for later never shortens the PITR.
+    # A shorter window asked for later never shortens the PITR. This online backup takes the history.
     again = run("backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--data-dir", mo.data_dir,
                 "--repo", repo, "--source", "mo-online", "--pitr-window", "2h", "--json", "--quiet")
     pitrs = mo.sql("show pitr")
@@ -72,7 +75,13 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     assert cold_summary["extra"]["pitr"]["history"] is True
     assert cold_summary["extra"]["pitr"]["ensured"] == "lengthened mobackup_mo (1 d)"
     assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["extra"]["pitr"]["ensured"] == "kept mobackup_mo (1 d)"
+    online_pitr = json.loads(again.stdout)
+    assert online_pitr["extra"]["pitr"]["ensured"] == "kept mobackup_mo (1 d)"
+    added = online_pitr["extra"]["pitr"]["history_added"]
+    assert online_pitr["extra"]["pitr"]["history"] is True and added["copied_files"] > 0, online_pitr["extra"]
+    online_span = [datetime.fromisoformat(online_pitr[k].replace("Z", "+00:00"))
+                   for k in ("recoverable_from", "recoverable_to")]
+    assert online_span[0] < t - timedelta(seconds=1) < online_span[1], online_span
     assert [(p[0], p[7], p[8]) for p in pitrs] == [("mobackup_mo", 1, "d")]
     start, end = (datetime.fromisoformat(cold_summary[k].replace("Z", "+00:00"))
                   for k in ("recoverable_from", "recoverable_to"))
@@ -99,7 +108,7 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     now = datetime.now(UTC)
     refused("--to-time", rfc3339(now + timedelta(hours=1)), expect="is in the future")
     refused("--to-time", rfc3339(now - timedelta(seconds=1)),
-            expect=f"the newest recoverable point is {cold_summary['recoverable_to']}")
+            expect=f"the newest recoverable point is {online_pitr['recoverable_to']}")
     refused("--to-time", rfc3339(start - timedelta(hours=1)), expect="earlier than every window")
     refused(online_summary["id"], "--to-time", rfc3339(t), expect="holds no PITR history")
     refused("--to-time", "2026-12-01 10:00:00", expect="has no zone")
@@ -139,3 +148,24 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     committed, begun_after = incident.committed_before(restore_at), incident.first_begun_after(restore_at)
     assert txns >= committed and (begun_after is None or txns <= begun_after), (txns, committed, begun_after)
     restored.sql("insert into w.t values (-1, -1)")  # the restored server takes writes
+    restored.stop()
+
+    # The online backup with the history comes back to the same instant, exactly. It holds no log service
+    # data, which MatrixOne then writes under the host name it runs under: the one --hostname names.
+    online_target = tmp_path / "online-restored" / "mo-data"
+    online_target.parent.mkdir()
+    lock.acquire()
+    try:
+        wait_ports_free()
+        clock = time.monotonic()
+        proc = run("restore", online_pitr["id"], "--repo", repo, "--target", online_target, "--mo-service",
+                   mo_service, "--to-time", rfc3339(restore_at), "--hostname", "mo-src", "--json", "--quiet")
+        online_seconds = time.monotonic() - clock
+    finally:
+        lock.release()
+    assert proc.returncode == 0, proc.stderr
+    print(f"restore to a time from the online backup {online_seconds:.1f} s; history added: {added}")
+    from_online = matrixone_factory(DEFAULT_VERSION, workdir=online_target.parent, hostname="mo-src")
+    from_online.start()
+    assert checksums(from_online, ["db1", "db2"]) == before
+    assert writer_rows(from_online) == (count, max_id, txns)

@@ -81,8 +81,9 @@ def _online_backup(args: argparse.Namespace) -> int:
         repo = open_repository(repository_options(args, compression=args.compression), create=True)
         summary = run_online_backup(
             repo, data_dir, mo, server_data_dir=args.server_data_dir, source=args.source, backup_type=args.type,
-            base_id=args.base, progress=for_terminal("backup", args.quiet or args.json), extra=extra)
-    emit(args, summary.to_dict(),
+            base_id=args.base, progress=for_terminal("backup", args.quiet or args.json), extra=extra,
+            pitr_history=False if args.without_pitr_history else None)
+    emit(args, pitr.with_interval(summary),
           f"Backup ID {summary.id} (online {summary.type}, {decimal_size(summary.size_bytes)} in "
           f"{summary.file_count} files, {decimal_size(summary.new_bytes)} new, "
           f"{decimal_size(summary.extra.get('staged_bytes', 0))} staged, BACKUPTS {summary.backup_ts}, "

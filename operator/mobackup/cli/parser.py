@@ -310,6 +310,9 @@ def add_pitr_arguments(backup: argparse.ArgumentParser, restore: argparse.Argume
     window_help = ("with --sql-host: first make sure a cluster PITR keeps at least this much history (e.g. 7d; "
                    "created, or an existing one lengthened, never shortened)")
     backup.add_argument("--pitr-window", type=parse_duration, metavar="DURATION", help=window_help)
+    backup.add_argument("--without-pitr-history", action="store_true",
+                        help="--online: leave out the live objects that a restore to an earlier instant needs (taken "
+                             "by default when the server has a cluster PITR; they cost storage)")
     to_time_help = ("restore the backup whose recoverable interval holds this instant, start MatrixOne on --target "
                     "and bring it to the instant with its PITR (e.g. 2026-12-01T10:00:00Z)")
     restore.add_argument("--to-time", metavar="RFC3339", help=to_time_help)

@@ -82,9 +82,8 @@ def restore_to_time(args: argparse.Namespace) -> int:
     if not args.target or not args.mo_service:
         raise MobackupError("restore --to-time needs --target DIR and --mo-service PATH (MatrixOne is started on "
                             "the restored data to run the PITR restore)")
-    if args.target_s3 or args.hostname:
-        raise MobackupError("--to-time restores into --target DIR (a local data directory), without --hostname "
-                            "(the server runs under the backup's own host name)")
+    if args.target_s3:
+        raise MobackupError("--to-time restores into --target DIR (a local data directory)")
     if len(args.check_sql) != len(args.expect):
         raise MobackupError("each --check-sql needs one --expect (the value its first column must have)")
     t = parse_time(args.to_time)  # before the repository is opened
@@ -92,7 +91,7 @@ def restore_to_time(args: argparse.Namespace) -> int:
     result = run_restore_to_time(
         repo, t, Path(args.target), Path(args.mo_service), backup_id=args.id, force=args.force,
         checks=[UserCheck(q, e) for q, e in zip(args.check_sql, args.expect, strict=True)], timeout=args.timeout,
-        sql_user=args.sql_user, progress=for_terminal("restore", args.quiet or args.json))
+        sql_user=args.sql_user, progress=for_terminal("restore", args.quiet or args.json), hostname=args.hostname)
     emit(args, result.to_dict(),
          f"restored backup {result.backup_id} into {result.target} and brought it to {result.to_time} with PITR "
          f"{result.pitr} (server time after: {result.server_time}; restore {result.restore_seconds}s, start "

@@ -408,11 +408,15 @@ def run_online_backup(
     base_id: str | None = None,
     progress: Progress | None = None,
     extra: dict[str, Any] | None = None,
+    pitr_history: bool | None = None,
 ) -> BackupSummary:
     """Back up a running MatrixOne: BACKUP into a staging directory on its data volume `data_dir`
     (at `server_data_dir` as the server sees it; default the same path), check, ingest, remove.
-    `extra`: more to record in the summary (the PITR windows, engine/pitr.py)."""
+    `extra`: more to record in the summary (the PITR windows, engine/pitr.py). `pitr_history`: also
+    take the live objects a PITR restore needs that BACKUP left out (engine/pitr_history.py); by
+    default when `extra["pitr"]` lists a PITR window."""
     from .backup import default_source, run_backup
+    from .pitr import has_windows, with_history
 
     data_dir = Path(data_dir).absolute()
     if not data_dir.is_dir():
@@ -427,6 +431,7 @@ def run_online_backup(
         server_staging = f"{server_dir}/{staging.name}"
         session.backup_to_directory(server_staging, repo.parallelism, base.backup_ts if base else None)
         backup_seconds = time.monotonic() - clock
+        returned_ns = time.time_ns()
         try:
             copy = StagedCopy(staging)
         except FileNotFoundError:
@@ -443,6 +448,14 @@ def run_online_backup(
             inherit = frozenset(f"shared/{f.path}" for f in staged.files if not f.need_copy)
             if inherit and base is None:
                 raise MobackupError("MatrixOne staged an incremental backup without a base")
+            extra = dict(extra or {})
+            if pitr_history if pitr_history is not None else has_windows(extra.get("pitr")):
+                from .pitr_history import add_history
+
+                history = add_history(data_dir, copy.tae, (f.path for f in staged.files), returned_ns,
+                                      repo.entries(base) if base else None)
+                inherit |= history.inherited
+                extra["pitr"] = with_history(extra.get("pitr"), history.record())
             # The checks' own descriptors: they may outlive this run's when it fails first.
             shared = DirectoryFds(os.dup(copy.tae.root_fd), copy.tae.shown, owned_links_only=True)
 
@@ -458,7 +471,7 @@ def run_online_backup(
                     base_id=base.id if base else None, progress=progress, rules=PathRules(excludes=(), volatile=()),
                     mo_version=session.version, backup_ts=staged.backup_ts, backup_ts_source="matrixone-backup",
                     inherit=inherit, data_dir_label=str(data_dir), began=(started, clock),
-                    extra={**(extra or {}), "kind": "online", "staged_bytes": staged_bytes,
+                    extra={**extra, "kind": "online", "staged_bytes": staged_bytes,
                            "staged_files": sum(f.need_copy for f in staged.files),
                            "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
                     before_publish=digests.result, root_ident=tree_ident,

@@ -6,7 +6,8 @@ RANGE 1 'd'`; one cluster-level PITR per account). A cold copy of the whole data
 that history, so a server started on it can run `RESTORE CLUSTER FROM PITR p '<ts>'` for any instant
 of [max(PITR created, BACKUPTS - range), BACKUPTS]. MatrixOne's BACKUP output (online backups) does
 not carry it (`table "mo_account" does not exist`): online backups record the windows but no
-interval. The record is `extra["pitr"]` (docs/repository-format.md, section 5.3).
+interval, unless they take the live objects the history needs too (engine/pitr_history.py), which
+they do when a PITR window exists. The record is `extra["pitr"]` (docs/repository-format.md, section 5.3).
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def record(connection: Any, *, history: bool, ensured: str | None = None) -> dic
     holds the history; a refusal to list them is recorded, never fails the backup."""
     out: dict[str, Any] = {"history": history, "read_at": iso(utc_now())}
     if not history:
-        out["reason"] = f"MatrixOne's BACKUP output holds no PITR history; only {WHAT_HOLDS_HISTORY} does"
+        out["reason"] = (f"MatrixOne's BACKUP output alone holds no PITR history; only {WHAT_HOLDS_HISTORY}, or an "
+                         "online backup that also takes the live objects the history needs, does")
     if ensured:
         out["ensured"] = ensured
     try:
@@ -169,6 +171,17 @@ def record(connection: Any, *, history: bool, ensured: str | None = None) -> dic
     except MobackupError as error:
         out["windows"], out["error"] = [], str(error)
     return out
+
+
+def has_windows(rec: Any) -> bool:
+    """Whether a backup's `extra["pitr"]` (as `record` made it) lists a PITR window."""
+    return isinstance(rec, dict) and bool(rec.get("windows")) and "error" not in rec
+
+
+def with_history(rec: Any, added: dict[str, Any]) -> dict[str, Any]:
+    """`extra["pitr"]` of an online backup that took the history (engine/pitr_history.py)."""
+    out = {k: v for k, v in (rec if isinstance(rec, dict) else {}).items() if k != "reason"}
+    return {**out, "history": True, "history_added": added}
 
 
 def windows_of(summary: BackupSummary) -> list[PitrWindow] | None:
@@ -200,10 +213,21 @@ def interval(summary: BackupSummary) -> tuple[datetime, datetime] | None:
         end = hlc_time(summary.backup_ts)
     except ValueError:
         return None
+    # An online backup took the history after BACKUPTS: by then the cleaner could let go of what the
+    # window no longer held, so its window is counted back from then.
+    taken = _history_taken_at(summary) or end
     # MatrixOne records the creation to the second, truncated: the next second is the first sure one.
-    start = min(max(parse_iso(w.created) + timedelta(seconds=1), end - timedelta(seconds=w.range_seconds))
+    start = min(max(parse_iso(w.created) + timedelta(seconds=1), taken - timedelta(seconds=w.range_seconds))
                 for w in windows)
     return (start, end) if start <= end else None
+
+
+def _history_taken_at(summary: BackupSummary) -> datetime | None:
+    added = summary.extra.get("pitr", {}).get("history_added") if isinstance(summary.extra.get("pitr"), dict) else None
+    try:
+        return parse_iso(added["taken_at"]) if isinstance(added, dict) else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def interval_fields(summary: BackupSummary) -> dict[str, str | None]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Sequence
@@ -81,9 +82,9 @@ def choose_backup(summaries: Sequence[BackupSummary], t: datetime, now: datetime
             raise MobackupError(f"no backup {backup_id}")
         summary = chosen[0]
         if not holds_history(summary):
-            raise MobackupError(f"backup {summary.id} holds no PITR history (MatrixOne's BACKUP output, or table "
-                                f"data in S3): only a cold copy of the whole data directory does; recoverable "
-                                f"intervals: {covered}")
+            raise MobackupError(f"backup {summary.id} holds no PITR history (MatrixOne's BACKUP output alone, or "
+                                f"table data in S3): only a cold copy of the whole data directory, or an online "
+                                f"backup taken while a cluster PITR existed, does; recoverable intervals: {covered}")
         rec = summary.extra.get("pitr")
         if isinstance(rec, dict) and rec.get("error"):
             raise MobackupError(f"backup {summary.id}: its MatrixOne did not list PITRs at backup time (a MatrixOne "
@@ -156,8 +157,13 @@ def run_restore_to_time(
     sql_user: str = "root",
     sql_password: str | None = None,
     progress: Progress | None = None,
+    hostname: str | None = None,
 ) -> PitrRestoreResult:
     """Restore the backup covering `t` into `target` and bring it to `t` (see the module's text).
+    `hostname`: the host that will serve the data. The log service data MatrixOne writes at its first
+    start is bound to the host name it ran under: a backup whose log data belongs to another host is
+    refused (as `restore --hostname`), and one without (an online backup) is brought to `t` under
+    `hostname`, else under the backup's own host name, else this machine's.
     MobackupError on any refusal or failure; after the files were restored, its message says that
     the target holds the backup as of BACKUPTS, not T."""
     from .drill import (
@@ -182,7 +188,7 @@ def run_restore_to_time(
                                iso(known[0]) if known else None, iso(span[1]))
     password = sql_password if sql_password is not None else os.environ.get("MOBACKUP_SQL_PASSWORD", DEFAULT_PASSWORD)
     started = time.monotonic()
-    restored = run_restore(repo, summary.id, target, force=force, progress=progress)
+    restored = run_restore(repo, summary.id, target, force=force, progress=progress, hostname=hostname)
     result.restore_seconds = round(time.monotonic() - started, 3)
     # The server's working directory: its configuration and a link to the target as ./mo-data.
     workdir = Path(tempfile.mkdtemp(prefix=".mobackup-pitr-", dir=target.parent))
@@ -190,7 +196,7 @@ def run_restore_to_time(
     try:
         shutil.copytree(etc, workdir / "etc")
         (workdir / "mo-data").symlink_to(target, target_is_directory=True)
-        result.hostname = foreign_hostname(target)
+        result.hostname = foreign_hostname(target) or (hostname if hostname != socket.gethostname() else None)
         _check_server_binary(mo_service)  # again: the restore took a while, and SQL must reach OUR server
         server = ScratchServer(mo_service, workdir, result.hostname, env={"TZ": "UTC"})
         started = time.monotonic()
