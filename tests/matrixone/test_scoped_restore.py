@@ -23,7 +23,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from mo_server import DEFAULT_VERSION, REPO, MatrixOne, Writer, port_is_free
+from mo_server import DEFAULT_VERSION, REPO, MatrixOne, ServerLock, Writer, port_is_free
 from sqlserver import SqlServer
 
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
@@ -61,19 +61,23 @@ def run(*args: str | Path, password: str = "111", env_path: str | None = None) -
 
 @pytest.fixture
 def port_6001_held() -> Iterator[None]:
-    """Port 6001 busy for the test: a listening socket of ours, or the MatrixOne that already has it."""
+    """Port 6001 busy for the test: a listening socket of ours, or the MatrixOne that already has it.
+    Held under the machine's MatrixOne lock: a test that starts MatrixOne on the fixed ports waits."""
+    lock = ServerLock()
+    lock.acquire()
     squatter = socket.socket()
     squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        squatter.bind(("127.0.0.1", 6001))
-        squatter.listen()
-    except OSError:
-        pass  # someone else's server holds it: just as good
-    assert not port_is_free(6001)
-    try:
+        try:
+            squatter.bind(("127.0.0.1", 6001))
+            squatter.listen()
+        except OSError:
+            pass  # someone else's server holds it: just as good
+        assert not port_is_free(6001)
         yield
     finally:
         squatter.close()
+        lock.release()
 
 
 def rows(mo: MatrixOne, table: str) -> list[tuple[Any, ...]]:
