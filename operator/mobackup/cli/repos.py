@@ -7,6 +7,7 @@ import argparse
 import os
 
 from ..engine.errors import MobackupError
+from ..engine.objectlock import setting_mismatch, wanted
 from ..engine.repository import RepositoryOptions, open_repository
 from .common import emit, repository_options
 
@@ -52,11 +53,9 @@ def cmd_copy(args: argparse.Namespace) -> int:
         raise MobackupError(f"{source.location} is encrypted: give the target's key in {TARGET_KEY_ENV} (or "
                             "--to-encryption-key-file); it may be the same key")
     target = open_repository(options, create=True)
-    lock = target.object_lock
-    if options.lock_days is not None and (lock is None or (lock.mode, lock.days)
-                                          != (options.lock_mode.upper(), options.lock_days)):
-        raise MobackupError(f"{target.location} exists with another Object Lock setting than --to-lock-days asks "
-                            "(it is set when a repository is created)")
+    mismatch = setting_mismatch(target.location, target.object_lock, wanted(options.lock_days, options.lock_mode))
+    if mismatch:
+        raise MobackupError(f"--to-lock-days: {mismatch}")
     result = copy_backups(source, target, None if args.all else args.ids,
                           progress=for_terminal("copy", args.quiet or args.json))
     lines = [f"copied {len(result.copied)} backup(s) to {result.target}: {', '.join(result.copied) or '-'}",

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from . import events, jobs, lease, models, snapshot, status, storage, workload
@@ -176,6 +176,8 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
         patch["location"] = location
     if result.backup_count is not None:
         patch["backupCount"] = result.backup_count
+    if result.object_lock is not None or (result.backup_count is not None and old.get("objectLock")):
+        patch["objectLock"] = result.object_lock
     if result.available and location and storage.stats_due(old.get("stats"), result.backup_count,
                                                            status.now().timestamp()):
         try:
@@ -813,6 +815,17 @@ def cleanup_run(ctx: Ctx, obj: dict[str, Any]) -> None:
     lease.release(ctx.kube, ns, key, holder_id(obj))
 
 
+def hold_deletion(ctx: Ctx, obj: dict[str, Any], backup_id: str, until: datetime) -> str:
+    """A locked backup is not attempted (the bucket would refuse): the MOBackup stays, saying when
+    its data is deleted (the deletion handler retries then)."""
+    message = (f"backup {backup_id} is under S3 Object Lock until {status.iso(until)}: its data is deleted "
+               "then (the MOBackup stays until that)")
+    if (obj.get("status") or {}).get("message") != message:
+        patch_fields(ctx, obj, reason="ObjectLocked", message=message)
+        events.emit(ctx.kube, obj, "Normal", "ObjectLocked", message)
+    return message
+
+
 def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     """deletionPolicy Delete: run (or follow) the delete Job. (done, message)."""
     ns, _name, _ = meta(obj)
@@ -824,6 +837,9 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
         return True, f"not deleted: {e}"
     if not backup_id:
         return True, "no backup data to delete"
+    held = status.locked_until(obj)
+    if held is not None:
+        return False, hold_deletion(ctx, obj, backup_id, held)
     spec = models.parse_backup(obj.get("spec") or {}, ns)
     try:
         _, stg = get_storage(ctx, ns, spec.storage)
@@ -873,6 +889,12 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     ctx.metrics.inc("mobackup_failures_total", kind="Delete", namespace=ns)
     if result and result.get("reason") == "BackupNotFound":
         return True, "already absent"
+    if result and result.get("reason") == "RetentionError":  # a lock the status did not say: wait for it
+        message = f"backup {backup_id} not deleted yet: {result.get('error')}"
+        if (obj.get("status") or {}).get("message") != message:
+            patch_fields(ctx, obj, reason="ObjectLocked", message=message)
+            events.emit(ctx.kube, obj, "Normal", "ObjectLocked", message)
+        return False, message
     if result and result.get("reason") == "DeleteRefused":  # not this MOBackup's backup: keep it
         message = f"backup {backup_id} not deleted: {result.get('error')}"
         events.emit(ctx.kube, obj, "Warning", "DeleteRefused", message)

@@ -195,7 +195,9 @@ def mobackup_delete(body: kopf.Body, **_: Any) -> None:
     if done and message == "deleted":
         recount_storage(obj["metadata"]["namespace"], _storage_of(obj))
     if not done:
-        raise kopf.TemporaryError(message, delay=2)
+        held = status.locked_until(obj)  # S3 Object Lock: retry when it passes (hourly at most)
+        delay = 2.0 if held is None else min(max((held - status.now()).total_seconds() + 1, 2.0), 3600.0)
+        raise kopf.TemporaryError(message, delay=delay)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={jobs.MANAGED_BY: jobs.MANAGER})

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from mobackup.engine import objectlock
 from mobackup.engine.errors import MobackupError
 
 from .jobs import L_UID
@@ -157,6 +158,7 @@ class CheckResult:
     reason: str
     message: str
     backup_count: int | None = None
+    object_lock: dict[str, Any] | None = None  # what the repository records (status.objectLock)
 
 
 def _s3_options(st: StorageSpec, creds: Credentials, ca_path: str | None) -> Any:
@@ -264,14 +266,25 @@ def check(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...]
         opts = _s3_options(st, creds, ca_file)
         backend = make_backend(opts)
         backend.check_access()
+        lock = None
         try:
             # Opening checks the encryption key; backup_ids() is one LIST of the published summaries.
-            count = len(open_repository(opts).backup_ids())
+            repo = open_repository(opts)
+            count = len(repo.backup_ids())
             note = ""
+            lock = repo.object_lock.to_config() if repo.object_lock else None
+            asked = objectlock.wanted(st.object_lock.days, st.object_lock.mode) if st.object_lock else None
+            mismatch = objectlock.setting_mismatch(backend.location, repo.object_lock, asked)
+            if mismatch:  # every backup Job would refuse it: say so before one is started
+                return CheckResult(False, "ObjectLockMismatch", f"spec.objectLock: {mismatch}", count, lock)
         except RepositoryNotFound:
             count, note = 0, "; no repository yet (the first backup creates it)"
+            if st.object_lock and not backend.object_lock_enabled():  # type: ignore[attr-defined]
+                return CheckResult(False, "ObjectLockNotEnabled",
+                                   f"spec.objectLock: bucket {st.s3.bucket} was not created with Object Lock enabled "
+                                   "(ObjectLockEnabledForBucket): the first backup could not lock its objects", 0)
         return CheckResult(True, "Reachable", f"{backend.location} is reachable and the credentials work{note}",
-                           count)
+                           count, lock)
     except EncryptionKeyError as e:
         return CheckResult(False, "EncryptionKeyError", str(e))
     except RepositoryFormatError as e:
