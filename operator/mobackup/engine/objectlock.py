@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import MobackupError
-from .model import iso, utc_now
+from .model import iso, parse_iso, utc_now
 from .storage import ObjectNotFound
 
 MODES = ("COMPLIANCE", "GOVERNANCE")
@@ -89,6 +89,17 @@ def setting_mismatch(location: str, recorded: ObjectLock | None, asked: ObjectLo
     have = f"{recorded.mode} for {recorded.days:g} days" if recorded else "no Object Lock"
     return (f"{location} was created with {have}, not the asked {asked.mode} for {asked.days:g} days: the "
             "setting is fixed when a repository is created (use a new repository for another one)")
+
+
+def recorded_until(summary: Any) -> datetime | None:
+    """The retention date a backup's summary recorded (`extra.locked_until`; untrusted: None when
+    absent or not a date with a zone)."""
+    text = summary.extra.get("locked_until")
+    try:
+        recorded = parse_iso(text) if isinstance(text, str) else None
+    except (ValueError, OverflowError):
+        return None
+    return recorded if recorded is not None and recorded.tzinfo is not None else None
 
 
 def held_until(backend: Any, key: str, now: datetime | None = None) -> datetime | None:

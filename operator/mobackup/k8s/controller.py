@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import events, jobs, lease, models, snapshot, status, storage, workload
+from . import events, jobs, lease, models, retention, snapshot, status, storage, workload
 from .kube import Conflict, Kube, NotFound
 from .metrics import REGISTRY, Registry
 
@@ -181,7 +181,8 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
     if result.available and location and storage.stats_due(old.get("stats"), result.backup_count,
                                                            status.now().timestamp()):
         try:
-            stats = storage.repo_stats(ctx.kube, ns, st, ctx.defaults.ambient_credential_buckets)
+            policies = retention.policies_of_storage(ctx.kube.list_cr("MOBackupSchedule", ns), name)
+            stats = storage.repo_stats(ctx.kube, ns, st, ctx.defaults.ambient_credential_buckets, policies)
         except Exception as e:  # the figures are extra: a failure never makes the storage unavailable
             log.warning("stats of MOBackupStorage %s/%s: %s", ns, name, e)
             stats = None
@@ -191,9 +192,11 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
                 ctx.metrics.set("mobackup_storage_stored_bytes", stats["storedBytes"], namespace=ns, storage=name)
             else:
                 ctx.metrics.remove("mobackup_storage_stored_bytes", namespace=ns, storage=name)
+            export_class_bytes(ctx, ns, name, stats.get("bytesByRetentionClass"))
     if "stats" not in patch and isinstance((old.get("stats") or {}).get("storedBytes"), int | float):
         # Not recomputed (at most hourly): the figure stays exported, also by an operator just restarted.
         ctx.metrics.set("mobackup_storage_stored_bytes", old["stats"]["storedBytes"], namespace=ns, storage=name)
+        export_class_bytes(ctx, ns, name, old["stats"].get("bytesByRetentionClass"))
     try:
         ctx.kube.patch_status("MOBackupStorage", ns, name, patch)
     except NotFound:
@@ -202,6 +205,20 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
     ctx.metrics.set("mobackup_storage_available", 1 if result.available else 0, namespace=ns, storage=name)
     if old.get("phase") != phase or (old.get("reason") != result.reason and not result.available):
         events.emit(ctx.kube, obj, "Normal" if result.available else "Warning", result.reason, result.message)
+
+
+def export_class_bytes(ctx: Ctx, ns: str, name: str, by_class: Any) -> None:
+    """mobackup_storage_retention_class_bytes: status.stats.bytesByRetentionClass, one series a class."""
+    from mobackup.engine.stats import RETENTION_CLASSES
+
+    metric = "mobackup_storage_retention_class_bytes"
+    for cls in RETENTION_CLASSES:
+        value = by_class.get(cls) if isinstance(by_class, dict) else None
+        labels = {"namespace": ns, "storage": name, "class": cls}
+        if isinstance(value, int | float):
+            ctx.metrics.set(metric, value, **labels)
+        else:
+            ctx.metrics.remove(metric, **labels)
 
 
 def storage_check_due(obj: dict[str, Any], now_ts: float) -> bool:

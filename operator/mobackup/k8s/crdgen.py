@@ -347,6 +347,22 @@ def storage_crd() -> Schema:
             "compressionRatio": s("Distinct plaintext bytes / their stored size.", "number"),
             "growthBytesPerDay": s("Bytes added per day, from the first backup to the last.", "number"),
             "unreferencedBytes": s("Blob bytes no backup references (what prune would remove).", "integer"),
+            "bytesByRetentionClass": obj(
+                "Bytes of the backups (each its share of the blobs it uses and its own metadata) by retention "
+                "class: what the retention of the MOBackupSchedules backing a source up into this storage keeps "
+                "each backup for (the longest-lived rule first; a schedule without rules keeps its "
+                "successfulBackupsHistoryLimit as keep-last). Classes without backups are absent.", {
+                    "monthly": s("Kept by keepMonthly.", "integer"),
+                    "weekly": s("Kept by keepWeekly (and by no longer-lived rule).", "integer"),
+                    "daily": s("Kept by keepDaily.", "integer"),
+                    "within": s("Kept by keepWithin.", "integer"),
+                    "last": s("Kept by keepLast (or the history limit).", "integer"),
+                    "newest": s("The newest backup of its source, kept by no other rule.", "integer"),
+                    "unmanaged": s("Of sources no schedule (or no single retention) applies to.", "integer"),
+                    "locked": s("Beyond the retention, held by S3 Object Lock.", "integer"),
+                    "prunable": s("Beyond the retention: the schedule deletes them at its next pass (MOBackups "
+                                  "not of a schedule, e.g. copies or manual ones, stay until deleted).", "integer"),
+                }),
             "backups": s("Backups counted.", "integer"),
             "computedAt": s("When these figures were computed.", format="date-time"),
             "message": s("Why the figures were not computed (a repository too large for the operator's scratch "

@@ -210,10 +210,13 @@ def stats_scratch_estimate(repo: Any) -> int:
     return blobs * BYTES_PER_BLOB + 4 * metadata
 
 
-def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """status.stats of an S3 storage the operator can open (engine/stats.py); None otherwise."""
+def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = (),
+               retention: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """status.stats of an S3 storage the operator can open (engine/stats.py); None otherwise.
+    `retention`: source -> the policy its schedules apply (retention.policies_of_storage), which
+    gives the bytes by retention class (every class named: a merge patch then removes a gone one)."""
     from mobackup.engine.errors import RepositoryNotFound
-    from mobackup.engine.stats import repository_stats
+    from mobackup.engine.stats import RETENTION_CLASSES, repository_stats
 
     from .status import iso
 
@@ -228,15 +231,19 @@ def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str,
     budget = int(os.environ.get("MOBACKUP_STATS_SCRATCH_BYTES") or STATS_SCRATCH_BYTES)
     need = stats_scratch_estimate(repo)
     if need > budget:
-        return {**dict.fromkeys(STATS_FIGURES), "backups": len(repo.backup_ids()), "computedAt": iso(),
+        return {**dict.fromkeys(STATS_FIGURES), "bytesByRetentionClass": None, "backups": len(repo.backup_ids()),
+                "computedAt": iso(),
                 "message": f"not computed: about {need} bytes of scratch space needed, more than the operator's "
                            f"{budget} (MOBACKUP_STATS_SCRATCH_BYTES); run `mobackup stats` on the repository"}
-    s = repository_stats(repo)
+    s = repository_stats(repo, retention=retention or {})  # a source no schedule backs up is "unmanaged"
+    by_class = {c: round(s.bytes_by_retention_class[c]) if c in s.bytes_by_retention_class else None
+                for c in RETENTION_CLASSES}
     ratios = {"dedupRatio": s.dedup_ratio, "compressionRatio": s.compression_ratio,
               "growthBytesPerDay": s.growth_bytes_per_day}
     # None (JSON null) removes a figure an earlier computation wrote: a status merge patch merges objects.
     return {"storedBytes": s.stored_bytes, "logicalBytes": s.logical_bytes,
             "unreferencedBytes": s.unreferenced_blob_bytes,
+            "bytesByRetentionClass": by_class,
             **{k: None if v is None else round(float(v), 3) for k, v in ratios.items()},
             "backups": len(s.backups) + len(s.damaged), "computedAt": iso(), "message": None}
 
