@@ -234,8 +234,16 @@ def storage_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         STATE.storages[key] = obj
         if old is not None and (old.get("spec") or {}).get("copyTo") != (obj.get("spec") or {}).get("copyTo"):
             STATE.dirty_copies.add(key)  # a changed copyTo: a pass now, not within copy_seconds
+        if old is not None and _phase(old) != "Available" and _phase(obj) == "Available":
+            # A copy target back: the storages copying to it resume now, not within copy_seconds.
+            STATE.dirty_copies.update(k for k, o in STATE.storages.items() if k[0] == key[0] and any(
+                isinstance(t, dict) and t.get("name") == key[1] for t in (o.get("spec") or {}).get("copyTo") or []))
     if controller.storage_check_due(obj, time.time()):
         _check_storage_async(key)
+
+
+def _phase(obj: dict[str, Any]) -> Any:
+    return (obj.get("status") or {}).get("phase")
 
 
 _checking: set[tuple[str, str]] = set()
