@@ -175,6 +175,8 @@ def morestoredrill_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         with STATE.lock:
             STATE.active.pop((drill.KIND, obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
         return
+    if st.get("phase") == "Completed":
+        drill.record_success_metric(_ctx(), obj)
     # Active drills are driven; a terminal one whose scratch objects were not confirmed gone is
     # cleaned (the operator was killed between the outcome and the cleanup).
     if st.get("phase") in controller.RUN_ACTIVE or not st.get("cleanedUp"):
