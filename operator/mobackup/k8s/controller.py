@@ -193,10 +193,8 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
             else:
                 ctx.metrics.remove("mobackup_storage_stored_bytes", namespace=ns, storage=name)
             export_class_bytes(ctx, ns, name, stats.get("bytesByRetentionClass"))
-    if "stats" not in patch and isinstance((old.get("stats") or {}).get("storedBytes"), int | float):
-        # Not recomputed (at most hourly): the figure stays exported, also by an operator just restarted.
-        ctx.metrics.set("mobackup_storage_stored_bytes", old["stats"]["storedBytes"], namespace=ns, storage=name)
-        export_class_bytes(ctx, ns, name, old["stats"].get("bytesByRetentionClass"))
+    if "stats" not in patch:  # not recomputed (at most hourly): the figures stay exported
+        export_stats(ctx, ns, name, old.get("stats"))
     try:
         ctx.kube.patch_status("MOBackupStorage", ns, name, patch)
     except NotFound:
@@ -205,6 +203,25 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
     ctx.metrics.set("mobackup_storage_available", 1 if result.available else 0, namespace=ns, storage=name)
     if old.get("phase") != phase or (old.get("reason") != result.reason and not result.available):
         events.emit(ctx.kube, obj, "Normal" if result.available else "Warning", result.reason, result.message)
+
+
+def export_from_status(ctx: Ctx, obj: dict[str, Any]) -> None:
+    """The storage's gauges from its status (the last check's verdict and figures), between checks:
+    an operator just restarted exported none for up to checkIntervalSeconds, and an unavailable
+    storage's alert resolved meanwhile."""
+    ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    st = obj.get("status") or {}
+    if st.get("phase") in ("Available", "Unavailable"):
+        up = 1 if st["phase"] == "Available" else 0
+        ctx.metrics.set("mobackup_storage_available", up, namespace=ns, storage=name)
+    export_stats(ctx, ns, name, st.get("stats"))
+
+
+def export_stats(ctx: Ctx, ns: str, name: str, stats: Any) -> None:
+    """The gauges of status.stats as an earlier computation left them (a figure left out: nothing)."""
+    if isinstance(stats, dict) and isinstance(stats.get("storedBytes"), int | float):
+        ctx.metrics.set("mobackup_storage_stored_bytes", stats["storedBytes"], namespace=ns, storage=name)
+        export_class_bytes(ctx, ns, name, stats.get("bytesByRetentionClass"))
 
 
 def export_class_bytes(ctx: Ctx, ns: str, name: str, by_class: Any) -> None:

@@ -242,6 +242,8 @@ def storage_event(type: str | None, body: kopf.Body, **_: Any) -> None:
                 isinstance(t, dict) and t.get("name") == key[1] for t in (o.get("spec") or {}).get("copyTo") or []))
     if controller.storage_check_due(obj, time.time()):
         _check_storage_async(key)
+    else:  # e.g. an operator just started: the gauge says what the last check found until the next one
+        controller.export_from_status(_ctx(), obj)
 
 
 def _phase(obj: dict[str, Any]) -> Any:
