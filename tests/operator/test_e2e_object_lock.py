@@ -20,7 +20,7 @@ from mobackup.k8s.status import now, parse_iso
 
 pytestmark = pytest.mark.cluster
 
-LOCK_SECONDS = 15.0  # long enough to see the deletion held, short enough to wait for it
+LOCK_SECONDS = 12.0  # long enough to see the deletion held, short enough to wait for it
 
 
 def test_a_locked_backup_is_deleted_only_once_its_lock_has_passed(env: Env) -> None:
