@@ -39,6 +39,9 @@ def test_a_locked_backup_is_deleted_only_once_its_lock_has_passed(env: Env) -> N
     with pytest.raises(ApiError) as refused:
         env.api.merge_patch(env.path("MOBackupStorage", "worm"), {"spec": {"objectLock": {"days": 0.0001}}})
     assert refused.value.status == 422 and "objectLock is fixed" in str(refused.value)
+    with pytest.raises(ApiError) as refused:
+        env.api.merge_patch(env.path("MOBackupStorage", "worm"), {"spec": {"objectLock": None}})
+    assert refused.value.status == 422 and "objectLock cannot be removed" in str(refused.value)
 
     env.create("MOBackup", "b1", {"source": {"pvc": {"claimName": "mo-data"}, "workload": {"kind": "StatefulSet",
                                                                                        "name": "mo"}},
