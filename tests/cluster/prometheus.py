@@ -69,8 +69,10 @@ class Prometheus:
         tmp.write_text(json.dumps([{"targets": targets, "labels": {"namespace": self.namespace}}]))
         tmp.replace(self.targets)
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The answer now, or at the unix time `at` (a past evaluation: ALERTS keeps each alert's history)."""
+        params: dict[str, Any] = {"query": promql, **({"time": at} if at is not None else {})}
+        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(params)
         answer = json.loads(urllib.request.urlopen(url, timeout=10).read())
         assert answer["status"] == "success", answer
         return list(answer["data"]["result"])
@@ -82,6 +84,21 @@ class Prometheus:
             assert time.monotonic() < deadline, f"no series for {promql} after {timeout} s"
             time.sleep(0.5)
         return result
+
+    def wait_gone(self, promql: str, timeout: float = 30) -> None:
+        """Wait until `promql` has no series (an alert resolved: ALERTS ends with a stale marker)."""
+        deadline = time.monotonic() + timeout
+        while result := self.query(promql):
+            assert time.monotonic() < deadline, f"{promql} still answers after {timeout} s: {result}"
+            time.sleep(0.5)
+
+    def seen(self, promql: str, since: float) -> bool:
+        """Whether `promql` had a series at some evaluation since the unix time `since` (1 s steps)."""
+        url = f"http://127.0.0.1:{self.port}/api/v1/query_range?" + urllib.parse.urlencode(
+            {"query": promql, "start": since, "end": time.time(), "step": 1})
+        answer = json.loads(urllib.request.urlopen(url, timeout=10).read())
+        assert answer["status"] == "success", answer
+        return bool(answer["data"]["result"])
 
     def stop(self) -> None:
         self.proc.terminate()

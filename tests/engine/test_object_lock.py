@@ -199,7 +199,8 @@ def test_cli_init_with_lock_and_a_copy_into_it_is_retained(env: Any, locked_buck
                                                                                        "days": 2.0}
     copy[copy.index("2")] = "3"
     refused = subprocess.run(copy, env={**os.environ, **env.env()}, capture_output=True, text=True)
-    assert refused.returncode == 1 and "another Object Lock setting" in refused.stderr
+    assert refused.returncode == 1 and "created with COMPLIANCE for 2 days, not the asked COMPLIANCE for 3 days" \
+        in refused.stderr
 
 
 def test_a_backup_never_publishes_over_a_blob_deleted_early(env: Any, locked_bucket: str, tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ class _Kube:
     def __init__(self, backups: list[dict[str, Any]]) -> None:
         self.backups = backups
         self.deleted: list[str] = []
+        self.status: dict[str, Any] = {}
+        self.events: list[dict[str, Any]] = []
 
     def list_cr(self, kind: str, ns: str, label_selector: str | None = None) -> list[dict[str, Any]]:
         return list(self.backups) if kind == "MOBackup" else []
@@ -31,10 +33,11 @@ class _Kube:
         self.deleted.append(name)
 
     def patch_status(self, kind: str, ns: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.status.update(status)
         return {}
 
     def create_event(self, ns: str, body: dict[str, Any]) -> None:
-        pass
+        self.events.append(body)
 
 
 def _iso(when: datetime) -> str:
@@ -52,14 +55,14 @@ def _backup(index: int, base: int | None, when: datetime, phase: str = "Complete
             "spec": {**BACKUP, "type": "Incremental" if base is not None else "Full"}, "status": status}
 
 
-def _pass(backups: list[dict[str, Any]], keep_last: int) -> list[str]:
+def _pass(backups: list[dict[str, Any]], keep_last: int, kube: _Kube | None = None) -> list[str]:
     now = datetime.now(UTC)
     sched = {"metadata": {"name": "nightly", "namespace": "ns", "uid": "u1", "generation": 1,
                           "creationTimestamp": _iso(now - timedelta(days=30))},
              "spec": {"fullSchedule": "0 0 1 1 *", "retention": {"keepLast": keep_last}, "template": {"spec": BACKUP}},
              # the last yearly run is handled: nothing is due in this pass
              "status": {"lastFullScheduleTime": _iso(now - timedelta(minutes=1))}}
-    kube = _Kube(backups)
+    kube = kube or _Kube(backups)
     schedule.reconcile_schedule(Ctx(kube=kube), sched)  # type: ignore[arg-type]
     return sorted(kube.deleted)
 
@@ -76,3 +79,21 @@ def test_schedule_retention_spares_the_base_of_a_run_in_progress() -> None:
     chain = [_backup(i, i - 1 if i else None, start + timedelta(hours=i)) for i in range(4)]
     running = _backup(9, 1, start + timedelta(hours=9), phase="Running")  # reads nightly-1's file list
     assert _pass([*chain, running], keep_last=1) == ["nightly-0", "nightly-2"]
+
+
+def test_schedule_retention_keeps_what_object_lock_holds_and_says_until_when() -> None:
+    """A storage with spec.objectLock: a MOBackup whose lock is ahead (status.lockedUntil) is not
+    deleted (the bucket would refuse); the schedule's status and an Event name it and its date, and
+    the first pass after the date deletes it."""
+    start = datetime.now(UTC) - timedelta(days=2)
+    chain = [_backup(i, None, start + timedelta(hours=i)) for i in range(3)]
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(days=5)
+    chain[0]["status"]["lockedUntil"] = _iso(until)
+    chain[1]["status"]["lockedUntil"] = _iso(datetime.now(UTC) - timedelta(seconds=1))  # passed
+    kube = _Kube(chain)
+    assert _pass(chain, keep_last=1, kube=kube) == ["nightly-1"]
+    assert kube.status["retentionHeld"] == [{"name": "nightly-0", "lockedUntil": _iso(until)}]
+    held = [e for e in kube.events if e["reason"] == "RetentionHeld"]
+    assert len(held) == 1 and f"nightly-0 (until {_iso(until)})" in held[0]["message"]
+    chain[0]["status"]["lockedUntil"] = _iso(datetime.now(UTC) - timedelta(seconds=1))
+    assert _pass(chain, keep_last=1) == ["nightly-0", "nightly-1"]

@@ -7,9 +7,11 @@ import os
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from mobackup.engine.backup import run_backup
+from mobackup.engine.model import parse_iso
 from mobackup.engine.prune import delete_backup
 from mobackup.engine.repository import Repository, RepositoryOptions, blob_key, open_repository
 from mobackup.engine.stats import repository_stats
@@ -110,3 +112,68 @@ def test_a_damaged_file_list_is_reported_and_not_counted(tmp_path: Path) -> None
     # its blobs count as unreferenced, and backup 2 now holds c alone
     assert stats.referenced_blob_bytes == 7000 and stats.unreferenced_blob_bytes == 500
     assert {b.id: b.unique_bytes for b in stats.backups}[ids[1]] == 4000
+
+
+def test_retention_classes_take_the_longest_lived_rule_and_the_lock() -> None:
+    """What the policy keeps each backup for (engine/stats.py RETENTION_CLASSES), on fixed dates:
+    the newest of a month that is also the newest of its week and day is monthly."""
+    from dataclasses import replace
+
+    from mobackup.engine.model import BackupSummary
+    from mobackup.engine.prune import RetentionPolicy
+    from mobackup.engine.stats import retention_classes
+
+    base = BackupSummary(id="x", type="full", base_id=None, source="db", backup_ts="1-0", backup_ts_source="clock",
+                         started_at="", completed_at="", duration_seconds=0, size_bytes=0, new_bytes=0,
+                         stored_bytes=0, file_count=0, read_file_count=0, chunk_count=0, new_blob_count=0,
+                         data_dir="", host="", layout="disk", location="", files_digest="", files_frames=0,
+                         entry_count=0)
+    days = {"jan05": "2026-01-05", "jan20": "2026-01-20", "mar02": "2026-03-02", "mar10": "2026-03-10",
+            "mar11": "2026-03-11", "old": "2025-06-01"}
+    summaries = [replace(base, id=name, completed_at=f"{day}T01:00:00Z", extra={}) for name, day in days.items()]
+    summaries[-1] = replace(summaries[-1], extra={"locked_until": "2026-04-01T00:00:00Z"})
+    summaries.append(replace(base, id="other", source="other", completed_at="2026-03-11T02:00:00Z"))
+    now = parse_iso("2026-03-12T00:00:00Z")
+    policy = RetentionPolicy(keep_daily=2, keep_weekly=2, keep_monthly=2)
+    assert retention_classes(summaries, {"db": policy}, now) == {
+        "mar11": "monthly", "mar10": "daily", "mar02": "weekly", "jan20": "monthly", "jan05": "prunable",
+        "old": "locked", "other": "unmanaged"}
+    assert retention_classes(summaries, RetentionPolicy(keep_last=2), now)["mar11"] == "last"
+    assert retention_classes(summaries, RetentionPolicy(keep_within=timedelta(days=1)), now)["other"] == "within"
+    assert retention_classes(summaries, RetentionPolicy(keep_daily=1), now)["other"] == "daily"
+    assert retention_classes(summaries, RetentionPolicy(keep_daily=1), now)["mar10"] == "prunable"
+
+
+def test_cost_by_retention_class_of_a_repository_whose_sizes_are_known(tmp_path: Path) -> None:
+    from mobackup.engine.prune import RetentionPolicy
+
+    repo, ids = known_repository(tmp_path)
+    stats = repository_stats(repo, price=2.0, retention=RetentionPolicy(keep_last=1))
+    by_id = {b.id: b for b in stats.backups}
+    meta = [by_id[i].metadata_bytes for i in ids]
+    # db: backup 2 is its last, backup 1 the next prune's; other: backup 3 is its last
+    assert [by_id[i].retention_class for i in ids] == ["prunable", "last", "last"]
+    assert stats.bytes_by_retention_class == {"prunable": 1500 + meta[0], "last": 3500 + meta[1] + 2500 + meta[2]}
+    cost = stats.monthly_cost_by_retention_class
+    assert abs(cost["prunable"] - (1500 + meta[0]) / 1e9 * 2.0) < 1e-12
+    assert abs(cost["last"] - (6000 + meta[1] + meta[2]) / 1e9 * 2.0) < 1e-12
+    cells = stats.monthly_cost_by_source_and_retention_class
+    assert set(cells) == {"db", "other"} and set(cells["db"]) == {"prunable", "last"}
+    assert set(cells["other"]) == {"last"}
+    for source, by_class in cells.items():  # a source's classes add up to its cost
+        assert abs(sum(by_class.values()) - stats.monthly_cost_by_source[source]) < 1e-12
+    # A policy by source: one without is unmanaged; without --price the bytes still are by class.
+    stats = repository_stats(repo, retention={"db": RetentionPolicy(keep_daily=7), "other": None})
+    assert [b.retention_class for b in stats.backups] == ["prunable", "daily", "unmanaged"]
+    assert stats.monthly_cost_by_retention_class == {} and stats.bytes_by_retention_class["unmanaged"] == 2500 + meta[2]
+    assert repository_stats(repo).bytes_by_retention_class == {}  # no policy: no classes
+
+    out = subprocess.run([MOBACKUP, "stats", "--repo", str(tmp_path / "repo"), "--json", "--price", "2",
+                          "--keep-last", "1"], capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    assert [b["retention_class"] for b in data["backups"]] == ["prunable", "last", "last"]
+    assert data["monthly_cost_by_source_and_retention_class"]["db"].keys() == {"prunable", "last"}
+    text = subprocess.run([MOBACKUP, "stats", "--repo", str(tmp_path / "repo"), "--price", "2", "--keep-last", "1"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "RETENTION" in text and "monthly cost by retention class: last " in text
+    assert "  db: last " in text and "  other: last " in text

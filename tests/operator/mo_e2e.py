@@ -5,6 +5,7 @@ and small waits over the real API."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -287,3 +288,13 @@ class Env:
         raise AssertionError(f"{sts}: not {n} running pod(s); replicas={self.replicas(sts)}")
 
 
+def jobs_run_these_sources(env: Env) -> None:
+    """The local node plays the image with the project's .venv, whose editable install may be another
+    checkout: the Jobs get the PYTHONPATH this test runs with (as the chart's jobDefaults.env would)."""
+    if not os.environ.get("PYTHONPATH"):
+        return
+    env.op.kill(signal.SIGTERM)
+    defaults = {"env": [{"name": "PYTHONPATH", "value": os.environ["PYTHONPATH"]}]}
+    env.op = OperatorProcess(env.cluster, [env.ns], env.tmp / "operator-2.log",
+                             extra_env={"MOBACKUP_JOB_DEFAULTS": json.dumps(defaults)})
+    env.op.start()

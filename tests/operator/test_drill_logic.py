@@ -127,3 +127,22 @@ def test_checker_message_stays_under_the_kubelet_limit_and_keeps_failures() -> N
     assert len(text) <= drillcheck.MAX_MESSAGE
     names = [c["name"] for c in doc["checks"]]
     assert "query 1" in names and names[-1] == "rows" and "500 table row count(s)" in doc["checks"][-1]["detail"]
+
+
+def test_a_passed_drill_seen_after_a_restart_exports_its_source_last_success() -> None:
+    """The stale-drill alert needs the gauge from the start: an operator just started takes it from
+    the Completed drills it lists (never older than what a newer drill set)."""
+    from mobackup.k8s.controller import Ctx
+    from mobackup.k8s.metrics import Registry
+
+    ctx = Ctx(kube=None, metrics=Registry())  # type: ignore[arg-type]
+
+    def seen(phase: str, done: str) -> float | None:
+        drill.record_success_metric(ctx, {"metadata": {"namespace": "ns"},
+                                          "status": {"phase": phase, "completionTime": done, "source": "db"}})
+        return ctx.metrics.get("mobackup_last_drill_success_timestamp_seconds", namespace="ns", source="db")
+
+    assert seen("Failed", "2026-12-01T00:00:00Z") is None
+    assert seen("Completed", "2026-12-01T00:00:10Z") == 1796083210.0
+    assert seen("Completed", "2026-11-30T00:00:00Z") == 1796083210.0  # an older one never goes back
+    assert seen("Completed", "not a date") == 1796083210.0

@@ -5,14 +5,11 @@ lives, and the copy restores to exactly the backed-up tree. (The logic in detail
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from mo_e2e import Env, OperatorProcess
+from mo_e2e import Env, jobs_run_these_sources
 
 from mobackup.engine.errors import EncryptionKeyError
 from mobackup.engine.repository import open_repository
@@ -23,18 +20,6 @@ from mobackup.sample import snapshot_tree
 pytestmark = pytest.mark.cluster
 
 FAR_KEY = "a different passphrase for the copies"
-
-
-def jobs_run_these_sources(env: Env) -> None:
-    """The local node plays the image with the project's .venv, whose editable install may be another
-    checkout: the Jobs get the PYTHONPATH this test runs with (as the chart's jobDefaults.env would)."""
-    if not os.environ.get("PYTHONPATH"):
-        return
-    env.op.kill(signal.SIGTERM)
-    defaults = {"env": [{"name": "PYTHONPATH", "value": os.environ["PYTHONPATH"]}]}
-    env.op = OperatorProcess(env.cluster, [env.ns], env.tmp / "operator-2.log",
-                             extra_env={"MOBACKUP_JOB_DEFAULTS": json.dumps(defaults)})
-    env.op.start()
 
 
 def test_a_completed_backup_is_copied_to_a_second_storage_and_restores(env: Env, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ with the MatrixOne image. MatrixOne's ports are fixed: the test holds the suite'
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -25,9 +26,23 @@ from test_e2e_matrixone import STS, real_mo, sql_ref, stop_statefulset  # noqa: 
 
 from cluster.prometheus import Prometheus
 from mo_server import DEFAULT_VERSION, PASSWORD, SqlClient, create_db, wait_ports_free
+from mobackup.k8s import status
 from ship.test_alerts import rendered_rules
 
 pytestmark = pytest.mark.cluster
+
+
+# The chart's alert rules as Prometheus runs them here: the shipped expressions, rendered with test
+# values that make the scenario take seconds (the defaults in brackets): thresholds of 10.8 s since
+# the last backup [26 h], 8.64 s since the last passing drill [8 days] and 7.2 s of copy lag [6 h],
+# a failure window of 15 s [1 h], and `for:` 2 s [10-15 min] (MOBackupOperatorDown keeps its 10 min:
+# the operator is killed on purpose below). Prometheus scrapes and evaluates every second.
+FAST_ALERTS = ("--set-json", "metrics.prometheusRule.staleBackupHours=0.003",
+               "--set-json", "metrics.prometheusRule.staleDrillDays=0.0001",
+               "--set-json", "metrics.prometheusRule.copyLagHours=0.002",
+               "--set", "metrics.prometheusRule.failedBackupWindow=15s",
+               *(arg for rule in ("staleBackup", "staleDrill", "storageUnavailable", "copyLagging")
+                 for arg in ("--set", f"metrics.prometheusRule.for.{rule}=2s")))
 
 
 def drill_operator(env: Env, mo_install: Callable[[str], Path], tmp_path: Path) -> OperatorProcess:
@@ -35,10 +50,13 @@ def drill_operator(env: Env, mo_install: Callable[[str], Path], tmp_path: Path) 
     workdir = tmp_path / "mo-scratch-home"
     if not workdir.exists():
         shutil.copytree(home / "etc", workdir / "etc")
+    # Jobs run the sources this test runs (the local node plays the image with the project's .venv).
+    job_env = [{"name": "PYTHONPATH", "value": os.environ["PYTHONPATH"]}] if os.environ.get("PYTHONPATH") else []
     return OperatorProcess(env.cluster, [env.ns], tmp_path / f"operator-{time.monotonic_ns()}.log", extra_env={
         "MOBACKUP_DRILL_COMMAND": json.dumps([str(home / "mo-service")]),
         "MOBACKUP_DRILL_ARGS": json.dumps(["-launch", "etc/launch/launch.toml"]),
-        "MOBACKUP_DRILL_WORKING_DIR": str(workdir), "MOBACKUP_DRILL_DATA_PATH": str(workdir / "mo-data")})
+        "MOBACKUP_DRILL_WORKING_DIR": str(workdir), "MOBACKUP_DRILL_DATA_PATH": str(workdir / "mo-data"),
+        "MOBACKUP_JOB_DEFAULTS": json.dumps({"env": job_env})})
 
 
 def swap_operator(env: Env, new: OperatorProcess) -> None:
@@ -84,12 +102,21 @@ def test_restore_drills_on_the_cluster_with_the_real_matrixone(
         env: Env, real_mo: Callable[..., SqlClient],  # noqa: F811 - the fixture imported above
         mo_install: Callable[[str], Path], tmp_path: Path, request: pytest.FixtureRequest) -> None:
     swap_operator(env, drill_operator(env, mo_install, tmp_path))
-    # A real Prometheus scrapes the operator all along, with the chart's alert rules (checked at the end).
-    prom = Prometheus(tmp_path / "prometheus", rendered_rules())
+    # A real Prometheus scrapes the operator all along, with the chart's alert rules (FAST_ALERTS).
+    prom = Prometheus(tmp_path / "prometheus", rendered_rules(*FAST_ALERTS))
     request.addfinalizer(prom.stop)
     prom.scrape([f"127.0.0.1:{env.op.metrics_port}"])
     mo = real_mo()
     env.s3_storage()
+    # Causes of alerts, from the start (removed in step 3): a backup that fails, a copy target that
+    # cannot be reached (the storage's backups wait for their copy).
+    started = time.time()
+    env.create("MOBackup", "no-storage", {"source": {"pvc": {"claimName": "mo-data"}}, "consistency": "None",
+                                          "storageRef": {"name": "absent"}})
+    env.create("MOBackupStorage", "offsite", {"s3": {
+        "endpoint": "http://127.0.0.1:9", "bucket": env.s3.bucket, "prefix": f"{env.ns}/offsite",
+        "region": env.s3.region, "pathStyle": True, "credentialsSecretRef": {"name": "s3-creds"}}})
+    env.api.merge_patch(env.path("MOBackupStorage", "s3"), {"spec": {"copyTo": [{"name": "offsite"}]}})
     env.secret("mo-sql", {"password": PASSWORD})
     create_db(mo, "db1", 2000)
     create_db(mo, "db2", 3000)
@@ -145,14 +172,17 @@ def test_restore_drills_on_the_cluster_with_the_real_matrixone(
     assert checks["rows db2.t"]["ok"] and checks["tables"]["ok"] and checks["databases"]["ok"]
     assert "expected '11', got '10'" in st["message"] and st.get("hostname") is None
 
-    # 3. A backup that cannot be restored: fails with the reason, no MatrixOne started.
+    # 3. Each alert fires, and resolves once its cause is gone.
+    alerts_fire_and_resolve(env, prom, started)
+
+    # 4. A backup that cannot be restored: fails with the reason, no MatrixOne started.
     drill = run_drill(env, "drill-missing", {"backupID": "00000000-0000-4000-8000-000000000000",
                                              "storageRef": {"name": "s3"}})
     st = drill["status"]
     assert st["phase"] == "Failed" and st["reason"] == "RestoreFailed", st
     assert "00000000-0000-4000-8000-000000000000" in st["message"]
 
-    # 4. A damaged blob (one bit of the cold backup's biggest file, flipped in the bucket): the restore
+    # 5. A damaged blob (one bit of the cold backup's biggest file, flipped in the bucket): the restore
     #    fails the drill with the reason, before any MatrixOne starts.
     from mobackup.engine.repository import blob_key
 
@@ -176,22 +206,53 @@ def test_restore_drills_on_the_cluster_with_the_real_matrixone(
     assert env.replicas("mo")[0] == 0
 
 
+def firing(env: Env, name: str) -> str:
+    return f'ALERTS{{alertname="{name}", alertstate="firing", namespace="{env.ns}"}}'
+
+
+def not_firing_at(env: Env, prom: Prometheus, name: str, when: float) -> None:
+    """The alert was resolved at the unix time `when` (waited for if ahead): a stale-type alert fires
+    again once its threshold passes anew, so its resolution is checked at a moment, not left to chance."""
+    time.sleep(max(0.0, when + 2 - time.time()))  # that evaluation is done and stored
+    assert not prom.query(firing(env, name), at=when), f"{name} still firing at {when}"
+
+
+def alerts_fire_and_resolve(env: Env, prom: Prometheus, started: float) -> None:
+    """Each alert seen firing in the real Prometheus, then its cause removed and the alert resolved:
+    MOBackupFailed (the failed MOBackup; it resolves when the window passes without a failure),
+    MOBackupStorageUnavailable and MOBackupCopyLagging (the copy target made reachable: copies
+    catch up), MOBackupStale (a new backup of the source), MORestoreDrillStale (a passing drill) and
+    MORestoreDrillFailed (the window passes without a failed drill)."""
+    began = time.monotonic()
+    assert (env.get("MOBackup", "no-storage").get("status") or {}).get("phase") == "Failed"
+    assert prom.seen(firing(env, "MOBackupFailed"), started)
+    prom.wait_gone(firing(env, "MOBackupFailed"), 20)
+    for name in ("MOBackupStale", "MOBackupStorageUnavailable", "MOBackupCopyLagging", "MORestoreDrillStale",
+                 "MORestoreDrillFailed"):  # each has had time to fire: lagging waits for a copy pass
+        prom.wait_for(firing(env, name), 40)
+    env.api.merge_patch(env.path("MOBackupStorage", "offsite"), {"spec": {"s3": {"endpoint": env.s3.endpoint}}})
+    env.create("MOBackup", "mo-again", {"source": {"pvc": {"claimName": "mo-data", "path": "mo-data"}},
+                                        "consistency": "None", "storageRef": {"name": "s3"}})
+    again = env.wait_phase("MOBackup", "mo-again", "Completed", "Failed", timeout=120)["status"]
+    assert again["phase"] == "Completed", again
+    # 10.8 s after it, the source is stale again: resolved 6 s after its completion.
+    not_firing_at(env, prom, "MOBackupStale", status.parse_iso(again["completionTime"]).timestamp() + 6)
+    drill = run_drill(env, "drill-again", {"backupName": "mo-online"})["status"]
+    assert drill["phase"] == "Completed", drill
+    not_firing_at(env, prom, "MORestoreDrillStale", status.parse_iso(drill["completionTime"]).timestamp() + 5)
+    prom.wait_gone(firing(env, "MORestoreDrillFailed"), 20)
+    prom.wait_gone(firing(env, "MOBackupStorageUnavailable"), 30)
+    prom.wait_gone(firing(env, "MOBackupCopyLagging"), 60)
+    offsite = env.get("MOBackupStorage", "s3")["status"]["copies"]
+    assert offsite == [{"storage": "offsite", "copied": 3, "pending": 0}], offsite
+    print(f"\nalerts fired and resolved in {time.monotonic() - began:.1f} s (a backup and a drill included)")
+
+
 def check_alerts_and_dashboard(env: Env, prom: Prometheus) -> None:
-    """What the real Prometheus made of this test's runs: the alerts their failures cause are active,
-    and every query of the chart's Grafana dashboard returns series."""
-    env.create("MOBackup", "no-storage", {"source": {"pvc": {"claimName": "mo-data"}}, "consistency": "None",
-                                          "storageRef": {"name": "absent"}})
-    env.wait_phase("MOBackup", "no-storage", "Failed")
-    env.create("MOBackupStorage", "unreachable", {"s3": {"endpoint": "http://127.0.0.1:9", "bucket": "bkt",
-                                                         "credentialsSecretRef": {"name": "s3-creds"}}})
-    env.wait_phase("MOBackupStorage", "unreachable", "Unavailable")
-    # The copy panels: the storage "s3" copies to the unreachable one (its backups wait: lag > 0).
-    env.api.merge_patch(env.path("MOBackupStorage", "s3"), {"spec": {"copyTo": [{"name": "unreachable"}]}})
-    env.wait("MOBackupStorage", "s3", lambda o: bool((o.get("status") or {}).get("copies")), 60, "status.copies")
-    for name, state in (("MORestoreDrillFailed", "firing"), ("MOBackupFailed", "firing"),
-                        ("MOBackupStorageUnavailable", "pending")):  # pending: its `for` is 15 minutes
-        alerts = prom.wait_for(f'ALERTS{{alertname="{name}", alertstate="{state}"}}', 30)
-        assert {a["metric"]["namespace"] for a in alerts} == {env.ns}, alerts
+    """What the real Prometheus made of the last failures, and every query of the chart's Grafana
+    dashboard returns series."""
+    alerts = prom.wait_for(firing(env, "MORestoreDrillFailed"), 30)  # drill-missing, drill-damaged
+    assert {a["metric"]["namespace"] for a in alerts} == {env.ns}, alerts
     assert not prom.query('ALERTS{alertname="MOBackupOperatorDown"}')
     dashboard = json.loads((Path(__file__).resolve().parents[2] / "charts" / "mo-backup-operator" / "dashboards"
                             / "mobackup.json").read_text())

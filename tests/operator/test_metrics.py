@@ -57,3 +57,22 @@ def test_operations_guide_lists_each_metric_with_its_labels() -> None:
     rows = {m[1]: (m[2], tuple(x.strip() for x in m[3].split(",")))
             for m in re.finditer(r"^\| `(mobackup_[a-z_]+)` \| (\w+) \| ([a-z, ]+) \|", doc, re.M)}
     assert rows == {name: (kind, labels) for name, (kind, _, labels) in metrics.HELP.items()}
+
+
+def test_storage_gauges_are_exported_from_the_last_check_between_checks() -> None:
+    """An operator just started sees each storage before its next check is due: the gauge says what
+    the last check found (else MOBackupStorageUnavailable resolved on every restart)."""
+    from mobackup.k8s import controller
+
+    ctx = controller.Ctx(kube=None, metrics=metrics.Registry())  # type: ignore[arg-type]
+    for phase, value in (("Unavailable", 0.0), ("Available", 1.0)):
+        controller.export_from_status(ctx, {"metadata": {"namespace": "ns", "name": "s"}, "status": {
+            "phase": phase, "stats": {"storedBytes": 7, "bytesByRetentionClass": {"last": 5, "prunable": None}}}})
+        assert ctx.metrics.get("mobackup_storage_available", namespace="ns", storage="s") == value
+    assert ctx.metrics.get("mobackup_storage_stored_bytes", namespace="ns", storage="s") == 7
+    labels = {"namespace": "ns", "storage": "s"}
+    by_class = {c: ctx.metrics.get("mobackup_storage_retention_class_bytes", **labels, **{"class": c})
+                for c in ("last", "prunable")}
+    assert by_class == {"last": 5, "prunable": None}
+    controller.export_from_status(ctx, {"metadata": {"namespace": "ns", "name": "new"}, "status": {}})
+    assert ctx.metrics.get("mobackup_storage_available", namespace="ns", storage="new") is None

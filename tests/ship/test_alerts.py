@@ -149,3 +149,17 @@ def test_a_changed_threshold_moves_the_alert(tmp_path: Path) -> None:
                                                         "tests": [case]}))
     result = promtool("test", "rules", tmp_path / "test.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_fractional_thresholds_and_the_for_durations_reach_the_rules() -> None:
+    """What the e2e drill test renders (seconds instead of hours, `for:` 2 s); the defaults render as
+    before (`for:` 10 m / 15 m, whole seconds)."""
+    rules = {r["alert"]: r for r in rendered_rules(
+        "--set-json", "metrics.prometheusRule.staleBackupHours=0.003",
+        "--set", "metrics.prometheusRule.for.staleBackup=2s")["groups"][0]["rules"]}
+    assert rules["MOBackupStale"]["expr"].strip().endswith("> 10.8") and rules["MOBackupStale"]["for"] == "2s"
+    defaults = {r["alert"]: r for r in rendered_rules()["groups"][0]["rules"]}
+    assert defaults["MOBackupStale"]["expr"].strip().endswith("> 93600")
+    assert {name: r.get("for") for name, r in defaults.items() if r.get("for")} == {
+        "MOBackupStale": "10m", "MORestoreDrillStale": "10m", "MOBackupStorageUnavailable": "15m",
+        "MOBackupCopyLagging": "15m", "MOBackupOperatorDown": "10m"}

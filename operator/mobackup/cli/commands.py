@@ -15,7 +15,7 @@ from ..engine.repository import Repository, open_repository
 from ..engine.text import printable
 from ..table import backup_table, decimal_size
 from . import pitr, repos, s3
-from .common import emit, repository_options, warn
+from .common import emit, repository_options, retention_policy, warn
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -219,11 +219,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..engine.prune import RetentionPolicy, prune
+    from ..engine.prune import prune
 
     repo = open_repository(repository_options(args))
-    policy = RetentionPolicy(keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
-                             keep_monthly=args.keep_monthly, keep_within=args.keep_within)
+    policy = retention_policy(args)
     result = prune(repo, policy, source=args.source, dry_run=args.dry_run)
     verb = "would delete" if result.dry_run else "deleted"
     lines = [printable(f"{verb} {len(result.deleted)} backup(s): {', '.join(result.deleted) or '-'}")]

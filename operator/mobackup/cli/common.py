@@ -31,3 +31,11 @@ def emit(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def warn(text: str) -> None:
     print(printable(f"mobackup: {text}"), file=sys.stderr)
+
+
+def retention_policy(args: argparse.Namespace) -> Any:
+    """The --keep-* flags (prune's and stats') as the engine's RetentionPolicy."""
+    from ..engine.prune import RetentionPolicy
+
+    return RetentionPolicy(keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
+                           keep_monthly=args.keep_monthly, keep_within=args.keep_within)

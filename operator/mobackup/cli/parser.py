@@ -147,11 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser("prune", help="apply retention and remove unreferenced data")
     _repo_args(prune)
-    prune.add_argument("--keep-last", type=int_range(0), metavar="N")
-    prune.add_argument("--keep-daily", type=int_range(0), metavar="N")
-    prune.add_argument("--keep-weekly", type=int_range(0), metavar="N")
-    prune.add_argument("--keep-monthly", type=int_range(0), metavar="N")
-    prune.add_argument("--keep-within", type=parse_duration, metavar="DURATION", help="e.g. 7d, 12h")
+    add_keep_arguments(prune)
     prune.add_argument("--source", help="only this source's backups")
     prune.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
 
@@ -296,6 +292,16 @@ def add_copy_stats_commands(commands: Any) -> None:
     stats.add_argument("--source", help="only backups of this source (the repository totals stay whole)")
     stats.add_argument("--price", type=float, metavar="PER_GB_MONTH",
                        help="price of a GB (10^9 bytes) stored for a month: adds monthly costs")
+    add_keep_arguments(stats.add_argument_group(
+        "retention policy (as prune's): gives each backup its retention class, and with --price the cost of each"))
+
+
+def add_keep_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--keep-last", type=int_range(0), metavar="N")
+    parser.add_argument("--keep-daily", type=int_range(0), metavar="N")
+    parser.add_argument("--keep-weekly", type=int_range(0), metavar="N")
+    parser.add_argument("--keep-monthly", type=int_range(0), metavar="N")
+    parser.add_argument("--keep-within", type=parse_duration, metavar="DURATION", help="e.g. 7d, 12h")
 
 
 def add_lock_arguments(init: argparse.ArgumentParser) -> None:

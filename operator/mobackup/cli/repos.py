@@ -7,8 +7,9 @@ import argparse
 import os
 
 from ..engine.errors import MobackupError
+from ..engine.objectlock import setting_mismatch, wanted
 from ..engine.repository import RepositoryOptions, open_repository
-from .common import emit, repository_options
+from .common import emit, repository_options, retention_policy
 
 TARGET_KEY_ENV = "MOBACKUP_TO_ENCRYPTION_KEY"
 
@@ -52,11 +53,9 @@ def cmd_copy(args: argparse.Namespace) -> int:
         raise MobackupError(f"{source.location} is encrypted: give the target's key in {TARGET_KEY_ENV} (or "
                             "--to-encryption-key-file); it may be the same key")
     target = open_repository(options, create=True)
-    lock = target.object_lock
-    if options.lock_days is not None and (lock is None or (lock.mode, lock.days)
-                                          != (options.lock_mode.upper(), options.lock_days)):
-        raise MobackupError(f"{target.location} exists with another Object Lock setting than --to-lock-days asks "
-                            "(it is set when a repository is created)")
+    mismatch = setting_mismatch(target.location, target.object_lock, wanted(options.lock_days, options.lock_mode))
+    if mismatch:
+        raise MobackupError(f"--to-lock-days: {mismatch}")
     result = copy_backups(source, target, None if args.all else args.ids,
                           progress=for_terminal("copy", args.quiet or args.json))
     lines = [f"copied {len(result.copied)} backup(s) to {result.target}: {', '.join(result.copied) or '-'}",
@@ -70,20 +69,23 @@ def cmd_copy(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from ..engine.stats import repository_stats
+    from ..engine.stats import RETENTION_CLASSES, repository_stats
     from ..table import decimal_size
 
     if args.price is not None and not 0 <= args.price < 1e6:
         raise MobackupError("--price is a price per GB-month: 0 or more")
     repo = open_repository(repository_options(args))
-    stats = repository_stats(repo, price=args.price, source=args.source)
+    policy = retention_policy(args)
+    stats = repository_stats(repo, price=args.price, source=args.source, retention=None if policy.empty else policy)
+    classes = not policy.empty
     lines = [f"{'ID':<36}  {'SOURCE':<20}  {'LOGICAL':>9}  {'ADDED':>9}  {'ONLY IT':>9}  {'SHARE':>9}"
-             + ("  COST/MONTH" if args.price is not None else "")]
+             + ("  RETENTION" if classes else "") + ("  COST/MONTH" if args.price is not None else "")]
     for b in stats.backups:
+        kept = f"  {b.retention_class or '-':<9}" if classes else ""
         cost = f"  {b.monthly_cost:>10.4g}" if b.monthly_cost is not None else ""
         lines.append(f"{b.id:<36}  {b.source[:20]:<20}  {decimal_size(b.logical_bytes):>9}  "
                      f"{decimal_size(b.added_bytes):>9}  {decimal_size(b.unique_bytes):>9}  "
-                     f"{decimal_size(round(b.shared_bytes)):>9}{cost}")
+                     f"{decimal_size(round(b.shared_bytes)):>9}{kept}{cost}".rstrip())
     ratio = lambda r: "-" if r is None else f"{r:.2f}x"  # noqa: E731
     growth = "-" if stats.growth_bytes_per_day is None else f"{decimal_size(round(stats.growth_bytes_per_day))}/day"
     lines += [
@@ -94,8 +96,23 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if stats.monthly_cost is not None:
         by_source = ", ".join(f"{name} {cost:.4g}" for name, cost in sorted(stats.monthly_cost_by_source.items()))
         lines.append(f"monthly cost at {args.price}/GB: {stats.monthly_cost:.4g} (by source: {by_source or '-'})")
+    if stats.monthly_cost_by_retention_class:
+        lines.append(f"monthly cost by retention class: {_by_class(stats.monthly_cost_by_retention_class, '.4g')}")
+        lines += [f"  {name}: {_by_class(cells, '.4g')}"
+                  for name, cells in sorted(stats.monthly_cost_by_source_and_retention_class.items())]
+    elif stats.bytes_by_retention_class:
+        lines.append("stored by retention class: " + ", ".join(
+            f"{c} {decimal_size(round(stats.bytes_by_retention_class[c]))}" for c in RETENTION_CLASSES
+            if c in stats.bytes_by_retention_class))
     if stats.missing_blobs:
         lines.append(f"warning: {stats.missing_blobs} referenced blob(s) missing (run verify)")
     lines += [f"damaged, not counted: {d}" for d in stats.damaged]
     emit(args, stats.to_dict(), "\n".join(lines))
     return 0
+
+
+def _by_class(values: dict[str, float], spec: str) -> str:
+    """Figures by retention class, in the classes' order (engine/stats.py RETENTION_CLASSES)."""
+    from ..engine.stats import RETENTION_CLASSES
+
+    return ", ".join(f"{c} {format(values[c], spec)}" for c in RETENTION_CLASSES if c in values) or "-"

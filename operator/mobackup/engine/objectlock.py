@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import MobackupError
-from .model import iso, utc_now
+from .model import iso, parse_iso, utc_now
 from .storage import ObjectNotFound
 
 MODES = ("COMPLIANCE", "GOVERNANCE")
@@ -25,6 +25,17 @@ MAX_DAYS = 36500
 
 class RetentionError(MobackupError):
     """A delete the bucket's Object Lock forbids until a date."""
+
+
+class ObjectLockMismatch(MobackupError):
+    """A run asks for another Object Lock setting than the repository was created with."""
+
+
+def require_setting(repo: Any, days: float | None, mode: str = "COMPLIANCE") -> None:
+    """Raise ObjectLockMismatch unless the repository's setting is the one asked (setting_mismatch)."""
+    problem = setting_mismatch(repo.location, repo.object_lock, wanted(days, mode))
+    if problem:
+        raise ObjectLockMismatch(problem)
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,36 @@ def config_problem(value: Any) -> str | None:
     if not isinstance(days, (int, float)) or isinstance(days, bool) or not 0 < days <= MAX_DAYS:
         return f"object_lock days {days!r} is not a number of days (0-{MAX_DAYS}]"
     return None
+
+
+def wanted(days: float | None, mode: str = "COMPLIANCE") -> ObjectLock | None:
+    """The setting a run asks for (`--lock-days`/`--lock-mode`, MOBackupStorage.spec.objectLock)."""
+    return None if days is None else ObjectLock.from_config({"mode": mode.upper(), "days": days})
+
+
+def setting_mismatch(location: str, recorded: ObjectLock | None, asked: ObjectLock | None) -> str | None:
+    """Why a repository whose mobackup.json records `recorded` may not be written by a run that asks
+    for `asked`, or None. Asking nothing accepts whatever the repository records (its own lock still
+    applies to every write). The setting is fixed when the repository is created: a shorter one
+    would let later backups be deleted sooner than the WORM promise said, a longer or a new one
+    would not protect the backups already written, so any change is refused (a new repository, e.g.
+    another prefix, takes another setting; `mobackup copy` moves the backups there)."""
+    if asked is None or asked == recorded:
+        return None
+    have = f"{recorded.mode} for {recorded.days:g} days" if recorded else "no Object Lock"
+    return (f"{location} was created with {have}, not the asked {asked.mode} for {asked.days:g} days: the "
+            "setting is fixed when a repository is created (use a new repository for another one)")
+
+
+def recorded_until(summary: Any) -> datetime | None:
+    """The retention date a backup's summary recorded (`extra.locked_until`; untrusted: None when
+    absent or not a date with a zone)."""
+    text = summary.extra.get("locked_until")
+    try:
+        recorded = parse_iso(text) if isinstance(text, str) else None
+    except (ValueError, OverflowError):
+        return None
+    return recorded if recorded is not None and recorded.tzinfo is not None else None
 
 
 def held_until(backend: Any, key: str, now: datetime | None = None) -> datetime | None:

@@ -64,19 +64,29 @@ def select_kept(items: Sequence[RetentionItem], policy: RetentionPolicy,
                 now: datetime | None = None) -> dict[str, str]:
     """IDs to keep, each with the first reason found. `items` are the completed backups of ONE
     source. With an empty policy everything is kept."""
+    return {item_id: reasons[0] for item_id, reasons in keep_reasons(items, policy, now).items()}
+
+
+def keep_reasons(items: Sequence[RetentionItem], policy: RetentionPolicy,
+                 now: datetime | None = None) -> dict[str, list[str]]:
+    """IDs to keep, each with every rule that keeps it (in the order select_kept tries them)."""
     if policy.empty:
-        return {item.id: "no retention policy" for item in items}
+        return {item.id: ["no retention policy"] for item in items}
     now = now or utc_now()
     newest_first = sorted(items, key=lambda i: (i.completed, i.id), reverse=True)
-    kept: dict[str, str] = {}
+    kept: dict[str, list[str]] = {}
+
+    def keep(item: RetentionItem, reason: str) -> None:
+        kept.setdefault(item.id, []).append(reason)
+
     if newest_first:
-        kept[newest_first[0].id] = "newest completed backup"
+        keep(newest_first[0], "newest completed backup")
     for item in newest_first[: policy.keep_last or 0]:
-        kept.setdefault(item.id, "keep-last")
+        keep(item, "keep-last")
     if policy.keep_within is not None:
         for item in newest_first:
             if item.completed >= now - policy.keep_within:
-                kept.setdefault(item.id, "keep-within")
+                keep(item, "keep-within")
     buckets = (
         (policy.keep_daily, "keep-daily", lambda d: d.strftime("%Y-%m-%d")),
         (policy.keep_weekly, "keep-weekly", lambda d: "{}-W{:02d}".format(*d.isocalendar()[:2])),
@@ -92,7 +102,7 @@ def select_kept(items: Sequence[RetentionItem], policy: RetentionPolicy,
                 seen.add(bucket)
                 if len(seen) > count:
                     break
-                kept.setdefault(item.id, reason)
+                keep(item, reason)
     return kept
 
 

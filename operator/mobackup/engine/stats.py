@@ -1,6 +1,7 @@
 """What a repository's backups take, and cost: per backup the bytes it added, the bytes only it
 holds (what deleting it frees) and its share of the blobs it uses; for the repository the totals,
-deduplication and compression ratios, and growth per day.
+deduplication and compression ratios, and growth per day. Given a retention policy, each backup's
+retention class (what the policy keeps it for) and the bytes and monthly cost of each class.
 
 Memory stays flat: blob sizes and reference counts live in SQLite on disk, and each file list is
 streamed (from a local copy, read twice: counts first, then shares).
@@ -10,19 +11,32 @@ from __future__ import annotations
 
 import sqlite3
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from .errors import CorruptDataError, MobackupError
 from .index import connect
 from .manifest import DIGEST
-from .model import BackupSummary
+from .model import BackupSummary, utc_now
+from .objectlock import recorded_until
+from .prune import RetentionPolicy, keep_reasons
 from .repository import Repository, files_key, summary_key
 
 BATCH = 20_000
 GB = 10**9  # prices are per decimal gigabyte, as cloud providers bill
+
+# Retention classes: what the retention policy (prune's keep rules, a schedule's spec.retention) keeps
+# a backup for. A backup several rules keep is in the class of the first rule of this order (the
+# longest-lived: the newest backup of a month, also the newest of its week and day, is "monthly").
+# Outside the policy: "locked" (S3 Object Lock holds it past the policy), "prunable" (the next prune
+# deletes it); a source without a policy is "unmanaged".
+RETENTION_CLASSES = ("monthly", "weekly", "daily", "within", "last", "newest", "unmanaged", "locked", "prunable")
+CLASS_OF_RULE = {"keep-monthly": "monthly", "keep-weekly": "weekly", "keep-daily": "daily", "keep-within": "within",
+                 "keep-last": "last", "newest completed backup": "newest", "no retention policy": "unmanaged"}
+Retention = RetentionPolicy | Mapping[str, RetentionPolicy | None]  # one for all sources, or by source
 
 
 @dataclass
@@ -37,6 +51,12 @@ class BackupStats:
     shared_bytes: float = 0.0  # its share: each blob's stored size divided among the backups using it
     metadata_bytes: int = 0  # its summary and file list (its own: freed with it)
     monthly_cost: float | None = None  # (shared + metadata) bytes at the price
+    retention_class: str | None = None  # given a retention policy: RETENTION_CLASSES
+
+    @property
+    def charged_bytes(self) -> float:
+        """What its monthly cost counts: its share of the blobs and its own metadata."""
+        return self.shared_bytes + self.metadata_bytes
 
 
 @dataclass
@@ -58,6 +78,11 @@ class RepositoryStats:
     price_per_gb_month: float | None = None
     monthly_cost: float | None = None
     monthly_cost_by_source: dict[str, float] = field(default_factory=dict)
+    # Given a retention policy: the backups' charged bytes (share + metadata) and monthly costs by
+    # retention class, and by source then class (a source's classes add up to its cost).
+    bytes_by_retention_class: dict[str, float] = field(default_factory=dict)
+    monthly_cost_by_retention_class: dict[str, float] = field(default_factory=dict)
+    monthly_cost_by_source_and_retention_class: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,9 +125,35 @@ def _batched(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]
         yield batch
 
 
-def repository_stats(repo: Repository, price: float | None = None, source: str | None = None) -> RepositoryStats:
+def retention_classes(summaries: Sequence[BackupSummary], retention: Retention,
+                      now: datetime | None = None) -> dict[str, str]:
+    """Backup ID -> retention class (RETENTION_CLASSES), the policy applied to each source apart as
+    prune applies it."""
+    now = now or utc_now()
+    by_source: dict[str, list[BackupSummary]] = {}
+    for summary in summaries:
+        by_source.setdefault(summary.source, []).append(summary)
+    classes: dict[str, str] = {}
+    for name, items in by_source.items():
+        policy = retention.get(name) if isinstance(retention, Mapping) else retention
+        if policy is None:
+            classes.update(dict.fromkeys((s.id for s in items), "unmanaged"))
+            continue
+        reasons = keep_reasons(items, policy, now)
+        for summary in items:
+            if summary.id in reasons:
+                classes[summary.id] = min((CLASS_OF_RULE[r] for r in reasons[summary.id]), key=RETENTION_CLASSES.index)
+            else:
+                until = recorded_until(summary)
+                classes[summary.id] = "locked" if until is not None and until > now else "prunable"
+    return classes
+
+
+def repository_stats(repo: Repository, price: float | None = None, source: str | None = None,
+                     retention: Retention | None = None, now: datetime | None = None) -> RepositoryStats:
     """The figures of every completed backup (shown: those of `source`, or all). Shares count every
-    backup of the repository whatever `source` says: a blob two sources use is shared by both."""
+    backup of the repository whatever `source` says: a blob two sources use is shared by both.
+    `retention`: the policy that gives each backup its retention class (evaluated at `now`)."""
     result = RepositoryStats(location=repo.location, price_per_gb_month=price)
     damaged: dict[str, str] = {}
     summaries = repo.list_backups(damaged=damaged)
@@ -151,6 +202,13 @@ def repository_stats(repo: Repository, price: float | None = None, source: str |
         if days > 0:
             later = sum(b.added_bytes for b in result.backups if b.id != first.id)
             result.growth_bytes_per_day = round(later / days, 1)
+    if retention is not None:
+        classes = retention_classes(summaries, retention, now)
+        for stats in result.backups:
+            stats.retention_class = classes.get(stats.id)
+            by_class = result.bytes_by_retention_class
+            by_class[stats.retention_class or "unmanaged"] = by_class.get(stats.retention_class or "unmanaged", 0.0) \
+                + stats.charged_bytes
     if price is not None:
         _costs(result, price)
     if source is not None:
@@ -212,6 +270,12 @@ def _costs(result: RepositoryStats, price: float) -> None:
     the sum of its backups (what is left, garbage and locks, belongs to no source)."""
     result.monthly_cost = result.stored_bytes / GB * price
     for stats in result.backups:
-        stats.monthly_cost = (stats.shared_bytes + stats.metadata_bytes) / GB * price
+        stats.monthly_cost = stats.charged_bytes / GB * price
         by_source = result.monthly_cost_by_source
         by_source[stats.source] = by_source.get(stats.source, 0.0) + stats.monthly_cost
+        if stats.retention_class is None:
+            continue
+        by_class = result.monthly_cost_by_retention_class
+        by_class[stats.retention_class] = by_class.get(stats.retention_class, 0.0) + stats.monthly_cost
+        cell = result.monthly_cost_by_source_and_retention_class.setdefault(stats.source, {})
+        cell[stats.retention_class] = cell.get(stats.retention_class, 0.0) + stats.monthly_cost

@@ -6,7 +6,6 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,7 @@ from .errors import MobackupError
 from .index import DigestSet
 from .layout import PathRules
 from .manifest import ManifestChecker
-from .model import BackupSummary, parse_iso
-from .objectlock import missing_hint, retention_problem
+from .objectlock import missing_hint, recorded_until, retention_problem
 from .progress import NullProgress, Progress
 from .repository import Repository, blob_key, files_key, summary_key
 from .safefs import DirectoryFds
@@ -120,7 +118,7 @@ def _verify(repo: Repository, backup_id: str, quick: bool, progress: Progress) -
             if digest is not None:
                 result.damaged_blobs[digest] = rel
 
-    locked_until = _recorded_lock(summary) if repo.object_lock is not None else None
+    locked_until = recorded_until(summary) if repo.object_lock is not None else None
 
     def retention(key: str, digest: str | None = None, rel: str = "") -> None:
         """Under Object Lock: the object's current version must be retained as its backup says."""
@@ -185,13 +183,3 @@ def _verify(repo: Repository, backup_id: str, quick: bool, progress: Progress) -
     result.duration_seconds = round(time.monotonic() - clock, 3)
     progress.finish()
     return result
-
-
-def _recorded_lock(summary: BackupSummary) -> datetime | None:
-    """The retention date a backup's summary recorded (untrusted: None when absent or not a date)."""
-    text = summary.extra.get("locked_until")
-    try:
-        recorded = parse_iso(text) if isinstance(text, str) else None
-    except (ValueError, OverflowError):
-        return None
-    return recorded if recorded is not None and recorded.tzinfo is not None else None  # naive: not ours

@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--bandwidth-limit", type=int, default=None, help="bytes per second")
         sp.add_argument("--compression", choices=["none", "zstd"], default="none",
                         help="compression of a repository created by this run")
+        sp.add_argument("--lock-days", type=float, default=None,
+                        help="S3 Object Lock of a repository created by this run; an existing one must have it")
+        sp.add_argument("--lock-mode", choices=["COMPLIANCE", "GOVERNANCE"], default="COMPLIANCE")
 
     def s3_place(sp: argparse.ArgumentParser, flag: str, what: str) -> None:
         sp.add_argument(f"--{flag}", metavar="S3_URL", help=what)
@@ -179,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     common(cp)
     cp.add_argument("--to", required=True, help="the target repository (its settings in MOBACKUP_TO_*)")
     cp.add_argument("--backup-id", required=True)
+    cp.add_argument("--to-lock-days", type=float, default=None, help="the target's Object Lock (as --lock-days)")
+    cp.add_argument("--to-lock-mode", choices=["COMPLIANCE", "GOVERNANCE"], default="COMPLIANCE")
     return p
 
 
@@ -190,7 +195,8 @@ def target_options(args: argparse.Namespace) -> Any:
 
     env = os.environ
     opts = RepositoryOptions.from_env(args.to, key_env="MOBACKUP_TO_ENCRYPTION_KEY", compression=args.compression,
-                                      parallelism=args.parallelism, bandwidth_limit=args.bandwidth_limit)
+                                      parallelism=args.parallelism, bandwidth_limit=args.bandwidth_limit,
+                                      lock_days=args.to_lock_days, lock_mode=args.to_lock_mode)
     return replace(opts, s3_endpoint=env.get("MOBACKUP_TO_ENDPOINT") or None,
                    s3_region=env.get("MOBACKUP_TO_REGION") or None,
                    s3_path_style=env.get("MOBACKUP_TO_PATH_STYLE", "").lower() in ("1", "true", "yes"),
@@ -202,6 +208,7 @@ def target_options(args: argparse.Namespace) -> Any:
 def run_copy(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dict[str, Any]:
     """Copy one backup; the result names it and says whether it was transferred or already there."""
     from mobackup.engine.copy import copy_backups
+    from mobackup.engine.objectlock import require_setting
     from mobackup.engine.repository import open_repository
 
     source = open_repository(opts, create=False)
@@ -209,11 +216,23 @@ def run_copy(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> d
     if source.codec.keys is not None and not target_opts.encryption_key:
         raise MobackupError(f"{source.location} is encrypted and the target has no encryption key")
     target = open_repository(target_opts, create=True)
+    require_setting(target, args.to_lock_days, args.to_lock_mode)
     res = copy_backups(source, target, [args.backup_id], progress=reporter)
     return {"ok": True, "action": "copy",
             "result": {"backup_id": args.backup_id, "target": res.target, "copied": res.copied,
                        "present": res.present, "bytes_copied": res.bytes_copied, "stored_bytes": res.stored_bytes,
                        "duration_seconds": res.duration_seconds}}
+
+
+def open_for_backup(opts: Any) -> Any:
+    """The repository a backup writes, created when absent (with the Object Lock asked); an existing
+    one must have been created with that setting (objectlock.setting_mismatch)."""
+    from mobackup.engine.objectlock import require_setting
+    from mobackup.engine.repository import open_repository
+
+    repo = open_repository(opts, create=True)
+    require_setting(repo, opts.lock_days, opts.lock_mode)
+    return repo
 
 
 def _write_result(path: str, result: dict[str, Any]) -> None:
@@ -239,7 +258,8 @@ def _place(args: argparse.Namespace, flag: str, env_prefix: str, url: str | None
 
 def _backup_result(summary: dict[str, Any]) -> dict[str, Any]:
     result = {k: summary.get(k) for k in SUMMARY_KEYS}
-    result.update({k: summary["extra"][k] for k in ("kind", "staged_bytes") if k in summary["extra"]})
+    result.update({k: summary["extra"][k] for k in ("kind", "staged_bytes", "locked_until", "lock_mode")
+                   if k in summary["extra"]})
     return {"ok": True, "action": "backup", "result": result}
 
 
@@ -284,7 +304,7 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
         return {"ok": True, "action": "ingest", "result": {"run": args.run, "shard": shard, **totals.__dict__}}
     from mobackup.engine.mosql import MatrixOneSession, SqlEndpoint
 
-    repo = open_repository(opts, create=True)
+    repo = open_for_backup(opts)
     with MatrixOneSession(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user)) as mo:
         if args.stage_only:
             info = online_s3.stage_run(repo, mo, staging, source=args.source, backup_type=args.type,
@@ -303,7 +323,8 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
     from mobackup.engine.repository import RepositoryOptions, open_repository
 
     opts = RepositoryOptions.from_env(args.repo, compression=args.compression, parallelism=args.parallelism,
-                                      bandwidth_limit=args.bandwidth_limit)
+                                      bandwidth_limit=args.bandwidth_limit, lock_days=args.lock_days,
+                                      lock_mode=args.lock_mode)
     if args.action == "copy":
         return run_copy(args, opts, reporter)
     if getattr(args, "staging", None) or getattr(args, "target_s3", None):
@@ -315,7 +336,7 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
     if args.action == "restore" and args.target is None:
         raise MobackupError("restore needs --target (or --target-s3 for table data in S3)")
     if args.action == "backup":
-        repo = open_repository(opts, create=True)
+        repo = open_for_backup(opts)
         if args.online:
             from mobackup.engine.mosql import MatrixOneSession, SqlEndpoint
             from mobackup.engine.online import run_online_backup

@@ -17,10 +17,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from . import events, jobs, lease, models, snapshot, status, storage, workload
+from . import events, jobs, lease, models, retention, snapshot, status, storage, workload
 from .kube import Conflict, Kube, NotFound
 from .metrics import REGISTRY, Registry
 
@@ -176,10 +176,13 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
         patch["location"] = location
     if result.backup_count is not None:
         patch["backupCount"] = result.backup_count
+    if result.object_lock is not None or (result.backup_count is not None and old.get("objectLock")):
+        patch["objectLock"] = result.object_lock
     if result.available and location and storage.stats_due(old.get("stats"), result.backup_count,
                                                            status.now().timestamp()):
         try:
-            stats = storage.repo_stats(ctx.kube, ns, st, ctx.defaults.ambient_credential_buckets)
+            policies = retention.policies_of_storage(ctx.kube.list_cr("MOBackupSchedule", ns), name)
+            stats = storage.repo_stats(ctx.kube, ns, st, ctx.defaults.ambient_credential_buckets, policies)
         except Exception as e:  # the figures are extra: a failure never makes the storage unavailable
             log.warning("stats of MOBackupStorage %s/%s: %s", ns, name, e)
             stats = None
@@ -189,9 +192,9 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
                 ctx.metrics.set("mobackup_storage_stored_bytes", stats["storedBytes"], namespace=ns, storage=name)
             else:
                 ctx.metrics.remove("mobackup_storage_stored_bytes", namespace=ns, storage=name)
-    if "stats" not in patch and isinstance((old.get("stats") or {}).get("storedBytes"), int | float):
-        # Not recomputed (at most hourly): the figure stays exported, also by an operator just restarted.
-        ctx.metrics.set("mobackup_storage_stored_bytes", old["stats"]["storedBytes"], namespace=ns, storage=name)
+            export_class_bytes(ctx, ns, name, stats.get("bytesByRetentionClass"))
+    if "stats" not in patch:  # not recomputed (at most hourly): the figures stay exported
+        export_stats(ctx, ns, name, old.get("stats"))
     try:
         ctx.kube.patch_status("MOBackupStorage", ns, name, patch)
     except NotFound:
@@ -200,6 +203,39 @@ def check_storage(ctx: Ctx, obj: dict[str, Any]) -> None:
     ctx.metrics.set("mobackup_storage_available", 1 if result.available else 0, namespace=ns, storage=name)
     if old.get("phase") != phase or (old.get("reason") != result.reason and not result.available):
         events.emit(ctx.kube, obj, "Normal" if result.available else "Warning", result.reason, result.message)
+
+
+def export_from_status(ctx: Ctx, obj: dict[str, Any]) -> None:
+    """The storage's gauges from its status (the last check's verdict and figures), between checks:
+    an operator just restarted exported none for up to checkIntervalSeconds, and an unavailable
+    storage's alert resolved meanwhile."""
+    ns, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+    st = obj.get("status") or {}
+    if st.get("phase") in ("Available", "Unavailable"):
+        up = 1 if st["phase"] == "Available" else 0
+        ctx.metrics.set("mobackup_storage_available", up, namespace=ns, storage=name)
+    export_stats(ctx, ns, name, st.get("stats"))
+
+
+def export_stats(ctx: Ctx, ns: str, name: str, stats: Any) -> None:
+    """The gauges of status.stats as an earlier computation left them (a figure left out: nothing)."""
+    if isinstance(stats, dict) and isinstance(stats.get("storedBytes"), int | float):
+        ctx.metrics.set("mobackup_storage_stored_bytes", stats["storedBytes"], namespace=ns, storage=name)
+        export_class_bytes(ctx, ns, name, stats.get("bytesByRetentionClass"))
+
+
+def export_class_bytes(ctx: Ctx, ns: str, name: str, by_class: Any) -> None:
+    """mobackup_storage_retention_class_bytes: status.stats.bytesByRetentionClass, one series a class."""
+    from mobackup.engine.stats import RETENTION_CLASSES
+
+    metric = "mobackup_storage_retention_class_bytes"
+    for cls in RETENTION_CLASSES:
+        value = by_class.get(cls) if isinstance(by_class, dict) else None
+        labels = {"namespace": ns, "storage": name, "class": cls}
+        if isinstance(value, int | float):
+            ctx.metrics.set(metric, value, **labels)
+        else:
+            ctx.metrics.remove(metric, **labels)
 
 
 def storage_check_due(obj: dict[str, Any], now_ts: float) -> bool:
@@ -813,6 +849,17 @@ def cleanup_run(ctx: Ctx, obj: dict[str, Any]) -> None:
     lease.release(ctx.kube, ns, key, holder_id(obj))
 
 
+def hold_deletion(ctx: Ctx, obj: dict[str, Any], backup_id: str, until: datetime) -> str:
+    """A locked backup is not attempted (the bucket would refuse): the MOBackup stays, saying when
+    its data is deleted (the deletion handler retries then)."""
+    message = (f"backup {backup_id} is under S3 Object Lock until {status.iso(until)}: its data is deleted "
+               "then (the MOBackup stays until that)")
+    if (obj.get("status") or {}).get("message") != message:
+        patch_fields(ctx, obj, reason="ObjectLocked", message=message)
+        events.emit(ctx.kube, obj, "Normal", "ObjectLocked", message)
+    return message
+
+
 def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     """deletionPolicy Delete: run (or follow) the delete Job. (done, message)."""
     ns, _name, _ = meta(obj)
@@ -824,6 +871,9 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
         return True, f"not deleted: {e}"
     if not backup_id:
         return True, "no backup data to delete"
+    held = status.locked_until(obj)
+    if held is not None:
+        return False, hold_deletion(ctx, obj, backup_id, held)
     spec = models.parse_backup(obj.get("spec") or {}, ns)
     try:
         _, stg = get_storage(ctx, ns, spec.storage)
@@ -873,6 +923,12 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
     ctx.metrics.inc("mobackup_failures_total", kind="Delete", namespace=ns)
     if result and result.get("reason") == "BackupNotFound":
         return True, "already absent"
+    if result and result.get("reason") == "RetentionError":  # a lock the status did not say: wait for it
+        message = f"backup {backup_id} not deleted yet: {result.get('error')}"
+        if (obj.get("status") or {}).get("message") != message:
+            patch_fields(ctx, obj, reason="ObjectLocked", message=message)
+            events.emit(ctx.kube, obj, "Normal", "ObjectLocked", message)
+        return False, message
     if result and result.get("reason") == "DeleteRefused":  # not this MOBackup's backup: keep it
         message = f"backup {backup_id} not deleted: {result.get('error')}"
         events.emit(ctx.kube, obj, "Warning", "DeleteRefused", message)

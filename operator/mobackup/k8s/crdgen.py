@@ -309,8 +309,28 @@ def storage_crd() -> Schema:
                                                 "name": s("Name of the target MOBackupStorage (not this one).",
                                                           pattern=DNS_SUBDOMAIN),
                                             }, ["name"])}),
+        "objectLock": obj(
+            "S3 Object Lock (WORM) of the repository: every blob, file list and summary is written with a "
+            "retention date `days` after its backup, and a blob's retention is extended while newer backups "
+            "use it. The bucket must have been created with Object Lock enabled. The setting is recorded in "
+            "the repository when its first backup creates it and is fixed from then on: a storage whose "
+            "setting differs from the repository's is Unavailable (ObjectLockMismatch), and the field cannot "
+            "be changed once set (a new prefix makes a new repository; copyTo moves backups there). Deleting "
+            "a MOBackup, or a schedule's retention, waits until its backup's lock has passed "
+            "(MOBackup status.lockedUntil).", {
+                "days": s("Days each object is retained after its backup (fractions allowed).", "number",
+                          exclusiveMinimum=True, minimum=0, maximum=36500),
+                "mode": s("COMPLIANCE: nobody can delete early, not even the account's root; GOVERNANCE: only "
+                          "a user with s3:BypassGovernanceRetention (mobackup never bypasses).",
+                          enum=["COMPLIANCE", "GOVERNANCE"], default="COMPLIANCE"),
+            }, ["days"], **{"x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "objectLock is fixed once set: the repository records it "
+                                                       "when created (use a new storage for another setting)"}]}),
     }, None, **{"x-kubernetes-validations": [
-        {"rule": "has(self.s3) != has(self.pvc)", "message": "set exactly one of s3 or pvc"}]})
+        {"rule": "has(self.s3) != has(self.pvc)", "message": "set exactly one of s3 or pvc"},
+        {"rule": "!has(self.objectLock) || has(self.s3)", "message": "objectLock needs s3"},
+        {"rule": "!has(oldSelf.objectLock) || has(self.objectLock)",
+         "message": "objectLock cannot be removed: the repository keeps its lock"}]})
     status = obj("Observed state of the storage.", {
         "phase": s("Whether the storage was reachable at the last check.", enum=["Available", "Unavailable"]),
         "reason": s("CamelCase reason of the phase."),
@@ -327,11 +347,32 @@ def storage_crd() -> Schema:
             "compressionRatio": s("Distinct plaintext bytes / their stored size.", "number"),
             "growthBytesPerDay": s("Bytes added per day, from the first backup to the last.", "number"),
             "unreferencedBytes": s("Blob bytes no backup references (what prune would remove).", "integer"),
+            "bytesByRetentionClass": obj(
+                "Bytes of the backups (each its share of the blobs it uses and its own metadata) by retention "
+                "class: what the retention of the MOBackupSchedules backing a source up into this storage keeps "
+                "each backup for (the longest-lived rule first; a schedule without rules keeps its "
+                "successfulBackupsHistoryLimit as keep-last). Classes without backups are absent.", {
+                    "monthly": s("Kept by keepMonthly.", "integer"),
+                    "weekly": s("Kept by keepWeekly (and by no longer-lived rule).", "integer"),
+                    "daily": s("Kept by keepDaily.", "integer"),
+                    "within": s("Kept by keepWithin.", "integer"),
+                    "last": s("Kept by keepLast (or the history limit).", "integer"),
+                    "newest": s("The newest backup of its source, kept by no other rule.", "integer"),
+                    "unmanaged": s("Of sources no schedule (or no single retention) applies to.", "integer"),
+                    "locked": s("Beyond the retention, held by S3 Object Lock.", "integer"),
+                    "prunable": s("Beyond the retention: the schedule deletes them at its next pass (MOBackups "
+                                  "not of a schedule, e.g. copies or manual ones, stay until deleted).", "integer"),
+                }),
             "backups": s("Backups counted.", "integer"),
             "computedAt": s("When these figures were computed.", format="date-time"),
             "message": s("Why the figures were not computed (a repository too large for the operator's scratch "
                          "space: run `mobackup stats`)."),
         }),
+        "objectLock": obj("The Object Lock the repository records (S3 storages the operator opens, once the "
+                          "repository exists).", {
+                              "days": s("Retention after each backup, in days.", "number"),
+                              "mode": s("COMPLIANCE or GOVERNANCE."),
+                          }),
         "copies": s("Per copyTo target: the copy state of this storage's Completed backups.", "array",
                     items=obj("One target.", {
                         "storage": s("Name of the target MOBackupStorage."),
@@ -505,6 +546,9 @@ def backup_crd() -> Schema:
                          "online base for an Incremental).", "integer"),
         "storedBytes": s("Bytes this backup added to the repository (after compression and encryption).",
                          "integer"),
+        "lockedUntil": s("S3 Object Lock: until when the bucket keeps this backup's summary and file list; it "
+                         "can be deleted from then on (deletion and retention wait).", format="date-time"),
+        "lockMode": s("S3 Object Lock mode of the backup (COMPLIANCE or GOVERNANCE)."),
         "copies": s("Where else this backup lives: one entry per copyTo target of its storage it was copied to "
                     "(written by the operator once it found the backup in the target).", "array",
                     items=obj("A copy.", {
@@ -690,6 +734,12 @@ def schedule_crd() -> Schema:
         "nextFullScheduleTime": s("When the next Full backup is due.", format="date-time"),
         "nextIncrementalScheduleTime": s("When the next Incremental backup is due.", format="date-time"),
         "lastSuccessfulBackup": s("Name of the newest Completed MOBackup of the schedule."),
+        "retentionHeld": s("Completed MOBackups the retention would delete but S3 Object Lock still holds "
+                           "(spec.objectLock of the storage): each is deleted by the first pass after its date.",
+                           "array", items=obj("A held backup.", {
+                               "name": s("Name of the MOBackup."),
+                               "lockedUntil": s("When its lock passes.", format="date-time"),
+                           })),
         "lastSuccessfulTime": s("Completion time of the newest Completed MOBackup.", format="date-time"),
         "active": {"type": "array", "items": {"type": "string"},
                    "description": "MOBackups of this schedule that are Pending or Running."},

@@ -402,6 +402,23 @@ def _record(ctx: Ctx, obj: dict[str, Any], outcome: dict[str, Any], fields: dict
                                                 f"{outcome.get('reason')}", **fields)
 
 
+def record_success_metric(ctx: Ctx, obj: dict[str, Any]) -> None:
+    """A Completed (passed) drill seen at any time, e.g. by an operator just started: its source's
+    last-success gauge is at least its completion time (else MORestoreDrillStale had no series
+    after a restart until the next passing drill)."""
+    st = obj.get("status") or {}
+    try:
+        done = status.parse_iso(st.get("completionTime"))
+    except ValueError:
+        return
+    if st.get("phase") != "Completed" or done is None:
+        return
+    ns, source = obj["metadata"]["namespace"], str(st.get("source") or "")
+    prev = ctx.metrics.get("mobackup_last_drill_success_timestamp_seconds", namespace=ns, source=source)
+    if prev is None or done.timestamp() > prev:
+        ctx.metrics.set("mobackup_last_drill_success_timestamp_seconds", done.timestamp(), namespace=ns, source=source)
+
+
 def _finish(ctx: Ctx, obj: dict[str, Any], ok: bool, reason: str, message: str, **fields: Any) -> None:
     """Scratch objects first (a crash in between leaves a terminal drill that the next pass cleans)."""
     ns, _, _ = meta(obj)

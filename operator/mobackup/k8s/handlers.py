@@ -175,6 +175,8 @@ def morestoredrill_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         with STATE.lock:
             STATE.active.pop((drill.KIND, obj["metadata"]["namespace"], obj["metadata"]["name"]), None)
         return
+    if st.get("phase") == "Completed":
+        drill.record_success_metric(_ctx(), obj)
     # Active drills are driven; a terminal one whose scratch objects were not confirmed gone is
     # cleaned (the operator was killed between the outcome and the cleanup).
     if st.get("phase") in controller.RUN_ACTIVE or not st.get("cleanedUp"):
@@ -195,7 +197,9 @@ def mobackup_delete(body: kopf.Body, **_: Any) -> None:
     if done and message == "deleted":
         recount_storage(obj["metadata"]["namespace"], _storage_of(obj))
     if not done:
-        raise kopf.TemporaryError(message, delay=2)
+        held = status.locked_until(obj)  # S3 Object Lock: retry when it passes (hourly at most)
+        delay = 2.0 if held is None else min(max((held - status.now()).total_seconds() + 1, 2.0), 3600.0)
+        raise kopf.TemporaryError(message, delay=delay)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={jobs.MANAGED_BY: jobs.MANAGER})
@@ -232,8 +236,18 @@ def storage_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         STATE.storages[key] = obj
         if old is not None and (old.get("spec") or {}).get("copyTo") != (obj.get("spec") or {}).get("copyTo"):
             STATE.dirty_copies.add(key)  # a changed copyTo: a pass now, not within copy_seconds
+        if old is not None and _phase(old) != "Available" and _phase(obj) == "Available":
+            # A copy target back: the storages copying to it resume now, not within copy_seconds.
+            STATE.dirty_copies.update(k for k, o in STATE.storages.items() if k[0] == key[0] and any(
+                isinstance(t, dict) and t.get("name") == key[1] for t in (o.get("spec") or {}).get("copyTo") or []))
     if controller.storage_check_due(obj, time.time()):
         _check_storage_async(key)
+    else:  # e.g. an operator just started: the gauge says what the last check found until the next one
+        controller.export_from_status(_ctx(), obj)
+
+
+def _phase(obj: dict[str, Any]) -> Any:
+    return (obj.get("status") or {}).get("phase")
 
 
 _checking: set[tuple[str, str]] = set()

@@ -460,6 +460,13 @@ def build_job(*, owner: Owner, action: str, args: list[str], env: list[dict[str,
     }
 
 
+def lock_args(storage: StorageSpec, flag: str = "--") -> list[str]:
+    """spec.objectLock as the agent's flags: a repository the run creates gets it, an existing one
+    must have been created with it (engine/objectlock.py setting_mismatch)."""
+    lock = storage.object_lock
+    return [] if lock is None else [f"{flag}lock-days", repr(lock.days), f"{flag}lock-mode", lock.mode]
+
+
 def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id: str | None,
                defaults: OperatorDefaults, claim: str | None = None,
                mo_version: str | None = None, online: OnlinePlacement | None = None) -> dict[str, Any]:
@@ -472,7 +479,7 @@ def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id:
     mounts.append({"name": "data", "mountPath": DATA_MOUNT, "readOnly": read_only})
     args = ["--repo", repo_url(storage), "--data-dir", _data_path(spec.volume.path),
             "--source", spec.source_name, "--type", spec.type.lower(),
-            "--compression", storage.compression]
+            "--compression", storage.compression, *lock_args(storage)]
     if online is not None and spec.sql is not None:
         args += ["--online", "--sql-host", spec.sql.host, "--sql-port", str(spec.sql.port),
                  "--sql-user", spec.sql.user, "--server-data-dir", online.server_data_dir]
@@ -545,7 +552,7 @@ def s3_backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, shared: 
     if step in ("backup", "stage"):
         assert sql is not None
         args += ["--source", spec.source_name, "--type", spec.type.lower(), "--compression", storage.compression,
-                 "--sql-host", sql.host, "--sql-port", str(sql.port), "--sql-user", sql.user]
+                 *lock_args(storage), "--sql-host", sql.host, "--sql-port", str(sql.port), "--sql-user", sql.user]
         env.append(secret_env("MOBACKUP_SQL_PASSWORD", sql.password.name, sql.password.key))
         if base_id:
             args += ["--base", base_id]
@@ -667,7 +674,7 @@ def copy_job(owner: Owner, source: StorageSpec, target: StorageSpec, target_name
     env, volumes, mounts = storage_env_and_volumes(source)
     tenv, tvolumes, tmounts = storage_env_and_volumes(target, target=True)
     args = ["--repo", repo_url(source), "--to", repo_url(target, TARGET_REPO_MOUNT), "--backup-id", backup_id,
-            "--compression", target.compression]
+            "--compression", target.compression, *lock_args(target, "--to-")]
     job = build_job(owner=owner, action="copy", args=args, env=env + tenv, volumes=volumes + tvolumes,
                     mounts=mounts + tmounts, overrides=overrides, defaults=defaults,
                     name_suffix=_copy_step(target_name))

@@ -45,6 +45,9 @@ HELP: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                       COPY),
     "mobackup_storage_stored_bytes": ("gauge", "Bytes stored in an S3 storage's repository (status.stats).",
                                       ("namespace", "storage")),
+    "mobackup_storage_retention_class_bytes": (
+        "gauge", "Bytes of an S3 storage's backups (their share of the blobs and their metadata) by retention class "
+                 "(status.stats.bytesByRetentionClass).", ("namespace", "storage", "class")),
 }
 
 

@@ -144,6 +144,29 @@ class S3Target:
 
 
 @dataclass(frozen=True)
+class ObjectLockSpec:
+    """spec.objectLock: the S3 Object Lock a repository is created with (engine/objectlock.py)."""
+
+    days: float
+    mode: str = "COMPLIANCE"
+
+
+def _object_lock(d: Any, has_s3: bool) -> ObjectLockSpec | None:
+    from mobackup.engine.objectlock import MAX_DAYS, MODES
+
+    if d in (None, {}):
+        return None
+    if not has_s3:
+        raise SpecError("spec.objectLock needs spec.s3 (S3 Object Lock is a property of a bucket)")
+    days, mode = d.get("days") if isinstance(d, dict) else None, (d or {}).get("mode", "COMPLIANCE")
+    if not isinstance(days, (int, float)) or isinstance(days, bool) or not 0 < days <= MAX_DAYS:
+        raise SpecError(f"spec.objectLock.days must be a number of days in (0, {MAX_DAYS}], got {days!r}")
+    if mode not in MODES:
+        raise SpecError(f"spec.objectLock.mode must be one of {', '.join(MODES)}, got {mode!r}")
+    return ObjectLockSpec(float(days), mode)
+
+
+@dataclass(frozen=True)
 class StorageSpec:
     s3: S3Target | None
     pvc: Volume | None
@@ -151,6 +174,7 @@ class StorageSpec:
     compression: str
     check_interval: int
     copy_to: tuple[str, ...] = ()  # names of target MOBackupStorages
+    object_lock: ObjectLockSpec | None = None
 
     @property
     def location(self) -> str:
@@ -201,7 +225,8 @@ def parse_storage(spec: dict[str, Any]) -> StorageSpec:
     return StorageSpec(s3, pvc,
                        _secret_key(enc["keySecretRef"], "spec.encryption.keySecretRef", "key")
                        if enc.get("keySecretRef") else None,
-                       compression, int(spec.get("checkIntervalSeconds", 300)), targets)
+                       compression, int(spec.get("checkIntervalSeconds", 300)), targets,
+                       _object_lock(spec.get("objectLock"), s3 is not None))
 
 
 # ------------------------------------------------------------------- MatrixOne with table data in S3

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from mobackup.engine.prune import RetentionPolicy, select_kept
 
@@ -44,12 +45,38 @@ class Decision:
 def select(items: Iterable[Item], policy: RetentionPolicy, now: datetime, history_limit: int | None = None) -> Decision:
     """Apply the policy; with an empty policy keep the `history_limit` newest."""
     ordered = sorted(items, key=lambda i: (i.time, i.backup_id), reverse=True)
-    if policy.empty:
-        policy = RetentionPolicy(keep_last=history_limit) if history_limit else policy
+    policy = effective_policy(policy, history_limit)
     kept_ids = select_kept(ordered, policy, now)
     reasons = {it.name: kept_ids[it.backup_id] for it in ordered if it.backup_id in kept_ids}
     return Decision([it.name for it in ordered if it.name in reasons],
                     [it.name for it in ordered if it.name not in reasons], reasons)
+
+
+def effective_policy(policy: RetentionPolicy, history_limit: int | None) -> RetentionPolicy:
+    """A schedule's rules, or without any its history limit as keep-last."""
+    return RetentionPolicy(keep_last=history_limit) if policy.empty and history_limit else policy
+
+
+def policies_of_storage(schedules: Iterable[dict[str, Any]], storage: str) -> dict[str, RetentionPolicy | None]:
+    """Source name -> the retention the schedules that back it up into `storage` apply (for the
+    storage's cost by retention class, engine/stats.py). Two schedules of one source with different
+    rules leave it without one (None: "unmanaged"); a schedule that does not parse is skipped."""
+    from .models import SpecError, parse_backup, parse_schedule
+
+    found: dict[str, RetentionPolicy | None] = {}
+    for sched in schedules:
+        ns = (sched.get("metadata") or {}).get("namespace") or ""
+        try:
+            spec = parse_schedule(sched.get("spec") or {}, ns)
+            template = parse_backup(spec.template_spec, ns, template=True)
+        except (SpecError, ValueError, TypeError):
+            continue
+        if template.storage != storage:
+            continue
+        policy = effective_policy(spec.retention, spec.successful_limit)
+        source = template.source_name
+        found[source] = policy if found.get(source, policy) == policy else None
+    return found
 
 
 def history_overflow(names_newest_first: list[str], limit: int) -> list[str]:

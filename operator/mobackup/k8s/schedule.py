@@ -186,11 +186,18 @@ def reconcile_schedule(ctx: Ctx, sched: dict[str, Any]) -> None:
     by_name = {b["metadata"]["name"]: b for b in completed}
     doomed = [n for n in decision.delete
               if n not in base_names and (by_name[n].get("status") or {}).get("backupID") not in base_ids]
+    # S3 Object Lock: a backup the bucket still holds is kept until its date (a later pass deletes it).
+    held = {n: until for n in doomed if (until := status.locked_until(by_name[n], now)) is not None}
+    doomed = [n for n in doomed if n not in held]
     doomed += retention.history_overflow([b["metadata"]["name"] for b in failed], spec.failed_limit)
     for victim in doomed:
         ctx.kube.delete_cr("MOBackup", ns, victim)
     if doomed:
         events.emit(ctx.kube, sched, "Normal", "RetentionApplied", f"deleted {', '.join(doomed)}")
+    patch["retentionHeld"] = [{"name": n, "lockedUntil": status.iso(u)} for n, u in sorted(held.items())]
+    if held and old.get("retentionHeld") != patch["retentionHeld"]:
+        events.emit(ctx.kube, sched, "Normal", "RetentionHeld", "kept by S3 Object Lock, deleted once it passes: " +
+                    ", ".join(f"{n} (until {status.iso(u)})" for n, u in sorted(held.items())))
     from .drill import schedule_drills  # MOBackupSchedule.spec.drill (restore drills)
 
     drill_note = schedule_drills(ctx, sched, completed, L_SCHEDULE)

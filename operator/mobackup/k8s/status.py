@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mobackup.engine.progress import human_bytes
@@ -86,6 +86,33 @@ def phase_patch(old_status: dict[str, Any] | None, phase: str, reason: str, mess
     return patch
 
 
+def _lock_fields(summary: dict[str, Any]) -> dict[str, Any]:
+    """status.lockedUntil/lockMode: the S3 Object Lock date the backup recorded (the agent's result has
+    it at the top, a summary read from the repository in `extra`); a value that is no date is left out."""
+    extra = summary.get("extra") if isinstance(summary.get("extra"), dict) else {}
+    until = summary.get("locked_until") or extra.get("locked_until")
+    mode = summary.get("lock_mode") or extra.get("lock_mode")
+    try:
+        parsed = parse_iso(until) if isinstance(until, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        return {}
+    if parsed.microsecond:  # whole seconds, rounded up: the bucket refuses a delete until the instant
+        parsed = parsed.replace(microsecond=0) + timedelta(seconds=1)
+    return {"lockedUntil": iso(parsed), "lockMode": mode if mode in ("COMPLIANCE", "GOVERNANCE") else None}
+
+
+def locked_until(obj: dict[str, Any], at: datetime | None = None) -> datetime | None:
+    """The S3 Object Lock date of a MOBackup's backup (status.lockedUntil) while it is ahead; None
+    once the backup may be deleted (or was never locked)."""
+    try:
+        until = parse_iso((obj.get("status") or {}).get("lockedUntil"))
+    except ValueError:
+        return None
+    return until if until is not None and until.tzinfo is not None and until > (at or now()) else None
+
+
 def backup_result_fields(summary: dict[str, Any]) -> dict[str, Any]:
     """Status fields of a Completed MOBackup from the engine's BackupSummary.to_dict()."""
     size = int(summary.get("size_bytes") or 0)
@@ -103,6 +130,7 @@ def backup_result_fields(summary: dict[str, Any]) -> dict[str, Any]:
         "storedBytes": summary.get("stored_bytes"),
         "stagedBytes": summary.get("staged_bytes"),
         "moVersion": summary.get("mo_version"),
+        **_lock_fields(summary),
     }
     if summary.get("location"):
         out["location"] = summary["location"]

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from mobackup.engine import objectlock
 from mobackup.engine.errors import MobackupError
 
 from .jobs import L_UID
@@ -157,6 +158,7 @@ class CheckResult:
     reason: str
     message: str
     backup_count: int | None = None
+    object_lock: dict[str, Any] | None = None  # what the repository records (status.objectLock)
 
 
 def _s3_options(st: StorageSpec, creds: Credentials, ca_path: str | None) -> Any:
@@ -208,10 +210,13 @@ def stats_scratch_estimate(repo: Any) -> int:
     return blobs * BYTES_PER_BLOB + 4 * metadata
 
 
-def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """status.stats of an S3 storage the operator can open (engine/stats.py); None otherwise."""
+def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...] = (),
+               retention: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """status.stats of an S3 storage the operator can open (engine/stats.py); None otherwise.
+    `retention`: source -> the policy its schedules apply (retention.policies_of_storage), which
+    gives the bytes by retention class (every class named: a merge patch then removes a gone one)."""
     from mobackup.engine.errors import RepositoryNotFound
-    from mobackup.engine.stats import repository_stats
+    from mobackup.engine.stats import RETENTION_CLASSES, repository_stats
 
     from .status import iso
 
@@ -226,15 +231,19 @@ def repo_stats(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str,
     budget = int(os.environ.get("MOBACKUP_STATS_SCRATCH_BYTES") or STATS_SCRATCH_BYTES)
     need = stats_scratch_estimate(repo)
     if need > budget:
-        return {**dict.fromkeys(STATS_FIGURES), "backups": len(repo.backup_ids()), "computedAt": iso(),
+        return {**dict.fromkeys(STATS_FIGURES), "bytesByRetentionClass": None, "backups": len(repo.backup_ids()),
+                "computedAt": iso(),
                 "message": f"not computed: about {need} bytes of scratch space needed, more than the operator's "
                            f"{budget} (MOBACKUP_STATS_SCRATCH_BYTES); run `mobackup stats` on the repository"}
-    s = repository_stats(repo)
+    s = repository_stats(repo, retention=retention or {})  # a source no schedule backs up is "unmanaged"
+    by_class = {c: round(s.bytes_by_retention_class[c]) if c in s.bytes_by_retention_class else None
+                for c in RETENTION_CLASSES}
     ratios = {"dedupRatio": s.dedup_ratio, "compressionRatio": s.compression_ratio,
               "growthBytesPerDay": s.growth_bytes_per_day}
     # None (JSON null) removes a figure an earlier computation wrote: a status merge patch merges objects.
     return {"storedBytes": s.stored_bytes, "logicalBytes": s.logical_bytes,
             "unreferencedBytes": s.unreferenced_blob_bytes,
+            "bytesByRetentionClass": by_class,
             **{k: None if v is None else round(float(v), 3) for k, v in ratios.items()},
             "backups": len(s.backups) + len(s.damaged), "computedAt": iso(), "message": None}
 
@@ -264,14 +273,25 @@ def check(kube: Kube, ns: str, st: StorageSpec, ambient_buckets: tuple[str, ...]
         opts = _s3_options(st, creds, ca_file)
         backend = make_backend(opts)
         backend.check_access()
+        lock = None
         try:
             # Opening checks the encryption key; backup_ids() is one LIST of the published summaries.
-            count = len(open_repository(opts).backup_ids())
+            repo = open_repository(opts)
+            count = len(repo.backup_ids())
             note = ""
+            lock = repo.object_lock.to_config() if repo.object_lock else None
+            asked = objectlock.wanted(st.object_lock.days, st.object_lock.mode) if st.object_lock else None
+            mismatch = objectlock.setting_mismatch(backend.location, repo.object_lock, asked)
+            if mismatch:  # every backup Job would refuse it: say so before one is started
+                return CheckResult(False, "ObjectLockMismatch", f"spec.objectLock: {mismatch}", count, lock)
         except RepositoryNotFound:
             count, note = 0, "; no repository yet (the first backup creates it)"
+            if st.object_lock and not backend.object_lock_enabled():  # type: ignore[attr-defined]
+                return CheckResult(False, "ObjectLockNotEnabled",
+                                   f"spec.objectLock: bucket {st.s3.bucket} was not created with Object Lock enabled "
+                                   "(ObjectLockEnabledForBucket): the first backup could not lock its objects", 0)
         return CheckResult(True, "Reachable", f"{backend.location} is reachable and the credentials work{note}",
-                           count)
+                           count, lock)
     except EncryptionKeyError as e:
         return CheckResult(False, "EncryptionKeyError", str(e))
     except RepositoryFormatError as e:
