@@ -8,10 +8,10 @@ cd "$(dirname "$0")/.."
 # gcc, make and binutils build MatrixOne's cgo library (tests/matrixone/build); prometheus (with
 # promtool) tests the chart's alert rules and dashboard. The real node (tests/cluster/real_node.py):
 # podman builds the images without a registry from a debootstrap base, containerd + runc run them
-# for the kubelet, the CNI plugins wire the pods, iptables/conntrack serve kube-proxy; libc6-dev
-# links the static pause binary.
+# for the kubelet, the CNI plugins wire the pods, iptables/conntrack serve kube-proxy (nft removes
+# the tables iptables-nft created, on tear-down); libc6-dev links the static pause binary.
 debs=(rsync restic etcd-server bubblewrap mariadb-server mariadb-client util-linux gcc make binutils prometheus
-      podman buildah containerd runc debootstrap containernetworking-plugins iptables conntrack libc6-dev)
+      podman buildah containerd runc debootstrap containernetworking-plugins iptables conntrack nftables libc6-dev)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -23,6 +23,8 @@ COMPONENT_BINARIES = {
     "kubectl": ["kubectl"],
     "helm": ["helm"],
     "kubeconform": ["kubeconform"],
+    "node": ["kubelet", "kube-scheduler", "kube-proxy"],
+    "pause": [],           # an image archive under CACHE_DIR/images (cluster.real_node)
 }
 
 
