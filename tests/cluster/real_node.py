@@ -338,6 +338,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         """Delete every pod and wait until the kubelet has stopped their sandboxes (CNI DEL frees
         the veths and addresses, volumes are unmounted): the orderly part of stop()."""
         with contextlib.suppress(Exception):
+            # Cordoned first: a controller's replacement pod then stays Pending, never started.
+            api.merge_patch(f"/api/v1/nodes/{NODE_NAME}", {"spec": {"unschedulable": True}})
             for pod in api.get("/api/v1/pods")["items"]:
                 m = pod["metadata"]
                 api.delete(f"/api/v1/namespaces/{m['namespace']}/pods/{m['name']}", {"gracePeriodSeconds": 0})

@@ -182,6 +182,21 @@ def test_job_state_and_termination_message() -> None:
 
 # ------------------------------------------------------------------------------------------ status
 
+def test_memory_kill_names_the_limit() -> None:
+    """A container the kernel killed for its memory limit (the kubelet reports OOMKilled) left no
+    result: the run's reason must say so and name the limit, not just "BackoffLimitExceeded"."""
+    pod = {"spec": {"containers": [{"name": "agent", "resources": {"limits": {"memory": "48Mi"}}}]},
+           "status": {"phase": "Failed", "containerStatuses": [
+               {"name": "agent", "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}
+    msg = jobs.memory_kill(pod)
+    assert msg and "memory limit of 48Mi" in msg and "spec.job.resources.limits.memory" in msg
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "Error"
+    assert jobs.memory_kill(pod) is None
+    del pod["spec"]["containers"][0]["resources"]
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    assert "no memory limit set" in (jobs.memory_kill(pod) or "")
+
+
 def test_status_patches() -> None:
     start = "2026-01-01T00:00:00Z"
     p = status.phase_patch({"startTime": start}, "Completed", "BackupCompleted", "ok", 3,
