@@ -197,6 +197,22 @@ def test_memory_kill_names_the_limit() -> None:
     assert "no memory limit set" in (jobs.memory_kill(pod) or "")
 
 
+def test_retried_api_requests_are_warnings_until_kopf_gives_up() -> None:
+    import logging
+
+    from mobackup.k8s.operator_main import _retried_requests
+
+    def record(msg: str, name: str = "kopf._cogs.clients.watching") -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, None, None)
+
+    retried = record("Request attempt #1/9 failed; will retry: GET /apis -> APITooManyRequestsError(...)")
+    assert _retried_requests(retried) and retried.levelname == "WARNING"
+    final = record("Request attempt #9/9 failed; escalating: GET /apis -> APIServerError(...)")
+    assert _retried_requests(final) and final.levelname == "ERROR"
+    ours = record("failed; will retry", name="mobackup.operator")
+    assert _retried_requests(ours) and ours.levelname == "ERROR"
+
+
 def test_status_patches() -> None:
     start = "2026-01-01T00:00:00Z"
     p = status.phase_patch({"startTime": start}, "Completed", "BackupCompleted", "ok", 3,
