@@ -39,4 +39,6 @@ tests/ship/build-kustomize
 tests/ship/build-argocd-lua    # Argo CD's Lua (gopher-lua) for the health-check tests
 # The real MatrixOne server, built from the Go module proxy (github.com/matrixorigin/matrixone).
 tests/matrixone/build
+# ... and its image for the real node (tests/realnode), on the same base image as the project's.
+tests/cluster/build mo-image
 echo "setup: done"

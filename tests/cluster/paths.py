@@ -24,7 +24,8 @@ COMPONENT_BINARIES = {
     "helm": ["helm"],
     "kubeconform": ["kubeconform"],
     "node": ["kubelet", "kube-scheduler", "kube-proxy"],
-    "pause": [],           # an image archive under CACHE_DIR/images (cluster.real_node)
+    "pause": [],           # image archives under CACHE_DIR/images (cluster.real_node)
+    "mo-image": [],
 }
 
 

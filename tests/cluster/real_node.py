@@ -287,7 +287,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             done = json.loads(marker.read_text()) if marker.exists() else {}
         except ValueError:
             done = {}
-        if done != want or not {PAUSE_IMAGE, chart_image()} <= set(have):
+        if done != want or not {PAUSE_IMAGE, chart_image(), MO_IMAGE} <= set(have):
             marker.unlink(missing_ok=True)
             # The previous build of the image goes first: containerd's GC then frees its layers.
             self.ctr("images", "rm", chart_image(), check=False)
@@ -495,16 +495,20 @@ def _run(argv: list[str], check: bool = True, timeout: float = 60) -> subprocess
 
 
 # ---- the cluster around it ------------------------------------------------------------------------
+MO_IMAGE = "docker.io/matrixorigin/matrixone:v1.3.0-dev-local"   # tests/cluster/build mo-image
+
+
 def image_archives() -> list[Path]:
-    """The pause image and the project's image (built from the Dockerfile for this tree), as
-    archives for `ctr images import`; builds what is missing (MissingComponent on failure)."""
-    paths.ensure_built("node", "pause")
+    """The pause image, the project's image (built from the Dockerfile for this tree) and the
+    MatrixOne image (the suite's mo-service), as archives for `ctr images import`; builds what is
+    missing (MissingComponent on failure)."""
+    paths.ensure_built("node", "pause", "mo-image")
     proc = subprocess.run([str(paths.BUILD_SCRIPT), "image"], capture_output=True, text=True, check=False)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines or not Path(lines[-1]).is_file():
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
         raise paths.MissingComponent(f"`{paths.BUILD_SCRIPT} image` exited {proc.returncode}:\n{tail}")
-    return [paths.CACHE_DIR / "images" / "pause.tar", Path(lines[-1])]
+    return [paths.CACHE_DIR / "images" / "pause.tar", Path(lines[-1]), paths.CACHE_DIR / "images" / "matrixone.tar"]
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,6 +30,17 @@ import pytest
 
 from cluster import paths, real_node
 from cluster.real_node import RealCluster
+from mo_server import (
+    DEFAULT_VERSION,
+    PASSWORD,
+    SQL_PORT,
+    USER,
+    SqlClient,
+    checksums,
+    create_db,
+    user_databases,
+)
+from mo_server import connect as mo_connect
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -259,6 +271,105 @@ def test_image_facts(env: Env) -> None:
                               "print(time.monotonic() - t)").strip())
         print(f"mobackup {' '.join(argv)} in the container: {took:.2f}s")
         assert took < 5, f"mobackup {argv} took {took:.1f}s to start"
+
+
+class PodSql(SqlClient):
+    """SQL on a MatrixOne pod, from the host (pod addresses on the bridge are routed here)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    def connect(self) -> Any:
+        return mo_connect(host=self.host, port=SQL_PORT)
+
+
+def _matrixone(env: Env, name: str, claim: str, home: Path) -> PodSql:
+    """A StatefulSet of the MatrixOne image on a local PV (the suite's launch configuration copied
+    onto it: working directory /data, data in /data/mo-data), admissible under `restricted`, and a
+    Service in front of it; returns when its pod answers SQL."""
+    host = env.cluster.pv_root / NS / claim
+    if not host.exists():
+        host = env.cluster.make_pvc(NS, claim, size="5Gi")
+    shutil.copytree(home / "etc", host / "etc", dirs_exist_ok=True)
+    labels = {"app": name}
+    env.cluster.apply([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": NS},
+         "spec": {"selector": labels, "ports": [{"name": "sql", "port": SQL_PORT}]}},
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name, "namespace": NS},
+         "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": labels},
+                  "template": {"metadata": {"labels": labels}, "spec": {
+                      "terminationGracePeriodSeconds": 10,
+                      "securityContext": {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+                                          "seccompProfile": {"type": "RuntimeDefault"}},
+                      "containers": [{
+                          "name": "matrixone", "image": real_node.MO_IMAGE, "imagePullPolicy": "Never",
+                          "args": ["-launch", "etc/launch/launch.toml"], "workingDir": "/data",
+                          "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                          "readinessProbe": {"tcpSocket": {"port": SQL_PORT}, "periodSeconds": 2},
+                          "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                      "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}}}}])
+    api = env.cluster.api()
+    deadline = time.monotonic() + 240
+    while True:
+        pod = api.get(f"/api/v1/namespaces/{NS}/pods/{name}-0") if _exists(api, f"{name}-0") else {}
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        if statuses and statuses[0].get("ready"):
+            break
+        assert time.monotonic() < deadline, f"MatrixOne {name} not ready: {pod.get('status')}\n" + \
+            env.cluster.pod_log(NS, f"{name}-0")[-3000:]
+        time.sleep(1)
+    mo = PodSql(pod["status"]["podIP"])
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            mo.sql("select 1")
+            return mo
+        except Exception:
+            assert time.monotonic() < deadline, env.cluster.pod_log(NS, f"{name}-0")[-3000:]
+            time.sleep(1)
+
+
+def _exists(api: Any, pod: str) -> bool:
+    return any(p["metadata"]["name"] == pod for p in api.get(f"/api/v1/namespaces/{NS}/pods")["items"])
+
+
+def test_online_backup_of_matrixone_in_its_image_through_a_service(env: Env, mo_install: Any) -> None:
+    """MatrixOne runs as a StatefulSet from its image with its data on a local PV; the online
+    backup's Job reaches it through its Service (the ClusterIP: no cluster DNS here) and runs
+    beside its pod; the backup restores into a new PV where another MatrixOne starts on it."""
+    home = mo_install(DEFAULT_VERSION)
+    mo = _matrixone(env, "mo1", "mo-data-mo1-0", home)
+    create_db(mo, "db1", 2000)
+    at_backup = checksums(mo, ["db1"])
+    api = env.cluster.api()
+    cluster_ip = api.get(f"/api/v1/namespaces/{NS}/services/mo1")["spec"]["clusterIP"]
+    env.cluster.apply({"apiVersion": "v1", "kind": "Secret",
+                       "metadata": {"name": "mo-sql", "namespace": NS,
+                                    "labels": {"mobackup.io/credentials": "true"}},
+                       "stringData": {"password": PASSWORD}})
+    env.cluster.apply({"apiVersion": "mobackup.io/v1alpha1", "kind": "MOBackup",
+                       "metadata": {"name": "online-1", "namespace": NS},
+                       "spec": {"source": {"pvc": {"claimName": "mo-data-mo1-0", "path": "mo-data"},
+                                           "workload": {"kind": "StatefulSet", "name": "mo1"},
+                                           "sql": {"host": cluster_ip, "port": SQL_PORT, "user": USER,
+                                                   "passwordSecretRef": {"name": "mo-sql", "key": "password"}}},
+                                "storageRef": {"name": "local"}, "type": "Full"}})
+    st = env.wait_phase("mobackups", "online-1", "Completed", timeout=300)["status"]
+    assert st["consistency"] == "Online" and st["moVersion"].startswith("8.0.30-MatrixOne"), st
+    assert api.get(f"/apis/apps/v1/namespaces/{NS}/statefulsets/mo1")["spec"]["replicas"] == 1
+    create_db(mo, "db2", 100)   # after the backup: not in the restored copy
+
+    env.cluster.make_pvc(NS, "mo-data-mocopy-0", size="5Gi")
+    env.cluster.apply({"apiVersion": "mobackup.io/v1alpha1", "kind": "MORestore",
+                       "metadata": {"name": "online-copy", "namespace": NS},
+                       "spec": {"backupName": "online-1",
+                                "target": {"pvc": {"claimName": "mo-data-mocopy-0", "path": "mo-data"}}}})
+    env.wait_phase("morestores", "online-copy", "Completed", timeout=300)
+    copy = _matrixone(env, "mocopy", "mo-data-mocopy-0", home)
+    assert user_databases(copy) == {"db1"}
+    assert checksums(copy, ["db1"]) == at_backup
+    for name in ("mo1", "mocopy"):   # free their memory for the rest of the suite
+        api.merge_patch(f"/apis/apps/v1/namespaces/{NS}/statefulsets/{name}", {"spec": {"replicas": 0}})
 
 
 def test_operator_log_has_no_error(env: Env) -> None:
