@@ -24,6 +24,7 @@ COMPONENT_BINARIES = {
     "helm": ["helm"],
     "kubeconform": ["kubeconform"],
     "node": ["kubelet", "kube-scheduler", "kube-proxy"],
+    "coredns": ["coredns"],
     "pause": [],           # image archives under CACHE_DIR/images (cluster.real_node)
     "mo-image": [],
 }

@@ -8,6 +8,7 @@ Everything it creates is its own and is undone by `stop()`:
 - the kubelet (root dir, pod logs, certificates under the state dir; its pods' cgroups under
   CGROUP_ROOT, not the machine's kubepods), kube-scheduler, kube-proxy (iptables mode);
 - the CNI bridge BRIDGE with POD_CIDR, and a Service range SERVICE_CIDR of its own;
+- CoreDNS on the bridge's address (the kubelet's clusterDNS): Service names resolve in pods;
 - sysctls the kubelet, kube-proxy and the bridge plugin set: saved before, restored after;
 - iptables chains and rules (kube-proxy's KUBE-*, the kubelet's KUBE-FIREWALL and canaries),
   mounts under the state dir, cgroups, veth links, and the fixed paths these versions use
@@ -41,6 +42,7 @@ from cluster.s3 import S3Server
 NODE_NAME = "mobackup-real-node"
 BRIDGE = "mobt0"
 POD_CIDR = "10.244.77.0/24"
+GATEWAY = "10.244.77.1"                 # the bridge's address: pods' route to the host, and their DNS
 SERVICE_CIDR = "10.96.77.0/24"
 CGROUP_ROOT = "mobackup-test"           # the kubelet's --cgroup-root: kubepods live below it
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -93,7 +95,7 @@ def check_host() -> None:
     """Fail loudly (never skip) when something the node needs is missing."""
     missing = [c for c in HOST_COMMANDS if shutil.which(c) is None]
     missing += [str(CNI_BIN / p) for p in ("bridge", "host-local", "loopback") if not (CNI_BIN / p).exists()]
-    missing += [str(paths.binary(b)) for b in ("kubelet", "kube-scheduler", "kube-proxy")
+    missing += [str(paths.binary(b)) for b in ("kubelet", "kube-scheduler", "kube-proxy", "coredns")
                 if not paths.binary(b).exists()]
     if missing:
         raise NodeUnavailable(f"missing for the real node: {', '.join(missing)} (run tests/setup.sh)")
@@ -198,6 +200,7 @@ class RealNode:
         try:
             self._record_host()
             self._start_containerd(images)
+            self._start_dns(admin_kubeconfig)
             self._start_kubelet(kubeconfig, ca_file)
             self._start_scheduler_and_proxy(admin_kubeconfig)
         except BaseException:
@@ -295,6 +298,32 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 self.ctr("images", "import", str(archive), timeout=600)
             marker.write_text(json.dumps(want))
 
+    def _start_dns(self, admin_kubeconfig: Path) -> None:
+        """CoreDNS (kubernetes plugin: Services and pods of cluster.local) on the bridge's address,
+        the kubelet's clusterDNS. The bridge is made here, before any pod: the CNI bridge plugin
+        takes it as it is."""
+        if BRIDGE not in links():
+            _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            _run(["ip", "addr", "add", f"{GATEWAY}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE])
+            _run(["ip", "link", "set", BRIDGE, "up"])
+        ready = paths.free_port()
+        corefile = self.state_dir / "Corefile"
+        corefile.write_text(f""".:53 {{
+    bind {GATEWAY}
+    errors
+    ready 127.0.0.1:{ready}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {admin_kubeconfig} admin
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+    }}
+    cache 30
+}}
+""")
+        self._serve("coredns", [str(paths.binary("coredns")), "-conf", str(corefile)])
+        procs.wait_until(lambda: _http_ok(f"http://127.0.0.1:{ready}/ready"), 60, "CoreDNS ready",
+                         self.servers["coredns"])
+
     def _start_kubelet(self, kubeconfig: Path, ca_file: Path) -> None:
         k = self.state_dir / "kubelet"
         (k / "pki").mkdir(parents=True, exist_ok=True)
@@ -313,7 +342,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "containerRuntimeEndpoint": f"unix://{self.socket}",
             "failSwapOn": False, "failCgroupV1": False,
             "podLogsDir": str(self.state_dir / "pod-logs"),
-            "clusterDomain": "cluster.local", "resolvConf": "/etc/resolv.conf",
+            "clusterDomain": "cluster.local", "clusterDNS": [GATEWAY], "resolvConf": "/etc/resolv.conf",
             "oomScoreAdj": 0, "serializeImagePulls": False,
             # The images are imported, not pulled: never garbage-collect them.
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
@@ -368,7 +397,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 
     def stop(self) -> list[str]:
         """Stop what start() started (by PID), then undo what they changed. Returns problems left."""
-        for name in ("kube-proxy", "kube-scheduler", "kubelet"):
+        for name in ("kube-proxy", "kube-scheduler", "kubelet", "coredns"):
             self._stop_server(name)
         self._stop_containers()
         self._stop_server("containerd")
@@ -581,7 +610,7 @@ LOCAL_STORAGE_CLASS = "local-storage"
 
 def start_real_cluster(state_dir: Path, s3: S3Server | None = None) -> RealCluster:
     """Control plane + real node; returns when the Node is Ready and pods can be created."""
-    paths.ensure_built("etcd", "kube", "helm", "node", "pause")
+    paths.ensure_built("etcd", "kube", "helm", "node", "coredns", "pause")
     check_host()
     images = image_archives()
     access = node_access()

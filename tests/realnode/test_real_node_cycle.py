@@ -22,7 +22,7 @@ IMAGE = real_node.chart_image()
 PROBE = """
 import os, ssl, urllib.request
 d = "/var/run/secrets/kubernetes.io/serviceaccount/"
-url = "https://%s:%s/version" % (os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"])
+url = "https://kubernetes.default.svc:%s/version" % os.environ["KUBERNETES_SERVICE_PORT"]   # cluster DNS
 req = urllib.request.Request(url, headers={"Authorization": "Bearer " + open(d + "token").read()})
 ctx = ssl.create_default_context(cafile=d + "ca.crt")
 print(url, urllib.request.urlopen(req, context=ctx, timeout=10).status)
@@ -49,8 +49,8 @@ def test_two_up_down_cycles_leave_the_machine_as_before() -> None:
             assert any(" KUBE-SERVICES" in c for c in during["chains"]), "kube-proxy made no chains"
             assert during["cgroups"], "the kubelet made no cgroups under its root"
             assert during["sysctls"]["vm.overcommit_memory"] == "1", during["sysctls"]
-            # A pod on the bridge, in the image, reaching the API server through its Service
-            # (kube-proxy's DNAT): veth, netns, volume mounts and pod cgroups for down to undo.
+            # A pod on the bridge, in the image, reaching the API server through its Service by
+            # name (CoreDNS, kube-proxy's DNAT): veth, netns, volume mounts and pod cgroups for down to undo.
             kubectl = [str(paths.binary("kubectl")), "--kubeconfig", str(state / "admin.kubeconfig")]
             pod = subprocess.run([*kubectl, "run", "probe", "--restart=Never", f"--image={IMAGE}",
                                   "--image-pull-policy=Never", "--command", "--", "python", "-c", PROBE],

@@ -335,14 +335,13 @@ def _exists(api: Any, pod: str) -> bool:
 
 def test_online_backup_of_matrixone_in_its_image_through_a_service(env: Env, mo_install: Any) -> None:
     """MatrixOne runs as a StatefulSet from its image with its data on a local PV; the online
-    backup's Job reaches it through its Service (the ClusterIP: no cluster DNS here) and runs
-    beside its pod; the backup restores into a new PV where another MatrixOne starts on it."""
+    backup's Job reaches it through its Service by name (CoreDNS) and runs beside its pod; the
+    backup restores into a new PV where another MatrixOne starts on it."""
     home = mo_install(DEFAULT_VERSION)
     mo = _matrixone(env, "mo1", "mo-data-mo1-0", home)
     create_db(mo, "db1", 2000)
     at_backup = checksums(mo, ["db1"])
     api = env.cluster.api()
-    cluster_ip = api.get(f"/api/v1/namespaces/{NS}/services/mo1")["spec"]["clusterIP"]
     env.cluster.apply({"apiVersion": "v1", "kind": "Secret",
                        "metadata": {"name": "mo-sql", "namespace": NS,
                                     "labels": {"mobackup.io/credentials": "true"}},
@@ -351,7 +350,7 @@ def test_online_backup_of_matrixone_in_its_image_through_a_service(env: Env, mo_
                        "metadata": {"name": "online-1", "namespace": NS},
                        "spec": {"source": {"pvc": {"claimName": "mo-data-mo1-0", "path": "mo-data"},
                                            "workload": {"kind": "StatefulSet", "name": "mo1"},
-                                           "sql": {"host": cluster_ip, "port": SQL_PORT, "user": USER,
+                                           "sql": {"host": f"mo1.{NS}.svc", "port": SQL_PORT, "user": USER,
                                                    "passwordSecretRef": {"name": "mo-sql", "key": "password"}}},
                                 "storageRef": {"name": "local"}, "type": "Full"}})
     st = env.wait_phase("mobackups", "online-1", "Completed", timeout=300)["status"]
