@@ -37,7 +37,7 @@ from cluster import paths, procs
 from cluster.control_plane import NodeAccess, start_control_plane, wait_for
 from cluster.kube_api import ApiError
 from cluster.kube_cluster import KubeCluster
-from cluster.s3 import S3Server
+from cluster.s3 import S3Server, start_s3
 
 NODE_NAME = "mobackup-real-node"
 BRIDGE = "mobt0"
@@ -609,7 +609,8 @@ LOCAL_STORAGE_CLASS = "local-storage"
 
 
 def start_real_cluster(state_dir: Path, s3: S3Server | None = None) -> RealCluster:
-    """Control plane + real node; returns when the Node is Ready and pods can be created."""
+    """Control plane + real node + an S3 server (SeaweedFS) on the host's address, reachable
+    from pods; returns when the Node is Ready and pods can be created."""
     paths.ensure_built("etcd", "kube", "helm", "node", "coredns", "pause")
     check_host()
     images = image_archives()
@@ -617,7 +618,13 @@ def start_real_cluster(state_dir: Path, s3: S3Server | None = None) -> RealClust
     state_dir.mkdir(parents=True, exist_ok=True)
     pv_root = state_dir / "pv"
     pv_root.mkdir(exist_ok=True)
-    cp = start_control_plane(state_dir, node=access)
+    if s3 is None:   # SeaweedFS on the host's address: the pods' S3
+        s3 = start_s3(state_dir, ip=access.host_ip)
+    try:
+        cp = start_control_plane(state_dir, node=access)
+    except BaseException:
+        s3.stop()
+        raise
     node = RealNode(state_dir / "node", access)
     try:
         assert cp.node_kubeconfig is not None
@@ -634,6 +641,7 @@ def start_real_cluster(state_dir: Path, s3: S3Server | None = None) -> RealClust
     except BaseException:
         node.stop()
         cp.stop()
+        s3.stop()
         raise
     return RealCluster(state_dir, cp, None, pv_root, node.servers["kubelet"], s3,  # type: ignore[arg-type]
                        real_node=node)

@@ -16,8 +16,10 @@ a debootstrap bookworm; no registry is reachable here): tests/cluster/build base
 
 from __future__ import annotations
 
+import copy
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from cluster import paths, real_node
 from cluster.real_node import RealCluster
@@ -182,6 +185,26 @@ def _storage(env: Env) -> None:
     env.wait_phase("mobackupstorages", "local", "Available", timeout=120)
 
 
+def _s3_storage(env: Env) -> None:
+    """deploy/examples/storage-s3.yaml (encrypted, zstd) pointed at the cluster's SeaweedFS, which
+    listens on the host's address: the operator's pod and the Jobs reach it from the pod network."""
+    s3 = env.cluster.s3
+    assert s3 is not None
+    for doc in yaml.safe_load_all((paths.REPO_ROOT / "deploy" / "examples" / "storage-s3.yaml").read_text()):
+        if not doc:
+            continue
+        doc = copy.deepcopy(doc)
+        doc["metadata"]["namespace"] = NS
+        if doc["kind"] == "Secret" and "AWS_ACCESS_KEY_ID" in doc["stringData"]:
+            doc["stringData"] = {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+        elif doc["kind"] == "Secret":
+            doc["stringData"] = {"key": secrets.token_urlsafe(32)}
+        else:
+            doc["spec"]["s3"].update(endpoint=s3.endpoint, bucket=s3.bucket, prefix="real-node", region=s3.region)
+        env.cluster.apply(doc)
+    env.wait_phase("mobackupstorages", "minio", "Available", timeout=120)
+
+
 def _job_pod(env: Env, job: str) -> dict[str, Any]:
     pods = env.cluster.api().get(f"/api/v1/namespaces/{NS}/pods", labelSelector=f"job-name={job}")["items"]
     assert pods, f"no pod of Job {job} (ttl?)"
@@ -335,9 +358,11 @@ def _exists(api: Any, pod: str) -> bool:
 
 def test_online_backup_of_matrixone_in_its_image_through_a_service(env: Env, mo_install: Any) -> None:
     """MatrixOne runs as a StatefulSet from its image with its data on a local PV; the online
-    backup's Job reaches it through its Service by name (CoreDNS) and runs beside its pod; the
-    backup restores into a new PV where another MatrixOne starts on it."""
+    backup's Job reaches it through its Service by name (CoreDNS) and runs beside its pod, into the
+    seed's S3 storage example (SeaweedFS on the host's address); the backup restores from S3 into a
+    new PV where another MatrixOne serves exactly the backed-up data."""
     home = mo_install(DEFAULT_VERSION)
+    _s3_storage(env)
     mo = _matrixone(env, "mo1", "mo-data-mo1-0", home)
     create_db(mo, "db1", 2000)
     at_backup = checksums(mo, ["db1"])
@@ -352,8 +377,11 @@ def test_online_backup_of_matrixone_in_its_image_through_a_service(env: Env, mo_
                                            "workload": {"kind": "StatefulSet", "name": "mo1"},
                                            "sql": {"host": f"mo1.{NS}.svc", "port": SQL_PORT, "user": USER,
                                                    "passwordSecretRef": {"name": "mo-sql", "key": "password"}}},
-                                "storageRef": {"name": "local"}, "type": "Full"}})
+                                "storageRef": {"name": "minio"}, "type": "Full"}})
     st = env.wait_phase("mobackups", "online-1", "Completed", timeout=300)["status"]
+    assert st["storedBytes"] > 0 and env.cluster.s3 is not None
+    stored = env.cluster.s3.client().list_objects_v2(Bucket=env.cluster.s3.bucket, Prefix="real-node/")
+    assert stored.get("KeyCount", 0) > 0, "nothing in the bucket"
     assert st["consistency"] == "Online" and st["moVersion"].startswith("8.0.30-MatrixOne"), st
     assert api.get(f"/apis/apps/v1/namespaces/{NS}/statefulsets/mo1")["spec"]["replicas"] == 1
     create_db(mo, "db2", 100)   # after the backup: not in the restored copy
