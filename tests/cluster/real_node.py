@@ -571,6 +571,20 @@ class RealCluster(KubeCluster):
                  lambda o: o.get("status", {}).get("phase") == "Bound", 60, f"PVC {namespace}/{name} Bound")
         return host
 
+    def make_local_pv(self, name: str, size: str = "5Gi") -> Path:
+        """An unclaimed local PV of the `local-storage` class, for a PVC someone else creates (say a
+        drill's scratch PVC): the scheduler binds it with that PVC's first pod. Returns its directory."""
+        host = self.pv_root / "_unclaimed" / name
+        host.mkdir(parents=True, exist_ok=True)
+        self.api().create("/api/v1/persistentvolumes", {
+            "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+            "spec": {"capacity": {"storage": size}, "accessModes": ["ReadWriteOnce"],
+                     "persistentVolumeReclaimPolicy": "Retain", "storageClassName": LOCAL_STORAGE_CLASS,
+                     "local": {"path": str(host)},
+                     "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                         {"key": "kubernetes.io/hostname", "operator": "In", "values": [NODE_NAME]}]}]}}}})
+        return host
+
     def pod_log(self, namespace: str, pod: str) -> str:
         """The containers' logs through the API server and the kubelet (`kubectl logs`)."""
         api = self.api()

@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class Env:
     data: Path          # host directory of PVC mo-data-mo-0's mo-data
     repo: Path          # host directory of PVC backups
     tool_env: dict[str, str]
+    logs: list[str] = field(default_factory=list)   # logs of operator pods an upgrade replaced
 
     def run(self, tool: str, *args: str, timeout: float = 240, check: bool = True) -> str:
         proc = subprocess.run([str(paths.binary(tool)), *args], capture_output=True, text=True,
@@ -399,9 +400,29 @@ def test_online_backup_of_matrixone_in_its_image_through_a_service(env: Env, mo_
         api.merge_patch(f"/apis/apps/v1/namespaces/{NS}/statefulsets/{name}", {"spec": {"replicas": 0}})
 
 
+def test_restore_drill_of_the_online_backup_in_the_matrixone_image(env: Env) -> None:
+    """A MORestoreDrill: the restore (init container), a scratch MatrixOne from its image and the
+    checker, in one pod under `restricted`, on a scratch PVC the scheduler binds to a local PV.
+    The chart's drill.matrixOne.image must be the backed-up server's image (values.yaml says so):
+    the one value set here, with `helm upgrade --reuse-values`."""
+    env.logs.append(env.operator_log())     # the upgrade replaces the operator's pod
+    env.run("helm", "upgrade", RELEASE, str(CHART), "--namespace", NS, "--reuse-values",
+            "--set", f"drill.matrixOne.image={real_node.MO_IMAGE}", "--wait", "--timeout", "180s")
+    env.cluster.make_local_pv("drill-scratch-1")
+    env.cluster.apply({"apiVersion": "mobackup.io/v1alpha1", "kind": "MORestoreDrill",
+                       "metadata": {"name": "drill-1", "namespace": NS},
+                       "spec": {"backupName": "online-1", "timeoutSeconds": 300,
+                                "scratch": {"size": "5Gi", "storageClassName": real_node.LOCAL_STORAGE_CLASS},
+                                "sql": {"user": USER, "passwordSecretRef": {"name": "mo-sql", "key": "password"}},
+                                "checks": [{"query": "select count(*) from db1.t", "expect": "2000"}]}})
+    st = env.wait_phase("morestoredrills", "drill-1", "Completed", timeout=420)["status"]
+    assert st["reason"] == "DrillPassed", st
+
+
 def test_operator_log_has_no_error(env: Env) -> None:
     """Last in this module: the operator's whole log through the suite above (`kubectl logs`)."""
     log = env.run("kubectl", "logs", "-n", NS, env.operator_pod(), "--tail=-1")
     assert log.strip(), "empty operator log"
+    log = "\n".join([*env.logs, log])
     errors = [line for line in log.splitlines() if re.search(r"\bERROR\b|Traceback", line)]
     assert not errors, "\n".join(errors[:20])
