@@ -8,10 +8,16 @@ A MOBackup of a local PV and a MORestore run as Jobs in the image, under the har
 context the runtime enforces; the restore round-trips the data. `helm test` passes; a Job the
 kernel kills for its memory limit fails its run with a reason naming the limit; the image's
 facts (size, user, Python and dependency versions = deploy/requirements.lock, no build tools or
-caches, CLI start time) are checked inside a container; the operator's log shows no ERROR.
+caches, CLI start time) are checked inside a container. MatrixOne runs as a StatefulSet from
+its image (the suite's mo-service) with its data on a local PV; an online backup's Job reaches it
+through its Service by name (CoreDNS) and stores into the seed's S3 storage example (SeaweedFS on
+the host's address); it restores from S3 into a new PV served by another MatrixOne, and a
+MORestoreDrill of it passes. The operator's log shows no ERROR throughout.
 
-The base image is a local stand-in for python:3.11.14-slim-bookworm (Debian's python3 3.11.2 on
-a debootstrap bookworm; no registry is reachable here): tests/cluster/build base-image.
+Local stand-ins (no registry is reachable here): the base image for python:3.11.14-slim-bookworm
+is Debian's python3 3.11.2 on a debootstrap bookworm (tests/cluster/build base-image); the
+MatrixOne image holds MatrixOne v1.3.0-dev (tests/cluster/build mo-image), not the 2.x-4.x users run.
+One module fixture (the chart installed once) serves every test; they run in file order.
 """
 
 from __future__ import annotations
