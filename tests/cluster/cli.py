@@ -33,7 +33,7 @@ from cluster.real_node import NODE_NAME, NodeUnavailable, RealNode, node_access,
 DEFAULT_STATE = Path(os.environ.get("MOBACKUP_TEST_STATE", "/tmp/mobackup-cluster"))
 
 
-def up(state: Path, real_node: bool = False) -> int:
+def up(state: Path, real_node: bool = False, with_s3: bool = True) -> int:
     if (state / "kube-apiserver.pid").exists():
         print(f"up: a cluster is already recorded in {state}; run tests/cluster/down first "
               f"(or: source {state}/env.sh)", file=sys.stderr)
@@ -41,7 +41,7 @@ def up(state: Path, real_node: bool = False) -> int:
     shutil.rmtree(state, ignore_errors=True)
     t0 = time.monotonic()
     try:
-        cluster = start_real_cluster(state) if real_node else start_cluster(state)
+        cluster = start_real_cluster(state, with_s3=with_s3) if real_node else start_cluster(state, with_s3=with_s3)
     except (paths.MissingComponent, NodeUnavailable) as e:
         print(f"up: {e}", file=sys.stderr)
         return 1
@@ -98,8 +98,11 @@ def main() -> int:
     ap.add_argument("--state-dir", type=Path, default=DEFAULT_STATE)
     ap.add_argument("--keep", action="store_true", help="down: keep the state dir (logs)")
     ap.add_argument("--real-node", action="store_true", help="up: a real kubelet + containerd node")
+    ap.add_argument("--no-s3", action="store_true", help="up: without the S3 server (SeaweedFS)")
     args = ap.parse_args()
-    return up(args.state_dir, args.real_node) if args.command == "up" else down(args.state_dir, args.keep)
+    if args.command == "up":
+        return up(args.state_dir, args.real_node, not args.no_s3)
+    return down(args.state_dir, args.keep)
 
 
 if __name__ == "__main__":

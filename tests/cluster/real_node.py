@@ -380,7 +380,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                                                 pid_file=self.state_dir / f"{name}.pid")
 
     # ---- stop: undo everything ----------------------------------------------------------------
-    def drain(self, api: Any, timeout: float = 60) -> None:
+    def drain(self, api: Any, timeout: float = 15) -> None:
         """Delete every pod and wait until the kubelet has stopped their sandboxes (CNI DEL frees
         the veths and addresses, volumes are unmounted): the orderly part of stop()."""
         with contextlib.suppress(Exception):
@@ -610,19 +610,27 @@ class RealCluster(KubeCluster):
 
     def stop(self) -> list[str]:  # type: ignore[override]
         problems: list[str] = []
+        steps = []
+        t0 = time.monotonic()
         if self.real_node is not None:
             self.real_node.drain(self.api())
+            steps.append(f"drain {time.monotonic() - t0:.1f}s")
             problems = self.real_node.stop()
+            steps.append(f"node {time.monotonic() - t0:.1f}s")
         self.control_plane.stop()
-        if self.s3 is not None:
-            self.s3.stop()
+        steps.append(f"control plane {time.monotonic() - t0:.1f}s")
+        if self.s3 is not None:   # throwaway data: no graceful stop (SeaweedFS takes 10 s for it)
+            self.s3.kill()
+            steps.append(f"s3 {time.monotonic() - t0:.1f}s")
+        with contextlib.suppress(OSError):
+            (self.state_dir / "stop-times.log").write_text(", ".join(steps) + "\n")
         return problems
 
 
 LOCAL_STORAGE_CLASS = "local-storage"
 
 
-def start_real_cluster(state_dir: Path, s3: S3Server | None = None) -> RealCluster:
+def start_real_cluster(state_dir: Path, s3: S3Server | None = None, with_s3: bool = True) -> RealCluster:
     """Control plane + real node + an S3 server (SeaweedFS) on the host's address, reachable
     from pods; returns when the Node is Ready and pods can be created."""
     paths.ensure_built("etcd", "kube", "helm", "node", "coredns", "pause")
@@ -632,12 +640,13 @@ def start_real_cluster(state_dir: Path, s3: S3Server | None = None) -> RealClust
     state_dir.mkdir(parents=True, exist_ok=True)
     pv_root = state_dir / "pv"
     pv_root.mkdir(exist_ok=True)
-    if s3 is None:   # SeaweedFS on the host's address: the pods' S3
+    if s3 is None and with_s3:   # SeaweedFS on the host's address: the pods' S3
         s3 = start_s3(state_dir, ip=access.host_ip)
     try:
         cp = start_control_plane(state_dir, node=access)
     except BaseException:
-        s3.stop()
+        if s3 is not None:
+            s3.stop()
         raise
     node = RealNode(state_dir / "node", access)
     try:
@@ -655,7 +664,8 @@ def start_real_cluster(state_dir: Path, s3: S3Server | None = None) -> RealClust
     except BaseException:
         node.stop()
         cp.stop()
-        s3.stop()
+        if s3 is not None:
+            s3.stop()
         raise
     return RealCluster(state_dir, cp, None, pv_root, node.servers["kubelet"], s3,  # type: ignore[arg-type]
                        real_node=node)
