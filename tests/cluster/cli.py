@@ -28,7 +28,8 @@ from cluster import paths
 from cluster.kube_api import KubeApi, object_path
 from cluster.kube_cluster import KubeCluster, cluster_exports, start_cluster, stop_by_pid_files, write_env_file
 from cluster.rbac import RELEASE
-from cluster.real_node import NODE_NAME, NodeUnavailable, RealNode, node_access, start_real_cluster
+from cluster.real_cluster import start_real_cluster
+from cluster.real_node import NODE_NAME, NodeUnavailable, RealNode, node_access
 
 DEFAULT_STATE = Path(os.environ.get("MOBACKUP_TEST_STATE", "/tmp/mobackup-cluster"))
 

@@ -25,7 +25,7 @@ import pytest
 
 from cluster import paths
 from cluster.kube_cluster import KubeCluster, start_cluster
-from cluster.real_node import RealCluster, start_real_cluster
+from cluster.real_cluster import RealCluster, start_real_cluster
 from cluster.s3 import S3Server, start_s3
 
 T = TypeVar("T")

@@ -38,8 +38,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cluster import paths, real_node
-from cluster.real_node import RealCluster
+from cluster import paths, real_cluster, real_node
+from cluster.real_cluster import RealCluster
 from mo_server import (
     DEFAULT_VERSION,
     PASSWORD,
@@ -274,7 +274,7 @@ def test_a_job_killed_for_its_memory_limit_fails_naming_the_limit(env: Env) -> N
 
 def test_image_facts(env: Env) -> None:
     """Size, user, Python and dependency versions, no build tools or caches, CLI start time."""
-    archive = real_node.image_archives()[1]
+    archive = real_cluster.image_archives()[1]
     size_mb = archive.stat().st_size / 1e6
     print(f"image archive: {size_mb:.0f} MB")
     assert size_mb < 450, f"image grew to {size_mb:.0f} MB"
@@ -423,7 +423,7 @@ def test_restore_drill_of_the_online_backup_in_the_matrixone_image(env: Env) -> 
     env.cluster.apply({"apiVersion": "mobackup.io/v1alpha1", "kind": "MORestoreDrill",
                        "metadata": {"name": "drill-1", "namespace": NS},
                        "spec": {"backupName": "online-1", "timeoutSeconds": 300,
-                                "scratch": {"size": "5Gi", "storageClassName": real_node.LOCAL_STORAGE_CLASS},
+                                "scratch": {"size": "5Gi", "storageClassName": real_cluster.LOCAL_STORAGE_CLASS},
                                 "sql": {"user": USER, "passwordSecretRef": {"name": "mo-sql", "key": "password"}},
                                 "checks": [
                                     *({"query": f"select {expr} from db1.t", "expect": str(value)}
