@@ -25,6 +25,7 @@ import pytest
 
 from cluster import paths
 from cluster.kube_cluster import KubeCluster, start_cluster
+from cluster.real_cluster import RealCluster, start_real_cluster
 from cluster.s3 import S3Server, start_s3
 
 T = TypeVar("T")
@@ -144,3 +145,25 @@ def kube_namespace(kube_cluster: KubeCluster) -> Iterator[str]:
     name = kube_cluster.create_namespace()
     yield name
     kube_cluster.delete_namespace(name)
+
+
+def _stop_real(cluster: RealCluster) -> None:
+    problems = cluster.stop()
+    if problems:   # fail loudly: the machine is not as the node found it
+        raise RuntimeError("the real node's tear-down left: " + "; ".join(problems))
+
+
+_real = _Shared[RealCluster]("real-node", lambda d: start_real_cluster(d), _stop_real)
+
+
+@pytest.fixture(scope="session")
+def real_cluster() -> Iterator[RealCluster]:
+    """A control plane with a REAL node (cluster.real_node): containerd + runc, kubelet,
+    kube-scheduler, kube-proxy, a CNI bridge; the project's image (built from the Dockerfile for
+    this tree) imported under the chart's default name. The same interface as kube_cluster, except
+    `operator` is None (install the chart with helm) and make_pvc() makes local PVs."""
+    value = _real.acquire()
+    try:
+        yield value
+    finally:
+        _real.release()

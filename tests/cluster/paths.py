@@ -23,6 +23,10 @@ COMPONENT_BINARIES = {
     "kubectl": ["kubectl"],
     "helm": ["helm"],
     "kubeconform": ["kubeconform"],
+    "node": ["kubelet", "kube-scheduler", "kube-proxy"],
+    "coredns": ["coredns"],
+    "pause": [],           # image archives under CACHE_DIR/images (cluster.real_node)
+    "mo-image": [],
 }
 
 

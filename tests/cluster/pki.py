@@ -35,8 +35,10 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
     return x509.Name(attrs)
 
 
-def make_pki(pki_dir: Path) -> dict[str, Path]:
-    """CA, API-server serving cert, service-account signing key pair. Returns the file paths."""
+def make_pki(pki_dir: Path, extra_ips: tuple[str, ...] = ()) -> dict[str, Path]:
+    """CA, API-server serving cert (also valid for extra_ips: a real node's pods reach the API
+    server at its Service IP and the host's address), service-account signing key pair, and a
+    client certificate the API server presents to kubelets. Returns the file paths."""
     pki_dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     later = now + dt.timedelta(days=30)
@@ -56,7 +58,7 @@ def make_pki(pki_dir: Path) -> dict[str, Path]:
 
     srv_key = _key()
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in SERVING_DNS]
-    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in SERVING_IPS]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in dict.fromkeys([*SERVING_IPS, *extra_ips])]
     srv_cert = (
         x509.CertificateBuilder().subject_name(_name("kube-apiserver")).issuer_name(ca_cert.subject)
         .public_key(srv_key.public_key()).serial_number(x509.random_serial_number())
@@ -66,8 +68,18 @@ def make_pki(pki_dir: Path) -> dict[str, Path]:
         .sign(ca_key, hashes.SHA256())
     )
 
+    client_key = _key()
+    client_cert = (
+        x509.CertificateBuilder().subject_name(_name("kube-apiserver-kubelet-client", "system:masters"))
+        .issuer_name(ca_cert.subject).public_key(client_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(later)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
     sa_key = _key()
     files = {
+        "kubelet_client_crt": pki_dir / "kubelet-client.crt", "kubelet_client_key": pki_dir / "kubelet-client.key",
         "ca_crt": pki_dir / "ca.crt", "ca_key": pki_dir / "ca.key",
         "apiserver_crt": pki_dir / "apiserver.crt", "apiserver_key": pki_dir / "apiserver.key",
         "sa_key": pki_dir / "sa.key", "sa_pub": pki_dir / "sa.pub",
@@ -77,6 +89,8 @@ def make_pki(pki_dir: Path) -> dict[str, Path]:
     files["apiserver_crt"].write_bytes(srv_cert.public_bytes(serialization.Encoding.PEM))
     _write_key(srv_key, files["apiserver_key"])
     _write_key(sa_key, files["sa_key"])
+    files["kubelet_client_crt"].write_bytes(client_cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(client_key, files["kubelet_client_key"])
     files["sa_pub"].write_bytes(sa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return files

@@ -91,9 +91,10 @@ def _free_ports(count: int) -> list[int]:
 
 def start_s3(state_dir: Path, bucket: str = "mobackup-test", access_key: str | None = None,
              secret_key: str | None = None, region: str = DEFAULT_REGION,
-             tls: tuple[Path, Path, Path] | None = None) -> S3Server:
+             tls: tuple[Path, Path, Path] | None = None, ip: str = "127.0.0.1") -> S3Server:
     """Start SeaweedFS with random credentials (in a 0600 config file, never argv), wait until it
-    stores an object, create the bucket. `tls` = (certificate, key, CA file) serves HTTPS.
+    stores an object, create the bucket. `tls` = (certificate, key, CA file) serves HTTPS. `ip`:
+    the address it listens on (the real node's pods reach the host's address, not loopback).
     Raises paths.MissingComponent if SeaweedFS cannot be built."""
     paths.ensure_built("seaweedfs")
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,7 @@ def start_s3(state_dir: Path, bucket: str = "mobackup-test", access_key: str | N
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, out)
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
     argv = [
-        str(paths.binary("weed")), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        str(paths.binary("weed")), "server", f"-dir={data_dir}", f"-ip={ip}", f"-ip.bind={ip}",
         "-master.telemetry=false",  # no traffic leaves the machine
         f"-master.port={master}", f"-master.port.grpc={master_grpc}",
         # Small volumes, created on demand: every bucket is a collection with volumes of its own.
@@ -131,7 +132,7 @@ def start_s3(state_dir: Path, bucket: str = "mobackup-test", access_key: str | N
         return procs.start_server("seaweedfs", argv, state_dir / "seaweedfs.log", env=env,
                                   pid_file=state_dir / "seaweedfs.pid")
 
-    server = S3Server(f"{scheme}://127.0.0.1:{s3}", access_key, secret_key, bucket, region, data_dir,
+    server = S3Server(f"{scheme}://{ip}:{s3}", access_key, secret_key, bucket, region, data_dir,
                       launch(), launch, tls[2] if tls else None)
     try:
         _wait_ready(server)

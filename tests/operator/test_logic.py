@@ -182,6 +182,37 @@ def test_job_state_and_termination_message() -> None:
 
 # ------------------------------------------------------------------------------------------ status
 
+def test_memory_kill_names_the_limit() -> None:
+    """A container the kernel killed for its memory limit (the kubelet reports OOMKilled) left no
+    result: the run's reason must say so and name the limit, not just "BackoffLimitExceeded"."""
+    pod = {"spec": {"containers": [{"name": "agent", "resources": {"limits": {"memory": "48Mi"}}}]},
+           "status": {"phase": "Failed", "containerStatuses": [
+               {"name": "agent", "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}}
+    msg = jobs.memory_kill(pod)
+    assert msg and "memory limit of 48Mi" in msg and "spec.job.resources.limits.memory" in msg
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "Error"
+    assert jobs.memory_kill(pod) is None
+    del pod["spec"]["containers"][0]["resources"]
+    pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    assert "no memory limit set" in (jobs.memory_kill(pod) or "")
+
+
+def test_retried_api_requests_are_warnings_until_kopf_gives_up() -> None:
+    import logging
+
+    from mobackup.k8s.operator_main import _retried_requests
+
+    def record(msg: str, name: str = "kopf._cogs.clients.watching") -> logging.LogRecord:
+        return logging.LogRecord(name, logging.ERROR, __file__, 1, msg, None, None)
+
+    retried = record("Request attempt #1/9 failed; will retry: GET /apis -> APITooManyRequestsError(...)")
+    assert _retried_requests(retried) and retried.levelname == "WARNING"
+    final = record("Request attempt #9/9 failed; escalating: GET /apis -> APIServerError(...)")
+    assert _retried_requests(final) and final.levelname == "ERROR"
+    ours = record("failed; will retry", name="mobackup.operator")
+    assert _retried_requests(ours) and ours.levelname == "ERROR"
+
+
 def test_status_patches() -> None:
     start = "2026-01-01T00:00:00Z"
     p = status.phase_patch({"startTime": start}, "Completed", "BackupCompleted", "ok", 3,

@@ -268,6 +268,9 @@ def job_outcome(ctx: Ctx, ns: str, job: dict[str, Any]) -> tuple[jobs.JobState, 
         result = jobs.parse_result(msg)
         if result is not None and (pst.get("phase") == wanted or not fallback):
             return state, result, ""
+        killed = jobs.memory_kill(pod) if result is None and state.state == "Failed" else None
+        if killed and not fallback:  # the newest attempt died of it: no result could be written
+            return state, {"ok": False, "reason": "OOMKilled", "error": killed}, ""
         if not fallback:
             fallback = (msg or pst.get("message") or pst.get("reason") or "").strip()[-500:]
     return state, None, fallback or state.message or state.reason

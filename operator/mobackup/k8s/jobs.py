@@ -717,6 +717,28 @@ def termination_message(pod: dict[str, Any]) -> str | None:
     return None
 
 
+def memory_kill(pod: dict[str, Any]) -> str | None:
+    """Why a container of the pod was killed for exceeding its memory limit, naming the limit
+    (the agent had no chance to write a result: the kernel killed it); None if none was."""
+    pst = pod.get("status") or {}
+    spec = pod.get("spec") or {}
+    for cs in (pst.get("initContainerStatuses") or []) + (pst.get("containerStatuses") or []):
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+        if term.get("reason") != "OOMKilled":
+            continue
+        name = cs.get("name")
+        limit = next(((c.get("resources") or {}).get("limits", {}).get("memory")
+                      for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+                      if c.get("name") == name), None)
+        if limit:
+            return (f"container {name} was killed for exceeding its memory limit of {limit} (exit code "
+                    f"{term.get('exitCode')}): raise spec.job.resources.limits.memory, or the chart's "
+                    "jobDefaults.resources.limits.memory")
+        return (f"container {name} was killed out of memory (exit code {term.get('exitCode')}; no memory "
+                "limit set: the node ran short of memory)")
+    return None
+
+
 def parse_result(message: str | None) -> dict[str, Any] | None:
     """The agent's result JSON from a termination message; None when it is not one."""
     if not message:

@@ -42,6 +42,16 @@ def _expected_retries(record: logging.LogRecord) -> bool:
     return True
 
 
+def _retried_requests(record: logging.LogRecord) -> bool:
+    """kopf logs each API request it will retry at ERROR (e.g. 429 "storage is (re)initializing"
+    while the API server builds the watch cache of a CRD just installed): a warning until kopf
+    gives up, which it logs as "escalating" and keeps at ERROR."""
+    if (record.name.startswith("kopf") and record.levelno == logging.ERROR
+            and "failed; will retry" in record.getMessage()):
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
@@ -51,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_level != "DEBUG":
         logging.getLogger("kopf").setLevel(logging.WARNING)  # kopf is chatty per event at INFO
     logging.getLogger("kopf.objects").addFilter(_expected_retries)
+    for handler in logging.getLogger().handlers:  # kopf logs from many child loggers
+        handler.addFilter(_retried_requests)
 
     import kopf
 
