@@ -30,8 +30,16 @@ MATRIXONE_HEAVY = (
 )
 
 
+# One real node per machine (tests/cluster/real_node.py holds a lock while it runs): its files in one lane.
+REAL_NODE = "realnode/"
+
+
+def _matches(rel: str, patterns: tuple[str, ...]) -> bool:
+    return any(rel.startswith(p) if p.endswith("/") else rel == p for p in patterns)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         rel = item.path.relative_to(TESTS).as_posix() if item.path.is_relative_to(TESTS) else str(item.path)
-        heavy = any(rel.startswith(p) if p.endswith("/") else rel == p for p in MATRIXONE_HEAVY)
-        item.add_marker(pytest.mark.xdist_group("matrixone" if heavy else rel))
+        group = "matrixone" if _matches(rel, MATRIXONE_HEAVY) else "realnode" if rel.startswith(REAL_NODE) else rel
+        item.add_marker(pytest.mark.xdist_group(group))
