@@ -304,7 +304,7 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
     copy.checksum = f"{checksum[0]:064x}"
 
 
-class _Live:
+class LiveServer:
     """The running MatrixOne the tables go into."""
 
     def __init__(self, endpoint: SqlEndpoint) -> None:
@@ -418,11 +418,100 @@ def _check_in_backup(selections: Sequence[Selection], tables: set[tuple[str, str
 
 def _check_space(parent: Path, summary: Any) -> None:
     free = shutil.disk_usage(parent).free
-    needed = summary.size_bytes + SCRATCH_MARGIN
+    needed = scratch_needed(summary)
     if needed > free:
         raise MobackupError(f"{parent}: the scratch MatrixOne needs about {human_bytes(needed)} (the backup's "
                             f"{human_bytes(summary.size_bytes)} and {human_bytes(SCRATCH_MARGIN)} for the server) but "
                             f"its file system has {human_bytes(free)} free; use --scratch-dir elsewhere")
+
+
+@dataclass(frozen=True)
+class ScopedOptions:
+    """What to copy and where, checked (`scoped_options`): shared by the CLI and the operator's loader."""
+
+    selections: tuple[Selection, ...]
+    as_name: Selection | None
+    suffix: str | None
+    replace: bool
+    stamp: str
+
+
+def scoped_options(only: Sequence[str], as_name: str | None = None, suffix: str | None = None,
+                   replace: bool = False, now: datetime | None = None) -> ScopedOptions:
+    selections = tuple(dict.fromkeys(parse_selection(text) for text in only))
+    if not selections:
+        raise MobackupError("a scoped restore needs --only DB or --only DB.TABLE")
+    if as_name is not None and suffix is not None:
+        raise MobackupError("--as and --suffix exclude each other")
+    target_sel = parse_selection(as_name, "--as") if as_name is not None else None
+    if target_sel is not None and len(selections) > 1:
+        raise MobackupError("--as names one target: give one --only with it")
+    if target_sel is not None and target_sel.table is not None and selections[0].table is None:
+        raise MobackupError("--as DB.TABLE needs --only DB.TABLE (for a database, --as names the target database)")
+    if suffix is not None:
+        check_name("t" + suffix, "--suffix")
+    return ScopedOptions(selections, target_sel, suffix, replace, _stamp(now or datetime.now(UTC)))
+
+
+def _catalog(summary: Any) -> dict[str, Any] | None:
+    catalog = summary.extra.get("catalog")
+    return catalog if isinstance(catalog, dict) and isinstance(catalog.get("databases"), dict) else None
+
+
+def check_backup(summary: Any, options: ScopedOptions) -> ScopedOptions:
+    """The selections as the backup spells them, from the catalog the backup recorded (when it is whole);
+    MobackupError naming what the backup has for a name it lacks."""
+    catalog = _catalog(summary)
+    if catalog is None or catalog.get("truncated"):
+        return options
+    recorded = {(str(d), str(t)) for d, ts in catalog["databases"].items() if isinstance(ts, dict) for t in ts}
+    spelled = _check_in_backup(options.selections, recorded, {str(d) for d in catalog["databases"]}, summary.id)
+    return ScopedOptions(tuple(spelled), options.as_name, options.suffix, options.replace, options.stamp)
+
+
+def check_targets(target: LiveServer, summary: Any, options: ScopedOptions) -> None:
+    """Early: the backup's catalog names the tables before any scratch server starts; none of their
+    targets may exist on the live server (unless replace). `_plan` checks again on the scratch's tables."""
+    catalog = _catalog(summary)
+    if catalog is None or options.replace:
+        return
+    for sel in options.selections:
+        tables = ([sel.table] if sel.table is not None
+                  else [t for t, e in catalog["databases"].get(sel.database, {}).items()
+                        if isinstance(e, dict) and e.get("type") == "table"])
+        for table in tables:
+            dst = target_for((sel.database, table), sel, options.as_name, options.suffix, False, options.stamp)
+            if target.exists(*dst):
+                raise MobackupError(f"{dst[0]}.{dst[1]} exists on the live server: choose another name "
+                                    "(--as, --suffix) or pass --replace")
+
+
+def scratch_needed(summary: Any) -> int:
+    """Bytes the scratch MatrixOne needs: the backup's size and room for the server's own files."""
+    return int(summary.size_bytes) + SCRATCH_MARGIN
+
+
+def plan_copies(source: Any, target: LiveServer, options: ScopedOptions, backup_id: str,
+                result: ScopedResult) -> list[_Plan]:
+    """Every table to copy from the started scratch server (`source`: pymysql's default conv), its
+    checked DDL and target: every refusal before the first write to the live server."""
+    return _plan(source, target, options.selections, options.as_name, options.suffix, options.replace,
+                 options.stamp, backup_id, result.skipped)
+
+
+def copy_plans(raw: Any, target: LiveServer, plans: Sequence[_Plan], options: ScopedOptions,
+               result: ScopedResult) -> None:
+    """Copy each planned table from the scratch server (`raw`: a connection with conv=RAW) into the
+    live one, appending to `result`; MobackupError says which tables were done before a failure."""
+    started = time.monotonic()
+    for plan in plans:
+        try:
+            result.tables.append(_copy_one(raw, target, plan, options.stamp))
+        except MobackupError as error:
+            done = ", ".join(t.target for t in result.tables)
+            raise MobackupError(f"{error}" + (f"; restored and checked before it: {done}" if done
+                                              else "")) from None
+    result.copy_seconds = round(time.monotonic() - started, 3)
 
 
 def run_scoped_restore(
@@ -448,41 +537,17 @@ def run_scoped_restore(
     (the message says what was done). `parallel`: connections that INSERT at once (the copy goes
     faster where the live server has idle capacity, and takes it from its own users)."""
     clock = time.monotonic()
-    selections = list(dict.fromkeys(parse_selection(text) for text in only))
-    if not selections:
-        raise MobackupError("a scoped restore needs --only DB or --only DB.TABLE")
-    if as_name is not None and suffix is not None:
-        raise MobackupError("--as and --suffix exclude each other")
-    target_sel = parse_selection(as_name, "--as") if as_name is not None else None
-    if target_sel is not None and len(selections) > 1:
-        raise MobackupError("--as names one target: give one --only with it")
-    if target_sel is not None and target_sel.table is not None and selections[0].table is None:
-        raise MobackupError("--as DB.TABLE needs --only DB.TABLE (for a database, --as names the target database)")
-    if suffix is not None:
-        check_name("t" + suffix, "--suffix")
-    stamp = _stamp(now or datetime.now(UTC))
+    options = scoped_options(only, as_name, suffix, replace, now)
     summary = repo.load_summary(repo.resolve_id(backup_id))
     result = ScopedResult(summary.id)
-    catalog = summary.extra.get("catalog")
-    if isinstance(catalog, dict) and isinstance(catalog.get("databases"), dict) and not catalog.get("truncated"):
-        recorded = {(str(d), str(t)) for d, ts in catalog["databases"].items() if isinstance(ts, dict) for t in ts}
-        selections = _check_in_backup(selections, recorded, {str(d) for d in catalog["databases"]}, summary.id)
+    options = check_backup(summary, options)
     parent = Path(scratch_parent) if scratch_parent else Path(tempfile.gettempdir())
     _check_space(parent, summary)
-    target = _Live(live)
+    target = LiveServer(live)
     result.live_version = target.version
     try:
         target.open_more(max(0, parallel - 1))
-        if isinstance(catalog, dict) and isinstance(catalog.get("databases"), dict):
-            for sel in selections:  # early: the backup's catalog names the tables before the scratch starts
-                tables = ([sel.table] if sel.table is not None
-                          else [t for t, e in catalog["databases"].get(sel.database, {}).items()
-                                if isinstance(e, dict) and e.get("type") == "table"])
-                for table in tables:
-                    dst = target_for((sel.database, table), sel, target_sel, suffix, replace, stamp)
-                    if not replace and target.exists(*dst):
-                        raise MobackupError(f"{dst[0]}.{dst[1]} exists on the live server: choose another name "
-                                            "(--as, --suffix) or pass --replace")
+        check_targets(target, summary, options)
         password = scratch_password if scratch_password is not None else os.environ.get(
             "MOBACKUP_SQL_PASSWORD", DEFAULT_PASSWORD)
         with Scratch(repo, summary.id, mo_service, scratch_parent, purpose="scoped") as scratch:
@@ -499,17 +564,8 @@ def run_scoped_restore(
             finally:
                 result.start_seconds = round(time.monotonic() - started, 3)
             with source, scratch.connect(scratch_user, password, timeout, conv=RAW) as raw:
-                plans = _plan(source, target, selections, target_sel, suffix, replace, stamp, summary.id,
-                              result.skipped)
-                started = time.monotonic()
-                for plan in plans:
-                    try:
-                        result.tables.append(_copy_one(raw, target, plan, stamp))
-                    except MobackupError as error:
-                        done = ", ".join(t.target for t in result.tables)
-                        raise MobackupError(f"{error}" + (f"; restored and checked before it: {done}" if done
-                                                          else "")) from None
-                result.copy_seconds = round(time.monotonic() - started, 3)
+                copy_plans(raw, target, plan_copies(source, target, options, summary.id, result),
+                           options, result)
         result.scratch_bytes = scratch.bytes_used  # measured by close()
     finally:
         target.close()
@@ -517,7 +573,7 @@ def run_scoped_restore(
     return result
 
 
-def _plan(source: Any, target: _Live, selections: Sequence[Selection], target_sel: Selection | None,
+def _plan(source: Any, target: LiveServer, selections: Sequence[Selection], target_sel: Selection | None,
           suffix: str | None, replace: bool, stamp: str, backup_id: str, skipped: list[str]) -> list[_Plan]:
     """Every table to copy, its checked DDL and target; every refusal before the first write. The
     views (and other non-tables) of a selected database go to `skipped`."""
@@ -568,7 +624,7 @@ def _aside(table: str, word: str, stamp: str) -> str:
     return f"{table}_{word}_{stamp}"[:MAX_NAME]
 
 
-def _copy_one(source: Any, target: _Live, plan: _Plan, stamp: str) -> TableCopy:
+def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str) -> TableCopy:
     database, table = plan.target
     copy = TableCopy(f"{plan.source[0]}.{plan.source[1]}", f"{database}.{table}")
     started = time.monotonic()
@@ -605,7 +661,7 @@ def _copy_one(source: Any, target: _Live, plan: _Plan, stamp: str) -> TableCopy:
     return copy
 
 
-def _drop(target: _Live, name: tuple[str, str]) -> None:
+def _drop(target: LiveServer, name: tuple[str, str]) -> None:
     """Drop our own copy; over the second connection when the first broke off mid-statement. The
     error that brought us here is the one to report."""
     for conn in (target.connection, target.raw):
