@@ -562,16 +562,16 @@ def scope_spec() -> Schema:
                "volume smaller than the backup.", {
                    "databases": {"type": "array", "maxItems": 100, "description":
                                  "Databases restored whole (every table; views are left out and listed).",
-                                 "items": s("A database of the backup.", pattern=f"^{DB_NAME}$")},
+                                 "items": s("A database of the backup.", pattern=f"^{DB_NAME}$", maxLength=64)},
                    "tables": {"type": "array", "maxItems": 1000, "description": "Tables, as <database>.<table>.",
                               "items": s("A table of the backup, <database>.<table>.",
-                                         pattern=f"^{DB_NAME}\\.{TABLE_NAME}$")},
+                                         pattern=f"^{DB_NAME}\\.{TABLE_NAME}$", maxLength=129)},
                    "as": s("The target's name: <database>.<table> for one table, or a database (for one "
                            "database, or one table keeping its name). Excludes suffix.",
-                           pattern=f"^{DB_NAME}(\\.{TABLE_NAME})?$"),
+                           pattern=f"^{DB_NAME}(\\.{TABLE_NAME})?$", maxLength=129),
                    "suffix": s("The targets' names: each table's name plus this suffix, in its own database "
                                "(default _restored_<UTC yyyymmddhhmmss>). Excludes as.",
-                               pattern="^[^\\x00-\\x1f\\x7f]{0,59}[^\\s\\x00-\\x1f\\x7f]$"),
+                               pattern="^[^\\x00-\\x1f\\x7f]{0,59}[^\\s\\x00-\\x1f\\x7f]$", maxLength=60),
                    "replace": s("Copy over an existing table of the target's name: the copy goes to a temporary "
                                 "name, is checked, then swapped in (two RENAMEs); the old table is kept as "
                                 "<table>_replaced_<stamp>, never dropped; a failed check leaves it untouched.",
@@ -592,9 +592,6 @@ def scope_spec() -> Schema:
                    {"rule": "!(has(self.as) && has(self.suffix))", "message": "as and suffix exclude each other"},
                    {"rule": f"!has(self.as) || {listed} == 1",
                     "message": "as names one target: list one database or one table with it"},
-                   {"rule": "!has(self.as) || !self.as.contains('.') || !has(self.databases) || "
-                            "size(self.databases) == 0",
-                    "message": "as <database>.<table> needs a table (for a database, as names the target database)"},
                ]})
 
 
