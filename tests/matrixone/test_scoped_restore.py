@@ -192,9 +192,10 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
           f"{copy['mb_per_second']} MB/s), total {result['total_seconds']} s, writer's longest pause "
           f"{writer.longest_pause:.2f} s")
 
-    # A whole database into a new one: every table under its own name, the view left out.
-    whole = run("restore", backup_id, "--only", "SHOP", "--as", "shop_copy", "--insert-connections", "3", *common,
-                "--json")
+    # A whole database into a new one: every table under its own name, the view left out; its rows
+    # streamed as CSV by LOAD DATA LOCAL over three connections (--copy-method load).
+    whole = run("restore", backup_id, "--only", "SHOP", "--as", "shop_copy", "--insert-connections", "3",
+                "--copy-method", "load", *common, "--json")
     assert whole.returncode == 0, whole.stderr
     result = json.loads(whole.stdout)
     assert [t["target"] for t in result["tables"]] == ["shop_copy.b", "shop_copy.c", "shop_copy.types"]
@@ -202,6 +203,18 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
     assert rows(live, "shop_copy.b") == at_backup and live.sql("select * from shop_copy.types order by id") == \
         types_at_backup
     assert create_sql(live, "shop_copy.types") == create_sql(live, "shop.types")
+    # The connection that streams LOAD DATA LOCAL answers a server's request for any other name (here a
+    # file of this machine) with no data and an error: a hostile server gets nothing it was not offered.
+    from mobackup.engine import sqlconn
+
+    with sqlconn.connect_streaming("127.0.0.1", live.port, "root", "111", autocommit=True,
+                                   database="shop_copy") as conn, conn.cursor() as cur:
+        cur.execute("create table w.lines (line text)")
+        with pytest.raises(pymysql.err.OperationalError, match="which mobackup did not offer"):
+            cur.execute("load data local infile '/etc/hostname' into table w.lines")
+        cur.execute("select count(*) from w.lines")
+        assert cur.fetchone()[0] == 0
+        cur.execute("drop table w.lines")
 
     # --replace whose check fails (a row slipped into the copy under way): the old B stays as it was.
     slipped: list[str] = []
