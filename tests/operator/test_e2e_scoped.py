@@ -143,7 +143,7 @@ def test_a_table_comes_back_into_the_running_matrixone_through_the_operator(
     with connect() as held, held.cursor() as cursor:  # a session a restart would end
         writer = Writer().start()
         try:
-            st = restore(env, "b-back", {"tables": ["shop.b"], "as": "restored.b"})
+            st = restore(env, "b-back", {"tables": ["shop.b"], "as": "restored.b", "copyMethod": "load"})
         finally:
             writer.stop()
         cursor.execute("select count(*) from w.t")

@@ -42,6 +42,7 @@ def test_parse_refuses(body: dict, message: str) -> None:
 
 def test_scoped_job_restores_into_the_scratch_claim_then_runs_matrixone_and_the_loader() -> None:
     parsed = scoped.parse_scoped(spec({"tables": ["shop.orders"], "databases": ["audit"], "suffix": "_before",
+                                       "copyMethod": "load",
                                        "scratch": {"size": "2Gi"}, "timeoutSeconds": 300}))
     assert parsed.only == ("audit", "shop.orders") and parsed.sql.port == 6001
     mo = drill.MatrixOneSettings.from_env({"MOBACKUP_DRILL_SQL_SOCKET": "/run/mo/mysql.sock"})
@@ -60,6 +61,7 @@ def test_scoped_job_restores_into_the_scratch_claim_then_runs_matrixone_and_the_
     assert args[args.index("--suffix") + 1] == "_before" and "--replace" not in args and "--as" not in args
     assert args[args.index("--into-sql-host") + 1] == "mo.db.svc"
     assert args[args.index("--scratch-socket") + 1] == "/run/mo/mysql.sock"
+    assert args[args.index("--copy-method") + 1] == "load"
     assert "data" not in {m["name"] for m in loader["volumeMounts"]}  # it talks SQL only
     refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in loader["env"] if "valueFrom" in e}
     assert refs["MOBACKUP_INTO_SQL_PASSWORD"] == refs["MOBACKUP_SQL_PASSWORD"] == "mo-sql"

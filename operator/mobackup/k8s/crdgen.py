@@ -576,6 +576,11 @@ def scope_spec() -> Schema:
                                 "name, is checked, then swapped in (two RENAMEs); the old table is kept as "
                                 "<table>_replaced_<stamp>, never dropped; a failed check leaves it untouched.",
                                 "boolean", default=False),
+                   "copyMethod": s("How the rows go into the live server: insert (multi-row INSERTs of about "
+                                   "1 MB, each its own transaction) or load (LOAD DATA LOCAL of CSV streamed from "
+                                   "memory, one statement per 16 MB; the server gets only those bytes, never a "
+                                   "file). Both end with the row count and checksum check.",
+                                   enum=["insert", "load"], default="insert"),
                    "scratch": obj("The scratch volume the backup is restored into (created for the restore, "
                                   "deleted after).", {
                                       "storageClassName": s("StorageClass of the scratch PVC (default: the "

@@ -50,6 +50,7 @@ class ScopedSpec:
     storage_class: str | None
     timeout: int
     job: models.JobOverrides
+    copy_method: str = "insert"  # or "load" (engine/scoped.py copy_rows)
 
 
 def is_scoped(spec: dict[str, Any] | None) -> bool:
@@ -99,7 +100,11 @@ def parse_scoped(spec: dict[str, Any]) -> ScopedSpec:
     timeout = int(scope.get("timeoutSeconds") or DEFAULT_TIMEOUT)
     if timeout < 30:
         raise models.SpecError("spec.scope.timeoutSeconds must be at least 30")
+    copy_method = str(scope.get("copyMethod") or "insert")
+    if copy_method not in ("insert", "load"):
+        raise models.SpecError(f"spec.scope.copyMethod {copy_method!r}: insert or load")
     return ScopedSpec(
+        copy_method=copy_method,
         backup_name=models._name(name, "spec.backupName") if name else None, backup_id=bid,
         storage=models._name(storage_name, "spec.storageRef.name") if storage_name else None, only=only,
         as_name=as_name, suffix=suffix, replace=bool(scope.get("replace")), sql=sql, size=size,
@@ -126,6 +131,8 @@ def scoped_job(owner: jobs.Owner, spec: ScopedSpec, storage_spec: models.Storage
         args += ["--suffix", spec.suffix]
     if spec.replace:
         args.append("--replace")
+    if spec.copy_method != "insert":
+        args += ["--copy-method", spec.copy_method]
     if mo.sql_socket:
         args += ["--scratch-socket", mo.sql_socket]
     loader["args"] = args

@@ -51,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--as", dest="as_name")
     p.add_argument("--suffix")
     p.add_argument("--replace", action="store_true")
+    p.add_argument("--copy-method", choices=("insert", "load"), default="insert")
     p.add_argument("--into-sql-host", required=True)
     p.add_argument("--into-sql-port", type=int, default=6001)
     p.add_argument("--into-sql-user", default="root")
@@ -83,6 +84,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         live_password = os.environ.get("MOBACKUP_INTO_SQL_PASSWORD", "")
         target = scoped.LiveServer(SqlEndpoint(args.into_sql_host, args.into_sql_port, args.into_sql_user,
                                                live_password))
+        target.method = args.copy_method
         result.live_version = target.version
         stage = "TargetExists"
         scoped.check_targets(target, summary, options)
