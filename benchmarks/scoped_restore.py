@@ -96,7 +96,7 @@ def main() -> None:
                                   "--into-sql-host", "127.0.0.1", "--into-sql-port", str(mo.port),
                                   "--mo-service", home / "mo-service", "--scratch-dir", work,
                                   "--insert-connections", str(args.insert_connections), "--copy-method", method,
-                                  "--suffix", f"_{method}")
+                                  "--suffix", f"_scoped_{method}")
             finally:
                 writer.stop()
             copy = result["tables"][0]
