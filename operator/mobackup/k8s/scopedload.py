@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    import pymysql
+
     from mobackup.engine import scoped
     from mobackup.engine.drill import sql_connection, wait_for_sql
     from mobackup.engine.errors import MobackupError
@@ -102,8 +104,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stage = "CopyFailed"
             scoped.copy_plans(raw, target, plans, options, result)
         outcome: dict[str, Any] = {"ok": True}
-    except (MobackupError, OSError, ValueError, KeyError) as error:
-        outcome = {"ok": False, "reason": stage, "error": str(error)}
+    except (MobackupError, pymysql.MySQLError, OSError, ValueError, KeyError) as error:
+        text = str(error.args[-1]) if isinstance(error, pymysql.MySQLError) and error.args else str(error)
+        outcome = {"ok": False, "reason": stage, "error": text}
     finally:
         if target is not None:
             target.close()
