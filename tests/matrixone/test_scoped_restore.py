@@ -209,12 +209,12 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
 
     with sqlconn.connect_streaming("127.0.0.1", live.port, "root", "111", autocommit=True,
                                    database="shop_copy") as conn, conn.cursor() as cur:
-        cur.execute("create table w.lines (line text)")
+        cur.execute("create table w.leak (line text)")
         with pytest.raises(pymysql.err.OperationalError, match="which mobackup did not offer"):
-            cur.execute("load data local infile '/etc/hostname' into table w.lines")
-        cur.execute("select count(*) from w.lines")
+            cur.execute("load data local infile '/etc/hostname' into table w.leak")
+        cur.execute("select count(*) from w.leak")
         assert cur.fetchone()[0] == 0
-        cur.execute("drop table w.lines")
+        cur.execute("drop table w.leak")
 
     # --replace whose check fails (a row slipped into the copy under way): the old B stays as it was.
     slipped: list[str] = []
