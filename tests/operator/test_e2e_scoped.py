@@ -1,7 +1,8 @@
 """Scoped MORestore (spec.scope + target.sql) on the test cluster with the real MatrixOne: the live
 server runs in a StatefulSet pod (its data on a PVC), a writer commits into table A (w.t) while
 table B (composite primary key, secondary index, NULLs, decimals, JSON, blobs) comes back from an
-Online backup under a new name; the copy's checksum is B's at the backup, the writer saw no error,
+Online backup under a new name (scope.copyMethod load: the CLI test covers the INSERTs); the copy's
+checksum is B's at the backup, the writer saw no error,
 the live server was never restarted (same pod, no restart, a session opened before still answers),
 and every scratch object is gone after. The refusals (a table not in the backup, a target that
 exists, an unreachable live server, a scratch volume too small) fail before any Job, PVC or write,
