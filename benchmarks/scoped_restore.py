@@ -66,12 +66,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--insert-connections", type=int, default=1)
+    parser.add_argument("--copy-method", nargs="+", default=["insert"], choices=("insert", "load"),
+                        help="copy the table once with each (side by side, one scratch server each)")
     args = parser.parse_args()
     home = install(DEFAULT_VERSION)
     work = Path(tempfile.mkdtemp(prefix="mobackup-scoped-bench-"))
     (work / "mo").mkdir()
     mo = MatrixOne(home, work / "mo", DEFAULT_VERSION, isolated=True)
-    out: dict[str, Any] = {"rows": args.rows, "server": DEFAULT_VERSION, "insert_connections": args.insert_connections}
+    out: dict[str, Any] = {"rows": args.rows, "server": DEFAULT_VERSION, "insert_connections": args.insert_connections,
+                           "copy_methods": args.copy_method}
     try:
         out["live_start_seconds"] = round(mo.start(), 2)
         mo.sql("create database shop", B_DDL, "create database w",
@@ -85,20 +88,26 @@ def main() -> None:
                           "--data-dir", mo.data_dir, "--repo", work / "repo")
         out["backup_seconds"] = round(time.monotonic() - started, 2)
         out["backup_bytes"] = backup["size_bytes"]
-        writer = Writer(port=mo.port).start()
-        try:
-            result = mobackup("restore", backup["id"], "--repo", work / "repo", "--only", "shop.b",
-                              "--into-sql-host", "127.0.0.1", "--into-sql-port", str(mo.port),
-                              "--mo-service", home / "mo-service", "--scratch-dir", work,
-                              "--insert-connections", str(args.insert_connections))
-        finally:
-            writer.stop()
-        copy = result["tables"][0]
-        out["scoped"] = {k: result[k] for k in ("restore_seconds", "start_seconds", "copy_seconds", "total_seconds",
-                                                  "scratch_bytes")}
-        out["scoped"]["table"] = copy
-        out["writer"] = {"errors": writer.errors, "transactions": writer.committed,
-                         "longest_pause_seconds": round(writer.longest_pause, 3)}
+        for method in args.copy_method:
+            mo.sql("delete from w.t")  # the writer numbers its rows from 0 again
+            writer = Writer(port=mo.port).start()
+            try:
+                result = mobackup("restore", backup["id"], "--repo", work / "repo", "--only", "shop.b",
+                                  "--into-sql-host", "127.0.0.1", "--into-sql-port", str(mo.port),
+                                  "--mo-service", home / "mo-service", "--scratch-dir", work,
+                                  "--insert-connections", str(args.insert_connections), "--copy-method", method,
+                                  "--suffix", f"_scoped_{method}")
+            finally:
+                writer.stop()
+            copy = result["tables"][0]
+            key = "scoped" if method == args.copy_method[0] else f"scoped_{method}"
+            out[key] = {k: result[k] for k in ("restore_seconds", "start_seconds", "copy_seconds", "total_seconds",
+                                                "scratch_bytes")}
+            out[key]["method"] = method
+            out[key]["table"] = copy
+            out[key]["writer"] = {"errors": writer.errors, "transactions": writer.committed,
+                                  "longest_pause_seconds": round(writer.longest_pause, 3)}
+        out["writer"] = out["scoped"]["writer"]
         csv = work / "b.csv"
         mo.sql(f"select * from shop.b into outfile '{csv}'")
         out["csv_bytes"] = csv.stat().st_size
@@ -114,7 +123,10 @@ def main() -> None:
             out[f"load_data_{mode.replace(' ', '_')}"] = {
                 "seconds": round(seconds, 2), "rows": int(loaded), "rows_per_second": round(loaded / seconds, 1),
                 "mb_per_second": round(out["csv_bytes"] / 1e6 / seconds, 2)}
-        out["copy_vs_load_data"] = round(copy["rows_seconds"] / out["load_data_infile"]["seconds"], 2)
+        for method in args.copy_method:
+            key = "scoped" if method == args.copy_method[0] else f"scoped_{method}"
+            out[f"copy_vs_load_data_{method}"] = round(out[key]["table"]["rows_seconds"]
+                                                       / out["load_data_infile"]["seconds"], 2)
     finally:
         mo.stop()
         if mo.forwarder is not None:

@@ -491,6 +491,8 @@ class PodRunner(threading.Thread):
         api_port = str(self.node.api_port)
         env: dict[str, str] = {
             "PATH": f"{self.node.venv_bin}:{SYSTEM_PATH}", "HOME": "/root", "LANG": "C.UTF-8",
+            # This checkout's sources, whatever checkout the (possibly shared) .venv's editable install names.
+            "PYTHONPATH": str(self.node.venv_bin.parent.parent / "operator"),
             "HOSTNAME": self.hostname,
             "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": api_port,
             "KUBERNETES_SERVICE_PORT_HTTPS": api_port, "KUBERNETES_PORT": f"tcp://127.0.0.1:{api_port}",

@@ -169,3 +169,91 @@ def test_challenge_response_logins_still_work(mysql_server) -> None:
         assert str(cursor.fetchone()[0]).startswith("guarded@")
     with pytest.raises(pymysql.err.OperationalError, match="Access denied"):
         sqlconn.connect(mysql_server.host, mysql_server.port, "guarded", "wrong", connect_timeout=5)
+
+
+# ------------------------------------------------------------------------------- LOAD DATA LOCAL
+
+
+class FileAskingServer:
+    """Accepts one login, then answers the client's first statement with a LOAD DATA LOCAL request for
+    `asked` (what a hostile server may name: any file of the client), records what the client sends
+    for it until its empty packet, and answers OK."""
+
+    def __init__(self, asked: str) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1)
+        self.port = self.sock.getsockname()[1]
+        self.asked = asked.encode()
+        self.data: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(5)
+            conn.sendall(_packet(0, _handshake(b"mysql_native_password")))
+            seq, _ = _read_packet(conn)
+            conn.sendall(_packet(seq + 1, OK))
+            while True:  # the session's first statements (SET NAMES, SET AUTOCOMMIT), then the LOAD
+                seq, body = _read_packet(conn)
+                if b"load data" in body.lower():
+                    break
+                conn.sendall(_packet(seq + 1, OK))
+            conn.sendall(_packet(1, b"\xfb" + self.asked))
+            while True:
+                seq, body = _read_packet(conn)
+                if not body:
+                    break
+                self.data.append(body)
+            conn.sendall(_packet(seq + 1, OK))
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.sock.close()
+
+
+def _load(server: FileAskingServer, arm: tuple[str, list[bytes]] | None) -> None:
+    connection = sqlconn.connect_streaming("127.0.0.1", server.port, "root", PASSWORD, connect_timeout=5,
+                                           read_timeout=5)
+    try:
+        if arm is not None:
+            connection.stream(*arm)
+        with connection.cursor() as cursor:
+            cursor.execute("load data local infile 'mobackup-scoped-stream' into table t")
+    finally:
+        connection.close()
+        server.close()
+
+
+@pytest.mark.parametrize("armed", [False, True])
+def test_a_hostile_server_gets_no_file_by_load_data_local(armed: bool, tmp_path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"do-not-send")
+    server = FileAskingServer(str(secret))
+    with pytest.raises(pymysql.err.OperationalError, match="which mobackup did not offer"):
+        _load(server, ("mobackup-scoped-stream", [b"1,2\n"]) if armed else None)
+    assert server.data == []  # neither the file nor the batch armed for another name
+
+
+def test_load_data_local_sends_exactly_the_armed_batch() -> None:
+    server = FileAskingServer("mobackup-scoped-stream")
+    _load(server, ("mobackup-scoped-stream", [b"1,", b"2\n", b"3,4\n"]))
+    assert b"".join(server.data) == b"1,2\n3,4\n"
+
+
+def test_pymysql_alone_would_send_the_file(tmp_path) -> None:
+    """The hostile server works: pymysql with local_infile sends whatever file it is asked for."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"do-not-send")
+    server = FileAskingServer(str(secret))
+    connection = pymysql.connect(host="127.0.0.1", port=server.port, user="root", password=PASSWORD,
+                                 local_infile=True, connect_timeout=5, read_timeout=5)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("load data local infile 'x' into table t")
+    finally:
+        connection.close()
+        server.close()
+    assert b"".join(server.data) == b"do-not-send"

@@ -24,21 +24,10 @@ import pymysql
 import pytest
 
 from mo_server import DEFAULT_VERSION, REPO, MatrixOne, ServerLock, Writer, port_is_free
+from scoped_tables import B_DDL, B_ROWS, ODD_ROW, ROWS
 from sqlserver import SqlServer
 
 MOBACKUP = REPO / ".venv" / "bin" / "mobackup"
-ROWS = 20000
-B_DDL = """create table shop.b (
-  region varchar(16) not null, id bigint not null, amount decimal(18,4) default null comment 'money',
-  note varchar(64) default 'none', doc json, payload blob, ratio double, created datetime(6),
-  primary key (region, id), key by_amount (amount)) comment 'table B'"""
-B_ROWS = f"""insert into shop.b select case result % 3 when 0 then 'eu' when 1 then 'us' else 'ap' end, result,
-  case when result % 7 = 0 then null else result * 1.2345 end,
-  case when result % 5 = 0 then null else concat('n-', result) end,
-  case when result % 4 = 0 then null else concat('{{"i": ', result, ', "tags": ["a", "b"]}}') end,
-  case when result % 6 = 0 then null else cast(concat('blob-', result) as blob) end,
-  result / 7.0, date_add('2024-01-01 00:00:00', interval result second)
-  from generate_series(1, {ROWS}) g"""
 # Every type a row may hold, one row of extremes and one of NULLs (all copied exactly on v1.3).
 TYPES = {"b": ("bool", "true"), "ti": ("tinyint", "-128"), "bu": ("bigint unsigned", "18446744073709551615"),
          "f": ("float", "3.4e38"), "d": ("double", "2.2250738585072014e-308"),
@@ -47,8 +36,6 @@ TYPES = {"b": ("bool", "true"), "ti": ("tinyint", "-128"), "bu": ("bigint unsign
          "ch": ("char(5)", "ab  "), "vb": ("varbinary(20)", b"\x00\xff'\\"), "tx": ("text", "h\u00e9llo\n'\"\\%s"),
          "e": ("enum('a','b')", "b"), "bt": ("bit(8)", 255), "u": ("uuid", "6ba7b810-9dad-11d1-80b4-00c04fd430c8"),
          "v": ("vecf32(3)", "[1.5, -2, 3e-5]"), "j": ("json", '{"a": [1, 2.50, "x"], "b": null}')}
-ODD_ROW = ("x", 1, "-0.0001", "it's `q` \\ %s", '{"k": "\\u00e9\\n"}', bytes(range(256)), 0.1 + 0.2,
-           "2024-02-29 23:59:59.999999")
 
 
 def run(*args: str | Path, password: str = "111", env_path: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -209,9 +196,10 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
           f"{copy['mb_per_second']} MB/s), total {result['total_seconds']} s, writer's longest pause "
           f"{writer.longest_pause:.2f} s")
 
-    # A whole database into a new one: every table under its own name, the view left out.
-    whole = run("restore", backup_id, "--only", "SHOP", "--as", "shop_copy", "--insert-connections", "3", *common,
-                "--json")
+    # A whole database into a new one: every table under its own name, the view left out; its rows
+    # streamed as CSV by LOAD DATA LOCAL over three connections (--copy-method load).
+    whole = run("restore", backup_id, "--only", "SHOP", "--as", "shop_copy", "--insert-connections", "3",
+                "--copy-method", "load", *common, "--json")
     assert whole.returncode == 0, whole.stderr
     result = json.loads(whole.stdout)
     assert [t["target"] for t in result["tables"]] == ["shop_copy.b", "shop_copy.c", "shop_copy.types"]
@@ -219,6 +207,18 @@ def test_a_table_comes_back_into_the_running_server_under_a_new_name_and_with_re
     assert rows(live, "shop_copy.b") == at_backup and live.sql("select * from shop_copy.types order by id") == \
         types_at_backup
     assert create_sql(live, "shop_copy.types") == create_sql(live, "shop.types")
+    # The connection that streams LOAD DATA LOCAL answers a server's request for any other name (here a
+    # file of this machine) with no data and an error: a hostile server gets nothing it was not offered.
+    from mobackup.engine import sqlconn
+
+    with sqlconn.connect_streaming("127.0.0.1", live.port, "root", "111", autocommit=True,
+                                   database="shop_copy") as conn, conn.cursor() as cur:
+        cur.execute("create table w.leak (line text)")
+        with pytest.raises(pymysql.err.OperationalError, match="which mobackup did not offer"):
+            cur.execute("load data local infile '/etc/hostname' into table w.leak")
+        cur.execute("select count(*) from w.leak")
+        assert cur.fetchone()[0] == 0
+        cur.execute("drop table w.leak")
 
     # --replace whose check fails (a row slipped into the copy under way): the old B stays as it was.
     slipped: list[str] = []

@@ -166,7 +166,7 @@ def cmd_scoped_restore(args: argparse.Namespace) -> int:
                                 suffix=args.suffix, replace=args.replace,
                                 scratch_parent=Path(args.scratch_dir) if args.scratch_dir else None,
                                 scratch_user=args.sql_user, timeout=args.timeout,
-                                parallel=args.insert_connections,
+                                parallel=args.insert_connections, method=args.copy_method,
                                 progress=for_terminal("restore", args.quiet or args.json))
     lines = [f"{t.source} -> {t.target}: {t.rows} rows, {decimal_size(t.bytes_sent)} in {t.rows_seconds}s "
              f"({t.rows_per_second:.0f} rows/s, {t.mb_per_second} MB/s), count and checksum {t.checksum[:16]} match "

@@ -250,6 +250,10 @@ def add_scoped_restore_arguments(restore: argparse.ArgumentParser) -> None:
                         help="replace an existing target table once the copy is checked (the old one is kept as "
                         "<table>_replaced_<UTC time>)")
     scoped.add_argument("--scratch-dir", help="where the scratch directory is made (default: the temp directory)")
+    scoped.add_argument("--copy-method", choices=("insert", "load"), default="insert",
+                        help="how rows go into the live server: insert (multi-row INSERTs of ~1 MB, the default) "
+                        "or load (LOAD DATA LOCAL of CSV streamed from memory in 16 MB statements; the server "
+                        "gets only those bytes, never a file)")
     scoped.add_argument("--insert-connections", type=int_range(1, 8), default=1, metavar="N",
                         help="connections that INSERT into the live server at once (default 1): more copy faster "
                         "where it has idle capacity, and take that capacity from its own users")

@@ -265,7 +265,7 @@ def _group_members(pgid: int) -> list[int]:
 
 
 
-def _connect(host: str, port: int, user: str, password: str, timeout: float, unix_socket: str | None = None,
+def sql_connection(host: str, port: int, user: str, password: str, timeout: float, unix_socket: str | None = None,
              **options: Any) -> Any:
     return sqlconn.connect(host, port, user, password, autocommit=True, unix_socket=unix_socket,
                            connect_timeout=min(5.0, max(timeout, 0.5)), read_timeout=max(timeout, 1.0), **options)
@@ -298,7 +298,7 @@ def wait_for_sql(port: int, user: str, password: str, deadline: float,
             raise MobackupError(f"the scratch MatrixOne did not answer SQL on {where} within the time limit "
                                 f"(last: {last})")
         try:
-            connection = _connect(host, port, user, password, remaining, unix_socket)
+            connection = sql_connection(host, port, user, password, remaining, unix_socket)
             with connection.cursor() as cursor:
                 cursor.execute("select 1")
             return connection
@@ -477,7 +477,7 @@ class Scratch:
 
     def connect(self, user: str, password: str, timeout: float, **options: Any) -> Any:
         """One more connection to the started server (`options` as pymysql's)."""
-        return _connect("127.0.0.1", self.port, user, password, timeout,
+        return sql_connection("127.0.0.1", self.port, user, password, timeout,
                         str(self.socket_path) if self.socket_path else None, **options)
 
     def close(self) -> None:

@@ -85,3 +85,69 @@ def connect(host: str, port: int, user: str, password: str, **options: Any) -> A
     """pymysql.connect with the guarded authentication (module docstring); `options` as pymysql's."""
     return pymysql.connect(host=host, port=port, user=user, password=password, auth_plugin_map=AUTH_PLUGINS,
                            **options)
+
+
+# ---------------------------------------------------------------------------------- LOAD DATA LOCAL
+#
+# With LOAD DATA LOCAL the server names the file the client must send, and pymysql (local_infile=True)
+# opens whatever name it is given: a hostile server could ask for any file the client can read. A
+# StreamingConnection never opens a file. Its owner arms it with a name and a source of bytes for one
+# statement (`stream`); the server's request must name exactly that, and gets only those bytes. Any
+# other request, or one while nothing is armed, is answered with no data and fails the statement.
+
+
+class _GuardedResult(pymysql.connections.MySQLResult):  # type: ignore[misc]
+    def _read_load_local_packet(self, first_packet: Any) -> None:
+        conn = self.connection
+        asked = pymysql.connections.LoadLocalPacketWrapper(first_packet).filename
+        asked = asked.decode("utf-8", "replace") if isinstance(asked, bytes) else str(asked)
+        armed, source = conn.armed_stream, conn.stream_source
+        conn.armed_stream, conn.stream_source = None, None  # one request per arming
+        error: BaseException | None = None
+        try:
+            if armed is None or asked != armed or source is None:
+                error = pymysql.err.OperationalError(
+                    2068, f"the server asked for local file {asked[:100]!r}, which mobackup did not offer: refused")
+            else:
+                for chunk in source:
+                    if chunk:
+                        conn.write_packet(chunk)
+        except BaseException as caught:  # the source failed: end the statement, then raise its error
+            error = caught
+        finally:
+            conn.write_packet(b"")  # the end of the data: the server answers OK or an error
+            answer = conn._read_packet()
+        if error is not None:
+            raise error
+        if not answer.is_ok_packet():
+            raise pymysql.err.OperationalError(2014, "Commands Out of Sync")
+        self._read_ok_packet(answer)
+
+
+class StreamingConnection(pymysql.connections.Connection):  # type: ignore[misc]
+    """A connection whose LOAD DATA LOCAL sends only the bytes its owner armed (see above)."""
+
+    armed_stream: str | None = None
+    stream_source: Any = None
+
+    def _read_query_result(self, unbuffered: bool = False) -> Any:
+        self._result = None
+        result = _GuardedResult(self)
+        if unbuffered:
+            result.init_unbuffered_query()
+        else:
+            result.read()
+        self._result = result
+        if result.server_status is not None:
+            self.server_status = result.server_status
+        return result.affected_rows
+
+    def stream(self, name: str, source: Any) -> None:
+        """Arm the next LOAD DATA LOCAL INFILE `name`: `source` (an iterable of bytes) is what it sends."""
+        self.armed_stream, self.stream_source = name, source
+
+
+def connect_streaming(host: str, port: int, user: str, password: str, **options: Any) -> StreamingConnection:
+    """A StreamingConnection with the guarded authentication; `options` as pymysql's."""
+    return StreamingConnection(host=host, port=port, user=user, password=password, auth_plugin_map=AUTH_PLUGINS,
+                               local_infile=True, **options)

@@ -945,6 +945,11 @@ def delete_backup_data(ctx: Ctx, obj: dict[str, Any]) -> tuple[bool, str]:
 # ----------------------------------------------------------------------------------------- MORestore
 
 def reconcile_restore(ctx: Ctx, obj: dict[str, Any]) -> None:
+    from . import scoped  # spec.scope: tables into the running MatrixOne (k8s/scoped.py)
+
+    if scoped.is_scoped(obj.get("spec")):
+        scoped.reconcile_scoped(ctx, obj)
+        return
     _reconcile_run(ctx, obj, models.parse_restore, start_restore, follow_restore, lambda spec: spec.workload)
 
 

@@ -588,12 +588,98 @@ def backup_crd() -> Schema:
                cols, "MOBackup is one physical backup of a MatrixOne data directory, run by a Job.")
 
 
+# MatrixOne names as a scoped restore takes them (engine/scoped.py check_name): 1-64 characters, no
+# control character, no surrounding space; a database name holds no dot (DB.TABLE splits at the first).
+DB_NAME = r"[^.\s\x00-\x1f\x7f]([^.\x00-\x1f\x7f]{0,62}[^.\s\x00-\x1f\x7f])?"
+TABLE_NAME = r"[^\s\x00-\x1f\x7f]([^\x00-\x1f\x7f]{0,62}[^\s\x00-\x1f\x7f])?"
+
+
+def scope_spec() -> Schema:
+    listed = "(has(self.databases) ? size(self.databases) : 0) + (has(self.tables) ? size(self.tables) : 0)"
+    return obj("Restore only these databases and tables, copied into the RUNNING MatrixOne of target.sql "
+               "(never stopped): the backup is restored into a scratch volume, a scratch MatrixOne started on it, "
+               "and each table copied over SQL (schema from SHOW CREATE TABLE, rows in batches) and checked "
+               "(row count and checksum on both ends). By default each table goes beside its original as "
+               "<table>_restored_<UTC yyyymmddhhmmss>; an existing target is refused unless replace. Refused "
+               "before anything is written to the live server: a name not in the backup (the message lists what "
+               "is), a target that exists, a live server that is not MatrixOne or not reachable, a scratch "
+               "volume smaller than the backup.", {
+                   "databases": {"type": "array", "maxItems": 100, "description":
+                                 "Databases restored whole (every table; views are left out and listed).",
+                                 "items": s("A database of the backup.", pattern=f"^{DB_NAME}$", maxLength=64)},
+                   "tables": {"type": "array", "maxItems": 1000, "description": "Tables, as <database>.<table>.",
+                              "items": s("A table of the backup, <database>.<table>.",
+                                         pattern=f"^{DB_NAME}\\.{TABLE_NAME}$", maxLength=129)},
+                   "as": s("The target's name: <database>.<table> for one table, or a database (for one "
+                           "database, or one table keeping its name). Excludes suffix.",
+                           pattern=f"^{DB_NAME}(\\.{TABLE_NAME})?$", maxLength=129),
+                   "suffix": s("The targets' names: each table's name plus this suffix, in its own database "
+                               "(default _restored_<UTC yyyymmddhhmmss>). Excludes as.",
+                               pattern="^[^\\x00-\\x1f\\x7f]{0,59}[^\\s\\x00-\\x1f\\x7f]$", maxLength=60),
+                   "replace": s("Copy over an existing table of the target's name: the copy goes to a temporary "
+                                "name, is checked, then swapped in (two RENAMEs); the old table is kept as "
+                                "<table>_replaced_<stamp>, never dropped; a failed check leaves it untouched.",
+                                "boolean", default=False),
+                   "copyMethod": s("How the rows go into the live server: insert (multi-row INSERTs of about "
+                                   "1 MB, each its own transaction) or load (LOAD DATA LOCAL of CSV streamed from "
+                                   "memory, one statement per 16 MB; the server gets only those bytes, never a "
+                                   "file). Both end with the row count and checksum check.",
+                                   enum=["insert", "load"], default="insert"),
+                   "scratch": obj("The scratch volume the backup is restored into (created for the restore, "
+                                  "deleted after).", {
+                                      "storageClassName": s("StorageClass of the scratch PVC (default: the "
+                                                            "cluster's default class)."),
+                                      "size": s("Size of the scratch PVC: at least the backup's size plus 512 MiB "
+                                                "for the scratch MatrixOne (checked before anything is made).",
+                                                pattern=QUANTITY, default="10Gi"),
+                                  }),
+                   "timeoutSeconds": s("Time the scratch MatrixOne has to answer SQL and the copy to finish; the "
+                                       "pod's deadline adds one hour for the restore before them.", "integer",
+                                       minimum=30, default=900),
+               }, **{"x-kubernetes-validations": [
+                   {"rule": f"{listed} >= 1", "message": "list at least one database or table"},
+                   {"rule": "!(has(self.as) && has(self.suffix))", "message": "as and suffix exclude each other"},
+                   {"rule": f"!has(self.as) || {listed} == 1",
+                    "message": "as names one target: list one database or one table with it"},
+               ]})
+
+
+def scoped_status() -> dict[str, Schema]:
+    """MORestore status fields of a scoped restore (k8s/scoped.py)."""
+    table = obj("One table copied into the running MatrixOne.", {
+        "source": s("The table in the backup, <database>.<table>."),
+        "target": s("Where it went on the live server."),
+        "rows": s("Rows copied (the same count was read back from the live copy).", "integer"),
+        "checksum": s("Order-independent checksum of the rows (sum of each row's SHA-256 mod 2^256, hex); the "
+                      "same from the backup's rows and the live copy."),
+        "seconds": s("Seconds the table took: create, copy, check and swap.", "number"),
+        "replaced": s("With replace: where the old table was kept."),
+    })
+    return {
+        "tables": {"type": "array", "description": "Scoped restore: each table copied and checked.",
+                   "items": table},
+        "rowsCopied": s("Scoped restore: rows copied in all.", "integer"),
+        "tablesLeftOut": s("Scoped restore: tables copied but not listed in status.tables (its size limit).",
+                           "integer"),
+        "skipped": {"type": "array", "items": {"type": "string"},
+                    "description": "Scoped restore: views and other non-tables of a selected database (not copied)."},
+        "liveVersion": s("Scoped restore: the running MatrixOne's version (select version())."),
+        "scratchClaim": s("Scoped restore: the scratch PVC (deleted when the restore ends)."),
+        "hostname": s("Scoped restore: host name the scratch MatrixOne ran under."),
+        "restoreSeconds": s("Scoped restore: seconds the restore into the scratch volume took.", "number"),
+        "startSeconds": s("Scoped restore: seconds until the scratch MatrixOne answered SQL.", "number"),
+        "copySeconds": s("Scoped restore: seconds the copy of every table took.", "number"),
+        "cleanedUp": s("Scoped restore: every scratch object (Job, pod, PVC) is deleted.", "boolean"),
+    }
+
+
 def restore_crd() -> Schema:
     spec = obj("Which backup to restore, where, and how.", {
         "backupName": s("MOBackup (Completed) to restore.", pattern=DNS_SUBDOMAIN),
         "backupID": s("Backup ID to restore (with storageRef), e.g. one made elsewhere.", pattern=BACKUP_ID),
         "storageRef": name_ref("MOBackupStorage holding backupID."),
-        "target": obj("Where to restore: set exactly one of pvc, cluster or sharedStorage.", {
+        "target": obj("Where to restore: set exactly one of pvc, cluster or sharedStorage (or sql, with "
+                      "scope).", {
             "pvc": pvc_ref("The PersistentVolumeClaim to restore into.", "mo-data",
                            "Path of the mo-data directory inside the volume."),
             "cluster": cluster_ref("A MatrixOneCluster (stopped: every set's replicas 0, else Failed with reason "
@@ -608,6 +694,10 @@ def restore_crd() -> Schema:
                                  "non-empty directory needs overwrite).", "data",
                                  "The LOCAL file service's root inside the volume (data: the MatrixOne "
                                  "operator's /var/lib/matrixone/data)."),
+            "sql": sql_endpoint("With spec.scope: the RUNNING MatrixOne the selected tables are copied into "
+                                "(never stopped). The user needs CREATE and INSERT there (and RENAME with "
+                                "replace); the scratch MatrixOne holds the backup's accounts and is signed into "
+                                "with the same user and password."),
             "workload": workload_ref("The workload to stop before the restore and start again after it."),
             "hostname": s("Pod hostname of the MatrixOne that will run on the target: its log directory "
                           "(logservice-data/<uuid>/<hostname>/) must match, or MatrixOne cannot start; a "
@@ -615,7 +705,11 @@ def restore_crd() -> Schema:
                           "workload, no check otherwise.", pattern=DNS_LABEL, maxLength=63),
         }, **{"x-kubernetes-validations": [
             {"rule": "(has(self.pvc) ? 1 : 0) + (has(self.cluster) ? 1 : 0) + (has(self.sharedStorage) ? 1 : 0) "
-                     "== 1", "message": "set exactly one of pvc, cluster or sharedStorage"},
+                     "+ (has(self.sql) ? 1 : 0) == 1",
+             "message": "set exactly one of pvc, cluster, sharedStorage or (with scope) sql"},
+            {"rule": "!has(self.sql) || !(has(self.workload) || has(self.hostname) || has(self.logVolume))",
+             "message": "target.sql (a scoped restore into the running MatrixOne) stops nothing and writes no "
+                        "volume: workload, hostname and logVolume do not apply"},
             {"rule": "!has(self.logVolume) || !has(self.pvc)",
              "message": "logVolume applies to table data in S3 (cluster or sharedStorage)"},
             {"rule": "!has(self.cluster) || !has(self.workload)",
@@ -630,6 +724,7 @@ def restore_crd() -> Schema:
                         }, ["host", "passwordSecretRef"]),
         "parallelism": s("Concurrent file transfers of the agent (default: 4 to a PVC, 8 to S3, the best "
                          "measured in benchmarks/).", "integer", minimum=1, maximum=64),
+        "scope": scope_spec(),
         "parallelPods": s("Table data in S3: upload the objects with this many pods at once (an Indexed Job, "
                           "each pod a disjoint shard), then one pod checks them all, removes the others "
                           "(overwrite) and writes the ID allocator state. 1: one pod does it all.", "integer",
@@ -642,6 +737,11 @@ def restore_crd() -> Schema:
          "message": "backupID needs storageRef"},
         {"rule": "!has(self.target.pvc) || !has(self.parallelPods) || self.parallelPods == 1",
          "message": "parallelPods applies to table data in S3 (target.cluster or sharedStorage)"},
+        {"rule": "has(self.scope) == has(self.target.sql)",
+         "message": "scope goes with target.sql (the running MatrixOne the tables go into), and target.sql with scope"},
+        {"rule": "!has(self.scope) || (!self.overwrite && !has(self.sqlCheck) && !has(self.parallelism) && "
+                 "(!has(self.parallelPods) || self.parallelPods == 1))",
+         "message": "overwrite, sqlCheck, parallelism and parallelPods do not apply to a scoped restore"},
         {"rule": "self == oldSelf", "message": "the spec of a MORestore is immutable"},
     ]})
     props = common_run_status(["Pending", "Running", "Completed", "Failed"])
@@ -657,12 +757,14 @@ def restore_crd() -> Schema:
                   "parallelPods > 1)."),
         "sqlCheck": s("Result of the SQL check after the start (databases listed, or the error)."),
         "sqlCheckSince": s("When the SQL check started waiting for the endpoint.", format="date-time"),
+        **scoped_status(),
     })
     cols = [column("Phase", ".status.phase"), column("Backup ID", ".status.backupID"),
             column("Target", ".status.target"), column("Size", ".status.size"),
             column("Duration", ".status.duration"), AGE,
             column("Progress", ".status.progress.percent", "integer", priority=1),
             column("Step", ".status.step", priority=1),
+            column("Rows", ".status.rowsCopied", "integer", priority=1),
             column("Message", ".status.message", priority=1)]
     return crd("MORestore", "morestores", ["mor"], spec, obj("Observed state of the restore.", props), cols,
                "MORestore restores a backup into a MatrixOne data volume (stopping its workload meanwhile).")

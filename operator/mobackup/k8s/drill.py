@@ -60,6 +60,9 @@ class MatrixOneSettings:
     args: tuple[str, ...] = ("-launch", "/etc/launch/launch.toml")
     working_dir: str = "/"
     data_path: str = "/mo-data"  # where the restored mo-data appears (relative paths in the config)
+    # Where a scoped restore's loader reaches the scratch server's SQL when its configuration sets a Unix
+    # socket ([cn.frontend] unix-socket) on a path both containers see; "": 127.0.0.1:6001 in the pod.
+    sql_socket: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> MatrixOneSettings:
@@ -76,7 +79,8 @@ class MatrixOneSettings:
         return cls(image=env.get("MOBACKUP_DRILL_IMAGE") or d.image,
                    command=listed("MOBACKUP_DRILL_COMMAND", d.command), args=listed("MOBACKUP_DRILL_ARGS", d.args),
                    working_dir=env.get("MOBACKUP_DRILL_WORKING_DIR") or d.working_dir,
-                   data_path=env.get("MOBACKUP_DRILL_DATA_PATH") or d.data_path)
+                   data_path=env.get("MOBACKUP_DRILL_DATA_PATH") or d.data_path,
+                   sql_socket=env.get("MOBACKUP_DRILL_SQL_SOCKET") or d.sql_socket)
 
 
 @dataclass(frozen=True)
@@ -145,37 +149,30 @@ def scratch_claim_name(owner: jobs.Owner) -> str:
 
 
 def scratch_pvc(owner: jobs.Owner, spec: DrillSpec) -> dict[str, Any]:
+    return scratch_claim(owner, spec.size, spec.storage_class)
+
+
+def scratch_claim(owner: jobs.Owner, size: str, storage_class: str | None) -> dict[str, Any]:
+    """The scratch PVC of a drill or a scoped restore (labelled with its owner's kind)."""
     body: dict[str, Any] = {
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": scratch_claim_name(owner), "namespace": owner.namespace,
-                     "labels": {jobs.MANAGED_BY: jobs.MANAGER, jobs.L_KIND: KIND.lower(),
+                     "labels": {jobs.MANAGED_BY: jobs.MANAGER, jobs.L_KIND: owner.kind.lower(),
                                 jobs.L_NAME: owner.name[:63].rstrip("-."), jobs.L_UID: owner.uid},
                      "ownerReferences": [owner.reference()]},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": spec.size}}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
     }
-    if spec.storage_class:
-        body["spec"]["storageClassName"] = spec.storage_class
+    if storage_class:
+        body["spec"]["storageClassName"] = storage_class
     return body
 
 
 def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, backup_id: str,
               hostname: str | None, defaults: jobs.OperatorDefaults, mo: MatrixOneSettings) -> dict[str, Any]:
-    """The restore Job's pod (jobs.restore_job, into the scratch PVC) turned into: the restore as an
-    init container, then the scratch MatrixOne and the checker side by side."""
-    restore_spec = models.RestoreSpec(
-        backup_name=None, backup_id=backup_id, storage=None,
-        volume=models.Volume(scratch_claim_name(owner), "mo-data"), workload=None, overwrite=False,
-        sql_check=None, parallelism=None, job=spec.job, hostname=hostname)
-    job = jobs.restore_job(owner, restore_spec, storage, backup_id, defaults)
-    job["metadata"]["name"] = jobs.job_name(owner, "drill")
-    for meta_ in (job["metadata"], job["spec"]["template"]["metadata"]):
-        meta_["labels"][jobs.L_ACTION] = "drill"
-    pod = job["spec"]["template"]["spec"]
-    restore = pod["containers"][0]
-    restore["name"] = RESTORE
-    # No API token in the pod: no progress reports from the restore (it reports in its termination message).
-    restore["args"] = [*restore["args"], "--progress-interval", "0"]
-    checker = _checker_container(restore, spec, storage)
+    """The scratch Job (scratch_job) with the checker beside the scratch MatrixOne."""
+    job, restore = scratch_job(owner, spec.job, storage, backup_id, hostname, defaults, mo, "drill",
+                               spec.timeout + RESTORE_ALLOWANCE_SECONDS)
+    checker = sidecar_container(restore, CHECKER, storage, spec.read_only_credentials, spec.read_only_secret_key_key)
     checker["command"] = ["python", "-m", "mobackup.k8s.drillcheck"]
     repo = restore["args"][restore["args"].index("--repo") + 1]
     checker["args"] = ["--repo", repo, "--backup-id", backup_id, "--sql-user", spec.sql_user,
@@ -185,6 +182,29 @@ def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, b
     if spec.password:
         checker["env"] = [*checker["env"], jobs.secret_env("MOBACKUP_SQL_PASSWORD", spec.password.name,
                                                            spec.password.key)]
+    job["spec"]["template"]["spec"]["containers"].append(checker)
+    return job
+
+
+def scratch_job(owner: jobs.Owner, overrides: models.JobOverrides, storage: models.StorageSpec, backup_id: str,
+                hostname: str | None, defaults: jobs.OperatorDefaults, mo: MatrixOneSettings, action: str,
+                deadline_seconds: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Job, its restore container): the restore Job's pod (jobs.restore_job, into the scratch PVC)
+    turned into the restore as an init container, then the scratch MatrixOne; the caller appends the
+    container that talks to it (drill: the checker; scoped restore: the loader)."""
+    restore_spec = models.RestoreSpec(
+        backup_name=None, backup_id=backup_id, storage=None,
+        volume=models.Volume(scratch_claim_name(owner), "mo-data"), workload=None, overwrite=False,
+        sql_check=None, parallelism=None, job=overrides, hostname=hostname)
+    job = jobs.restore_job(owner, restore_spec, storage, backup_id, defaults)
+    job["metadata"]["name"] = jobs.job_name(owner, action)
+    for meta_ in (job["metadata"], job["spec"]["template"]["metadata"]):
+        meta_["labels"][jobs.L_ACTION] = action
+    pod = job["spec"]["template"]["spec"]
+    restore = pod["containers"][0]
+    restore["name"] = RESTORE
+    # No API token in the pod: no progress reports from the restore (it reports in its termination message).
+    restore["args"] = [*restore["args"], "--progress-interval", "0"]
     matrixone: dict[str, Any] = {
         "name": MATRIXONE, "image": mo.image, "command": list(mo.command), "args": list(mo.args),
         "workingDir": mo.working_dir,
@@ -192,26 +212,27 @@ def drill_job(owner: jobs.Owner, spec: DrillSpec, storage: models.StorageSpec, b
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
     pod["initContainers"] = [restore]
-    pod["containers"] = [matrixone, checker]
+    pod["containers"] = [matrixone]
     if hostname:
         pod["hostname"] = hostname
     pod["terminationGracePeriodSeconds"] = 5  # the scratch data is thrown away: no clean shutdown needed
     job["spec"]["backoffLimit"] = 0
-    job["spec"]["activeDeadlineSeconds"] = spec.timeout + RESTORE_ALLOWANCE_SECONDS
-    return job
+    job["spec"]["activeDeadlineSeconds"] = deadline_seconds
+    return job, restore
 
 
-def _checker_container(restore: dict[str, Any], spec: DrillSpec, storage: models.StorageSpec) -> dict[str, Any]:
-    """The restore container's settings minus what the checker, which parses the restored server's
-    answers, does not need: the scratch volume (it talks SQL) and write access to the repository (a
-    PVC repository mounted read-only; for S3, spec.readOnlyCredentialsSecretRef's keys when given)."""
+def sidecar_container(restore: dict[str, Any], name: str, storage: models.StorageSpec,
+                      ro: models.SecretKey | None = None, ro_secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
+                      ) -> dict[str, Any]:
+    """The restore container's settings minus what a container that parses the restored server's
+    answers does not need: the scratch volume (it talks SQL) and write access to the repository (a
+    PVC repository mounted read-only; for S3, the read-only keys `ro` when given)."""
     checker = {k: v for k, v in restore.items() if k not in ("args", "command")}
-    checker["name"] = CHECKER
+    checker["name"] = name
     checker["volumeMounts"] = [{**m, "readOnly": True} if m["name"] == "repository" else m
                                for m in restore["volumeMounts"] if m["name"] != "data"]
-    ro = spec.read_only_credentials
     if ro is not None and storage.s3:
-        keys = {"AWS_ACCESS_KEY_ID": ro.key, "AWS_SECRET_ACCESS_KEY": spec.read_only_secret_key_key}
+        keys = {"AWS_ACCESS_KEY_ID": ro.key, "AWS_SECRET_ACCESS_KEY": ro_secret_key_key}
         checker["env"] = [*(e for e in restore["env"] if e["name"] not in keys),
                           *(jobs.secret_env(name, ro.name, key) for name, key in keys.items())]
     return checker
@@ -436,13 +457,14 @@ def _finish(ctx: Ctx, obj: dict[str, Any], ok: bool, reason: str, message: str, 
     transition(ctx, obj, "Completed" if ok else "Failed", reason, message, cleanedUp=cleaned, **fields)
 
 
-def cleanup(ctx: Ctx, obj: dict[str, Any], record: bool = True) -> bool:
-    """Deletes the drill's Job (with its pod) and scratch PVC; True when none is left."""
+def cleanup(ctx: Ctx, obj: dict[str, Any], record: bool = True, action: str = "drill") -> bool:
+    """Deletes the drill's (or a scoped restore's: `action`) Job, with its pod, and scratch PVC; True
+    when none is left."""
     ns, _, _ = meta(obj)
     owner = owner_of(obj)
     gone = True
     try:
-        ctx.kube.delete_job(ns, jobs.job_name(owner, "drill"))
+        ctx.kube.delete_job(ns, jobs.job_name(owner, action))
     except NotFound:
         pass
     except Exception as e:

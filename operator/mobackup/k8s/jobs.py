@@ -141,7 +141,7 @@ def job_name(owner: Owner, action: str) -> str:
 def run_job_names(owner: Owner) -> tuple[str, ...]:
     """Every name the Jobs of a run can have (job_name is deterministic): the only Jobs the operator
     follows or deletes for it, whatever its status names. Not the delete Job (data deletion)."""
-    actions = {"MOBackup": S3_STEPS, "MORestore": S3_RESTORE_STEPS, "MORestoreDrill": ("drill",)}
+    actions = {"MOBackup": S3_STEPS, "MORestore": (*S3_RESTORE_STEPS, "scoped"), "MORestoreDrill": ("drill",)}
     return tuple(job_name(owner, a) for a in actions.get(owner.kind, ()))
 
 
