@@ -103,6 +103,8 @@ def backup_result_fields(summary: dict[str, Any]) -> dict[str, Any]:
         "storedBytes": summary.get("stored_bytes"),
         "stagedBytes": summary.get("staged_bytes"),
         "moVersion": summary.get("mo_version"),
+        "recoverableFrom": summary.get("recoverable_from"),  # engine/pitr.py interval_fields
+        "recoverableTo": summary.get("recoverable_to"),
     }
     if summary.get("location"):
         out["location"] = summary["location"]
