@@ -77,7 +77,7 @@ def backup_record(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> dic
         raise Fail(e.reason, f"source.sql: {e}") from None
     sql = spec.sql
     try:
-        connection = connect(SqlEndpoint(sql.host, sql.port, sql.user, password, sql.database, timeout=30))
+        connection = connect(SqlEndpoint(sql.host, sql.port, sql.user, password, sql.database, timeout=10))
     except MobackupError as e:
         if spec.pitr_window is not None:
             raise Fail("PointInTimeFailed", f"spec.pointInTime.window: {e}") from None
