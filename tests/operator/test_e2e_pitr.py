@@ -19,6 +19,7 @@ from mo_e2e import Env
 from test_e2e_copies import jobs_run_these_sources
 from test_e2e_matrixone import STS, real_mo, sql_ref  # noqa: F401  (real_mo: the fixture)
 
+from cluster.kube_api import ApiError
 from mo_server import PASSWORD, TXN_ROWS, Incident, SqlClient, checksums, wait_sql, writer_rows
 
 TARGET = {"pvc": {"claimName": "mo-data", "path": "mo-data"}, "workload": STS}
@@ -30,14 +31,15 @@ def rfc3339(t: datetime) -> str:
 
 def test_restore_in_place_to_a_time_before_an_accident(
         env: Env, real_mo: Callable[..., SqlClient]) -> None:  # noqa: F811  (the imported fixture)
-    clock = time.monotonic()
     jobs_run_these_sources(env)  # the agent's `pitr` and --pitr-record are this tree's
     mo = real_mo()
+    clock = started = time.monotonic()  # after the wait for the machine's MatrixOne lock
     env.s3_storage()
     env.secret("mo-sql", {"password": PASSWORD})
     mo.sql("create pitr pc for cluster range 1 'h'")  # the user's own PITR: lengthened, never shortened
     incident = Incident(mo)
     t, before = incident.t, incident.before
+    incident_seconds, clock = time.monotonic() - clock, time.monotonic()
 
     env.create("MOBackup", "cold", {"source": {"pvc": TARGET["pvc"], "workload": STS, "sql": sql_ref()},
                                     "storageRef": {"name": "s3"}, "consistency": "Stop",
@@ -55,6 +57,13 @@ def test_restore_in_place_to_a_time_before_an_accident(
     wait_sql(180)
     assert [(p[0], p[7], p[8]) for p in mo.sql("show pitr")] == [("pc", 1, "d")]
 
+    # A time without a zone: refused by the schema (pattern), nothing created.
+    try:
+        env.create("MORestore", "no-zone", {"pointInTime": "2026-12-01T10:00:00", "target": TARGET,
+                                            "sqlCheck": sql_ref()})
+        raise AssertionError("the API server took a pointInTime without a zone")
+    except ApiError as e:
+        assert e.status == 422 and "pointInTime" in e.message, e.message
     # Refused before anything is touched: no Job, MatrixOne left running.
     env.create("MORestore", "future", {"pointInTime": rfc3339(datetime.now(UTC) + timedelta(hours=1)),
                                        "overwrite": True, "target": TARGET, "sqlCheck": sql_ref()})
@@ -73,8 +82,9 @@ def test_restore_in_place_to_a_time_before_an_accident(
     assert r["pointInTime"]["backupName"] == "cold" and r["pointInTime"]["pitr"] == "pc", r
     assert r["pointInTime"]["time"] == rfc3339(restore_at) and r["pointInTime"]["serverTime"], r
     assert r["backupID"] == st["backupID"] and "db1" in r["sqlCheck"], r
-    print(f"\nPITR via the operator: cold backup {backup_seconds:.1f} s (incident included), restore to a time "
-          f"{restore_seconds:.1f} s (RESTORE CLUSTER FROM PITR {r['pointInTime'].get('pitrSeconds')} s)")
+    print(f"\nPITR via the operator: incident {incident_seconds:.1f} s, cold backup {backup_seconds:.1f} s, restore "
+          f"to a time {restore_seconds:.1f} s (RESTORE CLUSTER FROM PITR {r['pointInTime'].get('pitrSeconds')} s), "
+          f"{time.monotonic() - started:.1f} s since MatrixOne answered")
 
     wait_sql(180)
     assert checksums(mo, ["db1", "db2"]) == before  # the accident and the churn undone, db2.t back
