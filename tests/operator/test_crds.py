@@ -58,7 +58,7 @@ def test_no_future_time_column_renders_as_date() -> None:
 def test_mobackup_columns_and_short_names() -> None:
     doc = yaml.safe_load((CRDS / "mobackups.yaml").read_text())
     cols = [c["name"] for c in doc["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")]
-    assert cols == ["Phase", "Type", "Backup ID", "Size", "BackupTS", "Duration", "Age"]
+    assert cols == ["Phase", "Type", "Backup ID", "Size", "BackupTS", "Duration", "Recoverable To", "Age"]
     shorts = {yaml.safe_load((CRDS / n).read_text())["spec"]["names"]["shortNames"][0] for n in crdgen.ALL}
     assert shorts == {"mob", "mor", "mobs", "mobsched", "modrill"}
 

@@ -15,29 +15,23 @@ from .common import emit, repository_options
 
 def backup_record(args: argparse.Namespace, connection: Any, *, history: bool) -> dict[str, Any]:
     """`extra["pitr"]` of a backup that talks to MatrixOne: with --pitr-window, first a cluster PITR
-    of at least that range (engine/pitr.py ensure_window); then the windows present."""
+    of at least that range (engine/pitr.py prepare); then the windows present."""
     from ..engine.backup import default_source
-    from ..engine.pitr import ensure_window, pitr_name_for, record
+    from ..engine.pitr import prepare
 
-    ensured = None
-    if args.pitr_window is not None:
-        source = args.source or default_source(Path(args.data_dir))
-        action, window = ensure_window(connection, pitr_name_for(source), args.pitr_window.total_seconds())
-        ensured = f"{action} {window.name} ({window.value} {window.unit})"
-    return record(connection, history=history, ensured=ensured)
+    window = args.pitr_window.total_seconds() if args.pitr_window is not None else None
+    source = (args.source or default_source(Path(args.data_dir))) if window is not None else ""
+    return prepare(connection, source=source, window_seconds=window, history=history)
 
 
 def cold_record(args: argparse.Namespace, endpoint: Any) -> dict[str, Any]:
     """backup_record over a session of its own; a server without PITR (or SHOW PITR) is recorded as
     such and fails the backup only when --pitr-window asked for a window."""
     from ..engine.mosql import connect
-    from ..engine.pitr import record
 
     connection = connect(endpoint)
     try:
-        if args.pitr_window is not None:
-            return backup_record(args, connection, history=True)
-        return record(connection, history=True)
+        return backup_record(args, connection, history=True)
     finally:
         connection.close()
 

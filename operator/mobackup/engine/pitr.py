@@ -184,6 +184,37 @@ def with_history(rec: Any, added: dict[str, Any]) -> dict[str, Any]:
     return {**out, "history": True, "history_added": added}
 
 
+def prepare(connection: Any, *, source: str, window_seconds: float | None, history: bool) -> dict[str, Any]:
+    """Before a backup: with `window_seconds`, a cluster PITR of at least that range (ensure_window);
+    then `extra["pitr"]` (record). What `backup --pitr-window` and the operator's backups both do."""
+    ensured = None
+    if window_seconds is not None:
+        action, window = ensure_window(connection, pitr_name_for(source), window_seconds)
+        ensured = f"{action} {window.name} ({window.value} {window.unit})"
+    return record(connection, history=history, ensured=ensured)
+
+
+def checked_record(data: Any) -> dict[str, Any]:
+    """A record made elsewhere (the operator reads the windows before it stops MatrixOne, and hands
+    them to the backup Job): the same shape as record()'s, checked; MobackupError when malformed."""
+    if not isinstance(data, dict) or not isinstance(data.get("history"), bool):
+        raise MobackupError("a PITR record is an object with a boolean history")
+    out: dict[str, Any] = {"history": data["history"]}
+    for key in ("read_at", "reason", "ensured", "error"):
+        if key in data:
+            if not isinstance(data[key], str) or len(data[key]) > 1000:
+                raise MobackupError(f"PITR record: {key} must be a short text")
+            out[key] = data[key]
+    windows = data.get("windows", [])
+    if not isinstance(windows, list) or len(windows) > 100:
+        raise MobackupError("PITR record: windows must be a list")
+    try:
+        out["windows"] = [PitrWindow.from_dict(w).to_dict() for w in windows]
+    except ValueError as error:
+        raise MobackupError(f"PITR record: {error}") from None
+    return out
+
+
 def windows_of(summary: BackupSummary) -> list[PitrWindow] | None:
     """The recorded windows; None when the backup recorded none (no SQL at backup time, or unusable)."""
     rec = summary.extra.get("pitr")

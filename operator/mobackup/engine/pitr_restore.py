@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class PitrRestoreResult:
     pitr: str = ""
     pitr_lengthened: bool = False
     server_time: str | None = None  # the restored server's current_timestamp(6) after the restore
+    zone_offset_minutes: int = 0  # the server process's UTC offset, which T was given in
     mo_version: str | None = None
     hostname: str | None = None
     restore_seconds: float = 0.0
@@ -64,18 +65,67 @@ def _span(summary: BackupSummary, span: tuple[datetime, datetime]) -> str:
     return f"{summary.id} [{iso(span[0])}, {iso(span[1])}]"
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """A backup as the choice of one to restore T from sees it: its recoverable interval, or why it
+    has none (the operator builds these from its MOBackups' status, the CLI from the manifests)."""
+
+    id: str
+    span: tuple[datetime, datetime] | None
+    why_not: str = ""  # when span is None
+
+
+def _covered(candidates: Sequence[Candidate]) -> str:
+    spans = sorted((c for c in candidates if c.span is not None), key=lambda c: c.span[1])  # type: ignore[index]
+    return "; ".join(f"{c.id} [{iso(c.span[0])}, {iso(c.span[1])}]" for c in spans if c.span) or "none"
+
+
+def refuse_future(candidates: Sequence[Candidate], t: datetime, now: datetime) -> None:
+    if t.tzinfo is None:
+        raise MobackupError("the time has no zone: give it in RFC 3339 (e.g. 2026-12-01T10:00:00Z)")
+    if t > now:
+        raise MobackupError(f"{iso(t)} is in the future (now {iso(now)}); recoverable intervals: "
+                            f"{_covered(candidates)}")
+
+
+def choose_among(candidates: Sequence[Candidate], t: datetime, now: datetime) -> Candidate:
+    """Among the candidates whose interval holds T, the one with the earliest BACKUPTS (the least
+    history to replay). MobackupError naming the covered intervals otherwise."""
+    refuse_future(candidates, t, now)
+    spans = sorted((c for c in candidates if c.span is not None), key=lambda c: c.span[1])  # type: ignore[index]
+    covered = _covered(candidates)
+    if not spans:
+        kinds = "; ".join(f"{c.id}: {c.why_not}" for c in candidates) or "there is no backup"
+        raise MobackupError(f"no backup can be restored to a point in time ({kinds})")
+    newest = spans[-1]
+    assert newest.span is not None
+    if t > newest.span[1]:
+        raise MobackupError(f"{iso(t)} is later than every backup's BACKUPTS: the newest recoverable point is "
+                            f"{iso(newest.span[1])} (backup {newest.id}); recoverable intervals: {covered}")
+    for candidate in spans:
+        assert candidate.span is not None
+        if candidate.span[0] <= t <= candidate.span[1]:
+            return candidate
+    earliest = min(c.span[0] for c in spans if c.span is not None)
+    where = "earlier than every window" if t < earliest else "in no backup's interval"
+    raise MobackupError(f"{iso(t)} is {where}; recoverable intervals: {covered}")
+
+
+def candidate_of(summary: BackupSummary) -> Candidate:
+    span = interval(summary)
+    if span is not None:
+        return Candidate(summary.id, span)
+    return Candidate(summary.id, None, "no PITR history" if not holds_history(summary) else "no PITR windows recorded")
+
+
 def choose_backup(summaries: Sequence[BackupSummary], t: datetime, now: datetime,
                   backup_id: str | None = None) -> tuple[BackupSummary, tuple[datetime, datetime]]:
     """The backup to restore T from, with its interval: `backup_id`'s, or among those whose interval
-    holds T the one with the earliest BACKUPTS (the least history to replay). MobackupError naming
-    the covered intervals otherwise."""
-    if t.tzinfo is None:
-        raise MobackupError("the time has no zone: give it in RFC 3339 (e.g. 2026-12-01T10:00:00Z)")
-    spans = [(s, span) for s in summaries if (span := interval(s)) is not None]
-    spans.sort(key=lambda item: item[1][1])
-    covered = "; ".join(_span(s, span) for s, span in spans) or "none"
-    if t > now:
-        raise MobackupError(f"{iso(t)} is in the future (now {iso(now)}); recoverable intervals: {covered}")
+    holds T the one with the earliest BACKUPTS (choose_among). MobackupError naming the covered
+    intervals otherwise."""
+    candidates = [candidate_of(s) for s in summaries]
+    refuse_future(candidates, t, now)
+    covered = _covered(candidates)
     if backup_id is not None:
         chosen = [s for s in summaries if s.id == backup_id]
         if not chosen:
@@ -103,20 +153,12 @@ def choose_backup(summaries: Sequence[BackupSummary], t: datetime, now: datetime
             raise MobackupError(f"{iso(t)} is outside backup {_span(summary, span)}; recoverable intervals: "
                                 f"{covered}")
         return summary, span
-    if not spans:
-        kinds = "; ".join(f"{s.id}: {'no PITR history' if not holds_history(s) else 'no PITR windows recorded'}"
-                          for s in summaries) or "the repository holds no backup"
-        raise MobackupError(f"no backup can be restored to a point in time ({kinds})")
-    newest = spans[-1][1][1]
-    if t > newest:
-        raise MobackupError(f"{iso(t)} is later than every backup's BACKUPTS: the newest recoverable point is "
-                            f"{iso(newest)} (backup {spans[-1][0].id}); recoverable intervals: {covered}")
-    for summary, span in spans:
-        if span[0] <= t <= span[1]:
-            return summary, span
-    earliest = min(span[0] for _, span in spans)
-    where = "earlier than every window" if t < earliest else "in no backup's interval"
-    raise MobackupError(f"{iso(t)} is {where}; recoverable intervals: {covered}")
+    if not summaries:
+        raise MobackupError("no backup can be restored to a point in time (the repository holds no backup)")
+    best = choose_among(candidates, t, now)
+    summary = next(s for s in summaries if s.id == best.id)
+    assert best.span is not None
+    return summary, best.span
 
 
 def _check_server_binary(mo_service: Path) -> Path:
@@ -131,9 +173,20 @@ def _check_server_binary(mo_service: Path) -> Path:
     return launch_config(mo_service)
 
 
-def _pitr_time(t: datetime) -> str:
-    """T as RESTORE ... FROM PITR reads it: local time of a server run with TZ=UTC, microseconds."""
-    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+def _zone_offset(local_minus_utc: timedelta) -> timedelta:
+    """The server process's UTC offset, from its current_timestamp() - utc_timestamp() read together:
+    zones are whole quarter hours, within 14 h of UTC."""
+    quarters = round(local_minus_utc.total_seconds() / 900)
+    if abs(local_minus_utc.total_seconds() - quarters * 900) > 60 or abs(quarters) > 14 * 4:
+        raise MobackupError(f"MatrixOne's local time is {local_minus_utc} off UTC: not a time zone")
+    return timedelta(seconds=quarters * 900)
+
+
+def _pitr_time(t: datetime, offset: timedelta = timedelta(0)) -> str:
+    """T as RESTORE ... FROM PITR reads it: the server process's local time (UTC plus `offset`, its
+    offset now: a zone whose offset changed since T, daylight saving time, would shift it; the CLI's
+    server runs with TZ=UTC), microseconds."""
+    return (t.astimezone(UTC) + offset).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _usable_window(windows: list[PitrWindow], t: datetime) -> PitrWindow:
@@ -239,6 +292,42 @@ def run_restore_to_time(
     return result
 
 
+RESTORE_READ_TIMEOUT = 6 * 3600.0  # RESTORE CLUSTER FROM PITR answers when it is done
+
+
+def restore_in_place(endpoint: Any, t: datetime, *, timeout: float, backup_id: str = "",
+                     recoverable: tuple[datetime, datetime] | None = None) -> PitrRestoreResult:
+    """The PITR step of a restore in place (the operator's MORestore with pointInTime, run by a Job):
+    the files of `backup_id` are back and its MatrixOne was started on them; wait until it answers
+    SQL (`timeout` seconds), bring it to `t` (RESTORE CLUSTER FROM PITR, in the server's own zone),
+    checkpoint. `endpoint`: mosql.SqlEndpoint of a sys-account user."""
+    from . import sqlconn
+    from .drill import wait_for_sql
+
+    clock = time.monotonic()
+    result = PitrRestoreResult(backup_id, f"{endpoint.host}:{endpoint.port}", iso(t), "",
+                               iso(recoverable[0]) if recoverable else None,
+                               iso(recoverable[1]) if recoverable else "")
+    probe = wait_for_sql(endpoint.port, endpoint.user, endpoint.password, time.monotonic() + timeout,
+                         host=endpoint.host)
+    probe.close()
+    result.start_seconds = round(time.monotonic() - clock, 3)
+    try:
+        connection = sqlconn.connect(endpoint.host, endpoint.port, endpoint.user, endpoint.password,
+                                     autocommit=True, connect_timeout=10, read_timeout=RESTORE_READ_TIMEOUT)
+    except pymysql.MySQLError as error:
+        raise MobackupError(f"cannot connect to MatrixOne at {endpoint.host}:{endpoint.port}: "
+                            f"{error.args[-1]}") from None
+    with connection:
+        try:
+            _bring_to_time(connection, t, result)
+            _flush(connection)
+        except pymysql.MySQLError as error:
+            raise MobackupError(f"MatrixOne at {endpoint.host}:{endpoint.port}: {error.args[-1]}") from None
+    result.total_seconds = round(time.monotonic() - clock, 3)
+    return result
+
+
 def _bring_to_time(connection: Any, t: datetime, result: PitrRestoreResult) -> None:
     with connection.cursor() as cursor:
         # RESTORE ... FROM PITR reads T in the server process's local zone (not the session's, which
@@ -247,8 +336,10 @@ def _bring_to_time(connection: Any, t: datetime, result: PitrRestoreResult) -> N
         cursor.execute("select version(), current_timestamp(), utc_timestamp()")
         version, local, utc = cursor.fetchone()
         result.mo_version = str(version)
-        if not isinstance(local, datetime) or not isinstance(utc, datetime) or abs(local - utc).total_seconds() > 60:
-            raise MobackupError(f"the restored MatrixOne's local time {local} is not UTC ({utc})")
+        if not isinstance(local, datetime) or not isinstance(utc, datetime):
+            raise MobackupError(f"the restored MatrixOne answered times {local!r}, {utc!r}")
+        offset = _zone_offset(local - utc)
+        result.zone_offset_minutes = int(offset.total_seconds() // 60)
         windows = read_windows(connection)
         if not windows:
             raise MobackupError("the restored MatrixOne has no cluster PITR")
@@ -262,7 +353,7 @@ def _bring_to_time(connection: Any, t: datetime, result: PitrRestoreResult) -> N
             result.pitr_lengthened = True
         started = time.monotonic()
         try:
-            cursor.execute(f"restore cluster from pitr `{window.name}` '{_pitr_time(t)}'")
+            cursor.execute(f"restore cluster from pitr `{window.name}` '{_pitr_time(t, offset)}'")
         except pymysql.MySQLError as error:
             reason = str(error.args[-1])
             if "does not exist" in reason:  # MatrixOne 1.3, seen for an instant just after the PITR was made

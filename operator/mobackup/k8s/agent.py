@@ -153,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--sql-port", type=int, default=6001)
     b.add_argument("--sql-user", default="dump")
     b.add_argument("--server-data-dir", help="--data-dir's path inside the MatrixOne container")
+    b.add_argument("--pitr-record", metavar="JSON", help="the PITR windows the operator read before the copy "
+                   "(recorded as the backup's extra.pitr, engine/pitr.py)")
     c = sub.add_parser("commit")
     common(c)
     staging(c)
@@ -173,6 +175,18 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--overwrite", action="store_true")
     r.add_argument("--hostname", default=None,
                    help="pod hostname of the MatrixOne on the target (a backup of another host is refused)")
+    r.add_argument("--to-time", metavar="RFC3339", help="refuse unless the backup can be brought to this time "
+                   "(the PITR step follows in a Job of its own)")
+    pt = sub.add_parser("pitr", help="bring the MatrixOne just restored in place to a time (RESTORE CLUSTER FROM "
+                        "PITR); password in MOBACKUP_SQL_PASSWORD")
+    pt.add_argument("--termination-log", default="/dev/termination-log")
+    pt.add_argument("--sql-host", required=True)
+    pt.add_argument("--sql-port", type=int, default=6001)
+    pt.add_argument("--sql-user", default="root")
+    pt.add_argument("--to-time", required=True, metavar="RFC3339")
+    pt.add_argument("--backup-id", default="")
+    pt.add_argument("--timeout", type=float, default=300.0, help="seconds MatrixOne has to answer SQL")
+    pt.set_defaults(kind=None, name=None, namespace=None, progress_interval=0.0)
     d = sub.add_parser("delete")
     common(d)
     d.add_argument("--backup-id", required=True)
@@ -257,10 +271,45 @@ def _place(args: argparse.Namespace, flag: str, env_prefix: str, url: str | None
 
 
 def _backup_result(summary: dict[str, Any]) -> dict[str, Any]:
+    from mobackup.engine.model import BackupSummary
+    from mobackup.engine.pitr import interval_fields
+
     result = {k: summary.get(k) for k in SUMMARY_KEYS}
     result.update({k: summary["extra"][k] for k in ("kind", "staged_bytes", "locked_until", "lock_mode")
                    if k in summary["extra"]})
+    result.update(interval_fields(BackupSummary.from_dict(summary)))
     return {"ok": True, "action": "backup", "result": result}
+
+
+def run_pitr(args: argparse.Namespace) -> dict[str, Any]:
+    from mobackup.engine.mosql import SqlEndpoint
+    from mobackup.engine.pitr_restore import parse_time, restore_in_place
+
+    endpoint = SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user)
+    res = restore_in_place(endpoint, parse_time(args.to_time), timeout=args.timeout, backup_id=args.backup_id)
+    return {"ok": True, "action": "pitr", "result": {k: v for k, v in res.to_dict().items() if k != "checks"}}
+
+
+def _pitr_extra(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.pitr_record:
+        return {}
+    from mobackup.engine.pitr import checked_record
+
+    try:
+        return {"pitr": checked_record(json.loads(args.pitr_record))}
+    except ValueError as e:
+        raise MobackupError(f"--pitr-record is not JSON: {e}") from None
+
+
+def check_to_time(repo: Any, backup_id: str, to_time: str | None) -> None:
+    """The operator chose the backup from its MOBackups' status: before a file is written, the
+    repository's own record must agree that it can be brought to the time."""
+    if not to_time:
+        return
+    from mobackup.engine.model import utc_now
+    from mobackup.engine.pitr_restore import choose_backup, parse_time
+
+    choose_backup([repo.load_summary(backup_id)], parse_time(to_time), utc_now(), backup_id)
 
 
 def _shard_index(shards: int) -> int:
@@ -322,6 +371,8 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
 def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
     from mobackup.engine.repository import RepositoryOptions, open_repository
 
+    if args.action == "pitr":
+        return run_pitr(args)
     opts = RepositoryOptions.from_env(args.repo, compression=args.compression, parallelism=args.parallelism,
                                       bandwidth_limit=args.bandwidth_limit, lock_days=args.lock_days,
                                       lock_mode=args.lock_mode)
@@ -343,15 +394,17 @@ def run(args: argparse.Namespace, reporter: StatusReporter) -> dict[str, Any]:
             with MatrixOneSession(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user)) as mo:
                 summary = run_online_backup(repo, args.data_dir, mo, server_data_dir=args.server_data_dir,
                                             source=args.source, backup_type=args.type, base_id=args.base,
-                                            progress=reporter).to_dict()
+                                            progress=reporter, extra=_pitr_extra(args)).to_dict()
         else:
             from mobackup.engine.backup import run_backup
             summary = run_backup(repo, args.data_dir, source=args.source, backup_type=args.type,
-                                 base_id=args.base, progress=reporter, mo_version=args.mo_version).to_dict()
+                                 base_id=args.base, progress=reporter, mo_version=args.mo_version,
+                                 extra=_pitr_extra(args)).to_dict()
         return _backup_result(summary)
     repo = open_repository(opts, create=False)
     if args.action == "restore":
         from mobackup.engine.restore import run_restore
+        check_to_time(repo, args.backup_id, args.to_time)
         res = run_restore(repo, args.backup_id, args.target, force=args.overwrite, progress=reporter,
                           hostname=args.hostname).to_dict()
         summary = repo.load_summary(res.get("backup_id") or args.backup_id).to_dict()

@@ -501,6 +501,8 @@ def start_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None
     take_lease(ctx, obj, spec.volume.claim)
     # Online: BACKUP checkpoints by itself and the agent reports the version.
     mo_version = None if online else sql_checkpoint(ctx, obj, spec)
+    from . import pointintime  # the PITR windows, read while MatrixOne still answers
+    pitr_record = pointintime.backup_record(ctx, obj, spec)
     if spec.consistency == "Stop" and spec.workload:
         stop_workload(ctx, obj, spec.workload)
     clone = None
@@ -515,7 +517,7 @@ def start_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> None
             patch_fields(ctx, obj, snapshot={"name": snap, "cloneClaim": clone, "readyAt": status.iso()})
             events.emit(ctx.kube, obj, "Normal", "SnapshotReady", f"VolumeSnapshot {snap} ready, cloned to {clone}")
     body = jobs.backup_job(owner_of(obj), spec, st, base_id=base_id, defaults=ctx.defaults, claim=clone,
-                           mo_version=mo_version, online=online)
+                           mo_version=mo_version, online=online, pitr_record=pitr_record)
     job_name = create_job(ctx, obj, body)
     ctx.metrics.inc("mobackup_runs_total", kind="MOBackup", namespace=ns)
     how = (f"has MatrixOne back itself up online into {online.server_data_dir}, then stores it" if online
@@ -745,6 +747,9 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
         ctx.metrics.inc("mobackup_transferred_bytes_total", float(fields.get("newBytes") or 0),
                         kind="MOBackup", namespace=ns)
         record_success_metrics(ctx, obj)
+        if spec.volume is not None:
+            from . import pointintime
+            pointintime.note_backup(ctx, obj)
         return
     if result:
         reason, message = str(result.get("reason") or "BackupFailed"), str(result.get("error") or "")
@@ -779,7 +784,10 @@ def summary_from_repository(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSp
     if len(mine) != 1:
         return None
     log.info("result of %s read from the repository manifest %s", obj["metadata"]["name"], mine[0].id)
-    return {"ok": True, "action": "backup", "result": mine[0].to_dict(), "from": "repository"}
+    from mobackup.engine.pitr import interval_fields
+
+    return {"ok": True, "action": "backup", "result": {**mine[0].to_dict(), **interval_fields(mine[0])},
+            "from": "repository"}
 
 
 def record_success_metrics(ctx: Ctx, obj: dict[str, Any]) -> None:
@@ -990,7 +998,11 @@ def start_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> No
     target = spec.target_label
     if not (obj.get("status") or {}).get("phase"):
         transition(ctx, obj, "Pending", "Accepted", "validated; preparing the restore", target=target)
-    backup_id, storage_name, backup_ts = resolve_restore_backup(ctx, ns, spec)
+    if spec.point_in_time is not None:
+        from . import pointintime  # the backup whose interval holds the time, before anything is touched
+        backup_id, storage_name, backup_ts = pointintime.resolve(ctx, obj, spec)
+    else:
+        backup_id, storage_name, backup_ts = resolve_restore_backup(ctx, ns, spec)
     _, st = require_storage_ready(ctx, ns, storage_name)
     if spec.sql_check:
         try:
@@ -1019,6 +1031,10 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
     if st.get("reason") == "CheckingSQL":
         sql_check_pass(ctx, obj, spec)
         return
+    if st.get("reason") == "RestoringToTime":
+        from . import pointintime
+        pointintime.follow_job(ctx, obj, spec)
+        return
     job_name = run_job_name(obj, "restore")
     try:
         job = ctx.kube.get_job(ns, job_name)
@@ -1041,6 +1057,11 @@ def follow_restore(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
                         kind="MORestore", namespace=ns)
         msg = (f"restored backup {fields.get('backupID')}: {fields.get('size')} in {fields.get('fileCount')} "
                "files")
+        if spec.point_in_time is not None:
+            from . import pointintime
+            scale_back(ctx, obj, spec.workload)
+            pointintime.start_job(ctx, obj, spec, msg, attempts=state.attempts, **fields)
+            return
         if spec.sql_check:
             scale_back(ctx, obj, spec.workload)
             transition(ctx, obj, "Running", "CheckingSQL", msg + "; checking SQL", attempts=state.attempts,
@@ -1095,5 +1116,7 @@ def sql_check_pass(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> N
                f"{chk.host}:{chk.port} did not answer within {chk.timeout_seconds}s: {e.args[-1]}")
         return
     result = f"version {version}; databases: {', '.join(dbs)}"
+    to_time = ((obj.get("status") or {}).get("pointInTime") or {}).get("time") if spec.point_in_time else None
     finish(ctx, obj, run_key(obj, spec), spec.workload, True, "RestoreCompleted",
-           f"restored backup {obj['status'].get('backupID')}; SQL check ok", sqlCheck=result[:1000])
+           f"restored backup {obj['status'].get('backupID')}{f' to {to_time}' if to_time else ''}; SQL check ok",
+           sqlCheck=result[:1000])

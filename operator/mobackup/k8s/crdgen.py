@@ -490,6 +490,7 @@ def backup_spec(in_template: bool = False) -> Schema:
                             "backup's file list is complete, and the blobs they use are kept.",
                             enum=["Retain", "Delete"], default="Delete" if in_template else "Retain"),
         "job": job_overrides(),
+        "pointInTime": pitr_window_schema("the backup"),
     }
     validations = [
         {"rule": "!has(self.baseBackupName) || !has(self.baseBackupID)",
@@ -505,6 +506,7 @@ def backup_spec(in_template: bool = False) -> Schema:
          "message": "consistency Online needs source.sql (MatrixOne runs the backup)"},
         {"rule": "has(self.source.pvc) || !has(self.consistency) || self.consistency == 'Online'",
          "message": "table data in S3 (source.cluster or sharedStorage) is backed up Online"},
+        *PITR_BACKUP_RULES,
     ]
     if in_template:
         del props["type"], props["baseBackupName"], props["baseBackupID"]
@@ -570,6 +572,7 @@ def backup_crd() -> Schema:
             "ok": s("Whether MatrixOne confirmed it.", "boolean"),
             "message": s("MatrixOne's answer or the error."),
         }),
+        **backup_pitr_status(),
         "snapshot": obj("The VolumeSnapshot and its clone PVC of a Snapshot-consistent backup.", {
             "name": s("Name of the VolumeSnapshot."),
             "cloneClaim": s("Name of the PVC restored from it, which the Job copies."),
@@ -578,7 +581,10 @@ def backup_crd() -> Schema:
     })
     cols = [column("Phase", ".status.phase"), column("Type", ".status.type"),
             column("Backup ID", ".status.backupID"), column("Size", ".status.size"),
-            column("BackupTS", ".status.backupTS"), column("Duration", ".status.duration"), AGE,
+            column("BackupTS", ".status.backupTS"), column("Duration", ".status.duration"),
+            column("Recoverable To", ".status.recoverableTo",
+                   desc="The newest instant this backup can be restored to with pointInTime (empty: none)."), AGE,
+            column("Recoverable From", ".status.recoverableFrom", priority=1),
             column("Base", ".status.baseBackupID", priority=1),
             column("Source", ".status.source", priority=1),
             column("Progress", ".status.progress.percent", "integer", priority=1),
@@ -730,9 +736,9 @@ def restore_crd() -> Schema:
                           "(overwrite) and writes the ID allocator state. 1: one pod does it all.", "integer",
                           minimum=1, maximum=64, default=1),
         "job": job_overrides(),
+        "pointInTime": RESTORE_POINT_IN_TIME,
     }, ["target"], **{"x-kubernetes-validations": [
-        {"rule": "has(self.backupName) != has(self.backupID)",
-         "message": "set exactly one of backupName or backupID"},
+        *PITR_RESTORE_RULES,
         {"rule": "!has(self.backupID) || has(self.storageRef)",
          "message": "backupID needs storageRef"},
         {"rule": "!has(self.target.pvc) || !has(self.parallelPods) || self.parallelPods == 1",
@@ -758,6 +764,7 @@ def restore_crd() -> Schema:
         "sqlCheck": s("Result of the SQL check after the start (databases listed, or the error)."),
         "sqlCheckSince": s("When the SQL check started waiting for the endpoint.", format="date-time"),
         **scoped_status(),
+        "pointInTime": restore_pitr_status(),
     })
     cols = [column("Phase", ".status.phase"), column("Backup ID", ".status.backupID"),
             column("Target", ".status.target"), column("Size", ".status.size"),
@@ -765,6 +772,7 @@ def restore_crd() -> Schema:
             column("Progress", ".status.progress.percent", "integer", priority=1),
             column("Step", ".status.step", priority=1),
             column("Rows", ".status.rowsCopied", "integer", priority=1),
+            column("To Time", ".status.pointInTime.time", priority=1),
             column("Message", ".status.message", priority=1)]
     return crd("MORestore", "morestores", ["mor"], spec, obj("Observed state of the restore.", props), cols,
                "MORestore restores a backup into a MatrixOne data volume (stopping its workload meanwhile).")
@@ -795,6 +803,7 @@ def schedule_crd() -> Schema:
         "startingDeadlineSeconds": s("A run missed by more than this (e.g. operator down) is skipped.",
                                      "integer", minimum=1, default=3600),
         "template": template,
+        "pointInTime": pitr_window_schema("every backup of the schedule (overrides the template's)"),
         "retention": obj("Which Completed backups of this schedule to keep (the rest are deleted, "
                          "data following their deletionPolicy). The newest Completed backup is always kept. "
                          "Being the base of other backups keeps none (each restores on its own: its file list is "
@@ -934,6 +943,91 @@ def drill_crd() -> Schema:
     return crd("MORestoreDrill", "morestoredrills", ["modrill"], spec, obj("Observed state of the drill.", props),
                cols, "MORestoreDrill restores a backup into a scratch volume, starts a scratch MatrixOne on it, "
                      "checks what it serves, and deletes every scratch object.")
+
+
+# ------------------------------------------------------------------ point-in-time recovery (issue 19)
+
+RFC3339 = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+PITR_RANGE = ("MatrixOne keeps the history of a cluster PITR's range from garbage collection: the data directory "
+              "grows by what the range's writes and deletes leave behind (docs/operations.md).")
+
+
+def pitr_window_schema(what: str) -> Schema:
+    return obj(f"Point-in-time recovery for {what}: before the copy, the operator makes sure a cluster-level PITR "
+               "covers at least `window` (creating mobackup_<source> when MatrixOne has none, lengthening the "
+               "existing one when shorter; never shortening or dropping a PITR). Needs source.sql (a sys-account "
+               "user) and a data volume (source.pvc). Only cold backups (Stop, Snapshot, None) carry the history "
+               "that a restore to a time needs; an Online backup records the windows but no recoverable interval. "
+               + PITR_RANGE, {
+                   "window": s("How far back a restore can go, e.g. 7d, 36h (s, m, h, d, w; MatrixOne's range is "
+                               "rounded up to whole hours, days, months or years, at most 100 of them).",
+                               pattern=DURATION, maxLength=32),
+               }, ["window"])
+
+
+PITR_BACKUP_RULES = [{"rule": "!has(self.pointInTime) || (has(self.source.pvc) && has(self.source.sql))",
+                      "message": "pointInTime needs a data volume (source.pvc) and source.sql"}]
+
+
+def backup_pitr_status() -> dict[str, Schema]:
+    window = obj("A cluster-level PITR as SHOW PITR listed it before the copy.", {
+        "name": s("Name of the PITR."), "created": s("When it was created (UTC).", format="date-time"),
+        "modified": s("When it was last changed (UTC).", format="date-time"),
+        "value": s("Its range: value.", "integer"), "unit": s("Its range: unit (h, d, mo, y)."),
+    })
+    return {
+        "recoverableFrom": s("The earliest instant a MORestore with pointInTime can bring this backup to (RFC 3339): "
+                             "max(PITR created, backupTS - range). Empty when the backup holds no PITR history "
+                             "(Online backups, see the PointInTimeRecoverable condition) or recorded no PITR.",
+                             format="date-time"),
+        "recoverableTo": s("The newest such instant: the backup's backupTS (empty as recoverableFrom).",
+                           format="date-time"),
+        "pointInTime": obj("The PITR windows read through source.sql before the copy (recorded in the backup's "
+                           "manifest, extra.pitr), and what spec.pointInTime.window made happen.", {
+            "history": s("Whether the copy holds MatrixOne's PITR history (a cold copy of the whole data "
+                         "directory does; MatrixOne's BACKUP output does not).", "boolean"),
+            "ensured": s("What was done for spec.pointInTime.window: created, lengthened or kept <PITR> (<range>)."),
+            "windows": {"type": "array", "description": "The cluster PITRs present.", "items": window},
+            "reason": s("Why a backup of this kind holds no history."),
+            "error": s("Why the PITRs could not be listed (a MatrixOne without PITR, a non-sys user)."),
+            "readAt": s("When they were read.", format="date-time"),
+        }),
+    }
+
+
+RESTORE_POINT_IN_TIME = s(
+    "Restore to this instant (RFC 3339 with a zone, e.g. 2026-12-01T10:00:00Z) instead of the backup's own "
+    "moment: the backup is restored in place as usual, the workload scaled back, then, once MatrixOne answers "
+    "through sqlCheck (whose user must be a sys-account user such as root), a Job runs RESTORE CLUSTER FROM "
+    "PITR to the instant, then the SQL check. With backupName that backup (it must hold the instant); without, "
+    "the Completed MOBackups of the target's volume (in storageRef, when set) whose recoverable interval "
+    "holds it, the one with the earliest backupTS. A time in the future, after every backup's backupTS, before "
+    "every window, a backup without PITR history or a MatrixOne without PITR fail the restore before anything is "
+    "touched, naming the recoverable intervals. Needs target.pvc and sqlCheck.", pattern=RFC3339, maxLength=64)
+
+PITR_RESTORE_RULES = [
+    {"rule": "has(self.pointInTime) ? !has(self.backupID) : has(self.backupName) != has(self.backupID)",
+     "message": "set exactly one of backupName or backupID (with pointInTime: backupName or neither)"},
+    {"rule": "!has(self.pointInTime) || (has(self.sqlCheck) && has(self.target.pvc))",
+     "message": "pointInTime needs sqlCheck (the PITR restore runs through it) and target.pvc"},
+]
+
+
+def restore_pitr_status() -> Schema:
+    return obj("The restore to a point in time (spec.pointInTime).", {
+        "time": s("The instant restored to (UTC).", format="date-time"),
+        "backupName": s("The MOBackup it was restored from (chosen by the operator without spec.backupName)."),
+        "recoverableFrom": s("That backup's recoverable interval: from.", format="date-time"),
+        "recoverableTo": s("That backup's recoverable interval: to.", format="date-time"),
+        "jobName": s("The Job running RESTORE CLUSTER FROM PITR."),
+        "pitr": s("The PITR MatrixOne restored from."),
+        "pitrLengthened": s("The PITR's range was lengthened first (MatrixOne counts it from its own clock).",
+                            "boolean"),
+        "serverTime": s("MatrixOne's current_timestamp(6) right after the PITR restore (its own clock and zone)."),
+        "zoneOffsetMinutes": s("UTC offset of MatrixOne's process zone, in which the instant was given to it.",
+                               "integer"),
+        "pitrSeconds": s("Seconds RESTORE CLUSTER FROM PITR took.", "number"),
+    })
 
 
 ALL = {

@@ -141,7 +141,7 @@ def job_name(owner: Owner, action: str) -> str:
 def run_job_names(owner: Owner) -> tuple[str, ...]:
     """Every name the Jobs of a run can have (job_name is deterministic): the only Jobs the operator
     follows or deletes for it, whatever its status names. Not the delete Job (data deletion)."""
-    actions = {"MOBackup": S3_STEPS, "MORestore": (*S3_RESTORE_STEPS, "scoped"), "MORestoreDrill": ("drill",)}
+    actions = {"MOBackup": S3_STEPS, "MORestore": (*S3_RESTORE_STEPS, "scoped", "pitr"), "MORestoreDrill": ("drill",)}
     return tuple(job_name(owner, a) for a in actions.get(owner.kind, ()))
 
 
@@ -469,7 +469,8 @@ def lock_args(storage: StorageSpec, flag: str = "--") -> list[str]:
 
 def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id: str | None,
                defaults: OperatorDefaults, claim: str | None = None,
-               mo_version: str | None = None, online: OnlinePlacement | None = None) -> dict[str, Any]:
+               mo_version: str | None = None, online: OnlinePlacement | None = None,
+               pitr_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """`claim` replaces the source PVC (the clone of a VolumeSnapshot). `online`: MatrixOne's BACKUP
     stages into the volume, which the Job then writes (stores and removes the staging)."""
     env, volumes, mounts = storage_env_and_volumes(storage)
@@ -492,6 +493,8 @@ def backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, *, base_id:
         args += ["--bandwidth-limit", str(spec.bandwidth_limit)]
     if mo_version:
         args += ["--mo-version", mo_version]
+    if pitr_record is not None:  # the PITR windows, read before MatrixOne was stopped (k8s/pointintime.py)
+        args += ["--pitr-record", json.dumps(pitr_record, separators=(",", ":"))]
     job = build_job(owner=owner, action="backup", args=args, env=env, volumes=volumes, mounts=mounts,
                     overrides=spec.job, defaults=defaults)
     if online is not None and online.pod_labels:
@@ -638,6 +641,8 @@ def restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup_id
         args.append("--overwrite")
     if spec.hostname:
         args += ["--hostname", spec.hostname]
+    if spec.point_in_time:  # the agent checks the repository's record of the backup before writing
+        args += ["--to-time", spec.point_in_time.isoformat()]
     return build_job(owner=owner, action="restore", args=args, env=env, volumes=volumes, mounts=mounts,
                      overrides=spec.job, defaults=defaults)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from mobackup.engine.guards import s3_contains, s3_overlap
@@ -371,6 +372,7 @@ class BackupSpec:
     staging_path: tuple[str, str] | None = None  # (bucket, prefix); default <bucket>/<folder>/mobackup-staging
     staging_server_endpoint: str | None = None
     parallel_pods: int = 1
+    pitr_window: float | None = None  # seconds of spec.pointInTime.window (k8s/pointintime.py)
 
     @property
     def lease_key(self) -> str:
@@ -420,11 +422,28 @@ def parse_backup(spec: dict[str, Any], namespace: str, *, template: bool = False
     if consistency == "Online" and server_data_dir is None and workload is None:
         raise SpecError("spec.consistency Online needs spec.source.serverDataDir or spec.source.workload "
                         "(to find where MatrixOne mounts the volume)")
+    window = pitr_window(spec)
+    if window is not None and sql is None:
+        raise SpecError("spec.pointInTime.window needs spec.source.sql (the PITR is made over SQL before the copy)")
     return BackupSpec(
         volume=volume, workload=workload,
         source_name=str(src.get("name") or default_source_name(namespace, volume.claim)),
         sql=sql, consistency=consistency, snapshot_class=spec.get("snapshotClassName") or None,
-        server_data_dir=server_data_dir, **common)
+        server_data_dir=server_data_dir, pitr_window=window, **common)
+
+
+def pitr_window(spec: dict[str, Any]) -> float | None:
+    """spec.pointInTime.window in seconds (None when unset)."""
+    text = (spec.get("pointInTime") or {}).get("window")
+    if not text:
+        return None
+    try:
+        seconds = cron.parse_duration(str(text)).total_seconds()
+    except ValueError as e:
+        raise SpecError(f"spec.pointInTime.window: {e}") from None
+    if seconds <= 0:
+        raise SpecError("spec.pointInTime.window must be positive")
+    return seconds
 
 
 def _common_backup_fields(spec: dict[str, Any], template: bool) -> dict[str, Any]:
@@ -452,6 +471,9 @@ def _parse_s3_backup(spec: dict[str, Any], src: dict[str, Any], namespace: str, 
     """A MatrixOne whose table data lives in S3: always Online (MatrixOne's BACKUP into an S3 staging
     prefix), no volume."""
     consistency = spec.get("consistency") or "Online"
+    if pitr_window(spec) is not None:
+        raise SpecError("spec.pointInTime applies to a data volume (source.pvc): MatrixOne's BACKUP of table data "
+                        "in S3 carries no PITR history")
     if consistency != "Online":
         raise SpecError(f"spec.consistency {consistency} needs a data volume: a source whose table data lives in "
                         "S3 is backed up Online (MatrixOne's BACKUP)")
@@ -499,6 +521,7 @@ class RestoreSpec:
     # service there, and with overwrite the old log (WAL) there is removed.
     log_volume: Volume | None = None
     parallel_pods: int = 1
+    point_in_time: datetime | None = None  # spec.pointInTime (k8s/pointintime.py)
 
     @property
     def lease_key(self) -> str:
@@ -513,7 +536,11 @@ class RestoreSpec:
 
 def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
     name, bid = spec.get("backupName"), spec.get("backupID")
-    if bool(name) == bool(bid):
+    at = point_in_time(spec)
+    if at is not None:
+        if bid:
+            raise SpecError("spec.pointInTime takes backupName or no backup (the operator picks one), not backupID")
+    elif bool(name) == bool(bid):
         raise SpecError("spec: set exactly one of backupName or backupID")
     storage = (spec.get("storageRef") or {}).get("name")
     if bid and not storage:
@@ -532,6 +559,9 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
               "sql_check": _sql(spec.get("sqlCheck"), "spec.sqlCheck"),
               "parallelism": _optional_int(spec.get("parallelism")), "job": JobOverrides(dict(spec.get("job") or {}))}
     if given[0] != "pvc":
+        if at is not None:
+            raise SpecError("spec.pointInTime applies to a data volume (target.pvc): backups of table data in S3 "
+                            "carry no PITR history")
         if target.get("hostname"):
             raise SpecError("spec.target.hostname applies to a data volume (target.pvc)")
         if given[0] == "cluster" and workload is not None:
@@ -554,8 +584,25 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
     if target.get("logVolume") or int(spec.get("parallelPods", 1)) != 1:
         raise SpecError("spec.target.logVolume and spec.parallelPods apply to table data in S3 (target.cluster or "
                         "sharedStorage)")
+    if at is not None and common["sql_check"] is None:
+        raise SpecError("spec.pointInTime needs spec.sqlCheck: the PITR restore runs through that endpoint (a "
+                        "sys-account user such as root)")
     return RestoreSpec(volume=_volume(target.get("pvc"), "spec.target.pvc", "mo-data"), workload=workload,
-                       hostname=hostname, **common)
+                       hostname=hostname, point_in_time=at, **common)
+
+
+def point_in_time(spec: dict[str, Any]) -> datetime | None:
+    """spec.pointInTime, RFC 3339 with a zone."""
+    text = spec.get("pointInTime")
+    if not text:
+        return None
+    from mobackup.engine.errors import MobackupError
+    from mobackup.engine.pitr_restore import parse_time
+
+    try:
+        return parse_time(str(text))
+    except MobackupError as e:
+        raise SpecError(f"spec.pointInTime: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------- schedule
@@ -596,7 +643,8 @@ def parse_schedule(spec: dict[str, Any], namespace: str) -> ScheduleSpec:
     if not isinstance(tmpl, dict) or not isinstance(tmpl.get("spec"), dict):
         raise SpecError("spec.template.spec is required")
     try:
-        parse_backup(tmpl["spec"], namespace, template=True)
+        window = {"pointInTime": spec["pointInTime"]} if spec.get("pointInTime") else {}  # wins over the template's
+        parse_backup({**tmpl["spec"], **window}, namespace, template=True)
     except SpecError as e:
         raise SpecError(f"template: {e}") from None
     r = spec.get("retention") or {}

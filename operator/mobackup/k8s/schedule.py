@@ -69,6 +69,9 @@ def backup_body(sched: dict[str, Any], spec: models.ScheduleSpec, kind: str, whe
     if base_name:
         bspec["baseBackupName"] = base_name
     bspec.setdefault("deletionPolicy", "Delete")
+    window = (sched.get("spec") or {}).get("pointInTime")
+    if window:  # the schedule's window wins over the template's
+        bspec["pointInTime"] = dict(window)
     return {
         "apiVersion": models.API_VERSION, "kind": "MOBackup",
         "metadata": {

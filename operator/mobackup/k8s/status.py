@@ -131,6 +131,8 @@ def backup_result_fields(summary: dict[str, Any]) -> dict[str, Any]:
         "stagedBytes": summary.get("staged_bytes"),
         "moVersion": summary.get("mo_version"),
         **_lock_fields(summary),
+        "recoverableFrom": summary.get("recoverable_from"),  # engine/pitr.py interval_fields
+        "recoverableTo": summary.get("recoverable_to"),
     }
     if summary.get("location"):
         out["location"] = summary["location"]

@@ -1,0 +1,95 @@
+"""Point-in-time recovery through the operator with the real MatrixOne (issue 19), in place: a cluster
+PITR, then issue 19's incident (a writer's numbered transactions; at T an UPDATE, a DELETE and a dropped
+table; churn with checkpoints and a global checkpoint); a cold (Stop) MOBackup with
+spec.pointInTime.window that lengthens the PITR and records its interval; a MORestore with
+pointInTime T minus one second and no backupName, onto the same volume and StatefulSet: the operator
+picks the backup, restores the files, scales MatrixOne back, its PITR Job runs RESTORE CLUSTER FROM
+PITR, then the SQL check. The exact state at T - 1 s is read back: db1 and db2 as before the
+accident, the writer's rows an exact prefix with every transaction committed before that instant and
+none begun after it. A refusal (a time in the future) fails before anything is touched. The other
+refusals: test_pointintime_logic.py (in memory)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from mo_e2e import Env
+from test_e2e_copies import jobs_run_these_sources
+from test_e2e_matrixone import STS, real_mo, sql_ref  # noqa: F401  (real_mo: the fixture)
+
+from cluster.kube_api import ApiError
+from mo_server import PASSWORD, TXN_ROWS, Incident, SqlClient, checksums, wait_sql, writer_rows
+
+TARGET = {"pvc": {"claimName": "mo-data", "path": "mo-data"}, "workload": STS}
+
+
+def rfc3339(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def test_restore_in_place_to_a_time_before_an_accident(
+        env: Env, real_mo: Callable[..., SqlClient]) -> None:  # noqa: F811  (the imported fixture)
+    jobs_run_these_sources(env)  # the agent's `pitr` and --pitr-record are this tree's
+    mo = real_mo()
+    clock = started = time.monotonic()  # after the wait for the machine's MatrixOne lock
+    env.s3_storage()
+    env.secret("mo-sql", {"password": PASSWORD})
+    mo.sql("create pitr pc for cluster range 1 'h'")  # the user's own PITR: lengthened, never shortened
+    incident = Incident(mo)
+    t, before = incident.t, incident.before
+    incident_seconds, clock = time.monotonic() - clock, time.monotonic()
+
+    env.create("MOBackup", "cold", {"source": {"pvc": TARGET["pvc"], "workload": STS, "sql": sql_ref()},
+                                    "storageRef": {"name": "s3"}, "consistency": "Stop",
+                                    "pointInTime": {"window": "1d"}})
+    st = env.wait_phase("MOBackup", "cold", "Completed", "Failed", timeout=300)["status"]
+    assert st["phase"] == "Completed", st
+    assert st["pointInTime"]["ensured"] == "lengthened pc (1 d)" and st["pointInTime"]["history"] is True, st
+    start, end = (datetime.fromisoformat(st[k].replace("Z", "+00:00")) for k in ("recoverableFrom", "recoverableTo"))
+    restore_at = t - timedelta(seconds=1)
+    assert start < restore_at < t < end, (start, end, t)
+    cond = {c["type"]: c for c in st["conditions"]}["PointInTimeRecoverable"]
+    assert cond["status"] == "True" and st["recoverableTo"] in cond["message"], cond
+    backup_seconds = time.monotonic() - clock
+    env.wait_replicas_running(timeout=120)
+    wait_sql(180)
+    assert [(p[0], p[7], p[8]) for p in mo.sql("show pitr")] == [("pc", 1, "d")]
+
+    # A time without a zone: refused by the schema (pattern), nothing created.
+    try:
+        env.create("MORestore", "no-zone", {"pointInTime": "2026-12-01T10:00:00", "target": TARGET,
+                                            "sqlCheck": sql_ref()})
+        raise AssertionError("the API server took a pointInTime without a zone")
+    except ApiError as e:
+        assert e.status == 422 and "pointInTime" in e.message, e.message
+    # Refused before anything is touched: no Job, MatrixOne left running.
+    env.create("MORestore", "future", {"pointInTime": rfc3339(datetime.now(UTC) + timedelta(hours=1)),
+                                       "overwrite": True, "target": TARGET, "sqlCheck": sql_ref()})
+    r = env.wait_phase("MORestore", "future", "Failed", "Completed", timeout=60)["status"]
+    assert r["reason"] == "PointInTimeNotRecoverable" and "is in the future" in r["message"], r
+    assert f"cold [{st['recoverableFrom'][:19]}" in r["message"], r["message"]
+    assert "PointInTimeNotRecoverable" in env.event_reasons("future", {"PointInTimeNotRecoverable"})
+    assert env.replicas()[0] == 1 and "jobName" not in r
+
+    clock = time.monotonic()
+    env.create("MORestore", "to-time", {"pointInTime": rfc3339(restore_at), "overwrite": True, "target": TARGET,
+                                        "sqlCheck": {**sql_ref(), "timeoutSeconds": 180}})
+    r = env.wait_phase("MORestore", "to-time", "Completed", "Failed", timeout=400)["status"]
+    restore_seconds = time.monotonic() - clock
+    assert r["phase"] == "Completed", r
+    assert r["pointInTime"]["backupName"] == "cold" and r["pointInTime"]["pitr"] == "pc", r
+    assert r["pointInTime"]["time"] == rfc3339(restore_at) and r["pointInTime"]["serverTime"], r
+    assert r["backupID"] == st["backupID"] and "db1" in r["sqlCheck"], r
+    print(f"\nPITR via the operator: incident {incident_seconds:.1f} s, cold backup {backup_seconds:.1f} s, restore "
+          f"to a time {restore_seconds:.1f} s (RESTORE CLUSTER FROM PITR {r['pointInTime'].get('pitrSeconds')} s), "
+          f"{time.monotonic() - started:.1f} s since MatrixOne answered")
+
+    wait_sql(180)
+    assert checksums(mo, ["db1", "db2"]) == before  # the accident and the churn undone, db2.t back
+    count, max_id, txns = writer_rows(mo)
+    assert count == max_id + 1 == txns * TXN_ROWS, (count, max_id, txns)
+    committed, begun_after = incident.committed_before(restore_at), incident.first_begun_after(restore_at)
+    assert txns >= committed and (begun_after is None or txns <= begun_after), (txns, committed, begun_after)
+    mo.sql("insert into w.t values (-1, -1)")  # the restored server takes writes
