@@ -48,10 +48,14 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+PROFILES: list[Path] = []  # with --profile: where the next mobackup command writes its cProfile stats
+
+
 def mobackup(operator_dir: Path, *args: str | Path) -> dict[str, Any]:
     env = {**os.environ, "MOBACKUP_SQL_PASSWORD": "111", "PYTHONPATH": str(operator_dir)}
-    out = subprocess.run([str(PYTHON), "-m", "mobackup.cli", *map(str, args), "--json", "--quiet"], env=env,
-                         capture_output=True, text=True, check=True)
+    profile = ["-m", "cProfile", "-o", str(PROFILES.pop(0))] if PROFILES else []
+    out = subprocess.run([str(PYTHON), *profile, "-m", "mobackup.cli", *map(str, args), "--json", "--quiet"],
+                         env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)
 
 
@@ -114,7 +118,9 @@ def repetition(mo: MatrixOne, work: Path, engines: dict[str, Path], rep: int, ro
                 engines[name], "backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root",
                 "--type", "full", "--data-dir", mo.data_dir, "--repo", repos[name], "--source", "bench"))
             run[f"{name}_full_staged"] = full["extra"]["staged_bytes"]
-            run[f"{name}_full_taken"] = full["extra"].get("taken_while_staging")
+            run[f"{name}_full_taken_early"] = full["extra"].get("taken_while_staging")
+            run[f"{name}_full_taken"] = full["extra"].get("taken_files")
+            run[f"{name}_full_files"] = full["extra"]["staged_files"]
             run[f"{name}_full_mo_backup_s"] = full["extra"]["matrixone_backup_seconds"]
             run[f"{name}_full_backup_ts"] = full["backup_ts"]
 
@@ -155,6 +161,8 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--baseline", type=Path, help="another engine's operator/ directory, measured beside")
     parser.add_argument("--stop-mode", action="store_true", help="also Stop mode's downtime")
+    parser.add_argument("--profile", type=Path, help="after the repetitions, one full and one incremental of "
+                        "this engine under cProfile, their stats written into this directory")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -189,6 +197,13 @@ def main() -> int:
                 shutil.rmtree(cold_repo)
             results["runs"].append(run)
             print(json.dumps(run), flush=True)
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            PROFILES.extend([args.profile / "online-full.prof", args.profile / "online-incremental.prof"])
+            profiled = {"mobackup": engines["mobackup"]}
+            run, writer = repetition(mo, work, profiled, args.reps, args.rows)
+            writer.stop()
+            results["profiled_run"] = run
     finally:
         mo.stop()
         shutil.rmtree(work, ignore_errors=True)

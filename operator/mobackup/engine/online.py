@@ -472,7 +472,7 @@ def run_online_backup(
                         data_dir_label=str(data_dir), began=(started, clock),
                         extra={**(extra or {}), "kind": "online", "staged_bytes": staged_bytes,
                                "staged_files": sum(f.need_copy for f in staged.files),
-                               "taken_while_staging": len(taken),
+                               "taken_while_staging": taker.early, "taken_files": len(taken),
                                "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
                         before_publish=digests.result, root_ident=tree_ident, store=store,
                         taken={f"shared/{rel}": t.file for rel, t in taken.items()},
@@ -501,7 +501,7 @@ def _backup_while_taking(session: Any, path: str, parallelism: int, since_ts: st
     thread = threading.Thread(target=backup, name="mobackup-matrixone-backup", daemon=True)
     thread.start()
     try:
-        taker.run_until(done)
+        taker.run_until(done, lambda: not failure)
     finally:
         thread.join()
         if failure:

@@ -93,6 +93,7 @@ class StagedTaker:
         self.lock = threading.Lock()
         self.seen: set[str] = set()
         self.dirs: list[str] = [""]  # directories under tae/ to list
+        self.early = 0  # files submitted while BACKUP still ran
         self.workers = BoundedWorkers(workers, "mobackup-take")
 
     def _open(self) -> bool:
@@ -161,9 +162,13 @@ class StagedTaker:
         with self.lock:
             self.taken[rel] = taken
 
-    def run_until(self, done: threading.Event, interval: float = 0.02) -> None:
-        """Scans until `done` is set, then waits for the files being stored."""
+    def run_until(self, done: threading.Event, take_rest: Callable[[], bool], interval: float = 0.02) -> None:
+        """Scans until `done` is set, then (if `take_rest()`: BACKUP succeeded) takes what is left,
+        and waits until all is stored. What BACKUP wrote last is taken too: one read that stores and
+        hashes it, where the ordinary ingest would read it twice (to store, and for the check)."""
         while not done.wait(interval):
+            self.early += self.scan()
+        if take_rest():
             self.scan()
         self.finish()
 
