@@ -1,12 +1,13 @@
 """`mobackup --help` and `mobackup list` stay quick to start: the terminal and operator libraries
-(rich, prometheus-client, cronsim, kopf, kubernetes) are imported only where they are used."""
+(rich, prometheus-client, cronsim, kopf, kubernetes), and the codecs a plain repository does not use
+(cryptography, zstandard), are imported only where they are used."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-HEAVY = ("rich", "pygments", "prometheus_client", "cronsim", "kopf", "kubernetes")
+HEAVY = ("rich", "pygments", "prometheus_client", "cronsim", "kopf", "kubernetes", "cryptography", "zstandard")
 
 
 def test_help_imports_no_terminal_or_operator_library() -> None:

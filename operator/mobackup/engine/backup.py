@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -61,31 +61,30 @@ class _Totals:
     new_blobs: int = 0
 
 
-class _BackupRun:
-    """One backup in progress: the walk feeds a bounded pool of copy workers."""
+@dataclass(frozen=True)
+class TakenFile:
+    """A file stored before the walk reached it (an online backup stores MatrixOne's staged files while
+    BACKUP still writes the others): the walk reuses its chunks if it is still that very file."""
 
-    def __init__(self, repo: Repository, data_dir: Path, rules: PathRules, progress: Progress,
-                 base_index: FileIndex | None, writer: FileListWriter, dirs: DirectoryFds) -> None:
+    ident: Ident  # (st_dev, st_ino)
+    size: int
+    mtime_ns: int
+    chunks: tuple[str, ...]
+
+
+class ChunkStore:
+    """Reads, hashes and stores files chunk by chunk; counts what was new. Shared by the walk's workers
+    and by whoever stores files ahead of it (TakenFile). Thread-safe."""
+
+    def __init__(self, repo: Repository, progress: Progress | None = None) -> None:
         self.repo = repo
-        self.data_dir = data_dir
-        self.dirs = dirs  # the data directory's directories, as the walk entered them
-        self.rules = rules
-        self.progress = progress
-        self.base_index = base_index
-        self.writer = writer
+        self.progress = progress or NullProgress()
         self.totals = _Totals()
         self.lock = threading.Lock()
         self.buffers = threading.local()
         self.known_blobs: DigestSet | None = None  # blobs listed up front (S3 full backups)
         self.known_lock = threading.Lock()
-        self.inherited: Iterable[dict[str, Any]] = ()  # base records taken as they are
         self.check_existing = False  # read back blobs that exist (not only their size) before reusing
-        self.skipped: list[tuple[str, str]] = []  # FIFOs, sockets, devices: (path, kind)
-        self.first_names: dict[tuple[int, int], str] = {}  # inode -> first path (files with links only)
-        self.links: list[tuple[SourceEntry, str]] = []  # (entry, first path of its inode)
-        self.first_paths: set[str] = set()  # the values of first_names
-        self.listed_dirs: set[str] = set()  # directories in the list so far (few)
-        self.recorded_multi: list[dict[str, Any]] = []  # records of first paths, for their links
 
     def _stored(self, plain_bytes: int, stored_bytes: int) -> None:
         with self.lock:
@@ -103,7 +102,17 @@ class _BackupRun:
                     return True
         return self.repo.blob_is_sound(digest, size, read=self.check_existing)
 
-    def _store_by_reading(self, source: BinaryIO) -> tuple[list[str], int]:
+    def store(self, source: BinaryIO, size: int, also: Callable[[memoryview], None] | None = None
+              ) -> tuple[list[str], int]:
+        """Store the open file `source` (`size` bytes as stat saw it); returns its chunks and the bytes
+        read. `also` sees every byte stored, in order (another digest, at no extra read)."""
+        backend = self.repo.local_plain
+        if backend is not None and size >= KERNEL_COPY_MIN:
+            return self._store_by_kernel_copy(source, backend, also)
+        return self._store_by_reading(source, also)
+
+    def _store_by_reading(self, source: BinaryIO, also: Callable[[memoryview], None] | None = None
+                          ) -> tuple[list[str], int]:
         """Read each chunk into a buffer, hash it, store it unless the repository has it."""
         buffer = self._buffer()
         view = memoryview(buffer)
@@ -119,6 +128,8 @@ class _BackupRun:
             if not n:
                 break
             data = view[:n]
+            if also is not None:
+                also(data)
             digest = self.repo.codec.digest(data)
             if not self._has_blob(digest, n):
                 self._stored(n, self.repo.put_blob(digest, data))
@@ -129,7 +140,8 @@ class _BackupRun:
                 break
         return chunks, done
 
-    def _store_by_kernel_copy(self, source: BinaryIO, backend: LocalBackend) -> tuple[list[str], int]:
+    def _store_by_kernel_copy(self, source: BinaryIO, backend: LocalBackend,
+                              also: Callable[[memoryview], None] | None = None) -> tuple[list[str], int]:
         """Plain directory repository: copy each chunk into a temporary blob inside the kernel, then
         hash that copy through mmap and name the blob by it. What is stored always matches its name,
         whatever the source does meanwhile (a changing source is caught by the size/mtime checks)."""
@@ -141,7 +153,7 @@ class _BackupRun:
             try:
                 if n == 0:
                     break
-                digest = self.repo.codec.digest_fd(tmp.fd)
+                digest = self.repo.codec.digest_fd(tmp.fd, also)
                 if not self._has_blob(digest, n):
                     backend.adopt(tmp, blob_key(digest), replace=True)
                     self._stored(n, n)
@@ -161,6 +173,33 @@ class _BackupRun:
         if buffer is None:
             buffer = self.buffers.buffer = bytearray(self.repo.chunk_size)
         return buffer
+
+
+class _BackupRun:
+    """One backup in progress: the walk feeds a bounded pool of copy workers."""
+
+    def __init__(self, repo: Repository, data_dir: Path, rules: PathRules, progress: Progress,
+                 base_index: FileIndex | None, writer: FileListWriter, dirs: DirectoryFds,
+                 store: ChunkStore | None = None) -> None:
+        self.repo = repo
+        self.data_dir = data_dir
+        self.dirs = dirs  # the data directory's directories, as the walk entered them
+        self.rules = rules
+        self.progress = progress
+        self.base_index = base_index
+        self.writer = writer
+        self.store = store or ChunkStore(repo)
+        self.store.progress = progress
+        self.totals = self.store.totals
+        self.lock = self.store.lock
+        self.taken: Mapping[str, TakenFile] = {}  # files stored ahead of the walk, by path
+        self.inherited: Iterable[dict[str, Any]] = ()  # base records taken as they are
+        self.skipped: list[tuple[str, str]] = []  # FIFOs, sockets, devices: (path, kind)
+        self.first_names: dict[tuple[int, int], str] = {}  # inode -> first path (files with links only)
+        self.links: list[tuple[SourceEntry, str]] = []  # (entry, first path of its inode)
+        self.first_paths: set[str] = set()  # the values of first_names
+        self.listed_dirs: set[str] = set()  # directories in the list so far (few)
+        self.recorded_multi: list[dict[str, Any]] = []  # records of first paths, for their links
 
     def _record(self, record: dict[str, Any], read: bool) -> None:
         with self.lock:
@@ -198,11 +237,7 @@ class _BackupRun:
             ) from None
         with open(fd, "rb", buffering=0) as source:
             before = os.fstat(source.fileno())
-            backend = self.repo.local_plain
-            if backend is not None and entry.size >= KERNEL_COPY_MIN:
-                chunks, done = self._store_by_kernel_copy(source, backend)
-            else:
-                chunks, done = self._store_by_reading(source)
+            chunks, done = self.store.store(source, entry.size)
             after = os.fstat(source.fileno())
         changed = (
             done != entry.size
@@ -265,6 +300,12 @@ class _BackupRun:
                     if first != entry.rel:
                         self.links.append((entry, first))
                         continue
+                taken = self.taken.get(entry.rel)
+                if taken is not None and (taken.ident, taken.size, taken.mtime_ns) == (
+                        entry.ident, entry.size, entry.mtime_ns):
+                    self._record(_entry_record(entry, list(taken.chunks)), read=True)
+                    self.progress.advance(entry.size, 1)
+                    continue
                 prior = self.base_index.get(entry.rel) if self.base_index else None
                 # Unchanged since the base (same size and mtime): reuse its chunks without reading.
                 # MatrixOne objects are write-once; mutable files change size or mtime when written.
@@ -337,6 +378,8 @@ def run_backup(
     check_existing: bool = False,
     before_publish: Callable[[], object] | None = None,
     root_ident: Ident | None = None,
+    store: ChunkStore | None = None,
+    taken: Mapping[str, TakenFile] | None = None,
 ) -> BackupSummary:
     """Back up `data_dir`. With neither type nor base, the first backup of a source is full and later
     ones are incremental on the latest completed backup of the same source.
@@ -348,7 +391,9 @@ def run_backup(
     `check_existing` reads back every blob a read file would reuse and stores a damaged one again
     (by default only its size is checked). `before_publish` runs just before the backup is
     published and may refuse it by raising. `root_ident`: the (st_dev, st_ino) `data_dir` must be
-    (a tree this process arranged where others can write); a link there is then refused.
+    (a tree this process arranged where others can write); a link there is then refused. `store`: the
+    ChunkStore that stored `taken` (files stored ahead of this walk, by path; reused while still the
+    same file), so that its counts are this backup's.
 
     Nothing is published that a restore would refuse: the file list gets restore's own checks first
     (a path listed twice, chunks that do not fit the repository's chunk size...)."""
@@ -374,8 +419,9 @@ def run_backup(
                 base_index = FileIndex(Path(scratch) / "base.sqlite")
                 base_index.load(repo.entries(base))
             writer = FileListWriter(repo.codec, backup_id, Path(scratch))
-            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer, dirs)
-            run.check_existing = check_existing
+            run = _BackupRun(repo, data_dir, rules, progress, base_index, writer, dirs, store)
+            run.store.check_existing = check_existing
+            run.taken = taken or {}
             inherited: set[str] = set()
             if inherit:
                 if base is None:
@@ -383,11 +429,11 @@ def run_backup(
                 run.inherited = (inherited.add(r["path"]) or r for r in repo.entries(base) if r["path"] in inherit)
             if base is None and not check_existing and not isinstance(repo.backend, LocalBackend):
                 # One listing instead of a HEAD request per chunk (a full backup reads every file).
-                run.known_blobs = DigestSet(Path(scratch) / "known.sqlite", shared=True)
+                known = run.store.known_blobs = DigestSet(Path(scratch) / "known.sqlite", shared=True)
                 sized = repo.stored_size(1) is not None
                 for digest, stored in repo.blob_sizes():
-                    run.known_blobs.add(f"{digest}/{stored}" if sized else digest)
-                run.known_blobs.flush()
+                    known.add(f"{digest}/{stored}" if sized else digest)
+                known.flush()
             try:
                 run.run()
                 if len(inherited) != len(inherit):
@@ -398,8 +444,9 @@ def run_backup(
                 writer.close()
                 if base_index:
                     base_index.close()
-                if run.known_blobs:
-                    run.known_blobs.close()
+                if run.store.known_blobs:
+                    run.store.known_blobs.close()
+                    run.store.known_blobs = None
             totals = run.totals
             completed = utc_now()
             summary = BackupSummary(

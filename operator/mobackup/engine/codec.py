@@ -9,14 +9,31 @@ import hashlib
 import mmap
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import blake3
-import zstandard
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CorruptDataError
+
+if TYPE_CHECKING:
+    import zstandard
+
+# cryptography and zstandard are imported where used: a plain repository (the default) needs neither,
+# and every command pays for their ~20 modules at start-up otherwise (a cold cache reads each).
+
+
+def _aesgcm(key: bytes) -> Any:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key)
+
+
+def _invalid_tag() -> type[Exception]:
+    from cryptography.exceptions import InvalidTag
+
+    return InvalidTag
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
@@ -40,14 +57,14 @@ def derive_keys(secret: str, salt: bytes) -> Keys:
 
 def make_key_check(keys: Keys) -> str:
     nonce = os.urandom(NONCE_SIZE)
-    return (nonce + AESGCM(keys.encryption).encrypt(nonce, KEY_CHECK_PLAINTEXT, b"key-check")).hex()
+    return (nonce + _aesgcm(keys.encryption).encrypt(nonce, KEY_CHECK_PLAINTEXT, b"key-check")).hex()
 
 
 def key_matches(keys: Keys, key_check_hex: str) -> bool:
     raw = bytes.fromhex(key_check_hex)
     try:
-        plain = AESGCM(keys.encryption).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], b"key-check")
-    except InvalidTag:
+        plain = _aesgcm(keys.encryption).decrypt(raw[:NONCE_SIZE], raw[NONCE_SIZE:], b"key-check")
+    except _invalid_tag():
         return False
     return plain == KEY_CHECK_PLAINTEXT
 
@@ -76,16 +93,21 @@ class Codec:
         hasher.update(data)
         return hasher.hexdigest()
 
-    def digest_fd(self, fd: int) -> str:
-        """Digest of a whole open file, hashed from the page cache through mmap (no copy into Python)."""
+    def digest_fd(self, fd: int, also: Callable[[memoryview], None] | None = None) -> str:
+        """Digest of a whole open file, hashed from the page cache through mmap (no copy into Python).
+        `also` sees the same bytes (a second digest over them, without reading the file again)."""
         if os.fstat(fd).st_size == 0:
             return self.digest(b"")
         with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped, memoryview(mapped) as view:
+            if also is not None:
+                also(view)
             return self.digest(view)
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
+            import zstandard
+
             compressor = self._local.compressor = zstandard.ZstdCompressor(level=self.level)
         return compressor
 
@@ -105,7 +127,7 @@ class Codec:
         if self.keys is None:
             return framed
         nonce = os.urandom(NONCE_SIZE)
-        return nonce + AESGCM(self.keys.encryption).encrypt(nonce, framed, name.encode())
+        return nonce + _aesgcm(self.keys.encryption).encrypt(nonce, framed, name.encode())
 
     def decode(self, stored: bytes, name: str, limit: int, framed: bool | None = None) -> bytes:
         """Plaintext of a stored object; raises CorruptDataError when it was altered, or when its
@@ -118,10 +140,10 @@ class Codec:
             if len(stored) < NONCE_SIZE + TAG_SIZE + 1:
                 raise CorruptDataError(f"{name}: truncated ({len(stored)} bytes)")
             try:
-                stored = AESGCM(self.keys.encryption).decrypt(
+                stored = _aesgcm(self.keys.encryption).decrypt(
                     stored[:NONCE_SIZE], stored[NONCE_SIZE:], name.encode()
                 )
-            except InvalidTag:
+            except _invalid_tag():
                 raise CorruptDataError(f"{name}: authentication failed (corrupt or altered)") from None
         if not stored:
             raise CorruptDataError(f"{name}: empty object")
@@ -136,6 +158,8 @@ class Codec:
 def decompress(body: bytes, name: str, limit: int) -> bytes:
     """One zstd frame, never inflated beyond `limit` bytes: a frame of a few kilobytes can declare
     (or produce) gigabytes, and a repository is untrusted input."""
+    import zstandard
+
     try:
         declared = zstandard.frame_content_size(body)  # -1 when the frame does not say
         if declared > limit:

@@ -28,31 +28,30 @@ import hashlib
 import os
 import re
 import stat
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from .backup import ChunkStore
 from .errors import MobackupError, PlantedLinkError
 from .layout import PathRules
 from .model import BackupSummary, utc_now
+from .online_take import DISK_BLOCK, DISK_CRC, META_NAMES, StagedTaker
 from .progress import Progress
 from .repository import Repository
 from .safefs import DirectoryFds, Ident, NotFollowed, identity, make_private_dir, open_dir_at, open_file_at
 from .walk import remove_tree
 
-DISK_BLOCK = 2048
-DISK_CRC = 4
 STAGING_PREFIX = ".mobackup-staging-online-"
 # A staging directory without its lock file is no run's of ours (a run creates the lock file first
 # and removes it last), but the missing file is no proof either (removed by hand or by a tool
 # sweeping `*.lock`): such a directory goes once nothing in it changed for this long.
 ORPHAN_STAGING_SECONDS = 3600.0
-# Staged files that describe the backup itself and are not part of the restored tree.
-META_NAMES = ("tae_list", "tae_sum")
 
 
 @dataclass(frozen=True)
@@ -303,7 +302,7 @@ def staging_area(data_dir: Path) -> Iterator[Path]:
         os.rename(locking, lock_path)
         yield staging
     finally:
-        remove_tree(staging, ignore_errors=True)
+        remove_tree(staging, ignore_errors=True, workers=4)  # on the command's path: 1 s per 300 MB one by one
         locking.unlink(missing_ok=True)
         if not os.path.lexists(staging):  # else its free lock lets the next run try again at once
             lock_path.unlink(missing_ok=True)
@@ -427,59 +426,99 @@ def run_online_backup(
         raise MobackupError(f"the server-side data directory must be absolute, not {server_dir!r}")
     base = choose_online_base(repo, source, backup_type, base_id)
     started, clock = utc_now(), time.monotonic()
-    with staging_area(data_dir) as staging:
+    # The shared lock from the first stored blob on (files are stored while BACKUP runs): a prune
+    # meanwhile would take them for unreferenced.
+    with (repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60),
+          staging_area(data_dir) as staging):
         server_staging = f"{server_dir}/{staging.name}"
-        session.backup_to_directory(server_staging, repo.parallelism, base.backup_ts if base else None)
-        backup_seconds = time.monotonic() - clock
-        returned_ns = time.time_ns()
-        try:
-            copy = StagedCopy(staging)
-        except FileNotFoundError:
-            raise MobackupError(f"MatrixOne wrote its backup to {server_staging}, but {staging} does not exist: "
-                                "is --data-dir the volume MatrixOne runs on, and --server-data-dir its path there?"
-                                ) from None
-        with copy:
-            staged = copy.parse()
-            staged_bytes = copy.check_present(staged)
-            catalog = _catalog(session, staged.backup_ts)
-            tree, tree_ident = copy.arrange(staged)
-            # The SHA-256 checks run beside the ingest (both read the same, cached, files); the backup
-            # is published only after they all passed.
-            inherit = frozenset(f"shared/{f.path}" for f in staged.files if not f.need_copy)
-            if inherit and base is None:
-                raise MobackupError("MatrixOne staged an incremental backup without a base")
-            extra = dict(extra or {})
-            if pitr_history if pitr_history is not None else has_windows(extra.get("pitr")):
-                from .pitr_history import add_history
-
-                history = add_history(data_dir, copy.tae, (f.path for f in staged.files), returned_ns,
-                                      repo.entries(base) if base else None)
-                inherit |= history.inherited
-                extra["pitr"] = with_history(extra.get("pitr"), history.record())
-            # The checks' own descriptors: they may outlive this run's when it fails first.
-            shared = DirectoryFds(os.dup(copy.tae.root_fd), copy.tae.shown, owned_links_only=True)
-
-            def check_shared() -> None:
-                with shared:
-                    check_digests(shared, staged, repo.parallelism)
-
-            verifier = ThreadPoolExecutor(1, thread_name_prefix="mobackup-verify")
-            digests = verifier.submit(check_shared)
+        store = ChunkStore(repo)
+        with StagedTaker(str(staging), store, repo.parallelism) as taker:
+            _backup_while_taking(session, server_staging, repo.parallelism, base.backup_ts if base else None, taker)
+            backup_seconds = time.monotonic() - clock
+            returned_ns = time.time_ns()
             try:
-                return run_backup(
-                    repo, tree, source=source, backup_type="incremental" if base else "full",
-                    base_id=base.id if base else None, progress=progress, rules=PathRules(excludes=(), volatile=()),
-                    mo_version=session.version, backup_ts=staged.backup_ts, backup_ts_source="matrixone-backup",
-                    inherit=inherit, data_dir_label=str(data_dir), began=(started, clock),
-                    extra={**extra, "kind": "online", "staged_bytes": staged_bytes,
-                           "staged_files": sum(f.need_copy for f in staged.files),
-                           "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
-                    before_publish=digests.result, root_ident=tree_ident,
-                )
-            finally:
-                verifier.shutdown(wait=False, cancel_futures=True)
-                if digests.cancelled():
-                    shared.close()
+                copy = StagedCopy(staging)
+            except FileNotFoundError:
+                raise MobackupError(f"MatrixOne wrote its backup to {server_staging}, but {staging} does not exist: "
+                                    "is --data-dir the volume MatrixOne runs on, and --server-data-dir its path "
+                                    "there?") from None
+            with copy:
+                staged = copy.parse()
+                staged_bytes = copy.check_present(staged)
+                catalog = _catalog(session, staged.backup_ts)
+                tree, tree_ident = copy.arrange(staged)
+                taken = taker.still_taken(copy.tae.lstat)
+                for item in staged.files:
+                    if item.need_copy and item.sha256 and item.path in taken and taken[item.path].sha256 != item.sha256:
+                        raise MobackupError(f"MatrixOne's backup file {item.path} does not match its SHA-256 in "
+                                            "tae_list")
+                # The files not taken (written last, or changed since) are checked by reading them
+                # again, beside the ingest (both read the same, cached, files); the backup is
+                # published only after they all passed.
+                unchecked = replace(staged, files=tuple(f for f in staged.files if f.path not in taken))
+                inherit = frozenset(f"shared/{f.path}" for f in staged.files if not f.need_copy)
+                if inherit and base is None:
+                    raise MobackupError("MatrixOne staged an incremental backup without a base")
+                extra = dict(extra or {})
+                if pitr_history if pitr_history is not None else has_windows(extra.get("pitr")):
+                    from .pitr_history import add_history
+
+                    history = add_history(data_dir, copy.tae, (f.path for f in staged.files), returned_ns,
+                                          repo.entries(base) if base else None)
+                    inherit |= history.inherited
+                    extra["pitr"] = with_history(extra.get("pitr"), history.record())
+                # The checks' own descriptors: they may outlive this run's when it fails first.
+                shared = DirectoryFds(os.dup(copy.tae.root_fd), copy.tae.shown, owned_links_only=True)
+
+                def check_shared() -> None:
+                    with shared:
+                        check_digests(shared, unchecked, repo.parallelism)
+
+                verifier = ThreadPoolExecutor(1, thread_name_prefix="mobackup-verify")
+                digests = verifier.submit(check_shared)
+                try:
+                    return run_backup(
+                        repo, tree, source=source, backup_type="incremental" if base else "full",
+                        base_id=base.id if base else None, progress=progress,
+                        rules=PathRules(excludes=(), volatile=()), mo_version=session.version,
+                        backup_ts=staged.backup_ts, backup_ts_source="matrixone-backup", inherit=inherit,
+                        data_dir_label=str(data_dir), began=(started, clock),
+                        extra={**extra, "kind": "online", "staged_bytes": staged_bytes,
+                               "staged_files": sum(f.need_copy for f in staged.files),
+                               "taken_while_staging": taker.early, "taken_files": len(taken),
+                               "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
+                        before_publish=digests.result, root_ident=tree_ident, store=store,
+                        taken={f"shared/{rel}": t.file for rel, t in taken.items()},
+                    )
+                finally:
+                    verifier.shutdown(wait=False, cancel_futures=True)
+                    if digests.cancelled():
+                        shared.close()
+
+
+def _backup_while_taking(session: Any, path: str, parallelism: int, since_ts: str | None,
+                         taker: StagedTaker) -> None:
+    """MatrixOne's BACKUP into `path`, its files stored by `taker` as they appear. BACKUP runs to its
+    end whatever happens here (a statement cannot be taken back), and its failure comes first."""
+    done = threading.Event()
+    failure: list[BaseException] = []
+
+    def backup() -> None:
+        try:
+            session.backup_to_directory(path, parallelism, since_ts)
+        except BaseException as error:  # handed to the caller's thread
+            failure.append(error)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=backup, name="mobackup-matrixone-backup", daemon=True)
+    thread.start()
+    try:
+        taker.run_until(done, lambda: not failure)
+    finally:
+        thread.join()
+        if failure:
+            raise failure[0]
 
 
 def _catalog(session: Any, backup_ts: str) -> dict[str, Any]:

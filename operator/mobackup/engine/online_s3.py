@@ -54,6 +54,7 @@ from .model import BackupSummary, iso, parse_iso, utc_now
 from .online import StagedBackup, StagedFile, choose_online_base, parse_staged_text
 from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository, lock_holder_is_gone, process_identity
+from .s3 import read_full
 from .safefs import write_atomically
 from .storage import ObjectNotFound
 from .walk import remove_tree
@@ -347,6 +348,7 @@ class _Ingest:
         self.records: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.check_existing = check_existing
+        self.buffers = threading.local()
 
     def _store(self, data: bytes | memoryview) -> str:
         digest = self.repo.codec.digest(data)
@@ -359,27 +361,23 @@ class _Ingest:
         return digest
 
     def _chunks(self, stream: BinaryIO, expected_sha: str, expected_size: int, what: str) -> tuple[list[str], int]:
-        size = self.repo.chunk_size
+        buffer = getattr(self.buffers, "buffer", None)
+        if buffer is None:  # one per worker thread, filled straight from the socket (s3.read_full)
+            buffer = self.buffers.buffer = bytearray(self.repo.chunk_size)
+        view = memoryview(buffer)
         chunks: list[str] = []
         sha = hashlib.sha256()
         done = 0
         while True:  # whole chunks (fixed boundaries, so dedup works), read as the response streams
-            parts: list[bytes] = []
-            have = 0
-            while have < size:
-                block = stream.read(min(size - have, 8 << 20))
-                if not block:
-                    break
-                parts.append(block)
-                have += len(block)
+            have = read_full(stream, view)
             if not have:
                 break
-            piece = parts[0] if len(parts) == 1 else b"".join(parts)
-            sha.update(piece)
+            piece = view[:have]
+            sha.update(piece)  # large buffers: hashlib and blake3 let the other workers' GETs run
             chunks.append(self._store(piece))
             done += have
             self.progress.advance(have, 0)
-            if have < size:
+            if have < len(view):
                 break
         # The SHA-256 decides where tae_list has one: for some objects (tombstones under frequent
         # checkpoints) its size is not the object's, while its SHA-256 is of the whole object.

@@ -8,6 +8,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import SourceChangedError
 from .layout import PathRules
@@ -134,19 +135,27 @@ def tree_totals(root: Path, rules: PathRules, dirs: DirectoryFds | None = None) 
     return total_bytes, total_files
 
 
-def remove_tree(path: Path, ignore_errors: bool = False) -> None:
+def remove_tree(path: Path, ignore_errors: bool = False, workers: int = 1) -> None:
     """`shutil.rmtree` without recursion: Python 3.11's recurses once per level and fails with
     RecursionError on a tree a thousand levels deep, which would then stay behind. Like it, this
     never follows a symbolic link; one directory descriptor is open at a time, whatever the depth
-    (a parent is reached again through "..", checked to be the directory left)."""
+    (a parent is reached again through "..", checked to be the directory left). `workers` > 1
+    unlinks a directory's files that many at a time: freeing a large file's blocks takes the file
+    system milliseconds (measured: 300 files of 0.1-8 MB, 1.14 s one by one, 0.80 s four at a time)."""
     try:
-        _remove_tree(path)
+        if workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(workers, thread_name_prefix="mobackup-remove") as pool:
+                _remove_tree(path, pool)
+        else:
+            _remove_tree(path)
     except OSError:
         if not ignore_errors:
             raise
 
 
-def _remove_tree(path: Path) -> None:
+def _remove_tree(path: Path, pool: Any = None) -> None:
     try:
         fd = os.open(path, DIR_FLAGS)
     except FileNotFoundError:
@@ -162,11 +171,17 @@ def _remove_tree(path: Path) -> None:
             with os.scandir(fd) as scan:
                 entries = list(scan)
             child = None
+            files = []
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
                     child = child or entry.name
                 else:
-                    os.unlink(entry.name, dir_fd=fd)
+                    files.append(entry.name)
+            if pool is not None and len(files) > 1:
+                list(pool.map(lambda name, at=fd: os.unlink(name, dir_fd=at), files))
+            else:
+                for name in files:
+                    os.unlink(name, dir_fd=fd)
             if child is not None:
                 st = os.fstat(fd)
                 try:
