@@ -121,11 +121,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from ..engine.restore import run_restore
 
     if args.only or args.into_sql_host:
-        if args.to_time:
-            raise MobackupError("--only with --to-time is not supported yet: restore the whole cluster to the time "
-                                "(--to-time) into a scratch directory, or restore --only from a backup ID")
-        if not args.id:
-            raise MobackupError("restore --only needs a backup ID")
+        if not args.id and not args.to_time:
+            raise MobackupError("restore --only needs a backup ID or --to-time")
         return cmd_scoped_restore(args)
     if args.to_time:
         return pitr.restore_to_time(args)
@@ -159,6 +156,11 @@ def cmd_scoped_restore(args: argparse.Namespace) -> int:
     if args.target or args.target_s3 or args.force or args.hostname:
         raise MobackupError("--only copies tables into a running MatrixOne: --target, --target-s3, --force and "
                             "--hostname do not apply")
+    to_time = None
+    if args.to_time:
+        from ..engine.pitr_restore import parse_time
+
+        to_time = parse_time(args.to_time)  # before the repository is opened
     repo = open_repository(repository_options(args))
     live = SqlEndpoint(args.into_sql_host, args.into_sql_port, args.into_sql_user,
                        os.environ.get("MOBACKUP_INTO_SQL_PASSWORD", ""))
@@ -167,7 +169,7 @@ def cmd_scoped_restore(args: argparse.Namespace) -> int:
                                 scratch_parent=Path(args.scratch_dir) if args.scratch_dir else None,
                                 scratch_user=args.sql_user, timeout=args.timeout,
                                 parallel=args.insert_connections, method=args.copy_method,
-                                progress=for_terminal("restore", args.quiet or args.json))
+                                progress=for_terminal("restore", args.quiet or args.json), to_time=to_time)
     lines = [f"{t.source} -> {t.target}: {t.rows} rows, {decimal_size(t.bytes_sent)} in {t.rows_seconds}s "
              f"({t.rows_per_second:.0f} rows/s, {t.mb_per_second} MB/s), count and checksum {t.checksum[:16]} match "
              f"({t.check_seconds}s), {t.seconds}s in all"

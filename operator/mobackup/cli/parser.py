@@ -324,7 +324,8 @@ def add_pitr_arguments(backup: argparse.ArgumentParser, restore: argparse.Argume
                         help="--online: leave out the live objects that a restore to an earlier instant needs (taken "
                              "by default when the server has a cluster PITR; they cost storage)")
     to_time_help = ("restore the backup whose recoverable interval holds this instant, start MatrixOne on --target "
-                    "and bring it to the instant with its PITR (e.g. 2026-12-01T10:00:00Z)")
+                    "and bring it to the instant with its PITR (e.g. 2026-12-01T10:00:00Z); with --only, the tables "
+                    "as they were at that instant")
     restore.add_argument("--to-time", metavar="RFC3339", help=to_time_help)
     server_check_args(restore, "with --to-time or --only: ", required=False)
 

@@ -263,7 +263,7 @@ def run_restore_to_time(
         connection = wait_for_sql(6001, sql_user, password, time.monotonic() + timeout, gone)
         result.start_seconds = round(time.monotonic() - started, 3)
         with connection:
-            _bring_to_time(connection, t, result)
+            bring_to_time(connection, t, result)
             report = DrillResult(summary.id)
             run_user_checks(connection, checks, report)
             result.checks = [c.to_dict() for c in report.checks]
@@ -320,7 +320,7 @@ def restore_in_place(endpoint: Any, t: datetime, *, timeout: float, backup_id: s
                             f"{error.args[-1]}") from None
     with connection:
         try:
-            _bring_to_time(connection, t, result)
+            bring_to_time(connection, t, result)
             _flush(connection)
         except pymysql.MySQLError as error:
             raise MobackupError(f"MatrixOne at {endpoint.host}:{endpoint.port}: {error.args[-1]}") from None
@@ -328,7 +328,7 @@ def restore_in_place(endpoint: Any, t: datetime, *, timeout: float, backup_id: s
     return result
 
 
-def _bring_to_time(connection: Any, t: datetime, result: PitrRestoreResult) -> None:
+def bring_to_time(connection: Any, t: datetime, result: PitrRestoreResult) -> None:
     with connection.cursor() as cursor:
         # RESTORE ... FROM PITR reads T in the server process's local zone (not the session's, which
         # the restored data may set otherwise): SYSTEM shows it, and it must be UTC (TZ=UTC).

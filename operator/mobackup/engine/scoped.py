@@ -145,6 +145,8 @@ class ScopedResult:
     scratch_bytes: int = 0
     tables: list[TableCopy] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # views and other non-tables of a selected database
+    # With a time: the scratch brought to it first (PITR name, T, the scratch's time after, seconds).
+    point_in_time: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -565,7 +567,7 @@ def copy_plans(raw: Any, target: LiveServer, plans: Sequence[_Plan], options: Sc
 
 def run_scoped_restore(
     repo: Repository,
-    backup_id: str,
+    backup_id: str | None,
     only: Sequence[str],
     live: SqlEndpoint,
     mo_service: Path,
@@ -581,16 +583,28 @@ def run_scoped_restore(
     method: str = "insert",
     progress: Progress | None = None,
     now: datetime | None = None,
+    to_time: datetime | None = None,
 ) -> ScopedResult:
     """Copy the selected tables of `backup_id` into the live MatrixOne (module docstring). Raises
     MobackupError for a refusal (before anything is written to the live server) or a failed copy
     (the message says what was done). `parallel`: connections that INSERT at once (the copy goes
-    faster where the live server has idle capacity, and takes it from its own users)."""
+    faster where the live server has idle capacity, and takes it from its own users). `to_time`:
+    the tables as they were at that instant: the backup whose recoverable interval holds it (or
+    `backup_id`'s, checked) is restored, and the scratch server brought to it by its PITR
+    (engine/pitr_restore.py) before the copy; the names are then checked on the scratch's tables
+    only, since the backup's catalog describes BACKUPTS, not the instant."""
     clock = time.monotonic()
     options = scoped_options(only, as_name, suffix, replace, now)
-    summary = repo.load_summary(repo.resolve_id(backup_id))
+    if to_time is None:
+        summary = repo.load_summary(repo.resolve_id(backup_id))
+    else:
+        from .pitr_restore import choose_backup
+
+        summary, _ = choose_backup(repo.list_backups(), to_time, datetime.now(UTC),
+                                   repo.resolve_id(backup_id) if backup_id else None)
     result = ScopedResult(summary.id)
-    options = check_backup(summary, options)
+    if to_time is None:
+        options = check_backup(summary, options)
     parent = Path(scratch_parent) if scratch_parent else Path(tempfile.gettempdir())
     _check_space(parent, summary)
     if method not in COPY_METHODS:
@@ -600,7 +614,8 @@ def run_scoped_restore(
     result.live_version = target.version
     try:
         target.open_more(max(0, parallel - 1))
-        check_targets(target, summary, options)
+        if to_time is None:
+            check_targets(target, summary, options)
         password = scratch_password if scratch_password is not None else os.environ.get(
             "MOBACKUP_SQL_PASSWORD", DEFAULT_PASSWORD)
         with Scratch(repo, summary.id, mo_service, scratch_parent, purpose="scoped") as scratch:
@@ -616,14 +631,28 @@ def run_scoped_restore(
                 source = scratch.start(scratch_user, password, time.monotonic() + timeout)
             finally:
                 result.start_seconds = round(time.monotonic() - started, 3)
-            with source, scratch.connect(scratch_user, password, timeout, conv=RAW) as raw:
-                copy_plans(raw, target, plan_copies(source, target, options, summary.id, result),
-                           options, result)
+            with source:
+                if to_time is not None:
+                    result.point_in_time = bring_scratch_to_time(source, summary, to_time)
+                with scratch.connect(scratch_user, password, timeout, conv=RAW) as raw:
+                    copy_plans(raw, target, plan_copies(source, target, options, summary.id, result),
+                               options, result)
         result.scratch_bytes = scratch.bytes_used  # measured by close()
     finally:
         target.close()
         result.total_seconds = round(time.monotonic() - clock, 3)
     return result
+
+
+def bring_scratch_to_time(connection: Any, summary: Any, t: datetime) -> dict[str, Any]:
+    """RESTORE CLUSTER FROM PITR on the scratch server (never the live one) to `t`."""
+    from .model import iso
+    from .pitr_restore import PitrRestoreResult, bring_to_time
+
+    done = PitrRestoreResult(summary.id, "scratch", iso(t), summary.backup_ts, None, "")
+    bring_to_time(connection, t, done)
+    return {"to_time": done.to_time, "pitr": done.pitr, "server_time": done.server_time,
+            "pitr_seconds": done.pitr_seconds}
 
 
 def _plan(source: Any, target: LiveServer, selections: Sequence[Selection], target_sel: Selection | None,
