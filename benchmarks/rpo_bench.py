@@ -14,7 +14,7 @@ for `--rounds` pairs. Measured:
 - the newest backup restored and started: how many of the writer's transactions it lost (those
   that returned before its BACKUPTS must all be back: its loss is at most the gap).
 
-    .venv/bin/python benchmarks/rpo_bench.py [--phase-minutes 2] [--rounds 3] [--out benchmarks/results]
+    .venv/bin/python benchmarks/rpo_bench.py [--phase-minutes 4] [--rounds 2] [--out benchmarks/results]
 
 The schedule's own start latency (operator, Job start) is not in this measurement: a Job adds its
 pod start (seconds on a real node) to each gap.
@@ -97,8 +97,8 @@ class Backups:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--phase-minutes", type=float, default=2.0)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--phase-minutes", type=float, default=4.0, help="at least 3: backups start at whole minutes")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, default=200_000, help="rows of the base table")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
