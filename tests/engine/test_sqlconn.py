@@ -53,19 +53,29 @@ def _handshake(plugin: bytes) -> bytes:
             + plugin + b"\0")
 
 
-class HostileServer:
-    """Accepts one login, sends `plugin`'s handshake, then `after(seq)` packets, and records every
-    packet the client sent until it hangs up."""
+class OneClientServer:
+    """A loopback port that serves one client with `_serve` in a thread of its own."""
 
-    def __init__(self, plugin: bytes, after: Callable[[int], list[bytes]], answer_ok: bool = False) -> None:
+    def __init__(self) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(1)
         self.port = self.sock.getsockname()[1]
-        self.packets: list[bytes] = []
-        self.plugin, self.after, self.answer_ok = plugin, after, answer_ok
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+
+class HostileServer(OneClientServer):
+    """Accepts one login, sends `plugin`'s handshake, then `after(seq)` packets, and records every
+    packet the client sent until it hangs up."""
+
+    def __init__(self, plugin: bytes, after: Callable[[int], list[bytes]], answer_ok: bool = False) -> None:
+        self.packets: list[bytes] = []
+        self.plugin, self.after, self.answer_ok = plugin, after, answer_ok
+        super().__init__()
 
     def _serve(self) -> None:
         conn, _ = self.sock.accept()
@@ -174,20 +184,15 @@ def test_challenge_response_logins_still_work(mysql_server) -> None:
 # ------------------------------------------------------------------------------- LOAD DATA LOCAL
 
 
-class FileAskingServer:
+class FileAskingServer(OneClientServer):
     """Accepts one login, then answers the client's first statement with a LOAD DATA LOCAL request for
     `asked` (what a hostile server may name: any file of the client), records what the client sends
     for it until its empty packet, and answers OK."""
 
     def __init__(self, asked: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(1)
-        self.port = self.sock.getsockname()[1]
         self.asked = asked.encode()
         self.data: list[bytes] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__()
 
     def _serve(self) -> None:
         conn, _ = self.sock.accept()

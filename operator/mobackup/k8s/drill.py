@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -281,30 +282,43 @@ def source_hostname(backup: dict[str, Any] | None, ns: str) -> str | None:
     return f"{bspec.workload.name}-0"
 
 
-def reconcile_drill(ctx: Ctx, obj: dict[str, Any], mo: MatrixOneSettings | None = None) -> None:
+def reconcile_scratch_run(ctx: Ctx, obj: dict[str, Any], *, parse: Callable[[dict[str, Any]], Any],
+                          start: Callable[[Any], None], follow: Callable[[Any], None],
+                          finish: Callable[[bool, str, str], None], clean: Callable[[], object],
+                          made: Callable[[dict[str, Any]], bool] = lambda st: True) -> None:
+    """One pass of a run on a scratch MatrixOne (a drill, a scoped restore): its scratch objects
+    removed once it is deleted or done (`made`: whether the status says any were made), else the
+    spec parsed, then the run started or followed; Wait and Fail become its status."""
     st = obj.get("status") or {}
     phase = st.get("phase")
     if obj["metadata"].get("deletionTimestamp"):
-        cleanup(ctx, obj)
+        clean()
         return
     if phase not in controller.RUN_ACTIVE:
-        if not st.get("cleanedUp"):
-            cleanup(ctx, obj)  # an operator killed between the outcome and the cleanup
+        if not st.get("cleanedUp") and made(st):
+            clean()  # an operator killed between the outcome and the cleanup
         return
     try:
-        spec = parse_drill(obj.get("spec") or {})
+        spec = parse(obj.get("spec") or {})
     except (models.SpecError, ValueError) as e:
-        _finish(ctx, obj, False, "InvalidSpec", str(e))
+        finish(False, "InvalidSpec", str(e))
         return
     try:
         if phase == "Running":
-            follow(ctx, obj, spec)
+            follow(spec)
         else:
-            start(ctx, obj, spec, mo or MatrixOneSettings.from_env())
+            start(spec)
     except Wait as e:
         transition(ctx, obj, "Pending", e.reason, str(e))
     except Fail as e:
-        _finish(ctx, obj, False, e.reason, str(e))
+        finish(False, e.reason, str(e))
+
+
+def reconcile_drill(ctx: Ctx, obj: dict[str, Any], mo: MatrixOneSettings | None = None) -> None:
+    reconcile_scratch_run(
+        ctx, obj, parse=parse_drill, follow=lambda spec: follow(ctx, obj, spec),
+        start=lambda spec: start(ctx, obj, spec, mo or MatrixOneSettings.from_env()),
+        finish=lambda ok, reason, message: _finish(ctx, obj, ok, reason, message), clean=lambda: cleanup(ctx, obj))
 
 
 def start(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec, mo: MatrixOneSettings) -> None:

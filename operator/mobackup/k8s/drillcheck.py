@@ -72,14 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     except (MobackupError, OSError, ValueError, KeyError, TypeError) as error:
         result.fail("setup", str(error))
     result.total_seconds = round(time.monotonic() - clock, 3)
-    text = compact(result.to_dict())
+    report(compact(result.to_dict()), args.termination_log)
+    return 0 if result.ok else 1
+
+
+def report(text: str, termination_log: str) -> None:
+    """The outcome on stdout (the pod's log) and as the container's termination message, which the
+    operator reads (a sidecar of a scratch MatrixOne: the drill's checker, the scoped restore's loader)."""
     print(text, flush=True)
     try:
-        with open(args.termination_log, "w") as f:
+        with open(termination_log, "w") as f:
             f.write(text)
     except OSError as error:
         print(f"cannot write the termination message: {error.strerror}", file=sys.stderr)
-    return 0 if result.ok else 1
 
 
 if __name__ == "__main__":

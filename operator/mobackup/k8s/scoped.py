@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import controller, drill, jobs, models, status, storage
-from .controller import Ctx, Fail, Wait, meta, owner_of, transition
+from .controller import Ctx, Fail, meta, owner_of, transition
 from .kube import Conflict, NotFound
 from .storage import pvc_made_for
 
@@ -146,30 +146,14 @@ def scoped_job(owner: jobs.Owner, spec: ScopedSpec, storage_spec: models.Storage
 # ------------------------------------------------------------------------------------------ passes
 
 def reconcile_scoped(ctx: Ctx, obj: dict[str, Any], mo: drill.MatrixOneSettings | None = None) -> None:
-    st = obj.get("status") or {}
-    phase = st.get("phase")
-    if obj["metadata"].get("deletionTimestamp"):
-        drill.cleanup(ctx, obj, action=ACTION)
-        return
-    if phase not in controller.RUN_ACTIVE:
-        if not st.get("cleanedUp") and st.get("jobName"):
-            drill.cleanup(ctx, obj, action=ACTION)  # an operator killed between the outcome and the cleanup
-        return
-    try:
-        spec = parse_scoped(obj.get("spec") or {})
-    except (models.SpecError, ValueError) as e:
-        _finish(ctx, obj, False, "InvalidSpec", str(e))
-        return
-    try:
-        if phase == "Running":
-            follow(ctx, obj, spec)
-        else:
-            controller.check_job_overrides(ctx, spec.job)
-            start(ctx, obj, spec, mo or drill.MatrixOneSettings.from_env())
-    except Wait as e:
-        transition(ctx, obj, "Pending", e.reason, str(e))
-    except Fail as e:
-        _finish(ctx, obj, False, e.reason, str(e))
+    def start_run(spec: ScopedSpec) -> None:
+        controller.check_job_overrides(ctx, spec.job)
+        start(ctx, obj, spec, mo or drill.MatrixOneSettings.from_env())
+
+    drill.reconcile_scratch_run(
+        ctx, obj, parse=parse_scoped, start=start_run, follow=lambda spec: follow(ctx, obj, spec),
+        finish=lambda ok, reason, message: _finish(ctx, obj, ok, reason, message),
+        clean=lambda: drill.cleanup(ctx, obj, action=ACTION), made=lambda st: bool(st.get("jobName")))
 
 
 def _resolve(ctx: Ctx, ns: str, spec: ScopedSpec) -> tuple[str, str, dict[str, Any] | None]:

@@ -116,14 +116,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from .drillcheck import report
+
     outcome = run(args)
-    text = compact(outcome)
-    print(text, flush=True)
-    try:
-        with open(args.termination_log, "w") as f:
-            f.write(text)
-    except OSError as error:
-        print(f"cannot write the termination message: {error.strerror}", file=sys.stderr)
+    report(compact(outcome), args.termination_log)
     return 0 if outcome["ok"] else 1
 
 
