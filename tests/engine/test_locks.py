@@ -170,7 +170,8 @@ def test_a_lock_whose_times_are_all_in_the_future_is_judged_by_how_long_it_was_s
     # this boot and namespace, impossible PIDs
     json.dumps({**_record(10 ** 30), "exclusive": True, "refreshed_at": "9" * 40}).encode(),
     json.dumps({**_record(-5), "exclusive": True, "refreshed_at": "-999999999-01-01"}).encode(),
-])
+], ids=["not-json", "a-list", "null", "not-utf8", "deep-nesting", "wrong-types", "huge-pid", "this-boot-huge-pid",
+        "this-boot-negative-pid"])  # stable ids: the last two hold this run's time, and the lanes must agree
 def test_a_malformed_lock_is_foreign_and_live_until_stale(repo: Repository, mo_data: Path,
                                                           fast_lock_wait: None, content: bytes) -> None:
     run_backup(repo, mo_data, source="db")
