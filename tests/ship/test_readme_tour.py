@@ -192,7 +192,8 @@ def test_readme_kubectl_tour(tour: tuple[Tour, Path]) -> None:
             checked.append("storage-count")
         elif "get mobackups -w" in cmd:
             seen = t.watch(cmd, watched("mo-full-1", "Completed"))
-            assert columns(seen[0]) == ["NAME", "PHASE", "TYPE", "BACKUP ID", "SIZE", "BACKUPTS", "DURATION", "AGE"]
+            assert columns(seen[0]) == ["NAME", "PHASE", "TYPE", "BACKUP ID", "SIZE", "BACKUPTS", "DURATION",
+                                      "RECOVERABLE TO", "AGE"]
             checked.append("mobackups-watch")
             mutate_mo_data(data, seed=12)  # MatrixOne goes on writing after the full backup
         elif "get mobackup mo-full-1" in cmd:

@@ -117,8 +117,13 @@ def recoverable_condition(st: dict[str, Any]) -> tuple[bool, str, str]:
 
 
 def note_backup(ctx: Ctx, obj: dict[str, Any]) -> None:
-    """After a backup Completed: the PointInTimeRecoverable condition (why not, when not)."""
+    """After a backup Completed: the PointInTimeRecoverable condition (why not, when not), for a
+    backup that asked for a window, recorded PITRs or is recoverable; others are left without it (a
+    user who never set up point-in-time recovery gets no False condition on every backup)."""
     st = obj.get("status") or {}
+    asked = bool(((obj.get("spec") or {}).get("pointInTime") or {}).get("window"))
+    if not (asked or st.get("recoverableTo") or (st.get("pointInTime") or {}).get("windows")):
+        return
     ok, reason, message = recoverable_condition(st)
     cond = status.condition(CONDITION, ok, reason, message, obj["metadata"].get("generation"))
     patch_fields(ctx, obj, conditions=status.merge_conditions(st.get("conditions"), [cond]))
