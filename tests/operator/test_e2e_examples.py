@@ -80,7 +80,7 @@ def test_full_backup_change_restore(env: Env) -> None:
     # `kubectl get mobackups` columns.
     tab = table(env, "mobackups")
     cols = [c["name"] for c in tab["columnDefinitions"] if c.get("priority", 0) == 0]
-    assert cols == ["Name", "Phase", "Type", "Backup ID", "Size", "BackupTS", "Duration", "Age"]
+    assert cols == ["Name", "Phase", "Type", "Backup ID", "Size", "BackupTS", "Duration", "Recoverable To", "Age"]
     row = tab["rows"][0]["cells"]
     assert row[1:5] == ["Completed", "Full", st["backupID"], st["size"]] and row[5] == st["backupTS"]
 
