@@ -193,18 +193,22 @@ class ScratchServer:
         self.env = env or {}  # on top of scratch_env()
         self.log_path = workdir / "mo-service.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.wrapped = False  # started under bubblewrap
 
     def start(self) -> None:
         argv = [str(self.mo_service), "-launch", "etc/launch/launch.toml"]
-        if self.hostname or self.socket_path:
-            bwrap = shutil.which("bwrap")
-            if bwrap is None:
-                raise MobackupError(f"the backup's log service data belongs to host {self.hostname!r}: running the "
-                                    "scratch MatrixOne under that host name needs bubblewrap (bwrap), not found")
+        bwrap = shutil.which("bwrap")
+        if (self.hostname or self.socket_path) and bwrap is None:
+            raise MobackupError(f"the backup's log service data belongs to host {self.hostname!r}: running the "
+                                "scratch MatrixOne under that host name needs bubblewrap (bwrap), not found")
+        # Under bubblewrap whenever it works here, even without a namespace to make: --die-with-parent
+        # takes the server down with us, so a killed mobackup never leaves one holding its ports.
+        self.wrapped = bwrap is not None and bool(self.hostname or self.socket_path or netns_available())
+        if self.wrapped:
             unshare = ["--unshare-uts", "--hostname", self.hostname] if self.hostname else []
             if self.socket_path:
                 unshare.append("--unshare-net")
-            argv = [bwrap, "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", *unshare,
+            argv = [str(bwrap), "--die-with-parent", "--bind", "/", "/", "--dev", "/dev", *unshare,
                     "--chdir", str(self.workdir), "--", *argv]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
@@ -220,7 +224,7 @@ class ScratchServer:
             return True
         clean = False
         if self.proc.poll() is None:
-            if self.hostname or self.socket_path:
+            if self.wrapped:
                 # bwrap dies at once on SIGTERM and its child with it (SIGKILL): only mo-service gets
                 # it, and bwrap exits when mo-service has shut down.
                 for pid in _group_members(self.proc.pid):
