@@ -4,7 +4,8 @@ global checkpoint), a cold backup that records the PITR window, an online backup
 objects the history needs (engine/pitr_history.py), and `restore --to-time` T minus one second from
 each: the writer's rows are an exact prefix holding every transaction committed before that instant
 and none begun after it, the dropped table is back with its checksum, the accident is gone. The
-refusals are checked on the same repository before the restore, each touching nothing."""
+refusals are checked on the same repository before the restore, each touching nothing. The same with
+the table data in S3 (engine/pitr_history_s3.py): the history is objects of the cluster's prefix."""
 
 from __future__ import annotations
 
