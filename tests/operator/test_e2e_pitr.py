@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from mo_cluster_e2e import S3MatrixOne
 from mo_cluster_e2e import stop_mo as stop_statefulset
 from mo_e2e import Env
 from test_e2e_copies import jobs_run_these_sources
@@ -107,7 +108,6 @@ def test_a_schedule_every_minute_keeps_the_recovery_point_within_a_minute(
     another name, is an exact prefix of the writer's transactions that lost only those that returned
     after its BACKUPTS, so at most that gap. Prints each run's fixed costs."""
     from mobackup.engine.pitr import hlc_time
-    from mobackup.engine.repository import open_repository
 
     jobs_run_these_sources(env)
     mo = real_mo()
@@ -143,7 +143,7 @@ def test_a_schedule_every_minute_keeps_the_recovery_point_within_a_minute(
     sched = env.get("MOBackupSchedule", "rpo")["status"]
     assert sched.get("reason") not in ("MissedRun", "SkippedConcurrent"), sched
     assert [b["status"]["type"] for b in backups] == ["Full"] + ["Incremental"] * (runs - 1)
-    repo = open_repository(env.repository_options())
+    repo = env.repository()
     summaries = [repo.load_summary(b["status"]["backupID"]) for b in backups]
     ts = [hlc_time(s.backup_ts) for s in summaries]
     took = [(status_time(b, "completionTime") - status_time(b, "startTime")).total_seconds() for b in backups]
@@ -189,3 +189,50 @@ def test_a_schedule_every_minute_keeps_the_recovery_point_within_a_minute(
 def status_time(obj: dict[str, Any], key: str) -> datetime:
     text = obj["metadata"][key] if key == "creationTimestamp" else obj["status"][key]
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_s3_resident_restore_in_place_to_a_time_before_an_accident(
+        env: Env, s3_mo: Callable[..., S3MatrixOne]) -> None:
+    """Table data in S3 (the suite's S3 server, MatrixOne as StatefulSet `mo`): Online MOBackups with
+    spec.pointInTime.window take the history objects of the cluster's prefix (engine/pitr_history_s3.py);
+    a MORestore with pointInTime T - 1 s and no backupName, into the same prefix with the StatefulSet as
+    its workload: the objects back, MatrixOne scaled back, RESTORE CLUSTER FROM PITR, the SQL check;
+    the exact state at T - 1 s."""
+    jobs_run_these_sources(env)
+    mo = s3_mo()
+    env.s3_storage()
+    env.secret("mo-sql", {"password": PASSWORD})
+    env.secret("mo-s3", {"AWS_ACCESS_KEY_ID": env.s3.access_key, "AWS_SECRET_ACCESS_KEY": env.s3.secret_key})
+    shared = {"s3": {"path": mo.path, "type": "minio", "endpoint": env.s3.endpoint, "region": env.s3.region,
+                     "secretRef": {"name": "mo-s3"}}}
+    source = {"sharedStorage": shared, "sql": sql_ref(), "name": "mo"}
+    env.create("MOBackup", "base", {"source": source, "storageRef": {"name": "s3"}, "pointInTime": {"window": "1d"}})
+    st = env.wait_phase("MOBackup", "base", "Completed", "Failed", timeout=300)["status"]
+    assert st["phase"] == "Completed" and st["pointInTime"]["ensured"] == "created mobackup_mo (1 d)", st
+    incident = Incident(mo)
+    t, before = incident.t, incident.before
+    env.create("MOBackup", "after", {"source": source, "storageRef": {"name": "s3"}, "type": "Incremental"})
+    st = env.wait_phase("MOBackup", "after", "Completed", "Failed", timeout=300)["status"]
+    assert st["phase"] == "Completed" and st["baseBackupID"], st
+    restore_at = t - timedelta(seconds=1)
+    start, end = (datetime.fromisoformat(st[k].replace("Z", "+00:00")) for k in ("recoverableFrom", "recoverableTo"))
+    assert start < restore_at < end, (start, end, restore_at)
+    assert {c["type"]: c["status"] for c in st["conditions"]}["PointInTimeRecoverable"] == "True", st
+    added = env.repository().load_summary(st["backupID"]).extra["pitr"]["history_added"]
+    assert added["files"] > 0, added
+
+    clock = time.monotonic()
+    env.create("MORestore", "to-time", {
+        "pointInTime": rfc3339(restore_at), "overwrite": True, "sqlCheck": {**sql_ref(), "timeoutSeconds": 180},
+        "target": {"sharedStorage": shared, "workload": STS, "logVolume": {"claimName": mo.claim, "path": "mo-data"}}})
+    r = env.wait_phase("MORestore", "to-time", "Completed", "Failed", timeout=400)["status"]
+    assert r["phase"] == "Completed", r
+    assert r["pointInTime"]["backupName"] == "after" and r["pointInTime"]["pitr"] == "mobackup_mo", r
+    print(f"\nS3 PITR via the operator: restore to a time {time.monotonic() - clock:.1f} s (RESTORE CLUSTER FROM "
+          f"PITR {r['pointInTime'].get('pitrSeconds')} s); history {added}")
+    wait_sql(180)
+    assert checksums(mo, ["db1", "db2"]) == before
+    count, max_id, txns = writer_rows(mo)
+    assert count == max_id + 1 == txns * TXN_ROWS, (count, max_id, txns)
+    committed, begun_after = incident.committed_before(restore_at), incident.first_begun_after(restore_at)
+    assert txns >= committed and (begun_after is None or txns <= begun_after), (txns, committed, begun_after)
