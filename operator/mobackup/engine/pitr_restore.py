@@ -132,9 +132,10 @@ def choose_backup(summaries: Sequence[BackupSummary], t: datetime, now: datetime
             raise MobackupError(f"no backup {backup_id}")
         summary = chosen[0]
         if not holds_history(summary):
-            raise MobackupError(f"backup {summary.id} holds no PITR history (MatrixOne's BACKUP output alone, or "
-                                f"table data in S3): only a cold copy of the whole data directory, or an online "
-                                f"backup taken while a cluster PITR existed, does; recoverable intervals: {covered}")
+            raise MobackupError(f"backup {summary.id} holds no PITR history (MatrixOne's BACKUP output alone): only "
+                                f"a cold copy of the whole data directory, or an online backup taken while a cluster "
+                                f"PITR existed (of table data in S3: with --shared-s3, in one process), does; "
+                                f"recoverable intervals: {covered}")
         rec = summary.extra.get("pitr")
         if isinstance(rec, dict) and rec.get("error"):
             raise MobackupError(f"backup {summary.id}: its MatrixOne did not list PITRs at backup time (a MatrixOne "
