@@ -7,7 +7,8 @@ picks the backup, restores the files, scales MatrixOne back, its PITR Job runs R
 PITR, then the SQL check. The exact state at T - 1 s is read back: db1 and db2 as before the
 accident, the writer's rows an exact prefix with every transaction committed before that instant and
 none begun after it. A refusal (a time in the future) fails before anything is touched. The other
-refusals: test_pointintime_logic.py (in memory)."""
+refusals: test_pointintime_logic.py (in memory). The same in place for table data in S3, and the RPO of
+a MOBackupSchedule `@every 1m` under a writer (each test starts its own MatrixOne)."""
 
 from __future__ import annotations
 
