@@ -234,9 +234,8 @@ def run_restore_to_time(
     clock = time.monotonic()
     mo_service = Path(mo_service).absolute()
     target = Path(target).absolute()
-    summary, span = choose_backup(of_placement(repo.list_backups(), backup_id and repo.resolve_id(backup_id),
-                                               s3=False), t, utc_now(),
-                                  repo.resolve_id(backup_id) if backup_id else None)
+    resolved = repo.resolve_id(backup_id) if backup_id else None
+    summary, span = choose_backup(of_placement(repo.list_backups(), resolved, s3=False), t, utc_now(), resolved)
     etc = _check_server_binary(mo_service)
     known = interval(summary)  # None for a cold copy made without SQL: its restored server decides
     result = PitrRestoreResult(summary.id, str(target), iso(t), summary.backup_ts,
