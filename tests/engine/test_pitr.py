@@ -284,3 +284,23 @@ def test_an_online_incremental_with_history_loads_its_base_once_and_takes_unchan
     assert (restored / "shared" / "old-object").read_bytes() == b"o" * 5000
     assert sorted(p.name for p in (restored / "shared").rglob("*") if p.is_file()) == [
         "meta_1-0_2-0.ckp", "object-1", "object-2", "old-object"]
+
+
+def test_a_restore_to_a_time_uses_backups_of_its_own_placement() -> None:
+    """A data directory's backups for --target, S3-resident ones for --target-s3 (objects framed
+    otherwise): the others are not candidates, a named one of the other kind is refused, naming the
+    flag it needs."""
+    from mobackup.engine.pitr_restore import of_placement
+
+    local = cold("local", NOW - timedelta(hours=1), window(NOW - timedelta(days=1), 1, "d"))
+    remote = summary("remote", NOW - timedelta(hours=1), {"history": True, "windows": []}, kind="online")
+    remote.extra["resident"] = "s3"
+    assert of_placement([local, remote], None, s3=False) == [local]
+    assert of_placement([local, remote], None, s3=True) == [remote]
+    with pytest.raises(MobackupError, match="restore it to a time with --target-s3"):
+        of_placement([local, remote], "remote", s3=False)
+    with pytest.raises(MobackupError, match="restore it to a time with --target DIR"):
+        of_placement([local, remote], "local", s3=True)
+    with pytest.raises(MobackupError, match="are all of data directories"):
+        of_placement([local], None, s3=True)
+    assert of_placement([], None, s3=True) == []
