@@ -180,7 +180,13 @@ def test_cli_refusals_touch_nothing(tmp_path: Path) -> None:
         (["--to-time", "2026-12-01T10:00:00", "--target", str(target), "--mo-service", "/bin/true"], "no zone"),
         (["--to-time", "2026-12-01T10:00:00Z", "--target", str(target)], "--mo-service"),
         (["--to-time", "2026-12-01T10:00:00Z", "--target-s3", "s3://b/p", "--target", str(target), "--mo-service",
-          "/bin/true"], "--target DIR"),
+          "/bin/true"], "needs --sql-host"),
+        (["--to-time", "2026-12-01T10:00:00Z", "--target-s3", "s3://b/p", "--target", str(target), "--sql-host",
+          "127.0.0.1"], "--target, --force, --hostname, --mo-service, --shard and --finalize do not apply"),
+        (["--to-time", "2026-12-01T10:00:00Z", "--target", str(target), "--mo-service", "/bin/true", "--sql-host",
+          "127.0.0.1"], "--sql-host goes with --to-time --target-s3"),
+        (["--to-time", "2026-12-01T10:00:00Z", "--target-s3", "s3://b/p", "--sql-host", "127.0.0.1"],
+         "no backup can be restored"),
         (["--target", str(target), "--mo-service", "/bin/true"], "go with --to-time"),
         (["--target", str(target)], "needs a backup ID"),
     ]
@@ -199,6 +205,7 @@ def test_online_history_copies_what_backup_left_out_takes_unchanged_files_from_t
     from it, files written after BACKUP returned are left out, and a symbolic link is not followed."""
     import time
 
+    from mobackup.engine.index import FileIndex
     from mobackup.engine.pitr_history import add_history
     from mobackup.engine.safefs import DirectoryFds, open_dir_at
 
@@ -217,9 +224,11 @@ def test_online_history_copies_what_backup_left_out_takes_unchanged_files_from_t
     os.utime(live / "newer", ns=(cutoff + 10**9, cutoff + 10**9))
     tree = tmp_path / "tree" / "shared"
     tree.mkdir(parents=True)
-    base = [{"path": "shared/in-base", "type": "file", "size": 7, "mtime_ns": old_ns, "chunks": []}]
+    base = FileIndex(tmp_path / "base.sqlite")
+    base.load([{"path": "shared/in-base", "type": "file", "size": 7, "mtime_ns": old_ns, "chunks": []}])
     with DirectoryFds(open_dir_at(None, str(tree), str(tree)), str(tree)) as tree_fds:
         history = add_history(tmp_path / "mo-data", tree_fds, ["staged"], cutoff, base)
+    base.close()
     assert sorted(str(p.relative_to(tree)) for p in tree.rglob("*") if p.is_file()) == ["ckp/meta_1", "old-object"]
     assert (tree / "old-object").read_bytes() == b"o" * 1000 and (tree / "old-object").stat().st_mtime_ns == old_ns
     assert history.inherited == frozenset({"shared/in-base"})
@@ -236,3 +245,62 @@ def test_an_online_backup_with_history_has_an_interval_counted_back_from_when_it
     start, end = interval(summary("b1", ts, rec, kind="online"))  # type: ignore[misc]
     assert end == hlc_time(hlc(ts)) and start == ts + timedelta(minutes=5) - timedelta(days=1)
     assert interval(summary("b2", ts, {**rec, "history": False}, kind="online")) is None
+
+
+def test_an_online_incremental_with_history_loads_its_base_once_and_takes_unchanged_history_from_it(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    """engine/online.py with the history on (the fake BACKUP of fake_matrixone.py): the base's file list
+    is loaded into one index, used by the history and by the backup run; a history file the base
+    holds unchanged is taken from it, and the incremental restores with it."""
+    import time
+
+    from fake_matrixone import FakeMatrixOne
+
+    from mobackup.engine.index import FileIndex
+    from mobackup.engine.online import run_online_backup
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+    from mobackup.engine.restore import run_restore
+
+    data = tmp_path / "mo-data"
+    (data / "shared").mkdir(parents=True)
+    old_ns = time.time_ns() - 10**10
+    (data / "shared" / "old-object").write_bytes(b"o" * 5000)  # in no BACKUP list: history
+    os.utime(data / "shared" / "old-object", ns=(old_ns, old_ns))
+    repo = open_repository(RepositoryOptions.from_env(str(tmp_path / "repo")), create=True)
+    objects = {"object-1": b"1" * 3000, "ckp/meta_1-0_2-0.ckp": b"c" * 100}
+    full = run_online_backup(repo, data, FakeMatrixOne(objects), source="mo", pitr_history=True)
+    assert full.extra["pitr"]["history_added"]["copied_files"] == 1
+    loads: list[int] = []
+    original = FileIndex.load
+    monkeypatch.setattr(FileIndex, "load", lambda self, entries: loads.append(1) or original(self, entries))
+    more = {**objects, "object-2": b"2" * 4000}
+    incremental = run_online_backup(repo, data, FakeMatrixOne(more, reused=frozenset(objects)), source="mo",
+                                    backup_type="incremental", pitr_history=True)
+    assert len(loads) == 1, "the base's file list was loaded more than once"
+    added = incremental.extra["pitr"]["history_added"]
+    assert (added["copied_files"], added["from_base_files"]) == (0, 1), added
+    restored = tmp_path / "restored"
+    run_restore(repo, incremental.id, restored)
+    assert (restored / "shared" / "old-object").read_bytes() == b"o" * 5000
+    assert sorted(p.name for p in (restored / "shared").rglob("*") if p.is_file()) == [
+        "meta_1-0_2-0.ckp", "object-1", "object-2", "old-object"]
+
+
+def test_a_restore_to_a_time_uses_backups_of_its_own_placement() -> None:
+    """A data directory's backups for --target, S3-resident ones for --target-s3 (objects framed
+    otherwise): the others are not candidates, a named one of the other kind is refused, naming the
+    flag it needs."""
+    from mobackup.engine.pitr_restore import of_placement
+
+    local = cold("local", NOW - timedelta(hours=1), window(NOW - timedelta(days=1), 1, "d"))
+    remote = summary("remote", NOW - timedelta(hours=1), {"history": True, "windows": []}, kind="online")
+    remote.extra["resident"] = "s3"
+    assert of_placement([local, remote], None, s3=False) == [local]
+    assert of_placement([local, remote], None, s3=True) == [remote]
+    with pytest.raises(MobackupError, match="restore it to a time with --target-s3"):
+        of_placement([local, remote], "remote", s3=False)
+    with pytest.raises(MobackupError, match="restore it to a time with --target DIR"):
+        of_placement([local, remote], "local", s3=True)
+    with pytest.raises(MobackupError, match="are all of data directories"):
+        of_placement([local], None, s3=True)
+    assert of_placement([], None, s3=True) == []

@@ -4,19 +4,27 @@ global checkpoint), a cold backup that records the PITR window, an online backup
 objects the history needs (engine/pitr_history.py), and `restore --to-time` T minus one second from
 each: the writer's rows are an exact prefix holding every transaction committed before that instant
 and none begun after it, the dropped table is back with its checksum, the accident is gone. The
-refusals are checked on the same repository before the restore, each touching nothing."""
+refusals are checked on the same repository before the restore, each touching nothing. The same with
+the table data in S3 (engine/pitr_history_s3.py): the history is objects of the cluster's prefix."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import pytest
 from test_drill import run
+from test_online_s3 import MOBACKUP, _env, keys, mobackup, s3_matrixone
+from test_online_s3 import backup as s3_backup
 
+from mo_s3 import shared_prefix
 from mo_server import (
     DEFAULT_VERSION,
     TXN_ROWS,
@@ -169,3 +177,84 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
     from_online.start()
     assert checksums(from_online, ["db1", "db2"]) == before
     assert writer_rows(from_online) == (count, max_id, txns)
+
+
+@pytest.mark.s3
+def test_restore_s3_resident_data_to_a_time_before_an_accident(
+        matrixone_factory: Callable[..., MatrixOne], s3_server: Any, tmp_path: Path) -> None:
+    """The same incident on a MatrixOne whose table data is in S3. Online backups with --shared-s3
+    store, beside BACKUP's output, the objects of the cluster's prefix that BACKUP's list lacks and
+    that are not newer than BACKUPTS (engine/pitr_history_s3.py); `restore --to-time --target-s3`
+    puts them into a new prefix with BACKUP's, a MatrixOne started on it is brought to T - 1 s:
+    the exact state. A backup without --shared-s3 holds no history and is refused."""
+    s3, repo, prefix = s3_server, tmp_path / "repo", f"p-{uuid.uuid4().hex[:8]}"
+    shared = f"s3://{s3.bucket}/{shared_prefix(prefix)}"
+    mo = s3_matrixone(matrixone_factory, s3, prefix)
+    mo.start()
+    no_shared = mobackup(s3, "backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root", "--repo",
+                         str(repo), "--staging", f"s3://{s3.bucket}/{prefix}/staging", "--pitr-window", "1d",
+                         check=False)
+    assert no_shared.returncode == 1 and "needs --shared-s3" in no_shared.stderr, no_shared.stderr
+    first = s3_backup(s3, repo, prefix, "--shared-s3", shared, "--pitr-window", "12h")
+    assert first["extra"]["pitr"]["ensured"] == "created mobackup_cluster (12 h)", first["extra"]["pitr"]
+    incident = Incident(mo)
+    t, before = incident.t, incident.before
+    assert incident.writer.errors == [] and len(incident.writer.log) > 20
+    online = s3_backup(s3, repo, prefix, "--shared-s3", shared)
+    without = s3_backup(s3, repo, prefix)  # no --shared-s3: the windows, no history
+    mo.stop()
+    added = online["extra"]["pitr"]["history_added"]
+    assert online["type"] == "incremental" and online["extra"]["pitr"]["history"] is True, online["extra"]["pitr"]
+    assert added["copied_files"] > 0 and added["listed_objects"] > added["files"], added
+    assert without["extra"]["pitr"]["history"] is False and without["recoverable_from"] is None
+    restore_at = t - timedelta(seconds=1)
+    span = [datetime.fromisoformat(online[k].replace("Z", "+00:00")) for k in ("recoverable_from", "recoverable_to")]
+    assert span[0] < restore_at < span[1], span
+
+    other_prefix = f"n-{uuid.uuid4().hex[:8]}"
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = s3_matrixone(matrixone_factory, s3, other_prefix, workdir=other_dir)
+    target = f"s3://{s3.bucket}/{shared_prefix(other_prefix)}"
+    argv = ["restore", "--repo", str(repo), "--to-time", rfc3339(restore_at), "--target-s3", target,
+            "--local-fs-dir", str(other.data_dir), "--sql-host", "127.0.0.1", "--sql-user", "root", "--json"]
+
+    def refused(*args: str, expect: str) -> None:
+        proc = mobackup(s3, *args, check=False)
+        assert proc.returncode == 1 and expect in proc.stderr, proc.stderr
+        assert keys(s3, shared_prefix(other_prefix)) == {}, "a refused restore touched the target"
+
+    refused(*argv[:-1], without["id"], expect="holds no PITR history")
+    refused("restore", "--repo", str(repo), "--to-time", rfc3339(restore_at), "--target", str(tmp_path / "dir"),
+            "--mo-service", str(mo.home / "mo-service"), expect="are all of S3-resident table data")
+    refused(*argv[:4], rfc3339(datetime.now(UTC) - timedelta(seconds=1)), *argv[5:],
+            expect=f"the newest recoverable point is {online['recoverable_to']}")
+
+    # The restore puts the objects back, then waits for the cluster, started on them, to answer.
+    other.lock.acquire()  # ours from now on: the CLI must reach no other MatrixOne on port 6001
+    wait_ports_free()
+    clock = time.monotonic()
+    proc = subprocess.Popen([str(MOBACKUP), *argv, "--quiet", "--timeout", "300"], env=_env(s3),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        cue = proc.stderr.readline()
+        assert "waiting up to 300 s for MatrixOne" in cue, cue + proc.stderr.read()
+        other.start()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    result = json.loads(out)
+    assert result["backup_id"] == online["id"] and result["pitr"] == "mobackup_cluster", result
+    print(f"\nS3 restore to a time {time.monotonic() - clock:.1f} s (PITR {result['pitr_seconds']} s); history "
+          f"added: {added}")
+    assert checksums(other, ["db1", "db2"]) == before  # the accident and the churn undone, db2 back
+    count, max_id, txns = writer_rows(other)
+    assert count == max_id + 1 == txns * TXN_ROWS, (count, max_id, txns)
+    committed, begun_after = incident.committed_before(restore_at), incident.first_begun_after(restore_at)
+    assert txns >= committed and (begun_after is None or txns <= begun_after), (txns, committed, begun_after)
+    other.sql("insert into w.t values (-1, -1)")  # the restored server takes writes
+    other.stop()

@@ -119,8 +119,14 @@ def test_each_refusal_comes_before_anything_is_touched(kube: LeaseKube) -> None:
     with pytest.raises(models.SpecError, match="not backupID"):
         models.parse_restore({"target": TARGET, "sqlCheck": SQL, "backupID": "x", "storageRef": {"name": "s3"},
                               "pointInTime": rfc(NOW)})
-    with pytest.raises(models.SpecError, match="data volume"):
-        models.parse_restore({"target": {"cluster": {"name": "c"}}, "sqlCheck": SQL, "pointInTime": rfc(NOW)})
+    # Table data in S3: in one pod, through sqlCheck (engine/pitr_history_s3.py took the history).
+    assert models.parse_restore({"target": {"cluster": {"name": "c"}}, "sqlCheck": SQL,
+                                 "pointInTime": rfc(NOW)}).point_in_time == NOW
+    with pytest.raises(models.SpecError, match="one pod"):
+        models.parse_restore({"target": {"cluster": {"name": "c"}}, "sqlCheck": SQL, "pointInTime": rfc(NOW),
+                              "parallelPods": 2})
+    with pytest.raises(models.SpecError, match=r"needs spec\.sqlCheck"):
+        models.parse_restore({"target": {"cluster": {"name": "c"}}, "pointInTime": rfc(NOW)})
 
 
 def pod(job: str, phase: str, result: dict[str, Any]) -> dict[str, Any]:
@@ -184,8 +190,10 @@ def test_windows_are_validated_and_a_schedule_passes_its_window_on() -> None:
         models.parse_backup({**spec, "source": {"pvc": {"claimName": "mo-data"}, "workload": STS}}, NS)
     with pytest.raises(models.SpecError, match=r"pointInTime\.window"):
         models.parse_backup({**spec, "pointInTime": {"window": "a week"}}, NS)
-    with pytest.raises(models.SpecError, match="applies to a data volume"):
-        models.parse_backup({**spec, "source": {"cluster": {"name": "c"}}, "consistency": "Online"}, NS)
+    s3_source = {**spec, "source": {"cluster": {"name": "c"}}, "consistency": "Online"}
+    assert models.parse_backup(s3_source, NS).pitr_window == 7 * 86400  # the one-pod run takes the history
+    with pytest.raises(models.SpecError, match="needs parallelPods 1"):
+        models.parse_backup({**s3_source, "parallelPods": 2}, NS)
     template = {k: v for k, v in spec.items() if k != "pointInTime"}
     sched = {"metadata": {"name": "s", "namespace": NS, "uid": "u"},
              "spec": {"fullSchedule": "@daily", "template": {"spec": template}, "pointInTime": {"window": "36h"}}}
@@ -255,3 +263,25 @@ def pointintime_fields(result: dict[str, Any]) -> tuple[str, str]:
 
     fields = status.backup_result_fields(result)
     return fields["recoverableFrom"], fields["recoverableTo"]
+
+
+def test_an_s3_backup_job_with_a_record_reads_the_clusters_prefix_with_its_keys() -> None:
+    """Table data in S3: the one-pod Job gets the record, the SHARED prefix (--shared-s3) and the
+    cluster's keys from its Secret (never in args); a staged run (parallelPods > 1) gets neither."""
+    shared = {"s3": {"path": "bkt/mo", "type": "minio", "endpoint": "http://s3:9000", "secretRef": {"name": "mo-s3"}}}
+    spec = models.parse_backup({"source": {"sharedStorage": shared, "sql": SQL}, "storageRef": {"name": "s3"},
+                                "pointInTime": {"window": "1d"}}, NS)
+    storage = models.parse_storage({"s3": {"bucket": "repo", "credentialsSecretRef": {"name": "creds"}}})
+    rec = {"history": False, "windows": []}
+    owner = jobs.Owner("MOBackup", "b", NS, "uid")
+    body = jobs.s3_backup_job(owner, spec, storage, spec.shared, spec.sql, step="backup",
+                              defaults=jobs.OperatorDefaults(), pitr_record=rec)
+    container = body["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert json.loads(args[args.index("--pitr-record") + 1]) == rec
+    assert args[args.index("--shared-s3") + 1] == "s3://bkt/mo/data" and "--shared-s3-endpoint" in args
+    keys = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e}
+    assert keys["MOBACKUP_SHARED_ACCESS_KEY_ID"] == keys["MOBACKUP_SHARED_SECRET_ACCESS_KEY"] == "mo-s3"
+    staged = jobs.s3_backup_job(owner, spec, storage, spec.shared, spec.sql, step="stage",
+                                defaults=jobs.OperatorDefaults(), pitr_record=rec)
+    assert "--shared-s3" not in staged["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -203,6 +203,13 @@ def add_backup_arguments(backup: argparse.ArgumentParser) -> None:
                         "--run ID --shard I/N (any hosts) and `mobackup commit ID --shards N`")
     backup.add_argument("--run", metavar="RUN_ID", help="ingest one shard of a run made with --stage-only")
     backup.add_argument("--shard", type=parse_shard, metavar="I/N", help="with --run: this shard (0-based) of N")
+    backup.add_argument("--shared-s3", metavar="S3_URL",
+                        help="with --staging: s3://BUCKET/PREFIX, the cluster's SHARED key-prefix (its table data); "
+                        "the objects there a restore to an earlier instant needs are stored too (taken when the "
+                        "server has a cluster PITR); keys in MOBACKUP_SHARED_ACCESS_KEY_ID/..SECRET_ACCESS_KEY or "
+                        "AWS_*")
+    backup.add_argument("--shared-s3-endpoint", help="its S3 endpoint (env MOBACKUP_SHARED_ENDPOINT, else "
+                        "--staging-endpoint)")
 
 
 def add_restore_arguments(restore: argparse.ArgumentParser) -> None:
@@ -327,6 +334,10 @@ def add_pitr_arguments(backup: argparse.ArgumentParser, restore: argparse.Argume
                     "and bring it to the instant with its PITR (e.g. 2026-12-01T10:00:00Z); with --only, the tables "
                     "as they were at that instant")
     restore.add_argument("--to-time", metavar="RFC3339", help=to_time_help)
+    restore.add_argument("--sql-host", help="with --to-time and --target-s3: the restored cluster's SQL host; once "
+                         "its objects are back, wait (--timeout) until it answers (start the cluster then), and bring "
+                         "it to the instant there")
+    restore.add_argument("--sql-port", type=int_range(1, 65535), default=6001)
     server_check_args(restore, "with --to-time or --only: ", required=False)
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ def check_backup_flags(args: argparse.Namespace) -> None:
     """The S3-resident flags only with --online --staging, so that none is silently ignored."""
     given = [flag for flag, value in (("--staging", args.staging), ("--staging-endpoint", args.staging_endpoint),
                                       ("--staging-server-endpoint", args.staging_server_endpoint),
-                                      ("--stage-only", args.stage_only), ("--run", args.run), ("--shard", args.shard))
-             if value]
+                                      ("--stage-only", args.stage_only), ("--run", args.run), ("--shard", args.shard),
+                                      ("--shared-s3", args.shared_s3),
+                                      ("--shared-s3-endpoint", args.shared_s3_endpoint)) if value]
     if given and not (args.online and args.staging):
         raise MobackupError(f"{', '.join(given)} go(es) with --online --staging s3://BUCKET/PREFIX "
                             "(a MatrixOne whose data lives in S3)")
@@ -42,15 +44,19 @@ def _summary_line(summary: Any) -> str:
 
 
 def online_s3_backup(args: argparse.Namespace) -> int:
-    from ..engine.online_s3 import ingest_shard, run_online_s3_backup, stage_run
+    from ..engine.online_s3 import S3Place, ingest_shard, run_online_s3_backup, stage_run
     from ..engine.progress import for_terminal
     from ..engine.repository import open_repository
+    from . import pitr
 
     if args.server_data_dir or args.exclude:
         raise MobackupError("--staging backs up S3-resident data: --server-data-dir and --exclude do "
                             "not apply")
     place = _staging_place(args)
     progress = for_terminal("backup", args.quiet or args.json)
+    if (args.pitr_window is not None or args.shared_s3) and (args.run or args.shard or args.stage_only):
+        raise MobackupError("--pitr-window and --shared-s3 go with a backup in one process: a run staged for shards "
+                            "(--stage-only, --run) does not take the PITR history, and cannot be restored to a time")
     if args.run or args.shard:
         if not (args.run and args.shard) or args.stage_only:
             raise MobackupError("--run RUN_ID and --shard I/N go together (and without --stage-only)")
@@ -74,9 +80,19 @@ def online_s3_backup(args: argparse.Namespace) -> int:
             emit(args, run.to_dict() | {"inherit": len(run.inherit)},
                   f"staged run {run.run_id} ({run.staged_files} files, {run.staged_bytes} bytes) in {run.staging_url}")
             return 0
+        shared = None
+        if args.shared_s3:
+            shared = S3Place.from_env(args.shared_s3, "MOBACKUP_SHARED_",
+                                      endpoint=args.shared_s3_endpoint or place.endpoint, region=args.s3_region,
+                                      path_style=args.s3_path_style or place.path_style, ca_bundle=args.s3_ca_bundle)
+            if not (shared.access_key_id and shared.secret_access_key):  # the staging's keys, as for MatrixOne
+                shared = dataclasses.replace(shared, access_key_id=place.access_key_id,
+                                             secret_access_key=place.secret_access_key)
+        extra = {"pitr": pitr.backup_record(args, mo.connection, history=False, source=args.source or place.url)}
         summary = run_online_s3_backup(repo, mo, place, source=args.source, backup_type=args.type, base_id=args.base,
-                                       server_endpoint=args.staging_server_endpoint, progress=progress)
-    emit(args, summary.to_dict(), _summary_line(summary))
+                                       server_endpoint=args.staging_server_endpoint, progress=progress, extra=extra,
+                                       shared=shared, pitr_history=False if args.without_pitr_history else None)
+    emit(args, pitr.with_interval(summary), _summary_line(summary))
     return 0
 
 
@@ -92,9 +108,22 @@ def cmd_commit(args: argparse.Namespace) -> int:
     return 0
 
 
+def target_places(args: argparse.Namespace) -> tuple[Any, Any]:
+    """--target-s3 and --hk-data-s3 (None when not given) as S3Place."""
+    from ..engine.online_s3 import S3Place
+
+    target = S3Place.from_env(args.target_s3, "MOBACKUP_TARGET_", endpoint=args.target_s3_endpoint or args.s3_endpoint,
+                              region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
+    hk_data_s3 = None
+    if args.hk_data_s3:
+        hk_data_s3 = S3Place.from_env(args.hk_data_s3, "MOBACKUP_TARGET_", endpoint=target.endpoint,
+                                      region=target.region, path_style=target.path_style, ca_bundle=target.ca_bundle)
+    return target, hk_data_s3
+
+
 def restore_s3(args: argparse.Namespace) -> int:
     from ..engine.guards import refuse_if_listening
-    from ..engine.online_s3 import S3Place, check_restore_options, restore_to_s3
+    from ..engine.online_s3 import check_restore_options, restore_to_s3
     from ..engine.progress import for_terminal
     from ..engine.repository import open_repository
     from ..table import decimal_size
@@ -104,17 +133,12 @@ def restore_s3(args: argparse.Namespace) -> int:
                             "(--overwrite replaces a non-empty prefix)")
     for where in args.check_stopped:
         refuse_if_listening(where)
-    target = S3Place.from_env(args.target_s3, "MOBACKUP_TARGET_", endpoint=args.target_s3_endpoint or args.s3_endpoint,
-                              region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
     if args.shard and args.finalize:
         raise MobackupError("--shard uploads one part; --finalize completes the restore after all of them: not both")
     step = "shard" if args.shard else "finalize" if args.finalize else "all"
     check_restore_options(step, local_fs_dir=args.local_fs_dir, reset_local_fs=args.reset_local_fs,
                           hk_data_s3=args.hk_data_s3)
-    hk_data_s3 = None
-    if args.hk_data_s3:
-        hk_data_s3 = S3Place.from_env(args.hk_data_s3, "MOBACKUP_TARGET_", endpoint=target.endpoint,
-                                      region=target.region, path_style=target.path_style, ca_bundle=target.ca_bundle)
+    target, hk_data_s3 = target_places(args)
     repo = open_repository(repository_options(args))
     result = restore_to_s3(repo, args.id, target, overwrite=args.overwrite,
                            local_fs_dir=Path(args.local_fs_dir) if args.local_fs_dir else None,

@@ -380,6 +380,7 @@ def run_backup(
     root_ident: Ident | None = None,
     store: ChunkStore | None = None,
     taken: Mapping[str, TakenFile] | None = None,
+    base_index: FileIndex | None = None,
 ) -> BackupSummary:
     """Back up `data_dir`. With neither type nor base, the first backup of a source is full and later
     ones are incremental on the latest completed backup of the same source.
@@ -393,7 +394,8 @@ def run_backup(
     published and may refuse it by raising. `root_ident`: the (st_dev, st_ino) `data_dir` must be
     (a tree this process arranged where others can write); a link there is then refused. `store`: the
     ChunkStore that stored `taken` (files stored ahead of this walk, by path; reused while still the
-    same file), so that its counts are this backup's.
+    same file), so that its counts are this backup's. `base_index`: the base's file list already
+    loaded (by the caller, who closes it; it must be `base_id`'s), so that it is not loaded twice.
 
     Nothing is published that a restore would refuse: the file list gets restore's own checks first
     (a path listed twice, chunks that do not fit the repository's chunk size...)."""
@@ -414,8 +416,10 @@ def run_backup(
         if not isinstance(progress, NullProgress):  # a second walk, only for a progress display
             progress.start(*tree_totals(data_dir, rules, dirs))
         with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
-            base_index = None
-            if base is not None:
+            own_index = base_index is None
+            if base is None:
+                base_index = None
+            elif own_index:
                 base_index = FileIndex(Path(scratch) / "base.sqlite")
                 base_index.load(repo.entries(base))
             writer = FileListWriter(repo.codec, backup_id, Path(scratch))
@@ -442,7 +446,7 @@ def run_backup(
                                         f"are not in it, e.g. {missing[0]}: the base does not match this source")
             finally:
                 writer.close()
-                if base_index:
+                if base_index and own_index:
                     base_index.close()
                 if run.store.known_blobs:
                     run.store.known_blobs.close()

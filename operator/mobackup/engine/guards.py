@@ -226,6 +226,18 @@ def check_staging_root(repo: Repository, staging: tuple[str, str], flag: str = "
                             "there (stale staging prefixes under it are removed); stage beside the repository")
 
 
+def check_shared_prefix(repo: Repository, shared: tuple[str, str], staging: tuple[str, str],
+                        flag: str = "--shared-s3") -> None:
+    """A cluster's SHARED prefix is read whole into a backup (its PITR history): a whole bucket, or one
+    that shares keys with the repository or the staging root, is refused."""
+    if not shared[1]:
+        raise MobackupError(f"{flag} {_url(*shared)} is a whole bucket: give the cluster's SHARED key prefix")
+    for what, place in (("the repository", _repository_s3(repo)), ("the staging root", staging)):
+        if place is not None and s3_overlap(*shared, *place):
+            raise MobackupError(f"{flag} {_url(*shared)} is, contains or lies inside {what} {_url(*place)}: it must "
+                                "be the cluster's SHARED key prefix alone")
+
+
 def refuse_if_listening(where: str) -> None:
     """A restore into a running cluster's prefix would mix objects under a live TN: refuse while its
     SQL port accepts connections (no credentials needed for that). The CLI's and the Job agent's

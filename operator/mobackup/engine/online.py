@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 
 from .backup import ChunkStore
 from .errors import MobackupError, PlantedLinkError
+from .index import FileIndex
 from .layout import PathRules
 from .model import BackupSummary, utc_now
 from .online_take import DISK_BLOCK, DISK_CRC, META_NAMES, StagedTaker
@@ -429,7 +430,7 @@ def run_online_backup(
     # The shared lock from the first stored blob on (files are stored while BACKUP runs): a prune
     # meanwhile would take them for unreferenced.
     with (repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60),
-          staging_area(data_dir) as staging):
+          staging_area(data_dir) as staging, contextlib.ExitStack() as stack):
         server_staging = f"{server_dir}/{staging.name}"
         store = ChunkStore(repo)
         with StagedTaker(str(staging), store, repo.parallelism) as taker:
@@ -460,11 +461,14 @@ def run_online_backup(
                 if inherit and base is None:
                     raise MobackupError("MatrixOne staged an incremental backup without a base")
                 extra = dict(extra or {})
+                base_index = None
                 if pitr_history if pitr_history is not None else has_windows(extra.get("pitr")):
                     from .pitr_history import add_history
 
+                    if base is not None:  # loaded once: for the history and for run_backup
+                        base_index = stack.enter_context(_loaded_index(repo, base))
                     history = add_history(data_dir, copy.tae, (f.path for f in staged.files), returned_ns,
-                                          repo.entries(base) if base else None)
+                                          base_index)
                     inherit |= history.inherited
                     extra["pitr"] = with_history(extra.get("pitr"), history.record())
                 # The checks' own descriptors: they may outlive this run's when it fails first.
@@ -488,12 +492,26 @@ def run_online_backup(
                                "taken_while_staging": taker.early, "taken_files": len(taken),
                                "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
                         before_publish=digests.result, root_ident=tree_ident, store=store,
-                        taken={f"shared/{rel}": t.file for rel, t in taken.items()},
+                        taken={f"shared/{rel}": t.file for rel, t in taken.items()}, base_index=base_index,
                     )
                 finally:
                     verifier.shutdown(wait=False, cancel_futures=True)
                     if digests.cancelled():
                         shared.close()
+
+
+@contextlib.contextmanager
+def _loaded_index(repo: Repository, base: BackupSummary) -> Iterator[FileIndex]:
+    """The base backup's file list in a FileIndex of a scratch directory, removed afterwards."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mobackup-base-") as scratch:
+        index = FileIndex(Path(scratch) / "base.sqlite")
+        try:
+            index.load(repo.entries(base))
+            yield index
+        finally:
+            index.close()
 
 
 def _backup_while_taking(session: Any, path: str, parallelism: int, since_ts: str | None,

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import CorruptDataError, MobackupError, TargetNotEmptyError
-from .guards import check_s3_restore, check_staging_root, checked_local_dir
+from .guards import check_s3_restore, check_shared_prefix, check_staging_root, checked_local_dir
 from .manifest import UNPUBLISHED, ManifestChecker
 from .model import BackupSummary, iso, parse_iso, utc_now
 from .online import StagedBackup, StagedFile, choose_online_base, parse_staged_text
@@ -341,14 +341,25 @@ def shard_items(staged: StagedBackup, shard: int, shards: int) -> list[StagedFil
     return items
 
 
+class _SizeDiffers(MobackupError):
+    """An object's content is not of the size its list gives."""
+
+
 class _Ingest:
-    def __init__(self, repo: Repository, staging: Any, progress: Progress, check_existing: bool = False) -> None:
+    """Streams objects of `staging` (MatrixOne's staged copy, under `tae/`) into the repository. With
+    `history` the objects are the live SHARED prefix's (engine/pitr_history_s3.py): keys as listed,
+    and one that vanished or changed since the listing is left out (counted), not a failure."""
+
+    def __init__(self, repo: Repository, staging: Any, progress: Progress, check_existing: bool = False,
+                 history: bool = False) -> None:
         self.repo, self.staging, self.progress = repo, staging, progress
         self.totals = PartTotals()
         self.records: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.check_existing = check_existing
         self.buffers = threading.local()
+        self.history = history
+        self.left_out = 0
 
     def _store(self, data: bytes | memoryview) -> str:
         digest = self.repo.codec.digest(data)
@@ -384,7 +395,7 @@ class _Ingest:
         if expected_sha and sha.hexdigest() != expected_sha:
             raise MobackupError(f"MatrixOne's backup file {what} does not match its SHA-256 in tae_list")
         if not expected_sha and done != expected_size:
-            raise MobackupError(f"MatrixOne's backup file {what} has {done} bytes, tae_list says {expected_size}")
+            raise _SizeDiffers(f"MatrixOne's backup file {what} has {done} bytes, tae_list says {expected_size}")
         return chunks, done
 
     def ingest(self, item: StagedFile | None) -> None:
@@ -400,12 +411,26 @@ class _Ingest:
                       "chunks": chunks}
         else:
             try:
-                stream = self.staging.open_read(f"tae/{item.path}")
+                stream = self.staging.open_read(item.path if self.history else f"tae/{item.path}")
+            except ObjectNotFound:
+                if self.history:  # deleted by the cleaner since the listing: garbage
+                    self._leave_out()
+                    return
+                raise MobackupError(f"MatrixOne's backup is incomplete: {item.path} is listed but was not written "
+                                    "(an object that vanished during BACKUP); the backup was not stored") from None
             except MobackupError:
+                if self.history:
+                    raise
                 raise MobackupError(f"MatrixOne's backup is incomplete: {item.path} is listed but was not written "
                                     "(an object that vanished during BACKUP); the backup was not stored") from None
             with contextlib.closing(stream):
-                chunks, size = self._chunks(stream, item.sha256, item.size, item.path)
+                try:
+                    chunks, size = self._chunks(stream, item.sha256, item.size, item.path)
+                except _SizeDiffers:
+                    if not self.history:
+                        raise
+                    self._leave_out()  # rewritten since the listing: newer than BACKUPTS
+                    return
             record = {"path": f"shared/{item.path}", "type": "file", "mode": 0o644, "mtime_ns": 0,
                       "size": size, "chunks": chunks}
         with self.lock:
@@ -413,6 +438,11 @@ class _Ingest:
             self.totals.size += record["size"]
             self.totals.files += 1
             self.totals.chunks += len(record["chunks"])
+        self.progress.advance(0, 1)
+
+    def _leave_out(self) -> None:
+        with self.lock:
+            self.left_out += 1
         self.progress.advance(0, 1)
 
     def run(self, items: list[StagedFile | None]) -> None:
@@ -487,8 +517,9 @@ class RunInfo:
 
 
 def commit_backup(repo: Repository, run: RunInfo, records: list[dict[str, Any]], totals: PartTotals,
-                  clock: float | None = None, shards: int = 1) -> BackupSummary:
-    """Writes the file list and the summary (the commit point) of an ingested run."""
+                  clock: float | None = None, shards: int = 1, extra: dict[str, Any] | None = None) -> BackupSummary:
+    """Writes the file list and the summary (the commit point) of an ingested run; `extra`: more to
+    record in the summary (the PITR record)."""
     base = repo.load_summary(run.base_id) if run.base_id else None
     inherited: list[dict[str, Any]] = []
     if run.inherit:
@@ -522,7 +553,7 @@ def commit_backup(repo: Repository, run: RunInfo, records: list[dict[str, Any]],
             mo_version=run.mo_version,
             extra={"kind": "online", "resident": "s3", "objects": "plain", "staged_bytes": run.staged_bytes,
                    "staged_files": run.staged_files, "matrixone_backup_seconds": run.matrixone_backup_seconds,
-                   "shards": shards},
+                   "shards": shards, **(extra or {})},
         )
         from .. import __version__
 
@@ -563,19 +594,57 @@ def staged_run(repo: Repository, session: Any, staging_root: S3Place, *, source:
 
 def run_online_s3_backup(repo: Repository, session: Any, staging_root: S3Place, *, source: str | None = None,
                          backup_type: str | None = None, base_id: str | None = None,
-                         server_endpoint: str | None = None, progress: Progress | None = None) -> BackupSummary:
+                         server_endpoint: str | None = None, progress: Progress | None = None,
+                         extra: dict[str, Any] | None = None, shared: S3Place | None = None,
+                         pitr_history: bool | None = None) -> BackupSummary:
     """Back up a running S3-resident MatrixOne in one process: BACKUP into a staging prefix under
-    `staging_root`, stream-check-store every staged object, commit, remove the staging prefix."""
+    `staging_root`, stream-check-store every staged object, commit, remove the staging prefix.
+    `extra`: more to record (the PITR windows, engine/pitr.py). `shared`: the cluster's SHARED key
+    prefix; with it, the objects there a PITR restore needs that BACKUP left out are stored too
+    (engine/pitr_history_s3.py), by default when `extra["pitr"]` lists a PITR window (`pitr_history`
+    says otherwise)."""
+    from .pitr import has_windows
+
     source = source or f"{staging_root.url} via {session.where}"
+    extra = dict(extra or {})
+    take_history = pitr_history if pitr_history is not None else shared is not None and has_windows(extra.get("pitr"))
+    if take_history and shared is None:
+        raise MobackupError("the PITR history of S3-resident data is read from the cluster's SHARED key prefix: "
+                            "give it (--shared-s3)")
+    if shared is not None:
+        check_shared_prefix(repo, (shared.bucket, shared.prefix), (staging_root.bucket, staging_root.prefix))
     clock = time.monotonic()
     with repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60), \
             staged_run(repo, session, staging_root, source=source, backup_type=backup_type, base_id=base_id,
                        server_endpoint=server_endpoint) as (staging, run, staged):
         records, totals = ingest_part(repo, staging.backend(max(16, repo.parallelism * 2)), staged,
                                       progress=progress)
-        summary = commit_backup(repo, run, records, totals, clock=clock)
+        if take_history:
+            assert shared is not None
+            extra["pitr"] = _take_history(repo, shared, run, staged, records, totals, extra.get("pitr"), progress)
+        summary = commit_backup(repo, run, records, totals, clock=clock, extra=extra)
     (progress or NullProgress()).finish()
     return summary
+
+
+def _take_history(repo: Repository, shared: S3Place, run: RunInfo, staged: StagedBackup,
+                  records: list[dict[str, Any]], totals: PartTotals, rec: Any,
+                  progress: Progress | None) -> dict[str, Any]:
+    """After BACKUP: the history objects stored (records and totals extended, run.inherit with those
+    of the base); returns extra["pitr"] with history_added."""
+    from .pitr import hlc_time, with_history
+    from .pitr_history_s3 import list_history
+
+    live = shared.backend(max(16, repo.parallelism * 2))
+    base = repo.load_summary(run.base_id) if run.base_id else None
+    history = list_history(live, (f.path for f in staged.files), hlc_time(run.backup_ts).timestamp(),
+                           repo.entries(base) if base else None)
+    ingest = _Ingest(repo, live, progress or NullProgress(), history=True)
+    ingest.run(list(history.items))
+    records += ingest.records
+    totals.add(ingest.totals)
+    run.inherit = [*run.inherit, *history.inherited]
+    return with_history(rec, history.record(ingest.totals.files, ingest.totals.size, ingest.left_out))
 
 
 # ---- sharded runs: stage, N ingest shards, commit -----------------------------------------------------

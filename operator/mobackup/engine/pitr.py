@@ -6,8 +6,9 @@ RANGE 1 'd'`; one cluster-level PITR per account). A cold copy of the whole data
 that history, so a server started on it can run `RESTORE CLUSTER FROM PITR p '<ts>'` for any instant
 of [max(PITR created, BACKUPTS - range), BACKUPTS]. MatrixOne's BACKUP output (online backups) does
 not carry it (`table "mo_account" does not exist`): online backups record the windows but no
-interval, unless they take the live objects the history needs too (engine/pitr_history.py), which
-they do when a PITR window exists. The record is `extra["pitr"]` (docs/repository-format.md, section 5.3).
+interval, unless they take the live objects the history needs too (engine/pitr_history.py; for table
+data in S3 the objects of the cluster's prefix, engine/pitr_history_s3.py), which they do when a PITR
+window exists. The record is `extra["pitr"]` (docs/repository-format.md, section 5.3).
 """
 
 from __future__ import annotations
@@ -227,7 +228,8 @@ def windows_of(summary: BackupSummary) -> list[PitrWindow] | None:
 
 
 def holds_history(summary: BackupSummary) -> bool:
-    """Cold copies of the whole directory do; MatrixOne's BACKUP output and S3-resident backups do not."""
+    """As the record says (online backups that took the history do, engine/pitr_history*.py); without
+    one, cold copies of the whole directory do, MatrixOne's BACKUP output and S3-resident backups not."""
     rec = summary.extra.get("pitr")
     if isinstance(rec, dict) and "history" in rec:
         return rec["history"] is True

@@ -21,7 +21,6 @@ the history (it may hold garbage the cleaner has not removed yet, never less tha
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,10 +55,11 @@ class History:
 
 
 def add_history(data_dir: Path, tree_shared: DirectoryFds, staged_paths: Iterable[str], cutoff_ns: int,
-                base_entries: Iterable[dict[str, Any]] | None = None) -> History:
+                base: FileIndex | None = None) -> History:
     """Copy into `tree_shared` (the arranged BACKUP output) each file of `data_dir/shared` that is not
     in `staged_paths` and was last written at or before `cutoff_ns` (when BACKUP returned); files the
-    base backup (`base_entries`) holds unchanged are returned in `inherited` (as `shared/<path>`)."""
+    base backup holds unchanged (`base`: its file list, loaded once for this and for run_backup) are
+    returned in `inherited` (as `shared/<path>`)."""
     staged = frozenset(staged_paths)
     history = History()
     inherited: set[str] = set()
@@ -68,34 +68,25 @@ def add_history(data_dir: Path, tree_shared: DirectoryFds, staged_paths: Iterabl
     except FileNotFoundError:
         raise MobackupError(f"{data_dir}/{LIVE} does not exist: MatrixOne's objects are not on this volume, "
                             "so the PITR history cannot be taken") from None
-    with tempfile.TemporaryDirectory(prefix="mobackup-history-") as scratch, \
-            DirectoryFds(root, f"{data_dir}/{LIVE}", owned_links_only=True) as live:
-        base = None
-        if base_entries is not None:
-            base = FileIndex(Path(scratch) / "base.sqlite")
-            base.load(base_entries)
-        try:
-            # Everything is volatile: the cleaner removes garbage and directories at any time.
-            rules = PathRules(excludes=(), volatile=("*", "**/*"))
-            for entry in walk(Path(data_dir) / LIVE, rules, dirs=live):
-                if entry.kind != "file" or entry.rel in staged:
-                    continue
-                if entry.mtime_ns > cutoff_ns:
-                    history.left_out += 1
-                    continue
-                prior = base.get(f"{LIVE}/{entry.rel}") if base else None
-                if prior is not None and prior[0] == entry.size and prior[1] == entry.mtime_ns:
-                    inherited.add(f"{LIVE}/{entry.rel}")
-                    history.inherited_bytes += entry.size
-                    continue
-                if _copy(live, tree_shared, entry.rel, entry.ident, entry.size, entry.mtime_ns):
-                    history.copied_files += 1
-                    history.copied_bytes += entry.size
-                else:
-                    history.left_out += 1
-        finally:
-            if base:
-                base.close()
+    with DirectoryFds(root, f"{data_dir}/{LIVE}", owned_links_only=True) as live:
+        # Everything is volatile: the cleaner removes garbage and directories at any time.
+        rules = PathRules(excludes=(), volatile=("*", "**/*"))
+        for entry in walk(Path(data_dir) / LIVE, rules, dirs=live):
+            if entry.kind != "file" or entry.rel in staged:
+                continue
+            if entry.mtime_ns > cutoff_ns:
+                history.left_out += 1
+                continue
+            prior = base.get(f"{LIVE}/{entry.rel}") if base else None
+            if prior is not None and prior[0] == entry.size and prior[1] == entry.mtime_ns:
+                inherited.add(f"{LIVE}/{entry.rel}")
+                history.inherited_bytes += entry.size
+                continue
+            if _copy(live, tree_shared, entry.rel, entry.ident, entry.size, entry.mtime_ns):
+                history.copied_files += 1
+                history.copied_bytes += entry.size
+            else:
+                history.left_out += 1
     history.inherited = frozenset(inherited)
     history.taken_at = iso(utc_now())
     return history

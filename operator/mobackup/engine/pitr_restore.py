@@ -132,9 +132,10 @@ def choose_backup(summaries: Sequence[BackupSummary], t: datetime, now: datetime
             raise MobackupError(f"no backup {backup_id}")
         summary = chosen[0]
         if not holds_history(summary):
-            raise MobackupError(f"backup {summary.id} holds no PITR history (MatrixOne's BACKUP output alone, or "
-                                f"table data in S3): only a cold copy of the whole data directory, or an online "
-                                f"backup taken while a cluster PITR existed, does; recoverable intervals: {covered}")
+            raise MobackupError(f"backup {summary.id} holds no PITR history (MatrixOne's BACKUP output alone): only "
+                                f"a cold copy of the whole data directory, or an online backup taken while a cluster "
+                                f"PITR existed (of table data in S3: with --shared-s3, in one process), does; "
+                                f"recoverable intervals: {covered}")
         rec = summary.extra.get("pitr")
         if isinstance(rec, dict) and rec.get("error"):
             raise MobackupError(f"backup {summary.id}: its MatrixOne did not list PITRs at backup time (a MatrixOne "
@@ -233,8 +234,8 @@ def run_restore_to_time(
     clock = time.monotonic()
     mo_service = Path(mo_service).absolute()
     target = Path(target).absolute()
-    summary, span = choose_backup(repo.list_backups(), t, utc_now(),
-                                  repo.resolve_id(backup_id) if backup_id else None)
+    resolved = repo.resolve_id(backup_id) if backup_id else None
+    summary, span = choose_backup(of_placement(repo.list_backups(), resolved, s3=False), t, utc_now(), resolved)
     etc = _check_server_binary(mo_service)
     known = interval(summary)  # None for a cold copy made without SQL: its restored server decides
     result = PitrRestoreResult(summary.id, str(target), iso(t), summary.backup_ts,
@@ -289,6 +290,69 @@ def run_restore_to_time(
             server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
         result.total_seconds = round(time.monotonic() - clock, 3)
+    return result
+
+
+def is_s3_resident(summary: BackupSummary) -> bool:
+    return summary.extra.get("resident") == "s3"
+
+
+def of_placement(summaries: Sequence[BackupSummary], backup_id: str | None, *, s3: bool) -> list[BackupSummary]:
+    """The backups a restore to a time can use: of a data directory for --target, of S3-resident
+    data for --target-s3 (the other kind's objects are framed otherwise). A backup named by ID that
+    is of the other kind is refused, naming where it goes."""
+    if backup_id is not None:
+        named = [b for b in summaries if b.id == backup_id]
+        if named and is_s3_resident(named[0]) != s3:
+            raise MobackupError(f"backup {backup_id} is of " + (
+                "a data directory: restore it to a time with --target DIR" if s3 else
+                "S3-resident table data: restore it to a time with --target-s3 (and --sql-host)"))
+    fitting = [b for b in summaries if is_s3_resident(b) == s3]
+    if summaries and not fitting:
+        raise MobackupError(f"the repository's {len(summaries)} backups are all of " + (
+            "data directories: restore them to a time with --target DIR" if s3 else
+            "S3-resident table data: restore them to a time with --target-s3 (and --sql-host)"))
+    return fitting
+
+
+def run_restore_to_time_s3(
+    repo: Repository,
+    t: datetime,
+    target: Any,  # online_s3.S3Place: the cluster's SHARED key prefix
+    endpoint: Any,  # mosql.SqlEndpoint of the restored cluster (a sys-account user)
+    *,
+    backup_id: str | None = None,
+    overwrite: bool = False,
+    local_fs_dir: Path | None = None,
+    reset_local_fs: bool = False,
+    hk_data_s3: Any = None,
+    timeout: float = 600.0,
+    progress: Progress | None = None,
+    restored: Any = None,  # called with the S3RestoreResult once the objects are back
+) -> PitrRestoreResult:
+    """Restore to `t` a cluster whose table data is in S3: choose the S3-resident backup whose
+    interval holds `t` (refusals before anything is touched), restore its objects (BACKUP's and the
+    PITR history's) into `target` and the ID allocator state (restore_to_s3), then wait up to
+    `timeout` seconds for the cluster, started on them meanwhile, to answer SQL at `endpoint`, and
+    bring it to `t` there (restore_in_place)."""
+    from .online_s3 import restore_to_s3
+
+    clock = time.monotonic()
+    resolved = repo.resolve_id(backup_id) if backup_id else None
+    summary, span = choose_backup(of_placement(repo.list_backups(), resolved, s3=True), t, utc_now(), resolved)
+    objects = restore_to_s3(repo, summary.id, target, overwrite=overwrite, local_fs_dir=local_fs_dir,
+                            reset_local_fs=reset_local_fs, hk_data_s3=hk_data_s3, progress=progress)
+    if restored is not None:
+        restored(objects)
+    try:
+        result = restore_in_place(endpoint, t, timeout=timeout, backup_id=summary.id, recoverable=span)
+    except MobackupError as error:
+        raise MobackupError(f"restore to {iso(t)} failed: {error}; {target.url} holds backup {summary.id} as of its "
+                            f"BACKUPTS, not the state at {iso(t)}") from None
+    result.target = target.url
+    result.backup_ts = summary.backup_ts
+    result.restore_seconds = objects.duration_seconds
+    result.total_seconds = round(time.monotonic() - clock, 3)
     return result
 
 

@@ -155,6 +155,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--server-data-dir", help="--data-dir's path inside the MatrixOne container")
     b.add_argument("--pitr-record", metavar="JSON", help="the PITR windows the operator read before the copy "
                    "(recorded as the backup's extra.pitr, engine/pitr.py)")
+    s3_place(b, "shared-s3", "with --staging: the cluster's SHARED key prefix, whose objects the PITR history "
+             "needs are stored too (keys in MOBACKUP_SHARED_*)")
     c = sub.add_parser("commit")
     common(c)
     staging(c)
@@ -334,6 +336,7 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
         target = _place(args, "target_s3", "MOBACKUP_TARGET_")
         hk_s3 = _place(args, "target_s3", "MOBACKUP_TARGET_", args.hk_data_s3) if args.hk_data_s3 else None
         repo = open_repository(opts, create=False)
+        check_to_time(repo, args.backup_id, args.to_time)
         step = "shard" if args.shards else "finalize" if args.finalize else "all"
         shard = (_shard_index(args.shards), args.shards) if args.shards else (0, 1)
         res = online_s3.restore_to_s3(repo, args.backup_id, target, overwrite=args.overwrite,
@@ -362,9 +365,10 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
                     "result": {"run_id": info.run_id, "backup_ts": info.backup_ts, "base_id": info.base_id,
                                "staged_files": info.staged_files, "staged_bytes": info.staged_bytes,
                                "mo_version": info.mo_version}}
+        shared = _place(args, "shared_s3", "MOBACKUP_SHARED_") if args.shared_s3 else None
         summary = online_s3.run_online_s3_backup(repo, mo, staging, source=args.source, backup_type=args.type,
                                                  base_id=args.base, server_endpoint=args.staging_server_endpoint,
-                                                 progress=reporter)
+                                                 progress=reporter, extra=_pitr_extra(args), shared=shared)
     return _backup_result(summary.to_dict())
 
 

@@ -582,8 +582,10 @@ def start_s3_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec, st: 
         raise Fail(e.reason, f"source.sql: {e}") from None
     lease_s3_source(ctx, obj, source)
     step = "backup" if spec.parallel_pods == 1 else "stage"
+    from . import pointintime  # the PITR windows (and, with pointInTime.window, the PITR made first)
+    pitr_record = pointintime.backup_record(ctx, obj, spec, source.sql) if step == "backup" else None
     body = jobs.s3_backup_job(owner_of(obj), spec, st, source.shared, source.sql, step=step, defaults=ctx.defaults,
-                              base_id=base_id)
+                              base_id=base_id, pitr_record=pitr_record)
     job_name = create_job(ctx, obj, body)
     ctx.metrics.inc("mobackup_runs_total", kind="MOBackup", namespace=ns)
     staging = jobs.staging_url(spec, source.shared)
@@ -747,9 +749,8 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
         ctx.metrics.inc("mobackup_transferred_bytes_total", float(fields.get("newBytes") or 0),
                         kind="MOBackup", namespace=ns)
         record_success_metrics(ctx, obj)
-        if spec.volume is not None:
-            from . import pointintime
-            pointintime.note_backup(ctx, obj)
+        from . import pointintime
+        pointintime.note_backup(ctx, obj)
         return
     if result:
         reason, message = str(result.get("reason") or "BackupFailed"), str(result.get("error") or "")

@@ -956,17 +956,22 @@ def pitr_window_schema(what: str) -> Schema:
     return obj(f"Point-in-time recovery for {what}: before the copy, the operator makes sure a cluster-level PITR "
                "covers at least `window` (creating mobackup_<source> when MatrixOne has none, lengthening the "
                "existing one when shorter; never shortening or dropping a PITR). Needs source.sql (a sys-account "
-               "user) and a data volume (source.pvc). Only cold backups (Stop, Snapshot, None) carry the history "
-               "that a restore to a time needs; an Online backup records the windows but no recoverable interval. "
-               + PITR_RANGE, {
+               "user; a MatrixOneCluster's own endpoint) and, for table data in S3, parallelPods 1. Cold backups "
+               "(Stop, Snapshot, None) carry the history that a restore to a time needs; Online backups take it too "
+               "(the objects of the data volume, or of the cluster's SHARED S3 prefix, that MatrixOne's BACKUP leaves "
+               "out). " + PITR_RANGE, {
                    "window": s("How far back a restore can go, e.g. 7d, 36h (s, m, h, d, w; MatrixOne's range is "
                                "rounded up to whole hours, days, months or years, at most 100 of them).",
                                pattern=DURATION, maxLength=32),
                }, ["window"])
 
 
-PITR_BACKUP_RULES = [{"rule": "!has(self.pointInTime) || (has(self.source.pvc) && has(self.source.sql))",
-                      "message": "pointInTime needs a data volume (source.pvc) and source.sql"}]
+PITR_BACKUP_RULES = [
+    {"rule": "!has(self.pointInTime) || has(self.source.sql) || has(self.source.cluster)",
+     "message": "pointInTime needs source.sql (or a MatrixOneCluster, whose endpoint is used)"},
+    {"rule": "!has(self.pointInTime) || has(self.source.pvc) || !has(self.parallelPods) || self.parallelPods == 1",
+     "message": "pointInTime with table data in S3 needs parallelPods 1 (a run staged for shards takes no history)"},
+]
 
 
 def backup_pitr_status() -> dict[str, Schema]:
@@ -978,14 +983,16 @@ def backup_pitr_status() -> dict[str, Schema]:
     return {
         "recoverableFrom": s("The earliest instant a MORestore with pointInTime can bring this backup to (RFC 3339): "
                              "max(PITR created, backupTS - range). Empty when the backup holds no PITR history "
-                             "(Online backups, see the PointInTimeRecoverable condition) or recorded no PITR.",
+                             "(see the PointInTimeRecoverable condition) or recorded no PITR.",
                              format="date-time"),
         "recoverableTo": s("The newest such instant: the backup's backupTS (empty as recoverableFrom).",
                            format="date-time"),
         "pointInTime": obj("The PITR windows read through source.sql before the copy (recorded in the backup's "
                            "manifest, extra.pitr), and what spec.pointInTime.window made happen.", {
             "history": s("Whether the copy holds MatrixOne's PITR history (a cold copy of the whole data "
-                         "directory does; MatrixOne's BACKUP output does not).", "boolean"),
+                         "directory does; MatrixOne's BACKUP output alone does not: an Online backup with a "
+                         "PITR takes the objects it leaves out too, and the Job's record then says true).",
+                         "boolean"),
             "ensured": s("What was done for spec.pointInTime.window: created, lengthened or kept <PITR> (<range>)."),
             "windows": {"type": "array", "description": "The cluster PITRs present.", "items": window},
             "reason": s("Why a backup of this kind holds no history."),
@@ -1003,13 +1010,18 @@ RESTORE_POINT_IN_TIME = s(
     "the Completed MOBackups of the target's volume (in storageRef, when set) whose recoverable interval "
     "holds it, the one with the earliest backupTS. A time in the future, after every backup's backupTS, before "
     "every window, a backup without PITR history or a MatrixOne without PITR fail the restore before anything is "
-    "touched, naming the recoverable intervals. Needs target.pvc and sqlCheck.", pattern=RFC3339, maxLength=64)
+    "touched, naming the recoverable intervals. Needs sqlCheck. Table data in S3 (target.cluster or sharedStorage): "
+    "the objects are restored into the prefix and the Job waits for the cluster, started on them (a MatrixOneCluster "
+    "through its own spec), up to sqlCheck.timeoutSeconds; candidates without backupName are the MOBackups of the "
+    "same prefix.", pattern=RFC3339, maxLength=64)
 
 PITR_RESTORE_RULES = [
     {"rule": "has(self.pointInTime) ? !has(self.backupID) : has(self.backupName) != has(self.backupID)",
      "message": "set exactly one of backupName or backupID (with pointInTime: backupName or neither)"},
-    {"rule": "!has(self.pointInTime) || (has(self.sqlCheck) && has(self.target.pvc))",
-     "message": "pointInTime needs sqlCheck (the PITR restore runs through it) and target.pvc"},
+    {"rule": "!has(self.pointInTime) || has(self.sqlCheck)",
+     "message": "pointInTime needs sqlCheck (the PITR restore runs through it)"},
+    {"rule": "!has(self.pointInTime) || !has(self.parallelPods) || self.parallelPods == 1",
+     "message": "pointInTime restores in one pod (parallelPods 1)"},
 ]
 
 

@@ -541,7 +541,7 @@ S3_STEPS = ("backup", "stage", "ingest", "commit")
 
 def s3_backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, shared: SharedS3, sql: SqlEndpoint | None,
                   *, step: str, defaults: OperatorDefaults, base_id: str | None = None,
-                  run_id: str | None = None) -> dict[str, Any]:
+                  run_id: str | None = None, pitr_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """One step of the backup of table data in S3. `backup`: all in one pod (parallelPods 1).
     Scaled out: `stage` (MatrixOne's BACKUP into the staging prefix, the run record), `ingest` (an
     Indexed Job of parallelPods pods, each storing its shard of the staged objects), `commit` (lists
@@ -561,6 +561,11 @@ def s3_backup_job(owner: Owner, spec: BackupSpec, storage: StorageSpec, shared: 
             args += ["--base", base_id]
         if step == "stage":
             args.append("--stage-only")
+        if pitr_record is not None and step == "backup":  # the windows (k8s/pointintime.py); the history is
+            # read from the cluster's SHARED prefix with the cluster's keys (engine/pitr_history_s3.py)
+            args += ["--pitr-record", json.dumps(pitr_record, separators=(",", ":")), "--shared-s3",
+                     shared.data_url, *_shared_s3_args("shared-s3", shared)]
+            env += _shared_env("MOBACKUP_SHARED_", shared)
     if step in ("ingest", "commit"):
         assert run_id
         args += ["--run", run_id, "--shards", str(spec.parallel_pods)]
@@ -605,6 +610,8 @@ def s3_restore_job(owner: Owner, spec: RestoreSpec, storage: StorageSpec, backup
         args += ["--parallelism", str(spec.parallelism)]
     if spec.overwrite:
         args.append("--overwrite")
+    if spec.point_in_time is not None:  # the repository's own record must agree before an object is written
+        args += ["--to-time", spec.point_in_time.isoformat()]
     job = build_job(owner=owner, action="restore", args=args, env=env, volumes=volumes, mounts=mounts,
                     overrides=spec.job, defaults=defaults, name_suffix=step)
     if step == "shards":

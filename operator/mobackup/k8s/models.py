@@ -471,9 +471,6 @@ def _parse_s3_backup(spec: dict[str, Any], src: dict[str, Any], namespace: str, 
     """A MatrixOne whose table data lives in S3: always Online (MatrixOne's BACKUP into an S3 staging
     prefix), no volume."""
     consistency = spec.get("consistency") or "Online"
-    if pitr_window(spec) is not None:
-        raise SpecError("spec.pointInTime applies to a data volume (source.pvc): MatrixOne's BACKUP of table data "
-                        "in S3 carries no PITR history")
     if consistency != "Online":
         raise SpecError(f"spec.consistency {consistency} needs a data volume: a source whose table data lives in "
                         "S3 is backed up Online (MatrixOne's BACKUP)")
@@ -492,12 +489,17 @@ def _parse_s3_backup(spec: dict[str, Any], src: dict[str, Any], namespace: str, 
     pods = int(spec.get("parallelPods", 1))
     if not 1 <= pods <= 64:
         raise SpecError(f"spec.parallelPods must be 1-64, got {pods}")
+    window = pitr_window(spec)
+    if window is not None and pods != 1:
+        raise SpecError("spec.pointInTime.window with table data in S3 needs parallelPods 1: the one-pod run takes "
+                        "the PITR history (the objects of the cluster's prefix that BACKUP leaves out); a run staged "
+                        "for shards does not")
     default_name = f"{namespace}/{cluster}" if cluster else f"s3://{shared.bucket}/{shared.folder}".rstrip("/")
     return BackupSpec(
         volume=None, workload=None, source_name=str(src.get("name") or default_name), sql=sql,
         consistency="Online", snapshot_class=None, cluster=cluster, shared=shared, staging_path=staging_path,
         staging_server_endpoint=_endpoint(staging.get("serverEndpoint"), "spec.source.staging.serverEndpoint"),
-        parallel_pods=pods, **_common_backup_fields(spec, template))
+        parallel_pods=pods, pitr_window=window, **_common_backup_fields(spec, template))
 
 
 # ------------------------------------------------------------------------------------------ restore
@@ -558,10 +560,12 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
               "overwrite": bool(spec.get("overwrite", False)),
               "sql_check": _sql(spec.get("sqlCheck"), "spec.sqlCheck"),
               "parallelism": _optional_int(spec.get("parallelism")), "job": JobOverrides(dict(spec.get("job") or {}))}
+    if at is not None and common["sql_check"] is None:
+        raise SpecError("spec.pointInTime needs spec.sqlCheck: the PITR restore runs through that endpoint (a "
+                        "sys-account user such as root)")
     if given[0] != "pvc":
-        if at is not None:
-            raise SpecError("spec.pointInTime applies to a data volume (target.pvc): backups of table data in S3 "
-                            "carry no PITR history")
+        if at is not None and int(spec.get("parallelPods", 1)) != 1:
+            raise SpecError("spec.pointInTime with table data in S3 restores in one pod (parallelPods 1)")
         if target.get("hostname"):
             raise SpecError("spec.target.hostname applies to a data volume (target.pvc)")
         if given[0] == "cluster" and workload is not None:
@@ -577,16 +581,13 @@ def parse_restore(spec: dict[str, Any]) -> RestoreSpec:
             raise SpecError(f"spec.parallelPods must be 1-64, got {pods}")
         return RestoreSpec(volume=None, workload=workload, cluster=cluster, shared=shared,
                            log_volume=_volume(log, "spec.target.logVolume", "data") if log else None,
-                           parallel_pods=pods, **common)
+                           parallel_pods=pods, point_in_time=at, **common)
     # MatrixOne's log directory is named after the pod's hostname: a StatefulSet's first pod is <name>-0.
     hostname = target.get("hostname") or (f"{workload.name}-0" if workload and workload.kind == "StatefulSet"
                                           else None)
     if target.get("logVolume") or int(spec.get("parallelPods", 1)) != 1:
         raise SpecError("spec.target.logVolume and spec.parallelPods apply to table data in S3 (target.cluster or "
                         "sharedStorage)")
-    if at is not None and common["sql_check"] is None:
-        raise SpecError("spec.pointInTime needs spec.sqlCheck: the PITR restore runs through that endpoint (a "
-                        "sys-account user such as root)")
     return RestoreSpec(volume=_volume(target.get("pvc"), "spec.target.pvc", "mo-data"), workload=workload,
                        hostname=hostname, point_in_time=at, **common)
 

@@ -54,10 +54,12 @@ def _record_from_status(saved: dict[str, Any]) -> dict[str, Any]:
     return rec
 
 
-def backup_record(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> dict[str, Any] | None:
+def backup_record(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec,
+                  sql: models.SqlEndpoint | None = None) -> dict[str, Any] | None:
     """extra.pitr for the backup Job, made once per run before MatrixOne is stopped or snapshotted
-    (a Stop backup's Job cannot reach SQL). None without source.sql. Fail when spec.pointInTime asks
-    for a window that cannot be made: before anything was stopped."""
+    (a Stop backup's Job cannot reach SQL). None without an SQL endpoint (`sql`: a MatrixOneCluster's,
+    else source.sql). Fail when spec.pointInTime asks for a window that cannot be made: before
+    anything was stopped. Table data in S3: the Job takes the history from the cluster's prefix."""
     from mobackup.engine.mosql import SqlEndpoint, connect
     from mobackup.engine.pitr import checked_record, prepare, record
 
@@ -67,15 +69,15 @@ def backup_record(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> dic
             return checked_record(_record_from_status(saved))
         except MobackupError as e:
             raise Fail("InvalidStatus", f"status.pointInTime: {e}") from None
-    if spec.sql is None or spec.volume is None:
+    sql = sql or spec.sql
+    if sql is None:
         return None
     ns, _, _ = meta(obj)
     history = spec.consistency != "Online"  # a cold copy of the whole directory holds the history
     try:
-        password = storage.secret_value(ctx.kube, ns, spec.sql.password)
+        password = storage.secret_value(ctx.kube, ns, sql.password)
     except storage.MissingInput as e:
         raise Fail(e.reason, f"source.sql: {e}") from None
-    sql = spec.sql
     try:
         connection = connect(SqlEndpoint(sql.host, sql.port, sql.user, password, sql.database, timeout=10))
     except MobackupError as e:
@@ -149,7 +151,10 @@ def _candidates(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> list
     ns, _, _ = meta(obj)
     if spec.backup_name:
         return [completed_backup(ctx, ns, spec.backup_name, RESTORE_REASONS, "MOBackup")]
-    assert spec.volume is not None
+    data_url = None
+    if spec.volume is None:  # table data in S3: the MOBackups of the same SHARED prefix
+        from .controller import s3_source
+        data_url = s3_source(ctx, ns, spec.cluster, spec.shared, spec.sql_check).shared.data_url
     out = []
     for backup in ctx.kube.list_cr("MOBackup", ns):
         if (backup.get("status") or {}).get("phase") != "Completed":
@@ -161,6 +166,8 @@ def _candidates(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> list
         except (models.SpecError, Fail):
             continue
         if bspec.volume != spec.volume or (spec.storage and bspec.storage != spec.storage):
+            continue
+        if data_url is not None and (backup.get("status") or {}).get("sharedStorage") != data_url:
             continue
         out.append(backup)
     return out
