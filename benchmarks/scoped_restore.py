@@ -51,6 +51,17 @@ def fill(mo: MatrixOne, rows: int, batch: int = 200_000) -> None:
           from generate_series({first}, {last}) g""")
 
 
+def writer_stats(writer: Writer) -> dict[str, Any]:
+    """The live writer's 100-row commits during the copy: latency p50/p99 and the longest pause."""
+    latencies = sorted((end - began).total_seconds() for _, began, end in writer.log)
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else 0.0
+
+    return {"errors": writer.errors, "transactions": writer.committed, "commit_p50_seconds": pct(0.5),
+            "commit_p99_seconds": pct(0.99), "longest_pause_seconds": round(writer.longest_pause, 3)}
+
+
 def mobackup(*args: str | Path) -> dict[str, Any]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))},
            "MOBACKUP_SQL_PASSWORD": "111", "MOBACKUP_INTO_SQL_PASSWORD": "111"}
@@ -105,8 +116,7 @@ def main() -> None:
                                                 "scratch_bytes")}
             out[key]["method"] = method
             out[key]["table"] = copy
-            out[key]["writer"] = {"errors": writer.errors, "transactions": writer.committed,
-                                  "longest_pause_seconds": round(writer.longest_pause, 3)}
+            out[key]["writer"] = writer_stats(writer)
         out["writer"] = out["scoped"]["writer"]
         csv = work / "b.csv"
         mo.sql(f"select * from shop.b into outfile '{csv}'")

@@ -37,7 +37,6 @@ kept as `<table>_replaced_<stamp>` (never dropped by us); a failed check leaves 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import re
@@ -60,6 +59,8 @@ from .errors import MobackupError
 from .mosql import SqlEndpoint
 from .progress import Progress, human_bytes
 from .repository import Repository
+from .scoped_export import UTC_SESSION, export_expressions, export_statement, load_batches, open_export, row_batches
+from .scoped_export import table_checksum as table_checksum
 
 MAX_NAME = 64  # MatrixOne's (and MySQL's) longest identifier
 # One INSERT statement (and transaction): about 1 MB of rows, at most half the live server's
@@ -79,7 +80,6 @@ COPY_METHODS = ("insert", "load")
 RAW: dict[Any, Any] = {}  # pymysql's `conv` for reading the server's text: no conversions
 SCRATCH_MARGIN = 512 << 20  # what the scratch MatrixOne writes beside the restored data at start
 HIDDEN_PREFIX = "__mo_"  # MatrixOne's hidden tables (secondary indexes): created with their table
-MODULUS = 1 << 256
 
 
 @dataclass(frozen=True)
@@ -214,22 +214,6 @@ def ddl_body(ddl: str, table: str) -> str:
     return ddl[len(head):]
 
 
-def _digest(row: tuple[Any, ...]) -> int:
-    return int.from_bytes(hashlib.sha256(repr(row).encode("utf-8", "surrogateescape")).digest(), "big")
-
-
-def table_checksum(connection: Any, database: str, table: str) -> tuple[int, str]:
-    """(rows, checksum) of a table, streamed over a connection made with conv=RAW (module docstring)."""
-    total, rows = 0, 0
-    with connection.cursor(pymysql.cursors.SSCursor) as cursor:
-        cursor.execute(f"select * from {quote(database)}.{quote(table)}")
-        while chunk := cursor.fetchmany(FETCH_ROWS):
-            rows += len(chunk)
-            for row in chunk:
-                total = (total + _digest(row)) % MODULUS
-    return rows, f"{total:064x}"
-
-
 def csv_field(value: Any) -> bytes:
     """One value of a LOAD DATA row (module docstring): NULL as \\N, else enclosed in double quotes with
     backslash and double quote escaped by a backslash; every other byte (newlines, NUL, any binary) as
@@ -251,11 +235,11 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
     one statement and transaction a batch, summing the checksum: `insert`, multi-row INSERTs (`target`:
     pymysql's default conv, whose escape() knows the server's quoting mode); `load`, LOAD DATA LOCAL of
     CSV streamed from memory (`target`: a sqlconn.StreamingConnection, which sends only the batch it is
-    armed with). A thread reads, sums and builds the next batches while this one (and one thread for
-    each of `more_targets`, further connections to the live server) sends them."""
+    armed with). A thread reads and builds the next batches while this one (and one thread for
+    each of `more_targets`, further connections to the live server) sends them. The checksum is the
+    caller's (table_checksum, computed by the servers)."""
     statements: queue.Queue[tuple[Any, int] | BaseException | None] = queue.Queue(maxsize=4 + len(more_targets))
     stop = threading.Event()
-    checksum: list[int] = []
     errors: list[BaseException] = []
     counting = threading.Lock()
 
@@ -269,7 +253,6 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
         return False
 
     def read() -> None:
-        total = 0
         try:
             with source.cursor(pymysql.cursors.SSCursor) as reader:
                 reader.execute(f"select * from {quote(src[0])}.{quote(src[1])}")
@@ -285,7 +268,6 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
                 size = 0
                 while chunk := reader.fetchmany(FETCH_ROWS):
                     for row in chunk:
-                        total = (total + _digest(row)) % MODULUS
                         if method == "load":
                             values: Any = b",".join(map(csv_field, row)) + b"\n"
                         else:
@@ -298,7 +280,6 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
                             batch, size = [], 0
                 if batch and not put(batched(batch)):
                     return
-            checksum.append(total)
             put(None)
         except BaseException as error:  # handed to a writer, which raises it
             put(error)
@@ -349,7 +330,6 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
         threads[0].join()
     if errors:
         raise errors[0]
-    copy.checksum = f"{checksum[0]:064x}"
 
 
 class LiveServer:
@@ -551,13 +531,15 @@ def plan_copies(source: Any, target: LiveServer, options: ScopedOptions, backup_
 
 
 def copy_plans(raw: Any, target: LiveServer, plans: Sequence[_Plan], options: ScopedOptions,
-               result: ScopedResult) -> None:
+               result: ScopedResult, export_dir: Path | None = None) -> None:
     """Copy each planned table from the scratch server (`raw`: a connection with conv=RAW) into the
-    live one, appending to `result`; MobackupError says which tables were done before a failure."""
+    live one, appending to `result`; MobackupError says which tables were done before a failure.
+    `export_dir`: a directory only we (and the scratch server) can write, which the scratch server
+    writes its exports into (method `load`, engine/scoped_export.py); without it, the row path."""
     started = time.monotonic()
-    for plan in plans:
+    for index, plan in enumerate(plans):
         try:
-            result.tables.append(_copy_one(raw, target, plan, options.stamp))
+            result.tables.append(_copy_one(raw, target, plan, options.stamp, export_dir, index))
         except MobackupError as error:
             done = ", ".join(t.target for t in result.tables)
             raise MobackupError(f"{error}" + (f"; restored and checked before it: {done}" if done
@@ -634,9 +616,11 @@ def run_scoped_restore(
             with source:
                 if to_time is not None:
                     result.point_in_time = bring_scratch_to_time(source, summary, to_time)
+                export_dir = scratch.dir / "export"  # in the scratch's own directory (mode 0700)
+                export_dir.mkdir(mode=0o700)
                 with scratch.connect(scratch_user, password, timeout, conv=RAW) as raw:
                     copy_plans(raw, target, plan_copies(source, target, options, summary.id, result),
-                               options, result)
+                               options, result, export_dir)
         result.scratch_bytes = scratch.bytes_used  # measured by close()
     finally:
         target.close()
@@ -706,7 +690,8 @@ def _aside(table: str, word: str, stamp: str) -> str:
     return f"{table}_{word}_{stamp}"[:MAX_NAME]
 
 
-def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str) -> TableCopy:
+def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str, export_dir: Path | None = None,
+              index: int = 0) -> TableCopy:
     database, table = plan.target
     copy = TableCopy(f"{plan.source[0]}.{plan.source[1]}", f"{database}.{table}")
     started = time.monotonic()
@@ -720,8 +705,15 @@ def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str) -> Table
         raise MobackupError(f"the live MatrixOne refused to create {into[0]}.{into[1]}: {error.args[-1]}") from None
     try:
         clock = time.monotonic()
-        copy_rows(source, conn, plan.source, into, copy,
-                  LOAD_BATCH_BYTES if target.method == "load" else target.batch_bytes, target.more, target.method)
+        expressions = (export_expressions(source, *plan.source)
+                       if target.method == "load" and export_dir is not None else None)
+        if expressions is not None:
+            expected = _export_and_load(source, target, plan.source, into, expressions, export_dir, index, copy)
+        else:
+            expected = table_checksum(source, *plan.source)
+            copy_rows(source, conn, plan.source, into, copy,
+                      LOAD_BATCH_BYTES if target.method == "load" else target.batch_bytes, target.more, target.method)
+        copy.checksum = expected[1]
         copy.rows_seconds = round(time.monotonic() - clock, 3)
         clock = time.monotonic()
         rows, checksum = table_checksum(target.raw, *into)
@@ -732,16 +724,64 @@ def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str) -> Table
             raise MobackupError(f"copying {copy.source} into {into[0]}.{into[1]} failed after {copy.rows} rows: "
                                 f"{error.args[-1]} (the partial copy is dropped)") from None
         raise
-    if (rows, checksum) != (copy.rows, copy.checksum):
+    if (rows, checksum) != expected:
         _drop(target, into)
         raise MobackupError(f"the copy of {copy.source} in {into[0]}.{into[1]} does not match the backup: {rows} rows "
-                            f"checksum {checksum[:16]}..., the backup {copy.rows} rows checksum "
-                            f"{copy.checksum[:16]}... (the copy is dropped; nothing was replaced)")
+                            f"checksum {checksum[:16]}..., the backup {expected[0]} rows checksum "
+                            f"{expected[1][:16]}... (the copy is dropped; nothing was replaced)")
     if plan.exists:
         copy.replaced = f"{database}.{_aside(table, 'replaced', stamp)}"
         _swap(conn, database, table, into[1], _aside(table, "replaced", stamp))
     copy.seconds = round(time.monotonic() - started, 3)
     return copy
+
+
+def _export_and_load(source: Any, target: LiveServer, src: tuple[str, str], dst: tuple[str, str],
+                     expressions: Sequence[str], export_dir: Path, index: int, copy: TableCopy) -> tuple[int, str]:
+    """Method `load` by export (engine/scoped_export.py): the scratch server writes the table into
+    `export_dir`, its bytes go to the live server by LOAD DATA LOCAL while the scratch server computes
+    the checksum; returns that (rows, checksum). The file is removed whatever happens."""
+    name = f"table-{index}.csv"
+    directory = os.open(export_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with source.cursor() as cursor:
+            cursor.execute(UTC_SESSION)
+            cursor.execute(export_statement(*src, expressions, str(Path(export_dir) / name)))
+        fd = open_export(directory, name)
+        expected: list[tuple[int, str]] = []
+        failed: list[BaseException] = []
+
+        def check() -> None:
+            try:
+                expected.append(table_checksum(source, *src))
+            except BaseException as error:
+                failed.append(error)
+
+        checker = threading.Thread(target=check, name="scoped-source-checksum", daemon=True)
+        checker.start()
+        counting = threading.Lock()
+
+        def counted(rows: int, sent: int) -> None:
+            with counting:
+                copy.rows += rows
+                copy.bytes_sent += sent
+
+        try:
+            connections = [target.connection, *target.more]
+            for connection in connections:
+                with connection.cursor() as cursor:
+                    cursor.execute(UTC_SESSION)
+            load_batches(row_batches(fd, LOAD_BATCH_BYTES), connections, dst, STREAM_NAME, counted)
+        finally:
+            os.close(fd)
+            checker.join()
+        if failed:
+            raise failed[0]
+        return expected[0]
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=directory)
+        os.close(directory)
 
 
 def _drop(target: LiveServer, name: tuple[str, str]) -> None:
