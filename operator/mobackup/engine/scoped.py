@@ -5,20 +5,24 @@ The backup is restored into a scratch directory and a scratch MatrixOne is start
 drill's `Scratch`: own network namespace, removed whatever happens). Each selected table is then
 copied into the live server over SQL: its schema from the scratch server's `SHOW CREATE TABLE`
 under the new name, its rows in multi-row INSERTs of about 1 MB, each its own transaction, so the
-live server keeps serving and never holds a long transaction of ours. Or (method "load") as CSV
-streamed from memory by LOAD DATA LOCAL INFILE, one statement (and transaction) per 16 MB: NULL as
-\\N, every other value enclosed in double quotes with backslash and double quote backslash-escaped,
-all other bytes as they are. The client never opens a file for it: the live connection is a
-sqlconn.StreamingConnection, which answers the server's request for the one name it was armed with by
-that batch's bytes and any other request by nothing and an error (a hostile server cannot ask for a
-file of ours). Then the same row count and checksum must come back from both ends.
+live server keeps serving and never holds a long transaction of ours. Or (method "load") by
+LOAD DATA LOCAL INFILE, one statement (and transaction) per 16 MB of whole rows: the scratch server
+exports the table with SELECT ... INTO OUTFILE into a directory only we can write and the file's
+bytes are streamed (engine/scoped_export.py: the format, and how it is split at row ends), no row
+parsed in Python; a table with a column the export cannot print exactly (bit) goes as CSV built from
+its rows: NULL as \\N, every other value enclosed in double quotes with backslash and double quote
+backslash-escaped, all other bytes as they are. The client never opens a file for the server: the
+live connection is a sqlconn.StreamingConnection, which answers the server's request for the one
+name it was armed with by that batch's bytes and any other request by nothing and an error (a
+hostile server cannot ask for a file of ours). Then the same row count and checksum must come back
+from both ends.
 
-Rows are read as the server's text (pymysql without its type conversions: no Decimal or datetime is
-built, which halves the client's work) and sent back as quoted literals the live server casts to
-the column's type. The checksum is order-independent: the sum modulo 2**256 of the SHA-256 of each
-row's values as that text (a multiset hash), so neither end needs an ORDER BY over the whole table;
-the scratch side is summed while the rows stream through the copy. Both ends must print the same
-value the same way: a difference in how two MatrixOne versions print a type fails the check.
+Rows (method insert) are read as the server's text (pymysql without its type conversions: no
+Decimal or datetime is built, which halves the client's work) and sent back as quoted literals the
+live server casts to the column's type. The checksum is computed by each server with the same SQL
+(engine/scoped_export.py table_checksum): the sum modulo 2**128 of the MD5 of each row's
+`serial_full` of every column (MatrixOne's typed tuple encoding, NULL marked), order-independent, so
+neither end sorts the table (with the export, the scratch side is summed while the live side loads).
 
 Everything the live server could refuse is checked before the first write to it: the names asked
 for exist in the backup (the catalog recorded at backup time first, then the scratch server), no

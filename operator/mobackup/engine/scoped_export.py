@@ -30,7 +30,6 @@ file is split here.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import stat
@@ -194,10 +193,14 @@ def load_batches(batches: Iterator[bytes], connections: Sequence[Any], dst: tupl
         except BaseException as error:
             errors.append(error)
             stop.set()
-        finally:
+        finally:  # one end mark per loader, however long their statements take (they stop on `stop`)
             for _ in connections:
-                with contextlib.suppress(queue.Full):
-                    pending.put(None, timeout=0.5 if not stop.is_set() else 0.01)
+                while not stop.is_set():
+                    try:
+                        pending.put(None, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
 
     def drain(connection: Any) -> None:
         try:
