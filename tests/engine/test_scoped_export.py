@@ -113,3 +113,9 @@ def test_the_export_is_opened_without_a_link_or_another_name(tmp_path: Path) -> 
 def test_the_checksum_covers_every_column_by_position_and_quotes_names() -> None:
     sql = checksum_statement("d`b", "t", ["a", "b`c"])
     assert "md5(serial_full(`a`, `b``c`))" in sql and "from `d``b`.`t`" in sql and "count(*)" in sql
+
+
+def test_names_go_into_the_column_query_as_quoted_literals() -> None:
+    from mobackup.engine.scoped_export import string_literal
+
+    assert string_literal("it's \\ x") == "'it''s \\\\ x'"

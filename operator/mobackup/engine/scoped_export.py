@@ -87,9 +87,9 @@ def table_checksum(connection: Any, database: str, table: str) -> tuple[int, str
 def export_expressions(connection: Any, database: str, table: str) -> list[str] | None:
     """The SELECT list that prints each column exactly (module docstring), in table order; None when
     a column's type is not one the export renders exactly."""
-    with connection.cursor() as cursor:
-        cursor.execute("select column_name, data_type from information_schema.columns where table_schema = %s and "
-                       "table_name = %s order by ordinal_position", (database, table))
+    with connection.cursor() as cursor:  # inline literals: a conv=RAW connection has no parameter encoders
+        cursor.execute("select column_name, data_type from information_schema.columns where table_schema = "
+                       f"{string_literal(database)} and table_name = {string_literal(table)} order by ordinal_position")
         columns = [(_text(n), _text(t).upper()) for n, t in cursor.fetchall()]
     out = []
     for name, kind in columns:
@@ -105,6 +105,11 @@ def export_expressions(connection: Any, database: str, table: str) -> list[str] 
         else:
             return None
     return out or None
+
+
+def string_literal(text: str) -> str:
+    """`text` as a quoted SQL string (backslash and quote escaped)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def export_statement(database: str, table: str, expressions: Sequence[str], path: str) -> str:
