@@ -193,6 +193,9 @@ def test_a_table_comes_back_into_the_running_matrixone_through_the_operator(
 
     # B as it was at T (the update after T undone): no backupName, the operator picks mo-online (a backup of
     # target.sql's MatrixOne holding T), and the loader brings the scratch MatrixOne to T before the copy.
+    # The scratch servers of this test share one working directory (a pod's own file system on a real
+    # cluster), and MatrixOne listens on no socket path where a file is: the last one's socket goes.
+    (scratch_home / "mysql.sock").unlink(missing_ok=True)
     at = restore(env, "b-at-t", {"tables": ["shop.b"], "as": "restored.b_at_t", "copyMethod": "load"},
                  pointInTime=t.isoformat().replace("+00:00", "Z"), backupName=None)
     assert at["phase"] == "Completed", at
