@@ -123,6 +123,7 @@ class TableCopy:
     seconds: float = 0.0  # all of it: create, rows, check, swap
     rows_seconds: float = 0.0  # the rows' copy alone (what rows_per_second and mb_per_second divide by)
     check_seconds: float = 0.0  # the live copy's count and checksum
+    export_seconds: float = 0.0  # method load: the scratch server's SELECT INTO OUTFILE (part of rows_seconds)
     replaced: str | None = None  # with replace: the name the old table is kept under
 
     @property
@@ -236,7 +237,7 @@ def load_statement(table: tuple[str, str]) -> str:
 def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, str], copy: TableCopy,
               batch_bytes: int = BATCH_BYTES, more_targets: Sequence[Any] = (), method: str = "insert") -> None:
     """Stream `src`'s rows from the scratch server (`source`: conv=RAW) into `dst` on the live one,
-    one statement and transaction a batch, summing the checksum: `insert`, multi-row INSERTs (`target`:
+    one statement and transaction a batch: `insert`, multi-row INSERTs (`target`:
     pymysql's default conv, whose escape() knows the server's quoting mode); `load`, LOAD DATA LOCAL of
     CSV streamed from memory (`target`: a sqlconn.StreamingConnection, which sends only the batch it is
     armed with). A thread reads and builds the next batches while this one (and one thread for
@@ -748,9 +749,11 @@ def _export_and_load(source: Any, target: LiveServer, src: tuple[str, str], dst:
     name = f"table-{index}.csv"
     directory = os.open(export_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        clock = time.monotonic()
         with source.cursor() as cursor:
             cursor.execute(UTC_SESSION)
             cursor.execute(export_statement(*src, expressions, str(Path(export_dir) / name)))
+        copy.export_seconds = round(time.monotonic() - clock, 3)
         fd = open_export(directory, name)
         expected: list[tuple[int, str]] = []
         failed: list[BaseException] = []
