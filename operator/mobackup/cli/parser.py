@@ -255,10 +255,10 @@ def add_scoped_restore_arguments(restore: argparse.ArgumentParser) -> None:
                         "or load (the scratch server exports the table with SELECT INTO OUTFILE and its bytes go "
                         "by LOAD DATA LOCAL in 16 MB statements of whole rows; the live server gets only those "
                         "bytes, never a file of ours)")
-    scoped.add_argument("--insert-connections", type=int_range(1, 8), default=1, metavar="N",
+    scoped.add_argument("--insert-connections", type=int_range(1, 8), default=None, metavar="N",
                         help="connections that INSERT (or, with --copy-method load, LOAD) into the live server at "
-                        "once (default 1): more copy faster where it has idle capacity, and take that capacity "
-                        "from its own users")
+                        "once (default 1 for insert, 2 for load): more copy faster where it has idle capacity, and "
+                        "take that capacity from its own users")
     # --mo-service, --timeout and --sql-user (of the restored data) are restore's, shared with
     # --to-time (server_check_args)
 

@@ -81,6 +81,11 @@ LOAD_BATCH_BYTES = 16 << 20
 STREAM_NAME = "mobackup-scoped-stream"
 LOAD_PACKET = 64 << 10
 COPY_METHODS = ("insert", "load")
+# Connections to the live server by default: INSERTs over one (MatrixOne's INSERT path bounds them, and
+# a second takes capacity from the server's own writers); LOADs over two (one LOAD statement keeps
+# MatrixOne busy on fewer cores than it has: 1M rows took 14.7 s over two against 25 s over one, and
+# a writer beside them paused at most 1.1 s, as beside the INSERTs; benchmarks/scoped_restore.py).
+DEFAULT_CONNECTIONS = {"insert": 1, "load": 2}
 RAW: dict[Any, Any] = {}  # pymysql's `conv` for reading the server's text: no conversions
 SCRATCH_MARGIN = 512 << 20  # what the scratch MatrixOne writes beside the restored data at start
 HIDDEN_PREFIX = "__mo_"  # MatrixOne's hidden tables (secondary indexes): created with their table
@@ -566,7 +571,7 @@ def run_scoped_restore(
     scratch_user: str = "root",
     scratch_password: str | None = None,
     timeout: float = 600.0,
-    parallel: int = 1,
+    parallel: int | None = None,
     method: str = "insert",
     progress: Progress | None = None,
     now: datetime | None = None,
@@ -574,8 +579,9 @@ def run_scoped_restore(
 ) -> ScopedResult:
     """Copy the selected tables of `backup_id` into the live MatrixOne (module docstring). Raises
     MobackupError for a refusal (before anything is written to the live server) or a failed copy
-    (the message says what was done). `parallel`: connections that INSERT at once (the copy goes
-    faster where the live server has idle capacity, and takes it from its own users). `to_time`:
+    (the message says what was done). `parallel`: connections that INSERT (or LOAD) at once (the
+    copy goes faster where the live server has idle capacity, and takes it from its own users;
+    default DEFAULT_CONNECTIONS). `to_time`:
     the tables as they were at that instant: the backup whose recoverable interval holds it (or
     `backup_id`'s, checked) is restored, and the scratch server brought to it by its PITR
     (engine/pitr_restore.py) before the copy; the names are then checked on the scratch's tables
@@ -600,7 +606,7 @@ def run_scoped_restore(
     target.method = method
     result.live_version = target.version
     try:
-        target.open_more(max(0, parallel - 1))
+        target.open_more(max(0, (parallel or DEFAULT_CONNECTIONS[method]) - 1))
         if to_time is None:
             check_targets(target, summary, options)
         password = scratch_password if scratch_password is not None else os.environ.get(

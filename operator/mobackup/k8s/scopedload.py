@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         target = scoped.LiveServer(SqlEndpoint(args.into_sql_host, args.into_sql_port, args.into_sql_user,
                                                live_password))
         target.method = args.copy_method
+        target.open_more(scoped.DEFAULT_CONNECTIONS[args.copy_method] - 1)
         result.live_version = target.version
         stage = "TargetExists"
         if to_time is None:
