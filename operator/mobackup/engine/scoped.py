@@ -63,7 +63,15 @@ from .errors import MobackupError
 from .mosql import SqlEndpoint
 from .progress import Progress, human_bytes
 from .repository import Repository
-from .scoped_export import UTC_SESSION, export_expressions, export_statement, load_batches, open_export, row_batches
+from .scoped_export import (
+    UTC_SESSION,
+    export_expressions,
+    export_statement,
+    load_batches,
+    open_export,
+    pump,
+    row_batches,
+)
 from .scoped_export import table_checksum as table_checksum
 
 MAX_NAME = 64  # MatrixOne's (and MySQL's) longest identifier
@@ -326,20 +334,7 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
             errors.append(error)
             stop.set()
 
-    threads = [threading.Thread(target=read, name="scoped-restore-reader", daemon=True)]
-    threads += [threading.Thread(target=drain, args=(c,), name="scoped-restore-writer", daemon=True)
-                for c in more_targets]
-    for thread in threads:
-        thread.start()
-    try:
-        drain(target)
-    finally:
-        for thread in threads[1:]:
-            thread.join()
-        stop.set()
-        threads[0].join()
-    if errors:
-        raise errors[0]
+    pump(read, drain, [target, *more_targets], stop, errors, "scoped-restore")
 
 
 class LiveServer:

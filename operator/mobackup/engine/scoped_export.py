@@ -34,7 +34,7 @@ import os
 import queue
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .catalog import quote
@@ -226,8 +226,15 @@ def load_batches(batches: Iterator[bytes], connections: Sequence[Any], dst: tupl
             errors.append(error)
             stop.set()
 
-    threads = [threading.Thread(target=feed, name="scoped-export-reader", daemon=True)]
-    threads += [threading.Thread(target=drain, args=(c,), name="scoped-export-loader", daemon=True)
+    pump(feed, drain, connections, stop, errors, "scoped-export")
+
+
+def pump(produce: Callable[[], None], drain: Callable[[Any], None], connections: Sequence[Any],
+         stop: threading.Event, errors: list[BaseException], name: str) -> None:
+    """`produce` in a thread of its own, `drain` once per connection (the first in this thread);
+    when the drains are done, `stop` ends the producer; the first error recorded is raised."""
+    threads = [threading.Thread(target=produce, name=f"{name}-reader", daemon=True)]
+    threads += [threading.Thread(target=drain, args=(c,), name=f"{name}-writer", daemon=True)
                 for c in connections[1:]]
     for thread in threads:
         thread.start()
