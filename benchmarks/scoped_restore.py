@@ -6,11 +6,12 @@ side by side with MatrixOne's own LOAD DATA of the same rows from a local file.
 Starts the real mo-service (DEFAULT_VERSION) in a network namespace of its own (tests/mo_server.py,
 `isolated=True`: reached through a loopback port forwarded to its Unix socket, so it runs beside any
 other MatrixOne), writes table shop.b of `--rows` rows (composite primary key, a secondary index,
-NULLs, decimals, JSON, blobs), takes an online backup, then with a writer committing 100-row
-transactions into w.t:
+NULLs, decimals, JSON, blobs), takes an online backup, then for each `--copy-method`, once alone
+(`scoped`, the side-by-side figure) and once with a writer committing 100-row transactions into w.t
+(`scoped_beside_writer`):
 - the scoped restore of shop.b into the same server under a new name: scratch restore, scratch
-  start-up, rows copied (rows/s, MB/s of INSERT statements), the live copy's count and checksum;
-- the writer's longest pause during it;
+  start-up, rows copied (rows/s, MB/s of INSERT or LOAD bytes), the live copy's count and checksum;
+- the writer's commit latency (p50, p99) and longest pause during it;
 - MatrixOne's own `LOAD DATA INFILE` of the same rows (written by `SELECT ... INTO OUTFILE`) into an
   empty table of the same schema, and `LOAD DATA LOCAL INFILE` of that file through the client.
 """
@@ -51,6 +52,17 @@ def fill(mo: MatrixOne, rows: int, batch: int = 200_000) -> None:
           from generate_series({first}, {last}) g""")
 
 
+def writer_stats(writer: Writer) -> dict[str, Any]:
+    """The live writer's 100-row commits during the copy: latency p50/p99 and the longest pause."""
+    latencies = sorted((end - began).total_seconds() for _, began, end in writer.log)
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else 0.0
+
+    return {"errors": writer.errors, "transactions": writer.committed, "commit_p50_seconds": pct(0.5),
+            "commit_p99_seconds": pct(0.99), "longest_pause_seconds": round(writer.longest_pause, 3)}
+
+
 def mobackup(*args: str | Path) -> dict[str, Any]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MOBACKUP_"))},
            "MOBACKUP_SQL_PASSWORD": "111", "MOBACKUP_INTO_SQL_PASSWORD": "111"}
@@ -89,25 +101,29 @@ def main() -> None:
         out["backup_seconds"] = round(time.monotonic() - started, 2)
         out["backup_bytes"] = backup["size_bytes"]
         for method in args.copy_method:
-            mo.sql("delete from w.t")  # the writer numbers its rows from 0 again
-            writer = Writer(port=mo.port).start()
-            try:
-                result = mobackup("restore", backup["id"], "--repo", work / "repo", "--only", "shop.b",
-                                  "--into-sql-host", "127.0.0.1", "--into-sql-port", str(mo.port),
-                                  "--mo-service", home / "mo-service", "--scratch-dir", work,
-                                  "--insert-connections", str(args.insert_connections), "--copy-method", method,
-                                  "--suffix", f"_scoped_{method}")
-            finally:
-                writer.stop()
-            copy = result["tables"][0]
-            key = "scoped" if method == args.copy_method[0] else f"scoped_{method}"
-            out[key] = {k: result[k] for k in ("restore_seconds", "start_seconds", "copy_seconds", "total_seconds",
-                                                "scratch_bytes")}
-            out[key]["method"] = method
-            out[key]["table"] = copy
-            out[key]["writer"] = {"errors": writer.errors, "transactions": writer.committed,
-                                  "longest_pause_seconds": round(writer.longest_pause, 3)}
-        out["writer"] = out["scoped"]["writer"]
+            # Twice: alone (side by side with LOAD DATA, which runs alone), then beside the writer.
+            for beside in (False, True):
+                mo.sql("delete from w.t")  # the writer numbers its rows from 0 again
+                writer = Writer(port=mo.port).start() if beside else None
+                try:
+                    result = mobackup("restore", backup["id"], "--repo", work / "repo", "--only", "shop.b",
+                                      "--into-sql-host", "127.0.0.1", "--into-sql-port", str(mo.port),
+                                      "--mo-service", home / "mo-service", "--scratch-dir", work,
+                                      "--insert-connections", str(args.insert_connections), "--copy-method", method,
+                                      "--suffix", f"_scoped_{method}{'_w' if beside else ''}")
+                finally:
+                    if writer is not None:
+                        writer.stop()
+                key = ("scoped" if method == args.copy_method[0] else f"scoped_{method}") + \
+                    ("_beside_writer" if beside else "")
+                out[key] = {k: result[k] for k in ("restore_seconds", "start_seconds", "copy_seconds",
+                                                    "total_seconds", "scratch_bytes")}
+                out[key]["method"] = method
+                out[key]["table"] = result["tables"][0]
+                if writer is not None:
+                    out[key]["writer"] = writer_stats(writer)
+                mo.sql(f"drop table shop.b_scoped_{method}{'_w' if beside else ''}")
+        out["writer"] = out["scoped_beside_writer"]["writer"]
         csv = work / "b.csv"
         mo.sql(f"select * from shop.b into outfile '{csv}'")
         out["csv_bytes"] = csv.stat().st_size
@@ -125,8 +141,10 @@ def main() -> None:
                 "mb_per_second": round(out["csv_bytes"] / 1e6 / seconds, 2)}
         for method in args.copy_method:
             key = "scoped" if method == args.copy_method[0] else f"scoped_{method}"
-            out[f"copy_vs_load_data_{method}"] = round(out[key]["table"]["rows_seconds"]
-                                                       / out["load_data_infile"]["seconds"], 2)
+            table = out[key]["table"]
+            out[f"copy_vs_load_data_{method}"] = round(table["rows_seconds"] / out["load_data_infile"]["seconds"], 2)
+            out[f"copy_and_check_vs_load_data_{method}"] = round(
+                (table["rows_seconds"] + table["check_seconds"]) / out["load_data_infile"]["seconds"], 2)
     finally:
         mo.stop()
         if mo.forwarder is not None:

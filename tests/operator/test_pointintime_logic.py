@@ -285,3 +285,41 @@ def test_an_s3_backup_job_with_a_record_reads_the_clusters_prefix_with_its_keys(
     staged = jobs.s3_backup_job(owner, spec, storage, spec.shared, spec.sql, step="stage",
                                 defaults=jobs.OperatorDefaults(), pitr_record=rec)
     assert "--shared-s3" not in staged["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_a_scoped_restore_with_a_time_picks_among_the_live_servers_backups_or_fails_before_anything(
+        kube: LeaseKube, monkeypatch: pytest.MonkeyPatch) -> None:
+    """spec.scope with spec.pointInTime (k8s/scoped.py): the backup is chosen among the MOBackups whose
+    source.sql is target.sql's endpoint; a time none of them holds fails before any Job or PVC."""
+    def scoped(name: str, at: datetime, sql: dict[str, Any] = SQL, **spec: Any) -> dict[str, Any]:
+        kube.add("MORestore", name, {"scope": {"tables": ["shop.b"]}, "target": {"sql": sql},
+                                     "pointInTime": rfc(at), **spec})
+        controller.reconcile_restore(controller.Ctx(cast(Kube, kube)), kube.get_cr("MORestore", NS, name))
+        return kube.crs[("MORestore", name)]["status"]
+
+    for name, at, sql, expect in (
+            ("s-gap", NOW - timedelta(minutes=100), SQL, "in no backup's interval"),
+            ("s-future", NOW + timedelta(hours=1), SQL, "is in the future"),
+            ("s-other", NOW - timedelta(minutes=80), {**SQL, "host": "other"},
+             "looked at the Completed MOBackups of the MatrixOne at other:6001")):
+        st = scoped(name, at, sql)
+        assert st["phase"] == "Failed" and st["reason"] == "PointInTimeNotRecoverable", st
+        assert expect in st["message"], st["message"]
+    assert kube.jobs == {} and not getattr(kube, "pvcs", {}), "a refused scoped restore made something"
+    st = scoped("s-named", NOW - timedelta(minutes=80), backupName="cold-a")
+    assert st["reason"] == "PointInTimeNotRecoverable" and "later than every backup's BACKUPTS" in st["message"], st
+    # A time cold-b holds: chosen and recorded, then handed to the checks that read the repository and the
+    # live server (test_e2e_scoped.py runs them for real; here they stop the pass).
+    from mobackup.k8s import scoped as scoped_run
+
+    checked: list[str] = []
+
+    def stop_at_precheck(ctx: Any, ns: str, spec: Any, storage_spec: Any, backup_id: str, backup: Any) -> str:
+        checked.append(backup_id)
+        raise controller.Fail("Stopped", "stopped at the precheck")
+
+    monkeypatch.setattr(scoped_run, "precheck", stop_at_precheck)
+    st = scoped("s-ok", NOW - timedelta(minutes=80))
+    assert st["pointInTime"]["backupName"] == "cold-b" and st["pointInTime"]["time"] == rfc(NOW - timedelta(
+        minutes=80)), st
+    assert st["reason"] == "Stopped" and checked == ["id-cold-b"], st

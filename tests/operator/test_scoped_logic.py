@@ -54,7 +54,11 @@ def test_scoped_job_restores_into_the_scratch_claim_then_runs_matrixone_and_the_
     (restore,) = pod["initContainers"]
     matrixone, loader = pod["containers"]
     assert restore["args"][restore["args"].index("--target") + 1] == "/data/mo-data"
-    assert matrixone["volumeMounts"] == [{"name": "data", "mountPath": "/mo-data", "subPath": "mo-data"}]
+    # load: the scratch MatrixOne exports into the pod's own emptyDir, which the loader reads.
+    export = {"name": "export", "mountPath": scoped.EXPORT_PATH}
+    assert matrixone["volumeMounts"] == [{"name": "data", "mountPath": "/mo-data", "subPath": "mo-data"}, export]
+    assert export in loader["volumeMounts"] and {"name": "export", "emptyDir": {}} in pod["volumes"]
+    assert loader["args"][loader["args"].index("--export-dir") + 1] == scoped.EXPORT_PATH
     assert loader["command"] == ["python", "-m", "mobackup.k8s.scopedload"]
     args = loader["args"]
     assert [args[i + 1] for i, a in enumerate(args) if a == "--only"] == ["audit", "shop.orders"]
@@ -69,6 +73,28 @@ def test_scoped_job_restores_into_the_scratch_claim_then_runs_matrixone_and_the_
     pvc = drill.scratch_claim(OWNER, parsed.size, parsed.storage_class)
     assert pvc["metadata"]["labels"][jobs.L_KIND] == "morestore"
     assert pvc["spec"]["resources"]["requests"]["storage"] == "2Gi"
+
+
+def test_scope_with_a_time_takes_backup_name_or_none_and_the_loader_brings_the_scratch_to_it() -> None:
+    at = "2026-12-01T10:00:00+01:00"
+    with pytest.raises(models.SpecError, match="not backupID"):
+        scoped.parse_scoped({"backupID": "b-1", "storageRef": {"name": "s3"}, "pointInTime": at,
+                             "scope": {"tables": ["shop.a"]}, "target": {"sql": SQL}})
+    with pytest.raises(models.SpecError, match=r"spec\.pointInTime"):
+        scoped.parse_scoped(spec({"tables": ["shop.a"]}, pointInTime="yesterday"))
+    chosen = scoped.parse_scoped({"pointInTime": at, "scope": {"tables": ["shop.a"]}, "target": {"sql": SQL}})
+    assert chosen.backup_name is None and chosen.point_in_time is not None
+    named = scoped.parse_scoped(spec({"tables": ["shop.a"]}, pointInTime=at))
+    assert named.backup_name == "nightly"
+    job = scoped.scoped_job(OWNER, named, STORAGE, "backup-1", None, DEFAULTS, drill.MatrixOneSettings.from_env({}))
+    args = job["spec"]["template"]["spec"]["containers"][1]["args"]
+    assert args[args.index("--to-time") + 1] == "2026-12-01T09:00:00Z"  # UTC
+    assert "--export-dir" not in args  # insert: no export volume
+    assert "volumes" not in job["spec"]["template"]["spec"] or all(
+        v["name"] != "export" for v in job["spec"]["template"]["spec"]["volumes"])
+    plain = scoped.scoped_job(OWNER, scoped.parse_scoped(spec({"tables": ["shop.a"]})), STORAGE, "backup-1", None,
+                              DEFAULTS, drill.MatrixOneSettings.from_env({}))
+    assert "--to-time" not in plain["spec"]["template"]["spec"]["containers"][1]["args"]
 
 
 def test_the_loaders_message_stays_within_the_kubelets_limit() -> None:

@@ -259,11 +259,13 @@ def add_scoped_restore_arguments(restore: argparse.ArgumentParser) -> None:
     scoped.add_argument("--scratch-dir", help="where the scratch directory is made (default: the temp directory)")
     scoped.add_argument("--copy-method", choices=("insert", "load"), default="insert",
                         help="how rows go into the live server: insert (multi-row INSERTs of ~1 MB, the default) "
-                        "or load (LOAD DATA LOCAL of CSV streamed from memory in 16 MB statements; the server "
-                        "gets only those bytes, never a file)")
-    scoped.add_argument("--insert-connections", type=int_range(1, 8), default=1, metavar="N",
-                        help="connections that INSERT into the live server at once (default 1): more copy faster "
-                        "where it has idle capacity, and take that capacity from its own users")
+                        "or load (the scratch server exports the table with SELECT INTO OUTFILE and its bytes go "
+                        "by LOAD DATA LOCAL in 16 MB statements of whole rows; the live server gets only those "
+                        "bytes, never a file of ours)")
+    scoped.add_argument("--insert-connections", type=int_range(1, 8), default=None, metavar="N",
+                        help="connections that INSERT (or, with --copy-method load, LOAD) into the live server at "
+                        "once (default 1 for insert, 2 for load): more copy faster where it has idle capacity, and "
+                        "take that capacity from its own users")
     # --mo-service, --timeout and --sql-user (of the restored data) are restore's, shared with
     # --to-time (server_check_args)
 

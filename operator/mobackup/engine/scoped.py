@@ -5,20 +5,24 @@ The backup is restored into a scratch directory and a scratch MatrixOne is start
 drill's `Scratch`: own network namespace, removed whatever happens). Each selected table is then
 copied into the live server over SQL: its schema from the scratch server's `SHOW CREATE TABLE`
 under the new name, its rows in multi-row INSERTs of about 1 MB, each its own transaction, so the
-live server keeps serving and never holds a long transaction of ours. Or (method "load") as CSV
-streamed from memory by LOAD DATA LOCAL INFILE, one statement (and transaction) per 16 MB: NULL as
-\\N, every other value enclosed in double quotes with backslash and double quote backslash-escaped,
-all other bytes as they are. The client never opens a file for it: the live connection is a
-sqlconn.StreamingConnection, which answers the server's request for the one name it was armed with by
-that batch's bytes and any other request by nothing and an error (a hostile server cannot ask for a
-file of ours). Then the same row count and checksum must come back from both ends.
+live server keeps serving and never holds a long transaction of ours. Or (method "load") by
+LOAD DATA LOCAL INFILE, one statement (and transaction) per 16 MB of whole rows: the scratch server
+exports the table with SELECT ... INTO OUTFILE into a directory only we can write and the file's
+bytes are streamed (engine/scoped_export.py: the format, and how it is split at row ends), no row
+parsed in Python; a table with a column the export cannot print exactly (bit) goes as CSV built from
+its rows: NULL as \\N, every other value enclosed in double quotes with backslash and double quote
+backslash-escaped, all other bytes as they are. The client never opens a file for the server: the
+live connection is a sqlconn.StreamingConnection, which answers the server's request for the one
+name it was armed with by that batch's bytes and any other request by nothing and an error (a
+hostile server cannot ask for a file of ours). Then the same row count and checksum must come back
+from both ends.
 
-Rows are read as the server's text (pymysql without its type conversions: no Decimal or datetime is
-built, which halves the client's work) and sent back as quoted literals the live server casts to
-the column's type. The checksum is order-independent: the sum modulo 2**256 of the SHA-256 of each
-row's values as that text (a multiset hash), so neither end needs an ORDER BY over the whole table;
-the scratch side is summed while the rows stream through the copy. Both ends must print the same
-value the same way: a difference in how two MatrixOne versions print a type fails the check.
+Rows (method insert) are read as the server's text (pymysql without its type conversions: no
+Decimal or datetime is built, which halves the client's work) and sent back as quoted literals the
+live server casts to the column's type. The checksum is computed by each server with the same SQL
+(engine/scoped_export.py table_checksum): the sum modulo 2**128 of the MD5 of each row's
+`serial_full` of every column (MatrixOne's typed tuple encoding, NULL marked), order-independent, so
+neither end sorts the table (with the export, the scratch side is summed while the live side loads).
 
 Everything the live server could refuse is checked before the first write to it: the names asked
 for exist in the backup (the catalog recorded at backup time first, then the scratch server), no
@@ -37,7 +41,6 @@ kept as `<table>_replaced_<stamp>` (never dropped by us); a failed check leaves 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import re
@@ -60,6 +63,16 @@ from .errors import MobackupError
 from .mosql import SqlEndpoint
 from .progress import Progress, human_bytes
 from .repository import Repository
+from .scoped_export import (
+    UTC_SESSION,
+    export_expressions,
+    export_statement,
+    load_batches,
+    open_export,
+    pump,
+    row_batches,
+)
+from .scoped_export import table_checksum as table_checksum
 
 MAX_NAME = 64  # MatrixOne's (and MySQL's) longest identifier
 # One INSERT statement (and transaction): about 1 MB of rows, at most half the live server's
@@ -76,10 +89,14 @@ LOAD_BATCH_BYTES = 16 << 20
 STREAM_NAME = "mobackup-scoped-stream"
 LOAD_PACKET = 64 << 10
 COPY_METHODS = ("insert", "load")
+# Connections to the live server by default: INSERTs over one (MatrixOne's INSERT path bounds them, and
+# a second takes capacity from the server's own writers); LOADs over two (one LOAD statement keeps
+# MatrixOne busy on fewer cores than it has: 1M rows took 14.7 s over two against 25 s over one, and
+# a writer beside them paused at most 1.1 s, as beside the INSERTs; benchmarks/scoped_restore.py).
+DEFAULT_CONNECTIONS = {"insert": 1, "load": 2}
 RAW: dict[Any, Any] = {}  # pymysql's `conv` for reading the server's text: no conversions
 SCRATCH_MARGIN = 512 << 20  # what the scratch MatrixOne writes beside the restored data at start
 HIDDEN_PREFIX = "__mo_"  # MatrixOne's hidden tables (secondary indexes): created with their table
-MODULUS = 1 << 256
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,7 @@ class TableCopy:
     seconds: float = 0.0  # all of it: create, rows, check, swap
     rows_seconds: float = 0.0  # the rows' copy alone (what rows_per_second and mb_per_second divide by)
     check_seconds: float = 0.0  # the live copy's count and checksum
+    export_seconds: float = 0.0  # method load: the scratch server's SELECT INTO OUTFILE (part of rows_seconds)
     replaced: str | None = None  # with replace: the name the old table is kept under
 
     @property
@@ -214,22 +232,6 @@ def ddl_body(ddl: str, table: str) -> str:
     return ddl[len(head):]
 
 
-def _digest(row: tuple[Any, ...]) -> int:
-    return int.from_bytes(hashlib.sha256(repr(row).encode("utf-8", "surrogateescape")).digest(), "big")
-
-
-def table_checksum(connection: Any, database: str, table: str) -> tuple[int, str]:
-    """(rows, checksum) of a table, streamed over a connection made with conv=RAW (module docstring)."""
-    total, rows = 0, 0
-    with connection.cursor(pymysql.cursors.SSCursor) as cursor:
-        cursor.execute(f"select * from {quote(database)}.{quote(table)}")
-        while chunk := cursor.fetchmany(FETCH_ROWS):
-            rows += len(chunk)
-            for row in chunk:
-                total = (total + _digest(row)) % MODULUS
-    return rows, f"{total:064x}"
-
-
 def csv_field(value: Any) -> bytes:
     """One value of a LOAD DATA row (module docstring): NULL as \\N, else enclosed in double quotes with
     backslash and double quote escaped by a backslash; every other byte (newlines, NUL, any binary) as
@@ -248,14 +250,14 @@ def load_statement(table: tuple[str, str]) -> str:
 def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, str], copy: TableCopy,
               batch_bytes: int = BATCH_BYTES, more_targets: Sequence[Any] = (), method: str = "insert") -> None:
     """Stream `src`'s rows from the scratch server (`source`: conv=RAW) into `dst` on the live one,
-    one statement and transaction a batch, summing the checksum: `insert`, multi-row INSERTs (`target`:
+    one statement and transaction a batch: `insert`, multi-row INSERTs (`target`:
     pymysql's default conv, whose escape() knows the server's quoting mode); `load`, LOAD DATA LOCAL of
     CSV streamed from memory (`target`: a sqlconn.StreamingConnection, which sends only the batch it is
-    armed with). A thread reads, sums and builds the next batches while this one (and one thread for
-    each of `more_targets`, further connections to the live server) sends them."""
+    armed with). A thread reads and builds the next batches while this one (and one thread for
+    each of `more_targets`, further connections to the live server) sends them. The checksum is the
+    caller's (table_checksum, computed by the servers)."""
     statements: queue.Queue[tuple[Any, int] | BaseException | None] = queue.Queue(maxsize=4 + len(more_targets))
     stop = threading.Event()
-    checksum: list[int] = []
     errors: list[BaseException] = []
     counting = threading.Lock()
 
@@ -269,7 +271,6 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
         return False
 
     def read() -> None:
-        total = 0
         try:
             with source.cursor(pymysql.cursors.SSCursor) as reader:
                 reader.execute(f"select * from {quote(src[0])}.{quote(src[1])}")
@@ -285,7 +286,6 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
                 size = 0
                 while chunk := reader.fetchmany(FETCH_ROWS):
                     for row in chunk:
-                        total = (total + _digest(row)) % MODULUS
                         if method == "load":
                             values: Any = b",".join(map(csv_field, row)) + b"\n"
                         else:
@@ -298,7 +298,6 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
                             batch, size = [], 0
                 if batch and not put(batched(batch)):
                     return
-            checksum.append(total)
             put(None)
         except BaseException as error:  # handed to a writer, which raises it
             put(error)
@@ -335,21 +334,7 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
             errors.append(error)
             stop.set()
 
-    threads = [threading.Thread(target=read, name="scoped-restore-reader", daemon=True)]
-    threads += [threading.Thread(target=drain, args=(c,), name="scoped-restore-writer", daemon=True)
-                for c in more_targets]
-    for thread in threads:
-        thread.start()
-    try:
-        drain(target)
-    finally:
-        for thread in threads[1:]:
-            thread.join()
-        stop.set()
-        threads[0].join()
-    if errors:
-        raise errors[0]
-    copy.checksum = f"{checksum[0]:064x}"
+    pump(read, drain, [target, *more_targets], stop, errors, "scoped-restore")
 
 
 class LiveServer:
@@ -551,13 +536,15 @@ def plan_copies(source: Any, target: LiveServer, options: ScopedOptions, backup_
 
 
 def copy_plans(raw: Any, target: LiveServer, plans: Sequence[_Plan], options: ScopedOptions,
-               result: ScopedResult) -> None:
+               result: ScopedResult, export_dir: Path | None = None) -> None:
     """Copy each planned table from the scratch server (`raw`: a connection with conv=RAW) into the
-    live one, appending to `result`; MobackupError says which tables were done before a failure."""
+    live one, appending to `result`; MobackupError says which tables were done before a failure.
+    `export_dir`: a directory only we (and the scratch server) can write, which the scratch server
+    writes its exports into (method `load`, engine/scoped_export.py); without it, the row path."""
     started = time.monotonic()
-    for plan in plans:
+    for index, plan in enumerate(plans):
         try:
-            result.tables.append(_copy_one(raw, target, plan, options.stamp))
+            result.tables.append(_copy_one(raw, target, plan, options.stamp, export_dir, index))
         except MobackupError as error:
             done = ", ".join(t.target for t in result.tables)
             raise MobackupError(f"{error}" + (f"; restored and checked before it: {done}" if done
@@ -579,7 +566,7 @@ def run_scoped_restore(
     scratch_user: str = "root",
     scratch_password: str | None = None,
     timeout: float = 600.0,
-    parallel: int = 1,
+    parallel: int | None = None,
     method: str = "insert",
     progress: Progress | None = None,
     now: datetime | None = None,
@@ -587,8 +574,9 @@ def run_scoped_restore(
 ) -> ScopedResult:
     """Copy the selected tables of `backup_id` into the live MatrixOne (module docstring). Raises
     MobackupError for a refusal (before anything is written to the live server) or a failed copy
-    (the message says what was done). `parallel`: connections that INSERT at once (the copy goes
-    faster where the live server has idle capacity, and takes it from its own users). `to_time`:
+    (the message says what was done). `parallel`: connections that INSERT (or LOAD) at once (the
+    copy goes faster where the live server has idle capacity, and takes it from its own users;
+    default DEFAULT_CONNECTIONS). `to_time`:
     the tables as they were at that instant: the backup whose recoverable interval holds it (or
     `backup_id`'s, checked) is restored, and the scratch server brought to it by its PITR
     (engine/pitr_restore.py) before the copy; the names are then checked on the scratch's tables
@@ -613,7 +601,7 @@ def run_scoped_restore(
     target.method = method
     result.live_version = target.version
     try:
-        target.open_more(max(0, parallel - 1))
+        target.open_more(max(0, (parallel or DEFAULT_CONNECTIONS[method]) - 1))
         if to_time is None:
             check_targets(target, summary, options)
         password = scratch_password if scratch_password is not None else os.environ.get(
@@ -634,9 +622,11 @@ def run_scoped_restore(
             with source:
                 if to_time is not None:
                     result.point_in_time = bring_scratch_to_time(source, summary, to_time)
+                export_dir = scratch.dir / "export"  # in the scratch's own directory (mode 0700)
+                export_dir.mkdir(mode=0o700)
                 with scratch.connect(scratch_user, password, timeout, conv=RAW) as raw:
                     copy_plans(raw, target, plan_copies(source, target, options, summary.id, result),
-                               options, result)
+                               options, result, export_dir)
         result.scratch_bytes = scratch.bytes_used  # measured by close()
     finally:
         target.close()
@@ -706,7 +696,8 @@ def _aside(table: str, word: str, stamp: str) -> str:
     return f"{table}_{word}_{stamp}"[:MAX_NAME]
 
 
-def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str) -> TableCopy:
+def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str, export_dir: Path | None = None,
+              index: int = 0) -> TableCopy:
     database, table = plan.target
     copy = TableCopy(f"{plan.source[0]}.{plan.source[1]}", f"{database}.{table}")
     started = time.monotonic()
@@ -720,8 +711,15 @@ def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str) -> Table
         raise MobackupError(f"the live MatrixOne refused to create {into[0]}.{into[1]}: {error.args[-1]}") from None
     try:
         clock = time.monotonic()
-        copy_rows(source, conn, plan.source, into, copy,
-                  LOAD_BATCH_BYTES if target.method == "load" else target.batch_bytes, target.more, target.method)
+        expressions = (export_expressions(source, *plan.source)
+                       if target.method == "load" and export_dir is not None else None)
+        if expressions is not None:
+            expected = _export_and_load(source, target, plan.source, into, expressions, export_dir, index, copy)
+        else:
+            expected = table_checksum(source, *plan.source)
+            copy_rows(source, conn, plan.source, into, copy,
+                      LOAD_BATCH_BYTES if target.method == "load" else target.batch_bytes, target.more, target.method)
+        copy.checksum = expected[1]
         copy.rows_seconds = round(time.monotonic() - clock, 3)
         clock = time.monotonic()
         rows, checksum = table_checksum(target.raw, *into)
@@ -732,16 +730,66 @@ def _copy_one(source: Any, target: LiveServer, plan: _Plan, stamp: str) -> Table
             raise MobackupError(f"copying {copy.source} into {into[0]}.{into[1]} failed after {copy.rows} rows: "
                                 f"{error.args[-1]} (the partial copy is dropped)") from None
         raise
-    if (rows, checksum) != (copy.rows, copy.checksum):
+    if (rows, checksum) != expected:
         _drop(target, into)
         raise MobackupError(f"the copy of {copy.source} in {into[0]}.{into[1]} does not match the backup: {rows} rows "
-                            f"checksum {checksum[:16]}..., the backup {copy.rows} rows checksum "
-                            f"{copy.checksum[:16]}... (the copy is dropped; nothing was replaced)")
+                            f"checksum {checksum[:16]}..., the backup {expected[0]} rows checksum "
+                            f"{expected[1][:16]}... (the copy is dropped; nothing was replaced)")
     if plan.exists:
         copy.replaced = f"{database}.{_aside(table, 'replaced', stamp)}"
         _swap(conn, database, table, into[1], _aside(table, "replaced", stamp))
     copy.seconds = round(time.monotonic() - started, 3)
     return copy
+
+
+def _export_and_load(source: Any, target: LiveServer, src: tuple[str, str], dst: tuple[str, str],
+                     expressions: Sequence[str], export_dir: Path, index: int, copy: TableCopy) -> tuple[int, str]:
+    """Method `load` by export (engine/scoped_export.py): the scratch server writes the table into
+    `export_dir`, its bytes go to the live server by LOAD DATA LOCAL while the scratch server computes
+    the checksum; returns that (rows, checksum). The file is removed whatever happens."""
+    name = f"table-{index}.csv"
+    directory = os.open(export_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        clock = time.monotonic()
+        with source.cursor() as cursor:
+            cursor.execute(UTC_SESSION)
+            cursor.execute(export_statement(*src, expressions, str(Path(export_dir) / name)))
+        copy.export_seconds = round(time.monotonic() - clock, 3)
+        fd = open_export(directory, name)
+        expected: list[tuple[int, str]] = []
+        failed: list[BaseException] = []
+
+        def check() -> None:
+            try:
+                expected.append(table_checksum(source, *src))
+            except BaseException as error:
+                failed.append(error)
+
+        checker = threading.Thread(target=check, name="scoped-source-checksum", daemon=True)
+        checker.start()
+        counting = threading.Lock()
+
+        def counted(rows: int, sent: int) -> None:
+            with counting:
+                copy.rows += rows
+                copy.bytes_sent += sent
+
+        try:
+            connections = [target.connection, *target.more]
+            for connection in connections:
+                with connection.cursor() as cursor:
+                    cursor.execute(UTC_SESSION)
+            load_batches(row_batches(fd, LOAD_BATCH_BYTES), connections, dst, STREAM_NAME, counted)
+        finally:
+            os.close(fd)
+            checker.join()
+        if failed:
+            raise failed[0]
+        return expected[0]
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=directory)
+        os.close(directory)
 
 
 def _drop(target: LiveServer, name: tuple[str, str]) -> None:

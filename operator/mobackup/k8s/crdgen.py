@@ -627,9 +627,12 @@ def scope_spec() -> Schema:
                                 "<table>_replaced_<stamp>, never dropped; a failed check leaves it untouched.",
                                 "boolean", default=False),
                    "copyMethod": s("How the rows go into the live server: insert (multi-row INSERTs of about "
-                                   "1 MB, each its own transaction) or load (LOAD DATA LOCAL of CSV streamed from "
-                                   "memory, one statement per 16 MB; the server gets only those bytes, never a "
-                                   "file). Both end with the row count and checksum check.",
+                                   "1 MB, each its own transaction) or load (the scratch MatrixOne exports each "
+                                   "table with SELECT INTO OUTFILE into the pod's own emptyDir, and the file's "
+                                   "bytes go to the live server by LOAD DATA LOCAL over two connections, one "
+                                   "statement per 16 MB of whole rows; the live server gets only those bytes, never "
+                                   "a file of ours; 2-3x faster than insert for 1M rows). Both end with the row "
+                                   "count and checksum check.",
                                    enum=["insert", "load"], default="insert"),
                    "scratch": obj("The scratch volume the backup is restored into (created for the restore, "
                                   "deleted after).", {
@@ -656,8 +659,9 @@ def scoped_status() -> dict[str, Schema]:
         "source": s("The table in the backup, <database>.<table>."),
         "target": s("Where it went on the live server."),
         "rows": s("Rows copied (the same count was read back from the live copy).", "integer"),
-        "checksum": s("Order-independent checksum of the rows (sum of each row's SHA-256 mod 2^256, hex); the "
-                      "same from the backup's rows and the live copy."),
+        "checksum": s("Order-independent checksum of the rows, computed by each server: the sum modulo 2^128 of "
+                      "the MD5 of each row's serial_full(every column) (MatrixOne's typed tuple encoding, NULL "
+                      "marked), 32 hex digits; the same from the backup's rows and the live copy."),
         "seconds": s("Seconds the table took: create, copy, check and swap.", "number"),
         "replaced": s("With replace: where the old table was kept."),
     })
@@ -1010,16 +1014,20 @@ RESTORE_POINT_IN_TIME = s(
     "the Completed MOBackups of the target's volume (in storageRef, when set) whose recoverable interval "
     "holds it, the one with the earliest backupTS. A time in the future, after every backup's backupTS, before "
     "every window, a backup without PITR history or a MatrixOne without PITR fail the restore before anything is "
-    "touched, naming the recoverable intervals. Needs sqlCheck. Table data in S3 (target.cluster or sharedStorage): "
-    "the objects are restored into the prefix and the Job waits for the cluster, started on them (a MatrixOneCluster "
-    "through its own spec), up to sqlCheck.timeoutSeconds; candidates without backupName are the MOBackups of the "
-    "same prefix.", pattern=RFC3339, maxLength=64)
+    "touched, naming the recoverable intervals. Needs sqlCheck, unless with scope. Table data in S3 "
+    "(target.cluster or sharedStorage): the objects are restored into the prefix and the Job waits for the "
+    "cluster, started on them (a MatrixOneCluster through its own spec), up to sqlCheck.timeoutSeconds; candidates "
+    "without backupName are the MOBackups of the same prefix. With scope: the scratch MatrixOne is brought to the "
+    "instant (RESTORE CLUSTER FROM PITR on the scratch, never the live server) before the tables are copied, so "
+    "they come back as they were then; without backupName the backup is chosen among the Completed MOBackups whose "
+    "source.sql is target.sql's host and port (in storageRef, when set); the names are checked on the scratch's "
+    "tables as of the instant.", pattern=RFC3339, maxLength=64)
 
 PITR_RESTORE_RULES = [
     {"rule": "has(self.pointInTime) ? !has(self.backupID) : has(self.backupName) != has(self.backupID)",
      "message": "set exactly one of backupName or backupID (with pointInTime: backupName or neither)"},
-    {"rule": "!has(self.pointInTime) || has(self.sqlCheck)",
-     "message": "pointInTime needs sqlCheck (the PITR restore runs through it)"},
+    {"rule": "!has(self.pointInTime) || has(self.scope) || has(self.sqlCheck)",
+     "message": "pointInTime needs sqlCheck (the PITR restore runs through it), or scope"},
     {"rule": "!has(self.pointInTime) || !has(self.parallelPods) || self.parallelPods == 1",
      "message": "pointInTime restores in one pod (parallelPods 1)"},
 ]

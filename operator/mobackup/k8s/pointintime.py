@@ -176,10 +176,19 @@ def _candidates(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> list
 def resolve(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> tuple[str, str, str | None]:
     """(backup id, storage name, backupTS) of the backup to bring to spec.pointInTime; Fail with
     reason PointInTimeNotRecoverable, naming the recoverable intervals, before anything is touched."""
+    assert spec.point_in_time is not None
+    where = f"MOBackup {spec.backup_name}" if spec.backup_name else \
+        f"the Completed MOBackups of {spec.target_label}{f' in {spec.storage}' if spec.storage else ''}"
+    return choose(ctx, obj, spec.point_in_time, _candidates(ctx, obj, spec), where)
+
+
+def choose(ctx: Ctx, obj: dict[str, Any], at: datetime, backups: list[dict[str, Any]],
+           where: str) -> tuple[str, str, str | None]:
+    """(backup id, storage name, backupTS) of the MOBackup among `backups` whose recoverable interval
+    holds `at` (engine choose_among), recorded in status.pointInTime; Fail PointInTimeNotRecoverable,
+    naming the intervals and `where` the operator looked, otherwise."""
     from mobackup.engine.pitr_restore import Candidate, choose_among
 
-    assert spec.point_in_time is not None
-    backups = _candidates(ctx, obj, spec)
     by_name = {b["metadata"]["name"]: b for b in backups}
     candidates = []
     for name, backup in sorted(by_name.items()):
@@ -187,16 +196,14 @@ def resolve(ctx: Ctx, obj: dict[str, Any], spec: models.RestoreSpec) -> tuple[st
         span = _span(st)
         candidates.append(Candidate(name, span, "" if span else recoverable_condition(st)[2]))
     try:
-        chosen = choose_among(candidates, spec.point_in_time, utc_now())
+        chosen = choose_among(candidates, at, utc_now())
     except MobackupError as e:
-        where = f"MOBackup {spec.backup_name}" if spec.backup_name else \
-            f"the Completed MOBackups of {spec.target_label}{f' in {spec.storage}' if spec.storage else ''}"
         raise Fail("PointInTimeNotRecoverable", f"{e} (looked at {where})") from None
     backup = by_name[chosen.id]
     bst = backup["status"]
     storage_name = (backup.get("spec") or {}).get("storageRef", {}).get("name") or bst.get("storage")
     assert chosen.span is not None
-    patch_fields(ctx, obj, pointInTime={"time": rfc3339(spec.point_in_time), "backupName": chosen.id,
+    patch_fields(ctx, obj, pointInTime={"time": rfc3339(at), "backupName": chosen.id,
                                         "recoverableFrom": bst.get("recoverableFrom"),
                                         "recoverableTo": bst.get("recoverableTo")})
     return str(bst["backupID"]), str(storage_name), bst.get("backupTS")

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from . import controller, drill, jobs, models, status, storage
 from .controller import Ctx, Fail, meta, owner_of, transition
 from .kube import Conflict, NotFound
+from .pointintime import rfc3339
 from .storage import pvc_made_for
 
 log = logging.getLogger("mobackup.scoped")
@@ -51,6 +53,11 @@ class ScopedSpec:
     timeout: int
     job: models.JobOverrides
     copy_method: str = "insert"  # or "load" (engine/scoped.py copy_rows)
+    point_in_time: datetime | None = None  # spec.pointInTime: the tables as they were then
+
+
+EXPORT_VOLUME = "export"
+EXPORT_PATH = "/mobackup-export"  # the pod's own emptyDir: the scratch MatrixOne's exports (method load)
 
 
 def is_scoped(spec: dict[str, Any] | None) -> bool:
@@ -62,7 +69,12 @@ def parse_scoped(spec: dict[str, Any]) -> ScopedSpec:
     from mobackup.engine.scoped import scoped_options
 
     name, bid = spec.get("backupName"), spec.get("backupID")
-    if bool(name) == bool(bid):
+    at = models.point_in_time(spec)
+    if at is not None:
+        if bid:
+            raise models.SpecError("spec.pointInTime takes backupName or no backup (the operator picks one among "
+                                   "the backups of target.sql's MatrixOne), not backupID")
+    elif bool(name) == bool(bid):
         raise models.SpecError("spec: set exactly one of backupName or backupID")
     storage_name = (spec.get("storageRef") or {}).get("name")
     if bid and not storage_name:
@@ -104,7 +116,7 @@ def parse_scoped(spec: dict[str, Any]) -> ScopedSpec:
     if copy_method not in ("insert", "load"):
         raise models.SpecError(f"spec.scope.copyMethod {copy_method!r}: insert or load")
     return ScopedSpec(
-        copy_method=copy_method,
+        copy_method=copy_method, point_in_time=at,
         backup_name=models._name(name, "spec.backupName") if name else None, backup_id=bid,
         storage=models._name(storage_name, "spec.storageRef.name") if storage_name else None, only=only,
         as_name=as_name, suffix=suffix, replace=bool(scope.get("replace")), sql=sql, size=size,
@@ -132,7 +144,14 @@ def scoped_job(owner: jobs.Owner, spec: ScopedSpec, storage_spec: models.Storage
     if spec.replace:
         args.append("--replace")
     if spec.copy_method != "insert":
-        args += ["--copy-method", spec.copy_method]
+        args += ["--copy-method", spec.copy_method, "--export-dir", EXPORT_PATH]
+        # The scratch MatrixOne writes each table there and the loader streams the file (engine/scoped_export.py).
+        job["spec"]["template"]["spec"].setdefault("volumes", []).append({"name": EXPORT_VOLUME, "emptyDir": {}})
+        job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].append(
+            {"name": EXPORT_VOLUME, "mountPath": EXPORT_PATH})
+        loader["volumeMounts"] = [*loader["volumeMounts"], {"name": EXPORT_VOLUME, "mountPath": EXPORT_PATH}]
+    if spec.point_in_time is not None:
+        args += ["--to-time", rfc3339(spec.point_in_time)]
     if mo.sql_socket:
         args += ["--scratch-socket", mo.sql_socket]
     loader["args"] = args
@@ -156,8 +175,25 @@ def reconcile_scoped(ctx: Ctx, obj: dict[str, Any], mo: drill.MatrixOneSettings 
         clean=lambda: drill.cleanup(ctx, obj, action=ACTION), made=lambda st: bool(st.get("jobName")))
 
 
-def _resolve(ctx: Ctx, ns: str, spec: ScopedSpec) -> tuple[str, str, dict[str, Any] | None]:
-    """(backup id, storage name, the MOBackup if named)."""
+def _resolve(ctx: Ctx, obj: dict[str, Any], ns: str, spec: ScopedSpec) -> tuple[str, str, dict[str, Any] | None]:
+    """(backup id, storage name, the MOBackup if named or chosen). With pointInTime: the backup whose
+    recoverable interval holds it (k8s/pointintime.py choose): backupName's, or among the Completed
+    MOBackups of target.sql's MatrixOne (their source.sql has its host and port; in storageRef when
+    set); Fail PointInTimeNotRecoverable before anything is made."""
+    if spec.point_in_time is not None:
+        from .pointintime import choose
+
+        if spec.backup_name:
+            backups = [controller.completed_backup(ctx, ns, spec.backup_name, controller.RESTORE_REASONS,
+                                                   "MOBackup")]
+            where = f"MOBackup {spec.backup_name}"
+        else:
+            backups = [b for b in ctx.kube.list_cr("MOBackup", ns) if _backs_up(b, spec)]
+            where = (f"the Completed MOBackups of the MatrixOne at {spec.sql.host}:{spec.sql.port}"
+                     f"{f' in {spec.storage}' if spec.storage else ''}")
+        backup_id, storage_name, _ = choose(ctx, obj, spec.point_in_time, backups, where)
+        chosen = next(b for b in backups if str((b.get("status") or {}).get("backupID")) == backup_id)
+        return backup_id, storage_name, chosen
     if spec.backup_id:
         assert spec.storage
         return spec.backup_id, spec.storage, None
@@ -166,6 +202,19 @@ def _resolve(ctx: Ctx, ns: str, spec: ScopedSpec) -> tuple[str, str, dict[str, A
     bst = backup["status"]
     storage_name = ((backup.get("spec") or {}).get("storageRef") or {}).get("name") or bst.get("storage")
     return str(bst["backupID"]), str(storage_name), backup
+
+
+def _backs_up(backup: dict[str, Any], spec: ScopedSpec) -> bool:
+    """A Completed MOBackup of the live MatrixOne (its source.sql is target.sql's host and port)."""
+    try:
+        if not controller.recorded_backup_id(backup):  # Completed, with the ID the operator recorded
+            return False
+    except Fail:
+        return False
+    sql = ((backup.get("spec") or {}).get("source") or {}).get("sql") or {}
+    storage_name = ((backup.get("spec") or {}).get("storageRef") or {}).get("name")
+    return (str(sql.get("host")), int(sql.get("port") or 6001)) == (spec.sql.host, spec.sql.port) and \
+        (spec.storage is None or storage_name == spec.storage)
 
 
 def precheck(ctx: Ctx, ns: str, spec: ScopedSpec, storage_spec: models.StorageSpec, backup_id: str,
@@ -191,7 +240,8 @@ def precheck(ctx: Ctx, ns: str, spec: ScopedSpec, storage_spec: models.StorageSp
             raise Fail("ScopeUnsupported", f"backup {backup_id} is of a MatrixOne whose table data lives in S3: a "
                                            "scoped restore starts MatrixOne on a scratch volume, which cannot hold it")
         try:
-            options = engine.check_backup(summary, options)
+            if spec.point_in_time is None:  # the catalog describes backupTS; with a time the loader checks
+                options = engine.check_backup(summary, options)
         except MobackupError as e:
             raise Fail("NotInBackup", str(e)) from None
         needed = engine.scratch_needed(summary)
@@ -213,7 +263,7 @@ def precheck(ctx: Ctx, ns: str, spec: ScopedSpec, storage_spec: models.StorageSp
     except MobackupError as e:
         raise Fail("LiveServerUnusable", str(e)) from None
     try:
-        if summary is not None:
+        if summary is not None and spec.point_in_time is None:
             engine.check_targets(live, summary, options)
         return live.version
     except MobackupError as e:
@@ -227,7 +277,7 @@ def start(ctx: Ctx, obj: dict[str, Any], spec: ScopedSpec, mo: drill.MatrixOneSe
     where = f"{spec.sql.host}:{spec.sql.port}"
     if not (obj.get("status") or {}).get("phase"):
         transition(ctx, obj, "Pending", "Accepted", "validated; preparing the scoped restore", target=where)
-    backup_id, storage_name, backup = _resolve(ctx, ns, spec)
+    backup_id, storage_name, backup = _resolve(ctx, obj, ns, spec)
     if ((backup or {}).get("status") or {}).get("sharedStorage"):
         raise Fail("ScopeUnsupported", f"MOBackup {spec.backup_name} is of a MatrixOne whose table data lives in "
                                        "S3: a scoped restore starts MatrixOne on a scratch volume, which cannot "
@@ -249,7 +299,8 @@ def start(ctx: Ctx, obj: dict[str, Any], spec: ScopedSpec, mo: drill.MatrixOneSe
     job_name = controller.create_job(ctx, obj, body)
     ctx.metrics.inc("mobackup_runs_total", kind=KIND, namespace=ns)
     transition(ctx, obj, "Running", "JobCreated",
-               f"Job {job_name} restores {backup_id} into a scratch volume, starts MatrixOne on it and copies "
+               f"Job {job_name} restores {backup_id} into a scratch volume, starts MatrixOne on it"
+               f"{f', brings it to {rfc3339(spec.point_in_time)}' if spec.point_in_time else ''} and copies "
                f"{', '.join(spec.only)} into {where} (MatrixOne {version}), which keeps running",
                jobName=job_name, startTime=status.iso(), backupID=backup_id, storage=storage_name,
                scratchClaim=claim, location=storage_spec.location, target=where, liveVersion=version,
@@ -313,14 +364,21 @@ def _record(ctx: Ctx, obj: dict[str, Any], outcome: dict[str, Any], fields: dict
     fields.update({"tables": tables, "rowsCopied": sum(int(t.get("rows") or 0) for t in tables),
                    "startSeconds": result.get("start_seconds"), "copySeconds": result.get("copy_seconds"),
                    "skipped": result.get("skipped") or None, "tablesLeftOut": result.get("tables_left_out")})
+    at = result.get("point_in_time") if isinstance(result.get("point_in_time"), dict) else None
+    if at:  # the scratch server brought to the time: its PITR and own clock after
+        saved = (obj.get("status") or {}).get("pointInTime") or {}
+        fields["pointInTime"] = {**saved, **{k: v for k, v in (
+            ("time", at.get("to_time")), ("pitr", at.get("pitr")), ("serverTime", at.get("server_time")),
+            ("pitrSeconds", at.get("pitr_seconds"))) if v is not None}}
     fields = {k: v for k, v in fields.items() if v is not None}
     copied = sum(int(t.get("bytes_sent") or 0) for t in result.get("tables") or [] if isinstance(t, dict))
     if copied:
         ctx.metrics.inc("mobackup_transferred_bytes_total", float(copied), kind=KIND, namespace=ns)
     names = ", ".join(f"{t.get('source')} -> {t.get('target')} ({t.get('rows')} rows)" for t in tables[:10])
     if outcome.get("ok"):
+        when = f" as of {at.get('to_time')} (scratch server time after: {at.get('server_time')})" if at else ""
         _finish(ctx, obj, True, "ScopedRestoreCompleted",
-                f"restored and checked {len(tables)} table(s) into the running MatrixOne: {names}", **fields)
+                f"restored and checked {len(tables)} table(s){when} into the running MatrixOne: {names}", **fields)
     else:
         done = f" (restored and checked before it: {names})" if tables else ""
         _finish(ctx, obj, False, str(outcome.get("reason") or "CopyFailed"),

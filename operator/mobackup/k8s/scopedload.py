@@ -57,18 +57,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--into-sql-user", default="root")
     p.add_argument("--scratch-sql-port", type=int, default=6001)
     p.add_argument("--scratch-socket", help="the scratch MatrixOne's Unix socket (instead of 127.0.0.1:port)")
+    p.add_argument("--to-time", help="bring the scratch MatrixOne to this instant (RFC 3339) by its PITR first")
+    p.add_argument("--export-dir", help="the pod's own directory the scratch MatrixOne writes its exports into "
+                                        "(--copy-method load; engine/scoped_export.py)")
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--termination-log", default="/dev/termination-log")
     return p
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from datetime import UTC, datetime
+    from pathlib import Path
+
     import pymysql
 
     from mobackup.engine import scoped
     from mobackup.engine.drill import sql_connection, wait_for_sql
     from mobackup.engine.errors import MobackupError
     from mobackup.engine.mosql import SqlEndpoint
+    from mobackup.engine.pitr_restore import choose_backup, parse_time
     from mobackup.engine.repository import RepositoryOptions, open_repository
 
     clock = time.monotonic()
@@ -81,15 +88,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         repo = open_repository(RepositoryOptions.from_env(args.repo), create=False)
         summary = repo.load_summary(repo.resolve_id(args.backup_id))
         result.backup_id = summary.id
-        options = scoped.check_backup(summary, options)
+        to_time = None
+        if args.to_time:
+            stage = "PointInTimeNotRecoverable"  # the repository's own record must hold the time too
+            to_time = parse_time(args.to_time)
+            choose_backup([summary], to_time, datetime.now(UTC), summary.id)
+            stage = "NotInBackup"
+        else:  # the catalog describes backupTS: with a time, the names are checked on the scratch's tables
+            options = scoped.check_backup(summary, options)
         stage = "LiveServerUnusable"
         live_password = os.environ.get("MOBACKUP_INTO_SQL_PASSWORD", "")
         target = scoped.LiveServer(SqlEndpoint(args.into_sql_host, args.into_sql_port, args.into_sql_user,
                                                live_password))
         target.method = args.copy_method
+        target.open_more(scoped.DEFAULT_CONNECTIONS[args.copy_method] - 1)
         result.live_version = target.version
         stage = "TargetExists"
-        scoped.check_targets(target, summary, options)
+        if to_time is None:
+            scoped.check_targets(target, summary, options)
         stage = "ScratchFailed"
         password = os.environ.get("MOBACKUP_SQL_PASSWORD", live_password)
         started = time.monotonic()
@@ -99,10 +115,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raw = sql_connection("127.0.0.1", args.scratch_sql_port, args.into_sql_user, password,
                              max(deadline - time.monotonic(), 1.0), args.scratch_socket, conv=scoped.RAW)
         with source, raw:
+            if to_time is not None:
+                stage = "PointInTimeFailed"
+                result.point_in_time = scoped.bring_scratch_to_time(source, summary, to_time)
             stage = "Refused"
             plans = scoped.plan_copies(source, target, options, summary.id, result)
             stage = "CopyFailed"
-            scoped.copy_plans(raw, target, plans, options, result)
+            scoped.copy_plans(raw, target, plans, options, result,
+                              Path(args.export_dir) if args.export_dir else None)
         outcome: dict[str, Any] = {"ok": True}
     except (MobackupError, pymysql.MySQLError, OSError, ValueError, KeyError) as error:
         text = str(error.args[-1]) if isinstance(error, pymysql.MySQLError) and error.args else str(error)
