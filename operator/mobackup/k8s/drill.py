@@ -366,14 +366,19 @@ def _seconds(term: dict[str, Any]) -> float | None:
     return round((b - a).total_seconds(), 3) if a and b else None
 
 
-def follow(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec) -> None:
+def follow_scratch_job(ctx: Ctx, obj: dict[str, Any], action: str, last: str, timeout: int,
+                       finish: Callable[[dict[str, Any], dict[str, Any]], None], *, run: str,
+                       restore_failed: str, late: str) -> None:
+    """One pass over a scratch run's Job (a drill's, a scoped restore's): the restore init container's
+    outcome into the status fields, then `finish(terminated, fields)` once the `last` container has
+    ended; TimeLimitExceeded (`late` and why) when the Job failed or the time limit passed."""
     ns, _, _ = meta(obj)
     st = obj.get("status") or {}
-    job_name = jobs.job_name(owner_of(obj), "drill")  # derived: never a Job a patched status names
+    job_name = jobs.job_name(owner_of(obj), action)  # derived: never a Job a patched status names
     try:
         job = ctx.kube.get_job(ns, job_name)
     except NotFound:
-        raise Fail("JobVanished", f"Job {job_name} vanished before the drill finished") from None
+        raise Fail("JobVanished", f"Job {job_name} vanished before {run} finished") from None
     pods = controller._pods_of_job(ctx, ns, job_name)
     pod = pods[-1] if pods else None
     fields: dict[str, Any] = {}
@@ -384,27 +389,35 @@ def follow(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec) -> None:
             result = jobs.parse_result(restored.get("message"))
             if restored.get("exitCode") != 0:
                 reason = (result or {}).get("error") or (restored.get("message") or "").strip()[-500:]
-                raise Fail("RestoreFailed", f"the restore into the scratch volume failed: {reason}")
+                raise Fail("RestoreFailed", f"{restore_failed}: {reason}")
             if result and result.get("result"):
                 fields["restoredBytes"] = result["result"].get("size_bytes")
-        checked = _terminated(pod, CHECKER)
-        if checked is not None:
-            outcome = _checker_result(checked.get("message"))
-            if outcome is None:
-                raise Fail("CheckerFailed", f"the checker ended without a result: "
-                                            f"{(checked.get('message') or '').strip()[-300:]}")
-            _record(ctx, obj, outcome, fields)
+        ended = _terminated(pod, last)
+        if ended is not None:
+            finish(ended, fields)
             return
     state = jobs.job_state(job)
     started = status.parse_iso(st.get("startTime"))
-    limit = spec.timeout + RESTORE_ALLOWANCE_SECONDS + GRACE_SECONDS
-    late = started is not None and (status.now() - started).total_seconds() > limit
-    if state.state == "Failed" or late:
+    limit = timeout + RESTORE_ALLOWANCE_SECONDS + GRACE_SECONDS
+    if state.state == "Failed" or (started is not None and (status.now() - started).total_seconds() > limit):
         why = state.message or state.reason or "the time limit passed"
-        raise Fail("TimeLimitExceeded", f"the drill did not finish within timeoutSeconds={spec.timeout}: "
-                                        f"MatrixOne never answered SQL or the checks hung ({why})")
+        raise Fail("TimeLimitExceeded", f"{late} ({why})")
     if fields:
         controller.patch_fields(ctx, obj, **{k: v for k, v in fields.items() if v is not None})
+
+
+def follow(ctx: Ctx, obj: dict[str, Any], spec: DrillSpec) -> None:
+    def finish(checked: dict[str, Any], fields: dict[str, Any]) -> None:
+        outcome = _checker_result(checked.get("message"))
+        if outcome is None:
+            raise Fail("CheckerFailed", f"the checker ended without a result: "
+                                        f"{(checked.get('message') or '').strip()[-300:]}")
+        _record(ctx, obj, outcome, fields)
+
+    follow_scratch_job(ctx, obj, "drill", CHECKER, spec.timeout, finish, run="the drill",
+                       restore_failed="the restore into the scratch volume failed",
+                       late=f"the drill did not finish within timeoutSeconds={spec.timeout}: MatrixOne never "
+                            "answered SQL or the checks hung")
 
 
 def _checker_result(message: str | None) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from . import controller, drill, jobs, models, status, storage
 from .controller import Ctx, Fail, meta, owner_of, transition
-from .kube import Conflict, NotFound
+from .kube import Conflict
 from .pointintime import rfc3339
 from .storage import pvc_made_for
 
@@ -308,46 +308,18 @@ def start(ctx: Ctx, obj: dict[str, Any], spec: ScopedSpec, mo: drill.MatrixOneSe
 
 
 def follow(ctx: Ctx, obj: dict[str, Any], spec: ScopedSpec) -> None:
-    ns, _, _ = meta(obj)
-    st = obj.get("status") or {}
-    job_name = jobs.job_name(owner_of(obj), ACTION)  # derived: never a Job a patched status names
-    try:
-        job = ctx.kube.get_job(ns, job_name)
-    except NotFound:
-        raise Fail("JobVanished", f"Job {job_name} vanished before the restore finished") from None
-    pods = controller._pods_of_job(ctx, ns, job_name)
-    pod = pods[-1] if pods else None
-    fields: dict[str, Any] = {}
-    if pod is not None:
-        restored = drill._terminated(pod, drill.RESTORE, init=True)
-        if restored is not None:
-            fields["restoreSeconds"] = drill._seconds(restored)
-            result = jobs.parse_result(restored.get("message"))
-            if restored.get("exitCode") != 0:
-                reason = (result or {}).get("error") or (restored.get("message") or "").strip()[-500:]
-                raise Fail("RestoreFailed", f"the restore into the scratch volume failed (nothing was written to "
-                                            f"the live server): {reason}")
-            if result and result.get("result"):
-                fields["restoredBytes"] = result["result"].get("size_bytes")
-        loaded = drill._terminated(pod, LOADER)
-        if loaded is not None:
-            outcome = jobs.parse_result(loaded.get("message"))
-            if outcome is None or "ok" not in outcome:
-                raise Fail("LoaderFailed", f"the loader ended without a result: "
-                                           f"{(loaded.get('message') or '').strip()[-300:]}")
-            _record(ctx, obj, outcome, fields)
-            return
-    state = jobs.job_state(job)
-    started = status.parse_iso(st.get("startTime"))
-    limit = spec.timeout + drill.RESTORE_ALLOWANCE_SECONDS + drill.GRACE_SECONDS
-    late = started is not None and (status.now() - started).total_seconds() > limit
-    if state.state == "Failed" or late:
-        why = state.message or state.reason or "the time limit passed"
-        raise Fail("TimeLimitExceeded", f"the scoped restore did not finish within scope.timeoutSeconds="
-                                        f"{spec.timeout}: the scratch MatrixOne never answered SQL or the copy hung "
-                                        f"({why})")
-    if fields:
-        controller.patch_fields(ctx, obj, **{k: v for k, v in fields.items() if v is not None})
+    def finish(loaded: dict[str, Any], fields: dict[str, Any]) -> None:
+        outcome = jobs.parse_result(loaded.get("message"))
+        if outcome is None or "ok" not in outcome:
+            raise Fail("LoaderFailed", f"the loader ended without a result: "
+                                       f"{(loaded.get('message') or '').strip()[-300:]}")
+        _record(ctx, obj, outcome, fields)
+
+    drill.follow_scratch_job(ctx, obj, ACTION, LOADER, spec.timeout, finish, run="the restore",
+                             restore_failed="the restore into the scratch volume failed (nothing was written "
+                                            "to the live server)",
+                             late=f"the scoped restore did not finish within scope.timeoutSeconds={spec.timeout}: "
+                                  "the scratch MatrixOne never answered SQL or the copy hung")
 
 
 def table_status(table: dict[str, Any]) -> dict[str, Any]:
