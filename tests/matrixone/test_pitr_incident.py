@@ -41,6 +41,19 @@ def rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+
+def assert_back_at(server: Any, before: Any, incident: Any, restore_at: datetime) -> tuple[int, int, int]:
+    """The restored server holds the state at `restore_at`: the accident and the churn undone, db2 back,
+    the writer's rows an exact prefix of every transaction committed before that instant and none begun
+    after it; and it takes writes. Returns (rows, max id, transactions)."""
+    assert checksums(server, ["db1", "db2"]) == before
+    count, max_id, txns = writer_rows(server)
+    assert count == max_id + 1 == txns * TXN_ROWS, (count, max_id, txns)
+    committed, begun_after = incident.committed_before(restore_at), incident.first_begun_after(restore_at)
+    assert txns >= committed and (begun_after is None or txns <= begun_after), (txns, committed, begun_after)
+    server.sql("insert into w.t values (-1, -1)")
+    return count, max_id, txns
+
 def test_restore_to_a_time_before_an_accident_through_the_cli(
         matrixone_factory: Callable[..., MatrixOne], tmp_path: Path) -> None:
     repo, snap = tmp_path / "repo", tmp_path / "snap"
@@ -150,12 +163,7 @@ def test_restore_to_a_time_before_an_accident_through_the_cli(
 
     restored = matrixone_factory(DEFAULT_VERSION, workdir=target.parent, hostname="mo-src")
     restored.start()
-    assert checksums(restored, ["db1", "db2"]) == before  # the accident and the churn undone, db2 back
-    count, max_id, txns = writer_rows(restored)
-    assert count == max_id + 1 == txns * TXN_ROWS, (count, max_id, txns)
-    committed, begun_after = incident.committed_before(restore_at), incident.first_begun_after(restore_at)
-    assert txns >= committed and (begun_after is None or txns <= begun_after), (txns, committed, begun_after)
-    restored.sql("insert into w.t values (-1, -1)")  # the restored server takes writes
+    count, max_id, txns = assert_back_at(restored, before, incident, restore_at)
     restored.stop()
 
     # The online backup with the history comes back to the same instant, exactly. It holds no log service
@@ -251,10 +259,5 @@ def test_restore_s3_resident_data_to_a_time_before_an_accident(
     assert result["backup_id"] == online["id"] and result["pitr"] == "mobackup_cluster", result
     print(f"\nS3 restore to a time {time.monotonic() - clock:.1f} s (PITR {result['pitr_seconds']} s); history "
           f"added: {added}")
-    assert checksums(other, ["db1", "db2"]) == before  # the accident and the churn undone, db2 back
-    count, max_id, txns = writer_rows(other)
-    assert count == max_id + 1 == txns * TXN_ROWS, (count, max_id, txns)
-    committed, begun_after = incident.committed_before(restore_at), incident.first_begun_after(restore_at)
-    assert txns >= committed and (begun_after is None or txns <= begun_after), (txns, committed, begun_after)
-    other.sql("insert into w.t values (-1, -1)")  # the restored server takes writes
+    assert_back_at(other, before, incident, restore_at)
     other.stop()
