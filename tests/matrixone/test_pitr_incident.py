@@ -41,7 +41,6 @@ def rfc3339(t: datetime) -> str:
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-
 def assert_back_at(server: Any, before: Any, incident: Any, restore_at: datetime) -> tuple[int, int, int]:
     """The restored server holds the state at `restore_at`: the accident and the churn undone, db2 back,
     the writer's rows an exact prefix of every transaction committed before that instant and none begun
