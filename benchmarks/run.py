@@ -343,6 +343,14 @@ class Bench:
 
             results["memory"] = memscale.run(self.work / "memory", self.mobackup, self.args.memory_counts,
                                              self.env, self.logs / "memory.log", on_result=progress)
+        if "online-memory" in sections:
+            def online_progress(rows: list[dict[str, Any]]) -> None:
+                results["online_memory"] = rows
+                self.save(results)
+
+            results["online_memory"] = memscale.run_online(self.work / "online-memory", self.args.memory_counts,
+                                                           self.env, self.logs / "memory.log", sys.executable,
+                                                           on_result=online_progress)
         results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         path = self.save(results)
         print(report.render(results))
@@ -375,7 +383,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported (default 3)")
     parser.add_argument("--seed", type=int, default=20240515)
     parser.add_argument("--sections", type=lambda s: s.split(","), default=["local", "s3", "memory"],
-                        help="comma-separated: local,s3,memory (default all)")
+                        help="comma-separated: local,s3,memory,online-memory (default local,s3,memory)")
     parser.add_argument("--local-parallelism", type=_ints, default=[4, 2, 8],
                         help="mobackup --parallelism values on the local directory; the first is also used for "
                         "the incremental (default 4,2,8)")
