@@ -27,6 +27,8 @@ class BoundedWorkers:
         self.name = name
         self.slots = threading.BoundedSemaphore(self.size * 2)
         self.lock = threading.Lock()
+        self.settled = threading.Condition(self.lock)  # notified when no task is queued or running
+        self.in_flight = 0
         self.error: BaseException | None = None
         self.tasks: SimpleQueue[_Task | None] = SimpleQueue()
         self.threads: list[threading.Thread] = []
@@ -43,6 +45,7 @@ class BoundedWorkers:
             raise RuntimeError("BoundedWorkers: submit after shutdown")
         self.slots.acquire()
         with self.lock:
+            self.in_flight += 1
             start = self.idle == 0 and len(self.threads) < self.size
             if not start:
                 self.idle -= 1 if self.idle else 0
@@ -73,6 +76,17 @@ class BoundedWorkers:
                 if error is not None and self.error is None:
                     self.error = error
                 self.idle += 1
+                self.in_flight -= 1
+                if not self.in_flight:
+                    self.settled.notify_all()
+
+    def wait(self) -> None:
+        """Until every task submitted so far has run; then raises the first error, if any."""
+        with self.lock:
+            while self.in_flight:
+                self.settled.wait()
+        if self.error is not None:
+            raise self.error
 
     def shutdown(self, cancel: bool = False) -> None:
         """Wait for the threads; with `cancel`, tasks not started yet are dropped."""
