@@ -19,13 +19,14 @@ BATCH = 20_000
 IN_MEMORY_FILES = 50_000
 
 
-def connect(path: Path, shared: bool = False) -> sqlite3.Connection:
+def connect(path: Path, shared: bool = False, cache_kib: int = 16000) -> sqlite3.Connection:
+    """`cache_kib`: the page cache's most, per connection (several are open at once in a run)."""
     import sqlite3  # imported only when needed: a small incremental never is (start-up counts)
 
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=not shared)
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
-    db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache at most
+    db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     return db
 
 
