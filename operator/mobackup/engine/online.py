@@ -491,7 +491,7 @@ def run_online_backup(
         server_staging = f"{server_dir}/{staging.name}"
         store = ChunkStore(repo)
         index = StagedIndex(Path(scratch))  # what is known per staged file, on disk
-        with StagedTaker(str(staging), store, repo.parallelism, index) as taker:
+        with contextlib.closing(index), StagedTaker(str(staging), store, repo.parallelism, index) as taker:
             _backup_while_taking(session, server_staging, repo.parallelism, base.backup_ts if base else None, taker)
             backup_seconds = time.monotonic() - clock
             returned_ns = time.time_ns()
@@ -555,9 +555,8 @@ def run_online_backup(
                     verifier.shutdown(wait=False, cancel_futures=True)
                     if digests.cancelled():
                         shared.close()
-                    # A check still running keeps its own connection (its file stays readable once
-                    # the scratch directory is removed).
-                    index.close()
+                    # A check still running keeps its own connection to the index (its file stays
+                    # readable once the scratch directory is removed).
 
 
 class _Reused:
