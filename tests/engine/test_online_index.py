@@ -119,3 +119,17 @@ def test_staging_removal_streams_a_large_directory_with_workers(tmp_path: Path) 
     remove_tree(root, workers=4)
     assert not root.exists()
     assert (outside / "keep").read_bytes() == b"k"
+
+
+def test_the_takers_name_filter_never_forgets_and_rarely_confuses() -> None:
+    """SeenNames (online_take.py): every name added is seen (a file is never taken twice); a new name
+    taken for seen only leaves its file to the ingest, and that stays rare."""
+    from mobackup.engine.online_take import SeenNames
+
+    seen = SeenNames()
+    names = [f"{i:016x}-0000-7000-8000-000000000000_00000" for i in range(50_000)]
+    for name in names:
+        seen.add(name)
+    assert all(seen.has(name) for name in names)
+    confused = sum(seen.has(f"new-{i}") for i in range(50_000))
+    assert confused < 50  # ~0.0001 expected at this count

@@ -69,6 +69,29 @@ class DiskContentSha256:
         return self.sha.hexdigest()
 
 
+class SeenNames:
+    """A Bloom filter of names (2 bits of 2**27 per name, from the name's hash()): memory stays at
+    16 MB from a thousand names to millions (a set of their hashes took ~60 bytes a name), touched
+    only as names arrive. It may answer "seen" for a new name: at a million names, about 2 in 10,000."""
+
+    BITS = 1 << 27
+
+    def __init__(self) -> None:
+        self.bits = bytearray(self.BITS >> 3)
+
+    def _positions(self, name: str) -> tuple[int, int]:
+        h = hash(name) & 0xFFFFFFFFFFFFFFFF
+        return h & (self.BITS - 1), (h >> 32) & (self.BITS - 1)
+
+    def has(self, name: str) -> bool:
+        a, b = self._positions(name)
+        return bool(self.bits[a >> 3] & (1 << (a & 7))) and bool(self.bits[b >> 3] & (1 << (b & 7)))
+
+    def add(self, name: str) -> None:
+        for position in self._positions(name):
+            self.bits[position >> 3] |= 1 << (position & 7)
+
+
 def _names(fd: int) -> Iterator[str]:
     with os.scandir(fd) as entries:
         for entry in entries:
@@ -80,16 +103,16 @@ class StagedTaker:
     A file that cannot be taken (it changed while read, vanished, is a link) is simply not taken: the
     ordinary ingest meets it later and says what is wrong. Use as a context manager.
 
-    What is taken goes to `index` (on disk). Names already submitted are remembered by their hash (a
-    set of ints: about 60 bytes a file); two names with one hash would leave the second untaken, so
-    the ingest reads it (slower, never wrong)."""
+    What is taken goes to `index` (on disk). Names already submitted are remembered in a fixed-size
+    filter (SeenNames: 16 MB whatever the count); a name it takes for seen when it is not is left
+    untaken, so the ingest reads and checks that file (slower, never wrong)."""
 
     def __init__(self, staging: str, store: ChunkStore, workers: int, index: StagedIndex) -> None:
         self.staging = staging
         self.store = store
         self.index = index
         self.tae: DirectoryFds | None = None
-        self.seen: set[int] = set()  # hash() of the names submitted
+        self.seen = SeenNames()
         self.dirs: list[str] = [""]  # directories under tae/ to list
         self.early = 0  # files submitted while BACKUP still ran
         self.workers = BoundedWorkers(workers, "mobackup-take")
@@ -123,14 +146,13 @@ class StagedTaker:
             try:
                 for name in _names(fd):  # streamed: a listing may hold millions of names
                     rel = f"{directory}/{name}" if directory else name
-                    key = hash(rel)
-                    if key in self.seen or name.startswith(".") or (not directory and name.startswith(META_NAMES)):
+                    if self.seen.has(rel) or name.startswith(".") or (not directory and name.startswith(META_NAMES)):
                         continue
                     try:
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                     except FileNotFoundError:
                         continue
-                    self.seen.add(key)
+                    self.seen.add(rel)
                     if stat.S_ISDIR(st.st_mode):
                         self.dirs.append(rel)
                     elif stat.S_ISREG(st.st_mode):
