@@ -79,3 +79,25 @@ def run(root: Path, mobackup: str, counts: list[int], env: dict[str, str], log: 
         _remove(root)
     shutil.rmtree(root, ignore_errors=True)
     return results
+
+
+def run_online(root: Path, counts: list[int], env: dict[str, str], log: Path, python: str,
+               on_result: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    """Peak RSS of an online full backup of `count` staged files, then of an online incremental that
+    reuses them all and stages 1% more (online_memscale.py plays MatrixOne's BACKUP)."""
+    driver = str(Path(__file__).with_name("online_memscale.py"))
+    results: list[dict[str, Any]] = []
+    for count in counts:
+        _remove(root)
+        row: dict[str, Any] = {"files": count}
+        for name, extra in (("online_full", []), ("online_incremental", ["--incremental"])):
+            cmd = [python, driver, "--files", str(count), "--data", str(root / "data"), "--repo", str(root / "repo"),
+                   *extra]
+            row[name] = measure.run(cmd, env=env, cold=False, log=log)
+            print(f"[memory] {count} staged files: {name} {row[name]['wall_s']} s, {row[name]['peak_rss_mb']} MB",
+                  flush=True)
+        results.append(row)
+        if on_result:
+            on_result(results)
+        _remove(root)
+    return results

@@ -134,6 +134,16 @@ def memory_table(memory: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def online_memory_table(memory: list[dict[str, Any]]) -> str:
+    lines = ["| staged files | online full: peak RSS, time | online incremental (all reused, 1% new) |",
+             "|---|---|---|"]
+    for row in memory:
+        cells = [f"{row[k]['peak_rss_mb']:.0f} MB, {row[k]['wall_s']:.1f} s"
+                 for k in ("online_full", "online_incremental")]
+        lines.append(f"| {row['files']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(results: dict[str, Any]) -> str:
     summary = results.get("summary") or summarise(results.get("samples", []))
     parts = []
@@ -154,6 +164,8 @@ def render(results: dict[str, Any]) -> str:
         parts += ["### mobackup against the scratch variant", variant_table(summary)]
     if results.get("memory"):
         parts += ["### Memory against manifest size", memory_table(results["memory"])]
+    if results.get("online_memory"):
+        parts += ["### Memory of online backups against staged files", online_memory_table(results["online_memory"])]
     return "\n\n".join(parts)
 
 

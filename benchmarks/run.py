@@ -110,6 +110,7 @@ class Bench:
         src = str(ds.src)
         ds.use("a")
 
+        tools = self.args.local_tools
         dst = self.fresh("cp")
         self.measure("local", "cp -r", "full", rep, ["cp", "-r", src, str(dst)], nbytes=a)
         self.check_tree(dst, ds.state_a, "cp -r")
@@ -124,12 +125,14 @@ class Bench:
         ds.use("a")
         shutil.rmtree(dst)
 
-        dst = self.fresh("rclone")
-        self.measure("local", "rclone sync", "full", rep, [self.rclone, "sync", "-q", src, str(dst)], nbytes=a)
-        ds.use("b")
-        self.measure("local", "rclone sync", "incremental", rep, [self.rclone, "sync", "-q", src, str(dst)], nbytes=b)
-        ds.use("a")
-        shutil.rmtree(dst)
+        if "rclone" in tools:
+            dst = self.fresh("rclone")
+            self.measure("local", "rclone sync", "full", rep, [self.rclone, "sync", "-q", src, str(dst)], nbytes=a)
+            ds.use("b")
+            self.measure("local", "rclone sync", "incremental", rep, [self.rclone, "sync", "-q", src, str(dst)],
+                         nbytes=b)
+            ds.use("a")
+            shutil.rmtree(dst)
 
         for tool, binary in self.engines():
             for parallelism in self.args.local_parallelism:
@@ -154,10 +157,11 @@ class Bench:
                     ds.use("a")
                 shutil.rmtree(repo)
 
-        repo = self.fresh("restic-repo")
-        env = self.env | {"RESTIC_REPOSITORY": str(repo)}
-        self.restic(env, rep, "local", a, b)
-        shutil.rmtree(repo)
+        if "restic" in tools:
+            repo = self.fresh("restic-repo")
+            env = self.env | {"RESTIC_REPOSITORY": str(repo)}
+            self.restic(env, rep, "local", a, b)
+            shutil.rmtree(repo)
 
     def restic(self, env: dict[str, str], rep: int, section: str, a: int, b: int) -> None:
         ds = self.ds
@@ -313,6 +317,8 @@ class Bench:
             "machine": self.machine(), "versions": self.versions(), "command": " ".join(sys.argv),
         }
         print(f"benchmark {started}: size {self.args.size}, {self.args.reps} reps, cache {results['cache']}")
+        for _, command in self.engines():
+            measure.precompile(command, self.env)
         if {"local", "s3"} & set(sections):
             clock = time.monotonic()
             self.ds = dataset.build(self.work / f"data-{self.args.size}", self.args.size, self.args.seed)
@@ -337,6 +343,14 @@ class Bench:
 
             results["memory"] = memscale.run(self.work / "memory", self.mobackup, self.args.memory_counts,
                                              self.env, self.logs / "memory.log", on_result=progress)
+        if "online-memory" in sections:
+            def online_progress(rows: list[dict[str, Any]]) -> None:
+                results["online_memory"] = rows
+                self.save(results)
+
+            results["online_memory"] = memscale.run_online(self.work / "online-memory", self.args.memory_counts,
+                                                           self.env, self.logs / "memory.log", sys.executable,
+                                                           on_result=online_progress)
         results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         path = self.save(results)
         print(report.render(results))
@@ -369,10 +383,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=3, help="repetitions; medians are reported (default 3)")
     parser.add_argument("--seed", type=int, default=20240515)
     parser.add_argument("--sections", type=lambda s: s.split(","), default=["local", "s3", "memory"],
-                        help="comma-separated: local,s3,memory (default all)")
+                        help="comma-separated: local,s3,memory,online-memory (default local,s3,memory)")
     parser.add_argument("--local-parallelism", type=_ints, default=[4, 2, 8],
                         help="mobackup --parallelism values on the local directory; the first is also used for "
                         "the incremental (default 4,2,8)")
+    parser.add_argument("--local-tools", type=lambda s: s.split(","), default=["rclone", "restic"],
+                        help="the local section's other tools besides cp -r, rsync and mobackup (default "
+                             "rclone,restic; '' for none: a quicker side-by-side run)")
     parser.add_argument("--s3-parallelism", type=_ints, default=[4, 2, 8, 16],
                         help="mobackup --parallelism values against S3 (default 4,2,8,16)")
     parser.add_argument("--s3-zstd", action="store_true",

@@ -59,3 +59,42 @@ def test_cli_modules_import_one_way() -> None:
     agent = ast.parse(Path(mobackup.k8s.agent.__file__).read_text())
     modules = {node.module for node in ast.walk(agent) if isinstance(node, ast.ImportFrom)}
     assert not [m for m in modules if m and (m == "mobackup.cli" or m.startswith(("mobackup.cli.", "mobackup.cli_")))]
+
+
+def test_small_incremental_imports_only_what_it_uses(tmp_path) -> None:
+    """A small incremental backup is measured against rsync, start-up included (issue 22): it holds a
+    small base list and checks its own list in memory (no sqlite3), runs its readers on plain threads
+    (no concurrent.futures, which imports logging), and imports neither socket nor pymysql."""
+    data = tmp_path / "data"
+    (data / "shared").mkdir(parents=True)
+    for n in range(3):
+        (data / "shared" / f"object-{n}").write_bytes(bytes([n]) * 70_000)
+    repo = tmp_path / "repo"
+    code = ("import sys, contextlib, io\n"
+            "from mobackup import cli\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert cli.main(sys.argv[1:]) == 0\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('sqlite3', '_sqlite3', 'concurrent', 'logging', 'socket', 'pymysql')))\n")
+    backup = ["backup", "--data-dir", str(data), "--repo", str(repo), "--json"]
+    subprocess.run([sys.executable, "-c", code, *backup, "--type", "full"], capture_output=True, text=True, check=True)
+    (data / "shared" / "object-3").write_bytes(b"new" * 1000)
+    done = subprocess.run([sys.executable, "-c", code, *backup, "--type", "incremental"], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_s3_clients_skip_botocores_walk_of_every_service() -> None:
+    """An S3 client's data loader answers "is this a service?" from the data directories' names
+    (engine/s3.py, issue 22: 0.24 s of 0.6 s per first client): every service botocore knows is still
+    known, and S3's model loads from it."""
+    from botocore.loaders import create_loader
+
+    from mobackup.engine import s3
+
+    quick = s3._quick_loader(None)
+    assert set(create_loader().list_available_services("service-2")) <= set(quick.list_available_services("service-2"))
+    assert quick.load_service_model("s3", "service-2")["metadata"]["endpointPrefix"] == "s3"
+    session = s3._new_session("key", "secret")
+    assert session._session.get_component("data_loader") is s3._LOADER
+    assert session.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1").meta.service_model

@@ -64,11 +64,10 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def _online_backup(args: argparse.Namespace) -> int:
+    if args.staging:  # S3-resident data: MatrixOne stages into a bucket, no data directory
+        return s3.online_s3_backup(args)  # (an ingest shard needs no SQL: pymysql is not imported)
     from ..engine.mosql import MatrixOneSession, SqlEndpoint
     from ..engine.online import run_online_backup
-
-    if args.staging:  # S3-resident data: MatrixOne stages into a bucket, no data directory
-        return s3.online_s3_backup(args)
     if not args.sql_host:
         raise MobackupError("--online needs --sql-host (MatrixOne runs the backup; password in MOBACKUP_SQL_PASSWORD)")
     if args.exclude:

@@ -39,3 +39,16 @@ def retention_policy(args: argparse.Namespace) -> Any:
 
     return RetentionPolicy(keep_last=args.keep_last, keep_daily=args.keep_daily, keep_weekly=args.keep_weekly,
                            keep_monthly=args.keep_monthly, keep_within=args.keep_within)
+
+
+def target_places(args: argparse.Namespace) -> tuple[Any, Any]:
+    """--target-s3 and --hk-data-s3 (None when not given) as S3Place."""
+    from ..engine.online_s3 import S3Place
+
+    target = S3Place.from_env(args.target_s3, "MOBACKUP_TARGET_", endpoint=args.target_s3_endpoint or args.s3_endpoint,
+                              region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
+    hk_data_s3 = None
+    if args.hk_data_s3:
+        hk_data_s3 = S3Place.from_env(args.hk_data_s3, "MOBACKUP_TARGET_", endpoint=target.endpoint,
+                                      region=target.region, path_style=target.path_style, ca_bundle=target.ca_bundle)
+    return target, hk_data_s3

@@ -10,7 +10,7 @@ from typing import Any
 from ..engine.errors import MobackupError
 from ..engine.model import BackupSummary
 from ..engine.text import printable
-from .common import emit, repository_options
+from .common import emit, repository_options, target_places
 
 
 def backup_record(args: argparse.Namespace, connection: Any, *, history: bool,
@@ -121,8 +121,6 @@ def _restore_s3_to_time(args: argparse.Namespace) -> int:
     check_restore_options("all", local_fs_dir=args.local_fs_dir, reset_local_fs=args.reset_local_fs,
                           hk_data_s3=args.hk_data_s3)
     t = parse_time(args.to_time)  # before the repository is opened
-    from .s3 import target_places
-
     target, hk_data_s3 = target_places(args)
     endpoint = SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user, None)
     repo = open_repository(repository_options(args))

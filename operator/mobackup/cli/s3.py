@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.errors import MobackupError
-from .common import emit, repository_options
+from .common import emit, repository_options, target_places
 
 
 def check_backup_flags(args: argparse.Namespace) -> None:
@@ -106,19 +106,6 @@ def cmd_commit(args: argparse.Namespace) -> int:
     summary = commit_run(repo, args.run, _staging_place(args), args.shards)
     emit(args, summary.to_dict(), _summary_line(summary))
     return 0
-
-
-def target_places(args: argparse.Namespace) -> tuple[Any, Any]:
-    """--target-s3 and --hk-data-s3 (None when not given) as S3Place."""
-    from ..engine.online_s3 import S3Place
-
-    target = S3Place.from_env(args.target_s3, "MOBACKUP_TARGET_", endpoint=args.target_s3_endpoint or args.s3_endpoint,
-                              region=args.s3_region, path_style=args.s3_path_style, ca_bundle=args.s3_ca_bundle)
-    hk_data_s3 = None
-    if args.hk_data_s3:
-        hk_data_s3 = S3Place.from_env(args.hk_data_s3, "MOBACKUP_TARGET_", endpoint=target.endpoint,
-                                      region=target.region, path_style=target.path_style, ca_bundle=target.ca_bundle)
-    return target, hk_data_s3
 
 
 def restore_s3(args: argparse.Namespace) -> int:

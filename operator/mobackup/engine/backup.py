@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from .. import __version__
 from .errors import CorruptDataError, MobackupError, SourceChangedError
@@ -21,7 +20,7 @@ from .layout import PathRules, detect_layout, newest_checkpoint_ts
 from .manifest import UNPUBLISHED
 from .model import MAX_SKIPPED, BackupSummary, iso, utc_now
 from .progress import NullProgress, Progress
-from .repository import FileListWriter, Repository, blob_key
+from .repository import FileListWriter, Repository, blob_key, host_name
 from .restore import check_file_list
 from .safefs import DirectoryFds, Ident, NotFollowed
 from .storage import KERNEL_COPY_MIN, LocalBackend
@@ -192,7 +191,7 @@ class _BackupRun:
         self.store.progress = progress
         self.totals = self.store.totals
         self.lock = self.store.lock
-        self.taken: Mapping[str, TakenFile] = {}  # files stored ahead of the walk, by path
+        self.taken: TakenLookup = {}  # files stored ahead of the walk, by path
         self.inherited: Iterable[dict[str, Any]] = ()  # base records taken as they are
         self.skipped: list[tuple[str, str]] = []  # FIFOs, sockets, devices: (path, kind)
         self.first_names: dict[tuple[int, int], str] = {}  # inode -> first path (files with links only)
@@ -322,6 +321,36 @@ class _BackupRun:
             self.progress.advance(record.get("size", 0), 1)
 
 
+class TakenLookup(Protocol):
+    """Files stored ahead of the walk by path (a dict, or an on-disk index)."""
+
+    def get(self, path: str, /) -> TakenFile | None: ...
+
+
+class PathSet(Protocol):
+    """A set of paths that may live on disk (an online incremental's files taken from its base)."""
+
+    def __contains__(self, path: object) -> bool: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[str]: ...
+
+
+def _counted(record: dict[str, Any], counter: list[int]) -> dict[str, Any]:
+    counter[0] += 1
+    return record
+
+
+def _missing_from(repo: Repository, base: BackupSummary, paths: PathSet, scratch: Path) -> str:
+    """One of `paths` the base's file list lacks (for a message; on disk, however long the list)."""
+    listed = DigestSet(scratch / "base-paths.sqlite")
+    try:
+        for record in repo.entries(base):
+            listed.add(str(record.get("path")))
+        return min((path for path in paths if path not in listed), default="?")
+    finally:
+        listed.close()
+
+
 def choose_base(repo: Repository, source: str, backup_type: str | None,
                  base_id: str | None) -> BackupSummary | None:
     if backup_type not in (None, "full", "incremental"):
@@ -371,7 +400,7 @@ def run_backup(
     mo_version: str | None = None,
     backup_ts: str | None = None,
     backup_ts_source: str | None = None,
-    inherit: frozenset[str] = frozenset(),
+    inherit: PathSet = frozenset(),
     extra: dict[str, Any] | None = None,
     data_dir_label: str | None = None,
     began: tuple[Any, float] | None = None,
@@ -379,7 +408,7 @@ def run_backup(
     before_publish: Callable[[], object] | None = None,
     root_ident: Ident | None = None,
     store: ChunkStore | None = None,
-    taken: Mapping[str, TakenFile] | None = None,
+    taken: TakenLookup | None = None,
     base_index: FileIndex | None = None,
 ) -> BackupSummary:
     """Back up `data_dir`. With neither type nor base, the first backup of a source is full and later
@@ -426,11 +455,11 @@ def run_backup(
             run = _BackupRun(repo, data_dir, rules, progress, base_index, writer, dirs, store)
             run.store.check_existing = check_existing
             run.taken = taken or {}
-            inherited: set[str] = set()
+            inherited = [0]  # records taken from the base (its list names no path twice: checked when published)
             if inherit:
                 if base is None:
                     raise MobackupError("files to take from a base backup, but there is no base")
-                run.inherited = (inherited.add(r["path"]) or r for r in repo.entries(base) if r["path"] in inherit)
+                run.inherited = (_counted(r, inherited) for r in repo.entries(base) if r["path"] in inherit)
             if base is None and not check_existing and not isinstance(repo.backend, LocalBackend):
                 # One listing instead of a HEAD request per chunk (a full backup reads every file).
                 known = run.store.known_blobs = DigestSet(Path(scratch) / "known.sqlite", shared=True)
@@ -440,10 +469,11 @@ def run_backup(
                 known.flush()
             try:
                 run.run()
-                if len(inherited) != len(inherit):
-                    missing = sorted(inherit - inherited)
-                    raise MobackupError(f"{len(missing)} files to take from base backup {base.id if base else ''} "
-                                        f"are not in it, e.g. {missing[0]}: the base does not match this source")
+                if inherited[0] != len(inherit):
+                    assert base is not None
+                    missing = _missing_from(repo, base, inherit, Path(scratch))
+                    raise MobackupError(f"{len(inherit) - inherited[0]} files to take from base backup {base.id} "
+                                        f"are not in it, e.g. {missing}: the base does not match this source")
             finally:
                 writer.close()
                 if base_index and own_index:
@@ -471,7 +501,7 @@ def run_backup(
                 chunk_count=totals.chunks,
                 new_blob_count=totals.new_blobs,
                 data_dir=data_dir_label or str(data_dir),
-                host=socket.gethostname(),
+                host=host_name(),
                 layout=detect_layout(data_dir),
                 location=repo.location,
                 files_digest=writer.hasher.hexdigest(),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-from urllib.parse import quote, quote_plus
 
 # `key=value` / `"key": "value"` pairs naming a credential, whatever the value: a server may echo an
 # option list whose secret is in a form (or a key) the caller did not know.
@@ -75,6 +74,8 @@ def mask_secret(text: str, secret: str | None) -> str:
     as given, URL-encoded, quoted or escaped (SQL, JSON, repr), base64; and without the value of any
     credential `key=value` pair."""
     if secret:
+        from urllib.parse import quote, quote_plus  # here: urllib.parse is most of this module's import time
+
         raw = secret.encode()
         forms = {secret, quote(secret), quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1],
                  repr(secret)[1:-1], secret.replace("'", "''"), secret.replace("'", "\\'"),

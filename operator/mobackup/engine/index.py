@@ -4,21 +4,29 @@ files: the base backup's file list for an incremental, the referenced blobs for 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptDataError
 
+if TYPE_CHECKING:
+    import sqlite3
+
 BATCH = 20_000
+# A base file list up to this many files is held in a dict (about 0.4 KB a file, so 20 MB at most):
+# a small incremental then pays neither SQLite's import nor its writes, and memory stays flat.
+IN_MEMORY_FILES = 50_000
 
 
-def connect(path: Path, shared: bool = False) -> sqlite3.Connection:
+def connect(path: Path, shared: bool = False, cache_kib: int = 16000) -> sqlite3.Connection:
+    """`cache_kib`: the page cache's most, per connection (several are open at once in a run)."""
+    import sqlite3  # imported only when needed: a small incremental never is (start-up counts)
+
     db = sqlite3.connect(path, isolation_level=None, check_same_thread=not shared)
     db.execute("PRAGMA journal_mode=OFF")
     db.execute("PRAGMA synchronous=OFF")
-    db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache at most
+    db.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     return db
 
 
@@ -32,44 +40,68 @@ def _insert(db: sqlite3.Connection, statement: str, rows: list[Any]) -> None:
 
 
 class FileIndex:
-    """path -> (size, mtime_ns, chunks) of a backup's regular files."""
+    """path -> (size, mtime_ns, chunks) of a backup's regular files: in a dict while small, in
+    SQLite (`path`, created only then) once larger than `in_memory` files."""
 
-    def __init__(self, path: Path) -> None:
-        self.db = connect(path)
-        self.db.execute(
-            "CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, chunks TEXT) WITHOUT ROWID"
-        )
+    def __init__(self, path: Path, in_memory: int = IN_MEMORY_FILES) -> None:
+        self.path = path
+        self.in_memory = in_memory
+        self.small: dict[str, tuple[int, int, list[str]]] = {}
+        self.db: sqlite3.Connection | None = None
+
+    def _spill(self) -> None:
+        """Move the dict into SQLite: the list is larger than memory should hold."""
+        db = self.db = connect(self.path)
+        db.execute("CREATE TABLE files (path TEXT PRIMARY KEY, size INTEGER, mtime INTEGER, chunks TEXT) WITHOUT ROWID")
+        db.execute("BEGIN")
+        db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?)",
+                       ((path, size, mtime, json.dumps(chunks)) for path, (size, mtime, chunks) in self.small.items()))
+        db.execute("COMMIT")
+        self.small = {}
 
     def load(self, entries: Iterable[dict[str, Any]]) -> int:
         count = 0
         batch: list[tuple[str, int, int, str]] = []
-        self.db.execute("BEGIN")
+        small = self.small
         for entry in entries:
             if not isinstance(entry, dict):
                 raise CorruptDataError(f"the base backup's file list has a malformed entry: {entry!r:.200}")
             if entry.get("type") != "file":
                 continue
             try:
-                batch.append((str(entry["path"]), int(entry["size"]), int(entry["mtime_ns"]),
-                              json.dumps(list(entry["chunks"]))))
+                path, size, mtime, chunks = str(entry["path"]), int(entry["size"]), int(entry["mtime_ns"]), \
+                    list(entry["chunks"])
             except (KeyError, TypeError, ValueError):
                 raise CorruptDataError(f"the base backup's file list has a malformed entry: {entry!r:.200}") from None
+            count += 1
+            if self.db is None:
+                small[path] = (size, mtime, chunks)
+                if len(small) > self.in_memory:
+                    self._spill()
+                    small = self.small
+                continue
+            batch.append((path, size, mtime, json.dumps(chunks)))
             if len(batch) >= BATCH:
-                self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", batch)
-                count += len(batch)
-                batch.clear()
-        self.db.executemany("INSERT OR REPLACE INTO files VALUES (?,?,?,?)", batch)
-        self.db.execute("COMMIT")
-        return count + len(batch)
+                self._insert(batch)
+        self._insert(batch)
+        return count
+
+    def _insert(self, batch: list[tuple[str, int, int, str]]) -> None:
+        if self.db is not None:
+            _insert(self.db, "INSERT OR REPLACE INTO files VALUES (?,?,?,?)", batch)
 
     def get(self, path: str) -> tuple[int, int, list[str]] | None:
+        if self.db is None:
+            return self.small.get(path)
         row = self.db.execute("SELECT size, mtime, chunks FROM files WHERE path = ?", (path,)).fetchone()
         if row is None:
             return None
         return row[0], row[1], json.loads(row[2])
 
     def close(self) -> None:
-        self.db.close()
+        self.small = {}
+        if self.db is not None:
+            self.db.close()
 
 
 class DigestSet:

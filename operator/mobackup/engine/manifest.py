@@ -8,11 +8,11 @@ file list (the format is documented). Every entry is checked here, and restore c
 from __future__ import annotations
 
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from .errors import CorruptDataError
+from .index import IN_MEMORY_FILES, connect
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 _BATCH = 20_000
@@ -53,24 +53,32 @@ class ManifestChecker:
     `finish` is called, that no path is listed twice and that every hard link names a file listed
     before it.
 
-    Paths are remembered on disk (SQLite, appended in batches and grouped once at the end: a
-    restore checks millions) by their 64-bit hash, this process's randomised SipHash: a false
+    Paths are remembered by their 64-bit hash: in memory for a list of up to `in_memory` entries,
+    beyond that on disk (SQLite, appended in batches and grouped once at the end: a restore checks
+    millions). The hash is this process's randomised SipHash: a false
     "listed twice" is a 1e-8 chance at a million paths and cannot be forced. Memory stays flat;
     directory paths, which are few, are kept in memory."""
 
-    def __init__(self, scratch: Path, chunk_size: int, where: str, verdict: str = DAMAGED) -> None:
+    def __init__(self, scratch: Path, chunk_size: int, where: str, verdict: str = DAMAGED,
+                 in_memory: int = IN_MEMORY_FILES) -> None:
         self.chunk_size = chunk_size
         self.where = where  # "backup <id>", for messages
         self.verdict = verdict  # what a failed check means, for messages
-        self.db = sqlite3.connect(scratch / "paths.sqlite", isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=OFF")
-        self.db.execute("PRAGMA synchronous=OFF")
-        self.db.execute("PRAGMA cache_size=-16000")  # 16 MB page cache at most
-        self.db.execute("CREATE TABLE paths (n INTEGER PRIMARY KEY, h INTEGER, kind TEXT)")
-        self.db.execute("CREATE TABLE links (n INTEGER, target INTEGER, path TEXT, link TEXT)")
+        self.scratch = scratch
+        self.in_memory = in_memory  # a list this long is checked in memory (no SQLite to start)
+        self.db: Any = None
         self.pending: list[tuple[int, int, str]] = []
+        self.links: list[tuple[int, int, str, str]] = []  # (n, hash of target, path, target)
         self.dirs: set[str] = {""}
         self.count = 0
+
+    def _spill(self) -> None:
+        """Continue on disk: the list is longer than memory should hold."""
+        self.db = connect(self.scratch / "paths.sqlite")
+        self.db.execute("CREATE TABLE paths (n INTEGER PRIMARY KEY, h INTEGER, kind TEXT)")
+        self.db.execute("CREATE TABLE links (n INTEGER, target INTEGER, path TEXT, link TEXT)")
+        self.db.executemany("INSERT INTO links VALUES (?,?,?,?)", self.links)
+        self.links = []
 
     def _fail(self, reason: str, record: Any) -> CorruptDataError:
         path = record.get("path") if isinstance(record, dict) else None
@@ -103,7 +111,10 @@ class ManifestChecker:
             if link is not None:
                 if path_problem(link):
                     raise self._fail(f"a hard link to {link!r}", record)
-                self.db.execute("INSERT INTO links VALUES (?,?,?,?)", (self.count, hash(link), path, link))
+                if self.db is None:
+                    self.links.append((self.count, hash(link), path, link))
+                else:
+                    self.db.execute("INSERT INTO links VALUES (?,?,?,?)", (self.count, hash(link), path, link))
         elif kind == "dir":
             if path in self.dirs:
                 raise self._fail("listed twice", record)
@@ -121,11 +132,13 @@ class ManifestChecker:
         if kind == "dir":
             self.dirs.add(path)
         self.pending.append((self.count, hash(path), kind))
-        if len(self.pending) >= _BATCH:
+        if self.db is None and len(self.pending) > self.in_memory:
+            self._spill()
+        if self.db is not None and len(self.pending) >= _BATCH:
             self.flush()
 
     def flush(self) -> None:
-        if self.pending:
+        if self.pending and self.db is not None:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT INTO paths VALUES (?,?,?)", self.pending)
             self.db.execute("COMMIT")
@@ -133,6 +146,9 @@ class ManifestChecker:
 
     def finish(self) -> None:
         """The checks that need the whole list: no path twice, hard links to earlier files."""
+        if self.db is None:
+            self._finish_in_memory()
+            return
         self.flush()
         twice = self.db.execute("SELECT MIN(n), MAX(n) FROM paths GROUP BY h HAVING COUNT(*) > 1 LIMIT 1").fetchone()
         if twice:
@@ -146,5 +162,24 @@ class ManifestChecker:
             if bad:
                 raise self._fail(f"a hard link to {bad[1]!r}, which is not a file listed before it", {"path": bad[0]})
 
+    def _finish_in_memory(self) -> None:
+        """finish() for a list held in `pending`: the same answers as the SQL above."""
+        first: dict[int, tuple[int, str]] = {}  # hash -> (n, kind) of its first entry
+        twice: dict[int, int] = {}  # hash -> n of its last entry, for hashes listed more than once
+        for n, h, kind in self.pending:
+            if h in first:
+                twice[h] = n
+            else:
+                first[h] = (n, kind)
+        if twice:
+            h = min(twice, key=lambda h: first[h][0])
+            raise self._fail(f"entries {first[h][0]} and {twice[h]} have the same path (listed twice)", {})
+        for n, target, path, link in self.links:
+            found = first.get(target)
+            if found is None or found[1] != "file" or found[0] >= n:
+                raise self._fail(f"a hard link to {link!r}, which is not a file listed before it", {"path": path})
+
     def close(self) -> None:
-        self.db.close()
+        self.pending = []
+        if self.db is not None:
+            self.db.close()

@@ -28,25 +28,28 @@ import hashlib
 import os
 import re
 import stat
+import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .backup import ChunkStore
+from .backup import ChunkStore, TakenFile
 from .errors import MobackupError, PlantedLinkError
 from .index import FileIndex
 from .layout import PathRules
 from .model import BackupSummary, utc_now
+from .online_index import StagedIndex
 from .online_take import DISK_BLOCK, DISK_CRC, META_NAMES, StagedTaker
 from .progress import Progress
 from .repository import Repository
 from .safefs import DirectoryFds, Ident, NotFollowed, identity, make_private_dir, open_dir_at, open_file_at
 from .walk import remove_tree
+from .workers import BoundedWorkers
 
 STAGING_PREFIX = ".mobackup-staging-online-"
 # A staging directory without its lock file is no run's of ours (a run creates the lock file first
@@ -63,11 +66,26 @@ class StagedFile:
     need_copy: bool
 
 
+class StagedList:
+    """tae_list's files in path order, from a StagedIndex (on disk): iterated, never held whole."""
+
+    def __init__(self, index: StagedIndex, where: str = "") -> None:
+        self.index = index
+        self.where = where
+
+    def __iter__(self) -> Iterator[StagedFile]:
+        for row in self.index.staged(self.where):
+            yield StagedFile(*row)
+
+    def __len__(self) -> int:
+        return self.index.count(self.where)
+
+
 @dataclass(frozen=True)
 class StagedBackup:
     backup_ts: str
     kind: str  # "full" | "incremental", as tae_sum says
-    files: tuple[StagedFile, ...]
+    files: tuple[StagedFile, ...] | StagedList  # in path order
 
 
 def disk_framed_size(content_size: int) -> int:
@@ -118,9 +136,22 @@ class StagedCopy:
         except FileNotFoundError:
             raise MobackupError(missing) from None
 
-    def parse(self) -> StagedBackup:
-        """The staged copy's own description, from its DISK-framed tae_sum and tae_list."""
-        return parse_staged_text(read_disk_text(self.tae, "tae_sum"), read_disk_text(self.tae, "tae_list"))
+    def parse(self, index: StagedIndex | None = None) -> StagedBackup:
+        """The staged copy's own description, from its DISK-framed tae_sum and tae_list; with `index`,
+        tae_list is streamed into it (memory stays flat with millions of files)."""
+        if index is None:
+            return parse_staged_text(read_disk_text(self.tae, "tae_sum"), read_disk_text(self.tae, "tae_list"))
+        backup_ts, kind = parse_tae_sum(read_disk_text(self.tae, "tae_sum"))
+        try:
+            with open(self.tae.open_file("tae_list"), "rb") as framed:
+                count = index.add_staged(_tae_list_rows(_lines(disk_content(framed))))
+        except (OSError, UnicodeDecodeError) as error:
+            raise MobackupError(f"MatrixOne's backup has no readable tae_list: {error}") from None
+        except ValueError:
+            raise MobackupError("MatrixOne's backup list tae_list names a file twice") from None
+        if not count:
+            raise MobackupError("MatrixOne's backup list tae_list is empty")
+        return StagedBackup(backup_ts, kind, StagedList(index))
 
     def check_present(self, staged: StagedBackup) -> int:
         """check_present, and hk_data (a regular file). Returns the staged bytes."""
@@ -199,23 +230,44 @@ def parse_staged(staging: Path) -> StagedBackup:
 def parse_staged_text(summary_text: str, list_text: str) -> StagedBackup:
     """tae_sum (`time,size,backupTS,type`) and tae_list (`path,size,sha256,needCopy,ts` lines), files
     sorted by path; both are input from the server's staging area, checked before use."""
+    backup_ts, kind = parse_tae_sum(summary_text)
+    files = [StagedFile(*row) for row in _tae_list_rows(list_text.splitlines())]
+    if not files:
+        raise MobackupError("MatrixOne's backup list tae_list is empty")
+    if len({f.path for f in files}) != len(files):
+        raise MobackupError("MatrixOne's backup list tae_list names a file twice")
+    return StagedBackup(backup_ts, kind, tuple(sorted(files, key=lambda f: f.path)))
+
+
+def parse_tae_sum(summary_text: str) -> tuple[str, str]:
+    """(BACKUPTS, kind) from tae_sum (`time,size,backupTS,type`)."""
     summary = summary_text.strip().split(",")
     if len(summary) < 3 or not _is_ts(summary[2]):
         raise MobackupError(f"MatrixOne's backup summary tae_sum is malformed: {summary_text.strip()[:200]!r}")
-    files: list[StagedFile] = []
-    for number, line in enumerate(list_text.splitlines(), 1):
+    return summary[2], (summary[3] if len(summary) > 3 and summary[3] else "full")
+
+
+def _tae_list_rows(lines: Iterable[str]) -> Iterator[tuple[str, int, str, bool]]:
+    """(path, content size, SHA-256, needCopy) of each tae_list line (`path,size,sha256,needCopy,ts`)."""
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         fields = line.split(",")
         if len(fields) < 4 or not _COUNT.fullmatch(fields[1]) or fields[3] not in ("true", "false"):
             raise MobackupError(f"MatrixOne's backup list tae_list line {number} is malformed: {line[:200]!r}")
-        files.append(StagedFile(_safe_rel(fields[0]), int(fields[1]), fields[2].lower(), fields[3] == "true"))
-    if not files:
-        raise MobackupError("MatrixOne's backup list tae_list is empty")
-    if len({f.path for f in files}) != len(files):
-        raise MobackupError("MatrixOne's backup list tae_list names a file twice")
-    return StagedBackup(summary[2], (summary[3] if len(summary) > 3 and summary[3] else "full"),
-                        tuple(sorted(files, key=lambda f: f.path)))
+        yield _safe_rel(fields[0]), int(fields[1]), fields[2].lower(), fields[3] == "true"
+
+
+def _lines(pieces: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a UTF-8 text given in pieces, as str.splitlines() cuts the whole text."""
+    rest = b""
+    for piece in pieces:
+        lines = (rest + piece).split(b"\n")
+        rest = lines.pop()
+        for line in lines:
+            yield from line.decode().splitlines() or [""]
+    if rest:
+        yield from rest.decode().splitlines()
 
 
 # ASCII digits only, and few of them: str.isdigit() takes "²" (which int() refuses) and int() refuses
@@ -268,10 +320,11 @@ def check_present(tae: DirectoryFds, staged: StagedBackup) -> int:
     return total
 
 
-def check_digests(tae: DirectoryFds, staged: StagedBackup, workers: int = 4) -> None:
-    """The content of every staged file has the SHA-256 tae_list gives (`workers` files at a time).
-    The SHA-256 decides, not the size: for some objects (seen with tombstones under frequent
-    checkpoints) tae_list's size is smaller than the file's content, while its SHA-256 is of it all."""
+def check_digests(tae: DirectoryFds, staged: StagedBackup | Iterable[StagedFile], workers: int = 4) -> None:
+    """The content of every staged file (of `staged`, or the files given) has the SHA-256 tae_list
+    gives (`workers` files at a time). The SHA-256 decides, not the size: for some objects (seen with
+    tombstones under frequent checkpoints) tae_list's size is smaller than the file's content, while
+    its SHA-256 is of it all."""
 
     def check(item: StagedFile) -> None:
         digest = hashlib.sha256()
@@ -281,8 +334,13 @@ def check_digests(tae: DirectoryFds, staged: StagedBackup, workers: int = 4) -> 
         if digest.hexdigest() != item.sha256:
             raise MobackupError(f"MatrixOne's backup file {item.path} does not match its SHA-256 in tae_list")
 
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="mobackup-verify") as pool:
-        list(pool.map(check, [item for item in staged.files if item.need_copy and item.sha256]))
+    files = staged.files if isinstance(staged, StagedBackup) else staged
+    with BoundedWorkers(workers, "mobackup-verify") as pool:  # bounded: the list may be millions long
+        for item in files:
+            if pool.failed:
+                break
+            if item.need_copy and item.sha256:
+                pool.submit(check, item)
 
 
 # ---- the staging directory's life: created per run, locked while in use, removed always
@@ -430,10 +488,12 @@ def run_online_backup(
     # The shared lock from the first stored blob on (files are stored while BACKUP runs): a prune
     # meanwhile would take them for unreferenced.
     with (repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60),
-          staging_area(data_dir) as staging, contextlib.ExitStack() as stack):
+          staging_area(data_dir) as staging, tempfile.TemporaryDirectory(prefix="mobackup-online-") as scratch,
+          contextlib.ExitStack() as stack):
         server_staging = f"{server_dir}/{staging.name}"
         store = ChunkStore(repo)
-        with StagedTaker(str(staging), store, repo.parallelism) as taker:
+        index = StagedIndex(Path(scratch))  # what is known per staged file, on disk
+        with contextlib.closing(index), StagedTaker(str(staging), store, repo.parallelism, index) as taker:
             _backup_while_taking(session, server_staging, repo.parallelism, base.backup_ts if base else None, taker)
             backup_seconds = time.monotonic() - clock
             returned_ns = time.time_ns()
@@ -444,21 +504,19 @@ def run_online_backup(
                                     "is --data-dir the volume MatrixOne runs on, and --server-data-dir its path "
                                     "there?") from None
             with copy:
-                staged = copy.parse()
+                staged = copy.parse(index)
                 staged_bytes = copy.check_present(staged)
                 catalog = _catalog(session, staged.backup_ts)
                 tree, tree_ident = copy.arrange(staged)
-                taken = taker.still_taken(copy.tae.lstat)
-                for item in staged.files:
-                    if item.need_copy and item.sha256 and item.path in taken and taken[item.path].sha256 != item.sha256:
-                        raise MobackupError(f"MatrixOne's backup file {item.path} does not match its SHA-256 in "
-                                            "tae_list")
+                taken_files = taker.confirm_taken(copy.tae.lstat)
+                mismatched = index.mismatched()
+                if mismatched is not None:
+                    raise MobackupError(f"MatrixOne's backup file {mismatched} does not match its SHA-256 in tae_list")
                 # The files not taken (written last, or changed since) are checked by reading them
                 # again, beside the ingest (both read the same, cached, files); the backup is
                 # published only after they all passed.
-                unchecked = replace(staged, files=tuple(f for f in staged.files if f.path not in taken))
-                inherit = frozenset(f"shared/{f.path}" for f in staged.files if not f.need_copy)
-                if inherit and base is None:
+                inherit = _Reused(index)
+                if len(inherit) and base is None:
                     raise MobackupError("MatrixOne staged an incremental backup without a base")
                 extra = dict(extra or {})
                 base_index = None
@@ -469,14 +527,18 @@ def run_online_backup(
                         base_index = stack.enter_context(_loaded_index(repo, base))
                     history = add_history(data_dir, copy.tae, (f.path for f in staged.files), returned_ns,
                                           base_index)
-                    inherit |= history.inherited
+                    inherit.also = history.inherited
                     extra["pitr"] = with_history(extra.get("pitr"), history.record())
                 # The checks' own descriptors: they may outlive this run's when it fails first.
                 shared = DirectoryFds(os.dup(copy.tae.root_fd), copy.tae.shown, owned_links_only=True)
 
                 def check_shared() -> None:
-                    with shared:
-                        check_digests(shared, unchecked, repo.parallelism)
+                    reader = index.reader()  # this thread's own connection
+                    try:
+                        with shared:
+                            check_digests(shared, (StagedFile(*row) for row in reader.unchecked()), repo.parallelism)
+                    finally:
+                        reader.close()
 
                 verifier = ThreadPoolExecutor(1, thread_name_prefix="mobackup-verify")
                 digests = verifier.submit(check_shared)
@@ -488,16 +550,53 @@ def run_online_backup(
                         backup_ts=staged.backup_ts, backup_ts_source="matrixone-backup", inherit=inherit,
                         data_dir_label=str(data_dir), began=(started, clock),
                         extra={**extra, "kind": "online", "staged_bytes": staged_bytes,
-                               "staged_files": sum(f.need_copy for f in staged.files),
-                               "taken_while_staging": taker.early, "taken_files": len(taken),
+                               "staged_files": index.count("WHERE need_copy"),
+                               "taken_while_staging": taker.early, "taken_files": taken_files,
                                "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
                         before_publish=digests.result, root_ident=tree_ident, store=store,
-                        taken={f"shared/{rel}": t.file for rel, t in taken.items()}, base_index=base_index,
+                        taken=_Taken(index), base_index=base_index,
                     )
                 finally:
                     verifier.shutdown(wait=False, cancel_futures=True)
                     if digests.cancelled():
                         shared.close()
+                    # A check still running keeps its own connection to the index (its file stays
+                    # readable once the scratch directory is removed).
+
+
+class _Reused:
+    """The paths an online incremental takes from its base (`shared/<tae path>` with needCopy false,
+    and `also`: the PITR history's), looked up on disk."""
+
+    def __init__(self, index: StagedIndex) -> None:
+        self.index = index
+        self.also: frozenset[str] = frozenset()
+        self.count = index.count("WHERE NOT need_copy")
+
+    def __contains__(self, path: object) -> bool:
+        if not isinstance(path, str):
+            return False
+        if path in self.also:
+            return True
+        return path.startswith("shared/") and self.index.is_reused(path[len("shared/"):])
+
+    def __len__(self) -> int:
+        return self.count + len(self.also)  # disjoint: the history takes files not staged
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.also
+        for path, *_ in self.index.staged("WHERE NOT need_copy"):
+            yield f"shared/{path}"
+
+
+class _Taken:
+    """The files stored while BACKUP ran, still as taken, by their path in the tree (`shared/...`)."""
+
+    def __init__(self, index: StagedIndex) -> None:
+        self.index = index
+
+    def get(self, path: str) -> TakenFile | None:
+        return self.index.get_taken(path[len("shared/"):]) if path.startswith("shared/") else None
 
 
 @contextlib.contextmanager

@@ -16,11 +16,12 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Iterator
 
 from .backup import ChunkStore, TakenFile
 from .errors import MobackupError
+from .online_index import StagedIndex
 from .safefs import DirectoryFds, identity, open_dir_at
 from .workers import BoundedWorkers
 
@@ -68,30 +69,50 @@ class DiskContentSha256:
         return self.sha.hexdigest()
 
 
-@dataclass(frozen=True)
-class Taken:
-    file: TakenFile
-    ctime_ns: int
-    sha256: str  # of the content, frames stripped
+class SeenNames:
+    """A Bloom filter of names (2 bits of 2**27 per name, from the name's hash()): memory stays at
+    16 MB from a thousand names to millions (a set of their hashes took ~60 bytes a name), touched
+    only as names arrive. It may answer "seen" for a new name: at a million names, about 2 in 10,000."""
+
+    BITS = 1 << 27
+
+    def __init__(self) -> None:
+        self.bits = bytearray(self.BITS >> 3)
+
+    def _positions(self, name: str) -> tuple[int, int]:
+        h = hash(name) & 0xFFFFFFFFFFFFFFFF
+        return h & (self.BITS - 1), (h >> 32) & (self.BITS - 1)
+
+    def has(self, name: str) -> bool:
+        a, b = self._positions(name)
+        return bool(self.bits[a >> 3] & (1 << (a & 7))) and bool(self.bits[b >> 3] & (1 << (b & 7)))
+
+    def add(self, name: str) -> None:
+        for position in self._positions(name):
+            self.bits[position >> 3] |= 1 << (position & 7)
 
 
-def _same(taken: Taken, st: os.stat_result) -> bool:
-    return (stat.S_ISREG(st.st_mode) and identity(st) == taken.file.ident and st.st_size == taken.file.size
-            and st.st_mtime_ns == taken.file.mtime_ns and st.st_ctime_ns == taken.ctime_ns)
+def _names(fd: int) -> Iterator[str]:
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            yield entry.name
 
 
 class StagedTaker:
     """Polls `staging/tae` while BACKUP runs and stores each new file there (`workers` at a time).
     A file that cannot be taken (it changed while read, vanished, is a link) is simply not taken: the
-    ordinary ingest meets it later and says what is wrong. Use as a context manager."""
+    ordinary ingest meets it later and says what is wrong. Use as a context manager.
 
-    def __init__(self, staging: str, store: ChunkStore, workers: int) -> None:
+    What is taken goes to `index` (on disk). Names already submitted are remembered in a fixed-size
+    filter (SeenNames: 16 MB whatever the count); a name it takes for seen when it is not is left
+    untaken, so the ingest reads and checks that file (slower, never wrong)."""
+
+    def __init__(self, staging: str, store: ChunkStore, workers: int, index: StagedIndex) -> None:
         self.staging = staging
         self.store = store
+        self.index = index
         self.tae: DirectoryFds | None = None
-        self.taken: dict[str, Taken] = {}  # by path under tae/
-        self.lock = threading.Lock()
-        self.seen: set[str] = set()
+        self.seen = SeenNames()
         self.dirs: list[str] = [""]  # directories under tae/ to list
         self.early = 0  # files submitted while BACKUP still ran
         self.workers = BoundedWorkers(workers, "mobackup-take")
@@ -123,10 +144,9 @@ class StagedTaker:
             except (OSError, MobackupError):
                 continue
             try:
-                names = os.listdir(fd)
-                for name in names:
+                for name in _names(fd):  # streamed: a listing may hold millions of names
                     rel = f"{directory}/{name}" if directory else name
-                    if rel in self.seen or name.startswith(".") or (not directory and name.startswith(META_NAMES)):
+                    if self.seen.has(rel) or name.startswith(".") or (not directory and name.startswith(META_NAMES)):
                         continue
                     try:
                         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -157,35 +177,42 @@ class StagedTaker:
         if done != before.st_size or (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
                 before.st_size, before.st_mtime_ns, before.st_ctime_ns):
             return  # written while read: the ingest reads it again
-        taken = Taken(TakenFile(identity(before), done, before.st_mtime_ns, tuple(chunks)), before.st_ctime_ns,
-                      sha.hexdigest())
-        with self.lock:
-            self.taken[rel] = taken
+        file = TakenFile(identity(before), done, before.st_mtime_ns, tuple(chunks))
+        self.index.add_taken(rel, file, before.st_ctime_ns, sha.hexdigest())
 
     def run_until(self, done: threading.Event, take_rest: Callable[[], bool], interval: float = 0.02) -> None:
         """Scans until `done` is set, then (if `take_rest()`: BACKUP succeeded) takes what is left,
         and waits until all is stored. What BACKUP wrote last is taken too: one read that stores and
         hashes it, where the ordinary ingest would read it twice (to store, and for the check)."""
-        while not done.wait(interval):
+        wait = interval
+        while not done.wait(wait):
+            clock = time.monotonic()
             self.early += self.scan()
+            # A listing of millions of names takes a while: scan at most a third of the time.
+            wait = max(interval, 2 * (time.monotonic() - clock))
         if take_rest():
             self.scan()
         self.finish()
 
     def finish(self) -> None:
         self.workers.__exit__(None, None, None)
+        self.index.flush()
 
-    def still_taken(self, lstat: Callable[[str], os.stat_result]) -> dict[str, Taken]:
-        """The taken files that are still what was taken (`lstat` of a path under tae/)."""
-        result: dict[str, Taken] = {}
-        for rel, taken in self.taken.items():
-            with contextlib.suppress(OSError):
-                if _same(taken, lstat(rel)):
-                    result[rel] = taken
-        return result
+    def confirm_taken(self, lstat: Callable[[str], os.stat_result]) -> int:
+        """Marks in the index the taken files that are still what was taken (`lstat` of a path under
+        tae/); returns how many."""
+        def still() -> Iterator[str]:
+            for rel, ident, size, mtime_ns, ctime_ns in self.index.taken_records():
+                with contextlib.suppress(OSError):
+                    st = lstat(rel)
+                    if (stat.S_ISREG(st.st_mode) and identity(st) == ident and st.st_size == size
+                            and st.st_mtime_ns == mtime_ns and st.st_ctime_ns == ctime_ns):
+                        yield rel
+
+        return self.index.confirm(still())
 
     def close(self) -> None:
-        self.workers.pool.shutdown(wait=True, cancel_futures=True)
+        self.workers.shutdown(cancel=True)
         if self.tae is not None:
             self.tae.close()
 

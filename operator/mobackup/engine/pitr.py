@@ -19,8 +19,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pymysql
-
 from .errors import MobackupError
 from .model import BackupSummary, iso, parse_iso, utc_now
 
@@ -98,6 +96,8 @@ def _utc(value: Any) -> str:
 def read_windows(connection: Any) -> list[PitrWindow]:
     """The cluster-level PITRs of the server (SHOW PITR, checked: the answer is untrusted input).
     MobackupError when the server refuses (one without PITR, or a non-sys user)."""
+    import pymysql  # here, not above: `list` and `backup --json` read intervals without SQL (start-up)
+
     try:
         with connection.cursor() as cursor:
             # SHOW PITR prints its times in the session's zone: read them in UTC, then put it back.
@@ -141,6 +141,8 @@ def ensure_window(connection: Any, name: str, seconds: float) -> tuple[str, Pitr
         statement, action, name = f"alter pitr `{widest.name}` range {value} '{unit}'", "lengthened", widest.name
     else:
         statement, action = f"create pitr `{name}` for cluster range {value} '{unit}'", "created"
+    import pymysql
+
     try:
         with connection.cursor() as cursor:
             cursor.execute(statement)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import struct
 import tempfile
 import threading
@@ -186,6 +185,11 @@ def summary_key(backup_id: str) -> str:
 
 def files_key(backup_id: str) -> str:
     return f"backups/{backup_id}.files"
+
+
+def host_name() -> str:
+    """socket.gethostname() without importing socket (start-up time): both are uname's node name."""
+    return os.uname().nodename
 
 
 def _process_start_time(pid: int) -> str | None:
@@ -579,7 +583,7 @@ class Repository:
         key = f"locks/{lock_id}.json"
         identity = process_identity()
         record = {
-            "exclusive": exclusive, "purpose": purpose, "host": socket.gethostname(), "pid": identity["pid"],
+            "exclusive": exclusive, "purpose": purpose, "host": host_name(), "pid": identity["pid"],
             "pid_start": identity["pid_start"], "boot_id": identity["boot_id"], "pid_ns": identity["pid_ns"],
             "created_at": iso(utc_now()),
         }

@@ -76,10 +76,33 @@ def _new_session(access_key_id: str | None, secret_access_key: str | None) -> bo
                                     botocore_session=core)
     with _LOADER_LOCK:
         if _LOADER is None:
-            _LOADER = core.get_component("data_loader")
-        else:
-            core.register_component("data_loader", _LOADER)
+            _LOADER = _quick_loader(core.get_config_variable("data_path"))
+        core.register_component("data_loader", _LOADER)
     return session
+
+
+def _quick_loader(search_path: str | None) -> Any:
+    """botocore's data loader (as botocore.loaders.create_loader makes it), except that its check that
+    a service exists lists the data directories' names only. botocore's own opens every service's
+    directory (about 400) and looks for a model file in each (900 more lookups), twice per client:
+    0.24 s of an S3 client's 0.6 s here, more with a cold cache. A name listed without the model asked
+    for fails when the model is loaded instead (DataNotFoundError)."""
+    import os
+
+    from botocore.loaders import Loader, instance_cache
+
+    class QuickLoader(Loader):  # type: ignore[misc]
+        @instance_cache  # type: ignore[misc]
+        def list_available_services(self, type_name: str) -> list[str]:
+            names: set[str] = set()
+            for path in self._potential_locations():
+                names.update(os.listdir(path))
+            return sorted(names)
+
+    if search_path is None:
+        return QuickLoader()
+    return QuickLoader(extra_search_paths=[os.path.expanduser(os.path.expandvars(path))
+                                           for path in search_path.split(os.pathsep)])
 
 
 def read_full(body: Any, view: memoryview) -> int:
