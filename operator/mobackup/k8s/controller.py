@@ -85,14 +85,17 @@ def owner_of(obj: dict[str, Any]) -> jobs.Owner:
     return jobs.Owner(obj["kind"], name, ns, uid)
 
 
-def transition(ctx: Ctx, obj: dict[str, Any], phase: str, reason: str, message: str, **fields: Any) -> None:
-    """Patch the phase (+conditions, result fields); an Event when phase or reason changes."""
+def transition(ctx: Ctx, obj: dict[str, Any], phase: str, reason: str, message: str,
+               more_conditions: list[dict[str, Any]] | None = None, **fields: Any) -> None:
+    """Patch the phase (+conditions, `more_conditions` in the same patch, result fields); an Event
+    when phase or reason changes."""
     old = obj.get("status") or {}
     same = old.get("phase") == phase and old.get("reason") == reason and old.get("message") == message
     if same and all(old.get(k) == v for k, v in fields.items()):
         return
     ns, name, _ = meta(obj)
-    patch = status.phase_patch(old, phase, reason, message, obj["metadata"].get("generation"), **fields)
+    patch = status.phase_patch(old, phase, reason, message, obj["metadata"].get("generation"),
+                               more_conditions=more_conditions, **fields)
     try:
         ctx.kube.patch_status(obj["kind"], ns, name, patch)
     except NotFound:
@@ -372,7 +375,7 @@ def require_job_secrets(ctx: Ctx, ns: str, body: dict[str, Any]) -> None:
 
 
 def finish(ctx: Ctx, obj: dict[str, Any], claim: str, w: models.Workload | None, ok: bool, reason: str,
-           message: str, **fields: Any) -> None:
+           message: str, more_conditions: list[dict[str, Any]] | None = None, **fields: Any) -> None:
     """Scale back and release first, then the terminal phase: a crash in between is repaired."""
     ns, _, _ = meta(obj)
     try:
@@ -387,7 +390,7 @@ def finish(ctx: Ctx, obj: dict[str, Any], claim: str, w: models.Workload | None,
     ctx.metrics.inc("mobackup_successes_total" if ok else "mobackup_failures_total", kind=kind, namespace=ns)
     if started:
         ctx.metrics.observe("mobackup_run_duration_seconds", (status.now() - started).total_seconds(), kind=kind)
-    transition(ctx, obj, "Completed" if ok else "Failed", reason, message, **fields)
+    transition(ctx, obj, "Completed" if ok else "Failed", reason, message, more_conditions, **fields)
 
 
 def drop_snapshot(ctx: Ctx, obj: dict[str, Any]) -> None:
@@ -743,14 +746,15 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
     if result and result.get("ok"):
         fields = status.backup_result_fields(result.get("result") or {})
         record_backup_id(ctx, obj, fields.get("backupID"))
+        from . import pointintime
+        recoverable = pointintime.backup_condition(obj, {**st, **fields})
         finish(ctx, obj, key, w, True, "BackupCompleted",
                f"backup {fields.get('backupID')} completed: {fields.get('size')} in {fields.get('fileCount')} "
-               f"files, {fields.get('newBytes')} new bytes", attempts=state.attempts, **fields)
+               f"files, {fields.get('newBytes')} new bytes", attempts=state.attempts,
+               more_conditions=[recoverable] if recoverable else [], **fields)
         ctx.metrics.inc("mobackup_transferred_bytes_total", float(fields.get("newBytes") or 0),
                         kind="MOBackup", namespace=ns)
         record_success_metrics(ctx, obj)
-        from . import pointintime
-        pointintime.note_backup(ctx, obj)
         return
     if result:
         reason, message = str(result.get("reason") or "BackupFailed"), str(result.get("error") or "")

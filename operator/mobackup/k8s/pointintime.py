@@ -118,17 +118,16 @@ def recoverable_condition(st: dict[str, Any]) -> tuple[bool, str, str]:
     return False, "NoInterval", "the recorded PITR windows cover no instant up to the backup's backupTS"
 
 
-def note_backup(ctx: Ctx, obj: dict[str, Any]) -> None:
-    """After a backup Completed: the PointInTimeRecoverable condition (why not, when not), for a
-    backup that asked for a window, recorded PITRs or is recoverable; others are left without it (a
-    user who never set up point-in-time recovery gets no False condition on every backup)."""
-    st = obj.get("status") or {}
+def backup_condition(obj: dict[str, Any], st: dict[str, Any]) -> dict[str, Any] | None:
+    """The PointInTimeRecoverable condition (why not, when not) of a MOBackup completing with status
+    `st`, set in the same patch as the phase (whoever sees Completed finds it): for a backup that asked
+    for a window, recorded PITRs or is recoverable; None for others (a user who never set up
+    point-in-time recovery gets no False condition on every backup)."""
     asked = bool(((obj.get("spec") or {}).get("pointInTime") or {}).get("window"))
     if not (asked or st.get("recoverableTo") or (st.get("pointInTime") or {}).get("windows")):
-        return
+        return None
     ok, reason, message = recoverable_condition(st)
-    cond = status.condition(CONDITION, ok, reason, message, obj["metadata"].get("generation"))
-    patch_fields(ctx, obj, conditions=status.merge_conditions(st.get("conditions"), [cond]))
+    return status.condition(CONDITION, ok, reason, message, obj["metadata"].get("generation"))
 
 
 # ------------------------------------------------------------------------------------------ restore

@@ -65,12 +65,14 @@ _RUN_CONDITIONS = {
 
 
 def phase_patch(old_status: dict[str, Any] | None, phase: str, reason: str, message: str,
-                generation: int | None = None, **fields: Any) -> dict[str, Any]:
-    """A status patch moving a MOBackup/MORestore to `phase`, with matching conditions."""
+                generation: int | None = None, more_conditions: list[dict[str, Any]] | None = None,
+                **fields: Any) -> dict[str, Any]:
+    """A status patch moving a MOBackup/MORestore to `phase`, with matching conditions (and
+    `more_conditions`)."""
     ready, running, failed = _RUN_CONDITIONS[phase]
     conds = [condition("Ready", ready, reason, message, generation),
              condition("Running", running, reason, message, generation),
-             condition("Failed", failed, reason, message, generation)]
+             condition("Failed", failed, reason, message, generation), *(more_conditions or [])]
     patch: dict[str, Any] = {"phase": phase, "reason": reason, "message": message,
                              "conditions": merge_conditions((old_status or {}).get("conditions"), conds)}
     if generation is not None:
