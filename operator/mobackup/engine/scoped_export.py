@@ -184,28 +184,27 @@ def load_batches(batches: Iterator[bytes], connections: Sequence[Any], dst: tupl
     stop = threading.Event()
     errors: list[BaseException] = []
 
+    def put(item: Any) -> bool:
+        """Queue `item` unless the copy stopped meanwhile (then False)."""
+        while not stop.is_set():
+            try:
+                pending.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def feed() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        pending.put(batch, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(batch):
                     return
         except BaseException as error:
             errors.append(error)
             stop.set()
         finally:  # one end mark per loader, however long their statements take (they stop on `stop`)
             for _ in connections:
-                while not stop.is_set():
-                    try:
-                        pending.put(None, timeout=0.5)
-                        break
-                    except queue.Full:
-                        continue
+                put(None)
 
     def drain(connection: Any) -> None:
         try:
