@@ -70,6 +70,7 @@ from .scoped_export import (
     load_batches,
     open_export,
     pump,
+    put_unless_stopped,
     row_batches,
 )
 from .scoped_export import table_checksum as table_checksum
@@ -262,13 +263,7 @@ def copy_rows(source: Any, target: Any, src: tuple[str, str], dst: tuple[str, st
     counting = threading.Lock()
 
     def put(item: tuple[Any, int] | BaseException | None) -> bool:
-        while not stop.is_set():
-            try:
-                statements.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(statements, item, stop)
 
     def read() -> None:
         try:

@@ -54,6 +54,17 @@ AS_PRINTED = {"BOOL", "BOOLEAN", "TINYINT", "SMALLINT", "INT", "BIGINT", "TINYIN
 UTC_SESSION = "set time_zone = '+00:00'"
 
 
+
+def put_unless_stopped(pending: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Queue `item` for a copy's writers unless the copy stopped meanwhile (then False)."""
+    while not stop.is_set():
+        try:
+            pending.put(item, timeout=0.5)
+            return True
+        except queue.Full:
+            continue
+    return False
+
 def checksum_statement(database: str, table: str, columns: Sequence[str]) -> str:
     row = f"md5(serial_full({', '.join(quote(c) for c in columns)}))"
     half = "sum(cast(cast(concat('0x', substr(m, {}, 16)) as unsigned) as decimal(38,0)))"
@@ -185,14 +196,7 @@ def load_batches(batches: Iterator[bytes], connections: Sequence[Any], dst: tupl
     errors: list[BaseException] = []
 
     def put(item: Any) -> bool:
-        """Queue `item` unless the copy stopped meanwhile (then False)."""
-        while not stop.is_set():
-            try:
-                pending.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return put_unless_stopped(pending, item, stop)
 
     def feed() -> None:
         try:
