@@ -108,7 +108,7 @@ def test_malformed_staged_text(summary: str, listing: str) -> None:
 def test_restore_options_are_the_engines_checks(repo: Any, options: dict[str, Any], message: str) -> None:
     """What the CLI refuses, the engine refuses for any other caller (the Job agent) too, before
     the repository or the bucket is touched."""
-    from mobackup.engine.online_s3 import restore_to_s3
+    from mobackup.engine.s3_restore import restore_to_s3
 
     with pytest.raises(MobackupError, match=message):
         restore_to_s3(repo, "0b5c2a9e-0000-4000-8000-000000000000", ROOT.under("data"), **options)

@@ -26,9 +26,9 @@ from mobackup.engine.online_s3 import (
     disk_frame,
     disk_unframe,
     ingest_shard,
-    restore_to_s3,
 )
 from mobackup.engine.repository import Repository
+from mobackup.engine.s3_restore import restore_to_s3
 
 pytestmark = pytest.mark.s3
 TS = "1795952494563857612-1"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from fake_matrixone import FakeMatrixOne
 
-from mobackup.engine import backup, online_s3, restore
+from mobackup.engine import backup, restore, s3_restore
 from mobackup.engine.backup import run_backup
 from mobackup.engine.errors import MobackupError, PlantedLinkError, SourceChangedError
 from mobackup.engine.online import run_online_backup
@@ -307,11 +307,11 @@ def test_hk_data_is_never_written_through_a_planted_link(tmp_path: Path, monkeyp
     for name in (".hk_data.mobackup-tmp", f".tmp.hk_data.{known.hex[:12]}"):
         (local / name).symlink_to(victim)
     with contextlib.suppress(OSError):
-        online_s3._write_durably(local / "hk_data", b"state")
+        s3_restore._write_durably(local / "hk_data", b"state")
     assert victim.read_bytes() == b"precious"
     for link in local.iterdir():
         link.unlink()
-    online_s3._write_durably(local / "hk_data", b"state")
+    s3_restore._write_durably(local / "hk_data", b"state")
     assert (local / "hk_data").read_bytes() == b"state" and stat.S_ISREG((local / "hk_data").lstat().st_mode)
 
 

@@ -105,10 +105,10 @@ def _restore_s3_to_time(args: argparse.Namespace) -> int:
     import sys
 
     from ..engine.mosql import SqlEndpoint
-    from ..engine.online_s3 import check_restore_options
     from ..engine.pitr_restore import parse_time, run_restore_to_time_s3
     from ..engine.progress import for_terminal
     from ..engine.repository import open_repository
+    from ..engine.s3_restore import check_restore_options
 
     if not args.sql_host:
         raise MobackupError("restore --to-time --target-s3 needs --sql-host: the cluster is started on the restored "

@@ -110,9 +110,9 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
 def restore_s3(args: argparse.Namespace) -> int:
     from ..engine.guards import refuse_if_listening
-    from ..engine.online_s3 import check_restore_options, restore_to_s3
     from ..engine.progress import for_terminal
     from ..engine.repository import open_repository
+    from ..engine.s3_restore import check_restore_options, restore_to_s3
     from ..table import decimal_size
 
     if args.target or args.force or args.hostname:

@@ -335,7 +335,7 @@ def run_restore_to_time_s3(
     PITR history's) into `target` and the ID allocator state (restore_to_s3), then wait up to
     `timeout` seconds for the cluster, started on them meanwhile, to answer SQL at `endpoint`, and
     bring it to `t` there (restore_in_place)."""
-    from .online_s3 import restore_to_s3
+    from .s3_restore import restore_to_s3
 
     clock = time.monotonic()
     resolved = repo.resolve_id(backup_id) if backup_id else None

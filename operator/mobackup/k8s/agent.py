@@ -325,7 +325,7 @@ def _shard_index(shards: int) -> int:
 
 def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dict[str, Any]:
     """Table data in S3: backup (one pod), --stage-only, a shard (--run --shards), commit; restore."""
-    from mobackup.engine import online_s3
+    from mobackup.engine import online_s3, s3_restore
     from mobackup.engine.repository import open_repository
 
     if args.action == "restore":
@@ -339,9 +339,9 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
         check_to_time(repo, args.backup_id, args.to_time)
         step = "shard" if args.shards else "finalize" if args.finalize else "all"
         shard = (_shard_index(args.shards), args.shards) if args.shards else (0, 1)
-        res = online_s3.restore_to_s3(repo, args.backup_id, target, overwrite=args.overwrite,
-                                      local_fs_dir=args.local_fs_dir, reset_local_fs=args.reset_local_fs,
-                                      hk_data_s3=hk_s3, step=step, shard=shard, progress=reporter).to_dict()
+        res = s3_restore.restore_to_s3(repo, args.backup_id, target, overwrite=args.overwrite,
+                                       local_fs_dir=args.local_fs_dir, reset_local_fs=args.reset_local_fs,
+                                       hk_data_s3=hk_s3, step=step, shard=shard, progress=reporter).to_dict()
         summary = repo.load_summary(res["backup_id"]).to_dict()
         res.update({"backup_ts": summary.get("backup_ts"), "type": summary.get("type")})
         return {"ok": True, "action": "restore", "result": res}
