@@ -98,3 +98,17 @@ def test_s3_clients_skip_botocores_walk_of_every_service() -> None:
     session = s3._new_session("key", "secret")
     assert session._session.get_component("data_loader") is s3._LOADER
     assert session.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1").meta.service_model
+
+
+def test_sql_session_leaves_cryptography_out_of_pymysql() -> None:
+    """pymysql imports cryptography (~60 ms) only for the RSA password exchange without TLS, which the
+    guarded connection refuses (engine/sqlconn.py): an online backup's SQL session starts without it,
+    pymysql knows it has none (so that path fails closed), and the repository's encryption still
+    imports it afterwards."""
+    code = ("import sys\n"
+            "import mobackup.engine.mosql as mosql\n"
+            "print('cryptography' in sys.modules, mosql.pymysql._auth._have_cryptography)\n"
+            "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n"
+            "print(len(AESGCM(AESGCM.generate_key(bit_length=256)).encrypt(b'0' * 12, b'data', None)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "20"]
