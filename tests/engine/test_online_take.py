@@ -8,7 +8,6 @@ import hashlib
 import io
 import os
 import random
-import threading
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from fake_matrixone import FakeMatrixOne
 from mobackup.engine.errors import MobackupError
 from mobackup.engine.online import disk_content, run_online_backup
 from mobackup.engine.online_s3 import disk_frame
-from mobackup.engine.online_take import TAKER_NICENESS, DiskContentSha256, _yield_to_matrixone
+from mobackup.engine.online_take import DiskContentSha256
 from mobackup.engine.repository import Repository, RepositoryOptions, open_repository
 from mobackup.engine.restore import run_restore
 
@@ -85,26 +84,6 @@ def test_a_file_changed_after_it_was_stored_fails_the_run_and_nothing_is_publish
         run_online_backup(repo, data, FakeMatrixOne(objects, pause=0.05, after=damage), source="mo")
     assert repo.list_backups() == []
     assert not list(data.iterdir()), "the staging directory stays behind"
-
-
-def test_taker_threads_yield_the_cpu_to_matrixone() -> None:
-    """A taker thread lowers its own priority once (Linux nice is per thread); the thread that runs
-    the rest of the backup (the walk, the checks, publishing) keeps its own."""
-    seen: list[int] = []
-
-    def taker() -> None:
-        me = threading.get_native_id()
-        before = os.getpriority(os.PRIO_PROCESS, me)
-        _yield_to_matrixone()
-        _yield_to_matrixone()  # once per thread, not once per file
-        seen.append(os.getpriority(os.PRIO_PROCESS, me) - before)
-
-    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    thread = threading.Thread(target=taker)
-    thread.start()
-    thread.join()
-    assert seen == [min(TAKER_NICENESS, 19 - main_before)]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
 
 
 def test_staged_copy_is_gone_before_the_backup_is_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

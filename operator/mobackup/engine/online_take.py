@@ -92,23 +92,6 @@ class SeenNames:
             self.bits[position >> 3] |= 1 << (position & 7)
 
 
-TAKER_NICENESS = 10
-_niced = threading.local()
-
-
-def _yield_to_matrixone() -> None:
-    """Lowers this taker thread's CPU priority (once per thread; Linux nice values are per thread): on
-    a busy node, MatrixOne's BACKUP and its clients' commits come first, and the copying and hashing
-    use the time they leave (measured in benchmarks/online.py: BACKUP ran slower beside the taker).
-    An unprivileged process may always lower its priority; where it cannot, nothing changes."""
-    if getattr(_niced, "done", False):
-        return
-    _niced.done = True
-    with contextlib.suppress(OSError, AttributeError):
-        thread = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + TAKER_NICENESS))
-
-
 def _names(fd: int) -> Iterator[str]:
     with os.scandir(fd) as entries:
         for entry in entries:
@@ -182,7 +165,6 @@ class StagedTaker:
 
     def _take(self, rel: str) -> None:
         assert self.tae is not None
-        _yield_to_matrixone()
         try:
             fd = self.tae.open_file(rel)
         except (OSError, MobackupError):
