@@ -543,13 +543,6 @@ def run_online_backup(
 
                 verifier = ThreadPoolExecutor(1, thread_name_prefix="mobackup-verify")
                 digests = verifier.submit(check_shared)
-
-                def checked_then_cleared() -> None:
-                    digests.result()
-                    # Every staged file is stored and checked. Removed now, before publishing's
-                    # syncfs, which would otherwise write MatrixOne's staged copy (as large as the
-                    # backup, still in the page cache) to disk only to delete it afterwards.
-                    remove_tree(staging, ignore_errors=True, workers=4)
                 try:
                     return run_backup(
                         repo, tree, source=source, backup_type="incremental" if base else "full",
@@ -562,7 +555,7 @@ def run_online_backup(
                                "taken_while_staging": taker.early, "taken_files": taken_files,
                                "matrixone_backup_seconds": round(backup_seconds, 3),
                                "backup_statement_seconds": round(statement_seconds, 3), "catalog": catalog},
-                        before_publish=checked_then_cleared, root_ident=tree_ident, store=store,
+                        before_publish=digests.result, root_ident=tree_ident, store=store,
                         taken=_Taken(index), base_index=base_index,
                     )
                 finally:
