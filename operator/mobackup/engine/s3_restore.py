@@ -236,6 +236,7 @@ def _upload_objects(repo: Repository, backup_id: str, backend: Any, target: S3Pl
         for record in records:
             if workers.failed:
                 break
+            repo.prefetch_blobs(record["chunks"])  # read ahead while the objects before are sent
             workers.submit(upload, record)
 
 
