@@ -6,6 +6,7 @@ of every command's start, for nothing the backend needs (multipart uploads: writ
 from __future__ import annotations
 
 import contextlib
+import gc
 import http.client
 import io
 import os
@@ -15,12 +16,29 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import botocore.exceptions
-import botocore.session
-from botocore.config import Config
-
 from .errors import MobackupError, StorageUnreachableError
 from .storage import ObjectInfo, ObjectNotFound
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic collector off meanwhile (unless it was off already). botocore's import and
+    a client's creation allocate a few hundred thousand long-lived objects (modules, S3's service
+    model) and no cyclic garbage, and the collector, run every 700 allocations, traced them over
+    and over: 0.08 s of an S3 ingest's start (one full collection 0.05 s), a twentieth of its CPU."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+with _collector_paused():
+    import botocore.exceptions
+    import botocore.session
+    from botocore.config import Config
 
 MULTIPART_THRESHOLD = 64 << 20
 MULTIPART_CHUNK = 16 << 20
@@ -189,10 +207,11 @@ class S3Backend:
         )
         # Credentials: given explicitly (the operator reads them from a Secret), or botocore's chain
         # (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a shared credentials file, a web identity...).
-        session = _new_session(access_key_id, secret_access_key)
-        self.client = session.create_client(
-            "s3", region_name=region, endpoint_url=endpoint, config=config, verify=ca_bundle if ca_bundle else None
-        )
+        with _collector_paused():
+            session = _new_session(access_key_id, secret_access_key)
+            self.client = session.create_client(
+                "s3", region_name=region, endpoint_url=endpoint, config=config, verify=ca_bundle if ca_bundle else None
+            )
         self.versioned = False  # delete every version of a key (a repository with Object Lock)
 
     def _key(self, key: str) -> str:
