@@ -84,3 +84,26 @@ def test_a_file_changed_after_it_was_stored_fails_the_run_and_nothing_is_publish
         run_online_backup(repo, data, FakeMatrixOne(objects, pause=0.05, after=damage), source="mo")
     assert repo.list_backups() == []
     assert not list(data.iterdir()), "the staging directory stays behind"
+
+
+def test_staged_copy_is_gone_before_the_backup_is_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The staged copy is removed once every file is stored and checked, before publishing's syncfs
+    (which would otherwise write it to disk only for it to be deleted); the backup still restores."""
+    data = tmp_path / "mo-data"
+    data.mkdir()
+    repo = _repo(tmp_path)
+    objects = _objects()
+    at_publish: list[list[str]] = []
+    publish = Repository.publish
+
+    def publish_watched(self: Repository, *args: object, **kwargs: object) -> object:
+        at_publish.append(sorted(p.name for p in data.iterdir() if p.is_dir()))
+        return publish(self, *args, **kwargs)
+
+    monkeypatch.setattr(Repository, "publish", publish_watched)
+    summary = run_online_backup(repo, data, FakeMatrixOne(objects, pause=0.01), source="mo")
+    assert at_publish == [[]]
+    restored = tmp_path / "restored"
+    run_restore(_repo(tmp_path), summary.id, restored)
+    assert {rel: (restored / "shared" / rel).read_bytes() for rel in objects} == {
+        rel: disk_frame(content) for rel, content in objects.items()}

@@ -112,3 +112,17 @@ def test_the_s3_backend_imports_botocore_alone() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 's3transfer')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_sql_session_leaves_cryptography_out_of_pymysql() -> None:
+    """pymysql imports cryptography (~60 ms) only for the RSA password exchange without TLS, which the
+    guarded connection refuses (engine/sqlconn.py): an online backup's SQL session starts without it,
+    pymysql knows it has none (so that path fails closed), and the repository's encryption still
+    imports it afterwards."""
+    code = ("import sys\n"
+            "import mobackup.engine.mosql as mosql\n"
+            "print('cryptography' in sys.modules, mosql.pymysql._auth._have_cryptography)\n"
+            "from cryptography.hazmat.primitives.ciphers.aead import AESGCM\n"
+            "print(len(AESGCM(AESGCM.generate_key(bit_length=256)).encrypt(b'0' * 12, b'data', None)))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False", "20"]

@@ -22,10 +22,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pymysql
-
 from . import sqlconn
 from .model import iso, utc_now
+from .sqlconn import pymysql
 
 SYSTEM_DATABASES = frozenset({
     "mo_catalog", "mo_task", "mo_debug", "information_schema", "mysql", "system_metrics", "system",

@@ -34,14 +34,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
 from . import sqlconn
 from .errors import MobackupError
 from .guards import checked_local_dir
 from .layout import log_hostnames
 from .progress import Progress
 from .repository import Repository
+from .sqlconn import pymysql
 from .walk import remove_tree
 
 MO_PORTS = (6001, 32000, 32001, 32002)

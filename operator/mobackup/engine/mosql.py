@@ -6,10 +6,9 @@ import json
 import os
 from dataclasses import dataclass
 
-import pymysql
-
 from . import sqlconn
 from .errors import MobackupError, mask_secret
+from .sqlconn import pymysql
 
 
 @dataclass(frozen=True)

@@ -494,8 +494,9 @@ def run_online_backup(
         store = ChunkStore(repo)
         index = StagedIndex(Path(scratch))  # what is known per staged file, on disk
         with contextlib.closing(index), StagedTaker(str(staging), store, repo.parallelism, index) as taker:
-            _backup_while_taking(session, server_staging, repo.parallelism, base.backup_ts if base else None, taker)
-            backup_seconds = time.monotonic() - clock
+            statement_seconds = _backup_while_taking(session, server_staging, repo.parallelism,
+                                                     base.backup_ts if base else None, taker)
+            backup_seconds = time.monotonic() - clock  # and the files written last, stored
             returned_ns = time.time_ns()
             try:
                 copy = StagedCopy(staging)
@@ -542,6 +543,13 @@ def run_online_backup(
 
                 verifier = ThreadPoolExecutor(1, thread_name_prefix="mobackup-verify")
                 digests = verifier.submit(check_shared)
+
+                def checked_then_cleared() -> None:
+                    digests.result()
+                    # Every staged file is stored and checked. Removed now, before publishing's
+                    # syncfs, which would otherwise write MatrixOne's staged copy (as large as the
+                    # backup, still in the page cache) to disk only to delete it afterwards.
+                    remove_tree(staging, ignore_errors=True, workers=4)
                 try:
                     return run_backup(
                         repo, tree, source=source, backup_type="incremental" if base else "full",
@@ -552,8 +560,9 @@ def run_online_backup(
                         extra={**extra, "kind": "online", "staged_bytes": staged_bytes,
                                "staged_files": index.count("WHERE need_copy"),
                                "taken_while_staging": taker.early, "taken_files": taken_files,
-                               "matrixone_backup_seconds": round(backup_seconds, 3), "catalog": catalog},
-                        before_publish=digests.result, root_ident=tree_ident, store=store,
+                               "matrixone_backup_seconds": round(backup_seconds, 3),
+                               "backup_statement_seconds": round(statement_seconds, 3), "catalog": catalog},
+                        before_publish=checked_then_cleared, root_ident=tree_ident, store=store,
                         taken=_Taken(index), base_index=base_index,
                     )
                 finally:
@@ -614,18 +623,22 @@ def _loaded_index(repo: Repository, base: BackupSummary) -> Iterator[FileIndex]:
 
 
 def _backup_while_taking(session: Any, path: str, parallelism: int, since_ts: str | None,
-                         taker: StagedTaker) -> None:
-    """MatrixOne's BACKUP into `path`, its files stored by `taker` as they appear. BACKUP runs to its
-    end whatever happens here (a statement cannot be taken back), and its failure comes first."""
+                         taker: StagedTaker) -> float:
+    """MatrixOne's BACKUP into `path`, its files stored by `taker` as they appear; returns how long
+    the statement itself ran. BACKUP runs to its end whatever happens here (a statement cannot be
+    taken back), and its failure comes first."""
     done = threading.Event()
     failure: list[BaseException] = []
+    statement = [0.0]
 
     def backup() -> None:
+        clock = time.monotonic()
         try:
             session.backup_to_directory(path, parallelism, since_ts)
         except BaseException as error:  # handed to the caller's thread
             failure.append(error)
         finally:
+            statement[0] = time.monotonic() - clock
             done.set()
 
     thread = threading.Thread(target=backup, name="mobackup-matrixone-backup", daemon=True)
@@ -636,6 +649,7 @@ def _backup_while_taking(session: Any, path: str, parallelism: int, since_ts: st
         thread.join()
         if failure:
             raise failure[0]
+    return statement[0]
 
 
 def _catalog(session: Any, backup_ts: str) -> dict[str, Any]:

@@ -96,7 +96,7 @@ def _utc(value: Any) -> str:
 def read_windows(connection: Any) -> list[PitrWindow]:
     """The cluster-level PITRs of the server (SHOW PITR, checked: the answer is untrusted input).
     MobackupError when the server refuses (one without PITR, or a non-sys user)."""
-    import pymysql  # here, not above: `list` and `backup --json` read intervals without SQL (start-up)
+    from .sqlconn import pymysql  # here, not above: `list` and `backup --json` read intervals without SQL (start-up)
 
     try:
         with connection.cursor() as cursor:
@@ -141,7 +141,7 @@ def ensure_window(connection: Any, name: str, seconds: float) -> tuple[str, Pitr
         statement, action, name = f"alter pitr `{widest.name}` range {value} '{unit}'", "lengthened", widest.name
     else:
         statement, action = f"create pitr `{name}` for cluster range {value} '{unit}'", "created"
-    import pymysql
+    from .sqlconn import pymysql
 
     try:
         with connection.cursor() as cursor:

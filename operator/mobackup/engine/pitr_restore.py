@@ -24,13 +24,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
 from .errors import MobackupError
 from .model import BackupSummary, iso, parse_iso, utc_now
 from .pitr import PitrWindow, hlc_time, holds_history, interval, range_clause, read_windows, windows_of
 from .progress import Progress
 from .repository import Repository
+from .sqlconn import pymysql
 
 STOP_GRACE_SECONDS = 120.0  # the restored state must be shut down cleanly, unlike a drill's scratch
 RANGE_MARGIN_SECONDS = 3600  # added when the restored server's PITR must be lengthened to reach T

@@ -54,8 +54,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pymysql
-
 from . import sqlconn
 from .catalog import SYSTEM_DATABASES, quote
 from .drill import DEFAULT_PASSWORD, Scratch
@@ -74,6 +72,7 @@ from .scoped_export import (
     row_batches,
 )
 from .scoped_export import table_checksum as table_checksum
+from .sqlconn import pymysql
 
 MAX_NAME = 64  # MatrixOne's (and MySQL's) longest identifier
 # One INSERT statement (and transaction): about 1 MB of rows, at most half the live server's

@@ -15,10 +15,39 @@ which never put the password on the wire. MatrixOne authenticates with `mysql_na
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
-import pymysql
-from pymysql import _auth  # the reference implementations, called when TLS makes them safe
+
+def _import_pymysql_without_rsa() -> Any:
+    """pymysql, imported with `cryptography` out of its reach (~60 ms of every command's start-up).
+    pymysql uses it for one thing only: encrypting the password with the server's RSA key for
+    sha256_password and caching_sha2_password full authentication without TLS, which the handlers
+    below refuse anyway (with TLS the password goes over TLS, no RSA). The repository's encryption
+    imports cryptography where it needs it, unaffected. A pymysql imported before is taken as it is."""
+    if "pymysql" in sys.modules:
+        import pymysql
+
+        return pymysql
+
+    class _NoCryptography:
+        @staticmethod
+        def find_spec(name: str, path: object = None, target: object = None) -> None:
+            if name == "cryptography" or name.startswith("cryptography."):
+                raise ImportError(f"{name}: not for pymysql (engine/sqlconn.py)")
+
+    hook = _NoCryptography()
+    sys.meta_path.insert(0, hook)  # type: ignore[arg-type]
+    try:
+        import pymysql
+        import pymysql.connections
+    finally:
+        sys.meta_path.remove(hook)  # type: ignore[arg-type]
+    return pymysql
+
+
+pymysql = _import_pymysql_without_rsa()
+from pymysql import _auth  # noqa: E402  (the reference implementations, called when TLS makes them safe)
 
 FAST_AUTH_OK = 3  # caching_sha2_password: "fast auth succeeded" (4 asks for the full password)
 
