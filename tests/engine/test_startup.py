@@ -96,8 +96,22 @@ def test_s3_clients_skip_botocores_walk_of_every_service() -> None:
     assert set(create_loader().list_available_services("service-2")) <= set(quick.list_available_services("service-2"))
     assert quick.load_service_model("s3", "service-2")["metadata"]["endpointPrefix"] == "s3"
     session = s3._new_session("key", "secret")
-    assert session._session.get_component("data_loader") is s3._LOADER
-    assert session.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1").meta.service_model
+    assert session.get_component("data_loader") is s3._LOADER
+    assert session.create_client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1").meta.service_model
+    assert session.get_credentials().get_frozen_credentials()[:2] == ("key", "secret")
+
+
+def test_the_s3_backend_imports_botocore_alone() -> None:
+    """An S3 backend, its multipart uploads included (write_parts), needs neither boto3 nor
+    s3transfer (issue 22: about 60 modules of an S3 ingest shard's start)."""
+    code = ("import sys\n"
+            "from mobackup.engine.online_s3 import S3Place\n"
+            "from mobackup.engine import s3_restore\n"
+            "backend = S3Place('b', 'p', 'http://127.0.0.1:9', 'us-east-1', True, None, 'k', 's').backend()\n"
+            "assert backend.client.meta.service_model.service_name == 's3'\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 's3transfer')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_sql_session_leaves_cryptography_out_of_pymysql() -> None:

@@ -337,6 +337,28 @@ def shard_items(staged: StagedBackup, shard: int, shards: int) -> list[StagedFil
     return items
 
 
+HASH_SLICE = 1 << 20  # bytes of a response hashed as soon as they arrived
+
+
+def _fill(stream: BinaryIO, view: memoryview, hashers: tuple[Any, ...]) -> int:
+    """Fills `view` from a GET's body (fewer bytes only at its end), each slice of HASH_SLICE bytes
+    fed to every hasher as soon as it is in: the slice is still in the CPU's cache, and while
+    hashlib and blake3 hash it (both release the GIL) the kernel receives the next one into the
+    socket's buffer, so hashing costs no pass over memory and little wall time of its own."""
+    have = 0
+    while have < len(view):
+        want = min(HASH_SLICE, len(view) - have)
+        got = read_full(stream, view[have:have + want])
+        if got:
+            piece = view[have:have + got]
+            for hasher in hashers:
+                hasher.update(piece)
+            have += got
+        if got < want:
+            break
+    return have
+
+
 class _SizeDiffers(MobackupError):
     """An object's content is not of the size its list gives."""
 
@@ -357,8 +379,10 @@ class _Ingest:
         self.history = history
         self.left_out = 0
 
-    def _store(self, data: bytes | memoryview) -> str:
-        digest = self.repo.codec.digest(data)
+    def _store(self, data: bytes | memoryview, digest: str | None = None) -> str:
+        """Stores a chunk unless a sound blob of it is there; `digest`: its name, when the caller
+        hashed it already (as it arrived)."""
+        digest = digest or self.repo.codec.digest(data)
         if not self.repo.blob_is_sound(digest, len(data), read=self.check_existing):
             stored = self.repo.put_blob(digest, data)
             with self.lock:
@@ -376,12 +400,11 @@ class _Ingest:
         sha = hashlib.sha256()
         done = 0
         while True:  # whole chunks (fixed boundaries, so dedup works), read as the response streams
-            have = read_full(stream, view)
+            name = self.repo.codec.hasher()
+            have = _fill(stream, view, (sha, name))
             if not have:
                 break
-            piece = view[:have]
-            sha.update(piece)  # large buffers: hashlib and blake3 let the other workers' GETs run
-            chunks.append(self._store(piece))
+            chunks.append(self._store(view[:have], name.hexdigest()))
             done += have
             self.progress.advance(have, 0)
             if have < len(view):

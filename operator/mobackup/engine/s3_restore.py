@@ -7,10 +7,10 @@ validated before anything reaches S3."""
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from .model import BackupSummary
 from .online_s3 import HK_DATA, MAX_HK_DATA_SIZE, SINGLE_PUT_MAX, S3Place, disk_unframe
 from .progress import NullProgress, Progress
 from .repository import Repository
+from .s3 import MAX_PARTS, MIN_PART
 from .safefs import write_atomically
 from .walk import remove_tree
 from .workers import BoundedWorkers
@@ -41,27 +42,6 @@ class S3RestoreResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class _ChunkReader(io.RawIOBase):
-    """A file's content, read blob by blob (each checked against its name), for a streaming upload."""
-
-    def __init__(self, repo: Repository, chunks: list[str], size: int) -> None:
-        super().__init__()
-        self.repo, self.chunks, self.size, self.buffer, self.index = repo, chunks, size, b"", 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, out: Any) -> int:
-        while not self.buffer and self.index < len(self.chunks):
-            size = self.repo.chunk_plain_size(self.size, self.index)
-            self.buffer = self.repo.get_blob(self.chunks[self.index], size)
-            self.index += 1
-        n = min(len(out), len(self.buffer))
-        out[:n] = self.buffer[:n]
-        self.buffer = self.buffer[n:]
-        return n
 
 
 RESTORE_STEPS = ("all", "shard", "finalize")
@@ -198,34 +178,65 @@ def _file_records(repo: Repository, summary: BackupSummary) -> list[dict[str, An
     return records
 
 
+def _blobs(repo: Repository, backup_id: str, record: dict[str, Any]) -> Iterator[bytes]:
+    """A file's content blob by blob, each checked against its name and against the size the file
+    list gives its chunk (a listed digest of another size is an altered list)."""
+    for index, digest in enumerate(record["chunks"]):
+        size = repo.chunk_plain_size(record["size"], index)
+        blob = repo.get_blob(digest, size)
+        if len(blob) != size:
+            raise CorruptDataError(f"backup {backup_id}: {record['path']} chunk {index} has {len(blob)} bytes, "
+                                   f"listed {size}")
+        yield blob
+
+
+def _parts(blobs: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Multipart parts of a file of `size` bytes from its blobs: each blob a part of its own when it
+    is large enough (no copy), else consecutive blobs joined up to a part's smallest size (and few
+    enough parts for S3's limit)."""
+    target = max(MIN_PART, -(-size // MAX_PARTS))
+    group: list[bytes] = []
+    held = 0
+    for blob in blobs:
+        group.append(blob)
+        held += len(blob)
+        if held >= target:
+            yield group[0] if len(group) == 1 else b"".join(group)
+            group, held = [], 0
+    if group:
+        yield b"".join(group)
+
+
 def _upload_objects(repo: Repository, backup_id: str, backend: Any, target: S3Place, records: list[dict[str, Any]],
                     progress: Progress) -> None:
     def upload(record: dict[str, Any]) -> None:
         key = record["path"][len("shared/"):]
         if record["size"] < SINGLE_PUT_MAX:
-            data = _file_content(repo, record)
+            data = b"".join(_blobs(repo, backup_id, record))  # one blob: that very object, uncopied
             if len(data) != record["size"]:
                 raise CorruptDataError(f"backup {backup_id}: {record['path']} has {len(data)} bytes, "
                                        f"listed {record['size']}")
             backend.write(key, data)
         else:
-            from boto3.s3.transfer import TransferConfig
+            # Parts sent while the next blobs are read; the count is checked before the upload
+            # completes (a short file aborts it: nothing appears under the key).
+            def checked() -> Iterator[bytes]:
+                count = 0
+                for part in _parts(_blobs(repo, backup_id, record), record["size"]):
+                    count += len(part)
+                    yield part
+                if count != record["size"]:
+                    raise CorruptDataError(f"backup {backup_id}: {record['path']} has {count} bytes, "
+                                           f"listed {record['size']}")
 
-            # Buffered: boto3 takes a short read as a whole part, and parts under 5 MiB are refused.
-            reader = io.BufferedReader(_ChunkReader(repo, record["chunks"], record["size"]), buffer_size=1 << 20)
-            backend._call(key, backend.client.upload_fileobj, Fileobj=reader,
-                          Bucket=backend.bucket, Key=backend._key(key),
-                          Config=TransferConfig(multipart_threshold=min(SINGLE_PUT_MAX, 16 << 20),
-                                                multipart_chunksize=min(SINGLE_PUT_MAX, 16 << 20),
-                                                max_concurrency=2))
-            if backend.size(key) != record["size"]:
-                raise CorruptDataError(f"{target.url}/{key}: upload size differs from the backup's")
+            backend.write_parts(key, checked())
         progress.advance(record["size"], 1)
 
     with BoundedWorkers(repo.parallelism, "mobackup-restore-s3") as workers:
         for record in records:
             if workers.failed:
                 break
+            repo.prefetch_blobs(record["chunks"])  # read ahead while the objects before are sent
             workers.submit(upload, record)
 
 

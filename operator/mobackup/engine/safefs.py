@@ -27,6 +27,10 @@ DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 NEW_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 TMP_PREFIX = ".tmp."
+# Largest single write(2) of a buffer: the kernel fills a large write's page cache with large folios,
+# and in a VM whose memory is backed on first touch that cost 10 times the CPU of the same bytes in
+# 256 KiB writes (measured: 0.8 s against 0.08 s of system time per 256 MiB, after a cache drop).
+WRITE_SLICE = 256 << 10
 MAX_CACHED_DIRS = 512
 
 Ident = tuple[int, int]  # (st_dev, st_ino): what a name was when it was seen
@@ -122,6 +126,14 @@ def create_file(dir_fd: int, name: str, mode: int = 0o666) -> int:
     return os.open(name, NEW_FILE_FLAGS, mode, dir_fd=dir_fd)
 
 
+def write_sliced(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """All of `data` to `fd`, WRITE_SLICE bytes per call at most."""
+    view = memoryview(data).cast("B")
+    done = 0
+    while done < len(view):
+        done += os.write(fd, view[done:done + WRITE_SLICE])
+
+
 def write_atomically(dir_fd: int, name: str, data: bytes | memoryview | BinaryIO, *, replace: bool = True,
                      durable: bool = False) -> bool:
     """`name` in `dir_fd` holds `data`, whole or not at all: written to a new temporary
@@ -132,7 +144,7 @@ def write_atomically(dir_fd: int, name: str, data: bytes | memoryview | BinaryIO
     try:
         with os.fdopen(create_file(dir_fd, tmp), "wb") as out:
             if isinstance(data, (bytes, bytearray, memoryview)):
-                out.write(data)
+                write_sliced(out.fileno(), data)
             else:
                 shutil.copyfileobj(data, out, 1 << 20)
             if durable:
