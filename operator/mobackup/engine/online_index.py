@@ -66,6 +66,15 @@ class StagedIndex:
     def count(self, where: str = "") -> int:
         return int(self.db.execute(f"SELECT COUNT(*) FROM staged {where}").fetchone()[0])
 
+    def totals(self, where: str = "") -> tuple[int, int]:
+        """(files, content bytes) of tae_list's files `where` says."""
+        count, size = self.db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM staged {where}").fetchone()
+        return int(count), int(size)
+
+    def has(self, path: str) -> bool:
+        """Whether tae_list names `path`."""
+        return self.db.execute("SELECT 1 FROM staged WHERE path = ?", (path,)).fetchone() is not None
+
     def is_reused(self, path: str) -> bool:
         """Whether tae_list names `path` with needCopy false (taken from the base backup)."""
         row = self.db.execute("SELECT need_copy FROM staged WHERE path = ?", (path,)).fetchone()
