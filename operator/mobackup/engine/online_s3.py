@@ -284,7 +284,7 @@ def remove_stale_staging(root: S3Place) -> list[str]:
         # A lease read but not listed was written after the listing: as fresh as can be.
         if raw is not None and lease_is_live(raw, written.get(name, now), now):
             continue
-        backend.delete([i.key for i in backend.list(f"{name}/")])
+        backend.delete(i.key for i in backend.list(f"{name}/"))  # streamed: a staging holds millions
         backend.delete([f"{name}.lease"])
         removed.append(name)
     return removed
@@ -328,7 +328,7 @@ def staging_prefix(root: S3Place, keep: bool = False) -> Iterator[S3Place]:
 
 def remove_staging(root: S3Place, name: str) -> None:
     backend = root.backend()
-    backend.delete([i.key for i in backend.list(f"{name}/")])
+    backend.delete(i.key for i in backend.list(f"{name}/"))  # streamed: a staging holds millions
     backend.delete([f"{name}.lease"])
 
 
