@@ -18,6 +18,11 @@ Scale-out: the ingest can run as N shards (`shard I of N`, each a disjoint part 
 by position in the sorted list); each writes a part record into the repository (`runs/<run>/`) and
 the commit step writes the file list and the summary once, after every part is there and every blob
 it names exists. A missing part lists nothing; running a shard again reuses the blobs stored before.
+The run record pins tae_list by its SHA-256; shards and commit read it again from the staging.
+
+Memory: tae_list, the file records and the checks over them live in SQLite in a scratch directory
+(engine/online_index.py, engine/online_s3_index.py), part records are framed lists streamed both
+ways, so a run's memory does not grow with the number of objects.
 
 Staging: a run holds a lease object beside its staging prefix, refreshed while it runs; a later run
 removes staging prefixes whose lease expired, is missing, or names a process known to be dead (of
