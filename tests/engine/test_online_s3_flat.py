@@ -233,3 +233,30 @@ def test_the_lists_are_never_held(tmp_path: Path) -> None:
         records.close()
     assert items == count + 1 and writer.count == count + 3  # and the directories shared/ and local/
     assert peak < 24 << 20, f"{peak >> 20} MB"
+
+
+_NOWHERE = S3Place("bucket", "cluster/staging", "http://127.0.0.1:1", "us-east-1", True)
+
+
+def _pinned_record() -> dict[str, Any]:
+    return RunInfo("r1", "cluster", f"{_NOWHERE.url}/mobackup-staging-0123456789abcdef", TS, None,
+                   "2026-11-29T12:00:00.000Z", None, 1.0, 1, 1, [], tae_list_sha256="0" * 64).to_dict()
+
+
+PINNED_GARBAGE = {
+    "sha-not-hex": {**_pinned_record(), "tae_list_sha256": "z" * 64},
+    "sha-short": {**_pinned_record(), "tae_list_sha256": "0" * 63},
+    "no-inherited-count": {k: v for k, v in _pinned_record().items() if k != "inherited_files"},
+    "bool-count": {**_pinned_record(), "inherited_files": True},
+}
+
+
+@pytest.mark.parametrize("record", PINNED_GARBAGE.values(), ids=PINNED_GARBAGE.keys())
+def test_malformed_pinned_run_record(tmp_path: Path, record: dict[str, Any]) -> None:
+    """Refused before the staging (here unreachable) is touched."""
+    from mobackup.engine.repository import RepositoryOptions, open_repository
+
+    repo = open_repository(RepositoryOptions.from_env(str(tmp_path / "repo")), create=True)
+    _write_meta(repo, _run_key("r1", "run.json"), record)
+    with pytest.raises(MobackupError, match=r"run\.json is malformed"):
+        commit_run(repo, "r1", _NOWHERE, 1)
