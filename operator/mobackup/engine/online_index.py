@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .backup import TakenFile
-from .index import BATCH, connect
+from .index import BATCH, JSON_BATCH, connect
 
 # Appends and lookups by path: a small page cache serves them (two connections per run).
 CACHE_KIB = 4000
@@ -60,7 +60,7 @@ class StagedIndex:
 
     def staged(self, where: str = "") -> Iterator[tuple[str, int, str, bool]]:
         """tae_list's files in path order (fresh queries: safe to use while others iterate). Read
-        BATCH rows at a time, each batch one JSON text: SQLite releases the GIL for every step, and
+        JSON_BATCH rows at a time, each batch one JSON text: SQLite releases the GIL for every step, and
         while worker threads keep it busy taking it back costs ~50 us, a step per row cost a million
         rows a minute."""
         condition = where.removeprefix("WHERE ") if where else "1"
@@ -69,7 +69,7 @@ class StagedIndex:
             (batch,) = self.db.execute(
                 "SELECT json_group_array(json_array(path, size, sha256, need_copy)) FROM (SELECT path, size, "
                 f"sha256, need_copy FROM staged WHERE ({condition}) AND path > ? ORDER BY path LIMIT ?)",
-                (last, BATCH)).fetchone()
+                (last, JSON_BATCH)).fetchone()
             rows = json.loads(batch)
             if not rows:
                 return

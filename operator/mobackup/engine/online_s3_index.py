@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CorruptDataError
-from .index import BATCH, connect
+from .index import BATCH, JSON_BATCH, connect
 from .online_index import CACHE_KIB
 
 # Rows go in as one JSON array per batch, one statement step: SQLite releases the GIL for every step
@@ -52,7 +52,7 @@ class RunRecords:
         with self.lock:
             self.pending.append(row)
             self.digests.extend(record["chunks"])
-            if len(self.pending) >= BATCH or len(self.digests) >= BATCH:
+            if len(self.pending) >= JSON_BATCH or len(self.digests) >= JSON_BATCH:
                 self._flush()
 
     def flush(self) -> None:

@@ -267,17 +267,17 @@ class _RestorePlan:
         return int(found), int(size)
 
     def uploads(self, index: int, count: int) -> Iterator[dict[str, Any]]:
-        """The records to upload at positions index, index + count, ..., in list order. Read BATCH
-        rows at a time as one JSON text (a step per row would take the GIL back from the upload
+        """The records to upload at positions index, index + count, ..., in list order. Read
+        JSON_BATCH rows at a time as one JSON text (a step per row would take the GIL back from the upload
         threads once a row: see StagedIndex.staged)."""
-        from .index import BATCH
+        from .index import JSON_BATCH
 
         last = 0
         while True:
             (batch,) = self.db.execute(
                 "SELECT json_group_array(json_array(n, key, size, chunks)) FROM (SELECT n, key, size, chunks "
                 "FROM objects WHERE n > ? AND (n - 1) % ? = ? ORDER BY n LIMIT ?)",
-                (last, count, index, BATCH)).fetchone()
+                (last, count, index, JSON_BATCH)).fetchone()
             rows = json.loads(batch)
             if not rows:
                 return
