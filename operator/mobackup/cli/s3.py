@@ -77,7 +77,7 @@ def online_s3_backup(args: argparse.Namespace) -> int:
         if args.stage_only:
             run = stage_run(repo, mo, place, source=args.source, backup_type=args.type, base_id=args.base,
                             server_endpoint=args.staging_server_endpoint)
-            emit(args, run.to_dict() | {"inherit": len(run.inherit)},
+            emit(args, run.to_dict() | {"inherit": run.inherited_files or len(run.inherit)},
                   f"staged run {run.run_id} ({run.staged_files} files, {run.staged_bytes} bytes) in {run.staging_url}")
             return 0
         shared = None

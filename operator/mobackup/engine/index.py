@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     import sqlite3
 
 BATCH = 20_000
+# Rows moved as one JSON text per statement step where worker threads run beside (engine/
+# online_s3_index.py says why). Smaller than BATCH: a 20,000-row text cost ~55 MB of peak memory at
+# 100,000 objects (SQLite's parse of it and Python's copies), 2,000 rows cost ~0 and still one step
+# per 2,000.
+JSON_BATCH = 2_000
 # A base file list up to this many files is held in a dict (about 0.4 KB a file, so 20 MB at most):
 # a small incremental then pays neither SQLite's import nor its writes, and memory stays flat.
 IN_MEMORY_FILES = 50_000

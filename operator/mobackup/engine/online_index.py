@@ -8,13 +8,14 @@ One connection, shared by the taker's threads (each write under `lock`); a reade
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from .backup import TakenFile
-from .index import BATCH, connect
+from .index import BATCH, JSON_BATCH, connect
 
 # Appends and lookups by path: a small page cache serves them (two connections per run).
 CACHE_KIB = 4000
@@ -58,13 +59,36 @@ class StagedIndex:
         return count
 
     def staged(self, where: str = "") -> Iterator[tuple[str, int, str, bool]]:
-        """tae_list's files in path order (a fresh cursor: safe to use while others iterate)."""
-        for path, size, sha256, need_copy in self.db.execute(
-                f"SELECT path, size, sha256, need_copy FROM staged {where} ORDER BY path"):
-            yield path, size, sha256, bool(need_copy)
+        """tae_list's files in path order (fresh queries: safe to use while others iterate). Read
+        JSON_BATCH rows at a time, each batch one JSON text: SQLite releases the GIL for every step, and
+        while worker threads keep it busy taking it back costs ~50 us, a step per row cost a million
+        rows a minute."""
+        condition = where.removeprefix("WHERE ") if where else "1"
+        last = ""  # no path is empty
+        while True:
+            (batch,) = self.db.execute(
+                "SELECT json_group_array(json_array(path, size, sha256, need_copy)) FROM (SELECT path, size, "
+                f"sha256, need_copy FROM staged WHERE ({condition}) AND path > ? ORDER BY path LIMIT ?)",
+                (last, JSON_BATCH)).fetchone()
+            rows = json.loads(batch)
+            if not rows:
+                return
+            rows.sort()  # an aggregate's order is SQLite's choice: the batch, not the batches, may need it
+            for path, size, sha256, need_copy in rows:
+                yield path, size, sha256, bool(need_copy)
+            last = rows[-1][0]
 
     def count(self, where: str = "") -> int:
         return int(self.db.execute(f"SELECT COUNT(*) FROM staged {where}").fetchone()[0])
+
+    def totals(self, where: str = "") -> tuple[int, int]:
+        """(files, content bytes) of tae_list's files `where` says."""
+        count, size = self.db.execute(f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM staged {where}").fetchone()
+        return int(count), int(size)
+
+    def has(self, path: str) -> bool:
+        """Whether tae_list names `path`."""
+        return self.db.execute("SELECT 1 FROM staged WHERE path = ?", (path,)).fetchone() is not None
 
     def is_reused(self, path: str) -> bool:
         """Whether tae_list names `path` with needCopy false (taken from the base backup)."""

@@ -18,6 +18,11 @@ Scale-out: the ingest can run as N shards (`shard I of N`, each a disjoint part 
 by position in the sorted list); each writes a part record into the repository (`runs/<run>/`) and
 the commit step writes the file list and the summary once, after every part is there and every blob
 it names exists. A missing part lists nothing; running a shard again reuses the blobs stored before.
+The run record pins tae_list by its SHA-256; shards and commit read it again from the staging.
+
+Memory: tae_list, the file records and the checks over them live in SQLite in a scratch directory
+(engine/online_index.py, engine/online_s3_index.py), part records are framed lists streamed both
+ways, so a run's memory does not grow with the number of objects.
 
 Staging: a run holds a lease object beside its staging prefix, refreshed while it runs; a later run
 removes staging prefixes whose lease expired, is missing, or names a process known to be dead (of
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -40,16 +46,18 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import CorruptDataError, MobackupError
 from .guards import check_shared_prefix, check_staging_root
-from .manifest import UNPUBLISHED, ManifestChecker
+from .manifest import DIGEST, UNPUBLISHED, ManifestChecker
 from .model import BackupSummary, iso, parse_iso, utc_now
-from .online import StagedBackup, StagedFile, choose_online_base, parse_staged_text
+from .online import StagedBackup, StagedFile, StagedList, _lines, _tae_list_rows, choose_online_base, parse_tae_sum
+from .online_index import StagedIndex
+from .online_s3_index import PathListedTwice, RunRecords
 from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository, lock_holder_is_gone, process_identity
 from .s3 import read_full
@@ -165,15 +173,31 @@ def backup_to_s3(session: Any, place: S3Place, parallelism: int, since_ts: str |
 
 # ---- the staged copy ---------------------------------------------------------------------------------
 
-def read_staged(staging: Any) -> StagedBackup:
+def read_staged(staging: Any, index: StagedIndex) -> tuple[StagedBackup, str]:
+    """tae_sum, and tae_list streamed into `index` (on disk: memory stays flat with millions of
+    objects), every line checked as parse_staged_text checks it. Returns the staged backup (its files
+    read back from `index`, in path order) and tae_list's SHA-256 (what a sharded run pins)."""
+    sha = hashlib.sha256()
     try:
-        return parse_staged_text(staging.read("tae/tae_sum").decode(), staging.read("tae/tae_list").decode())
+        backup_ts, kind = parse_tae_sum(staging.read("tae/tae_sum").decode())
+        with contextlib.closing(staging.open_read("tae/tae_list")) as stream:
+            count = index.add_staged(_tae_list_rows(_lines(_hashed(stream, sha))))
     except UnicodeDecodeError:
         raise MobackupError("MatrixOne's backup tae_sum/tae_list is not text") from None
-    except MobackupError as error:
-        if "missing" in str(error):
-            raise MobackupError(f"MatrixOne wrote no backup list into {staging.location} ({error})") from None
-        raise
+    except ValueError:
+        raise MobackupError("MatrixOne's backup list tae_list names a file twice") from None
+    except ObjectNotFound as error:
+        raise MobackupError(f"MatrixOne wrote no backup list into {staging.location} ({error})") from None
+    if not count:
+        raise MobackupError("MatrixOne's backup list tae_list is empty")
+    return StagedBackup(backup_ts, kind, StagedList(index)), sha.hexdigest()
+
+
+def _hashed(stream: BinaryIO, sha: Any) -> Iterator[bytes]:
+    """`stream` in pieces of 1 MiB, each added to `sha` as it passes."""
+    while piece := stream.read(1 << 20):
+        sha.update(piece)
+        yield piece
 
 
 def _crc32c_table() -> list[int]:
@@ -265,7 +289,7 @@ def remove_stale_staging(root: S3Place) -> list[str]:
         # A lease read but not listed was written after the listing: as fresh as can be.
         if raw is not None and lease_is_live(raw, written.get(name, now), now):
             continue
-        backend.delete([i.key for i in backend.list(f"{name}/")])
+        backend.delete(i.key for i in backend.list(f"{name}/"))  # streamed: a staging holds millions
         backend.delete([f"{name}.lease"])
         removed.append(name)
     return removed
@@ -309,7 +333,7 @@ def staging_prefix(root: S3Place, keep: bool = False) -> Iterator[S3Place]:
 
 def remove_staging(root: S3Place, name: str) -> None:
     backend = root.backend()
-    backend.delete([i.key for i in backend.list(f"{name}/")])
+    backend.delete(i.key for i in backend.list(f"{name}/"))  # streamed: a staging holds millions
     backend.delete([f"{name}.lease"])
 
 
@@ -329,12 +353,12 @@ class PartTotals:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def shard_items(staged: StagedBackup, shard: int, shards: int) -> list[StagedFile | None]:
-    """The staged files shard `shard` of `shards` ingests (None stands for hk_data, shard 0's)."""
-    items: list[StagedFile | None] = [None] if shard == 0 else []
-    copied = [f for f in staged.files if f.need_copy]
-    items += copied[shard::shards]
-    return items
+def shard_items(staged: StagedBackup, shard: int, shards: int) -> Iterator[StagedFile | None]:
+    """The staged files shard `shard` of `shards` ingests (None stands for hk_data, shard 0's), read
+    as they are needed: positions shard, shard + shards, ... of the needCopy files in path order."""
+    if shard == 0:
+        yield None
+    yield from itertools.islice((f for f in staged.files if f.need_copy), shard, None, shards)
 
 
 HASH_SLICE = 1 << 20  # bytes of a response hashed as soon as they arrived
@@ -369,10 +393,11 @@ class _Ingest:
     and one that vanished or changed since the listing is left out (counted), not a failure."""
 
     def __init__(self, repo: Repository, staging: Any, progress: Progress, check_existing: bool = False,
-                 history: bool = False) -> None:
+                 history: bool = False, records: RunRecords | None = None) -> None:
+        """`records`: where the file records go (on disk); by default a list."""
         self.repo, self.staging, self.progress = repo, staging, progress
         self.totals = PartTotals()
-        self.records: list[dict[str, Any]] = []
+        self.records: Any = records if records is not None else []
         self.lock = threading.Lock()
         self.check_existing = check_existing
         self.buffers = threading.local()
@@ -464,7 +489,7 @@ class _Ingest:
             self.left_out += 1
         self.progress.advance(0, 1)
 
-    def run(self, items: list[StagedFile | None]) -> None:
+    def run(self, items: Iterable[StagedFile | None]) -> None:
         with BoundedWorkers(self.repo.parallelism, "mobackup-ingest") as workers:
             for item in items:
                 if workers.failed:
@@ -473,39 +498,44 @@ class _Ingest:
 
 
 def ingest_part(repo: Repository, staging: Any, staged: StagedBackup, shard: int = 0, shards: int = 1,
-                progress: Progress | None = None, check_existing: bool = False) -> tuple[list[dict[str, Any]],
-                                                                                        PartTotals]:
+                progress: Progress | None = None, check_existing: bool = False,
+                records: RunRecords | None = None) -> tuple[Any, PartTotals]:
     """Streams shard `shard` of `shards` of the staged files into the repository; returns its file
-    records and totals."""
+    records (`records`, or a list) and totals."""
     progress = progress or NullProgress()
-    items = shard_items(staged, shard, shards)
     if not isinstance(progress, NullProgress):
-        progress.start(sum(i.size for i in items if i is not None), len(items))
-    run = _Ingest(repo, staging, progress, check_existing)
-    run.run(items)
+        size = count = 0
+        for item in shard_items(staged, shard, shards):
+            size, count = size + (item.size if item is not None else 0), count + 1
+        progress.start(size, count)
+    run = _Ingest(repo, staging, progress, check_existing, records=records)
+    run.run(shard_items(staged, shard, shards))
+    if records is not None:
+        records.flush()
     return run.records, run.totals
 
 
-def _file_list(repo: Repository, backup_id: str, scratch: Path, records: list[dict[str, Any]],
-               inherited: list[dict[str, Any]]) -> FileListWriter:
-    """Directories first where needed, then files, all sorted by path: the same list whatever the
-    shard count, checked as a restore will check it."""
+def _file_list(repo: Repository, backup_id: str, scratch: Path, records: Iterable[dict[str, Any]]) -> FileListWriter:
+    """Directories first where needed, then files, all sorted by path (`records` come so): the same
+    list whatever the shard count, checked as a restore will check it."""
     writer = FileListWriter(repo.codec, backup_id, scratch)
     checker = ManifestChecker(scratch, repo.chunk_size, f"backup {backup_id}", UNPUBLISHED)
-    listed: set[str] = set()
+    previous = ""
     try:
-        for record in sorted([*records, *inherited], key=lambda r: r["path"]):
+        for record in records:
             parts = record["path"].split("/")[:-1]
             for depth in range(1, len(parts) + 1):
                 parent = "/".join(parts[:depth])
-                if parent not in listed:
-                    listed.add(parent)
+                # In path order the paths below a directory come together: it was listed before
+                # exactly when the previous record lies below it.
+                if not previous.startswith(parent + "/"):
                     directory = {"path": parent, "type": "dir", "mode": 0o755, "mtime_ns": 0}
                     checker.check(directory)
                     writer.add(directory)
             clean = {k: record[k] for k in ("path", "type", "mode", "mtime_ns", "size", "chunks")}
             checker.check(clean)
             writer.add(clean)
+            previous = record["path"]
         checker.finish()
     finally:
         checker.close()
@@ -528,34 +558,75 @@ class RunInfo:
     matrixone_backup_seconds: float
     staged_files: int
     staged_bytes: int
+    # A run record written before tae_list was pinned lists the paths (still read): `inherit`, the
+    # base paths not staged again; `staged_paths`, what the shards must store, hk_data included.
     inherit: list[str]
-    staged_paths: list[str] = field(default_factory=list)  # what the shards must store, hk_data included
+    staged_paths: list[str] = field(default_factory=list)
+    # Since: tae_list's SHA-256 as the run was staged; the shards and the commit read tae_list again
+    # (from the staging, which stays until the commit) and refuse one that differs.
+    tae_list_sha256: str = ""
+    inherited_files: int = 0  # needCopy false in tae_list: taken from the base
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        for name in ("inherit", "staged_paths") if self.tae_list_sha256 else ("tae_list_sha256", "inherited_files"):
+            del data[name]
+        return data
 
 
-def commit_backup(repo: Repository, run: RunInfo, records: list[dict[str, Any]], totals: PartTotals,
+def _reused_paths(staged: StagedBackup) -> Iterator[str]:
+    """The file-list paths an incremental takes from its base: tae_list's needCopy false."""
+    return (f"shared/{f.path}" for f in staged.files if not f.need_copy)
+
+
+def _expected_paths(staged: StagedBackup) -> Iterator[str]:
+    """The file-list paths the ingest stores: tae_list's needCopy true, and hk_data."""
+    yield HK_DATA
+    yield from (f"shared/{f.path}" for f in staged.files if f.need_copy)
+
+
+def _check_record(record: Any, what: str) -> None:
+    """A file record with every field of its JSON type and text chunk digests (a repository is
+    untrusted input); CorruptDataError naming `what`."""
+    if not isinstance(record, dict):
+        raise CorruptDataError(f"{what} is malformed: a record is {str(record)[:100]!r}")
+    _check_fields(record, _RECORD_TYPES, what)
+    if not all(isinstance(c, str) for c in record["chunks"]):
+        raise CorruptDataError(f"{what} is malformed: a chunk of {record['path'][:200]!r} is not a digest")
+
+
+def commit_backup(repo: Repository, run: RunInfo, records: RunRecords, totals: PartTotals,
                   clock: float | None = None, shards: int = 1, extra: dict[str, Any] | None = None) -> BackupSummary:
-    """Writes the file list and the summary (the commit point) of an ingested run; `extra`: more to
-    record in the summary (the PITR record)."""
+    """Writes the file list and the summary (the commit point) of an ingested run: its `records`
+    (on disk), with the base's records of the paths `records` is to inherit (RunRecords.add_inherit)
+    added. `extra`: more to record in the summary (the PITR record)."""
     base = repo.load_summary(run.base_id) if run.base_id else None
-    inherited: list[dict[str, Any]] = []
-    if run.inherit:
+    inherited_files = inherited_size = inherited_chunks = 0
+    to_inherit, _ = records.not_taken()
+    if to_inherit:
         if base is None:
             raise MobackupError("MatrixOne staged an incremental backup without a base")
-        wanted = set(run.inherit)
-        for record in repo.entries(base):
-            if record["path"] in wanted and record.get("type") == "file":
-                inherited.append(record)
-        if len(inherited) != len(wanted):
-            missing = sorted(wanted - {r["path"] for r in inherited})
-            raise MobackupError(f"{len(missing)} files to take from base backup {base.id} are not in it, e.g. "
-                                f"{missing[0]}: the base does not match this cluster")
+        what = f"base backup {base.id}'s file list"
+        try:
+            for record in repo.entries(base):
+                path = record.get("path") if isinstance(record, dict) else None
+                if isinstance(path, str) and record.get("type") == "file" and records.wants(path):
+                    _check_record(record, what)
+                    records.take(record)
+                    inherited_files += 1
+                    inherited_size += record["size"]
+                    inherited_chunks += len(record["chunks"])
+            records.flush()
+        except PathListedTwice:
+            raise MobackupError(f"a file to take from base backup {base.id} is also staged: {UNPUBLISHED}") from None
+        missing, first = records.not_taken()
+        if missing:
+            raise MobackupError(f"{missing} files to take from base backup {base.id} are not in it, e.g. "
+                                f"{first}: the base does not match this cluster")
     backup_id = run.run_id
     with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
-        writer = _file_list(repo, backup_id, Path(scratch), records, inherited)
-        size = totals.size + sum(r["size"] for r in inherited)
+        writer = _file_list(repo, backup_id, Path(scratch), records.sorted())
+        size = totals.size + inherited_size
         started = parse_iso(run.started_at)
         completed = utc_now()
         summary = BackupSummary(
@@ -565,8 +636,8 @@ def commit_backup(repo: Repository, run: RunInfo, records: list[dict[str, Any]],
             duration_seconds=round(time.monotonic() - clock if clock is not None
                                    else (completed - started).total_seconds(), 3),
             size_bytes=size, new_bytes=totals.new_bytes, stored_bytes=totals.stored_bytes,
-            file_count=totals.files + len(inherited), read_file_count=totals.files, chunk_count=totals.chunks
-            + sum(len(r["chunks"]) for r in inherited), new_blob_count=totals.new_blobs,
+            file_count=totals.files + inherited_files, read_file_count=totals.files,
+            chunk_count=totals.chunks + inherited_chunks, new_blob_count=totals.new_blobs,
             data_dir=run.staging_url, host=socket.gethostname(), layout="disk", location=repo.location,
             files_digest=writer.hasher.hexdigest(), files_frames=writer.frames, entry_count=writer.count,
             mo_version=run.mo_version,
@@ -581,34 +652,35 @@ def commit_backup(repo: Repository, run: RunInfo, records: list[dict[str, Any]],
     return summary
 
 
-def _staged_bytes(staged: StagedBackup) -> int:
-    return sum(f.size for f in staged.files if f.need_copy)
-
-
 @contextlib.contextmanager
 def staged_run(repo: Repository, session: Any, staging_root: S3Place, *, source: str, backup_type: str | None,
                base_id: str | None, server_endpoint: str | None = None,
-               keep: bool = False) -> Iterator[tuple[S3Place, RunInfo, StagedBackup]]:
+               keep: bool = False) -> Iterator[tuple[S3Place, RunInfo, StagedBackup, Path]]:
+    """BACKUP into a fresh staging prefix, tae_list read into an index in a scratch directory (both
+    live as long as the context): (staging, run, staged backup, scratch directory)."""
     check_staging_root(repo, (staging_root.bucket, staging_root.prefix))
     base = choose_online_base(repo, source, backup_type, base_id)
     if base is not None and base.extra.get("resident") != "s3":
         raise MobackupError(f"backup {base.id} is of a data directory, not of an S3-resident cluster: an "
                             "incremental here needs an S3 online base (run a full one first)")
     started, clock = utc_now(), time.monotonic()
-    with staging_prefix(staging_root, keep=keep) as staging:
+    with staging_prefix(staging_root, keep=keep) as staging, \
+            tempfile.TemporaryDirectory(prefix="mobackup-online-s3-") as scratch:
         backup_to_s3(session, staging, repo.parallelism, base.backup_ts if base else None, server_endpoint)
         backup_seconds = time.monotonic() - clock
-        staged = read_staged(staging.backend())
-        inherit = [f"shared/{f.path}" for f in staged.files if not f.need_copy]
-        if inherit and base is None:
-            raise MobackupError("MatrixOne staged an incremental backup without a base")
-        run = RunInfo(run_id=str(uuid.uuid4()), source=source, staging_url=staging.url, backup_ts=staged.backup_ts,
-                      base_id=base.id if base else None, started_at=iso(started), mo_version=session.version,
-                      matrixone_backup_seconds=round(backup_seconds, 3),
-                      staged_files=sum(f.need_copy for f in staged.files), staged_bytes=_staged_bytes(staged),
-                      inherit=inherit,
-                      staged_paths=sorted(["shared/" + f.path for f in staged.files if f.need_copy] + [HK_DATA]))
-        yield staging, run, staged
+        index = StagedIndex(Path(scratch))
+        with contextlib.closing(index):
+            staged, list_sha = read_staged(staging.backend(), index)
+            reused = index.count("WHERE NOT need_copy")
+            if reused and base is None:
+                raise MobackupError("MatrixOne staged an incremental backup without a base")
+            staged_files, staged_bytes = index.totals("WHERE need_copy")
+            run = RunInfo(run_id=str(uuid.uuid4()), source=source, staging_url=staging.url,
+                          backup_ts=staged.backup_ts, base_id=base.id if base else None, started_at=iso(started),
+                          mo_version=session.version, matrixone_backup_seconds=round(backup_seconds, 3),
+                          staged_files=staged_files, staged_bytes=staged_bytes, inherit=[],
+                          tae_list_sha256=list_sha, inherited_files=reused)
+            yield staging, run, staged, Path(scratch)
 
 
 def run_online_s3_backup(repo: Repository, session: Any, staging_root: S3Place, *, source: str | None = None,
@@ -635,35 +707,55 @@ def run_online_s3_backup(repo: Repository, session: Any, staging_root: S3Place, 
     clock = time.monotonic()
     with repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60), \
             staged_run(repo, session, staging_root, source=source, backup_type=backup_type, base_id=base_id,
-                       server_endpoint=server_endpoint) as (staging, run, staged):
-        records, totals = ingest_part(repo, staging.backend(max(16, repo.parallelism * 2)), staged,
-                                      progress=progress)
-        if take_history:
-            assert shared is not None
-            extra["pitr"] = _take_history(repo, shared, run, staged, records, totals, extra.get("pitr"), progress)
-        summary = commit_backup(repo, run, records, totals, clock=clock, extra=extra)
+                       server_endpoint=server_endpoint) as (staging, run, staged, scratch):
+        records = RunRecords(scratch)  # the file records, on disk
+        with contextlib.closing(records):
+            _, totals = ingest_part(repo, staging.backend(max(16, repo.parallelism * 2)), staged,
+                                    progress=progress, records=records)
+            history_inherited: list[str] = []
+            if take_history:
+                assert shared is not None
+                extra["pitr"], history_inherited = _take_history(repo, shared, run, staged, records, totals,
+                                                                 extra.get("pitr"), progress)
+            records.add_inherit(itertools.chain(_reused_paths(staged), history_inherited))
+            summary = commit_backup(repo, run, records, totals, clock=clock, extra=extra)
     (progress or NullProgress()).finish()
     return summary
 
 
+class _StagedKeys:
+    """Whether tae_list names a key (relative to the SHARED prefix), looked up on disk."""
+
+    def __init__(self, staged: StagedBackup) -> None:
+        files = staged.files
+        self.index = files.index if isinstance(files, StagedList) else None
+        self.small = None if self.index is not None else frozenset(f.path for f in files)
+
+    def __contains__(self, key: object) -> bool:
+        if self.small is not None:
+            return key in self.small
+        assert self.index is not None
+        return isinstance(key, str) and self.index.has(key)
+
+
 def _take_history(repo: Repository, shared: S3Place, run: RunInfo, staged: StagedBackup,
-                  records: list[dict[str, Any]], totals: PartTotals, rec: Any,
-                  progress: Progress | None) -> dict[str, Any]:
-    """After BACKUP: the history objects stored (records and totals extended, run.inherit with those
-    of the base); returns extra["pitr"] with history_added."""
+                  records: RunRecords, totals: PartTotals, rec: Any,
+                  progress: Progress | None) -> tuple[dict[str, Any], list[str]]:
+    """After BACKUP: the history objects stored (their records into `records`, totals extended);
+    returns extra["pitr"] with history_added, and the history's paths to take from the base."""
     from .pitr import hlc_time, with_history
     from .pitr_history_s3 import list_history
 
     live = shared.backend(max(16, repo.parallelism * 2))
     base = repo.load_summary(run.base_id) if run.base_id else None
-    history = list_history(live, (f.path for f in staged.files), hlc_time(run.backup_ts).timestamp(),
+    history = list_history(live, _StagedKeys(staged), hlc_time(run.backup_ts).timestamp(),
                            repo.entries(base) if base else None)
-    ingest = _Ingest(repo, live, progress or NullProgress(), history=True)
-    ingest.run(list(history.items))
-    records += ingest.records
+    ingest = _Ingest(repo, live, progress or NullProgress(), history=True, records=records)
+    ingest.run(history.items)
+    records.flush()
     totals.add(ingest.totals)
-    run.inherit = [*run.inherit, *history.inherited]
-    return with_history(rec, history.record(ingest.totals.files, ingest.totals.size, ingest.left_out))
+    return with_history(rec, history.record(ingest.totals.files, ingest.totals.size, ingest.left_out)), \
+        history.inherited
 
 
 # ---- sharded runs: stage, N ingest shards, commit -----------------------------------------------------
@@ -700,7 +792,7 @@ def stage_run(repo: Repository, session: Any, staging_root: S3Place, *, source: 
     source = source or f"{staging_root.url} via {session.where}"
     with repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60):
         with staged_run(repo, session, staging_root, source=source, backup_type=backup_type, base_id=base_id,
-                        server_endpoint=server_endpoint, keep=True) as (staging, run, _):
+                        server_endpoint=server_endpoint, keep=True) as (staging, run, _, _):
             _write_meta(repo, _run_key(run.run_id, "run.json"), run.to_dict())
         # The lease must outlive this process: the shards run elsewhere. It is extended to a day and
         # names no process; commit (or a later run after that) removes the prefix.
@@ -715,8 +807,14 @@ _NONE = type(None)
 _RUN_TYPES: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "source": (str,), "staging_url": (str,), "backup_ts": (str,), "base_id": (str, _NONE),
     "started_at": (str,), "mo_version": (str, _NONE), "matrixone_backup_seconds": (int, float),
-    "staged_files": (int,), "staged_bytes": (int,), "inherit": (list,), "staged_paths": (list,),
+    "staged_files": (int,), "staged_bytes": (int,),
 }
+_PINNED_RUN_TYPES: dict[str, tuple[type, ...]] = {"tae_list_sha256": (str,), "inherited_files": (int,)}
+_LISTED_RUN_TYPES: dict[str, tuple[type, ...]] = {"inherit": (list,), "staged_paths": (list,)}
+# A part's file records, stored beside it in the file-list format (FileListWriter), under a name of
+# its own per attempt: a shard run again never overwrites what an earlier part record names.
+_PART_LIST_TYPES: dict[str, tuple[type, ...]] = {"name": (str,), "digest": (str,), "frames": (int,),
+                                                 "entries": (int,)}
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "path": (str,), "type": (str,), "mode": (int,), "mtime_ns": (int,), "size": (int,), "chunks": (list,),
 }
@@ -735,35 +833,81 @@ def _load_run(repo: Repository, run_id: str) -> RunInfo:
     data = _read_meta(repo, key)
     what = f"{repo.location}/{key}"
     _check_fields(data, _RUN_TYPES, what)
-    if not all(isinstance(p, str) for p in [*data["inherit"], *data["staged_paths"]]):
+    pinned = "tae_list_sha256" in data  # else a record that lists the paths (older versions write it)
+    _check_fields(data, _PINNED_RUN_TYPES if pinned else _LISTED_RUN_TYPES, what)
+    if pinned and not DIGEST.match(data["tae_list_sha256"]):
+        raise CorruptDataError(f"{what} is malformed: tae_list_sha256 is {data['tae_list_sha256'][:100]!r}")
+    if not pinned and not all(isinstance(p, str) for p in [*data["inherit"], *data["staged_paths"]]):
         raise CorruptDataError(f"{what} is malformed: a listed path is not text")
     if data["run_id"] != run_id:  # the commit publishes under this ID: a copied record names another
         raise CorruptDataError(f"{what} is malformed: it names run {data['run_id'][:100]!r}")
     try:
         parse_iso(data["started_at"])
-        return RunInfo(**{k: data[k] for k in _RUN_TYPES})
+        fields = {k: data[k] for k in [*_RUN_TYPES, *(_PINNED_RUN_TYPES if pinned else _LISTED_RUN_TYPES)]}
+        return RunInfo(**{"inherit": [], **fields})
     except (TypeError, ValueError):
         raise CorruptDataError(f"{what} is malformed") from None
 
 
-def _load_part(repo: Repository, key: str, shard: int, shards: int) -> tuple[list[dict[str, Any]], PartTotals]:
-    """A shard's part record, its records and totals checked (a repository is untrusted input)."""
+def _part_name(shard: int, shards: int) -> str:
+    return f"part-{shard}-of-{shards}.json"
+
+
+def _write_part(repo: Repository, run_id: str, shard: int, shards: int, records: RunRecords, totals: PartTotals,
+                scratch: Path) -> None:
+    """The shard's file records (in path order, streamed from disk) in the file-list format under a
+    name of this attempt's, then the part record naming them (the shard's commit point)."""
+    name = f"part-{shard}-of-{shards}.{uuid.uuid4().hex[:16]}.records"
+    key = _run_key(run_id, name)
+    writer = FileListWriter(repo.codec, run_id, scratch, key=key)
+    try:
+        try:
+            for record in records.sorted():
+                writer.add(record)
+        finally:
+            writer.close()
+        repo.backend.write_file(key, writer.path)
+    finally:
+        writer.discard()
+    listed = {"name": name, "digest": writer.hasher.hexdigest(), "frames": writer.frames, "entries": writer.count}
+    _write_meta(repo, _run_key(run_id, _part_name(shard, shards)),
+                {"shard": shard, "shards": shards, "records_list": listed, "totals": totals.__dict__})
+
+
+def _load_part(repo: Repository, run_id: str, shard: int, shards: int, records: RunRecords) -> PartTotals:
+    """A shard's part record: its file records checked (a repository is untrusted input) and added to
+    `records` as they stream in; returns its totals, checked."""
+    key = _run_key(run_id, _part_name(shard, shards))
     part = _read_meta(repo, key)
     what = f"{repo.location}/{key}"
     if part.get("shard") != shard or part.get("shards") != shards:
         raise CorruptDataError(f"{what} is malformed: it is not the part of shard {shard} of {shards}")
-    records, totals = part.get("records"), part.get("totals")
-    if not isinstance(records, list) or not isinstance(totals, dict):
+    inline, listed, totals = part.get("records"), part.get("records_list"), part.get("totals")
+    if not (isinstance(inline, list) or isinstance(listed, dict)) or not isinstance(totals, dict):
         raise CorruptDataError(f"{what} is malformed: no records or totals")
-    for record in records:
-        if not isinstance(record, dict):
-            raise CorruptDataError(f"{what} is malformed: a record is {str(record)[:100]!r}")
-        _check_fields(record, _RECORD_TYPES, what)
-        if not all(isinstance(c, str) for c in record["chunks"]):
-            raise CorruptDataError(f"{what} is malformed: a chunk of {record['path'][:200]!r} is not a digest")
     names = set(PartTotals.__dataclass_fields__)
     _check_fields(totals, dict.fromkeys(names, (int,)), what)
-    return records, PartTotals(**{k: totals[k] for k in names})
+    if isinstance(inline, list):  # as versions before the records list wrote it
+        source: Iterable[Any] = inline
+    else:
+        assert isinstance(listed, dict)
+        _check_fields(listed, _PART_LIST_TYPES, what)
+        if not re.fullmatch(rf"part-{shard}-of-{shards}\.[0-9a-f]{{16}}\.records", listed["name"]):
+            raise CorruptDataError(f"{what} is malformed: it names records {listed['name'][:100]!r}")
+        source = repo.framed_entries(_run_key(run_id, listed["name"]), listed["digest"], listed["entries"],
+                                     listed["frames"])
+    try:
+        for record in source:
+            _check_record(record, what)
+            records.append(record)
+        records.flush()
+    except PathListedTwice:
+        raise
+    except MobackupError as error:
+        if isinstance(inline, list):
+            raise
+        raise CorruptDataError(f"{what}: its records are unreadable ({error})") from None
+    return PartTotals(**{k: totals[k] for k in names})
 
 
 def _staging_of(run: RunInfo, staging_root: S3Place) -> S3Place:
@@ -784,14 +928,25 @@ def ingest_shard(repo: Repository, run_id: str, staging_root: S3Place, shard: in
     part record. Running it again stores only what is missing and replaces the part record."""
     if not 0 <= shard < shards:
         raise MobackupError(f"shard {shard} of {shards}: the index must be 0..{shards - 1}")
-    with repo.lock(exclusive=False, purpose=f"online backup run {run_id} shard {shard}/{shards}", wait_seconds=60):
+    with repo.lock(exclusive=False, purpose=f"online backup run {run_id} shard {shard}/{shards}", wait_seconds=60), \
+            tempfile.TemporaryDirectory(prefix="mobackup-shard-") as scratch:
         run = _load_run(repo, run_id)
         staging = _staging_of(run, staging_root).backend(max(16, repo.parallelism * 2))
-        staged = read_staged(staging)
-        records, totals = ingest_part(repo, staging, staged, shard, shards, progress)
-        _write_meta(repo, _run_key(run_id, f"part-{shard}-of-{shards}.json"),
-                    {"shard": shard, "shards": shards, "records": records, "totals": totals.__dict__})
+        index, records = StagedIndex(Path(scratch)), RunRecords(Path(scratch))
+        with contextlib.closing(index), contextlib.closing(records):
+            staged = _read_pinned(staging, index, run)
+            _, totals = ingest_part(repo, staging, staged, shard, shards, progress, records=records)
+            _write_part(repo, run_id, shard, shards, records, totals, Path(scratch))
     return totals
+
+
+def _read_pinned(staging: Any, index: StagedIndex, run: RunInfo) -> StagedBackup:
+    """The run's staged list, read again (read_staged); refused when it is not the one the run pinned."""
+    staged, list_sha = read_staged(staging, index)
+    if run.tae_list_sha256 and list_sha != run.tae_list_sha256:
+        raise MobackupError(f"run {run.run_id}: MatrixOne's tae_list in {staging.location} is not the one the run "
+                            "was staged with (altered since?): refusing it")
+    return staged
 
 
 def commit_run(repo: Repository, run_id: str, staging_root: S3Place, shards: int) -> BackupSummary:
@@ -801,28 +956,47 @@ def commit_run(repo: Repository, run_id: str, staging_root: S3Place, shards: int
     with repo.lock(exclusive=False, purpose=f"online backup run {run_id} commit", wait_seconds=60):
         run = _load_run(repo, run_id)
         staging = _staging_of(run, staging_root)  # checked before anything is written or removed
-        records: list[dict[str, Any]] = []
-        totals = PartTotals()
-        for shard in range(shards):
-            key = _run_key(run_id, f"part-{shard}-of-{shards}.json")
-            try:
-                part_records, part_totals = _load_part(repo, key, shard, shards)
-            except MobackupError as error:
-                raise MobackupError(f"run {run_id}: shard {shard} of {shards} has not completed ({error}); "
-                                    "nothing was listed: run that shard (again), then commit") from None
-            records += part_records
-            totals.add(part_totals)
-        expected = set(run.staged_paths)
-        got = [r["path"] for r in records]
-        if len(got) != len(set(got)) or set(got) != expected:
-            raise MobackupError(f"run {run_id}: the parts do not cover the staged list exactly "
-                                f"({len(set(got))} of {len(expected)} files); nothing was listed")
-        present = {digest for digest, _ in repo.blob_sizes()}
-        missing = [d for r in records for d in r["chunks"] if d not in present]
-        if missing:
-            raise MobackupError(f"run {run_id}: {len(missing)} blobs the shards stored are gone (pruned meanwhile?); "
-                                "run the shards again, then commit")
-        summary = commit_backup(repo, run, records, totals, shards=shards)
+        with tempfile.TemporaryDirectory(prefix="mobackup-commit-") as scratch:
+            records = RunRecords(Path(scratch))  # every part's records, on disk
+            with contextlib.closing(records):
+                totals = _load_parts(repo, run, shards, records)
+                if run.tae_list_sha256:  # what the shards must have stored, from the pinned tae_list
+                    index = StagedIndex(Path(scratch))
+                    with contextlib.closing(index):
+                        staged = _read_pinned(staging.backend(), index, run)
+                        records.add_expected(_expected_paths(staged))
+                        records.add_inherit(_reused_paths(staged))
+                else:
+                    records.add_expected(run.staged_paths)
+                    records.add_inherit(run.inherit)
+                got, expected, covered = records.covered()
+                if not got == expected == covered:
+                    raise MobackupError(f"run {run_id}: the parts do not cover the staged list exactly "
+                                        f"({covered} of {expected} files, {got} recorded); nothing was listed")
+                records.mark_listed(digest for digest, _ in repo.blob_sizes())
+                missing = records.unlisted()
+                if missing:
+                    raise MobackupError(f"run {run_id}: {missing} blobs the shards stored are gone (pruned "
+                                        "meanwhile?); run the shards again, then commit")
+                summary = commit_backup(repo, run, records, totals, shards=shards)
     repo.backend.delete([i.key for i in repo.backend.list(f"runs/{run_id}/")])
     remove_staging(staging_root, staging.prefix.rsplit("/", 1)[-1])
     return summary
+
+
+def _load_parts(repo: Repository, run: RunInfo, shards: int, records: RunRecords) -> PartTotals:
+    """Every shard's part into `records`; their totals added up."""
+    totals = PartTotals()
+    try:
+        for shard in range(shards):
+            try:
+                totals.add(_load_part(repo, run.run_id, shard, shards, records))
+            except PathListedTwice:
+                raise
+            except MobackupError as error:
+                raise MobackupError(f"run {run.run_id}: shard {shard} of {shards} has not completed ({error}); "
+                                    "nothing was listed: run that shard (again), then commit") from None
+    except PathListedTwice:
+        raise MobackupError(f"run {run.run_id}: the parts do not cover the staged list exactly (a path is "
+                            "recorded twice); nothing was listed") from None
+    return totals

@@ -19,7 +19,7 @@ component) before anything is read.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,13 +50,13 @@ def _safe_key(key: str) -> bool:
     return bool(key) and not key.startswith("/") and "\0" not in key and all(p not in ("", ".", "..") for p in parts)
 
 
-def list_history(live: Any, staged_paths: Iterable[str], cutoff: float,
+def list_history(live: Any, staged_paths: Container[str], cutoff: float,
                  base_entries: Iterable[dict[str, Any]] | None = None) -> S3History:
     """The objects under `live` (the SHARED prefix's backend) that `staged_paths` (tae_list, relative
-    to the prefix) lacks and that were last modified at or before `cutoff` (BACKUPTS, seconds since
-    the epoch); those `base_entries` (the base backup's file records) hold with the same size are
-    returned as inherited `shared/<key>` paths."""
-    staged = frozenset(staged_paths)
+    to the prefix; looked up, never copied: it may be on disk) lacks and that were last modified at
+    or before `cutoff` (BACKUPTS, seconds since the epoch); those `base_entries` (the base backup's
+    file records) hold with the same size are returned as inherited `shared/<key>` paths."""
+    staged = staged_paths
     found: dict[str, int] = {}
     later = listed = 0
     for info in live.list(""):

@@ -557,7 +557,13 @@ class Repository:
     def entries(self, summary: BackupSummary, local_copy: Path | None = None) -> Iterator[dict[str, Any]]:
         """Stream the file list of a backup (or its `local_copy`), checking its count and digest at
         the end. Entries are not checked here: see manifest.ManifestChecker."""
-        key = files_key(summary.id)
+        yield from self.framed_entries(files_key(summary.id), summary.files_digest, summary.entry_count,
+                                       summary.files_frames, local_copy)
+
+    def framed_entries(self, key: str, digest: str, entry_count: int, frame_count: int,
+                       local_copy: Path | None = None) -> Iterator[dict[str, Any]]:
+        """Stream a list in the file-list format (FileListWriter) stored under `key`, checking its
+        entry and frame counts and its digest at the end (a part record's file records use it too)."""
         hasher = self.codec.hasher()
         count = frames = 0
         with (open(local_copy, "rb") if local_copy else self.backend.open_read(key)) as stream:
@@ -579,11 +585,11 @@ class Repository:
                         yield json.loads(line)
                     except (ValueError, RecursionError):
                         raise CorruptDataError(f"{self.location}/{key}: unreadable entry {count}") from None
-        intact = hasher.hexdigest() == summary.files_digest
-        if count != summary.entry_count or frames != summary.files_frames or not intact:
+        intact = hasher.hexdigest() == digest
+        if count != entry_count or frames != frame_count or not intact:
             raise CorruptDataError(
                 f"{self.location}/{key}: file list is truncated or altered "
-                f"({count} of {summary.entry_count} entries, {frames} of {summary.files_frames} frames)"
+                f"({count} of {entry_count} entries, {frames} of {frame_count} frames)"
             )
 
     # ----- locks ---------------------------------------------------------------------------------
@@ -745,9 +751,11 @@ def _read_exact(stream: BinaryIO, size: int, key: str, allow_eof: bool = False) 
 class FileListWriter:
     """Writes a backup's file list into a local temporary file, in frames, with flat memory."""
 
-    def __init__(self, codec: Codec, backup_id: str, directory: Path) -> None:
+    def __init__(self, codec: Codec, backup_id: str, directory: Path, key: str | None = None) -> None:
+        """`key`: where the list will be stored, if not as the file list of `backup_id` (each frame
+        is bound to it)."""
         self.codec = codec
-        self.key = files_key(backup_id)
+        self.key = key or files_key(backup_id)
         fd, name = tempfile.mkstemp(prefix="mobackup-files-", dir=directory)
         self.path = Path(name)
         self.out = os.fdopen(fd, "wb")

@@ -6,11 +6,13 @@ validated before anything reaches S3."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,65 +93,78 @@ def restore_to_s3(repo: Repository, backup_id: str, target: S3Place, *, overwrit
                                          emptied=reset_local_fs)
     progress = progress or NullProgress()
     clock = time.monotonic()
-    with repo.lock(exclusive=False, purpose=f"restore of {backup_id} to {target.url}", wait_seconds=60):
+    with repo.lock(exclusive=False, purpose=f"restore of {backup_id} to {target.url}", wait_seconds=60), \
+            tempfile.TemporaryDirectory(prefix="mobackup-restore-s3-") as scratch:
         summary = repo.load_summary(repo.resolve_id(backup_id))
         if summary.extra.get("resident") != "s3":
             raise MobackupError(f"backup {summary.id} is of a data directory (DISK-framed objects); restore it with "
                                 "--target into a data directory, not into a bucket")
         backend = target.backend(max(16, repo.parallelism * 2))
-        existing = {info.key: info.size for info in backend.list("")}
-        if step == "all" and existing and not overwrite:
-            raise TargetNotEmptyError(f"{target.url} is not empty ({len(existing)} objects): refusing to restore "
-                                      "over a cluster's data; stop the cluster and give --overwrite, or use an empty "
-                                      "prefix")
-        hk_path = None
-        if local_fs_dir is not None and step != "shard":
-            hk_path = Path(local_fs_dir) / "hk_data"
-            if reset_local_fs and not overwrite and _has_entries(Path(local_fs_dir)):
-                raise TargetNotEmptyError(f"{local_fs_dir} is not empty (a log service's old state): refusing to "
-                                          "remove it without --overwrite")
-            if hk_path.exists() and not overwrite:
-                raise TargetNotEmptyError(f"{hk_path} exists: refusing to replace the log service state without "
-                                          "--overwrite")
-        hk_object = _object_of(hk_data_s3) if hk_data_s3 is not None and step != "shard" else None
-        if hk_object is not None and not overwrite and hk_object[0].exists(hk_object[1]):
-            raise TargetNotEmptyError(f"{hk_data_s3.url} exists: refusing to replace it without --overwrite")
-        records = _file_records(repo, summary)
-        objects = [r for r in records if r["path"].startswith("shared/")]
-        wanted = {r["path"][len("shared/"):]: r["size"] for r in objects}
-        hk = next((r for r in records if r["path"] == HK_DATA), None)
-        if hk is None:
-            raise MobackupError(f"backup {summary.id} has no {HK_DATA}")
-        if hk["size"] > MAX_HK_DATA_SIZE:
-            raise CorruptDataError(f"backup {summary.id}: {HK_DATA} is listed with {hk['size']} bytes, more than "
-                                   f"the {MAX_HK_DATA_SIZE} a HAKeeper state can take (altered file list?)")
-        foreign = sorted(set(existing) - set(wanted))
-        if step != "all" and foreign and not overwrite:
-            raise TargetNotEmptyError(f"{target.url} holds {len(foreign)} objects that are not backup {summary.id}'s "
-                                      f"(e.g. {foreign[0]}): refusing to restore over a cluster's data; stop the "
-                                      "cluster and give --overwrite, or use an empty prefix")
-        if step == "finalize":
-            missing = [key for key, size in wanted.items() if existing.get(key) != size]
-            if missing:
-                raise MobackupError(f"{len(missing)} of the backup's {len(wanted)} objects are missing or differ in "
-                                    f"{target.url} (e.g. {missing[0]}): run the restore shards (again) first")
-            uploads: list[dict[str, Any]] = []
-        else:
-            uploads = objects[index::count]
-        progress.start(sum(r["size"] for r in uploads), len(uploads))
-        _upload_objects(repo, summary.id, backend, target, uploads, progress)
-        removed = backend.delete(foreign) if foreign and step != "shard" else 0
-        if step != "shard":
-            data = _file_content(repo, hk)
-            if hk_object is not None:
-                hk_object[0].write(hk_object[1], disk_unframe(data))
-            if hk_path is not None:
-                if reset_local_fs:
-                    _empty_directory(Path(local_fs_dir or hk_path.parent))
-                _write_durably(hk_path, data)
-        progress.finish()
-    return S3RestoreResult(summary.id, target.url, len(uploads) if step == "shard" else len(objects),
-                           sum(r["size"] for r in (uploads if step == "shard" else objects)), removed,
+        plan = _RestorePlan(Path(scratch))  # the target's listing and the backup's objects, on disk
+        with contextlib.closing(plan):
+            return _restore(repo, summary, target, backend, plan, Path(scratch), overwrite=overwrite,
+                            local_fs_dir=local_fs_dir, reset_local_fs=reset_local_fs, hk_data_s3=hk_data_s3,
+                            step=step, shard=shard, progress=progress, clock=clock)
+
+
+def _restore(repo: Repository, summary: BackupSummary, target: S3Place, backend: Any, plan: _RestorePlan,
+             scratch: Path, *, overwrite: bool, local_fs_dir: Path | None, reset_local_fs: bool,
+             hk_data_s3: S3Place | None, step: str, shard: tuple[int, int], progress: Progress,
+             clock: float) -> S3RestoreResult:
+    """restore_to_s3 once the backup is known to be one of S3-resident data."""
+    index, count = shard
+    existing = plan.add_listing(backend.list(""))
+    if step == "all" and existing and not overwrite:
+        raise TargetNotEmptyError(f"{target.url} is not empty ({existing} objects): refusing to restore "
+                                  "over a cluster's data; stop the cluster and give --overwrite, or use an empty "
+                                  "prefix")
+    hk_path = None
+    if local_fs_dir is not None and step != "shard":
+        hk_path = Path(local_fs_dir) / "hk_data"
+        if reset_local_fs and not overwrite and _has_entries(Path(local_fs_dir)):
+            raise TargetNotEmptyError(f"{local_fs_dir} is not empty (a log service's old state): refusing to "
+                                      "remove it without --overwrite")
+        if hk_path.exists() and not overwrite:
+            raise TargetNotEmptyError(f"{hk_path} exists: refusing to replace the log service state without "
+                                      "--overwrite")
+    hk_object = _object_of(hk_data_s3) if hk_data_s3 is not None and step != "shard" else None
+    if hk_object is not None and not overwrite and hk_object[0].exists(hk_object[1]):
+        raise TargetNotEmptyError(f"{hk_data_s3.url} exists: refusing to replace it without --overwrite")
+    hk = _file_records(repo, summary, plan, scratch)
+    if hk is None:
+        raise MobackupError(f"backup {summary.id} has no {HK_DATA}")
+    if hk["size"] > MAX_HK_DATA_SIZE:
+        raise CorruptDataError(f"backup {summary.id}: {HK_DATA} is listed with {hk['size']} bytes, more than "
+                               f"the {MAX_HK_DATA_SIZE} a HAKeeper state can take (altered file list?)")
+    foreign, first_foreign = plan.foreign()
+    if step != "all" and foreign and not overwrite:
+        raise TargetNotEmptyError(f"{target.url} holds {foreign} objects that are not backup {summary.id}'s "
+                                  f"(e.g. {first_foreign}): refusing to restore over a cluster's data; stop the "
+                                  "cluster and give --overwrite, or use an empty prefix")
+    objects, objects_size = plan.totals()
+    if step == "finalize":
+        missing, first_missing = plan.missing()
+        if missing:
+            raise MobackupError(f"{missing} of the backup's {objects} objects are missing or differ in "
+                                f"{target.url} (e.g. {first_missing}): run the restore shards (again) first")
+        uploads, uploads_size = 0, 0
+    else:
+        uploads, uploads_size = plan.totals(index, count)
+    progress.start(uploads_size, uploads)
+    if uploads:
+        _upload_objects(repo, summary.id, backend, target, plan.uploads(index, count), progress)
+    removed = backend.delete(plan.foreign_keys()) if foreign and step != "shard" else 0
+    if step != "shard":
+        data = _file_content(repo, hk)
+        if hk_object is not None:
+            hk_object[0].write(hk_object[1], disk_unframe(data))
+        if hk_path is not None:
+            if reset_local_fs:
+                _empty_directory(Path(local_fs_dir or hk_path.parent))
+            _write_durably(hk_path, data)
+    progress.finish()
+    return S3RestoreResult(summary.id, target.url, uploads if step == "shard" else objects,
+                           uploads_size if step == "shard" else objects_size, removed,
                            str(hk_path) if hk_path else None, round(time.monotonic() - clock, 3),
                            hk_data_s3.url if hk_data_s3 else None)
 
@@ -160,22 +175,119 @@ def _file_content(repo: Repository, record: dict[str, Any]) -> bytes:
                     for index, digest in enumerate(record["chunks"]))
 
 
-def _file_records(repo: Repository, summary: BackupSummary) -> list[dict[str, Any]]:
-    """The backup's file records, every entry validated (an untrusted file list never reaches S3)."""
-    with tempfile.TemporaryDirectory(prefix="mobackup-") as scratch:
-        files = Path(scratch) / "files"
-        repo.download_file_list(summary, files)
-        checker = ManifestChecker(Path(scratch), repo.chunk_size, f"backup {summary.id}")
-        records: list[dict[str, Any]] = []
-        try:
-            for record in repo.entries(summary, files):
-                checker.check(record)
-                if record["type"] == "file":
-                    records.append(record)
-            checker.finish()
-        finally:
-            checker.close()
-    return records
+def _file_records(repo: Repository, summary: BackupSummary, plan: _RestorePlan,
+                  scratch: Path) -> dict[str, Any] | None:
+    """The backup's `shared/` file records into `plan`, every entry validated first (an untrusted
+    file list never reaches S3: the whole list, its digest included, is checked before `plan` is
+    used); returns the record of hk_data, or None."""
+    files = scratch / "files"
+    repo.download_file_list(summary, files)
+    checker = ManifestChecker(scratch, repo.chunk_size, f"backup {summary.id}")
+    hk = None
+    try:
+        for record in repo.entries(summary, files):
+            checker.check(record)
+            if record["type"] != "file":
+                continue
+            if record["path"].startswith("shared/"):
+                plan.add_object(record["path"][len("shared/"):], record["size"], record["chunks"])
+            elif record["path"] == HK_DATA:
+                hk = record
+        checker.finish()
+    finally:
+        checker.close()
+        files.unlink(missing_ok=True)
+    plan.flush()
+    return hk
+
+
+class _RestorePlan:
+    """The target prefix's listing (key, size) and the backup's objects (key, size, chunks, by their
+    position in the file list), in SQLite in the restore's scratch directory: memory stays flat with
+    millions of objects."""
+
+    def __init__(self, directory: Path) -> None:
+        from .index import connect
+
+        self.db = connect(directory / "plan.sqlite")
+        self.db.execute("CREATE TABLE existing (key TEXT PRIMARY KEY, size INTEGER) WITHOUT ROWID")
+        self.db.execute("CREATE TABLE objects (n INTEGER PRIMARY KEY, key TEXT UNIQUE, size INTEGER, chunks TEXT)")
+        self.pending: list[tuple[str, int, str]] = []
+
+    def add_listing(self, infos: Iterable[Any]) -> int:
+        """The target's listing; returns how many objects it holds."""
+        from .index import BATCH, _insert
+
+        batch: list[tuple[str, int]] = []
+        for info in infos:
+            batch.append((info.key, info.size))
+            if len(batch) >= BATCH:
+                _insert(self.db, "INSERT OR REPLACE INTO existing VALUES (?,?)", batch)
+        _insert(self.db, "INSERT OR REPLACE INTO existing VALUES (?,?)", batch)
+        return self._count("SELECT COUNT(*) FROM existing")
+
+    def add_object(self, key: str, size: int, chunks: list[str]) -> None:
+        """The next object of the file list (checked: its key is listed once, see ManifestChecker)."""
+        from .index import BATCH
+
+        self.pending.append((key, size, "".join(chunks)))
+        if len(self.pending) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        from .index import _insert
+
+        _insert(self.db, "INSERT OR REPLACE INTO objects (key, size, chunks) VALUES (?,?,?)", self.pending)
+
+    def totals(self, index: int = 0, count: int = 1) -> tuple[int, int]:
+        """(objects, bytes) at positions index, index + count, ... of the file list."""
+        found, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects WHERE (n - 1) % ? = ?",
+                                      (count, index)).fetchone()
+        return int(found), int(size)
+
+    def uploads(self, index: int, count: int) -> Iterator[dict[str, Any]]:
+        """The records to upload at positions index, index + count, ..., in list order. Read
+        JSON_BATCH rows at a time as one JSON text (a step per row would take the GIL back from the upload
+        threads once a row: see StagedIndex.staged)."""
+        from .index import JSON_BATCH
+
+        last = 0
+        while True:
+            (batch,) = self.db.execute(
+                "SELECT json_group_array(json_array(n, key, size, chunks)) FROM (SELECT n, key, size, chunks "
+                "FROM objects WHERE n > ? AND (n - 1) % ? = ? ORDER BY n LIMIT ?)",
+                (last, count, index, JSON_BATCH)).fetchone()
+            rows = json.loads(batch)
+            if not rows:
+                return
+            rows.sort()
+            for _, key, size, chunks in rows:
+                yield {"path": f"shared/{key}", "size": size,
+                       "chunks": [chunks[i:i + 64] for i in range(0, len(chunks), 64)]}
+            last = rows[-1][0]
+
+    def foreign(self) -> tuple[int, str | None]:
+        """(how many listed objects are not the backup's, the first by key)."""
+        where = "FROM existing e WHERE NOT EXISTS (SELECT 1 FROM objects o WHERE o.key = e.key)"
+        first = self.db.execute(f"SELECT e.key {where} ORDER BY e.key LIMIT 1").fetchone()
+        return self._count(f"SELECT COUNT(*) {where}"), None if first is None else str(first[0])
+
+    def foreign_keys(self) -> Iterator[str]:
+        for (key,) in self.db.execute("SELECT e.key FROM existing e WHERE NOT EXISTS "
+                                      "(SELECT 1 FROM objects o WHERE o.key = e.key) ORDER BY e.key"):
+            yield key
+
+    def missing(self) -> tuple[int, str | None]:
+        """(how many of the backup's objects are not listed with their size, the first in list order)."""
+        where = "FROM objects o LEFT JOIN existing e ON e.key = o.key WHERE e.size IS NOT o.size"
+        first = self.db.execute(f"SELECT o.key {where} ORDER BY o.n LIMIT 1").fetchone()
+        return self._count(f"SELECT COUNT(*) {where}"), None if first is None else str(first[0])
+
+    def _count(self, query: str) -> int:
+        return int(self.db.execute(query).fetchone()[0])
+
+    def close(self) -> None:
+        self.db.close()
 
 
 def _blobs(repo: Repository, backup_id: str, record: dict[str, Any]) -> Iterator[bytes]:
