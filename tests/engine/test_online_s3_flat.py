@@ -120,6 +120,20 @@ def test_a_staged_run_pins_tae_list(make_repo: Any, root: S3Place) -> None:  # n
     assert listing(target_of(root, "restored")) == staged_objects
 
 
+def test_a_commit_after_the_staging_is_gone_says_so_and_lists_nothing(make_repo: Any, root: S3Place) -> None:  # noqa: F811
+    """The run's staging goes with its first commit (into whichever repository); a later commit of
+    the same run can no longer check the parts against tae_list, and says why."""
+    repo = make_repo()
+    run = stage_run(repo, StagingSession(objects(3, 35)), root)
+    for shard in range(2):
+        ingest_shard(repo, run.run_id, root, shard, 2)
+    staging = S3Place.from_env(run.staging_url, "MOBACKUP_STAGING_").backend()
+    staging.delete([info.key for info in staging.list("")])
+    with pytest.raises(MobackupError, match=r"staged copy in .* is gone"):
+        commit_run(repo, run.run_id, root, 2)
+    assert repo.list_backups() == []
+
+
 def _pinned_run(repo: Repository, staged: Staged) -> str:
     tae_list = staged.place.backend().read("tae/tae_list")
     run_id = str(uuid.uuid4())

@@ -941,7 +941,12 @@ def ingest_shard(repo: Repository, run_id: str, staging_root: S3Place, shard: in
 
 
 def _read_pinned(staging: Any, index: StagedIndex, run: RunInfo) -> StagedBackup:
-    """The run's staged list, read again (read_staged); refused when it is not the one the run pinned."""
+    """The run's staged list, read again (read_staged); refused when it is not the one the run pinned,
+    or gone (the staging goes with the run's first commit, into whichever repository)."""
+    if not staging.exists("tae/tae_list"):
+        raise MobackupError(f"run {run.run_id}: its staged copy in {staging.location} is gone (a commit of this run, "
+                            "into this or another repository, removes it), and the shards and the commit check "
+                            "against its tae_list: nothing was listed; run the backup again")
     staged, list_sha = read_staged(staging, index)
     if run.tae_list_sha256 and list_sha != run.tae_list_sha256:
         raise MobackupError(f"run {run.run_id}: MatrixOne's tae_list in {staging.location} is not the one the run "
