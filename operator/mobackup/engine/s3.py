@@ -6,8 +6,6 @@ of every command's start, for nothing the backend needs (multipart uploads: writ
 from __future__ import annotations
 
 import contextlib
-import gc
-import http.client
 import io
 import os
 import threading
@@ -17,23 +15,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import MobackupError, StorageUnreachableError
+from .s3_body import collector_paused as _collector_paused
 from .storage import ObjectInfo, ObjectNotFound
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic collector off meanwhile (unless it was off already). botocore's import and
-    a client's creation allocate a few hundred thousand long-lived objects (modules, S3's service
-    model) and no cyclic garbage, and the collector, run every 700 allocations, traced them over
-    and over: 0.08 s of an S3 ingest's start (one full collection 0.05 s), a twentieth of its CPU."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
 
 with _collector_paused():
     import botocore.exceptions
@@ -126,34 +109,6 @@ def _quick_loader(search_path: str | None) -> Any:
         return QuickLoader()
     return QuickLoader(extra_search_paths=[os.path.expanduser(os.path.expandvars(path))
                                            for path in search_path.split(os.pathsep)])
-
-
-def read_full(body: Any, view: memoryview) -> int:
-    """Fills `view` from a GET's streaming body (fewer bytes only at its end); returns how many.
-
-    A plain body (no content coding, not chunked) is read straight from the socket into `view`:
-    botocore's and urllib3's own reads copy every buffer two or three times more (http.client's
-    read(n) allocates and copies, urllib3 queues and joins, StreamingBody.readinto copies again).
-    At its end the connection goes back to the pool, as urllib3 would do."""
-    raw = getattr(body, "_raw_stream", None)
-    fp = getattr(raw, "_fp", None)
-    direct = (isinstance(fp, http.client.HTTPResponse) and not fp.chunked and fp.length is not None
-              and getattr(raw, "_decoder", None) is None and not raw.headers.get("content-encoding"))
-    done = 0
-    try:
-        while done < len(view):
-            n = fp.readinto(view[done:]) if direct else body.readinto(view[done:])  # type: ignore[union-attr]
-            if not n:
-                if direct:
-                    raw.release_conn()  # type: ignore[union-attr]
-                break
-            done += n
-    except TimeoutError as error:  # the socket's read timeout (botocore's, set on the connection)
-        raise botocore.exceptions.ReadTimeoutError(endpoint_url=str(getattr(raw, "geturl", lambda: "")()),
-                                                   error=error) from None
-    except (http.client.IncompleteRead, OSError) as error:
-        raise botocore.exceptions.ResponseStreamingError(error=error) from None
-    return done
 
 
 def _is_not_found(error: botocore.exceptions.ClientError) -> bool:
