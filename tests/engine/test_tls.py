@@ -83,3 +83,29 @@ def test_backup_and_restore_over_tls_with_a_private_ca(tls_s3: tuple[str, Path, 
     subprocess.run([MOBACKUP, "restore", backup_id, *repo, "--target", str(tmp_path / "restored")], env=env_with_ca,
                    check=True, capture_output=True)
     assert snapshot_tree(tmp_path / "restored") == snapshot_tree(data)
+
+
+def test_the_ingest_reader_verifies_the_certificate_as_the_client_does(tls_s3: tuple[str, Path, dict[str, str]],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """engine/s3_get.py's S3Reader (an ingest's HEAD and GET) over HTTPS: refused without the private CA
+    (nor retried into success), read with it as --s3-ca-bundle or AWS_CA_BUNDLE give it."""
+    from mobackup.engine.errors import StorageUnreachableError
+    from mobackup.engine.online_s3 import S3Place
+    from mobackup.engine.s3_get import S3Reader
+
+    endpoint, ca_file, credentials = tls_s3
+    for name in [n for n in os.environ if n.startswith("AWS_")] + ["REQUESTS_CA_BUNDLE"]:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in credentials.items():
+        monkeypatch.setenv(name, value)
+    trusted = S3Place.from_env("s3://tls/in", "MOBACKUP_STAGING_", endpoint=endpoint, ca_bundle=str(ca_file))
+    trusted.backend().write("obj", b"over tls")
+    untrusted = S3Place.from_env("s3://tls/in", "MOBACKUP_STAGING_", endpoint=endpoint)
+    reader = untrusted.reader()
+    assert isinstance(reader, S3Reader)
+    with pytest.raises(StorageUnreachableError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+        reader.read("obj")
+    assert trusted.reader().read("obj") == b"over tls"
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(ca_file))
+    from_env = S3Place.from_env("s3://tls/in", "MOBACKUP_STAGING_", endpoint=endpoint).reader()
+    assert isinstance(from_env, S3Reader) and from_env.read("obj") == b"over tls"
