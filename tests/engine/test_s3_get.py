@@ -57,8 +57,8 @@ def test_reads_match_what_botocore_wrote_for_awkward_keys(place: S3Place) -> Non
     assert reader.size("absent") is None and not reader.exists("absent")
     with pytest.raises(ObjectNotFound, match="absent: missing"):
         reader.read("absent")
-    with pytest.raises(ObjectNotFound):
-        reader.open_read("dir/")
+    with pytest.raises(ObjectNotFound, match="dir/absent: missing"):
+        reader.open_read("dir/absent")
 
 
 def test_a_wrong_secret_is_refused_and_not_retried(place: S3Place, s3_server: Any) -> None:
