@@ -85,6 +85,7 @@ class Relay:
     def __init__(self, upstream: str, fail: int = 0, cut: bool = False) -> None:
         self.upstream = upstream.split("//", 1)[1]
         self.fail, self.cut, self.requests = fail, cut, 0
+        self.length: str | None = None  # a Content-Length of HEAD responses in place of the server's
         self.lock = threading.Lock()
         relay = self
 
@@ -119,7 +120,10 @@ class Relay:
                     if name.lower() not in ("content-length", "connection", "transfer-encoding", "date", "server"):
                         self.send_header(name, value)
                 length = response.getheader("Content-Length") or str(len(body))
-                self.send_header("Content-Length", length)
+                if self.command == "HEAD" and relay.length is not None:
+                    length = relay.length
+                if length:
+                    self.send_header("Content-Length", length)
                 self.end_headers()
                 upstream.close()
                 if self.command == "HEAD":
@@ -178,6 +182,16 @@ def test_a_body_cut_short_is_an_error_not_fewer_bytes(place: S3Place, relayed: t
     relay.cut = True
     with pytest.raises(MobackupError):
         through.reader().read("obj")
+
+
+@pytest.mark.parametrize("length", ["", "0x10", "-1", "1e3"])
+def test_a_size_without_a_valid_content_length_is_refused(place: S3Place, relayed: tuple[S3Place, Relay],
+                                                          length: str) -> None:
+    through, relay = relayed
+    place.backend().write("obj", b"z" * 12)
+    relay.length = length
+    with pytest.raises(MobackupError, match="no valid Content-Length"):
+        through.reader().size("obj")
 
 
 def test_an_endpoint_that_does_not_answer_is_unreachable(place: S3Place) -> None:

@@ -68,6 +68,7 @@ BOTOCORE_ENDPOINT_ENV = ("AWS_CONFIG_FILE", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"
 _DNS_LABEL = re.compile(r"[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _IP_HOST = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _AWS_REGION = re.compile(r"(?!cn-|us-gov-|us-iso)[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_DIGITS = re.compile(r"[0-9]{1,20}")
 _XML_CODE = re.compile(rb"<Code>([^<]{1,128})</Code>")
 _XML_MESSAGE = re.compile(rb"<Message>([^<]{0,512})</Message>")
 
@@ -169,11 +170,22 @@ class S3Reader:
     def _wait(self, attempt: int) -> None:
         time.sleep(min(random.random() * (2 ** attempt), self.backoff))  # jitter, not secrecy
 
-    def open_read(self, key: str) -> Any:
-        """A GET's body (botocore's StreamingBody: s3.read_full reads it straight from the socket)."""
-        response = self._send("GET", key)
+    def _length(self, response: Any, key: str, required: bool) -> int | None:
+        """The response's Content-Length (the server's word, so checked: digits only)."""
         length = response.headers.get("content-length")
-        return StreamingBody(response.raw, int(length) if length is not None else None)
+        length = length.strip() if isinstance(length, str) else length
+        if length is None and not required:
+            return None
+        if length is None or not _DIGITS.fullmatch(length):
+            response.raw.close()
+            raise MobackupError(f"{self.location}/{key}: the server sent no valid Content-Length ({length!r:.40})")
+        return int(length)
+
+    def open_read(self, key: str) -> Any:
+        """A GET's body (botocore's StreamingBody, which checks its length against Content-Length;
+        s3_body.read_full reads it straight from the socket, and the caller checks size and SHA-256)."""
+        response = self._send("GET", key)
+        return StreamingBody(response.raw, self._length(response, key, required=False))
 
     def read(self, key: str) -> bytes:
         body = self.open_read(key)
@@ -190,7 +202,7 @@ class S3Reader:
             response = self._send("HEAD", key)
         except ObjectNotFound:
             return None
-        return int(response.headers["content-length"])
+        return self._length(response, key, required=True)
 
     def exists(self, key: str) -> bool:
         return self.size(key) is not None
