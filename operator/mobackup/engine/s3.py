@@ -1,7 +1,9 @@
 """The S3 backend (AWS, MinIO and other S3-compatible servers), through botocore.
 
 boto3 is not imported: it and s3transfer cost about 60 modules (0.05 s warm, more from a cold cache)
-of every command's start, for nothing the backend needs (multipart uploads: write_parts)."""
+of every command's start, for nothing the backend needs (multipart uploads: write_parts). An online
+ingest shard's reads (HEAD and GET of the staging) do not create this client at all where they can:
+engine/s3_get.py signs them with botocore's signer and sends them through botocore's HTTP session."""
 
 from __future__ import annotations
 

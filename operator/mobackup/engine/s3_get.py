@@ -116,6 +116,8 @@ class S3Reader:
         self.prefix = prefix.strip("/")
         self.location = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.root_url = root_url
+        # One signer for all threads: add_auth keeps its state in each request (botocore sets the
+        # signer's attributes in __init__ only).
         self.signer = S3SigV4Auth(Credentials(access_key_id, secret_access_key), "s3", region)
         verify: str | bool = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE") or True
         self.http = URLLib3Session(verify=verify, proxies=get_environ_proxies(root_url), timeout=DEFAULT_TIMEOUT,
@@ -136,7 +138,7 @@ class S3Reader:
             self.signer.add_auth(request)
             try:
                 response = self.http.send(request.prepare())
-            except botocore.exceptions.SSLError as error:  # a certificate refused: no retry helps
+            except botocore.exceptions.SSLError as error:  # a certificate refused: not retried (the client would)
                 raise StorageUnreachableError(f"{self.location}: {_first_line(error)}") from None
             except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as error:
                 if last:
@@ -164,8 +166,9 @@ class S3Reader:
             return bytes(raw.read(ERROR_BODY_MAX) or b"")
         except Exception:  # the status decides; a broken error body only loses its text
             return b""
-        finally:
-            raw.release_conn() if raw.closed else raw.close()
+        finally:  # a connection with unread bytes is closed; its pool slot goes back either way
+            raw.close()
+            raw.release_conn()
 
     def _wait(self, attempt: int) -> None:
         time.sleep(min(random.random() * (2 ** attempt), self.backoff))  # jitter, not secrecy
