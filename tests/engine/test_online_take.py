@@ -84,3 +84,49 @@ def test_a_file_changed_after_it_was_stored_fails_the_run_and_nothing_is_publish
         run_online_backup(repo, data, FakeMatrixOne(objects, pause=0.05, after=damage), source="mo")
     assert repo.list_backups() == []
     assert not list(data.iterdir()), "the staging directory stays behind"
+
+
+def test_every_blob_copied_in_the_kernel_starts_its_writeback_before_it_is_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So that publishing's syncfs finds the backup's writes on disk or under way (measured at 1M rows:
+    publish 0.19 s -> 0.025 s), not all still dirty: each new blob's descriptor is handed to
+    sync_file_range while it is still the unnamed temporary, and the blob restores whole."""
+    from mobackup.engine import backup, storage
+
+    data = tmp_path / "mo-data"
+    data.mkdir()
+    objects = _objects()
+    started: list[tuple[int, int]] = []  # (size, result of the real call)
+
+    def watched(fd: int) -> None:
+        started.append((os.fstat(fd).st_size, storage.start_writeback(fd)))
+
+    monkeypatch.setattr(backup, "start_writeback", watched)
+    summary = run_online_backup(_repo(tmp_path), data, FakeMatrixOne(objects, pause=0.01), source="mo")
+    large = sorted(len(disk_frame(c)) for c in objects.values() if len(disk_frame(c)) >= storage.KERNEL_COPY_MIN)
+    assert large and sorted(size for size, _ in started) == large
+    assert all(result == 0 for _, result in started)  # the kernel took each request
+    restored = tmp_path / "restored"
+    run_restore(_repo(tmp_path), summary.id, restored)
+    assert {rel: (restored / "shared" / rel).read_bytes() for rel in objects} == {
+        rel: disk_frame(content) for rel, content in objects.items()}
+
+
+def test_writeback_is_only_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where sync_file_range is missing (or refuses the descriptor, e.g. a pipe), nothing fails."""
+    from mobackup.engine import storage
+
+    read, write = os.pipe()
+    try:
+        assert storage.start_writeback(read) == -1  # ESPIPE: refused, not raised
+    finally:
+        os.close(read)
+        os.close(write)
+    monkeypatch.setattr(storage, "_sync_file_range", False)
+    fd = os.open(tmp_path / "f", os.O_CREAT | os.O_WRONLY)
+    try:
+        os.write(fd, b"x" * 10)
+        assert storage.start_writeback(fd) is None
+    finally:
+        os.close(fd)
+    assert (tmp_path / "f").read_bytes() == b"x" * 10

@@ -23,7 +23,7 @@ from .progress import NullProgress, Progress
 from .repository import FileListWriter, Repository, blob_key, host_name
 from .restore import check_file_list
 from .safefs import DirectoryFds, Ident, NotFollowed
-from .storage import KERNEL_COPY_MIN, LocalBackend
+from .storage import KERNEL_COPY_MIN, LocalBackend, start_writeback
 from .walk import SourceEntry, open_root, tree_totals, walk
 from .workers import BoundedWorkers
 
@@ -154,6 +154,7 @@ class ChunkStore:
                     break
                 digest = self.repo.codec.digest_fd(tmp.fd, also)
                 if not self._has_blob(digest, n):
+                    start_writeback(tmp.fd)
                     backend.adopt(tmp, blob_key(digest), replace=True)
                     self._stored(n, n)
             finally:

@@ -506,8 +506,13 @@ def run_online_backup(
                                     "there?") from None
             with copy:
                 staged = copy.parse(index)
+                # What a drill checks, read by SQL at BACKUPTS while the rest goes on here; the
+                # session is this thread's no more (BACKUP returned), and the read ends before publishing.
+                catalog: dict[str, Any] = {}
+                reading = ThreadPoolExecutor(1, thread_name_prefix="mobackup-catalog")
+                stack.callback(reading.shutdown)  # waits: the session must not close under the read
+                catalog_read = reading.submit(lambda: catalog.update(_catalog(session, staged.backup_ts)))
                 staged_bytes = copy.check_present(staged)
-                catalog = _catalog(session, staged.backup_ts)
                 tree, tree_ident = copy.arrange(staged)
                 taken_files = taker.confirm_taken(copy.tae.lstat)
                 mismatched = index.mismatched()
@@ -555,7 +560,8 @@ def run_online_backup(
                                "taken_while_staging": taker.early, "taken_files": taken_files,
                                "matrixone_backup_seconds": round(backup_seconds, 3),
                                "backup_statement_seconds": round(statement_seconds, 3), "catalog": catalog},
-                        before_publish=digests.result, root_ident=tree_ident, store=store,
+                        before_publish=lambda: (digests.result(), catalog_read.result()),
+                        root_ident=tree_ident, store=store,
                         taken=_Taken(index), base_index=base_index,
                     )
                 finally:

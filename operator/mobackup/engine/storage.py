@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from .errors import MobackupError
 from .safefs import TMP_PREFIX, create_file, open_dirs, open_file_at, write_atomically
@@ -100,6 +100,30 @@ def _syncfs(path: Path) -> None:
         os.sync()
     finally:
         os.close(fd)
+
+
+SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None  # libc's, once looked up; False where there is none
+
+
+def start_writeback(fd: int) -> int | None:
+    """Asks the kernel to start writing `fd`'s dirty pages to disk now, without waiting
+    (sync_file_range WRITE): publishing's syncfs then finds a backup's blobs written or under way
+    instead of all of them still dirty (an online full of 100 MB: publish 0.19 s -> 0.03 s, the
+    writes overlapping MatrixOne's BACKUP). Only a hint, durability stays syncfs's job: returns the
+    call's result (-1 where the kernel refuses the descriptor), None where libc has no such call."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        try:
+            function = ctypes.CDLL(None, use_errno=True).sync_file_range
+            function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+            function.restype = ctypes.c_int
+            _sync_file_range = function
+        except (AttributeError, OSError):
+            _sync_file_range = False
+    if not _sync_file_range:
+        return None
+    return int(_sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE))
 
 
 @dataclass
