@@ -104,14 +104,14 @@ def timed(writer: Writer, fn: Any) -> tuple[float, Any, dict[str, float]]:
 _SETTLE = datetime.fromtimestamp(0.3, UTC) - datetime.fromtimestamp(0, UTC)
 
 
-def repetition(mo: MatrixOne, work: Path, engines: dict[str, Path], rep: int, rows: int
-               ) -> tuple[dict[str, Any], Writer]:
+def repetition(mo: MatrixOne, work: Path, engines: dict[str, Path], rep: int, rows: int,
+               repo_parent: Path | None = None) -> tuple[dict[str, Any], Writer]:
     """One repetition: full (native, then each engine; the order rotates with `rep`), a 5 % change,
     incremental the same way; the writer commits throughout."""
     run: dict[str, Any] = {"load_before": os.getloadavg()[0]}
     mo.sql("delete from w.t")  # the writer numbers its transactions from 0 again
     writer = Writer().start()
-    repos = {name: work / f"repo-{name}-{rep}" for name in engines}
+    repos = {name: (repo_parent or work) / f"repo-{name}-{rep}" for name in engines}
     try:
         _, _, run["writer_idle"] = timed(writer, lambda: time.sleep(2.0))
 
@@ -176,6 +176,9 @@ def main() -> int:
     parser.add_argument("--stop-mode", action="store_true", help="also Stop mode's downtime")
     parser.add_argument("--profile", type=Path, help="after the repetitions, one full and one incremental of "
                         "this engine under cProfile, their stats written into this directory")
+    parser.add_argument("--repo-parent", type=Path, help="where mobackup's repositories go (default: beside "
+                        "MatrixOne's data, on its disk); e.g. /dev/shm, standing in for a backup volume of its own, "
+                        "as BACKUP's target and the staged copy stay on MatrixOne's disk")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     args = parser.parse_args()
 
@@ -187,7 +190,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mobackup-online-bench-"))
     (work / "mo").mkdir()
     mo = MatrixOne(install(DEFAULT_VERSION), work / "mo", DEFAULT_VERSION)
-    results: dict[str, Any] = {"rows": args.rows, "reps": args.reps, "engines": {k: str(v) for k, v in engines.items()},
+    results: dict[str, Any] = {"rows": args.rows, "reps": args.reps, "repo_parent": str(args.repo_parent or work),
+                               "engines": {k: str(v) for k, v in engines.items()},
                                "runs": []}
     try:
         results["start_seconds"] = mo.start()
@@ -198,7 +202,7 @@ def main() -> int:
         results["fill_seconds"] = round(time.monotonic() - fill_started, 1)
         results["data_bytes"] = du(mo.data_dir / "shared")
         for rep in range(args.reps):
-            run, writer = repetition(mo, work, engines, rep, args.rows)
+            run, writer = repetition(mo, work, engines, rep, args.rows, args.repo_parent)
             run["writer_errors"] = len(writer.errors)
             run["load_after"] = os.getloadavg()[0]
             if args.stop_mode:
