@@ -24,7 +24,7 @@ from .manifest import DAMAGED, ManifestChecker
 from .progress import NullProgress, Progress, human_bytes
 from .repository import Repository, blob_key
 from .safefs import DIR_FLAGS, DirectoryFds, NotFollowed, create_file, identity, make_private_dir, open_dir_at
-from .storage import KERNEL_COPY_MIN, LocalBackend, ObjectNotFound, _syncfs, kernel_copy
+from .storage import KERNEL_COPY_MIN, LocalBackend, ObjectNotFound, _syncfs, kernel_copy, start_writeback
 from .walk import remove_tree
 from .workers import BoundedWorkers
 
@@ -267,6 +267,8 @@ class _RestoreRun:
                 os.close(parent)
         try:
             written = self._fill(record, out)
+            # Written whole: to disk from now on, not all at the final syncfs (as a backup's blobs).
+            start_writeback(out)
             os.fchmod(out, record["mode"] & RESTORED_MODE_BITS)
             os.utime(out, ns=(record["mtime_ns"], record["mtime_ns"]))
         finally:
