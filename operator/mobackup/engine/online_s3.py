@@ -187,10 +187,11 @@ def backup_to_s3(session: Any, place: S3Place, parallelism: int, since_ts: str |
 
 # ---- the staged copy ---------------------------------------------------------------------------------
 
-def read_staged(staging: Any, index: StagedIndex) -> tuple[StagedBackup, str]:
+def read_staged(staging: Any, index: StagedIndex, missing: str | None = None) -> tuple[StagedBackup, str]:
     """tae_sum, and tae_list streamed into `index` (on disk: memory stays flat with millions of
     objects), every line checked as parse_staged_text checks it. Returns the staged backup (its files
-    read back from `index`, in path order) and tae_list's SHA-256 (what a sharded run pins)."""
+    read back from `index`, in path order) and tae_list's SHA-256 (what a sharded run pins).
+    `missing`: the error when either is absent (default: MatrixOne wrote none)."""
     sha = hashlib.sha256()
     try:
         backup_ts, kind = parse_tae_sum(staging.read("tae/tae_sum").decode())
@@ -201,7 +202,7 @@ def read_staged(staging: Any, index: StagedIndex) -> tuple[StagedBackup, str]:
     except ValueError:
         raise MobackupError("MatrixOne's backup list tae_list names a file twice") from None
     except ObjectNotFound as error:
-        raise MobackupError(f"MatrixOne wrote no backup list into {staging.location} ({error})") from None
+        raise MobackupError(missing or f"MatrixOne wrote no backup list into {staging.location} ({error})") from None
     if not count:
         raise MobackupError("MatrixOne's backup list tae_list is empty")
     return StagedBackup(backup_ts, kind, StagedList(index)), sha.hexdigest()
@@ -957,11 +958,10 @@ def ingest_shard(repo: Repository, run_id: str, staging_root: S3Place, shard: in
 def _read_pinned(staging: Any, index: StagedIndex, run: RunInfo) -> StagedBackup:
     """The run's staged list, read again (read_staged); refused when it is not the one the run pinned,
     or gone (the staging goes with the run's first commit, into whichever repository)."""
-    if not staging.exists("tae/tae_list"):
-        raise MobackupError(f"run {run.run_id}: its staged copy in {staging.location} is gone (a commit of this run, "
-                            "into this or another repository, removes it), and the shards and the commit check "
-                            "against its tae_list: nothing was listed; run the backup again")
-    staged, list_sha = read_staged(staging, index)
+    staged, list_sha = read_staged(staging, index, missing=(
+        f"run {run.run_id}: its staged copy in {staging.location} is gone (a commit of this run, into this or "
+        "another repository, removes it), and the shards and the commit check against its tae_list: nothing "
+        "was listed; run the backup again"))
     if run.tae_list_sha256 and list_sha != run.tae_list_sha256:
         raise MobackupError(f"run {run.run_id}: MatrixOne's tae_list in {staging.location} is not the one the run "
                             "was staged with (altered since?): refusing it")
