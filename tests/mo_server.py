@@ -165,6 +165,15 @@ class SqlClient:
         out = self.sql("select mo_ctl('dn','checkpoint','')")[0][0]
         assert '"OK"' in out, out
 
+    def fail_backup_checkpoints(self, times: int) -> None:
+        """MatrixOne's own fault point "tae: flush timeout": its next `times` forced flushes fail, so
+        its TN cannot take BACKUP's checkpoint and BACKUP panics on the TN's "Failed", as it does when
+        a checkpoint runs beside it. The injection is reset first (a point is added only once)."""
+        fault = "select mo_ctl('dn','AddFaultPoint','{}')"
+        answers = self.sql(fault.format("disable_fault_injection"), fault.format("enable_fault_injection"),
+                           fault.format(f"tae: flush timeout.1:{times}::.echo.0.injected by the mobackup tests"))
+        assert '"OK"' in answers[0][0], answers
+
 
 class MatrixOne(SqlClient):
     """One standalone mo-service whose data is `workdir/mo-data`."""

@@ -39,6 +39,9 @@ RUN_GARBAGE = {
     "bool-count": {**good_run(), "staged_files": True},
     "bad-time": {**good_run(), "started_at": "yesterday"},
     "other-run": {**good_run(), "run_id": "0b5c2a9e-0000-4000-8000-000000000000"},
+    "retries-not-list": {**good_run(), "backup_retries": "panic"},
+    "retry-not-text": {**good_run(), "backup_retries": [{"reason": 1}]},
+    "too-many-retries": {**good_run(), "backup_retries": ["panic"] * 11},
 }
 
 

@@ -172,7 +172,9 @@ def test_sharded_ingest_gives_identical_restores_and_a_killed_shard_lists_nothin
         matrixone_factory: Callable[..., MatrixOne], s3_server: Any, tmp_path: Path) -> None:
     """One staged run, ingested with N = 1, 2, 3 shards into three repositories, restores to three
     byte-identical prefixes. A shard killed mid-way: commit refuses, nothing is listed; the shard run
-    again reuses what it had stored, and the commit lists the backup."""
+    again reuses what it had stored, and the commit lists the backup. MatrixOne's BACKUP fails once
+    the transient way (its own fault point): the run is staged again in a fresh prefix, and the
+    failure reaches the run record and the committed summary."""
     s3, prefix = s3_server, f"s-{uuid.uuid4().hex[:8]}"
     staging = f"s3://{s3.bucket}/{prefix}/staging"
     mo = s3_matrixone(matrixone_factory, s3, prefix)
@@ -180,9 +182,14 @@ def test_sharded_ingest_gives_identical_restores_and_a_killed_shard_lists_nothin
     create_db(mo, "db1", 300_000)
     mo.checkpoint()
     repos = {n: tmp_path / f"repo{n}" for n in (1, 2, 3)}
+    mo.fail_backup_checkpoints(1)
     staged = json.loads(mobackup(s3, "backup", "--online", "--sql-host", "127.0.0.1", "--sql-user", "root",
                                  "--repo", str(repos[1]), "--staging", staging, "--stage-only", "--json").stdout)
     mo.stop()
+    assert len(staged["backup_retries"]) == 1 and "panic" in staged["backup_retries"][0], staged
+    # Only the staging that passed stays (with its lease): the failed attempt's prefix is removed.
+    assert {k.split("/", 1)[0].removesuffix(".lease") for k in keys(s3, f"{prefix}/staging")} == \
+        {staged["staging_url"].rsplit("/", 1)[-1]}
     run_id = staged["run_id"]
     for n in (2, 3):  # the same run, committed into other repositories too
         mobackup(s3, "init", "--repo", str(repos[n]))
@@ -226,6 +233,7 @@ def test_sharded_ingest_gives_identical_restores_and_a_killed_shard_lists_nothin
         summary = json.loads(mobackup(s3, "commit", run_id, "--shards", str(n), "--repo", str(repos[n]),
                                       "--staging", staging, "--json").stdout)
         assert summary["id"] == run_id and summary["extra"]["shards"] == n
+        assert summary["extra"]["backup_retries"] == staged["backup_retries"]
         target = f"{prefix}/restored{n}"
         hk_dir = tmp_path / f"hk{n}"
         mobackup(s3, "restore", run_id, "--repo", str(repos[n]), "--target-s3", f"s3://{s3.bucket}/{target}",

@@ -15,7 +15,7 @@ from ..engine.repository import Repository, open_repository
 from ..engine.text import printable
 from ..table import backup_table, decimal_size
 from . import pitr, repos, s3
-from .common import emit, repository_options, retention_policy, warn
+from .common import emit, repository_options, retention_policy, warn, warn_backup_retries
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -82,6 +82,7 @@ def _online_backup(args: argparse.Namespace) -> int:
             repo, data_dir, mo, server_data_dir=args.server_data_dir, source=args.source, backup_type=args.type,
             base_id=args.base, progress=for_terminal("backup", args.quiet or args.json), extra=extra,
             pitr_history=False if args.without_pitr_history else None)
+    warn_backup_retries(summary.extra.get("backup_retries", []))
     emit(args, pitr.with_interval(summary),
           f"Backup ID {summary.id} (online {summary.type}, {decimal_size(summary.size_bytes)} in "
           f"{summary.file_count} files, {decimal_size(summary.new_bytes)} new, "

@@ -33,6 +33,12 @@ def warn(text: str) -> None:
     print(printable(f"mobackup: {text}"), file=sys.stderr)
 
 
+def warn_backup_retries(reasons: list[str]) -> None:
+    """MatrixOne's transient BACKUP failures that a later attempt got past (engine/mosql.py)."""
+    for reason in reasons:
+        warn(f"MatrixOne's BACKUP failed and was run again into a fresh staging: {reason}")
+
+
 def retention_policy(args: argparse.Namespace) -> Any:
     """The --keep-* flags (prune's and stats') as the engine's RetentionPolicy."""
     from ..engine.prune import RetentionPolicy

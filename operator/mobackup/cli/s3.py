@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.errors import MobackupError
-from .common import emit, repository_options, target_places
+from .common import emit, repository_options, target_places, warn_backup_retries
 
 
 def check_backup_flags(args: argparse.Namespace) -> None:
@@ -77,6 +77,7 @@ def online_s3_backup(args: argparse.Namespace) -> int:
         if args.stage_only:
             run = stage_run(repo, mo, place, source=args.source, backup_type=args.type, base_id=args.base,
                             server_endpoint=args.staging_server_endpoint)
+            warn_backup_retries(run.backup_retries)
             emit(args, run.to_dict() | {"inherit": run.inherited_files or len(run.inherit)},
                   f"staged run {run.run_id} ({run.staged_files} files, {run.staged_bytes} bytes) in {run.staging_url}")
             return 0
@@ -92,6 +93,7 @@ def online_s3_backup(args: argparse.Namespace) -> int:
         summary = run_online_s3_backup(repo, mo, place, source=args.source, backup_type=args.type, base_id=args.base,
                                        server_endpoint=args.staging_server_endpoint, progress=progress, extra=extra,
                                        shared=shared, pitr_history=False if args.without_pitr_history else None)
+    warn_backup_retries(summary.extra.get("backup_retries", []))
     emit(args, pitr.with_interval(summary), _summary_line(summary))
     return 0
 

@@ -1,14 +1,44 @@
-"""Talking to MatrixOne over SQL before a backup: force a checkpoint, read the version."""
+"""Talking to MatrixOne over SQL: force a checkpoint, read the version, run BACKUP and tell its
+transient failures apart."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 
 from . import sqlconn
 from .errors import MobackupError, mask_secret
 from .sqlconn import pymysql
+
+# BACKUP failures that a new statement into a fresh target may not repeat. MatrixOne v1.3 panics
+# (pkg/backup/tae.go, execBackup) whenever its TN cannot take the backup checkpoint, as when another
+# checkpoint or a flush is still running: the TN then answers "Failed" for its list of checkpoints,
+# which BACKUP indexes past. A panic leaves part of a copy behind (config/), so a retry needs a
+# fresh target. Later versions pass the TN's own reason on, which is the second.
+TRANSIENT_BACKUP_REASONS = ("internal error: panic", "prev checkpoint not finished")
+# Seconds to wait before the 2nd and the 3rd attempt (a checkpoint ends in seconds).
+BACKUP_RETRY_PAUSES = (2.0, 5.0)
+
+
+class TransientBackupError(MobackupError):
+    """MatrixOne's BACKUP failed in one of the ways a later statement may not (TRANSIENT_BACKUP_REASONS)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason.splitlines()[0].strip()[:300] if reason.strip() else "no reason given"
+
+
+def retry_after(failure: TransientBackupError, failures: list[str]) -> None:
+    """Records `failure` in `failures` and waits before the next attempt, or, once every pause is
+    spent, raises it as a MobackupError that counts the attempts. The caller has removed the
+    failed attempt's target."""
+    failures.append(failure.reason)
+    if len(failures) > len(BACKUP_RETRY_PAUSES):
+        raise MobackupError(f"{failure} (MatrixOne's BACKUP failed in a way that may pass on its own "
+                            f"{len(failures)} times in a row; giving up)") from None
+    time.sleep(BACKUP_RETRY_PAUSES[len(failures) - 1])
 
 
 @dataclass(frozen=True)
@@ -122,7 +152,10 @@ class MatrixOneSession:
             reason = mask_secret(str(error.args[-1]), secret)
             if error.args and error.args[0] == 1064:  # syntax error: a server without BACKUP
                 reason = f"this server ({self.version}) does not support the BACKUP statement: {reason}"
-            raise MobackupError(f"MatrixOne at {self.where} refused BACKUP into {where_to}: {reason}") from None
+            message = f"MatrixOne at {self.where} refused BACKUP into {where_to}: {reason}"
+            if any(known in reason for known in TRANSIENT_BACKUP_REASONS):
+                raise TransientBackupError(message, reason) from None
+            raise MobackupError(message) from None
 
     def close(self) -> None:
         self.connection.close()

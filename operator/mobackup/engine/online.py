@@ -472,9 +472,11 @@ def run_online_backup(
     (at `server_data_dir` as the server sees it; default the same path), check, ingest, remove.
     `extra`: more to record in the summary (the PITR windows, engine/pitr.py). `pitr_history`: also
     take the live objects a PITR restore needs that BACKUP left out (engine/pitr_history.py); by
-    default when `extra["pitr"]` lists a PITR window."""
-    from .backup import default_source, run_backup
-    from .pitr import has_windows, with_history
+    default when `extra["pitr"]` lists a PITR window. A BACKUP that fails in a way that may pass on
+    its own (mosql.TRANSIENT_BACKUP_REASONS) is tried again in a fresh staging directory, twice at
+    most; the summary's `backup_retries` lists such failures."""
+    from .backup import default_source
+    from .mosql import TransientBackupError, retry_after
 
     data_dir = Path(data_dir).absolute()
     if not data_dir.is_dir():
@@ -485,10 +487,30 @@ def run_online_backup(
         raise MobackupError(f"the server-side data directory must be absolute, not {server_dir!r}")
     base = choose_online_base(repo, source, backup_type, base_id)
     started, clock = utc_now(), time.monotonic()
+    retries: list[str] = []  # MatrixOne's transient BACKUP failures before the attempt that passes
     # The shared lock from the first stored blob on (files are stored while BACKUP runs): a prune
     # meanwhile would take them for unreferenced.
-    with (repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60),
-          staging_area(data_dir) as staging, tempfile.TemporaryDirectory(prefix="mobackup-online-") as scratch,
+    with repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60):
+        while True:
+            try:
+                return _attempt_online_backup(
+                    repo, data_dir, session, server_dir=server_dir, source=source, base=base,
+                    began=(started, clock), progress=progress,
+                    extra={**(extra or {}), **({"backup_retries": retries} if retries else {})},
+                    pitr_history=pitr_history)
+            except TransientBackupError as failure:  # its staging directory is gone: a fresh one next
+                retry_after(failure, retries)
+
+
+def _attempt_online_backup(repo: Repository, data_dir: Path, session: Any, *, server_dir: str, source: str,
+                           base: BackupSummary | None, began: tuple[str, float], progress: Progress | None,
+                           extra: dict[str, Any], pitr_history: bool | None) -> BackupSummary:
+    """One attempt of run_online_backup, in a staging directory of its own, which it always removes."""
+    from .backup import run_backup
+    from .pitr import has_windows, with_history
+
+    started, clock = began
+    with (staging_area(data_dir) as staging, tempfile.TemporaryDirectory(prefix="mobackup-online-") as scratch,
           contextlib.ExitStack() as stack):
         server_staging = f"{server_dir}/{staging.name}"
         store = ChunkStore(repo)
@@ -524,7 +546,7 @@ def run_online_backup(
                 inherit = _Reused(index)
                 if len(inherit) and base is None:
                     raise MobackupError("MatrixOne staged an incremental backup without a base")
-                extra = dict(extra or {})
+                extra = dict(extra)
                 base_index = None
                 if pitr_history if pitr_history is not None else has_windows(extra.get("pitr")):
                     from .pitr_history import add_history

@@ -581,6 +581,8 @@ class RunInfo:
     # (from the staging, which stays until the commit) and refuse one that differs.
     tae_list_sha256: str = ""
     inherited_files: int = 0  # needCopy false in tae_list: taken from the base
+    # MatrixOne's transient BACKUP failures before the statement that passed (mosql.retry_after).
+    backup_retries: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         data = dict(self.__dict__)
@@ -658,7 +660,8 @@ def commit_backup(repo: Repository, run: RunInfo, records: RunRecords, totals: P
             mo_version=run.mo_version,
             extra={"kind": "online", "resident": "s3", "objects": "plain", "staged_bytes": run.staged_bytes,
                    "staged_files": run.staged_files, "matrixone_backup_seconds": run.matrixone_backup_seconds,
-                   "shards": shards, **(extra or {})},
+                   "shards": shards, **({"backup_retries": run.backup_retries} if run.backup_retries else {}),
+                   **(extra or {})},
         )
         from .. import __version__
 
@@ -679,9 +682,9 @@ def staged_run(repo: Repository, session: Any, staging_root: S3Place, *, source:
         raise MobackupError(f"backup {base.id} is of a data directory, not of an S3-resident cluster: an "
                             "incremental here needs an S3 online base (run a full one first)")
     started, clock = utc_now(), time.monotonic()
-    with staging_prefix(staging_root, keep=keep) as staging, \
+    with _backup_into_fresh_staging(session, staging_root, repo.parallelism, base.backup_ts if base else None,
+                                    server_endpoint, keep) as (staging, retries), \
             tempfile.TemporaryDirectory(prefix="mobackup-online-s3-") as scratch:
-        backup_to_s3(session, staging, repo.parallelism, base.backup_ts if base else None, server_endpoint)
         backup_seconds = time.monotonic() - clock
         index = StagedIndex(Path(scratch))
         with contextlib.closing(index):
@@ -694,8 +697,31 @@ def staged_run(repo: Repository, session: Any, staging_root: S3Place, *, source:
                           backup_ts=staged.backup_ts, base_id=base.id if base else None, started_at=iso(started),
                           mo_version=session.version, matrixone_backup_seconds=round(backup_seconds, 3),
                           staged_files=staged_files, staged_bytes=staged_bytes, inherit=[],
-                          tae_list_sha256=list_sha, inherited_files=reused)
+                          tae_list_sha256=list_sha, inherited_files=reused, backup_retries=list(retries))
             yield staging, run, staged, Path(scratch)
+
+
+@contextlib.contextmanager
+def _backup_into_fresh_staging(session: Any, staging_root: S3Place, parallelism: int, since_ts: str | None,
+                               server_endpoint: str | None, keep: bool) -> Iterator[tuple[S3Place, list[str]]]:
+    """BACKUP into a fresh staging prefix (removed at the end unless `keep`), tried again in another
+    fresh prefix when it fails in a way that may pass on its own (mosql.TRANSIENT_BACKUP_REASONS):
+    (staging, the failures retried)."""
+    from .mosql import TransientBackupError, retry_after
+
+    retries: list[str] = []
+    with contextlib.ExitStack() as kept:
+        while True:
+            try:
+                # The failure must pass through staging_prefix: a kept prefix is removed only then.
+                with contextlib.ExitStack() as attempt:
+                    staging = attempt.enter_context(staging_prefix(staging_root, keep=keep))
+                    backup_to_s3(session, staging, parallelism, since_ts, server_endpoint)
+                    kept.push(attempt.pop_all())
+                break
+            except TransientBackupError as failure:
+                retry_after(failure, retries)
+        yield staging, retries
 
 
 def run_online_s3_backup(repo: Repository, session: Any, staging_root: S3Place, *, source: str | None = None,
@@ -854,12 +880,15 @@ def _load_run(repo: Repository, run_id: str) -> RunInfo:
         raise CorruptDataError(f"{what} is malformed: tae_list_sha256 is {data['tae_list_sha256'][:100]!r}")
     if not pinned and not all(isinstance(p, str) for p in [*data["inherit"], *data["staged_paths"]]):
         raise CorruptDataError(f"{what} is malformed: a listed path is not text")
+    retries = data.get("backup_retries", [])  # absent in records of older versions
+    if not isinstance(retries, list) or len(retries) > 10 or not all(isinstance(r, str) for r in retries):
+        raise CorruptDataError(f"{what} is malformed: field 'backup_retries' is {str(retries)[:100]!r}")
     if data["run_id"] != run_id:  # the commit publishes under this ID: a copied record names another
         raise CorruptDataError(f"{what} is malformed: it names run {data['run_id'][:100]!r}")
     try:
         parse_iso(data["started_at"])
         fields = {k: data[k] for k in [*_RUN_TYPES, *(_PINNED_RUN_TYPES if pinned else _LISTED_RUN_TYPES)]}
-        return RunInfo(**{"inherit": [], **fields})
+        return RunInfo(**{"inherit": [], **fields, "backup_retries": retries})
     except (TypeError, ValueError):
         raise CorruptDataError(f"{what} is malformed") from None
 
