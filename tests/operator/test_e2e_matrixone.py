@@ -165,14 +165,17 @@ def test_seed_examples_through_the_operator_with_real_matrixone(env: Env, real_m
 def test_online_backup_through_the_operator_has_no_downtime_and_restores_under_another_name(
         env: Env, real_mo: Callable[..., SqlClient]) -> None:
     """`source.sql` makes the backup Online: no scaling, the writer never stops, MatrixOne answers
-    throughout; the Job runs beside MatrixOne's pod and leaves no staging. The backup restores into a
-    new PVC under a StatefulSet of another name (an online backup holds no WAL) as an exact prefix."""
+    throughout; the Job runs beside MatrixOne's pod and leaves no staging. MatrixOne's first BACKUP
+    fails the transient way (its own fault point): the Job runs it again, and a Warning Event says so.
+    The backup restores into a new PVC under a StatefulSet of another name (an online backup holds no
+    WAL) as an exact prefix."""
     mo = real_mo()
     env.s3_storage()
     env.secret("mo-sql", {"password": PASSWORD})
     create_db(mo, "db1", 50_000)
     mo.sql("create database w", "create table w.t (id bigint primary key, txn int)")
     writer = Writer().start()
+    mo.fail_backup_checkpoints(1)
     with Downtime() as downtime:
         committed_before = writer.committed
         env.create("MOBackup", "mo-online-1", {
@@ -183,6 +186,9 @@ def test_online_backup_through_the_operator_has_no_downtime_and_restores_under_a
     assert st["phase"] == "Completed", st
     assert st["consistency"] == "Online" and st["stagedBytes"] > 0 and st["storedBytes"] > 0, st
     assert st["moVersion"].startswith("8.0.30-MatrixOne"), st
+    retried = [e for e in env.events("mo-online-1") if e["reason"] == "BackupRetried"]
+    assert len(retried) == 1 and retried[0]["type"] == "Warning" and "failed 1 time(s)" in retried[0]["message"] \
+        and "panic" in retried[0]["message"], retried
     assert downtime.longest == 0.0 and writer.errors == [] and writer.longest_pause < 1.0, (
         downtime.longest, writer.errors, writer.longest_pause)
     assert env.replicas()[0] == 1

@@ -280,6 +280,9 @@ def _backup_result(summary: dict[str, Any]) -> dict[str, Any]:
     result.update({k: summary["extra"][k] for k in ("kind", "staged_bytes", "locked_until", "lock_mode")
                    if k in summary["extra"]})
     result.update(interval_fields(BackupSummary.from_dict(summary)))
+    retries = summary["extra"].get("backup_retries") or []
+    if retries:  # the operator posts a Warning Event; the reasons stay in the summary
+        result.update(backup_retries=len(retries), backup_retry_reason=str(retries[-1])[:200])
     return {"ok": True, "action": "backup", "result": result}
 
 
