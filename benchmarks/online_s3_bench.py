@@ -40,7 +40,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "operator"))
 
 from cluster.s3 import start_s3  # noqa: E402
-from mobackup.engine.online_s3 import HK_DATA, RunInfo, _run_key, _write_meta  # noqa: E402
+from mobackup.engine.online_s3 import HK_DATA, RunInfo  # noqa: E402
+from mobackup.engine.online_s3_sharded import _run_key, _write_meta  # noqa: E402
 from mobackup.engine.repository import Repository, RepositoryOptions  # noqa: E402
 
 PYTHON = ROOT / ".venv" / "bin" / "python"  # with PYTHONPATH: the engine measured, whatever the venv installed

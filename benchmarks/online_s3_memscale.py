@@ -160,6 +160,10 @@ def standin_step(args: argparse.Namespace) -> int:
     from mobackup.engine import online_s3, s3_restore
     from mobackup.engine.repository import Repository, RepositoryOptions
 
+    try:
+        from mobackup.engine import online_s3_sharded as sharded
+    except ImportError:  # an engine from before the sharded steps had a module of their own
+        sharded = online_s3
     count = args.count
 
     def backend(self: Any, connections: int = 16) -> StandInBucket:
@@ -169,10 +173,10 @@ def standin_step(args: argparse.Namespace) -> int:
     repo = Repository.open(RepositoryOptions(args.repo))
     root = online_s3.S3Place("standin", "staging", None, "us-east-1", True)
     if args.step == "ingest":
-        totals = online_s3.ingest_shard(repo, args.run, root, 0, 1)
+        totals = sharded.ingest_shard(repo, args.run, root, 0, 1)
         assert totals.files == count + 1, totals
     elif args.step == "commit":
-        summary = online_s3.commit_run(repo, args.run, root, 1)
+        summary = sharded.commit_run(repo, args.run, root, 1)
         assert summary.file_count == count + 1, summary.file_count
     else:
         result = s3_restore.restore_to_s3(repo, args.run, online_s3.S3Place("standin", f"restored-{count}", None,
@@ -209,7 +213,8 @@ def count_under(s3: Any, prefix: str) -> int:
 # ---- the driver ----------------------------------------------------------------------------------------
 
 def write_run(repo_dir: Path, run_id: str, staging_url: str, count: int, pinned: bool) -> None:
-    from mobackup.engine.online_s3 import HK_DATA, RunInfo, _run_key, _write_meta
+    from mobackup.engine.online_s3 import HK_DATA, RunInfo
+    from mobackup.engine.online_s3_sharded import _run_key, _write_meta
     from mobackup.engine.repository import Repository, RepositoryOptions
 
     repo = Repository.open(RepositoryOptions(str(repo_dir)))

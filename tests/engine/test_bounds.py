@@ -21,7 +21,7 @@ from conftest import small_backup
 from mobackup.engine.backup import run_backup
 from mobackup.engine.errors import CorruptDataError, MobackupError, RepositoryFormatError
 from mobackup.engine.manifest import MAX_PATH_DEPTH
-from mobackup.engine.online_s3 import _load_run
+from mobackup.engine.online_s3_sharded import _load_run
 from mobackup.engine.repository import (
     CONFIG_KEY,
     MAX_META_SIZE,

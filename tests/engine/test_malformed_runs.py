@@ -11,7 +11,8 @@ import pytest
 
 from mobackup.engine.errors import MobackupError
 from mobackup.engine.online import parse_staged_text
-from mobackup.engine.online_s3 import HK_DATA, RunInfo, S3Place, _run_key, _write_meta, commit_run
+from mobackup.engine.online_s3 import HK_DATA, RunInfo, S3Place
+from mobackup.engine.online_s3_sharded import _run_key, _write_meta, commit_run
 from mobackup.engine.repository import RepositoryOptions, open_repository
 
 TS = "1795952494563857612-1"

@@ -22,17 +22,12 @@ from mobackup.engine.online_s3 import (
     RunInfo,
     S3Place,
     _file_list,
-    _read_meta,
-    _run_key,
-    _write_meta,
-    commit_run,
     disk_frame,
-    ingest_shard,
     run_online_s3_backup,
     shard_items,
-    stage_run,
 )
 from mobackup.engine.online_s3_index import RunRecords
+from mobackup.engine.online_s3_sharded import _read_meta, _run_key, _write_meta, commit_run, ingest_shard, stage_run
 from mobackup.engine.repository import Repository
 from mobackup.engine.s3_restore import restore_to_s3
 from mobackup.engine.verify import verify_backup

@@ -15,18 +15,8 @@ from typing import Any
 import pytest
 
 from mobackup.engine.errors import MobackupError, TargetNotEmptyError
-from mobackup.engine.online_s3 import (
-    HK_DATA,
-    RunInfo,
-    S3Place,
-    _read_meta,
-    _run_key,
-    _write_meta,
-    commit_run,
-    disk_frame,
-    disk_unframe,
-    ingest_shard,
-)
+from mobackup.engine.online_s3 import HK_DATA, RunInfo, S3Place, disk_frame, disk_unframe
+from mobackup.engine.online_s3_sharded import _read_meta, _run_key, _write_meta, commit_run, ingest_shard
 from mobackup.engine.repository import Repository
 from mobackup.engine.s3_restore import restore_to_s3
 

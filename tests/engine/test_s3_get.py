@@ -19,7 +19,8 @@ import pytest
 from test_online_s3_staged import Staged, objects
 
 from mobackup.engine.errors import MobackupError, StorageUnreachableError
-from mobackup.engine.online_s3 import S3Place, ingest_shard
+from mobackup.engine.online_s3 import S3Place
+from mobackup.engine.online_s3_sharded import ingest_shard
 from mobackup.engine.repository import RepositoryOptions, open_repository
 from mobackup.engine.s3 import S3Backend
 from mobackup.engine.s3_get import MAX_ATTEMPTS, S3Reader, fast_url

@@ -44,7 +44,8 @@ def _summary_line(summary: Any) -> str:
 
 
 def online_s3_backup(args: argparse.Namespace) -> int:
-    from ..engine.online_s3 import S3Place, ingest_shard, run_online_s3_backup, stage_run
+    from ..engine.online_s3 import S3Place, run_online_s3_backup
+    from ..engine.online_s3_sharded import ingest_shard, stage_run
     from ..engine.progress import for_terminal
     from ..engine.repository import open_repository
     from . import pitr
@@ -99,7 +100,7 @@ def online_s3_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_commit(args: argparse.Namespace) -> int:
-    from ..engine.online_s3 import commit_run
+    from ..engine.online_s3_sharded import commit_run
     from ..engine.repository import open_repository
 
     if not 1 <= args.shards <= 1024:

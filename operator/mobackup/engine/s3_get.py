@@ -1,5 +1,5 @@
 """Signed HEAD and GET requests to S3 without a botocore client: the reads of an online backup's
-ingest step (`backup --online --run ID --shard I/N`, online_s3.ingest_shard), nothing else. This
+ingest step (`backup --online --run ID --shard I/N`, online_s3_sharded.ingest_shard), nothing else. This
 module never writes, lists or deletes; everything else goes through S3Backend (engine/s3.py).
 
 Why: a botocore client costs the ingest about 0.3 s before its first byte (importing botocore.client

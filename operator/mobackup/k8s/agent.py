@@ -328,7 +328,7 @@ def _shard_index(shards: int) -> int:
 
 def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dict[str, Any]:
     """Table data in S3: backup (one pod), --stage-only, a shard (--run --shards), commit; restore."""
-    from mobackup.engine import online_s3, s3_restore
+    from mobackup.engine import online_s3, online_s3_sharded, s3_restore
     from mobackup.engine.repository import open_repository
 
     if args.action == "restore":
@@ -351,18 +351,18 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
     staging = _place(args, "staging", "MOBACKUP_STAGING_")
     if args.action == "commit":
         repo = open_repository(opts, create=False)
-        return _backup_result(online_s3.commit_run(repo, args.run, staging, args.shards).to_dict())
+        return _backup_result(online_s3_sharded.commit_run(repo, args.run, staging, args.shards).to_dict())
     if args.run:
         repo = open_repository(opts, create=False)
         shard = _shard_index(args.shards or 0)
-        totals = online_s3.ingest_shard(repo, args.run, staging, shard, args.shards, reporter)
+        totals = online_s3_sharded.ingest_shard(repo, args.run, staging, shard, args.shards, reporter)
         return {"ok": True, "action": "ingest", "result": {"run": args.run, "shard": shard, **totals.__dict__}}
     from mobackup.engine.mosql import MatrixOneSession, SqlEndpoint
 
     repo = open_for_backup(opts)
     with MatrixOneSession(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user)) as mo:
         if args.stage_only:
-            info = online_s3.stage_run(repo, mo, staging, source=args.source, backup_type=args.type,
+            info = online_s3_sharded.stage_run(repo, mo, staging, source=args.source, backup_type=args.type,
                                        base_id=args.base, server_endpoint=args.staging_server_endpoint)
             return {"ok": True, "action": "stage",
                     "result": {"run_id": info.run_id, "backup_ts": info.backup_ts, "base_id": info.base_id,
