@@ -263,6 +263,7 @@ def test_staging_is_removed_after_failure_kill_and_two_racing_runs_both_restore(
                       "--staging", f"s3://{s3.bucket}/{staging_root}", "--staging-server-endpoint",
                       "http://127.0.0.1:9", check=False, timeout=900)
     assert failed.returncode == 1 and "refused BACKUP" in failed.stderr, failed.stderr
+    assert "in a row" not in failed.stderr, "an unreachable endpoint is no transient failure: never retried"
     assert s3.secret_key not in failed.stderr + failed.stdout
     assert len(failed.stderr.strip().splitlines()) == 1, failed.stderr
     assert keys(s3, staging_root) == {}
