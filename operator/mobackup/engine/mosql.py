@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import sqlconn
 from .errors import MobackupError, mask_secret
@@ -27,18 +29,26 @@ class TransientBackupError(MobackupError):
 
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
-        self.reason = reason.splitlines()[0].strip()[:300] if reason.strip() else "no reason given"
+        self.reason = next((line.strip() for line in reason.splitlines() if line.strip()), "no reason given")[:300]
 
 
-def retry_after(failure: TransientBackupError, failures: list[str]) -> None:
-    """Records `failure` in `failures` and waits before the next attempt, or, once every pause is
-    spent, raises it as a MobackupError that counts the attempts. The caller has removed the
-    failed attempt's target."""
-    failures.append(failure.reason)
-    if len(failures) > len(BACKUP_RETRY_PAUSES):
-        raise MobackupError(f"{failure} (MatrixOne's BACKUP failed in a way that may pass on its own "
-                            f"{len(failures)} times in a row; giving up)") from None
-    time.sleep(BACKUP_RETRY_PAUSES[len(failures) - 1])
+Attempt = TypeVar("Attempt")
+
+
+def with_backup_retries(attempt: Callable[[list[str]], Attempt]) -> Attempt:
+    """`attempt(failures so far)`, run again after each TransientBackupError (its target removed by
+    the attempt itself, as it unwinds), after the pauses of BACKUP_RETRY_PAUSES; once they are spent,
+    the failure is raised as a MobackupError that counts the attempts."""
+    failures: list[str] = []
+    while True:
+        try:
+            return attempt(failures)
+        except TransientBackupError as failure:
+            failures.append(failure.reason)
+            if len(failures) > len(BACKUP_RETRY_PAUSES):
+                raise MobackupError(f"{failure} (MatrixOne's BACKUP failed in a way that may pass on its own "
+                                    f"{len(failures)} times in a row; giving up)") from None
+            time.sleep(BACKUP_RETRY_PAUSES[len(failures) - 1])
 
 
 @dataclass(frozen=True)

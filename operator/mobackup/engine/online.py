@@ -476,7 +476,7 @@ def run_online_backup(
     its own (mosql.TRANSIENT_BACKUP_REASONS) is tried again in a fresh staging directory, twice at
     most; the summary's `backup_retries` lists such failures."""
     from .backup import default_source
-    from .mosql import TransientBackupError, retry_after
+    from .mosql import with_backup_retries
 
     data_dir = Path(data_dir).absolute()
     if not data_dir.is_dir():
@@ -487,19 +487,13 @@ def run_online_backup(
         raise MobackupError(f"the server-side data directory must be absolute, not {server_dir!r}")
     base = choose_online_base(repo, source, backup_type, base_id)
     started, clock = utc_now(), time.monotonic()
-    retries: list[str] = []  # MatrixOne's transient BACKUP failures before the attempt that passes
     # The shared lock from the first stored blob on (files are stored while BACKUP runs): a prune
     # meanwhile would take them for unreferenced.
     with repo.lock(exclusive=False, purpose=f"online backup of {source}", wait_seconds=60):
-        while True:
-            try:
-                return _attempt_online_backup(
-                    repo, data_dir, session, server_dir=server_dir, source=source, base=base,
-                    began=(started, clock), progress=progress,
-                    extra={**(extra or {}), **({"backup_retries": retries} if retries else {})},
-                    pitr_history=pitr_history)
-            except TransientBackupError as failure:  # its staging directory is gone: a fresh one next
-                retry_after(failure, retries)
+        return with_backup_retries(lambda retries: _attempt_online_backup(
+            repo, data_dir, session, server_dir=server_dir, source=source, base=base, began=(started, clock),
+            progress=progress, extra={**(extra or {}), **({"backup_retries": retries} if retries else {})},
+            pitr_history=pitr_history))
 
 
 def _attempt_online_backup(repo: Repository, data_dir: Path, session: Any, *, server_dir: str, source: str,

@@ -574,7 +574,7 @@ class RunInfo:
     # (from the staging, which stays until the commit) and refuse one that differs.
     tae_list_sha256: str = ""
     inherited_files: int = 0  # needCopy false in tae_list: taken from the base
-    # MatrixOne's transient BACKUP failures before the statement that passed (mosql.retry_after).
+    # MatrixOne's transient BACKUP failures before the statement that passed (mosql.with_backup_retries).
     backup_retries: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -599,7 +599,6 @@ _NONE = type(None)
 _RECORD_TYPES: dict[str, tuple[type, ...]] = {
     "path": (str,), "type": (str,), "mode": (int,), "mtime_ns": (int,), "size": (int,), "chunks": (list,),
 }
-
 
 
 def _check_fields(data: dict[str, Any], types: dict[str, tuple[type, ...]], what: str) -> None:
@@ -715,20 +714,17 @@ def _backup_into_fresh_staging(session: Any, staging_root: S3Place, parallelism:
     """BACKUP into a fresh staging prefix (removed at the end unless `keep`), tried again in another
     fresh prefix when it fails in a way that may pass on its own (mosql.TRANSIENT_BACKUP_REASONS):
     (staging, the failures retried)."""
-    from .mosql import TransientBackupError, retry_after
+    from .mosql import with_backup_retries
 
-    retries: list[str] = []
-    with contextlib.ExitStack() as kept:
-        while True:
-            try:
-                # The failure must pass through staging_prefix: a kept prefix is removed only then.
-                with contextlib.ExitStack() as attempt:
-                    staging = attempt.enter_context(staging_prefix(staging_root, keep=keep))
-                    backup_to_s3(session, staging, parallelism, since_ts, server_endpoint)
-                    kept.push(attempt.pop_all())
-                break
-            except TransientBackupError as failure:
-                retry_after(failure, retries)
+    def attempt(retries: list[str]) -> tuple[contextlib.ExitStack, S3Place, list[str]]:
+        # A failure must pass through staging_prefix: a kept prefix is removed only then.
+        with contextlib.ExitStack() as stack:
+            staging = stack.enter_context(staging_prefix(staging_root, keep=keep))
+            backup_to_s3(session, staging, parallelism, since_ts, server_endpoint)
+            return stack.pop_all(), staging, retries
+
+    kept, staging, retries = with_backup_retries(attempt)
+    with kept:
         yield staging, retries
 
 

@@ -363,7 +363,7 @@ def run_s3(args: argparse.Namespace, opts: Any, reporter: StatusReporter) -> dic
     with MatrixOneSession(SqlEndpoint.from_env(args.sql_host, args.sql_port, args.sql_user)) as mo:
         if args.stage_only:
             info = online_s3_sharded.stage_run(repo, mo, staging, source=args.source, backup_type=args.type,
-                                       base_id=args.base, server_endpoint=args.staging_server_endpoint)
+                                               base_id=args.base, server_endpoint=args.staging_server_endpoint)
             return {"ok": True, "action": "stage",
                     "result": {"run_id": info.run_id, "backup_ts": info.backup_ts, "base_id": info.base_id,
                                "staged_files": info.staged_files, "staged_bytes": info.staged_bytes,

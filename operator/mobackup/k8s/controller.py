@@ -744,13 +744,14 @@ def follow_backup(ctx: Ctx, obj: dict[str, Any], spec: models.BackupSpec) -> Non
     if state.state == "Succeeded" and not result and step in (None, "backup", "commit"):
         result = summary_from_repository(ctx, obj, spec)
     if result and result.get("ok"):
-        fields = status.backup_result_fields(result.get("result") or {})
+        reported = result.get("result") or {}
+        fields = status.backup_result_fields(reported)
         record_backup_id(ctx, obj, fields.get("backupID"))
-        retried = (result.get("result") or {}).get("backup_retries")
+        retried = reported.get("backup_retries")
         if isinstance(retried, int) and not isinstance(retried, bool) and retried > 0:
             events.emit(ctx.kube, obj, "Warning", "BackupRetried",
                         f"MatrixOne's BACKUP failed {retried} time(s) in a way that may pass on its own and was run "
-                        f"again into a fresh staging; last: {str(result['result'].get('backup_retry_reason'))[:200]}")
+                        f"again into a fresh staging; last: {str(reported.get('backup_retry_reason'))[:200]}")
         from . import pointintime
         recoverable = pointintime.backup_condition(obj, {**st, **fields})
         finish(ctx, obj, key, w, True, "BackupCompleted",
